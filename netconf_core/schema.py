@@ -1,0 +1,276 @@
+"""The server's schema: a libyang context plus the look-ups the engine needs.
+
+Data trees travel through the engine as lxml elements; libyang is the judge of
+validity. `Schema.parse` turns an lxml tree into a validated libyang tree and maps
+libyang's errors to rpc-errors (RFC 6241 Appendix A, RFC 7950 section 15).
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+import re
+from dataclasses import dataclass
+
+import libyang
+from _libyang import ffi, lib
+from lxml import etree
+
+from .errors import RPCError
+from .yangdirs import SEARCH_DIRS
+
+# The NETCONF protocol's own modules, loaded into every server's context.
+PROTOCOL_MODULES = (
+    "ietf-netconf",
+    "ietf-netconf-with-defaults",
+    "ietf-netconf-monitoring",
+    "ietf-netconf-notifications",
+    "ietf-netconf-acm",
+    "ietf-yang-library",
+)
+
+# libyang builds error paths only when asked to (ly_set_log_clb path flag); keep
+# the messages stored, not printed.
+lib.ly_set_log_clb(ffi.NULL, True)
+lib.ly_log_options(lib.LY_LOSTORE)
+
+_LOCATION = re.compile(r'(Data|Schema) location "([^"]+)"')
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the engine needs to know of one schema node."""
+
+    name: str
+    namespace: str
+    module: str
+    keyword: str  # container, leaf, leaf-list, list, anydata, anyxml, rpc, action, notification
+    config: bool
+    keys: tuple[str, ...]
+    ordered_by_user: bool
+    schema_path: str
+
+    @property
+    def qname(self) -> str:
+        return f"{{{self.namespace}}}{self.name}"
+
+
+class Schema:
+    def __init__(self, modules: list[str], search_dirs: list[pathlib.Path | str] | None = None):
+        dirs = [str(d) for d in (search_dirs or []) + SEARCH_DIRS]
+        self.ctx = libyang.Context(":".join(dirs))
+        for name in PROTOCOL_MODULES + tuple(modules):
+            module = self.ctx.load_module(name)
+            module.feature_enable_all()
+        self.modules = list(modules)
+        self._ns_to_module = {}
+        for module in self.ctx:
+            if module.implemented():
+                self._ns_to_module[ffi.string(module.cdata.ns).decode()] = module.name()
+
+    def module_of_namespace(self, namespace: str) -> str | None:
+        return self._ns_to_module.get(namespace)
+
+    def namespace_of_module(self, module: str) -> str | None:
+        for ns, name in self._ns_to_module.items():
+            if name == module:
+                return ns
+        return None
+
+    def implemented_modules(self) -> list[libyang.Module]:
+        return [m for m in self.ctx if m.implemented()]
+
+    # --- schema look-ups -------------------------------------------------
+
+    @functools.lru_cache(maxsize=None)
+    def child(self, parent_path: str | None, namespace: str, name: str) -> NodeInfo | None:
+        """The schema node `name` (in `namespace`) under the node at `parent_path`
+        (None for the top level), seen through choices and cases."""
+        if parent_path is None:
+            module_name = self._ns_to_module.get(namespace)
+            if module_name is None:
+                return None
+            candidates = self.ctx.get_module(module_name).children()
+        else:
+            parent = self._snode(parent_path)
+            candidates = parent.children() if parent is not None else []
+        for snode in candidates:
+            if snode.name() == name and ffi.string(snode.module().cdata.ns).decode() == namespace:
+                return self._info(snode)
+        return None
+
+    def _snode(self, schema_path: str) -> libyang.SNode | None:
+        try:
+            return next(self.ctx.find_path(schema_path), None)
+        except libyang.LibyangError:
+            return None
+
+    @staticmethod
+    def _info(snode: libyang.SNode) -> NodeInfo:
+        keys: tuple[str, ...] = ()
+        ordered = False
+        if isinstance(snode, libyang.SList):
+            keys = tuple(k.name() for k in snode.keys())
+            ordered = snode.ordered()
+        elif isinstance(snode, libyang.SLeafList):
+            ordered = snode.ordered()
+        return NodeInfo(
+            name=snode.name(),
+            namespace=ffi.string(snode.module().cdata.ns).decode(),
+            module=snode.module().name(),
+            keyword=snode.keyword(),
+            config=not snode.config_false(),
+            keys=keys,
+            ordered_by_user=ordered,
+            schema_path=snode.schema_path(),
+        )
+
+    def node_for(self, element: etree._Element) -> NodeInfo | None:
+        """Schema node of a data element, found through its ancestors up to the datastore root."""
+        chain = []
+        node = element
+        while node is not None and not _is_root(node):
+            chain.append(node)
+            node = node.getparent()
+        return self.node_for_path(list(reversed(chain)))
+
+    def node_for_path(self, elements: list[etree._Element]) -> NodeInfo | None:
+        """Schema node of the last of `elements`, each a data element inside the one before."""
+        info = None
+        for el in elements:
+            q = etree.QName(el)
+            info = self.child(info.schema_path if info else None, q.namespace or "", q.localname)
+            if info is None:
+                return None
+        return info
+
+    # --- validation ------------------------------------------------------
+
+    def parse(self, root: etree._Element, *, config_only: bool, validate: bool = True) -> libyang.DNode | None:
+        """Parse the children of `root` into a libyang tree. Raises RPCError naming the offending
+        node. The caller frees the returned tree (`free_tree`)."""
+        xml = b"".join(etree.tostring(child) for child in root)
+        if not xml:
+            return None
+        parse_flags = lib.LYD_PARSE_STRICT
+        validate_flags = 0
+        if config_only:
+            parse_flags |= lib.LYD_PARSE_NO_STATE
+            validate_flags |= lib.LYD_VALIDATE_NO_STATE
+        if not validate:
+            parse_flags |= lib.LYD_PARSE_ONLY
+        out = ffi.new("struct lyd_node **")
+        ret = lib.lyd_parse_data_mem(self.ctx.cdata, xml, lib.LYD_XML, parse_flags, validate_flags, out)
+        if ret != lib.LY_SUCCESS:
+            if out[0]:
+                lib.lyd_free_all(out[0])
+            raise self.last_error()
+        return libyang.DNode.new(self.ctx, out[0]) if out[0] else None
+
+    def last_error(self) -> RPCError:
+        """The first error libyang stored, as an rpc-error; clears libyang's error list."""
+        err = lib.ly_err_first(self.ctx.cdata)
+        if not err:
+            return RPCError("operation-failed", "validation failed")
+        message = ffi.string(err.msg).decode() if err.msg else "validation failed"
+        location = ffi.string(err.path).decode() if err.path else ""
+        app_tag = ffi.string(err.apptag).decode() if err.apptag else None
+        lib.ly_err_clean(self.ctx.cdata, ffi.NULL)
+        match = _LOCATION.search(location)
+        path = match.group(2) if match else None
+        return _error_for(message, path, app_tag, self)
+
+    def canonical(self, root: etree._Element, *, config_only: bool, validate: bool = True) -> etree._Element:
+        """Validate `root` and return it as libyang prints it (canonical values and order)."""
+        dnode = self.parse(root, config_only=config_only, validate=validate)
+        return self.to_lxml(dnode, root.tag)
+
+    def to_lxml(self, dnode: libyang.DNode | None, root_tag: str, flags: int = 0) -> etree._Element:
+        out = etree.Element(root_tag, nsmap={None: etree.QName(root_tag).namespace})
+        if dnode is None:
+            return out
+        try:
+            text = print_xml(dnode, flags)
+        finally:
+            free_tree(dnode)
+        if text:
+            wrapper = etree.fromstring(f"<w>{text}</w>", _PARSER)
+            out.extend(list(wrapper))
+        return out
+
+
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True)
+
+# lyd_print flags for with-defaults (RFC 6243): explicit is libyang's default.
+WD_FLAGS = {
+    "explicit": 0,
+    "report-all": lib.LYD_PRINT_WD_ALL,
+    "report-all-tagged": lib.LYD_PRINT_WD_ALL_TAG,
+    "trim": lib.LYD_PRINT_WD_TRIM,
+}
+
+
+def print_xml(dnode: libyang.DNode, flags: int = 0) -> str:
+    buf = ffi.new("char **")
+    ret = lib.lyd_print_mem(buf, dnode.cdata, lib.LYD_XML, lib.LYD_PRINT_WITHSIBLINGS | lib.LYD_PRINT_SHRINK | flags)
+    if ret != lib.LY_SUCCESS:
+        raise RPCError("operation-failed", "cannot print data tree")
+    try:
+        return ffi.string(buf[0]).decode() if buf[0] else ""
+    finally:
+        lib.free(buf[0])
+
+
+def free_tree(dnode: libyang.DNode | None) -> None:
+    if dnode is not None:
+        lib.lyd_free_all(dnode.cdata)
+
+
+def _is_root(element: etree._Element) -> bool:
+    return etree.QName(element).namespace == "urn:ietf:params:xml:ns:netconf:base:1.0"
+
+
+# RFC 7950 section 15 app-tags and the error-tags they go with.
+_APP_TAG_ERRORS = {
+    "must-violation": "operation-failed",
+    "data-not-unique": "operation-failed",
+    "too-many-elements": "operation-failed",
+    "too-few-elements": "operation-failed",
+    "instance-required": "data-missing",
+    "missing-choice": "data-missing",
+    "missing-instance": "bad-attribute",
+}
+
+
+def _error_for(message: str, path: str | None, app_tag: str | None, schema: Schema) -> RPCError:
+    if app_tag in _APP_TAG_ERRORS:
+        tag = _APP_TAG_ERRORS[app_tag]
+    elif app_tag:
+        tag = "operation-failed"  # a must with its own error-app-tag
+    elif message.startswith("Mandatory node") or message.startswith("Mandatory choice"):
+        tag = "data-missing"
+    elif "not found as a child" in message or message.startswith("Unexpected data state node"):
+        tag = "unknown-element"
+    elif "Unknown XML prefix" in message or "No module with namespace" in message:
+        tag = "unknown-namespace"
+    elif message.startswith("Duplicate instance"):
+        tag = "data-exists"
+    else:
+        tag = "invalid-value"
+    info = {}
+    if tag == "unknown-element":
+        name = re.search(r'node "([^"]+)"', message)
+        if name:
+            info["bad-element"] = name.group(1)
+    return RPCError(tag, message, path=path, app_tag=app_tag, info=info, path_nsmap=path_nsmap(path, schema))
+
+
+def path_nsmap(path: str | None, schema: Schema) -> dict[str, str]:
+    """Namespace bindings for the module-name prefixes libyang uses in its paths."""
+    if not path:
+        return {}
+    nsmap = {}
+    for prefix in set(re.findall(r"([A-Za-z_][\w.-]*):", path)):
+        ns = schema.namespace_of_module(prefix)
+        if ns:
+            nsmap[prefix] = ns
+    return nsmap

@@ -1,0 +1,614 @@
+"""The NETCONF server: SSH transport (asyncssh), shared datastores, commit pipeline,
+locks, confirmed commit, notifications, NACM, monitoring, and the extension points
+through which a device or controller plugs in without touching sessions or framing:
+
+- `on_change(handler)`: `async handler(before, after)` runs before a new running
+  configuration takes effect; raising RPCError vetoes it and nothing changes.
+- `add_state_provider(provider)`: `async provider() -> <data> tree` of config-false
+  nodes, merged into every <get>.
+- `add_rpc(path, handler)`: `async handler(session, input, context)` for a YANG RPC
+  ("/module:name") or action (its schema path); returns output child elements or None.
+- `notify(element)`: send a YANG notification to the subscribed sessions.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import pathlib
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import asyncssh
+from _libyang import ffi, lib
+from libyang.util import DataType
+from lxml import etree
+
+from . import filters
+from .datastore import DATASTORES, Datastores, empty_tree, merge_state
+from .errors import BASE_NS, RPCError
+from .nacm import Nacm
+from .notifications import ReplayBuffer, Event, now
+from .schema import WD_FLAGS, Schema, free_tree
+from .session import BASE_10, BASE_11, MONITORING_NS, Session, q
+
+log = logging.getLogger(__name__)
+
+NACM_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-acm"
+NC_NOTIF_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
+YANGLIB_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-library"
+
+CAPABILITIES = [
+    BASE_10,
+    BASE_11,
+    "urn:ietf:params:netconf:capability:writable-running:1.0",
+    "urn:ietf:params:netconf:capability:candidate:1.0",
+    "urn:ietf:params:netconf:capability:confirmed-commit:1.0",
+    "urn:ietf:params:netconf:capability:confirmed-commit:1.1",
+    "urn:ietf:params:netconf:capability:rollback-on-error:1.0",
+    "urn:ietf:params:netconf:capability:validate:1.0",
+    "urn:ietf:params:netconf:capability:validate:1.1",
+    "urn:ietf:params:netconf:capability:startup:1.0",
+    "urn:ietf:params:netconf:capability:xpath:1.0",
+    "urn:ietf:params:netconf:capability:with-defaults:1.0?basic-mode=explicit"
+    "&also-supported=report-all,report-all-tagged,trim",
+    "urn:ietf:params:netconf:capability:notification:1.0",
+    "urn:ietf:params:netconf:capability:interleave:1.0",
+]
+
+ChangeHandler = Callable[[etree._Element, etree._Element], Awaitable[None]]
+StateProvider = Callable[[], Awaitable[etree._Element | None]]
+RpcHandler = Callable[[Session, etree._Element, etree._Element | None], Awaitable[list | None]]
+
+
+@dataclass
+class User:
+    """A NETCONF user: a password, authorized public keys (OpenSSH format), or both."""
+
+    password: str | None = None
+    authorized_keys: list[str] = field(default_factory=list)
+
+
+def standard_nacm(read_write: list[str], read_only: list[str]) -> etree._Element:
+    """A NACM configuration with two groups: `read-write` may do everything, `read-only`
+    may read and subscribe but not write nor run operations that change anything."""
+    n = lambda tag: f"{{{NACM_NS}}}{tag}"
+    nacm = etree.Element(n("nacm"), nsmap={None: NACM_NS})
+    etree.SubElement(nacm, n("enable-nacm")).text = "true"
+    groups = etree.SubElement(nacm, n("groups"))
+    for name, users in (("read-write", read_write), ("read-only", read_only)):
+        group = etree.SubElement(groups, n("group"))
+        etree.SubElement(group, n("name")).text = name
+        for user in users:
+            etree.SubElement(group, n("user-name")).text = user
+    rules = [
+        ("read-write", [("permit-all", "*", None, "*", "permit")]),
+        ("read-only", [
+            ("allow-read-operations", "ietf-netconf", "rpc-name", "get get-config close-session lock unlock",
+             "permit"),
+            ("deny-other-operations", "*", "rpc-name", "*", "deny"),
+            ("deny-writes", "*", None, "create update delete", "deny"),
+        ]),
+    ]
+    for group, entries in rules:
+        rule_list = etree.SubElement(nacm, n("rule-list"))
+        etree.SubElement(rule_list, n("name")).text = group
+        etree.SubElement(rule_list, n("group")).text = group
+        for name, module, kind, value, action in entries:
+            for i, item in enumerate(value.split() if kind == "rpc-name" and value != "*" else [value]):
+                rule = etree.SubElement(rule_list, n("rule"))
+                etree.SubElement(rule, n("name")).text = f"{name}-{i}" if kind == "rpc-name" and value != "*" else name
+                etree.SubElement(rule, n("module-name")).text = module
+                if kind == "rpc-name":
+                    etree.SubElement(rule, n("rpc-name")).text = item
+                    etree.SubElement(rule, n("access-operations")).text = "exec"
+                else:
+                    etree.SubElement(rule, n("access-operations")).text = item
+                etree.SubElement(rule, n("action")).text = action
+    return nacm
+
+
+@dataclass
+class PendingConfirm:
+    backup: etree._Element
+    session_id: int
+    persist: str | None
+    timer: asyncio.TimerHandle | None = None
+
+
+class NetconfServer:
+    def __init__(self, schema: Schema, users: dict[str, User], *, host: str = "127.0.0.1", port: int = 0,
+                 host_key: asyncssh.SSHKey | None = None, datastore_dir: pathlib.Path | str | None = None,
+                 nacm: etree._Element | None = None, replay_size: int = 1000, name: str = "netconf"):
+        self.schema = schema
+        self.users = users
+        self.host = host
+        self.port = port
+        self.name = name
+        self.host_key = host_key or asyncssh.generate_private_key("ssh-ed25519")
+        self.datastores = Datastores(schema, datastore_dir)
+        if nacm is not None and self.datastores["running"].find(f"{{{NACM_NS}}}nacm") is None:
+            seeded = self.datastores.copy("running")
+            seeded.append(nacm)
+            self.datastores.set("running", schema.canonical(seeded, config_only=True))
+            self.datastores.set("candidate", self.datastores.copy("running"))
+        self.sessions: dict[int, Session] = {}
+        self.locks: dict[str, int] = {}
+        self.candidate_dirty_by: int | None = None
+        self.pending: PendingConfirm | None = None
+        self.replay = ReplayBuffer(replay_size)
+        self._change_handlers: list[ChangeHandler] = []
+        self._state_providers: list[StateProvider] = []
+        self._rpcs: dict[str, RpcHandler] = {}
+        self._commit_lock = asyncio.Lock()
+        self._next_session_id = 1
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self.stats = {"in-sessions": 0, "dropped-sessions": 0, "in-bad-hellos": 0}
+        self.started = now()
+        self._refresh_nacm()
+
+    # --- extension points -------------------------------------------------
+
+    def on_change(self, handler: ChangeHandler) -> None:
+        self._change_handlers.append(handler)
+
+    def add_state_provider(self, provider: StateProvider) -> None:
+        self._state_providers.append(provider)
+
+    def add_rpc(self, path: str, handler: RpcHandler) -> None:
+        if next(self.schema.ctx.find_path(path), None) is None:
+            raise ValueError(f"{path} is not an RPC or action of the loaded models")
+        self._rpcs[path] = handler
+
+    async def notify(self, content: etree._Element) -> None:
+        info = self.schema.node_for(content)
+        if info is None or info.keyword != "notification":
+            raise ValueError(f"<{content.tag}> is not a top-level notification of the loaded models")
+        event = Event(now(), info.module, info.name, content)
+        self.replay.add(event)
+        for session in list(self.sessions.values()):
+            session.deliver(event)
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        self._acceptor = await asyncssh.create_server(
+            lambda: _SSHServer(self), self.host, self.port, server_host_keys=[self.host_key],
+            process_factory=self._serve_process, encoding=None, allow_scp=False,
+            line_editor=False, keepalive_interval=0)
+        self.port = self._acceptor.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.pending and self.pending.timer:
+            self.pending.timer.cancel()
+        for session in list(self.sessions.values()):
+            session.terminate()
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+            self._acceptor = None
+
+    async def __aenter__(self) -> "NetconfServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def _serve_process(self, process: asyncssh.SSHServerProcess) -> None:
+        if process.subsystem != "netconf":
+            process.stderr.write(b"this server only offers the netconf subsystem\n")
+            process.exit(1)
+            return
+        session_id = self._next_session_id
+        self._next_session_id += 1
+        conn = process.get_extra_info("connection")
+        peer = process.get_extra_info("peername") or ("", 0)
+        session = Session(self, session_id, process.get_extra_info("username"), process.stdout.write,
+                          lambda: _close_process(process), peer=str(peer[0]))
+        self.sessions[session_id] = session
+        self.stats["in-sessions"] += 1
+        session.start()
+        try:
+            while not session.closed:
+                data = await process.stdin.read(65536)
+                if not data:
+                    break
+                session.data_received(data)
+        except (asyncssh.Error, ConnectionError, asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
+            pass
+        finally:
+            if not session.closed:
+                self.stats["dropped-sessions"] += 1
+            session.connection_lost()
+            _close_process(process)
+            del conn
+
+    def session_ended(self, session: Session) -> None:
+        """Release what a closed or dropped session held (RFC 6241 sections 7.5, 8.3.5.2, 8.4.1)."""
+        self.sessions.pop(session.id, None)
+        for datastore, owner in list(self.locks.items()):
+            if owner == session.id:
+                del self.locks[datastore]
+                if datastore == "candidate" and self.candidate_dirty_by is not None:
+                    self.discard_changes()
+        if self.pending and self.pending.persist is None and self.pending.session_id == session.id:
+            asyncio.get_running_loop().create_task(self._rollback("the session that started it ended"))
+
+    def hello_message(self, session_id: int) -> bytes:
+        hello = etree.Element(q("hello"), nsmap={None: BASE_NS})
+        caps = etree.SubElement(hello, q("capabilities"))
+        for uri in self.capabilities():
+            etree.SubElement(caps, q("capability")).text = uri
+        etree.SubElement(hello, q("session-id")).text = str(session_id)
+        return etree.tostring(hello)
+
+    def capabilities(self) -> list[str]:
+        content_id = self.schema.ctx.get_yanglib_data().print_mem("xml").__hash__() & 0xFFFFFFFF
+        caps = CAPABILITIES + [
+            f"urn:ietf:params:netconf:capability:yang-library:1.1?revision=2019-01-04&content-id={content_id:x}"]
+        # YANG 1.0 modules are announced in the hello (RFC 7950 section 5.6.4); all modules, 1.0
+        # and 1.1, are in ietf-yang-library. Older clients (yangcli) also learn 1.1 modules here.
+        for module in self.schema.implemented_modules():
+            ns = ffi.string(module.cdata.ns).decode()
+            revision = next(iter(module.revisions()), None)
+            uri = f"{ns}?module={module.name()}"
+            if revision is not None:
+                uri += f"&revision={revision.date()}"
+            caps.append(uri)
+        return caps
+
+    # --- access control ---------------------------------------------------
+
+    def _refresh_nacm(self) -> None:
+        config = self.datastores["running"].find(f"{{{NACM_NS}}}nacm")
+        self.nacm = Nacm(self.schema.ctx, config)
+
+    def check_exec(self, session: Session, module: str, name: str) -> None:
+        if not self.nacm.may_exec(session.username, module, name):
+            raise RPCError("access-denied", f"user '{session.username}' may not run {module}:{name}",
+                           type="protocol")
+
+    def check_write(self, session: Session, before: etree._Element, after: etree._Element) -> None:
+        denied = self.nacm.denied_write_path(session.username, before, after)
+        if denied is not None:
+            raise RPCError("access-denied", f"user '{session.username}' may not write {denied}",
+                           type="application", path=denied)
+
+    def nacm_prune(self, session: Session, tree: etree._Element) -> etree._Element:
+        return self.nacm.prune(session.username, tree)
+
+    def may_notify(self, session: Session, event: Event) -> bool:
+        if event.module == "nc-notifications":
+            return True
+        return self.nacm.may_notify(session.username, event.module, event.name)
+
+    def notification_matches(self, event: Event, flt: etree._Element) -> bool:
+        root = empty_tree()
+        root.append(event.content)
+        try:
+            if flt.get("type") == "xpath":
+                selected = filters.xpath(self.schema, root, flt.get("select", ""),
+                                         {k: v for k, v in flt.nsmap.items() if k})
+            else:
+                selected = filters.subtree(self.schema, root, list(flt))
+        finally:
+            root.remove(event.content)
+        return len(selected) > 0
+
+    # --- datastores -------------------------------------------------------
+
+    def require_datastore(self, name: str) -> None:
+        if name not in DATASTORES:
+            raise RPCError("invalid-value", f"no datastore '{name}'", type="protocol")
+
+    def lock(self, session: Session, datastore: str) -> None:
+        owner = self.locks.get(datastore)
+        if owner is not None:
+            raise RPCError("lock-denied", f"the {datastore} datastore is already locked by session {owner}",
+                           type="protocol", info={"session-id": str(owner)})
+        if datastore == "candidate" and self.candidate_dirty_by not in (None, session.id):
+            raise RPCError("lock-denied", "the candidate has uncommitted changes of another session; "
+                           "commit or discard them first", type="protocol", info={"session-id": "0"})
+        self.locks[datastore] = session.id
+
+    def unlock(self, session: Session, datastore: str) -> None:
+        owner = self.locks.get(datastore)
+        if owner != session.id:
+            raise RPCError("operation-failed", f"the {datastore} datastore is not locked by this session",
+                           type="protocol", info={"session-id": str(owner or 0)})
+        del self.locks[datastore]
+
+    def set_candidate(self, tree: etree._Element, session: Session | None) -> None:
+        self.datastores.set("candidate", tree)
+        self.candidate_dirty_by = session.id if session else 0
+
+    def discard_changes(self) -> None:
+        self.datastores.set("candidate", self.datastores.copy("running"))
+        self.candidate_dirty_by = None
+
+    async def commit_running(self, tree: etree._Element, session: Session | None) -> None:
+        """Make a validated tree the running configuration, after every change handler accepted it."""
+        async with self._commit_lock:
+            before = self.datastores["running"]
+            for handler in self._change_handlers:
+                await handler(before, tree)
+            self.datastores.set("running", tree)
+            if self.candidate_dirty_by is None:
+                self.datastores.set("candidate", self.datastores.copy("running"))
+            if tree.find(f"{{{NACM_NS}}}nacm") is not before.find(f"{{{NACM_NS}}}nacm"):
+                self._refresh_nacm()
+        await self._config_change_notification(session)
+
+    async def _config_change_notification(self, session: Session | None) -> None:
+        change = etree.Element(f"{{{NC_NOTIF_NS}}}netconf-config-change", nsmap={None: NC_NOTIF_NS})
+        by = etree.SubElement(change, f"{{{NC_NOTIF_NS}}}changed-by")
+        if session is None:
+            etree.SubElement(by, f"{{{NC_NOTIF_NS}}}server")
+        else:
+            etree.SubElement(by, f"{{{NC_NOTIF_NS}}}username").text = session.username
+            etree.SubElement(by, f"{{{NC_NOTIF_NS}}}session-id").text = str(session.id)
+        etree.SubElement(change, f"{{{NC_NOTIF_NS}}}datastore").text = "running"
+        await self.notify(change)
+
+    async def commit(self, session: Session, confirmed: bool, timeout: int, persist: str | None,
+                     persist_id: str | None) -> None:
+        """commit, with :confirmed-commit:1.1 (RFC 6241 section 8.4)."""
+        pending = self.pending
+        if persist_id is not None:
+            if pending is None or pending.persist != persist_id:
+                raise RPCError("invalid-value", f"no confirmed commit is pending with persist-id '{persist_id}'",
+                               type="protocol", info={"bad-element": "persist-id"})
+        elif pending is not None:
+            if pending.persist is not None:
+                raise RPCError("invalid-value", "a persistent confirmed commit is pending: give its persist-id",
+                               type="protocol", info={"bad-element": "persist-id"})
+            if pending.session_id != session.id:
+                raise RPCError("in-use", f"a confirmed commit of session {pending.session_id} is pending",
+                               type="protocol", info={"session-id": str(pending.session_id)})
+        candidate = self.schema.canonical(self.datastores.copy("candidate"), config_only=True)
+        backup = pending.backup if pending else self.datastores.copy("running")
+        await self.commit_running(candidate, session)
+        self.candidate_dirty_by = None
+        if pending and pending.timer:
+            pending.timer.cancel()
+        self.pending = None
+        if confirmed:
+            self.pending = PendingConfirm(backup, session.id, persist)
+            self.pending.timer = asyncio.get_running_loop().call_later(
+                timeout, lambda: asyncio.ensure_future(self._rollback("the confirm-timeout expired")))
+
+    async def cancel_commit(self, session: Session, persist_id: str | None) -> None:
+        pending = self.pending
+        if pending is None:
+            raise RPCError("operation-failed", "no confirmed commit is pending", type="protocol")
+        if pending.persist is not None and persist_id != pending.persist:
+            raise RPCError("invalid-value", "cancel-commit needs the persist-id of the pending commit",
+                           type="protocol", info={"bad-element": "persist-id"})
+        if pending.persist is None and pending.session_id != session.id:
+            raise RPCError("in-use", f"the pending confirmed commit belongs to session {pending.session_id}",
+                           type="protocol", info={"session-id": str(pending.session_id)})
+        await self._rollback("cancel-commit")
+
+    async def _rollback(self, why: str) -> None:
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        if pending.timer:
+            pending.timer.cancel()
+        log.info("%s: rolling back the confirmed commit: %s", self.name, why)
+        await self.commit_running(pending.backup, None)
+        self.discard_changes()
+
+    # --- get --------------------------------------------------------------
+
+    async def operational_tree(self) -> etree._Element:
+        tree = self.datastores.copy("running")
+        merge_state(self.schema, tree, self._protocol_state())
+        for provider in self._state_providers:
+            state = await provider()
+            if state is not None:
+                merge_state(self.schema, tree, state)
+        return tree
+
+    def with_defaults(self, tree: etree._Element, mode: str, config_only: bool) -> etree._Element:
+        if mode == "explicit":
+            return tree
+        dnode = self.schema.parse(tree, config_only=config_only, validate=False)
+        if dnode is None:
+            return tree
+        node = ffi.new("struct lyd_node **", dnode.cdata)
+        lib.lyd_new_implicit_all(node, self.schema.ctx.cdata, lib.LYD_IMPLICIT_NO_STATE if config_only else 0, ffi.NULL)
+        dnode.cdata = node[0]
+        return self.schema.to_lxml(dnode, tree.tag, WD_FLAGS[mode])
+
+    def _protocol_state(self) -> etree._Element:
+        """ietf-yang-library (RFC 8525) and ietf-netconf-monitoring (RFC 6022) state."""
+        root = empty_tree()
+        yanglib = self.schema.ctx.get_yanglib_data()
+        root.extend(self.schema.to_lxml(yanglib, root.tag))
+        root.append(self._netconf_state())
+        return root
+
+    def _netconf_state(self) -> etree._Element:
+        m = lambda tag: f"{{{MONITORING_NS}}}{tag}"
+        state = etree.Element(m("netconf-state"), nsmap={None: MONITORING_NS})
+        caps = etree.SubElement(state, m("capabilities"))
+        for uri in self.capabilities():
+            etree.SubElement(caps, m("capability")).text = uri
+        datastores = etree.SubElement(state, m("datastores"))
+        for name in DATASTORES:
+            ds = etree.SubElement(datastores, m("datastore"))
+            etree.SubElement(ds, m("name")).text = name
+            if name in self.locks:
+                lock = etree.SubElement(etree.SubElement(ds, m("locks")), m("global-lock"))
+                etree.SubElement(lock, m("locked-by-session")).text = str(self.locks[name])
+                etree.SubElement(lock, m("locked-time")).text = now().isoformat()
+        schemas = etree.SubElement(state, m("schemas"))
+        for module in self.schema.implemented_modules():
+            entry = etree.SubElement(schemas, m("schema"))
+            etree.SubElement(entry, m("identifier")).text = module.name()
+            revision = next(iter(module.revisions()), None)
+            etree.SubElement(entry, m("version")).text = revision.date() if revision else ""
+            etree.SubElement(entry, m("format"), nsmap={"ncm": MONITORING_NS}).text = "ncm:yang"
+            etree.SubElement(entry, m("namespace")).text = ffi.string(module.cdata.ns).decode()
+            etree.SubElement(entry, m("location")).text = "NETCONF"
+        sessions = etree.SubElement(state, m("sessions"))
+        for s in self.sessions.values():
+            entry = etree.SubElement(sessions, m("session"))
+            for tag, value in (("session-id", s.id), ("transport", "ncm:netconf-ssh"), ("username", s.username),
+                               ("source-host", s.peer or None), ("login-time", s.login_time.isoformat()),
+                               ("in-rpcs", s.in_rpcs), ("in-bad-rpcs", s.in_bad_rpcs),
+                               ("out-rpc-errors", s.out_rpc_errors), ("out-notifications", s.out_notifications)):
+                if value is not None:
+                    node = etree.SubElement(entry, m(tag), nsmap={"ncm": MONITORING_NS} if tag == "transport" else None)
+                    node.text = str(value)
+        stats = etree.SubElement(state, m("statistics"))
+        etree.SubElement(stats, m("netconf-start-time")).text = self.started.isoformat()
+        for tag in ("in-bad-hellos", "in-sessions", "dropped-sessions"):
+            etree.SubElement(stats, m(tag)).text = str(self.stats[tag])
+        totals = {"in-rpcs": 0, "in-bad-rpcs": 0, "out-rpc-errors": 0, "out-notifications": 0}
+        for s in self.sessions.values():
+            for key in totals:
+                totals[key] += getattr(s, key.replace("-", "_"))
+        for tag, value in totals.items():
+            etree.SubElement(stats, m(tag)).text = str(value)
+        return state
+
+    def get_schema(self, operation: etree._Element) -> etree._Element:
+        m = lambda tag: f"{{{MONITORING_NS}}}{tag}"
+        identifier = operation.findtext(m("identifier"))
+        if not identifier:
+            raise RPCError("missing-element", "<get-schema> needs <identifier>", type="protocol",
+                           info={"bad-element": "identifier"})
+        version = (operation.findtext(m("version")) or "").strip()
+        fmt = (operation.findtext(m("format")) or "yang").strip().split(":")[-1]
+        if fmt not in ("yang", "yin"):
+            raise RPCError("invalid-value", f"schema format '{fmt}' is not offered (yang, yin)", type="protocol",
+                           info={"bad-element": "format"})
+        module = self.schema.ctx.get_module(identifier.strip())
+        revision = next(iter(module.revisions()), None) if module else None
+        if module is None or (version and (revision is None or revision.date() != version)):
+            raise RPCError("invalid-value", f"no schema '{identifier.strip()}'"
+                           + (f" at version {version}" if version else ""), type="application",
+                           info={"bad-element": "identifier"})
+        path = module.filepath() if hasattr(module, "filepath") else None
+        text = pathlib.Path(path).read_text() if fmt == "yang" and path else module.print_mem(fmt)
+        data = etree.Element(m("data"), nsmap={None: MONITORING_NS})
+        data.text = text
+        return data
+
+    # --- RPCs and actions of the models -----------------------------------
+
+    async def call_rpc(self, session: Session, operation: etree._Element):
+        qname = etree.QName(operation)
+        module = self.schema.module_of_namespace(qname.namespace or "")
+        if module is None:
+            raise RPCError("unknown-namespace", f"namespace '{qname.namespace}' is not supported by this server",
+                           type="protocol", info={"bad-element": qname.localname, "bad-namespace": qname.namespace or ""})
+        path = f"/{module}:{qname.localname}"
+        info = self.schema.child(None, qname.namespace, qname.localname)
+        if info is None or info.keyword != "rpc":
+            raise RPCError("unknown-element", f"'{qname.localname}' is not an RPC of {module}", type="protocol",
+                           info={"bad-element": qname.localname})
+        self.check_exec(session, module, qname.localname)
+        self._validate_operation(operation)
+        handler = self._rpcs.get(path)
+        if handler is None:
+            raise RPCError("operation-not-supported", f"{path} is modelled but not implemented by this server",
+                           type="protocol", info={"bad-element": qname.localname})
+        return await handler(session, operation, None)
+
+    async def call_action(self, session: Session, action: etree._Element):
+        """An action (RFC 7950 section 7.15): the <action> element holds the data path to
+        the action node; the instance it applies to must exist."""
+        path_nodes = []
+        node = next((c for c in action if isinstance(c.tag, str)), None)
+        while node is not None:
+            path_nodes.append(node)
+            info = self.schema.node_for_path(path_nodes)
+            if info is None:
+                raise RPCError("unknown-element", f"'{etree.QName(node).localname}' is not in the schema",
+                               type="protocol", info={"bad-element": etree.QName(node).localname})
+            if info.keyword == "action":
+                break
+            node = next((c for c in node if isinstance(c.tag, str) and not _is_key(info, c)), None)
+        else:
+            raise RPCError("missing-element", "<action> names no action", type="protocol",
+                           info={"bad-element": "action"})
+        self.check_exec(session, info.module, info.name)
+        self._validate_operation(action)
+        context = self._find_instance(await self.operational_tree(), path_nodes[:-1])
+        if context is None:
+            raise RPCError("data-missing", f"the node that action '{info.name}' applies to does not exist",
+                           path=_data_path(path_nodes[:-1]))
+        handler = self._rpcs.get(info.schema_path)
+        if handler is None:
+            raise RPCError("operation-not-supported", f"action {info.schema_path} is not implemented by this server",
+                           type="protocol", info={"bad-element": info.name})
+        return await handler(session, path_nodes[-1], context)
+
+    def _validate_operation(self, operation: etree._Element) -> None:
+        """Validate RPC/action input with libyang (types, mandatory, ranges)."""
+        rpc = etree.Element(q("rpc"), nsmap={None: BASE_NS})
+        rpc.set("message-id", "0")
+        rpc.append(etree.fromstring(etree.tostring(operation)))
+        try:
+            tree = self.schema.ctx.parse_op_mem("xml", etree.tostring(rpc).decode(), DataType.RPC_NETCONF)
+        except Exception:  # noqa: BLE001 - libyang raises its own error type; report libyang's reason
+            raise self.schema.last_error() from None
+        if tree is not None:
+            free_tree(tree)
+
+    def _find_instance(self, tree: etree._Element, path_nodes: list[etree._Element]) -> etree._Element | None:
+        current = tree
+        for edit in path_nodes:
+            info = self.schema.node_for_path(path_nodes[: path_nodes.index(edit) + 1])
+            keys = {k: (edit.findtext(f"{{{info.namespace}}}{k}") or "").strip() for k in info.keys}
+            current = next((c for c in current.iterchildren(edit.tag)
+                            if all((c.findtext(f"{{{info.namespace}}}{k}") or "").strip() == v
+                                   for k, v in keys.items())), None)
+            if current is None:
+                return None
+        return current
+
+
+def _is_key(info, element: etree._Element) -> bool:
+    return etree.QName(element).localname in info.keys
+
+
+def _data_path(path_nodes: list[etree._Element]) -> str:
+    return "/" + "/".join(etree.QName(n).localname for n in path_nodes)
+
+
+def _close_process(process: asyncssh.SSHServerProcess) -> None:
+    try:
+        process.exit(0)
+    except (OSError, asyncssh.Error):
+        pass
+
+
+class _SSHServer(asyncssh.SSHServer):
+    def __init__(self, server: NetconfServer):
+        self.server = server
+        self.conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+
+    def begin_auth(self, username: str) -> bool:
+        user = self.server.users.get(username)
+        if user is not None and user.authorized_keys and self.conn is not None:
+            self.conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(user.authorized_keys)))
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def validate_password(self, username: str, password: str) -> bool:
+        user = self.server.users.get(username)
+        return bool(user and user.password is not None
+                    and hmac.compare_digest(user.password.encode(), password.encode()))
+
+    def public_key_auth_supported(self) -> bool:
+        return True

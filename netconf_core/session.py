@@ -1,0 +1,492 @@
+"""One NETCONF session: hello, framing, and the protocol operations of RFC 6241,
+RFC 5277, RFC 6022 and RFC 6243. Transport-agnostic: it is fed bytes and given a
+function to write bytes and one to close the transport."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Callable
+
+from lxml import etree
+
+from . import filters
+from .datastore import DATASTORES, empty_tree
+from .edit import apply_edit
+from .errors import BASE_NS, RPCError, RPCErrorList
+from .framing import FrameReader, FramingError, encode
+from .notifications import NOTIF_NS, STREAM, Subscription, control_event, now, parse_time
+
+if TYPE_CHECKING:
+    from .server import NetconfServer
+
+log = logging.getLogger(__name__)
+
+BASE_10 = "urn:ietf:params:netconf:base:1.0"
+BASE_11 = "urn:ietf:params:netconf:base:1.1"
+WD_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"
+MONITORING_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
+YANG_ACTION = "{urn:ietf:params:xml:ns:yang:1}action"
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True, huge_tree=False)
+
+
+def q(tag: str) -> str:
+    return f"{{{BASE_NS}}}{tag}"
+
+
+class Session:
+    def __init__(self, server: "NetconfServer", session_id: int, username: str,
+                 write: Callable[[bytes], None], close: Callable[[], None], peer: str = ""):
+        self.server = server
+        self.id = session_id
+        self.username = username
+        self.peer = peer
+        self._write = write
+        self._close = close
+        self.reader = FrameReader()
+        self.hello_done = False
+        self.chunked = False
+        self.closed = False
+        self.subscription: Subscription | None = None
+        self.login_time = now()
+        self.in_rpcs = 0
+        self.in_bad_rpcs = 0
+        self.out_rpc_errors = 0
+        self.out_notifications = 0
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    # --- transport side ---------------------------------------------------
+
+    def start(self) -> None:
+        self.send(self.server.hello_message(self.id))
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.reader.feed(data)
+        try:
+            while (message := self.reader.next_message()) is not None:
+                if not self.hello_done:
+                    self._receive_hello(message)
+                else:
+                    self._queue.put_nowait(message)
+        except FramingError as err:
+            log.info("session %d: framing error, closing: %s", self.id, err)
+            self.terminate()
+
+    def connection_lost(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._queue.put_nowait(None)
+            self.server.session_ended(self)
+
+    def terminate(self) -> None:
+        """Close the session from the server side (close-session, kill-session, fatal errors)."""
+        self.connection_lost()
+        self._close()
+
+    def send(self, message: bytes) -> None:
+        if not self.closed:
+            self._write(encode(message, self.chunked))
+
+    def _receive_hello(self, message: bytes) -> None:
+        try:
+            hello = etree.fromstring(message, _PARSER)
+        except etree.XMLSyntaxError:
+            hello = None
+        caps = set()
+        if hello is not None and hello.tag == q("hello") and hello.find(q("session-id")) is None:
+            caps = {(c.text or "").strip() for c in hello.iterfind(f"{q('capabilities')}/{q('capability')}")}
+        if not caps & {BASE_10, BASE_11}:
+            log.info("session %d: bad or missing hello, closing", self.id)
+            self.terminate()
+            return
+        self.hello_done = True
+        if BASE_11 in caps:
+            self.chunked = True
+            self.reader.switch_to_chunked()
+
+    async def _work(self) -> None:
+        while (message := await self._queue.get()) is not None:
+            try:
+                reply = await self._handle(message)
+            except Exception:  # a bug must not take the process down: answer and go on
+                log.exception("session %d: internal error", self.id)
+                reply = self._error_reply(None, RPCError("operation-failed", "internal server error"))
+            if reply is not None:
+                self.send(reply)
+
+    # --- rpc dispatch -----------------------------------------------------
+
+    async def _handle(self, message: bytes) -> bytes | None:
+        self.in_rpcs += 1
+        try:
+            rpc = etree.fromstring(message, _PARSER)
+        except etree.XMLSyntaxError as err:
+            self.in_bad_rpcs += 1
+            return self._error_reply(None, RPCError("malformed-message", f"not well-formed XML: {err}", type="rpc"))
+        if rpc.tag != q("rpc"):
+            self.in_bad_rpcs += 1
+            return self._error_reply(None, RPCError("malformed-message", f"expected <rpc>, got <{etree.QName(rpc).localname}>",
+                                                    type="rpc"))
+        if rpc.get("message-id") is None:
+            self.in_bad_rpcs += 1
+            return self._error_reply(rpc, RPCError("missing-attribute", "<rpc> has no message-id", type="rpc",
+                                                   info={"bad-attribute": "message-id", "bad-element": "rpc"}))
+        operations = [c for c in rpc if isinstance(c.tag, str)]
+        if len(operations) != 1:
+            self.in_bad_rpcs += 1
+            return self._error_reply(rpc, RPCError("malformed-message" if not operations else "unknown-element",
+                                                   "an <rpc> holds exactly one operation", type="rpc"))
+        operation = operations[0]
+        try:
+            body = await self._dispatch(operation)
+        except RPCError as err:
+            self.in_bad_rpcs += 1
+            return self._error_reply(rpc, err)
+        reply = self._reply(rpc)
+        if body is None:
+            etree.SubElement(reply, q("ok"))
+        else:
+            reply.extend(body if isinstance(body, list) else [body])
+        out = etree.tostring(reply)
+        if operation.tag == q("close-session"):
+            self.send(out)
+            self.terminate()
+            return None
+        return out
+
+    def _reply(self, rpc: etree._Element | None) -> etree._Element:
+        reply = etree.Element(q("rpc-reply"), nsmap={None: BASE_NS})
+        if rpc is not None:
+            for name, value in rpc.attrib.items():
+                reply.set(name, value)
+        return reply
+
+    def _error_reply(self, rpc, err: RPCError) -> bytes:
+        reply = self._reply(rpc)
+        errors = err.errors if isinstance(err, RPCErrorList) else [err]
+        self.out_rpc_errors += 1
+        for e in errors:
+            reply.append(e.to_xml())
+        return etree.tostring(reply)
+
+    async def _dispatch(self, operation: etree._Element):
+        qname = etree.QName(operation)
+        server = self.server
+        if qname.namespace == BASE_NS:
+            handler = _BASE_OPERATIONS.get(qname.localname)
+            if handler is None:
+                raise RPCError("operation-not-supported", f"<{qname.localname}> is not a NETCONF operation",
+                               type="protocol", info={"bad-element": qname.localname})
+            server.check_exec(self, "ietf-netconf", qname.localname)
+            return await handler(self, operation)
+        if qname.namespace == NOTIF_NS and qname.localname == "create-subscription":
+            server.check_exec(self, "notifications", "create-subscription")
+            return self.create_subscription(operation)
+        if qname.namespace == MONITORING_NS and qname.localname == "get-schema":
+            server.check_exec(self, "ietf-netconf-monitoring", "get-schema")
+            return server.get_schema(operation)
+        if operation.tag == YANG_ACTION:
+            return await server.call_action(self, operation)
+        return await server.call_rpc(self, operation)
+
+    # --- helpers ----------------------------------------------------------
+
+    def _param(self, operation: etree._Element, name: str, required: bool = False) -> etree._Element | None:
+        node = operation.find(q(name))
+        if node is None and required:
+            raise RPCError("missing-element", f"<{etree.QName(operation).localname}> needs <{name}>",
+                           type="protocol", info={"bad-element": name})
+        return node
+
+    def _datastore(self, operation: etree._Element, param: str, allowed=DATASTORES, inline_ok=False):
+        """The datastore name (or inline <config>) that the `param` element names."""
+        node = self._param(operation, param, required=True)
+        choices = [c for c in node if isinstance(c.tag, str)]
+        if len(choices) != 1:
+            raise RPCError("missing-element" if not choices else "bad-element",
+                           f"<{param}> must name exactly one datastore", type="protocol", info={"bad-element": param})
+        choice = choices[0]
+        name = etree.QName(choice).localname
+        if choice.tag == q("config") and inline_ok:
+            return choice
+        if choice.tag == q("url"):
+            raise RPCError("operation-not-supported", "the :url capability is not supported", type="protocol",
+                           info={"bad-element": "url"})
+        if etree.QName(choice).namespace != BASE_NS or name not in allowed:
+            raise RPCError("invalid-value", f"<{param}> cannot be '{name}' here (allowed: {', '.join(allowed)})",
+                           type="protocol", info={"bad-element": name})
+        return name
+
+    def _with_defaults(self, operation: etree._Element) -> str:
+        node = operation.find(f"{{{WD_NS}}}with-defaults")
+        if node is None:
+            return "explicit"
+        mode = (node.text or "").strip()
+        if mode not in ("explicit", "report-all", "report-all-tagged", "trim"):
+            raise RPCError("invalid-value", f"with-defaults '{mode}' is not a with-defaults mode", type="protocol",
+                           info={"bad-element": "with-defaults"})
+        return mode
+
+    def _filtered(self, operation: etree._Element, tree: etree._Element, config_only: bool) -> etree._Element:
+        server = self.server
+        tree = server.nacm_prune(self, tree)
+        tree = server.with_defaults(tree, self._with_defaults(operation), config_only)
+        flt = self._param(operation, "filter")
+        if flt is None:
+            return tree
+        kind = flt.get("type", "subtree")
+        if kind == "subtree":
+            return filters.subtree(server.schema, tree, list(flt))
+        if kind == "xpath":
+            select = flt.get("select")
+            if select is None:
+                raise RPCError("missing-attribute", "an xpath filter needs a select attribute", type="protocol",
+                               info={"bad-attribute": "select", "bad-element": "filter"})
+            return filters.xpath(server.schema, tree, select, {k: v for k, v in flt.nsmap.items() if k})
+        raise RPCError("bad-attribute", f"filter type '{kind}' is neither subtree nor xpath", type="protocol",
+                       info={"bad-attribute": "type", "bad-element": "filter"})
+
+    def _check_not_locked(self, datastore: str) -> None:
+        owner = self.server.locks.get(datastore)
+        if owner is not None and owner != self.id:
+            raise RPCError("in-use", f"the {datastore} datastore is locked by session {owner}",
+                           type="protocol", info={"session-id": str(owner)})
+
+    # --- notifications ----------------------------------------------------
+
+    def create_subscription(self, operation: etree._Element) -> None:
+        if self.subscription is not None:
+            raise RPCError("in-use", "this session already has a subscription", type="protocol")
+        stream = operation.findtext(f"{{{NOTIF_NS}}}stream")
+        if stream is not None and stream.strip() != STREAM:
+            raise RPCError("invalid-value", f"no stream '{stream.strip()}'; this server has '{STREAM}'",
+                           type="protocol", info={"bad-element": "stream"})
+        start_text = operation.findtext(f"{{{NOTIF_NS}}}startTime")
+        stop_text = operation.findtext(f"{{{NOTIF_NS}}}stopTime")
+        start = parse_time(start_text, "startTime") if start_text else None
+        stop = parse_time(stop_text, "stopTime") if stop_text else None
+        if stop and not start:
+            raise RPCError("missing-element", "stopTime needs startTime", type="protocol",
+                           info={"bad-element": "startTime"})
+        if start and start > now():
+            raise RPCError("bad-element", "startTime is in the future", type="protocol",
+                           info={"bad-element": "startTime"})
+        if start and stop and stop < start:
+            raise RPCError("bad-element", "stopTime is before startTime", type="protocol",
+                           info={"bad-element": "stopTime"})
+        flt = operation.find(f"{{{NOTIF_NS}}}filter")
+        self.subscription = Subscription(flt, start, stop)
+        if start is not None:
+            asyncio.get_running_loop().call_soon(self._replay)
+        return None
+
+    def _replay(self) -> None:
+        sub = self.subscription
+        if sub is None:
+            return
+        for event in self.server.replay.between(sub.start, sub.stop):
+            self.deliver(event)
+        self.send(control_event("replayComplete").to_xml())
+        if sub.stop is not None and sub.stop <= now():
+            self.send(control_event("notificationComplete").to_xml())
+            self.subscription = None
+
+    def deliver(self, event) -> None:
+        sub = self.subscription
+        if sub is None or self.closed:
+            return
+        if sub.stop is not None and event.time > sub.stop:
+            return
+        if not self.server.may_notify(self, event):
+            return
+        if sub.filter is not None and not self.server.notification_matches(event, sub.filter):
+            return
+        self.out_notifications += 1
+        self.send(event.to_xml())
+
+
+# --- protocol operations (RFC 6241 section 7 and 8) ----------------------------
+
+async def op_get(s: Session, op):
+    return s._filtered(op, await s.server.operational_tree(), config_only=False)
+
+
+async def op_get_config(s: Session, op):
+    source = s._datastore(op, "source")
+    s.server.require_datastore(source)
+    tree = s._filtered(op, s.server.datastores.copy(source), config_only=True)
+    return tree
+
+
+async def op_edit_config(s: Session, op):
+    server = s.server
+    target = s._datastore(op, "target", allowed=("running", "candidate"))
+    server.require_datastore(target)
+    s._check_not_locked(target)
+    default_op = (op.findtext(q("default-operation")) or "merge").strip()
+    if default_op not in ("merge", "replace", "none"):
+        raise RPCError("invalid-value", f"default-operation '{default_op}' must be merge, replace or none",
+                       type="protocol", info={"bad-element": "default-operation"})
+    test_option = (op.findtext(q("test-option")) or "test-then-set").strip()
+    if test_option not in ("test-then-set", "set", "test-only"):
+        raise RPCError("invalid-value", f"test-option '{test_option}' must be test-then-set, set or test-only",
+                       type="protocol", info={"bad-element": "test-option"})
+    error_option = (op.findtext(q("error-option")) or "stop-on-error").strip()
+    if error_option not in ("stop-on-error", "continue-on-error", "rollback-on-error"):
+        raise RPCError("invalid-value", f"error-option '{error_option}' is not an error-option",
+                       type="protocol", info={"bad-element": "error-option"})
+    config = s._param(op, "config")
+    if config is None:
+        if op.find(q("url")) is not None:
+            raise RPCError("operation-not-supported", "the :url capability is not supported", type="protocol",
+                           info={"bad-element": "url"})
+        raise RPCError("missing-element", "<edit-config> needs <config>", type="protocol",
+                       info={"bad-element": "config"})
+    before = server.datastores[target]
+    base = empty_tree() if default_op == "replace" else before
+    edited = apply_edit(server.schema, base, config, default_op if default_op != "replace" else "merge",
+                        collect_all_errors=error_option == "continue-on-error")
+    # Full validation except for `set` on the candidate, which may be built up in steps and is
+    # validated at commit (RFC 6241 section 8.3); running is never left invalid.
+    full = not (target == "candidate" and test_option == "set")
+    edited = server.schema.canonical(edited, config_only=True, validate=full)
+    server.check_write(s, before, edited)
+    if test_option == "test-only":
+        return None
+    if target == "running":
+        await server.commit_running(edited, s)
+    else:
+        server.set_candidate(edited, s)
+    return None
+
+
+async def op_copy_config(s: Session, op):
+    server = s.server
+    target = s._datastore(op, "target")
+    source = s._datastore(op, "source", inline_ok=True)
+    server.require_datastore(target)
+    s._check_not_locked(target)
+    if isinstance(source, str):
+        server.require_datastore(source)
+        if source == target:
+            raise RPCError("invalid-value", "source and target are the same datastore", type="protocol",
+                           info={"bad-element": "target"})
+        tree = server.datastores.copy(source)
+    else:
+        tree = empty_tree()
+        tree.extend(c for c in list(source) if isinstance(c.tag, str))
+    tree = server.schema.canonical(tree, config_only=True)
+    server.check_write(s, server.datastores[target], tree)
+    if target == "running":
+        await server.commit_running(tree, s)
+    elif target == "candidate":
+        server.set_candidate(tree, s)
+    else:
+        server.datastores.set(target, tree)
+    return None
+
+
+async def op_delete_config(s: Session, op):
+    target = s._datastore(op, "target", allowed=("startup",))
+    s.server.require_datastore(target)
+    s._check_not_locked(target)
+    s.server.check_write(s, s.server.datastores[target], empty_tree())
+    s.server.datastores.clear(target)
+    return None
+
+
+async def op_lock(s: Session, op):
+    target = s._datastore(op, "target")
+    s.server.require_datastore(target)
+    s.server.lock(s, target)
+    return None
+
+
+async def op_unlock(s: Session, op):
+    target = s._datastore(op, "target")
+    s.server.require_datastore(target)
+    s.server.unlock(s, target)
+    return None
+
+
+async def op_close_session(s: Session, op):
+    return None
+
+
+async def op_kill_session(s: Session, op):
+    text = (s._param(op, "session-id", required=True).text or "").strip()
+    if not text.isdigit():
+        raise RPCError("invalid-value", f"session-id '{text}' is not a number", type="protocol",
+                       info={"bad-element": "session-id"})
+    victim = int(text)
+    if victim == s.id:
+        raise RPCError("invalid-value", "kill-session cannot end the session that sends it (use close-session)",
+                       type="protocol", info={"bad-element": "session-id"})
+    target = s.server.sessions.get(victim)
+    if target is None:
+        raise RPCError("invalid-value", f"no session {victim}", type="protocol", info={"bad-element": "session-id"})
+    target.terminate()
+    return None
+
+
+async def op_commit(s: Session, op):
+    server = s.server
+    server.require_datastore("candidate")
+    s._check_not_locked("running")
+    confirmed = op.find(q("confirmed")) is not None
+    timeout_text = op.findtext(q("confirm-timeout"))
+    persist = op.findtext(q("persist"))
+    persist_id = op.findtext(q("persist-id"))
+    timeout = 600
+    if timeout_text is not None:
+        if not timeout_text.strip().isdigit() or int(timeout_text) == 0:
+            raise RPCError("invalid-value", f"confirm-timeout '{timeout_text}' must be a positive number of seconds",
+                           type="protocol", info={"bad-element": "confirm-timeout"})
+        timeout = int(timeout_text)
+    await server.commit(s, confirmed, timeout, persist.strip() if persist else None,
+                        persist_id.strip() if persist_id is not None else None)
+    return None
+
+
+async def op_cancel_commit(s: Session, op):
+    persist_id = op.findtext(q("persist-id"))
+    await s.server.cancel_commit(s, persist_id.strip() if persist_id is not None else None)
+    return None
+
+
+async def op_discard_changes(s: Session, op):
+    s.server.require_datastore("candidate")
+    s._check_not_locked("candidate")
+    s.server.discard_changes()
+    return None
+
+
+async def op_validate(s: Session, op):
+    source = s._datastore(op, "source", inline_ok=True)
+    if isinstance(source, str):
+        s.server.require_datastore(source)
+        tree = s.server.datastores[source]
+    else:
+        tree = empty_tree()
+        tree.extend(c for c in list(source) if isinstance(c.tag, str))
+    s.server.schema.canonical(tree, config_only=True)
+    return None
+
+
+_BASE_OPERATIONS = {
+    "get": op_get,
+    "get-config": op_get_config,
+    "edit-config": op_edit_config,
+    "copy-config": op_copy_config,
+    "delete-config": op_delete_config,
+    "lock": op_lock,
+    "unlock": op_unlock,
+    "close-session": op_close_session,
+    "kill-session": op_kill_session,
+    "commit": op_commit,
+    "cancel-commit": op_cancel_commit,
+    "discard-changes": op_discard_changes,
+    "validate": op_validate,
+}
