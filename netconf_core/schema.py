@@ -166,6 +166,29 @@ class Schema:
             raise self.last_error()
         return libyang.DNode.new(self.ctx, out[0]) if out[0] else None
 
+    def validate_operation(self, rpc: bytes) -> None:
+        """Validate an <rpc> holding a YANG RPC or action: input types, ranges, mandatory nodes."""
+        in_ = ffi.new("struct ly_in **")
+        if lib.ly_in_new_memory(rpc, in_) != lib.LY_SUCCESS:
+            raise RPCError("operation-failed", "cannot read the operation")
+        envelope = ffi.new("struct lyd_node **")
+        op = ffi.new("struct lyd_node **")
+        try:
+            ret = lib.lyd_parse_op(self.ctx.cdata, ffi.NULL, in_[0], lib.LYD_XML, lib.LYD_TYPE_RPC_NETCONF, envelope, op)
+            if ret == lib.LY_SUCCESS:
+                ret = lib.lyd_validate_op(op[0], ffi.NULL, lib.LYD_TYPE_RPC_YANG, ffi.NULL)
+            if ret != lib.LY_SUCCESS:
+                raise self.last_error()
+        finally:
+            lib.ly_in_free(in_[0], 0)
+            if op[0]:
+                top = op[0]
+                while top.parent:
+                    top = ffi.cast("struct lyd_node *", top.parent)
+                lib.lyd_free_all(top)
+            if envelope[0]:
+                lib.lyd_free_all(envelope[0])
+
     def last_error(self) -> RPCError:
         """The first error libyang stored, as an rpc-error; clears libyang's error list."""
         err = lib.ly_err_first(self.ctx.cdata)

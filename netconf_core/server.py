@@ -13,6 +13,7 @@ through which a device or controller plugs in without touching sessions or frami
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import logging
 import pathlib
@@ -20,23 +21,24 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import asyncssh
+import libyang
 from _libyang import ffi, lib
-from libyang.util import DataType
 from lxml import etree
 
 from . import filters
 from .datastore import DATASTORES, Datastores, empty_tree, merge_state
 from .errors import BASE_NS, RPCError
-from .nacm import Nacm
+from .nacm import Nacm, NacmConfigError, NacmCounters
 from .notifications import ReplayBuffer, Event, now
 from .schema import WD_FLAGS, Schema, free_tree
-from .session import BASE_10, BASE_11, MONITORING_NS, Session, q
+from .session import BASE_10, BASE_11, MONITORING_NS, WD_NS, Session, q
 
 log = logging.getLogger(__name__)
 
 NACM_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-acm"
 NC_NOTIF_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
 YANGLIB_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-library"
+WD_ATTR_NS = "urn:ietf:params:xml:ns:netconf:default:1.0"
 
 CAPABILITIES = [
     BASE_10,
@@ -145,7 +147,8 @@ class NetconfServer:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self.stats = {"in-sessions": 0, "dropped-sessions": 0, "in-bad-hellos": 0}
         self.started = now()
-        self._refresh_nacm()
+        self.nacm_counters = NacmCounters()
+        self.nacm = self._build_nacm(self.datastores["running"])
 
     # --- extension points -------------------------------------------------
 
@@ -260,9 +263,13 @@ class NetconfServer:
 
     # --- access control ---------------------------------------------------
 
-    def _refresh_nacm(self) -> None:
-        config = self.datastores["running"].find(f"{{{NACM_NS}}}nacm")
-        self.nacm = Nacm(self.schema.ctx, config)
+    def _build_nacm(self, running: etree._Element) -> Nacm:
+        try:
+            return Nacm(self.schema.ctx, running.find(f"{{{NACM_NS}}}nacm"), counters=self.nacm_counters)
+        except NacmConfigError as err:
+            raise RPCError("invalid-value", f"the NACM rules cannot be enforced: {err}",
+                           path="/ietf-netconf-acm:nacm",
+                           path_nsmap={"ietf-netconf-acm": NACM_NS}) from None
 
     def check_exec(self, session: Session, module: str, name: str) -> None:
         if not self.nacm.may_exec(session.username, module, name):
@@ -331,13 +338,13 @@ class NetconfServer:
         """Make a validated tree the running configuration, after every change handler accepted it."""
         async with self._commit_lock:
             before = self.datastores["running"]
+            nacm = self._build_nacm(tree)
             for handler in self._change_handlers:
                 await handler(before, tree)
             self.datastores.set("running", tree)
+            self.nacm = nacm
             if self.candidate_dirty_by is None:
                 self.datastores.set("candidate", self.datastores.copy("running"))
-            if tree.find(f"{{{NACM_NS}}}nacm") is not before.find(f"{{{NACM_NS}}}nacm"):
-                self._refresh_nacm()
         await self._config_change_notification(session)
 
     async def _config_change_notification(self, session: Session | None) -> None:
@@ -420,7 +427,15 @@ class NetconfServer:
         node = ffi.new("struct lyd_node **", dnode.cdata)
         lib.lyd_new_implicit_all(node, self.schema.ctx.cdata, lib.LYD_IMPLICIT_NO_STATE if config_only else 0, ffi.NULL)
         dnode.cdata = node[0]
-        return self.schema.to_lxml(dnode, tree.tag, WD_FLAGS[mode])
+        out = self.schema.to_lxml(dnode, tree.tag, WD_FLAGS[mode])
+        if mode == "report-all-tagged":
+            # libyang tags with the YANG module's namespace; RFC 6243 section 6 names another.
+            for element in out.iter():
+                value = element.attrib.pop(f"{{{WD_NS}}}default", None)
+                if value is not None:
+                    element.set(f"{{{WD_ATTR_NS}}}default", value)
+            etree.cleanup_namespaces(out)
+        return out
 
     def _protocol_state(self) -> etree._Element:
         """ietf-yang-library (RFC 8525) and ietf-netconf-monitoring (RFC 6022) state."""
@@ -428,11 +443,15 @@ class NetconfServer:
         yanglib = self.schema.ctx.get_yanglib_data()
         root.extend(self.schema.to_lxml(yanglib, root.tag))
         root.append(self._netconf_state())
+        n = lambda tag: f"{{{NACM_NS}}}{tag}"
+        nacm = etree.SubElement(root, n("nacm"), nsmap={None: NACM_NS})
+        for tag in ("denied-operations", "denied-data-writes", "denied-notifications"):
+            etree.SubElement(nacm, n(tag)).text = str(getattr(self.nacm_counters, tag.replace("-", "_")))
         return root
 
     def _netconf_state(self) -> etree._Element:
         m = lambda tag: f"{{{MONITORING_NS}}}{tag}"
-        state = etree.Element(m("netconf-state"), nsmap={None: MONITORING_NS})
+        state = etree.Element(m("netconf-state"), nsmap={None: MONITORING_NS, "ncm": MONITORING_NS})
         caps = etree.SubElement(state, m("capabilities"))
         for uri in self.capabilities():
             etree.SubElement(caps, m("capability")).text = uri
@@ -450,7 +469,7 @@ class NetconfServer:
             etree.SubElement(entry, m("identifier")).text = module.name()
             revision = next(iter(module.revisions()), None)
             etree.SubElement(entry, m("version")).text = revision.date() if revision else ""
-            etree.SubElement(entry, m("format"), nsmap={"ncm": MONITORING_NS}).text = "ncm:yang"
+            etree.SubElement(entry, m("format")).text = "ncm:yang"
             etree.SubElement(entry, m("namespace")).text = ffi.string(module.cdata.ns).decode()
             etree.SubElement(entry, m("location")).text = "NETCONF"
         sessions = etree.SubElement(state, m("sessions"))
@@ -461,8 +480,7 @@ class NetconfServer:
                                ("in-rpcs", s.in_rpcs), ("in-bad-rpcs", s.in_bad_rpcs),
                                ("out-rpc-errors", s.out_rpc_errors), ("out-notifications", s.out_notifications)):
                 if value is not None:
-                    node = etree.SubElement(entry, m(tag), nsmap={"ncm": MONITORING_NS} if tag == "transport" else None)
-                    node.text = str(value)
+                    etree.SubElement(entry, m(tag)).text = str(value)
         stats = etree.SubElement(state, m("statistics"))
         etree.SubElement(stats, m("netconf-start-time")).text = self.started.isoformat()
         for tag in ("in-bad-hellos", "in-sessions", "dropped-sessions"):
@@ -486,7 +504,10 @@ class NetconfServer:
         if fmt not in ("yang", "yin"):
             raise RPCError("invalid-value", f"schema format '{fmt}' is not offered (yang, yin)", type="protocol",
                            info={"bad-element": "format"})
-        module = self.schema.ctx.get_module(identifier.strip())
+        try:
+            module = self.schema.ctx.get_module(identifier.strip())
+        except libyang.LibyangError:
+            module = None
         revision = next(iter(module.revisions()), None) if module else None
         if module is None or (version and (revision is None or revision.date() != version)):
             raise RPCError("invalid-value", f"no schema '{identifier.strip()}'"
@@ -536,7 +557,9 @@ class NetconfServer:
         else:
             raise RPCError("missing-element", "<action> names no action", type="protocol",
                            info={"bad-element": "action"})
-        self.check_exec(session, info.module, info.name)
+        if not self.nacm.may_exec_action(session.username, path_nodes[-1]):
+            raise RPCError("access-denied", f"user '{session.username}' may not run action {info.schema_path}",
+                           type="protocol")
         self._validate_operation(action)
         context = self._find_instance(await self.operational_tree(), path_nodes[:-1])
         if context is None:
@@ -549,16 +572,10 @@ class NetconfServer:
         return await handler(session, path_nodes[-1], context)
 
     def _validate_operation(self, operation: etree._Element) -> None:
-        """Validate RPC/action input with libyang (types, mandatory, ranges)."""
         rpc = etree.Element(q("rpc"), nsmap={None: BASE_NS})
         rpc.set("message-id", "0")
-        rpc.append(etree.fromstring(etree.tostring(operation)))
-        try:
-            tree = self.schema.ctx.parse_op_mem("xml", etree.tostring(rpc).decode(), DataType.RPC_NETCONF)
-        except Exception:  # noqa: BLE001 - libyang raises its own error type; report libyang's reason
-            raise self.schema.last_error() from None
-        if tree is not None:
-            free_tree(tree)
+        rpc.append(copy.deepcopy(operation))
+        self.schema.validate_operation(etree.tostring(rpc))
 
     def _find_instance(self, tree: etree._Element, path_nodes: list[etree._Element]) -> etree._Element | None:
         current = tree

@@ -10,6 +10,10 @@ import sys
 
 COMMAND_MODULES = [
     "tools.cmd_models",
+    "tools.cmd_topology",
+    "tools.cmd_serve",
+    "tools.cmd_conform",
+    "tools.cmd_bench",
 ]
 
 

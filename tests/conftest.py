@@ -1,0 +1,72 @@
+"""Shared fixtures: a real NETCONF server of ours on 127.0.0.1, run on an event loop in a
+background thread so that synchronous third-party clients (ncclient) can talk to it."""
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import threading
+
+import pytest
+from ncclient import manager
+
+from netconf_core.schema import Schema
+from netconf_core.server import NetconfServer, User, standard_nacm
+
+TEST_YANG = pathlib.Path(__file__).parent / "yang"
+ENGINE_NS = "urn:qstrata:yang:qs-engine-test"
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread; `run(coro)` waits for the coroutine's result."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def engine_schema() -> Schema:
+    return Schema(["qs-engine-test"], [TEST_YANG])
+
+
+class RunningServer:
+    def __init__(self, loop: LoopThread, server: NetconfServer):
+        self.loop = loop
+        self.server = server
+        self.port = server.port
+
+    def connect(self, user: str = "admin", password: str = "admin-pw", **kw):
+        return manager.connect(host="127.0.0.1", port=self.port, username=user, password=password,
+                               hostkey_verify=False, allow_agent=False, look_for_keys=False, timeout=30, **kw)
+
+
+@pytest.fixture
+def loop_thread():
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+def start_server(loop_thread: LoopThread, schema: Schema, **kw) -> RunningServer:
+    async def make():
+        server = NetconfServer(schema, {"admin": User(password="admin-pw"), "reader": User(password="reader-pw")},
+                               nacm=standard_nacm(["admin"], ["reader"]), **kw)
+        await server.start()
+        return server
+    return RunningServer(loop_thread, loop_thread.run(make()))
+
+
+@pytest.fixture
+def engine(loop_thread, engine_schema, tmp_path):
+    running = start_server(loop_thread, engine_schema, datastore_dir=tmp_path / "ds")
+    yield running
+    loop_thread.run(running.server.stop())

@@ -1,0 +1,54 @@
+"""`qstrata serve`: the NETCONF engine alone, serving any YANG modules as a validated datastore."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pathlib
+import secrets
+import signal
+
+from netconf_core.schema import Schema
+from netconf_core.server import NetconfServer, User, standard_nacm
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="serve YANG modules over NETCONF (no device behind them)",
+                              description=__doc__)
+    p.add_argument("--yang", action="append", default=[], metavar="DIR", help="directory of YANG modules (repeatable)")
+    p.add_argument("--module", action="append", required=True, metavar="NAME", help="module to implement (repeatable)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8300, help="TCP port (0: any free port)")
+    p.add_argument("--user", default="admin", help="read-write user")
+    p.add_argument("--password", help="its password (default: a random one, printed)")
+    p.add_argument("--authorized-keys", type=pathlib.Path, help="OpenSSH authorized_keys file for the user")
+    p.add_argument("--read-only-user", action="append", default=[], metavar="NAME:PASSWORD",
+                   help="a user of the read-only NACM group (repeatable)")
+    p.add_argument("--datastore-dir", type=pathlib.Path, help="persist running/startup here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    password = args.password or secrets.token_urlsafe(12)
+    keys = args.authorized_keys.read_text().splitlines() if args.authorized_keys else []
+    users = {args.user: User(password=password, authorized_keys=[k for k in keys if k.strip()])}
+    readers = []
+    for spec in args.read_only_user:
+        name, _, secret = spec.partition(":")
+        users[name] = User(password=secret)
+        readers.append(name)
+    schema = Schema(args.module, [pathlib.Path(d) for d in args.yang])
+    server = NetconfServer(schema, users, host=args.host, port=args.port, datastore_dir=args.datastore_dir,
+                           nacm=standard_nacm([args.user], readers), name="qstrata-serve")
+    return asyncio.run(_serve(server, args.user, password))
+
+
+async def _serve(server: NetconfServer, user: str, password: str) -> int:
+    await server.start()
+    print(f"NETCONF server on {server.host}:{server.port} (user {user}, password {password})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    return 0
