@@ -37,10 +37,6 @@ class RPCError(Exception):
     path_nsmap: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.tag not in ERROR_TAGS:
-            raise ValueError(f"unknown error-tag {self.tag!r}")
-        if self.type not in ERROR_TYPES:
-            raise ValueError(f"unknown error-type {self.type!r}")
         Exception.__init__(self, str(self))
 
     def __str__(self) -> str:
@@ -48,6 +44,9 @@ class RPCError(Exception):
         return f"{self.type}/{self.tag}{where}: {self.message}"
 
     def to_xml(self) -> etree._Element:
+        # What this server sends must be standard; what a client receives is taken as it is.
+        if self.tag not in ERROR_TAGS or self.type not in ERROR_TYPES:
+            raise ValueError(f"non-standard rpc-error {self.type}/{self.tag}")
         err = etree.Element(_q("rpc-error"), nsmap={None: BASE_NS})
         etree.SubElement(err, _q("error-type")).text = self.type
         etree.SubElement(err, _q("error-tag")).text = self.tag

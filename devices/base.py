@@ -1,0 +1,126 @@
+"""What every emulated device shares: a NETCONF server of the engine serving the device's
+modules, the digital twin and key network of its emulated network, and two hooks in the
+sysrepo style: `apply` reacts to a new running configuration (raise RPCError to refuse it),
+`state` supplies operational data at get time. Devices never touch sessions or framing."""
+from __future__ import annotations
+
+import copy
+import functools
+import pathlib
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import asyncssh
+from lxml import etree
+
+from devices.keystore import KeyNetwork
+from devices.twin import Twin
+from netconf_core.datastore import empty_tree
+from netconf_core.schema import Schema
+from netconf_core.server import NetconfServer, User, standard_nacm
+
+ADMIN_USER = "admin"
+MONITOR_USER = "monitor"
+
+
+@functools.lru_cache(maxsize=None)
+def schema_for(modules: tuple[str, ...]) -> Schema:
+    """One libyang context per set of modules, shared by every device that serves that set."""
+    return Schema(list(modules))
+
+
+@dataclass
+class NetworkContext:
+    """What the devices of one emulated network share."""
+
+    twin: Twin
+    keys: KeyNetwork
+    users: dict[str, User] = field(default_factory=lambda: {ADMIN_USER: User(password="admin"),
+                                                             MONITOR_USER: User(password="monitor")})
+    read_write: tuple[str, ...] = (ADMIN_USER,)
+    read_only: tuple[str, ...] = (MONITOR_USER,)
+    host: str = "127.0.0.1"
+    state_dir: pathlib.Path | None = None
+    host_key: asyncssh.SSHKey = field(default_factory=lambda: asyncssh.generate_private_key("ssh-ed25519"))
+
+    def device_dir(self, device_id: str) -> pathlib.Path | None:
+        return self.state_dir / device_id if self.state_dir else None
+
+
+class Device:
+    """Base of the emulated devices. Subclasses set `modules` and override `apply`, `state`
+    and `initial_config`."""
+
+    kind: ClassVar[str] = "device"
+    modules: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, device_id: str, network: NetworkContext, port: int = 0):
+        self.id = device_id
+        self.network = network
+        directory = network.device_dir(device_id)
+        self.server = NetconfServer(
+            schema_for(self.modules), network.users, host=network.host, port=port,
+            host_key=network.host_key, datastore_dir=directory / "datastores" if directory else None,
+            nacm=standard_nacm(list(network.read_write), list(network.read_only)), name=device_id)
+        self.server.on_change(self.apply)
+        self.server.add_state_provider(self.state)
+
+    @property
+    def schema(self) -> Schema:
+        return self.server.schema
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def start(self) -> None:
+        """Bring the device up with its saved configuration, or its initial one the first time."""
+        running = self.server.datastores["running"]
+        initial = self.initial_config()
+        if initial is not None and not _has_own_config(running, self.modules, self.schema):
+            tree = copy.deepcopy(running)
+            tree.extend(initial)
+            await self.server.commit_running(self.schema.canonical(tree, config_only=True), None)
+            self.server.datastores.set("startup", self.server.datastores.copy("running"))
+        else:
+            await self.apply(empty_tree(), running)
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    async def apply(self, before: etree._Element, after: etree._Element) -> None:
+        """Make the device do what `after` (the new running configuration) says."""
+
+    async def state(self) -> etree._Element | None:
+        """Operational (config false) data, as a <data> tree merged into <get> replies."""
+        return None
+
+    def initial_config(self) -> list[etree._Element] | None:
+        """Top-level config elements the device boots with when it has none saved."""
+        return None
+
+    async def notify(self, notification: etree._Element) -> None:
+        await self.server.notify(notification)
+
+
+def _has_own_config(running: etree._Element, modules: tuple[str, ...], schema: Schema) -> bool:
+    own = {schema.namespace_of_module(m) for m in modules}
+    return any(etree.QName(child).namespace in own for child in running)
+
+
+def element(ns: str, tag: str, text: object = None, leaves: dict[str, object] | None = None) -> etree._Element:
+    """<tag>text</tag> in namespace `ns`, with one leaf child per entry of `leaves` that is not None."""
+    el = etree.Element(f"{{{ns}}}{tag}", nsmap={None: ns})
+    if text is not None:
+        el.text = _text(text)
+    for name, value in (leaves or {}).items():
+        if value is not None:
+            etree.SubElement(el, f"{{{ns}}}{name}").text = _text(value)
+    return el
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,190 @@
+"""ETSI GS QKD 014 V1.1.1 key delivery API of one key manager, on aiohttp.
+
+    GET       /api/v1/keys/{slave_SAE_ID}/status
+    GET, POST /api/v1/keys/{slave_SAE_ID}/enc_keys    (query number, size; or a Key request body)
+    GET, POST /api/v1/keys/{master_SAE_ID}/dec_keys   (query key_ID; or a Key IDs body)
+
+Errors are {"message": str, "details": [object]} with 400 (bad request), 401 (unknown SAE, or
+no key session between the two SAEs) or 503 (not enough key in a pool or a token bucket, or
+no way to the peer key manager).
+
+Who is calling: the standard takes the calling SAE_ID from the client certificate of a
+mutually authenticated TLS connection, and so does this server when it is given an SSL
+context (`server_ssl_context`): the SAE_ID is the certificate's subject common name. Without
+TLS (plain HTTP, for tests and demos on loopback only) the caller names itself in the
+`X-SAE-ID` request header, which is an extension of this emulator and not part of ETSI 014.
+"""
+from __future__ import annotations
+
+import base64
+import ssl
+import uuid
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from devices.keystore import BadKeyRequest, Key, KeyManager, KeyServiceError, UnknownSAE
+
+SAE_HEADER = "X-SAE-ID"
+LOOPBACK = "127.0.0.1"
+_KEY_REQUEST_FIELDS = {"number", "size", "additional_slave_SAE_IDs", "extension_mandatory", "extension_optional"}
+_KEY_IDS_FIELDS = {"key_IDs", "key_IDs_extension"}
+
+
+def server_ssl_context(certfile: str, keyfile: str, cafile: str) -> ssl.SSLContext:
+    """TLS >= 1.2 that requires a client certificate signed by the CA in `cafile`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+class Etsi014Server:
+    """The API of `km`, listening on 127.0.0.1 (a free port unless one is given)."""
+
+    def __init__(self, km: KeyManager, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.km = km
+        self.ssl_context = ssl_context
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application()
+        self.app.add_routes([
+            web.get("/api/v1/keys/{sae}/status", self._status),
+            web.get("/api/v1/keys/{sae}/enc_keys", self._enc_keys),
+            web.post("/api/v1/keys/{sae}/enc_keys", self._enc_keys),
+            web.get("/api/v1/keys/{sae}/dec_keys", self._dec_keys),
+            web.post("/api/v1/keys/{sae}/dec_keys", self._dec_keys),
+        ])
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, LOOPBACK, self._port, ssl_context=self.ssl_context)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Etsi014Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://{LOOPBACK}:{self._port}"
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return await self._serve(request, self._answer_status)
+
+    async def _enc_keys(self, request: web.Request) -> web.Response:
+        return await self._serve(request, self._answer_enc_keys)
+
+    async def _dec_keys(self, request: web.Request) -> web.Response:
+        return await self._serve(request, self._answer_dec_keys)
+
+    async def _serve(self, request: web.Request,
+                     answer: Callable[[web.Request, str, str], Awaitable[dict]]) -> web.Response:
+        """Run `answer(request, calling SAE, SAE named in the path)`; errors become ETSI 014 errors."""
+        try:
+            body = await answer(request, self._caller(request), request.match_info["sae"])
+        except KeyServiceError as error:
+            return web.json_response({"message": error.message, "details": error.details},
+                                     status=error.http_status)
+        return web.json_response(body)
+
+    def _caller(self, request: web.Request) -> str:
+        if self.ssl_context is not None:
+            certificate = request.transport.get_extra_info("peercert") if request.transport else None
+            for rdn in (certificate or {}).get("subject", ()):
+                for name, value in rdn:
+                    if name == "commonName":
+                        return value
+            raise UnknownSAE("the client certificate names no SAE (no subject common name)")
+        caller = request.headers.get(SAE_HEADER, "")
+        if not caller:
+            raise UnknownSAE(f"no SAE identity: send the {SAE_HEADER} header (or use TLS client certificates)")
+        return caller
+
+    async def _answer_status(self, request: web.Request, master: str, slave: str) -> dict:
+        s = self.km.status(master, slave)
+        return {"source_KME_ID": s.source_km, "target_KME_ID": s.target_km,
+                "master_SAE_ID": s.master_sae, "slave_SAE_ID": s.slave_sae,
+                "key_size": s.key_size, "stored_key_count": s.stored_key_count,
+                "max_key_count": s.max_key_count, "max_key_per_request": s.max_key_per_request,
+                "max_key_size": s.max_key_size, "min_key_size": s.min_key_size,
+                "max_SAE_ID_count": s.max_sae_id_count}
+
+    async def _answer_enc_keys(self, request: web.Request, master: str, slave: str) -> dict:
+        if request.method == "POST":
+            body = await _json_object(request, _KEY_REQUEST_FIELDS)
+            number, size = body.get("number", 1), body.get("size")
+            for name in ("additional_slave_SAE_IDs", "extension_mandatory"):
+                if body.get(name):
+                    raise BadKeyRequest(f"{name} is not supported by this key manager")
+        else:
+            number = _query_int(request, "number", 1)
+            size = _query_int(request, "size", None)
+        return _key_container(self.km.enc_keys(master, slave, number, size))
+
+    async def _answer_dec_keys(self, request: web.Request, slave: str, master: str) -> dict:
+        if request.method == "POST":
+            body = await _json_object(request, _KEY_IDS_FIELDS)
+            entries = body.get("key_IDs")
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise BadKeyRequest("key_IDs must be a list of objects with a key_ID")
+            key_ids = [e.get("key_ID") for e in entries]
+        else:
+            key_ids = request.query.getall("key_ID", [])
+        for key_id in key_ids:
+            if not isinstance(key_id, str) or not _is_uuid(key_id):
+                raise BadKeyRequest(f"key_ID must be a UUID, got {key_id!r}")
+        return _key_container(self.km.dec_keys(slave, master, key_ids))
+
+
+def _key_container(keys: list[Key]) -> dict:
+    return {"keys": [{"key_ID": k.key_id, "key": base64.b64encode(k.key).decode()} for k in keys]}
+
+
+async def _json_object(request: web.Request, allowed: set[str]) -> dict:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise BadKeyRequest(f"request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadKeyRequest("request body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadKeyRequest(f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
+    return body
+
+
+def _query_int(request: web.Request, name: str, default: int | None) -> int | None:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise BadKeyRequest(f"{name} must be an integer, got {text!r}") from None
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,416 @@
+"""Topology files: the sites, fibre spans, optical switches, QKD nodes, key managers and SAEs
+of one emulated network (format: tools/topologies/README.md).
+
+`load_topology` reads and validates a file and reports every mistake at once, each naming
+the file, the entry and the problem; `default_topology` is the embedded Madrid metro network;
+`generate_topology` makes a ring-with-chords network of any size; `build_twin` turns a
+topology into the digital twin of its fibre plant.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import json
+import pathlib
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+import yaml
+
+from devices.twin import Clock, Endpoint, Twin
+
+DEFAULT_TOPOLOGY = "madrid.yaml"
+SECTIONS = ("sites", "switches", "spans", "qkd_nodes", "key_managers", "saes")
+
+
+class TopologyError(ValueError):
+    """Every problem found in one topology; `problems` holds them one by one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class SwitchSpec:
+    id: str
+    site: str
+    ports: tuple[str, ...]
+    insertion_loss_db: float
+
+
+@dataclass(frozen=True)
+class SpanSpec:
+    id: str
+    a: Endpoint
+    b: Endpoint
+    length_km: float
+    attenuation_db_per_km: float
+
+
+@dataclass(frozen=True)
+class InterfaceSpec:
+    id: str
+    attach: Endpoint
+
+
+@dataclass(frozen=True)
+class QkdNodeSpec:
+    id: str
+    site: str
+    interfaces: tuple[InterfaceSpec, ...]
+
+
+@dataclass(frozen=True)
+class KeyManagerSpec:
+    id: str
+    site: str
+
+
+@dataclass(frozen=True)
+class SaeSpec:
+    id: str
+    km: str
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    sites: tuple[SiteSpec, ...]
+    switches: tuple[SwitchSpec, ...]
+    spans: tuple[SpanSpec, ...]
+    qkd_nodes: tuple[QkdNodeSpec, ...]
+    key_managers: tuple[KeyManagerSpec, ...]
+    saes: tuple[SaeSpec, ...]
+
+    def fibre_graph(self) -> nx.Graph:
+        """Sites and switches joined by their spans (parallel spans become one edge), and each
+        switch joined to the site it stands on."""
+        graph = nx.Graph()
+        graph.add_nodes_from(s.id for s in self.sites)
+        for switch in self.switches:
+            graph.add_edge(switch.id, switch.site, colocated=True)
+        for span in self.spans:
+            graph.add_edge(span.a.node, span.b.node, span=span.id, length_km=span.length_km)
+        return graph
+
+
+# -- reading -------------------------------------------------------------------------------
+
+def load_topology(path: str | pathlib.Path) -> Topology:
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TopologyError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise TopologyError([f"{path}: not valid {kind}: {exc}"]) from exc
+    return parse_topology(data, str(path))
+
+
+def default_topology() -> Topology:
+    """The embedded Madrid metro network."""
+    resource = importlib.resources.files("tools") / "topologies" / DEFAULT_TOPOLOGY
+    with importlib.resources.as_file(resource) as path:
+        return load_topology(path)
+
+
+def parse_topology(data: Any, source: str) -> Topology:
+    """Validate `data` (as read from `source`) and build the Topology; TopologyError lists
+    every problem found."""
+    return _Parser(source).parse(data)
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+        self.ids: dict[str, str] = {}  # every top-level id -> the entry that defines it
+
+    def problem(self, where: str, text: str) -> None:
+        self.problems.append(f"{self.source}: {where}: {text}")
+
+    def parse(self, data: Any) -> Topology:
+        if not isinstance(data, dict):
+            raise TopologyError([f"{self.source}: the topology must be a mapping with the keys "
+                                 f"name, {', '.join(SECTIONS)}"])
+        for key in sorted(set(data) - {"name", "description", *SECTIONS}):
+            self.problem("top level", f"unknown key {key!r} (expected name, description, {', '.join(SECTIONS)})")
+        name = data.get("name", pathlib.Path(self.source).stem)
+        if not isinstance(name, str) or not name:
+            self.problem("name", "must be a non-empty string")
+        sections = {s: self.section(data, s) for s in SECTIONS}
+        if not sections["sites"]:
+            self.problem("sites", "at least one site is needed")
+
+        sites = tuple(self.site(w, e) for w, e in sections["sites"])
+        site_ids = {s.id for s in sites}
+        switches = tuple(self.switch(w, e, site_ids) for w, e in sections["switches"])
+        # A switch whose id is taken by a site is left out, so that its mistake is reported once.
+        ports = {s.id: set(s.ports) for s in switches if s.id not in site_ids}
+        span_ends: dict[Endpoint, str] = {}
+        spans = tuple(self.span(w, e, site_ids, ports, span_ends) for w, e in sections["spans"])
+        attachments: dict[Endpoint, str] = {}
+        switch_sites = {s.id: s.site if s.site in site_ids else "" for s in switches}
+        qkd_nodes = tuple(self.qkd_node(w, e, site_ids, ports, switch_sites, span_ends, attachments)
+                          for w, e in sections["qkd_nodes"])
+        key_managers = tuple(self.key_manager(w, e, site_ids) for w, e in sections["key_managers"])
+        self.one_key_manager_per_qkd_site(sections["qkd_nodes"], qkd_nodes, sections["key_managers"], key_managers)
+        km_ids = {km.id for km in key_managers}
+        saes = tuple(self.sae(w, e, km_ids) for w, e in sections["saes"])
+        if self.problems:
+            raise TopologyError(self.problems)
+        return Topology(name, sites, switches, spans, qkd_nodes, key_managers, saes)
+
+    # -- generic checks ----------------------------------------------------------------
+
+    def section(self, data: dict, name: str) -> list[tuple[str, dict]]:
+        """The entries of a section as (where, mapping), where = 'spans[3] (id 'x')'."""
+        entries = data.get(name, [])
+        if entries is None:
+            return []
+        if not isinstance(entries, list):
+            self.problem(name, "must be a list")
+            return []
+        out = []
+        for i, entry in enumerate(entries):
+            where = f"{name}[{i}]"
+            if not isinstance(entry, dict):
+                self.problem(where, "must be a mapping")
+                continue
+            if isinstance(entry.get("id"), str):
+                where += f" ({entry['id']!r})"
+            out.append((where, entry))
+        return out
+
+    def fields(self, where: str, entry: dict, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> bool:
+        ok = True
+        for key in sorted(set(entry) - set(required) - set(optional)):
+            self.problem(where, f"unknown field {key!r} (expected {', '.join(required + optional)})")
+        for key in required:
+            if key not in entry:
+                self.problem(where, f"missing field {key!r}")
+                ok = False
+        return ok
+
+    def text(self, where: str, entry: dict, key: str, default: str = "") -> str:
+        value = entry.get(key, default)
+        if not isinstance(value, str) or not value:
+            self.problem(where, f"{key} must be a non-empty string, got {value!r}")
+            return ""
+        return value
+
+    def number(self, where: str, entry: dict, key: str, default: float) -> float:
+        value = entry.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            self.problem(where, f"{key} must be a number >= 0, got {value!r}")
+            return default
+        return float(value)
+
+    def new_id(self, where: str, entry: dict) -> str:
+        ident = self.text(where, entry, "id")
+        if ident in self.ids:
+            self.problem(where, f"duplicate id {ident!r}: already used by {self.ids[ident]}")
+        elif ident:
+            self.ids[ident] = where.split(" ")[0]
+        return ident
+
+    def endpoint(self, where: str, role: str, value: Any, site_ids: set[str],
+                 ports: dict[str, set[str]]) -> Endpoint | None:
+        """`value` as an endpoint that exists: a site (optionally with a port) or a switch port."""
+        try:
+            if not isinstance(value, str):
+                raise ValueError(f"endpoint {value!r} is not 'node' or 'node:port'")
+            end = Endpoint.parse(value)
+        except ValueError as exc:
+            self.problem(where, f"{role}: {exc}")
+            return None
+        if end.node in ports:
+            if not end.port:
+                self.problem(where, f"{role} {value!r} names switch {end.node!r} without a port")
+                return None
+            if end.port not in ports[end.node]:
+                self.problem(where, f"{role} {value!r}: switch {end.node!r} has no port {end.port!r} "
+                                    f"(its ports: {', '.join(sorted(ports[end.node]))})")
+                return None
+        elif end.node not in site_ids:
+            self.problem(where, f"{role} {value!r} leads nowhere: no site or switch {end.node!r}")
+            return None
+        return end
+
+    def known(self, where: str, entry: dict, key: str, known: set[str], kind: str) -> str:
+        ident = self.text(where, entry, key)
+        if ident and ident not in known:
+            self.problem(where, f"{key} {ident!r} is not a known {kind}")
+        return ident
+
+    # -- entries -------------------------------------------------------------------------
+
+    def site(self, where: str, entry: dict) -> SiteSpec:
+        self.fields(where, entry, ("id",), ("name",))
+        ident = self.new_id(where, entry)
+        return SiteSpec(ident, self.text(where, entry, "name", ident or "?"))
+
+    def switch(self, where: str, entry: dict, site_ids: set[str]) -> SwitchSpec:
+        self.fields(where, entry, ("id", "site", "ports"), ("insertion_loss_db",))
+        ident = self.new_id(where, entry)
+        site = self.known(where, entry, "site", site_ids, "site")
+        ports = entry.get("ports", [])
+        if not isinstance(ports, list) or not ports or not all(isinstance(p, str) and p for p in ports):
+            self.problem(where, f"ports must be a non-empty list of port names, got {ports!r}")
+            ports = []
+        duplicates = sorted({p for p in ports if ports.count(p) > 1})
+        if duplicates:
+            self.problem(where, f"port(s) listed twice: {', '.join(duplicates)}")
+        return SwitchSpec(ident, site, tuple(dict.fromkeys(ports)),
+                          self.number(where, entry, "insertion_loss_db", 1.0))
+
+    def span(self, where: str, entry: dict, site_ids: set[str], ports: dict[str, set[str]],
+             span_ends: dict[Endpoint, str]) -> SpanSpec:
+        self.fields(where, entry, ("id", "a", "b", "length_km"), ("attenuation_db_per_km",))
+        ident = self.new_id(where, entry)
+        ends = [self.endpoint(where, role, entry.get(role), site_ids, ports) if role in entry else None
+                for role in ("a", "b")]
+        a, b = ends
+        if a is not None and a == b:
+            self.problem(where, f"starts and ends at the same endpoint {str(a)!r}")
+        for role, end in zip(("a", "b"), ends):
+            if end is None or (role == "b" and end == a):
+                continue
+            if end in span_ends:
+                self.problem(where, f"{role} {str(end)!r} already ends {span_ends[end]}")
+            else:
+                span_ends[end] = where
+        return SpanSpec(ident, a or Endpoint("?"), b or Endpoint("?"),
+                        self.number(where, entry, "length_km", 0.0),
+                        self.number(where, entry, "attenuation_db_per_km", 0.2))
+
+    def qkd_node(self, where: str, entry: dict, site_ids: set[str], ports: dict[str, set[str]],
+                 switch_sites: dict[str, str], span_ends: dict[Endpoint, str],
+                 attachments: dict[Endpoint, str]) -> QkdNodeSpec:
+        self.fields(where, entry, ("id", "site"), ("interfaces",))
+        ident = self.new_id(where, entry)
+        site = self.known(where, entry, "site", site_ids, "site")
+        raw = entry.get("interfaces", [])
+        if not isinstance(raw, list):
+            self.problem(where, "interfaces must be a list")
+            raw = []
+        interfaces: list[InterfaceSpec] = []
+        for i, item in enumerate(raw):
+            at = f"{where} interfaces[{i}]"
+            if not isinstance(item, dict):
+                self.problem(at, "must be a mapping with id and attach")
+                continue
+            if isinstance(item.get("id"), str):
+                at += f" ({item['id']!r})"
+            if not self.fields(at, item, ("id", "attach")):
+                continue
+            if_id = self.text(at, item, "id")
+            if if_id in {x.id for x in interfaces}:
+                self.problem(at, f"duplicate interface id {if_id!r} in QKD node {ident!r}")
+            end = self.endpoint(at, "attach", item["attach"], site_ids, ports)
+            if end is None:
+                continue
+            host_site = switch_sites[end.node] if end.node in ports else end.node
+            if site and host_site and host_site != site:
+                self.problem(at, f"attach {str(end)!r} is at site {host_site!r}, but the node is at site {site!r}")
+            if end.node in ports and end in span_ends:
+                self.problem(at, f"attach {str(end)!r}: that switch port already carries {span_ends[end]}; "
+                                 f"plug interfaces into free ports")
+            if end in attachments:
+                self.problem(at, f"attach {str(end)!r} is already used by {attachments[end]}")
+            attachments[end] = at
+            interfaces.append(InterfaceSpec(if_id, end))
+        return QkdNodeSpec(ident, site, tuple(interfaces))
+
+    def key_manager(self, where: str, entry: dict, site_ids: set[str]) -> KeyManagerSpec:
+        self.fields(where, entry, ("id", "site"))
+        return KeyManagerSpec(self.new_id(where, entry), self.known(where, entry, "site", site_ids, "site"))
+
+    def one_key_manager_per_qkd_site(self, node_entries: list[tuple[str, dict]], nodes: tuple[QkdNodeSpec, ...],
+                                     km_entries: list[tuple[str, dict]], kms: tuple[KeyManagerSpec, ...]) -> None:
+        qkd_sites = {n.site for n in nodes}
+        km_at: dict[str, str] = {}
+        for (where, _), km in zip(km_entries, kms):
+            if not km.site:
+                continue
+            if km.site not in qkd_sites:
+                self.problem(where, f"site {km.site!r} has no QKD node: a key manager sits with a QKD node")
+            elif km.site in km_at:
+                self.problem(where, f"site {km.site!r} already has key manager {km_at[km.site]}")
+            else:
+                km_at[km.site] = where
+        for (where, _), node in zip(node_entries, nodes):
+            if node.site and node.site not in km_at:
+                self.problem(where, f"site {node.site!r} has no key manager: each QKD node site needs one")
+
+    def sae(self, where: str, entry: dict, km_ids: set[str]) -> SaeSpec:
+        self.fields(where, entry, ("id", "km"))
+        return SaeSpec(self.new_id(where, entry), self.known(where, entry, "km", km_ids, "key manager"))
+
+
+# -- generating ----------------------------------------------------------------------------
+
+def generate_topology(nodes: int, seed: int = 0) -> dict:
+    """A connected ring-with-chords network of `nodes` sites, each with a QKD node, a key
+    manager and an SAE; fibre spans of 2 to 25 km. The same (nodes, seed) gives the same data."""
+    if not _is_int(nodes) or nodes < 2:
+        raise ValueError(f"a generated topology needs at least 2 nodes, got {nodes!r}")
+    rng = random.Random(seed)
+    width = len(str(nodes))
+    site_ids = [f"site-{i:0{width}d}" for i in range(1, nodes + 1)]
+    pairs = [(i, (i + 1) % nodes) for i in range(nodes if nodes > 2 else 1)]
+    joined = {frozenset(p) for p in pairs}
+    for _ in range(nodes // 4):
+        a, b = rng.sample(range(nodes), 2)
+        if frozenset((a, b)) not in joined:
+            joined.add(frozenset((a, b)))
+            pairs.append((a, b))
+    interfaces: list[list[dict]] = [[] for _ in range(nodes)]
+    spans = []
+    for a, b in pairs:
+        ends = []
+        for i in (a, b):
+            port = f"odf{len(interfaces[i]) + 1}"
+            interfaces[i].append({"id": f"if{len(interfaces[i]) + 1}", "attach": f"{site_ids[i]}:{port}"})
+            ends.append(f"{site_ids[i]}:{port}")
+        spans.append({"id": f"span-{site_ids[a][5:]}-{site_ids[b][5:]}", "a": ends[0], "b": ends[1],
+                      "length_km": round(rng.uniform(2.0, 25.0), 1)})
+    suffixes = [s[5:] for s in site_ids]
+    return {
+        "name": f"generated-{nodes}-seed-{seed}",
+        "sites": [{"id": s} for s in site_ids],
+        "spans": spans,
+        "qkd_nodes": [{"id": f"qkd-{n}", "site": s, "interfaces": ifs}
+                      for n, s, ifs in zip(suffixes, site_ids, interfaces)],
+        "key_managers": [{"id": f"km-{n}", "site": s} for n, s in zip(suffixes, site_ids)],
+        "saes": [{"id": f"sae-{n}", "km": f"km-{n}"} for n in suffixes],
+    }
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# -- the twin ------------------------------------------------------------------------------
+
+def build_twin(topology: Topology, clock: Clock | None = None, rng: random.Random | None = None) -> Twin:
+    """The digital twin of the topology's fibre plant (no cross-connects yet)."""
+    twin = Twin(clock=clock, rng=rng)
+    for site in topology.sites:
+        twin.add_site(site.id)
+    for switch in topology.switches:
+        twin.add_switch(switch.id, switch.ports, switch.insertion_loss_db)
+    for span in topology.spans:
+        twin.add_span(span.id, span.a, span.b, span.length_km, span.attenuation_db_per_km)
+    return twin

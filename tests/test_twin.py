@@ -1,0 +1,200 @@
+"""The digital twin: paths through spans and cross-connects, their loss, faults, time."""
+import random
+
+import pytest
+
+from devices.physics import DeviceProfile, link_performance
+from devices.twin import Clock, Endpoint, PlantChange, Twin
+
+E = Endpoint.parse
+
+
+class ManualTime:
+    """A real-time source the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_plant(seed: int = 7) -> Twin:
+    """Sites a, b, c around switch s (insertion loss 1 dB): a --10 km-- s:p1, s:p2 --15 km-- b,
+    s:p3 --5 km-- c; s:p4 free for a device plugged into the switch."""
+    twin = Twin(rng=random.Random(seed))
+    for site in ("a", "b", "c"):
+        twin.add_site(site)
+    twin.add_switch("s", ["p1", "p2", "p3", "p4"], insertion_loss_db=1.0)
+    twin.add_span("a-s", E("a:o1"), E("s:p1"), 10.0)
+    twin.add_span("s-b", E("s:p2"), E("b:o1"), 15.0)
+    twin.add_span("s-c", E("s:p3"), E("c:o1"), 5.0, attenuation_db_per_km=0.3)
+    return twin
+
+
+@pytest.fixture
+def plant() -> Twin:
+    return make_plant()
+
+
+def test_clock_runs_at_its_speed_and_keeps_the_past_when_the_speed_changes():
+    real = ManualTime()
+    clock = Clock(speed=10.0, source=real)
+    assert clock.now() == 0.0
+    real.t += 2.0
+    assert clock.now() == pytest.approx(20.0)
+    clock.set_speed(0.5)
+    real.t += 4.0
+    assert clock.now() == pytest.approx(22.0)
+    assert clock.speed == 0.5
+    with pytest.raises(ValueError, match="clock speed must be > 0"):
+        Clock(speed=0)
+
+
+def test_real_clock_moves_forward():
+    clock = Clock(speed=1000.0)
+    first = clock.now()
+    while clock.now() == first:
+        pass
+    assert clock.now() > first
+
+
+def test_endpoint_text_form():
+    assert E("sw:p1") == Endpoint("sw", "p1")
+    assert E("site") == Endpoint("site", "")
+    assert str(Endpoint("sw", "p1")) == "sw:p1" and str(Endpoint("site")) == "site"
+    for bad in ("", ":p1", "sw:"):
+        with pytest.raises(ValueError, match="is not 'node' or 'node:port'"):
+            E(bad)
+
+
+def test_no_cross_connect_no_path(plant):
+    assert plant.trace(E("a:o1")) is None
+    reading = plant.link_reading(E("a:o1"), E("b:o1"))
+    assert (reading.up, reading.skr_bps, reading.qber, reading.path) == (False, 0.0, 0.0, None)
+
+
+def test_path_through_a_cross_connect_and_its_loss(plant):
+    plant.connect("s", "p1", "p2")
+    path = plant.path_between(E("a:o1"), E("b:o1"))
+    assert path.spans == ("a-s", "s-b")
+    assert [(x.switch, x.port_a, x.port_b) for x in path.cross_connects] == [("s", "p1", "p2")]
+    assert plant.path_loss_db(path) == pytest.approx(25 * 0.2 + 1.0)
+    back = plant.trace(E("b:o1"))
+    assert back.b == E("a:o1") and back.spans == ("s-b", "a-s")
+    assert plant.path_between(E("a:o1"), E("c:o1")) is None
+
+
+def test_device_plugged_into_a_switch_port(plant):
+    plant.connect("s", "p4", "p3", insertion_loss_db=0.5)
+    path = plant.trace(E("s:p4"))
+    assert path.b == E("c:o1") and path.spans == ("s-c",)
+    assert plant.path_loss_db(path) == pytest.approx(5 * 0.3 + 0.5)
+    assert plant.trace(E("c:o1")).b == E("s:p4")
+
+
+def test_reading_follows_the_physics_with_bounded_jitter(plant):
+    plant.connect("s", "p1", "p2")
+    skr, qber = link_performance(6.0, DeviceProfile())
+    readings = [plant.link_reading(E("a:o1"), E("b:o1")) for _ in range(50)]
+    assert all(r.up and r.loss_db == pytest.approx(6.0) and r.qber == pytest.approx(qber) for r in readings)
+    assert all(skr * 0.95 <= r.skr_bps <= skr * 1.05 for r in readings)
+    assert len({r.skr_bps for r in readings}) > 1
+    replay = make_plant(seed=7)
+    replay.connect("s", "p1", "p2")
+    assert [replay.link_reading(E("a:o1"), E("b:o1")) for _ in range(50)] == readings
+
+
+def test_cut_and_repair_notify_and_bring_links_down_and_up(plant):
+    plant.connect("s", "p1", "p2")
+    seen: list[PlantChange] = []
+    unsubscribe = plant.subscribe(seen.append)
+    plant.cut_span("s-b")
+    down = plant.link_reading(E("a:o1"), E("b:o1"))
+    assert (down.up, down.skr_bps) == (False, 0.0) and down.path.spans == ("a-s", "s-b")
+    plant.cut_span("s-b")  # already cut: no second event
+    plant.repair_span("s-b")
+    assert plant.link_reading(E("a:o1"), E("b:o1")).up
+    assert seen == [PlantChange("span-cut", "s-b"), PlantChange("span-repaired", "s-b")]
+    unsubscribe()
+    plant.cut_span("a-s")
+    assert len(seen) == 2
+
+
+def test_eavesdropper_raises_the_qber_by_the_model(plant):
+    plant.connect("s", "p1", "p2")
+    seen = []
+    plant.subscribe(seen.append)
+    clean = plant.link_reading(E("a:o1"), E("b:o1"))
+    plant.attach_eavesdropper("a-s", 0.2)
+    tapped = plant.link_reading(E("a:o1"), E("b:o1"))
+    assert tapped.qber == pytest.approx(link_performance(6.0, eavesdrop_fraction=0.2)[1])
+    assert tapped.qber - clean.qber == pytest.approx(0.05, abs=0.003)
+    assert tapped.skr_bps < clean.skr_bps
+    plant.attach_eavesdropper("s-b", 0.5)  # two taps: a pulse escapes both with 0.8 * 0.5
+    path = plant.path_between(E("a:o1"), E("b:o1"))
+    assert plant.path_eavesdrop_fraction(path) == pytest.approx(0.6)
+    plant.remove_eavesdropper("a-s")
+    plant.remove_eavesdropper("s-b")
+    assert plant.link_reading(E("a:o1"), E("b:o1")).qber == clean.qber
+    assert [c.kind for c in seen] == ["eavesdropper-attached"] * 2 + ["eavesdropper-removed"] * 2
+    with pytest.raises(ValueError, match=r"fraction must be within \(0, 1\]"):
+        plant.attach_eavesdropper("a-s", 0.0)
+
+
+def test_cross_connect_changes_are_notified_and_ports_are_not_reused(plant):
+    seen = []
+    plant.subscribe(seen.append)
+    plant.connect("s", "p1", "p2")
+    with pytest.raises(ValueError, match="port 'p2' is already cross-connected"):
+        plant.connect("s", "p3", "p2")
+    assert [(x.port_a, x.port_b) for x in plant.cross_connects("s")] == [("p1", "p2")]
+    plant.disconnect("s", "p2")
+    assert plant.path_between(E("a:o1"), E("b:o1")) is None
+    assert seen == [PlantChange("cross-connect-added", "s:p1"), PlantChange("cross-connect-removed", "s:p1")]
+    with pytest.raises(ValueError, match="port 'p2' is not cross-connected"):
+        plant.disconnect("s", "p2")
+
+
+def test_a_broken_subscriber_does_not_starve_the_others(plant, caplog):
+    seen = []
+
+    def broken(change):
+        raise RuntimeError("subscriber bug")
+
+    plant.subscribe(broken)
+    plant.subscribe(seen.append)
+    plant.cut_span("a-s")
+    assert seen == [PlantChange("span-cut", "a-s")]
+    assert "subscriber failed on span-cut a-s" in caplog.text
+
+
+def test_a_loop_of_fibre_has_no_exit():
+    twin = Twin()
+    twin.add_switch("s1", ["p1", "p2", "p3"])
+    twin.add_switch("s2", ["p1", "p2"])
+    twin.add_span("x", E("s1:p1"), E("s2:p1"), 1.0)
+    twin.add_span("y", E("s2:p2"), E("s1:p2"), 1.0)
+    twin.connect("s1", "p1", "p2")
+    twin.connect("s2", "p1", "p2")
+    assert twin.trace(E("s1:p1")) is None
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda t: t.add_site("a"), "site or switch 'a' already exists"),
+    (lambda t: t.add_switch("s2", ["p1", "p1"]), "lists a port twice"),
+    (lambda t: t.add_span("a-s", E("c:o2"), E("b:o2"), 1.0), "span 'a-s' already exists"),
+    (lambda t: t.add_span("n", E("a:o2"), E("nowhere:o1"), 1.0), "no site or switch 'nowhere'"),
+    (lambda t: t.add_span("n", E("a:o2"), E("s:p9"), 1.0), "switch 's' has no port 'p9'"),
+    (lambda t: t.add_span("n", E("a:o1"), E("b:o2"), 1.0), "a:o1 already ends span 'a-s'"),
+    (lambda t: t.add_span("n", E("a:o2"), E("a:o2"), 1.0), "starts and ends at a:o2"),
+    (lambda t: t.add_span("n", E("a:o2"), E("b:o2"), -1.0), "length and attenuation must be >= 0"),
+    (lambda t: t.connect("nope", "p1", "p2"), "no switch 'nope'"),
+    (lambda t: t.connect("s", "p1", "p1"), "cannot connect port 'p1' to itself"),
+    (lambda t: t.connect("s", "p1", "p7"), "switch 's' has no port 'p7'"),
+    (lambda t: t.cut_span("nope"), "no span 'nope'"),
+    (lambda t: t.trace(E("nowhere")), "no site or switch 'nowhere'"),
+])
+def test_mistakes_are_refused_precisely(plant, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(plant)
