@@ -1,0 +1,90 @@
+"""What the three stratum controllers share: a NETCONF server of the stratum's northbound
+model (built on the engine, like a device) and a `DeviceLink` per southbound device, with
+a periodic full resync that catches what notifications missed."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import pathlib
+from typing import ClassVar
+
+from lxml import etree
+
+from controller.southbound import DeviceLink, Endpoint, transaction
+from devices.base import schema_for
+from netconf_core.server import NetconfServer, User, standard_nacm
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    kind: ClassVar[str] = "controller"
+    modules: ClassVar[tuple[str, ...]] = ()          # served northbound
+    device_modules: ClassVar[tuple[str, ...]] = ()   # required of every southbound device
+
+    def __init__(self, name: str, devices: list[Endpoint], users: dict[str, User], *,
+                 read_write: tuple[str, ...] = ("admin",), read_only: tuple[str, ...] = ("monitor",),
+                 host: str = "127.0.0.1", port: int = 0, state_dir: pathlib.Path | None = None,
+                 resync_period: float = 10.0):
+        self.name = name
+        self.server = NetconfServer(schema_for(self.modules), users, host=host, port=port,
+                                    datastore_dir=state_dir / "datastores" if state_dir else None,
+                                    nacm=standard_nacm(list(read_write), list(read_only)), name=name)
+        self.server.on_change(self.apply)
+        self.server.add_state_provider(self.state)
+        self.links = {ep.name: self.make_link(ep) for ep in devices}
+        self.resync_period = resync_period
+        self._resync_task: asyncio.Task | None = None
+
+    def make_link(self, endpoint: Endpoint) -> DeviceLink:
+        return DeviceLink(endpoint, self.device_modules, self.device_connected, self.device_notification)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def start(self) -> None:
+        await self.server.start()
+        for link in self.links.values():
+            link.start()
+        self._resync_task = asyncio.get_running_loop().create_task(self._resync_loop())
+
+    async def stop(self) -> None:
+        if self._resync_task:
+            self._resync_task.cancel()
+        await asyncio.gather(*(link.stop() for link in self.links.values()))
+        await self.server.stop()
+
+    async def wait_connected(self, timeout: float = 30.0) -> None:
+        """Wait until every southbound device is connected (or raise asyncio.TimeoutError)."""
+        await asyncio.wait_for(asyncio.gather(*(l.connected.wait() for l in self.links.values())), timeout)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_period)
+            try:
+                await self.resync()
+            except Exception:  # keep the loop alive; the next period tries again
+                log.exception("%s: resync failed", self.name)
+
+    async def transaction(self, edits: dict[str, etree._Element], confirm_timeout: int = 30) -> None:
+        """One change over several devices, by device name (see southbound.transaction)."""
+        await transaction({self.links[name]: config for name, config in edits.items()}, confirm_timeout)
+
+    # --- hooks for the stratum controllers ---------------------------------------------
+
+    async def apply(self, before: etree._Element, after: etree._Element) -> None:
+        """A new northbound running configuration: realise it southbound or raise RPCError."""
+
+    async def state(self) -> etree._Element | None:
+        """Northbound operational state."""
+        return None
+
+    async def device_connected(self, link: DeviceLink) -> None:
+        """A device (re)connected: read its state."""
+
+    async def device_notification(self, link: DeviceLink, notification: etree._Element) -> None:
+        """A device told us something."""
+
+    async def resync(self) -> None:
+        """Periodic full read of every device; report and repair drift."""

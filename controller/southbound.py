@@ -1,0 +1,198 @@
+"""Southbound: one NETCONF session per device, kept up with reconnect and backoff, and a
+multi-device transaction (candidate, validate, confirmed commit, confirm, or roll back all).
+
+A `DeviceLink` checks on every (re)connection that the device implements the modules the
+controller needs (from its ietf-yang-library), subscribes to its notifications, and calls
+the controller's `on_connect` (a full resync) and `on_notification` hooks.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from lxml import etree
+
+from netconf_core.client import NetconfClient, SessionClosedError
+from netconf_core.errors import RPCError
+
+log = logging.getLogger(__name__)
+
+YANGLIB_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-library"
+BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach a NETCONF server."""
+
+    name: str
+    host: str
+    port: int
+    username: str
+    password: str | None = None
+    client_keys: tuple[str, ...] | None = None
+
+
+class IncompatibleDevice(Exception):
+    """The device does not implement a module the controller needs."""
+
+
+class DeviceLink:
+    def __init__(self, endpoint: Endpoint, required_modules: tuple[str, ...],
+                 on_connect: Callable[["DeviceLink"], Awaitable[None]] | None = None,
+                 on_notification: Callable[["DeviceLink", etree._Element], Awaitable[None]] | None = None):
+        self.endpoint = endpoint
+        self.required_modules = required_modules
+        self.on_connect = on_connect
+        self.on_notification = on_notification
+        self.client: NetconfClient | None = None
+        self.status = "connecting"
+        self.reason = ""
+        self.connected = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"southbound {self.name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        if self.client:
+            self.client.close()
+
+    async def session(self, timeout: float = 10.0) -> NetconfClient:
+        """The live session, waiting (bounded) for a reconnection if the device is down."""
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise RPCError("operation-failed", f"device {self.name} is unreachable: {self.reason or self.status}") from None
+        assert self.client is not None
+        return self.client
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            try:
+                await self._connect_once()
+                backoff = BACKOFF_MIN
+                await self._pump_notifications()
+                self.reason = "session lost"
+            except IncompatibleDevice as err:
+                self.status, self.reason = "incompatible", str(err)
+                log.warning("%s: %s", self.name, err)
+                backoff = BACKOFF_MAX
+            except (OSError, SessionClosedError, asyncio.TimeoutError, RPCError) as err:
+                self.reason = f"{type(err).__name__}: {err}"
+            except Exception as err:  # asyncssh's own errors (auth, protocol) and anything unforeseen
+                self.reason = f"{type(err).__name__}: {err}"
+            self.connected.clear()
+            if self.client:
+                self.client.close()
+                self.client = None
+            if self.status != "incompatible":
+                self.status = "disconnected"
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _connect_once(self) -> None:
+        ep = self.endpoint
+        self.status = "connecting"
+        client = await NetconfClient.connect(ep.host, ep.port, ep.username, password=ep.password,
+                                             client_keys=list(ep.client_keys) if ep.client_keys else None)
+        self.client = client
+        missing = set(self.required_modules) - await implemented_modules(client)
+        if missing:
+            raise IncompatibleDevice(f"device {self.name} does not implement {', '.join(sorted(missing))}")
+        await client.create_subscription()
+        self.status, self.reason = "connected", ""
+        self.connected.set()
+        if self.on_connect:
+            await self.on_connect(self)
+
+    async def _pump_notifications(self) -> None:
+        assert self.client is not None
+        async for notification in self.client.notifications():
+            if self.on_notification:
+                try:
+                    await self.on_notification(self, notification)
+                except Exception:  # a bad event must not kill the session
+                    log.exception("%s: notification handler failed", self.name)
+
+
+async def implemented_modules(client: NetconfClient) -> set[str]:
+    data = await client.get(filter=("subtree", f'<yang-library xmlns="{YANGLIB_NS}"><module-set><module>'
+                                               f"<name/></module></module-set></yang-library>"))
+    if data is None:
+        return set()
+    return {(n.text or "").strip() for n in data.iter(f"{{{YANGLIB_NS}}}name")
+            if n.getparent().tag == f"{{{YANGLIB_NS}}}module"}
+
+
+class TransactionError(Exception):
+    """One device refused its part; every device was rolled back."""
+
+    def __init__(self, device: str, error: Exception):
+        super().__init__(f"device {device} refused the change: {error}")
+        self.device = device
+        self.error = error
+
+    def as_rpc_error(self) -> RPCError:
+        inner = self.error
+        message = f"device {self.device} refused the change: " + (
+            inner.message if isinstance(inner, RPCError) else str(inner))
+        return RPCError("operation-failed", message, info={"bad-element": self.device})
+
+
+async def transaction(edits: dict[DeviceLink, etree._Element], confirm_timeout: int = 30) -> None:
+    """Apply one <config> per device as one change: all devices take it, or none keeps it.
+
+    1. lock and edit each candidate, then validate it;
+    2. confirmed commit on each (a device rolls itself back if this controller vanishes);
+    3. confirm each. A failure before the confirmations discards or cancels everywhere.
+    """
+    if not edits:
+        return
+    sessions = {link: await link.session() for link in edits}
+    locked: list[DeviceLink] = []
+    committed: list[DeviceLink] = []
+    try:
+        await _each(sessions, lambda link, nc: nc.lock("candidate"), locked)
+        await _each(sessions, lambda link, nc: _edit_and_validate(nc, edits[link]))
+        await _each(sessions, lambda link, nc: nc.commit(confirmed=True, timeout=confirm_timeout), committed)
+        await _each(sessions, lambda link, nc: nc.commit())
+    except TransactionError:
+        await asyncio.gather(*(sessions[link].cancel_commit() for link in committed), return_exceptions=True)
+        await asyncio.gather(*(sessions[link].discard_changes() for link in locked), return_exceptions=True)
+        raise
+    finally:
+        await asyncio.gather(*(sessions[link].unlock("candidate") for link in locked), return_exceptions=True)
+
+
+async def _edit_and_validate(nc: NetconfClient, config: etree._Element) -> None:
+    await nc.edit_config(config, target="candidate")
+    await nc.validate("candidate")
+
+
+async def _each(sessions: dict[DeviceLink, NetconfClient], step, done: list[DeviceLink] | None = None) -> None:
+    """Run `step` on every device concurrently; remember who succeeded; raise the first refusal."""
+    links = list(sessions)
+    results = await asyncio.gather(*(step(link, sessions[link]) for link in links), return_exceptions=True)
+    failure = None
+    for link, result in zip(links, results):
+        if isinstance(result, BaseException):
+            failure = failure or TransactionError(link.name, result)
+        elif done is not None:
+            done.append(link)
+    if failure:
+        raise failure
+
