@@ -195,7 +195,7 @@ class Nacm:
         """A copy of `tree` (a wrapper whose children are top-level data nodes) without the
         nodes the user may not read. A list entry whose key may not be read goes whole."""
         result = copy.deepcopy(tree)
-        if not self._bypass(user):
+        if not (self._bypass(user) or self._unconditional(user, "read")):
             for top in _elements(result):
                 self._prune(user, top, [top], ())
         return result
@@ -205,7 +205,7 @@ class Nacm:
         and return the path of the first node created, changed or deleted that the user may
         not write, or None. The path is in libyang's style: module names as prefixes where
         the module changes, e.g. /qs-nacm-test:switch/port[id='3']/enabled."""
-        if self._bypass(user):
+        if self._bypass(user) or all(self._unconditional(user, op) for op in WRITE_OPERATIONS):
             return None
         denied = self._denied_children(user, before, after, [], ())
         if denied is not None:
@@ -229,6 +229,14 @@ class Nacm:
                         rules.extend(rule_list.rules)
             self._rules_cache[user] = tuple(rules)
         return self._rules_cache[user]
+
+    def _unconditional(self, user: str, op: str) -> bool:
+        """True when the first of the user's rules that concerns `op` permits it for every
+        module and node (module-name "*", no rule type): no node needs to be looked at."""
+        for rule in self._rules_for(user):
+            if op in rule.operations:
+                return rule.permit and rule.module == "*" and not rule.has_rule_type
+        return False
 
     def _first_match(self, user: str, matches: Callable[[_Rule], bool]) -> bool | None:
         """The action of the first rule that matches, or None when none does."""

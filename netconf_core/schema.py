@@ -7,6 +7,7 @@ libyang's errors to rpc-errors (RFC 6241 Appendix A, RFC 7950 section 15).
 from __future__ import annotations
 
 import functools
+import hashlib
 import pathlib
 import re
 from dataclasses import dataclass
@@ -78,6 +79,28 @@ class Schema:
 
     def implemented_modules(self) -> list[libyang.Module]:
         return [m for m in self.ctx if m.implemented()]
+
+    @functools.cached_property
+    def module_list(self) -> list[tuple[str, str, str]]:
+        """(name, revision or "", namespace) of every implemented module."""
+        out = []
+        for module in self.implemented_modules():
+            revision = next(iter(module.revisions()), None)
+            out.append((module.name(), revision.date() if revision else "", ffi.string(module.cdata.ns).decode()))
+        return out
+
+    @functools.cached_property
+    def yang_library_xml(self) -> str:
+        """ietf-yang-library data (RFC 8525) as libyang builds it; the content-id is a digest of it."""
+        dnode = self.ctx.get_yanglib_data()
+        try:
+            return print_xml(dnode)
+        finally:
+            free_tree(dnode)
+
+    @functools.cached_property
+    def content_id(self) -> str:
+        return hashlib.sha256(self.yang_library_xml.encode()).hexdigest()[:16]
 
     # --- schema look-ups -------------------------------------------------
 

@@ -247,18 +247,12 @@ class NetconfServer:
         return etree.tostring(hello)
 
     def capabilities(self) -> list[str]:
-        content_id = self.schema.ctx.get_yanglib_data().print_mem("xml").__hash__() & 0xFFFFFFFF
-        caps = CAPABILITIES + [
-            f"urn:ietf:params:netconf:capability:yang-library:1.1?revision=2019-01-04&content-id={content_id:x}"]
+        caps = CAPABILITIES + [f"urn:ietf:params:netconf:capability:yang-library:1.1?revision=2019-01-04"
+                               f"&content-id={self.schema.content_id}"]
         # YANG 1.0 modules are announced in the hello (RFC 7950 section 5.6.4); all modules, 1.0
         # and 1.1, are in ietf-yang-library. Older clients (yangcli) also learn 1.1 modules here.
-        for module in self.schema.implemented_modules():
-            ns = ffi.string(module.cdata.ns).decode()
-            revision = next(iter(module.revisions()), None)
-            uri = f"{ns}?module={module.name()}"
-            if revision is not None:
-                uri += f"&revision={revision.date()}"
-            caps.append(uri)
+        for name, revision, ns in self.schema.module_list:
+            caps.append(f"{ns}?module={name}" + (f"&revision={revision}" if revision else ""))
         return caps
 
     # --- access control ---------------------------------------------------
@@ -439,9 +433,7 @@ class NetconfServer:
 
     def _protocol_state(self) -> etree._Element:
         """ietf-yang-library (RFC 8525) and ietf-netconf-monitoring (RFC 6022) state."""
-        root = empty_tree()
-        yanglib = self.schema.ctx.get_yanglib_data()
-        root.extend(self.schema.to_lxml(yanglib, root.tag))
+        root = etree.fromstring(f'<data xmlns="{BASE_NS}">{self.schema.yang_library_xml}</data>')
         root.append(self._netconf_state())
         n = lambda tag: f"{{{NACM_NS}}}{tag}"
         nacm = etree.SubElement(root, n("nacm"), nsmap={None: NACM_NS})
@@ -464,14 +456,11 @@ class NetconfServer:
                 etree.SubElement(lock, m("locked-by-session")).text = str(self.locks[name])
                 etree.SubElement(lock, m("locked-time")).text = now().isoformat()
         schemas = etree.SubElement(state, m("schemas"))
-        for module in self.schema.implemented_modules():
+        for name, revision, ns in self.schema.module_list:
             entry = etree.SubElement(schemas, m("schema"))
-            etree.SubElement(entry, m("identifier")).text = module.name()
-            revision = next(iter(module.revisions()), None)
-            etree.SubElement(entry, m("version")).text = revision.date() if revision else ""
-            etree.SubElement(entry, m("format")).text = "ncm:yang"
-            etree.SubElement(entry, m("namespace")).text = ffi.string(module.cdata.ns).decode()
-            etree.SubElement(entry, m("location")).text = "NETCONF"
+            for tag, value in (("identifier", name), ("version", revision), ("format", "ncm:yang"),
+                               ("namespace", ns), ("location", "NETCONF")):
+                etree.SubElement(entry, m(tag)).text = value
         sessions = etree.SubElement(state, m("sessions"))
         for s in self.sessions.values():
             entry = etree.SubElement(sessions, m("session"))
