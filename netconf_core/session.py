@@ -278,9 +278,18 @@ class Session:
                            info={"bad-element": "stopTime"})
         flt = operation.find(f"{{{NOTIF_NS}}}filter")
         self.subscription = Subscription(flt, start, stop)
+        loop = asyncio.get_running_loop()
         if start is not None:
-            asyncio.get_running_loop().call_soon(self._replay)
+            loop.call_soon(self._replay)
+        if stop is not None and stop > now():
+            loop.call_later((stop - now()).total_seconds(), self._complete, self.subscription)
         return None
+
+    def _complete(self, subscription: Subscription) -> None:
+        """The subscription's stopTime has come: notificationComplete ends it (RFC 5277 section 2.1.1)."""
+        if self.subscription is subscription:
+            self.send(control_event("notificationComplete").to_xml())
+            self.subscription = None
 
     def _replay(self) -> None:
         sub = self.subscription
@@ -290,8 +299,7 @@ class Session:
             self.deliver(event)
         self.send(control_event("replayComplete").to_xml())
         if sub.stop is not None and sub.stop <= now():
-            self.send(control_event("notificationComplete").to_xml())
-            self.subscription = None
+            self._complete(sub)
 
     def deliver(self, event) -> None:
         sub = self.subscription

@@ -435,3 +435,21 @@ def test_get_schema_and_monitoring(engine):
         assert f"<session-id>{m.session_id}</session-id>" in state
         lib = m.get(filter=("subtree", '<yang-library xmlns="urn:ietf:params:xml:ns:yang:ietf-yang-library"/>')).data_xml
         assert "<name>qs-engine-test</name>" in lib
+
+
+def test_replay_with_stop_time_ends_the_subscription(engine):
+    import datetime as dt
+    with engine.connect() as m:
+        m.edit_config(target="running", config=ifaces("<interface><name>r1</name></interface>"))
+    stop = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)).isoformat()
+    with engine.connect() as m:
+        m.create_subscription(start_time="2000-01-01T00:00:00Z", stop_time=stop)
+        kinds = []
+        for _ in range(3):
+            note = m.take_notification(timeout=10)
+            assert note is not None
+            kinds.append(etree.QName(note.notification_ele[1]).localname)
+        assert kinds == ["netconf-config-change", "replayComplete", "notificationComplete"]
+        with pytest.raises(NcRPCError) as err:
+            m.create_subscription(stream_name="no-such-stream")
+        assert err.value.tag == "invalid-value"
