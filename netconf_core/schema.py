@@ -17,7 +17,7 @@ from _libyang import ffi, lib
 from lxml import etree
 
 from .errors import RPCError
-from .yangdirs import SEARCH_DIRS
+from .models import load_context
 
 # The NETCONF protocol's own modules, loaded into every server's context.
 PROTOCOL_MODULES = (
@@ -28,11 +28,6 @@ PROTOCOL_MODULES = (
     "ietf-netconf-acm",
     "ietf-yang-library",
 )
-
-# libyang builds error paths only when asked to (ly_set_log_clb path flag); keep
-# the messages stored, not printed.
-lib.ly_set_log_clb(ffi.NULL, True)
-lib.ly_log_options(lib.LY_LOSTORE)
 
 _LOCATION = re.compile(r'(Data|Schema) location "([^"]+)"')
 
@@ -57,11 +52,7 @@ class NodeInfo:
 
 class Schema:
     def __init__(self, modules: list[str], search_dirs: list[pathlib.Path | str] | None = None):
-        dirs = [str(d) for d in (search_dirs or []) + SEARCH_DIRS]
-        self.ctx = libyang.Context(":".join(dirs))
-        for name in PROTOCOL_MODULES + tuple(modules):
-            module = self.ctx.load_module(name)
-            module.feature_enable_all()
+        self.ctx = load_context(PROTOCOL_MODULES + tuple(modules), search_dirs or ())
         self.modules = list(modules)
         self._ns_to_module = {}
         for module in self.ctx:

@@ -1,0 +1,1 @@
+"""pyang plugins used when generating bindings; pyang loads them with --plugindir."""
