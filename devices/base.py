@@ -4,11 +4,13 @@ sysrepo style: `apply` reacts to a new running configuration (raise RPCError to 
 `state` supplies operational data at get time. Devices never touch sessions or framing."""
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import pathlib
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import asyncssh
 from lxml import etree
@@ -23,10 +25,15 @@ ADMIN_USER = "admin"
 MONITOR_USER = "monitor"
 
 
+# Identity values are only valid when the module defining the identity is implemented.
+IDENTITY_MODULES = ("qi-types", "etsi-qkd-node-types")
+
+
 @functools.lru_cache(maxsize=None)
 def schema_for(modules: tuple[str, ...]) -> Schema:
-    """One libyang context per set of modules, shared by every device that serves that set."""
-    return Schema(list(modules))
+    """One libyang context per set of modules, shared by every device and controller that
+    serves that set."""
+    return Schema(list(dict.fromkeys(IDENTITY_MODULES + modules)))
 
 
 @dataclass
@@ -42,6 +49,9 @@ class NetworkContext:
     host: str = "127.0.0.1"
     state_dir: pathlib.Path | None = None
     host_key: asyncssh.SSHKey = field(default_factory=lambda: asyncssh.generate_private_key("ssh-ed25519"))
+    # Objects the devices of one kind share within this network, by name (the QKD nodes'
+    # registry, with which the two ends of a link find each other).
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def device_dir(self, device_id: str) -> pathlib.Path | None:
         return self.state_dir / device_id if self.state_dir else None
@@ -64,6 +74,7 @@ class Device:
             nacm=standard_nacm(list(network.read_write), list(network.read_only)), name=device_id)
         self.server.on_change(self.apply)
         self.server.add_state_provider(self.state)
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def schema(self) -> Schema:
@@ -88,6 +99,15 @@ class Device:
 
     async def stop(self) -> None:
         await self.server.stop()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task of the device, cancelled by `stop`: work started by synchronous
+        callbacks such as twin subscriptions."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def apply(self, before: etree._Element, after: etree._Element) -> None:
         """Make the device do what `after` (the new running configuration) says."""
@@ -118,6 +138,13 @@ def element(ns: str, tag: str, text: object = None, leaves: dict[str, object] | 
         if value is not None:
             etree.SubElement(el, f"{{{ns}}}{name}").text = _text(value)
     return el
+
+
+def decimal(value: float, fraction_digits: int) -> str:
+    """A YANG decimal64 value in canonical form: rounded to its fraction digits, trailing zeros
+    dropped but one ('0.2', '50.0')."""
+    text = f"{value:.{fraction_digits}f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 def _text(value: object) -> str:

@@ -180,8 +180,11 @@ class Schema:
             raise self.last_error()
         return libyang.DNode.new(self.ctx, out[0]) if out[0] else None
 
-    def validate_operation(self, rpc: bytes) -> None:
-        """Validate an <rpc> holding a YANG RPC or action: input types, ranges, mandatory nodes."""
+    def validate_operation(self, rpc: bytes, data: etree._Element | None = None) -> None:
+        """Validate an <rpc> holding a YANG RPC or action: input types, ranges, mandatory nodes.
+        `data` (a datastore tree) is what `when`, `must` and leafrefs of the operation and of
+        an action's ancestors are evaluated against."""
+        dep = self.parse(data, config_only=False, validate=False) if data is not None else None
         in_ = ffi.new("struct ly_in **")
         if lib.ly_in_new_memory(rpc, in_) != lib.LY_SUCCESS:
             raise RPCError("operation-failed", "cannot read the operation")
@@ -190,7 +193,8 @@ class Schema:
         try:
             ret = lib.lyd_parse_op(self.ctx.cdata, ffi.NULL, in_[0], lib.LYD_XML, lib.LYD_TYPE_RPC_NETCONF, envelope, op)
             if ret == lib.LY_SUCCESS:
-                ret = lib.lyd_validate_op(op[0], ffi.NULL, lib.LYD_TYPE_RPC_YANG, ffi.NULL)
+                ret = lib.lyd_validate_op(op[0], dep.cdata if dep is not None else ffi.NULL,
+                                          lib.LYD_TYPE_RPC_YANG, ffi.NULL)
             if ret != lib.LY_SUCCESS:
                 raise self.last_error()
         finally:
@@ -202,6 +206,7 @@ class Schema:
                 lib.lyd_free_all(top)
             if envelope[0]:
                 lib.lyd_free_all(envelope[0])
+            free_tree(dep)
 
     def last_error(self) -> RPCError:
         """The first error libyang stored, as an rpc-error; clears libyang's error list."""

@@ -549,22 +549,23 @@ class NetconfServer:
         if not self.nacm.may_exec_action(session.username, path_nodes[-1]):
             raise RPCError("access-denied", f"user '{session.username}' may not run action {info.schema_path}",
                            type="protocol")
-        self._validate_operation(action)
-        context = self._find_instance(await self.operational_tree(), path_nodes[:-1])
+        tree = await self.operational_tree()
+        context = self._find_instance(tree, path_nodes[:-1])
         if context is None:
             raise RPCError("data-missing", f"the node that action '{info.name}' applies to does not exist",
                            path=_data_path(path_nodes[:-1]))
+        self._validate_operation(action, tree)
         handler = self._rpcs.get(info.schema_path)
         if handler is None:
             raise RPCError("operation-not-supported", f"action {info.schema_path} is not implemented by this server",
                            type="protocol", info={"bad-element": info.name})
         return await handler(session, path_nodes[-1], context)
 
-    def _validate_operation(self, operation: etree._Element) -> None:
+    def _validate_operation(self, operation: etree._Element, data: etree._Element | None = None) -> None:
         rpc = etree.Element(q("rpc"), nsmap={None: BASE_NS})
         rpc.set("message-id", "0")
         rpc.append(copy.deepcopy(operation))
-        self.schema.validate_operation(etree.tostring(rpc))
+        self.schema.validate_operation(etree.tostring(rpc), data)
 
     def _find_instance(self, tree: etree._Element, path_nodes: list[etree._Element]) -> etree._Element | None:
         current = tree

@@ -1,0 +1,899 @@
+"""The connectivity controller: the fibre topology and the optical paths over it.
+
+Southbound it talks NETCONF to the fibre plant (qi-fibre-plant: sites, switches, spans and
+their faults) and to the optical switches (qi-optical-switch: ports and cross-connects);
+which is which it learns from each device's yang-library. Northbound it serves
+qi-connectivity: one ietf-network network "fibre" (type fibre-network).
+
+The topology is discovered, not configured: the controller writes it into its own running
+datastore (nodes = sites and switches; termination points = switch ports, numbered like
+the switch's port-id, and the site panel positions where spans end; links = spans) with a
+server-originated commit, and refuses a client's edit that changes it. Its state (span
+status, loss, faults, eavesdropper; port and switch status) is kept from the devices'
+notifications and the periodic resync, and merged at get time.
+
+Clients configure optical-paths. A path is routed on a graph of termination points whose
+edges are the spans that are up (weight: span loss) and, inside each switch, port-to-fabric
+edges (weight: port loss plus half the fabric loss), so a route crosses each switch once
+through one cross-connect of loss in-port + out-port + fabric, as qi-optical-switch defines
+it. Dijkstra gives the lowest-loss route. The emulated switches are fibre (space) switches:
+a port carries one cross-connect whatever the wavelength, so a port, a span or an end
+already used by another path, or held by a cross-connect set by someone else, is not
+usable; the wavelength is a label the path carries (the requested one, or channel 1).
+
+A path that cannot be routed is refused at commit (resource-denied, naming the path and
+why): a request the network cannot carry should fail where the client can see it, not
+linger as config that does nothing. The cross-connects of every switch on the route are
+written as ONE transaction (controller.transaction), each named after its path; a switch
+that refuses makes the commit fail, naming the switch, and no switch keeps anything.
+
+On a span cut (plant notification, or found by resync) span-down goes north, the paths over
+the span go down and are re-routed around it when the network allows, in one transaction;
+optical-path-status-change reports every status change with its reason. A repaired span
+brings its paths back up. The resync re-reads every device, and repairs cross-connects that
+differ from the placed routes (drift: a switch restarted with another configuration).
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import logging
+from dataclasses import dataclass, field
+
+import networkx as nx
+from lxml import etree
+
+from controller.base import Controller
+from controller.southbound import (DeviceLink, Endpoint, IncompatibleDevice, TransactionError,
+                                   implemented_modules)
+from netconf_core.datastore import empty_tree
+from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.server import User
+
+log = logging.getLogger(__name__)
+
+NW = "urn:ietf:params:xml:ns:yang:ietf-network"
+NT = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
+CONN = "urn:qstrata:yang:qi-connectivity"
+QIT = "urn:qstrata:yang:qi-types"
+OSW = "urn:qstrata:yang:qi-optical-switch"
+FP = "urn:qstrata:yang:qi-fibre-plant"
+PLANT_MODULE = "qi-fibre-plant"
+SWITCH_MODULE = "qi-optical-switch"
+
+NETWORK_ID = "fibre"
+PANEL_TP = "panel"  # tp-id of a site's one unnumbered termination (a span end without a port)
+DEFAULT_WAVELENGTH = 1
+LINK_SCHEMA = "/ietf-network:networks/network/ietf-network-topology:link"
+PATHS_XPATH = f"/ietf-network:networks/network[network-id='{NETWORK_ID}']/qi-connectivity:optical-paths"
+XPATH_NS = {"ietf-network": NW, "qi-connectivity": CONN}
+MAX_REASON = 1024
+
+
+def _q(ns: str, tag: str) -> str:
+    return f"{{{ns}}}{tag}"
+
+
+def _sub(parent: etree._Element, ns: str, tag: str, text: object = None) -> etree._Element:
+    child = etree.SubElement(parent, _q(ns, tag), nsmap={None: ns} if etree.QName(parent).namespace != ns else None)
+    if text is not None:
+        child.text = text if isinstance(text, str) else (f"{text:.3f}" if isinstance(text, float) else str(text))
+    return child
+
+
+def _fault_leaf(parent: etree._Element, tag: str, fault: str) -> None:
+    """A leaf holding a qi-types fault identity that declares the prefix itself: state leaves
+    are merged into the running tree one by one, away from their parents' declarations."""
+    leaf = etree.SubElement(parent, _q(CONN, tag), nsmap={None: CONN, "qit": QIT})
+    leaf.text = f"qit:{fault}"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+# --- the discovered plant ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TermPoint:
+    """A termination point of the fibre network: a node (site or switch) and a tp-id."""
+
+    node: str
+    tp: str
+
+    def __str__(self) -> str:
+        return f"{self.node}:{self.tp}"
+
+
+def tp_id(port: int | None) -> str:
+    """The tp-id of a switch port or site panel position (PANEL_TP when it has no number)."""
+    return PANEL_TP if port is None else str(port)
+
+
+@dataclass
+class Span:
+    id: str
+    a: TermPoint
+    b: TermPoint
+    length: float
+    attenuation: float
+    loss: float
+    up: bool = True
+    eavesdropper: float = 0.0
+
+
+@dataclass(frozen=True)
+class SwitchPort:
+    id: int
+    insertion_loss: float = 0.0
+    enabled: bool = True
+    oper_status: str = "up"
+
+
+@dataclass(frozen=True)
+class CrossConnect:
+    name: str
+    in_port: int
+    out_port: int
+    wavelength: int | None = None
+
+
+@dataclass
+class Switch:
+    id: str
+    site: str
+    fabric_loss: float
+    ports: dict[int, SwitchPort]
+    cross_connects: dict[str, CrossConnect] = field(default_factory=dict)
+    from_device: bool = False  # read from the switch itself, not only from the plant's inventory
+
+    def cross_connect_loss(self, xc: CrossConnect) -> float:
+        return self.ports[xc.in_port].insertion_loss + self.ports[xc.out_port].insertion_loss + self.fabric_loss
+
+
+@dataclass
+class Fibre:
+    sites: set[str] = field(default_factory=set)
+    switches: dict[str, Switch] = field(default_factory=dict)
+    spans: dict[str, Span] = field(default_factory=dict)
+
+    def site_tps(self, site: str) -> list[str]:
+        ends = [end for span in self.spans.values() for end in (span.a, span.b) if end.node == site]
+        return sorted({end.tp for end in ends}, key=_tp_order)
+
+    def has(self, point: TermPoint) -> bool:
+        if point.node in self.switches:
+            return point.tp.isdigit() and int(point.tp) in self.switches[point.node].ports
+        return point.node in self.sites and point.tp in self.site_tps(point.node)
+
+
+def _tp_order(tp: str) -> tuple[int, str]:
+    return (int(tp), "") if tp.isdigit() else (-1, tp)
+
+
+# --- routing -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PathRequest:
+    """An optical path as a client configured it."""
+
+    name: str
+    source: TermPoint
+    destination: TermPoint
+    wavelength: int | None = None
+    max_loss: float | None = None
+    avoid_spans: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Hop:
+    span: str
+    from_node: str
+    to_node: str
+
+
+@dataclass(frozen=True)
+class Route:
+    hops: tuple[Hop, ...]
+    cross_connects: tuple[tuple[str, CrossConnect], ...]  # (switch, cross-connect), from the source
+    wavelength: int
+    loss: float
+    length: float
+
+    @property
+    def spans(self) -> set[str]:
+        return {hop.span for hop in self.hops}
+
+    def describe(self) -> str:
+        spans = ", ".join(hop.span for hop in self.hops) or "no span"
+        switches = ", ".join(sw for sw, _ in self.cross_connects)
+        return f"over {spans}" + (f" through {switches}" if switches else "")
+
+
+class NoRoute(Exception):
+    """No route meets the request; the message says why."""
+
+
+@dataclass
+class Busy:
+    """What other paths and foreign cross-connects hold, by holder name."""
+
+    ports: dict[tuple[str, int], str] = field(default_factory=dict)
+    spans: dict[str, str] = field(default_factory=dict)
+    ends: dict[TermPoint, str] = field(default_factory=dict)
+
+    def hold(self, holder: str, request: PathRequest | None, route: Route | None) -> None:
+        if request is not None:
+            self.ends[request.source] = self.ends[request.destination] = holder
+        for switch, xc in route.cross_connects if route else ():
+            self.hold_cross_connect(switch, xc, holder)
+        for span in route.spans if route else ():
+            self.spans[span] = holder
+
+    def hold_cross_connect(self, switch: str, xc: CrossConnect, holder: str) -> None:
+        self.ports[(switch, xc.in_port)] = self.ports[(switch, xc.out_port)] = holder
+
+
+@dataclass(frozen=True)
+class _Fabric:
+    """The graph node inside a switch that its ports meet at."""
+
+    switch: str
+
+
+def find_route(fibre: Fibre, request: PathRequest, busy: Busy, switches: set[str]) -> Route:
+    """The lowest-loss route for `request` over spans that are up and switches in
+    `switches`, using nothing `busy` holds. Raises NoRoute with the reason."""
+    src, dst = request.source, request.destination
+    for end in (src, dst):
+        if not fibre.has(end):
+            raise NoRoute(f"{end} is not a termination point of the fibre network")
+        if end in busy.ends:
+            raise NoRoute(f"{end} already ends optical path {busy.ends[end]!r}")
+        if end.node in fibre.switches and (end.node, int(end.tp)) in busy.ports:
+            raise NoRoute(f"port {end} is in use by {busy.ports[(end.node, int(end.tp))]!r}")
+        if end.node in fibre.switches and end.node not in switches:
+            raise NoRoute(f"switch {end.node} is not reachable")
+    graph = nx.Graph()
+    for span in fibre.spans.values():
+        if span.up and span.id not in request.avoid_spans and span.id not in busy.spans:
+            graph.add_edge(span.a, span.b, loss=span.loss, span=span.id)
+    for switch in fibre.switches.values():
+        if switch.id not in switches:
+            continue
+        for port in switch.ports.values():
+            if port.enabled and (switch.id, port.id) not in busy.ports:
+                graph.add_edge(TermPoint(switch.id, str(port.id)), _Fabric(switch.id),
+                               loss=port.insertion_loss + switch.fabric_loss / 2)
+    try:
+        nodes = nx.dijkstra_path(graph, src, dst, weight="loss")
+    except (nx.NetworkXNoPath, nx.NodeNotFound):
+        raise NoRoute(f"no free route from {src} to {dst}" + _obstacles(fibre, request, switches)) from None
+    route = _route_from(nodes, graph, fibre, request)
+    if request.max_loss is not None and route.loss > request.max_loss + 1e-9:
+        raise NoRoute(f"the lowest-loss route from {src} to {dst} ({route.describe()}) has "
+                      f"{route.loss:.3f} dB, above max-loss {request.max_loss:.3f} dB")
+    return route
+
+
+def _obstacles(fibre: Fibre, request: PathRequest, switches: set[str]) -> str:
+    notes = []
+    down = sorted(s.id for s in fibre.spans.values() if not s.up)
+    if down:
+        notes.append(f"spans down: {', '.join(down)}")
+    if request.avoid_spans:
+        notes.append(f"avoided: {', '.join(sorted(request.avoid_spans))}")
+    unreachable = sorted(set(fibre.switches) - switches)
+    if unreachable:
+        notes.append(f"switches unreachable: {', '.join(unreachable)}")
+    notes.append("ports and spans of other paths excluded")
+    return " (" + "; ".join(notes) + ")"
+
+
+def _route_from(nodes: list, graph: nx.Graph, fibre: Fibre, request: PathRequest) -> Route:
+    wavelength = request.wavelength or DEFAULT_WAVELENGTH
+    xcs = []
+    for before, node, after in zip(nodes, nodes[1:], nodes[2:]):
+        if isinstance(node, _Fabric):
+            xc = CrossConnect(request.name, int(before.tp), int(after.tp), wavelength)
+            xcs.append((node.switch, xc))
+    hops = tuple(Hop(graph.edges[a, b]["span"], a.node, b.node)
+                 for a, b in zip(nodes, nodes[1:]) if "span" in graph.edges[a, b])
+    loss = (sum(fibre.spans[h.span].loss for h in hops)
+            + sum(fibre.switches[sw].cross_connect_loss(xc) for sw, xc in xcs))
+    length = sum(fibre.spans[h.span].length for h in hops)
+    return Route(hops, tuple(xcs), wavelength, round(loss, 3), round(length, 3))
+
+
+# --- reading and writing XML ----------------------------------------------------------------
+
+def _fibre_network(tree: etree._Element) -> etree._Element | None:
+    for network in tree.iterfind(f"{_q(NW, 'networks')}/{_q(NW, 'network')}"):
+        if network.findtext(_q(NW, "network-id")) == NETWORK_ID:
+            return network
+    return None
+
+
+def path_requests(tree: etree._Element) -> dict[str, PathRequest]:
+    """The optical paths configured in a datastore tree."""
+    network = _fibre_network(tree)
+    if network is None:
+        return {}
+    c = lambda tag: _q(CONN, tag)  # noqa: E731
+    out = {}
+    for path in network.iterfind(f"{c('optical-paths')}/{c('optical-path')}"):
+        name = path.findtext(c("name"))
+        ends = [TermPoint(path.findtext(f"{c(end)}/{c('node')}"), path.findtext(f"{c(end)}/{c('tp')}"))
+                for end in ("source", "destination")]
+        wavelength, max_loss = path.findtext(c("wavelength")), path.findtext(c("max-loss"))
+        out[name] = PathRequest(name, ends[0], ends[1], int(wavelength) if wavelength else None,
+                                float(max_loss) if max_loss else None,
+                                frozenset(e.text for e in path.iterfind(c("avoid-spans"))))
+    return out
+
+
+def topology_signature(tree: etree._Element) -> str:
+    """The networks of a datastore tree without the optical paths, in an order-insensitive
+    form: what only the controller may change."""
+    networks = tree.find(_q(NW, "networks"))
+    if networks is None:
+        return ""
+    networks = copy.deepcopy(networks)
+    for paths in networks.iter(_q(CONN, "optical-paths")):
+        paths.getparent().remove(paths)
+    return _signature(networks)
+
+
+def _signature(el: etree._Element) -> str:
+    children = sorted(_signature(c) for c in el if isinstance(c.tag, str))
+    return f"<{el.tag}>{(el.text or '').strip()}{''.join(children)}</>"
+
+
+def _topology_xml(fibre: Fibre, paths: etree._Element | None) -> etree._Element:
+    """The networks container: the fibre network as discovered, with `paths` (the configured
+    optical-paths element) kept as it is."""
+    networks = etree.Element(_q(NW, "networks"), nsmap={None: NW})
+    network = _sub(networks, NW, "network")
+    _sub(network, NW, "network-id", NETWORK_ID)
+    _sub(_sub(network, NW, "network-types"), CONN, "fibre-network")
+    for site in sorted(fibre.sites):
+        node = _node(network, site, "site", site)
+        for tp in fibre.site_tps(site):
+            point = _sub(node, NT, "termination-point")
+            _sub(point, NT, "tp-id", tp)
+            _sub(_sub(point, CONN, "fibre-port"), CONN, "insertion-loss", 0.0)
+    for switch in sorted(fibre.switches.values(), key=lambda s: s.id):
+        node = _node(network, switch.id, "optical-switch", switch.site)
+        for port in sorted(switch.ports.values(), key=lambda p: p.id):
+            point = _sub(node, NT, "termination-point")
+            _sub(point, NT, "tp-id", str(port.id))
+            fibre_port = _sub(point, CONN, "fibre-port")
+            _sub(fibre_port, CONN, "switch-port", port.id)
+            _sub(fibre_port, CONN, "insertion-loss", port.insertion_loss)
+    for span in sorted(fibre.spans.values(), key=lambda s: s.id):
+        link = _sub(network, NT, "link")
+        _sub(link, NT, "link-id", span.id)
+        source = _sub(link, NT, "source")
+        _sub(source, NT, "source-node", span.a.node)
+        _sub(source, NT, "source-tp", span.a.tp)
+        destination = _sub(link, NT, "destination")
+        _sub(destination, NT, "dest-node", span.b.node)
+        _sub(destination, NT, "dest-tp", span.b.tp)
+        attributes = _sub(link, CONN, "fibre-span")
+        _sub(attributes, CONN, "length", span.length)
+        _sub(attributes, CONN, "attenuation", span.attenuation)
+        extra = span.loss - span.length * span.attenuation
+        if extra > 0.0005:
+            _sub(attributes, CONN, "extra-loss", extra)
+    if paths is not None:
+        network.append(copy.deepcopy(paths))
+    return networks
+
+
+def _node(network: etree._Element, node_id: str, kind: str, site: str | None) -> etree._Element:
+    node = _sub(network, NW, "node")
+    _sub(node, NW, "node-id", node_id)
+    attributes = _sub(node, CONN, "fibre-node")
+    _sub(attributes, CONN, "kind", kind)
+    if site:
+        _sub(attributes, CONN, "site", site)
+    return node
+
+
+def _read_plant(plant: etree._Element) -> Fibre:
+    p = lambda tag: _q(FP, tag)  # noqa: E731
+    fibre = Fibre()
+    fibre.sites = {s.findtext(p("site-id")) for s in plant.iterfind(f"{p('sites')}/{p('site')}")}
+    for sw in plant.iterfind(f"{p('switches')}/{p('switch')}"):
+        switch_id = sw.findtext(p("switch-id"))
+        fibre.switches[switch_id] = Switch(switch_id, sw.findtext(p("site")) or "",
+                                           float(sw.findtext(p("insertion-loss")) or 0.0),
+                                           {int(e.text): SwitchPort(int(e.text)) for e in sw.iterfind(p("port"))})
+    for span in plant.iterfind(f"{p('spans')}/{p('span')}"):
+        ends = []
+        for end in ("a-end", "b-end"):
+            port = span.findtext(f"{p(end)}/{p('port')}")
+            ends.append(TermPoint(span.findtext(f"{p(end)}/{p('node')}"), tp_id(int(port) if port else None)))
+        length, attenuation = float(span.findtext(p("length"))), float(span.findtext(p("attenuation")))
+        loss = span.findtext(p("loss"))
+        span_id = span.findtext(p("span-id"))
+        fibre.spans[span_id] = Span(span_id, ends[0], ends[1], length, attenuation,
+                                    float(loss) if loss else length * attenuation,
+                                    up=span.findtext(p("status")) != "cut",
+                                    eavesdropper=float(span.findtext(p("eavesdropper-fraction")) or 0.0))
+    return fibre
+
+
+def _read_switch(root: etree._Element) -> Switch:
+    o = lambda tag: _q(OSW, tag)  # noqa: E731
+    ports = {}
+    for port in root.iterfind(f"{o('ports')}/{o('port')}"):
+        port_id = int(port.findtext(o("port-id")))
+        ports[port_id] = SwitchPort(port_id, float(port.findtext(o("insertion-loss")) or 0.3),
+                                    port.findtext(o("enabled")) != "false", port.findtext(o("oper-status")) or "up")
+    xcs = {}
+    for xc in root.iterfind(f"{o('cross-connects')}/{o('cross-connect')}"):
+        wavelength = xc.findtext(o("wavelength"))
+        name = xc.findtext(o("name"))
+        xcs[name] = CrossConnect(name, int(xc.findtext(o("in-port"))), int(xc.findtext(o("out-port"))),
+                                 int(wavelength) if wavelength else None)
+    return Switch(root.findtext(o("switch-id")), root.findtext(o("site")) or "",
+                  float(root.findtext(o("fabric-loss")) or 0.5), ports, xcs, from_device=True)
+
+
+@dataclass
+class SwitchChange:
+    remove: set[str] = field(default_factory=set)
+    put: dict[str, CrossConnect] = field(default_factory=dict)
+
+    def config(self) -> etree._Element:
+        config = etree.Element(_q(BASE_NS, "config"), nsmap={None: BASE_NS})
+        xcs = _sub(_sub(config, OSW, "optical-switch"), OSW, "cross-connects")
+        for name in sorted(self.remove):
+            entry = _sub(xcs, OSW, "cross-connect")
+            entry.set(_q(BASE_NS, "operation"), "remove")
+            _sub(entry, OSW, "name", name)
+        for xc in self.put.values():
+            entry = _sub(xcs, OSW, "cross-connect")
+            entry.set(_q(BASE_NS, "operation"), "replace")
+            _sub(entry, OSW, "name", xc.name)
+            _sub(entry, OSW, "in-port", xc.in_port)
+            _sub(entry, OSW, "out-port", xc.out_port)
+            if xc.wavelength is not None:
+                _sub(entry, OSW, "wavelength", xc.wavelength)
+        return config
+
+
+@dataclass
+class Placement:
+    """Where a configured path is, and how it is doing."""
+
+    request: PathRequest
+    route: Route | None
+    status: str  # up, down, no-route (qi-connectivity optical-path-status)
+    reason: str
+
+
+# --- the controller ---------------------------------------------------------------------------
+
+class ConnectivityController(Controller):
+    kind = "connectivity-controller"
+    modules = ("qi-connectivity", "qi-types")  # qi-types implemented: its fault identities are used
+    device_modules = ()  # the plant needs qi-fibre-plant, a switch qi-optical-switch: checked on connect
+
+    def __init__(self, name: str, devices: list[Endpoint], users: dict[str, User], **kwargs):
+        super().__init__(name, devices, users, **kwargs)
+        self.fibre = Fibre()
+        self.placements: dict[str, Placement] = {}
+        self.plant: str | None = None  # the plant's link name
+        self.switch_links: dict[str, str] = {}  # switch id -> link name
+        self._synced: set[str] = set()  # links read since their last (re)connection
+        self._deleted: set[str] = set()  # deleted paths: an unreachable switch may still hold their cross-connects
+        self._lock = asyncio.Lock()  # placements, switch writes
+        self._own_commit: tuple[etree._Element, etree._Element] | None = None
+        self.synced = asyncio.Event()  # every device read and the topology in running
+        for action, handler in (("cut", self._cut), ("repair", self._repair),
+                                ("attach-eavesdropper", self._attach_eavesdropper),
+                                ("remove-eavesdropper", self._remove_eavesdropper)):
+            self.server.add_rpc(f"{LINK_SCHEMA}/qi-connectivity:{action}", handler)
+
+    async def wait_synced(self, timeout: float = 30.0) -> None:
+        """Wait until every device has been read and the topology written into running."""
+        await asyncio.wait_for(self.synced.wait(), timeout)
+
+    # --- devices --------------------------------------------------------------------------
+
+    async def device_connected(self, link: DeviceLink) -> None:
+        self._synced.discard(link.name)
+        modules = await implemented_modules(await link.session())
+        if PLANT_MODULE in modules:
+            self.plant = link.name
+        elif SWITCH_MODULE not in modules:
+            raise IncompatibleDevice(f"device {link.name} implements neither {PLANT_MODULE} nor {SWITCH_MODULE}")
+        await self._read_device(link)
+        await self._publish_topology()
+        await self.reconcile()
+
+    async def device_notification(self, link: DeviceLink, notification: etree._Element) -> None:
+        event = next((c for c in notification if isinstance(c.tag, str) and etree.QName(c).localname != "eventTime"),
+                     None)
+        if event is None:
+            return
+        if event.tag == _q(FP, "span-status-change"):
+            span = self.fibre.spans.get(event.findtext(_q(FP, "span-id")) or "")
+            if span is None:
+                return
+            was_up = span.up
+            span.up = event.findtext(_q(FP, "status")) != "cut"
+            span.eavesdropper = float(event.findtext(_q(FP, "eavesdropper-fraction")) or 0.0)
+            await self._span_changed(span, was_up)
+        elif event.tag == _q(OSW, "port-status-change"):
+            switch = self.fibre.switches.get(event.findtext(_q(OSW, "switch-id")) or "")
+            port = int(event.findtext(_q(OSW, "port-id")) or 0)
+            if switch is not None and port in switch.ports:
+                old = switch.ports[port]
+                switch.ports[port] = SwitchPort(old.id, old.insertion_loss, old.enabled,
+                                                event.findtext(_q(OSW, "oper-status")) or "unknown")
+
+    async def resync(self) -> None:
+        """Re-read every device; act on span changes that notifications missed; repair drift."""
+        for link in self.links.values():
+            if link.status == "connected" and link.name in self._synced:
+                await self._read_device(link)
+        await self._publish_topology()
+        await self.reconcile()
+
+    async def _read_device(self, link: DeviceLink) -> None:
+        client = await link.session()
+        if link.name == self.plant:
+            data = await client.get(filter=("subtree", f'<fibre-plant xmlns="{FP}"/>'))
+            plant = data.find(_q(FP, "fibre-plant")) if data is not None else None
+            if plant is None:
+                raise IncompatibleDevice(f"device {link.name} serves no fibre-plant data")
+            await self._plant_read(_read_plant(plant))
+        else:
+            data = await client.get(filter=("subtree", f'<optical-switch xmlns="{OSW}"/>'), with_defaults="report-all")
+            root = data.find(_q(OSW, "optical-switch")) if data is not None else None
+            if root is None:
+                raise IncompatibleDevice(f"device {link.name} serves no optical-switch data")
+            switch = _read_switch(root)
+            inventory = self.fibre.switches.get(switch.id)
+            switch.site = switch.site or (inventory.site if inventory else "")
+            self.fibre.switches[switch.id] = switch
+            self.switch_links[switch.id] = link.name
+        self._synced.add(link.name)
+
+    async def _plant_read(self, plant: Fibre) -> None:
+        before = self.fibre.spans
+        self.fibre.sites = plant.sites
+        self.fibre.spans = plant.spans
+        for switch in plant.switches.values():
+            known = self.fibre.switches.get(switch.id)
+            if known is None or not known.from_device:
+                self.fibre.switches[switch.id] = switch
+        for span in plant.spans.values():
+            old = before.get(span.id)
+            if old is not None and old.up != span.up:
+                await self._span_changed(span, old.up)
+
+    def _usable_switches(self) -> set[str]:
+        """Switches whose configuration is known and that can be written now."""
+        return {sw for sw, name in self.switch_links.items()
+                if name in self._synced and self.links[name].status == "connected"}
+
+    # --- the topology in running --------------------------------------------------------------
+
+    async def _publish_topology(self) -> None:
+        """Write the discovered topology into running, keeping the configured optical paths.
+        A client commit that lands meanwhile makes the controller build again from it."""
+        if not self.fibre.spans and not self.fibre.switches:
+            return
+        while True:
+            base = self.server.datastores["running"]
+            tree = copy.deepcopy(base)
+            old = tree.find(_q(NW, "networks"))
+            network = _fibre_network(tree)
+            paths = network.find(_q(CONN, "optical-paths")) if network is not None else None
+            new = _topology_xml(self.fibre, paths)
+            if old is not None:
+                tree.replace(old, new)
+            else:
+                tree.append(new)
+            try:
+                tree = self.server.schema.canonical(tree, config_only=True)
+            except RPCError as err:
+                log.warning("%s: the discovered topology does not fit the configured optical paths: %s",
+                            self.name, err)
+                return
+            if topology_signature(tree) == topology_signature(base):
+                return
+            self._own_commit = (base, tree)
+            try:
+                await self.server.commit_running(tree, None)
+                return
+            except _StaleBase:
+                continue
+            finally:
+                self._own_commit = None
+
+    async def apply(self, before: etree._Element, after: etree._Element) -> None:
+        if self._own_commit is not None and after is self._own_commit[1]:
+            if before is not self._own_commit[0]:
+                raise _StaleBase()
+            return
+        if topology_signature(before) != topology_signature(after):
+            raise RPCError("invalid-value", "the fibre topology (nodes, termination points, links) is discovered "
+                           "from the devices and cannot be edited; only optical-paths can (if the candidate "
+                           "predates a topology change, discard-changes and edit again)",
+                           path="/ietf-network:networks", path_nsmap=XPATH_NS)
+        old, new = path_requests(before), path_requests(after)
+        if old != new:
+            async with self._lock:
+                await self._realise(old, new)
+
+    async def _realise(self, old: dict[str, PathRequest], new: dict[str, PathRequest]) -> None:
+        """Route the new and changed paths and write every switch's share as one transaction;
+        remove the cross-connects of deleted paths. Raises RPCError and changes nothing when a
+        path cannot be routed or a switch refuses."""
+        changed = {name for name, request in new.items() if old.get(name) != request}
+        released = changed | (set(old) - set(new))
+        kept = {n: p for n, p in self.placements.items() if n in new and n not in changed}
+        planned: dict[str, Placement] = {}
+        for name in sorted(changed):
+            try:
+                route = find_route(self.fibre, new[name], self._busy(kept | planned, name, released),
+                                   self._usable_switches())
+            except NoRoute as err:
+                raise RPCError("resource-denied", f"optical path {name!r}: {err}",
+                               path=f"{PATHS_XPATH}/optical-path[name='{name}']", path_nsmap=XPATH_NS) from None
+            planned[name] = Placement(new[name], route, "up", f"routed {route.describe()}")
+        await self._write(self._switch_changes(released, planned))
+        self._deleted = (self._deleted | set(old)) - set(new)
+        previous = self.placements
+        self.placements = kept | planned
+        for name in sorted(planned):
+            await self._notify_path(name, planned[name], previous.get(name))
+
+    def _busy(self, placements: dict[str, Placement], routing: str, released: set[str]) -> Busy:
+        """What `routing` may not use: other placed paths, and cross-connects on the switches
+        that belong to nobody being (re)placed or released."""
+        busy = Busy()
+        for switch in self.fibre.switches.values():
+            for xc in switch.cross_connects.values():
+                if xc.name != routing and xc.name not in placements and xc.name not in released:
+                    busy.hold_cross_connect(switch.id, xc, xc.name)
+        for name, placement in placements.items():
+            if name != routing:
+                busy.hold(name, placement.request, placement.route)
+        return busy
+
+    def _switch_changes(self, released: set[str], placements: dict[str, Placement]) -> dict[str, SwitchChange]:
+        """Per usable switch: its cross-connects of `released` paths that the routes of
+        `placements` do not keep, and the cross-connects those routes need that it lacks."""
+        changes: dict[str, SwitchChange] = {}
+        wanted: dict[str, dict[str, CrossConnect]] = {}
+        for placement in placements.values():
+            for switch, xc in placement.route.cross_connects if placement.route else ():
+                wanted.setdefault(switch, {})[xc.name] = xc
+        for switch_id in self._usable_switches():
+            actual = self.fibre.switches[switch_id].cross_connects
+            need = wanted.get(switch_id, {})
+            change = SwitchChange(
+                remove={name for name in actual if (name in released or name in placements) and name not in need},
+                put={name: xc for name, xc in need.items() if actual.get(name) != xc})
+            if change.remove or change.put:
+                changes[switch_id] = change
+        return changes
+
+    async def _write(self, changes: dict[str, SwitchChange]) -> None:
+        """One transaction over the switches; the switches' views follow when it succeeds."""
+        if not changes:
+            return
+        try:
+            await self.transaction({self.switch_links[sw]: change.config() for sw, change in changes.items()})
+        except TransactionError as err:
+            raise err.as_rpc_error() from None
+        for switch_id, change in changes.items():
+            xcs = self.fibre.switches[switch_id].cross_connects
+            for name in change.remove:
+                xcs.pop(name, None)
+            xcs.update(change.put)
+
+    async def reconcile(self) -> None:
+        """Level-triggered: place configured paths that have no route (once every device is
+        read), re-route paths that are down, forget deleted ones, repair cross-connects that
+        differ from the routes."""
+        async with self._lock:
+            requests = path_requests(self.server.datastores["running"])
+            self.placements = {n: p for n, p in self.placements.items() if n in requests}
+            if self._all_synced():
+                for name in sorted(set(requests) - set(self.placements)):
+                    self.placements[name] = Placement(requests[name], None, "no-route", "not yet placed")
+                stranded = [n for n, p in self.placements.items() if p.status != "up"]
+                await self._reroute(sorted(stranded), "re-placed")
+                self.synced.set()
+            drift = self._switch_changes(set(self.placements) | self._deleted, self.placements)
+            if drift:
+                log.warning("%s: cross-connects differ from the routes on %s: repairing",
+                            self.name, ", ".join(sorted(drift)))
+                try:
+                    await self._write(drift)
+                except RPCError as err:
+                    log.warning("%s: drift repair failed: %s", self.name, err)
+
+    def _all_synced(self) -> bool:
+        return self.plant is not None and all(
+            link.name in self._synced and link.status == "connected" for link in self.links.values())
+
+    async def _reroute(self, names: list[str], verb: str) -> None:
+        """Find new routes for `names` (paths without a working route) and write them as one
+        transaction; a path with no route stays as it is, with the reason."""
+        planned: dict[str, Placement] = {}
+        for name in names:
+            current = self.placements[name]
+            try:
+                route = find_route(self.fibre, current.request, self._busy(self.placements | planned, name, {name}),
+                                   self._usable_switches())
+            except NoRoute as err:
+                await self._set_status(name, "down" if current.route else "no-route", str(err))
+                continue
+            planned[name] = Placement(current.request, route, "up", f"{verb} {route.describe()}")
+        if not planned:
+            return
+        try:
+            await self._write(self._switch_changes(set(planned), planned))
+        except RPCError as err:
+            for name in planned:
+                await self._set_status(name, self.placements[name].status, f"{verb} route refused: {err.message}")
+            return
+        for name, placement in planned.items():
+            previous = self.placements[name]
+            self.placements[name] = placement
+            await self._notify_path(name, placement, previous)
+
+    async def _span_changed(self, span: Span, was_up: bool) -> None:
+        if span.up == was_up:
+            return
+        event = etree.Element(_q(CONN, "span-up" if span.up else "span-down"), nsmap={None: CONN})
+        _sub(event, CONN, "network-id", NETWORK_ID)
+        _sub(event, CONN, "link-id", span.id)
+        _fault_leaf(event, "cause", "fibre-cut")
+        _sub(event, CONN, "reason", f"span {span.id} was {'repaired' if span.up else 'cut'}")
+        await self.server.notify(event)
+        async with self._lock:
+            over = sorted(n for n, p in self.placements.items() if p.route and span.id in p.route.spans)
+            if not span.up:
+                for name in over:
+                    await self._set_status(name, "down", f"span {span.id} is down")
+                await self._reroute(over, f"re-routed around span {span.id}")
+            else:
+                for name in over:
+                    route = self.placements[name].route
+                    if all(self.fibre.spans[s].up for s in route.spans if s in self.fibre.spans):
+                        await self._set_status(name, "up", f"span {span.id} repaired")
+                stranded = sorted(n for n, p in self.placements.items() if p.route is None)
+                await self._reroute(stranded, "placed after span repair")
+
+    async def _set_status(self, name: str, status: str, reason: str) -> None:
+        placement = self.placements[name]
+        previous = Placement(placement.request, placement.route, placement.status, placement.reason)
+        placement.status, placement.reason = status, reason[:MAX_REASON]
+        await self._notify_path(name, placement, previous)
+
+    async def _notify_path(self, name: str, placement: Placement, previous: Placement | None) -> None:
+        if previous is not None and previous.status == placement.status:
+            return
+        event = etree.Element(_q(CONN, "optical-path-status-change"), nsmap={None: CONN})
+        _sub(event, CONN, "network-id", NETWORK_ID)
+        _sub(event, CONN, "name", name)
+        _sub(event, CONN, "status", placement.status)
+        if previous is not None:
+            _sub(event, CONN, "previous-status", previous.status)
+        _sub(event, CONN, "reason", placement.reason[:MAX_REASON])
+        _sub(event, CONN, "time", _now())
+        await self.server.notify(event)
+
+    # --- northbound state ---------------------------------------------------------------------
+
+    async def state(self) -> etree._Element | None:
+        if _fibre_network(self.server.datastores["running"]) is None:
+            return None
+        data = empty_tree()
+        network = _sub(_sub(data, NW, "networks"), NW, "network")
+        _sub(network, NW, "network-id", NETWORK_ID)
+        usable = self._usable_switches()
+        for site in sorted(self.fibre.sites):
+            node = _sub(network, NW, "node")
+            _sub(node, NW, "node-id", site)
+            _sub(_sub(node, CONN, "fibre-node"), CONN, "oper-status", "up")
+            for tp in self.fibre.site_tps(site):
+                self._tp_state(node, tp, "up")
+        for switch in sorted(self.fibre.switches.values(), key=lambda s: s.id):
+            node = _sub(network, NW, "node")
+            _sub(node, NW, "node-id", switch.id)
+            _sub(_sub(node, CONN, "fibre-node"), CONN, "oper-status", "up" if switch.id in usable else "unknown")
+            for port in sorted(switch.ports.values(), key=lambda p: p.id):
+                status = port.oper_status if switch.id in usable else "unknown"
+                self._tp_state(node, str(port.id), status if port.enabled else "down")
+        for span in sorted(self.fibre.spans.values(), key=lambda s: s.id):
+            link = _sub(network, NT, "link")
+            _sub(link, NT, "link-id", span.id)
+            attributes = _sub(link, CONN, "fibre-span")
+            _sub(attributes, CONN, "total-loss", span.loss)
+            _sub(attributes, CONN, "oper-status", "up" if span.up else "down")
+            for fault, present in (("fibre-cut", not span.up), ("eavesdropper", span.eavesdropper > 0)):
+                if present:
+                    _fault_leaf(attributes, "active-faults", fault)
+            _sub(attributes, CONN, "eavesdropper-present", "true" if span.eavesdropper > 0 else "false")
+            if span.eavesdropper > 0:
+                _sub(attributes, CONN, "intercept-fraction", f"{span.eavesdropper:.9f}")
+        configured = path_requests(self.server.datastores["running"])
+        if configured:
+            paths = _sub(network, CONN, "optical-paths")
+            for name in sorted(configured):
+                self._path_state(paths, name, self.placements.get(name))
+        return data
+
+    @staticmethod
+    def _tp_state(node: etree._Element, tp: str, status: str) -> None:
+        point = _sub(node, NT, "termination-point")
+        _sub(point, NT, "tp-id", tp)
+        _sub(_sub(point, CONN, "fibre-port"), CONN, "oper-status", status)
+
+    @staticmethod
+    def _path_state(paths: etree._Element, name: str, placement: Placement | None) -> None:
+        path = _sub(paths, CONN, "optical-path")
+        _sub(path, CONN, "name", name)
+        if placement is None:
+            _sub(path, CONN, "status", "computing")
+            _sub(path, CONN, "reason", "waiting for the devices to be read")
+            return
+        _sub(path, CONN, "status", placement.status)
+        _sub(path, CONN, "reason", placement.reason[:MAX_REASON])
+        route = placement.route
+        if route is None:
+            return
+        _sub(path, CONN, "assigned-wavelength", route.wavelength)
+        _sub(path, CONN, "total-loss", route.loss)
+        _sub(path, CONN, "length", route.length)
+        hops = _sub(path, CONN, "route")
+        for index, hop in enumerate(route.hops):
+            entry = _sub(hops, CONN, "hop")
+            _sub(entry, CONN, "index", index)
+            _sub(entry, CONN, "span", hop.span)
+            _sub(entry, CONN, "from-node", hop.from_node)
+            _sub(entry, CONN, "to-node", hop.to_node)
+
+    # --- span actions, relayed to the plant ------------------------------------------------------
+
+    async def _plant_rpc(self, context: etree._Element, rpc: str, **leaves: str) -> None:
+        if self.plant is None:
+            raise RPCError("operation-failed", "the fibre plant is not connected")
+        span_id = context.findtext(_q(NT, "link-id"))
+        operation = etree.Element(_q(FP, rpc), nsmap={None: FP})
+        _sub(operation, FP, "span-id", span_id)
+        for tag, value in leaves.items():
+            _sub(operation, FP, tag, value)
+        client = await self.links[self.plant].session()
+        try:
+            await client.dispatch(operation)
+        except RPCError as err:
+            raise RPCError(err.tag, f"the fibre plant refused {rpc} of span {span_id}: {err.message}") from None
+
+    async def _cut(self, session, action: etree._Element, context: etree._Element) -> None:
+        await self._plant_rpc(context, "cut-span")
+
+    async def _repair(self, session, action: etree._Element, context: etree._Element) -> None:
+        await self._plant_rpc(context, "repair-span")
+
+    async def _attach_eavesdropper(self, session, action: etree._Element, context: etree._Element) -> None:
+        fraction = action.findtext(_q(CONN, "intercept-fraction")) or "1"
+        await self._plant_rpc(context, "attach-eavesdropper", fraction=fraction)
+
+    async def _remove_eavesdropper(self, session, action: etree._Element, context: etree._Element) -> None:
+        await self._plant_rpc(context, "remove-eavesdropper")
+
+
+class _StaleBase(Exception):
+    """A client commit landed while the controller was writing the topology: build again."""
