@@ -6,15 +6,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import pathlib
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from lxml import etree
 
 from controller.southbound import DeviceLink, Endpoint, transaction
 from devices.base import schema_for
+from netconf_core.errors import RPCError
 from netconf_core.server import NetconfServer, User, standard_nacm
 
 log = logging.getLogger(__name__)
+
+NETWORKS = "{urn:ietf:params:xml:ns:yang:ietf-network}networks"
+
+
+def signature(element: etree._Element) -> str:
+    """An order-insensitive text form of a subtree: equal for two trees with the same content."""
+    children = sorted(signature(c) for c in element if isinstance(c.tag, str))
+    return f"<{element.tag}>{(element.text or '').strip()}{''.join(children)}</>"
 
 
 class Controller:
@@ -66,6 +75,23 @@ class Controller:
                 await self.resync()
             except Exception:  # keep the loop alive; the next period tries again
                 log.exception("%s: resync failed", self.name)
+
+    async def publish_networks(self, build: Callable[[etree._Element], etree._Element]) -> None:
+        """Write what the controller discovered into its own running configuration: `build`
+        gets a copy of running and returns the ietf-network <networks> element to put in place
+        of the old one (keeping what clients configured in it)."""
+        def change(tree: etree._Element) -> etree._Element:
+            new = build(tree)
+            old = tree.find(NETWORKS)
+            if old is not None:
+                tree.replace(old, new)
+            else:
+                tree.append(new)
+            return tree
+        try:
+            await self.server.update_running(change)
+        except RPCError as err:
+            log.warning("%s: the discovered topology does not fit the configured requests: %s", self.name, err)
 
     async def transaction(self, edits: dict[str, etree._Element], confirm_timeout: int = 30) -> None:
         """One change over several devices, by device name (see southbound.transaction)."""

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 from lxml import etree
 
-from controller.base import Controller
+from controller.base import Controller, signature
 from controller.southbound import (DeviceLink, Endpoint, IncompatibleDevice, TransactionError,
                                    implemented_modules)
 from netconf_core.datastore import empty_tree
@@ -342,12 +342,7 @@ def topology_signature(tree: etree._Element) -> str:
     networks = copy.deepcopy(networks)
     for paths in networks.iter(_q(CONN, "optical-paths")):
         paths.getparent().remove(paths)
-    return _signature(networks)
-
-
-def _signature(el: etree._Element) -> str:
-    children = sorted(_signature(c) for c in el if isinstance(c.tag, str))
-    return f"<{el.tag}>{(el.text or '').strip()}{''.join(children)}</>"
+    return signature(networks)
 
 
 def _topology_xml(fibre: Fibre, paths: etree._Element | None) -> etree._Element:
@@ -491,7 +486,6 @@ class ConnectivityController(Controller):
         self._synced: set[str] = set()  # links read since their last (re)connection
         self._deleted: set[str] = set()  # deleted paths: an unreachable switch may still hold their cross-connects
         self._lock = asyncio.Lock()  # placements, switch writes
-        self._own_commit: tuple[etree._Element, etree._Element] | None = None
         self.synced = asyncio.Event()  # every device read and the topology in running
         for action, handler in (("cut", self._cut), ("repair", self._repair),
                                 ("attach-eavesdropper", self._attach_eavesdropper),
@@ -585,43 +579,17 @@ class ConnectivityController(Controller):
     # --- the topology in running --------------------------------------------------------------
 
     async def _publish_topology(self) -> None:
-        """Write the discovered topology into running, keeping the configured optical paths.
-        A client commit that lands meanwhile makes the controller build again from it."""
+        """Write the discovered topology into running, keeping the configured optical paths."""
         if not self.fibre.spans and not self.fibre.switches:
             return
-        while True:
-            base = self.server.datastores["running"]
-            tree = copy.deepcopy(base)
-            old = tree.find(_q(NW, "networks"))
+
+        def build(tree: etree._Element) -> etree._Element:
             network = _fibre_network(tree)
             paths = network.find(_q(CONN, "optical-paths")) if network is not None else None
-            new = _topology_xml(self.fibre, paths)
-            if old is not None:
-                tree.replace(old, new)
-            else:
-                tree.append(new)
-            try:
-                tree = self.server.schema.canonical(tree, config_only=True)
-            except RPCError as err:
-                log.warning("%s: the discovered topology does not fit the configured optical paths: %s",
-                            self.name, err)
-                return
-            if topology_signature(tree) == topology_signature(base):
-                return
-            self._own_commit = (base, tree)
-            try:
-                await self.server.commit_running(tree, None)
-                return
-            except _StaleBase:
-                continue
-            finally:
-                self._own_commit = None
+            return _topology_xml(self.fibre, paths)
+        await self.publish_networks(build)
 
     async def apply(self, before: etree._Element, after: etree._Element) -> None:
-        if self._own_commit is not None and after is self._own_commit[1]:
-            if before is not self._own_commit[0]:
-                raise _StaleBase()
-            return
         if topology_signature(before) != topology_signature(after):
             raise RPCError("invalid-value", "the fibre topology (nodes, termination points, links) is discovered "
                            "from the devices and cannot be edited; only optical-paths can (if the candidate "
@@ -893,7 +861,3 @@ class ConnectivityController(Controller):
 
     async def _remove_eavesdropper(self, session, action: etree._Element, context: etree._Element) -> None:
         await self._plant_rpc(context, "remove-eavesdropper")
-
-
-class _StaleBase(Exception):
-    """A client commit landed while the controller was writing the topology: build again."""

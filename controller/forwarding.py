@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from controller.base import Controller
+from controller.base import Controller, signature
 from controller.southbound import DeviceLink, Endpoint, TransactionError, transaction
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import BASE_NS, RPCError
@@ -287,12 +287,7 @@ def topology_signature(tree: etree._Element) -> str:
     for link in network.findall(_q(NT, "link")) if network is not None else []:
         network.remove(link)
     networks = tree.find(_q(NW, "networks"))
-    return _signature(networks) if networks is not None else ""
-
-
-def _signature(el: etree._Element) -> str:
-    children = sorted(_signature(c) for c in el if isinstance(c.tag, str))
-    return f"<{el.tag}>{(el.text or '').strip()}{''.join(children)}</>"
+    return signature(networks) if networks is not None else ""
 
 
 def virt_chain(request: LinkRequest, requests: dict[str, LinkRequest]) -> list[str]:
@@ -339,7 +334,6 @@ class ForwardingController(Controller):
         self._released: set[str] = set()  # qkdl-ids deleted by clients: removed from nodes wherever found
         self._paths_made: set[str] = set()  # optical paths this controller asked for (re-made if lost)
         self._lock = asyncio.Lock()
-        self._own_commit: tuple[etree._Element, etree._Element] | None = None
         self._settling: asyncio.Task | None = None
         self._unsettled: str | None = None
         self.synced = asyncio.Event()  # every node read and the topology in running
@@ -557,41 +551,13 @@ class ForwardingController(Controller):
 
     async def _publish_topology(self) -> None:
         """Write the discovered nodes (and discovered links) into running, keeping the
-        configured links. A client commit that lands meanwhile makes it build again."""
-        if not self.nodes:
-            return
-        while True:
-            base = self.server.datastores["running"]
-            tree = copy.deepcopy(base)
-            old = tree.find(_q(NW, "networks"))
-            new = self._topology_xml(_qkd_network(tree))
-            if old is not None:
-                tree.replace(old, new)
-            else:
-                tree.append(new)
-            try:
-                tree = self.server.schema.canonical(tree, config_only=True)
-            except RPCError as err:
-                log.warning("%s: the discovered nodes do not fit the configured links: %s", self.name, err)
-                return
-            if _signature(tree) == _signature(base):
-                return
-            self._own_commit = (base, tree)
-            try:
-                await self.server.commit_running(tree, None)
-                return
-            except _StaleBase:
-                continue
-            finally:
-                self._own_commit = None
+        configured links."""
+        if self.nodes:
+            await self.publish_networks(lambda tree: self._topology_xml(_qkd_network(tree)))
 
     # --- realising client changes ------------------------------------------------------------------
 
     async def apply(self, before: etree._Element, after: etree._Element) -> None:
-        if self._own_commit is not None and after is self._own_commit[1]:
-            if before is not self._own_commit[0]:
-                raise _StaleBase()
-            return
         if topology_signature(before) != topology_signature(after):
             raise RPCError("invalid-value", "the QKD nodes and their interfaces are discovered from the devices and "
                            "cannot be edited; only links can (if the candidate predates a topology change, "
@@ -817,7 +783,3 @@ class ForwardingController(Controller):
                 if value is not None:
                     _sub(qkd, FWD, tag, value)
         return data
-
-
-class _StaleBase(Exception):
-    """A client commit landed while the controller was writing the topology: build again."""

@@ -30,7 +30,7 @@ from .datastore import DATASTORES, Datastores, empty_tree, merge_state
 from .errors import BASE_NS, RPCError
 from .nacm import Nacm, NacmConfigError, NacmCounters
 from .notifications import ReplayBuffer, Event, now
-from .schema import WD_FLAGS, Schema, free_tree
+from .schema import WD_FLAGS, Schema
 from .session import BASE_10, BASE_11, MONITORING_NS, WD_NS, Session, q
 
 log = logging.getLogger(__name__)
@@ -335,11 +335,31 @@ class NetconfServer:
             nacm = self._build_nacm(tree)
             for handler in self._change_handlers:
                 await handler(before, tree)
-            self.datastores.set("running", tree)
-            self.nacm = nacm
-            if self.candidate_dirty_by is None:
-                self.datastores.set("candidate", self.datastores.copy("running"))
+            self._install_running(tree, nacm)
         await self._config_change_notification(session)
+
+    async def update_running(self, change: Callable[[etree._Element], etree._Element | None]) -> bool:
+        """A change the server makes itself (a discovered topology, adopted device state):
+        `change` gets a copy of running and returns the new tree, or None to leave it as it is.
+        It runs under the commit lock, so no client commit interleaves, and the change handlers
+        are not called: the new configuration describes what already is. Raises RPCError when
+        the result is invalid; then nothing changes."""
+        async with self._commit_lock:
+            tree = change(self.datastores.copy("running"))
+            if tree is None:
+                return False
+            tree = self.schema.canonical(tree, config_only=True)
+            if etree.tostring(tree) == etree.tostring(self.datastores["running"]):
+                return False
+            self._install_running(tree, self._build_nacm(tree))
+        await self._config_change_notification(None)
+        return True
+
+    def _install_running(self, tree: etree._Element, nacm: Nacm) -> None:
+        self.datastores.set("running", tree)
+        self.nacm = nacm
+        if self.candidate_dirty_by is None:
+            self.datastores.set("candidate", self.datastores.copy("running"))
 
     async def _config_change_notification(self, session: Session | None) -> None:
         change = etree.Element(f"{{{NC_NOTIF_NS}}}netconf-config-change", nsmap={None: NC_NOTIF_NS})
