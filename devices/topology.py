@@ -18,7 +18,7 @@ from typing import Any
 import networkx as nx
 import yaml
 
-from devices.twin import Clock, Endpoint, Twin
+from devices.twin import MAX_PORT, Clock, Endpoint, Twin
 
 DEFAULT_TOPOLOGY = "madrid.yaml"
 SECTIONS = ("sites", "switches", "spans", "qkd_nodes", "key_managers", "saes")
@@ -42,7 +42,7 @@ class SiteSpec:
 class SwitchSpec:
     id: str
     site: str
-    ports: tuple[str, ...]
+    ports: tuple[int, ...]
     insertion_loss_db: float
 
 
@@ -57,7 +57,7 @@ class SpanSpec:
 
 @dataclass(frozen=True)
 class InterfaceSpec:
-    id: str
+    id: int  # the ETSI 015 qkdi_id (uint32)
     attach: Endpoint
 
 
@@ -226,7 +226,7 @@ class _Parser:
         return ident
 
     def endpoint(self, where: str, role: str, value: Any, site_ids: set[str],
-                 ports: dict[str, set[str]]) -> Endpoint | None:
+                 ports: dict[str, set[int]]) -> Endpoint | None:
         """`value` as an endpoint that exists: a site (optionally with a port) or a switch port."""
         try:
             if not isinstance(value, str):
@@ -236,12 +236,12 @@ class _Parser:
             self.problem(where, f"{role}: {exc}")
             return None
         if end.node in ports:
-            if not end.port:
+            if end.port is None:
                 self.problem(where, f"{role} {value!r} names switch {end.node!r} without a port")
                 return None
-            if end.port not in ports[end.node]:
-                self.problem(where, f"{role} {value!r}: switch {end.node!r} has no port {end.port!r} "
-                                    f"(its ports: {', '.join(sorted(ports[end.node]))})")
+            if ports[end.node] and end.port not in ports[end.node]:  # no ports: the list itself was wrong
+                self.problem(where, f"{role} {value!r}: switch {end.node!r} has no port {end.port} "
+                                    f"(its ports: {', '.join(map(str, sorted(ports[end.node])))})")
                 return None
         elif end.node not in site_ids:
             self.problem(where, f"{role} {value!r} leads nowhere: no site or switch {end.node!r}")
@@ -266,16 +266,16 @@ class _Parser:
         ident = self.new_id(where, entry)
         site = self.known(where, entry, "site", site_ids, "site")
         ports = entry.get("ports", [])
-        if not isinstance(ports, list) or not ports or not all(isinstance(p, str) and p for p in ports):
-            self.problem(where, f"ports must be a non-empty list of port names, got {ports!r}")
+        if not isinstance(ports, list) or not ports or not all(_is_int(p) and 1 <= p <= MAX_PORT for p in ports):
+            self.problem(where, f"ports must be a non-empty list of port numbers from 1 to {MAX_PORT}, got {ports!r}")
             ports = []
         duplicates = sorted({p for p in ports if ports.count(p) > 1})
         if duplicates:
-            self.problem(where, f"port(s) listed twice: {', '.join(duplicates)}")
+            self.problem(where, f"port(s) listed twice: {', '.join(map(str, duplicates))}")
         return SwitchSpec(ident, site, tuple(dict.fromkeys(ports)),
                           self.number(where, entry, "insertion_loss_db", 1.0))
 
-    def span(self, where: str, entry: dict, site_ids: set[str], ports: dict[str, set[str]],
+    def span(self, where: str, entry: dict, site_ids: set[str], ports: dict[str, set[int]],
              span_ends: dict[Endpoint, str]) -> SpanSpec:
         self.fields(where, entry, ("id", "a", "b", "length_km"), ("attenuation_db_per_km",))
         ident = self.new_id(where, entry)
@@ -295,7 +295,7 @@ class _Parser:
                         self.number(where, entry, "length_km", 0.0),
                         self.number(where, entry, "attenuation_db_per_km", 0.2))
 
-    def qkd_node(self, where: str, entry: dict, site_ids: set[str], ports: dict[str, set[str]],
+    def qkd_node(self, where: str, entry: dict, site_ids: set[str], ports: dict[str, set[int]],
                  switch_sites: dict[str, str], span_ends: dict[Endpoint, str],
                  attachments: dict[Endpoint, str]) -> QkdNodeSpec:
         self.fields(where, entry, ("id", "site"), ("interfaces",))
@@ -311,13 +311,16 @@ class _Parser:
             if not isinstance(item, dict):
                 self.problem(at, "must be a mapping with id and attach")
                 continue
-            if isinstance(item.get("id"), str):
-                at += f" ({item['id']!r})"
+            if _is_int(item.get("id")):
+                at += f" ({item['id']})"
             if not self.fields(at, item, ("id", "attach")):
                 continue
-            if_id = self.text(at, item, "id")
-            if if_id in {x.id for x in interfaces}:
-                self.problem(at, f"duplicate interface id {if_id!r} in QKD node {ident!r}")
+            if_id = item["id"]
+            if not (_is_int(if_id) and 1 <= if_id <= MAX_PORT):
+                self.problem(at, f"id must be an interface number from 1 to {MAX_PORT}, got {if_id!r}")
+                if_id = 0
+            elif if_id in {x.id for x in interfaces}:
+                self.problem(at, f"duplicate interface id {if_id} in QKD node {ident!r}")
             end = self.endpoint(at, "attach", item["attach"], site_ids, ports)
             if end is None:
                 continue
@@ -381,8 +384,8 @@ def generate_topology(nodes: int, seed: int = 0) -> dict:
     for a, b in pairs:
         ends = []
         for i in (a, b):
-            port = f"odf{len(interfaces[i]) + 1}"
-            interfaces[i].append({"id": f"if{len(interfaces[i]) + 1}", "attach": f"{site_ids[i]}:{port}"})
+            port = len(interfaces[i]) + 1
+            interfaces[i].append({"id": port, "attach": f"{site_ids[i]}:{port}"})
             ends.append(f"{site_ids[i]}:{port}")
         spans.append({"id": f"span-{site_ids[a][5:]}-{site_ids[b][5:]}", "a": ends[0], "b": ends[1],
                       "length_km": round(rng.uniform(2.0, 25.0), 1)})

@@ -58,29 +58,33 @@ class Clock:
         return self._emulated_origin + self._speed * (self._source() - self._real_origin)
 
 
+MAX_PORT = 2**32 - 1  # ports are numbered like ETSI 015 attachment points: uint32
+
+
 @dataclass(frozen=True)
 class Endpoint:
-    """A fibre termination: a port of a switch, or a site (optionally one of its patch-panel
-    ports). Written `node` or `node:port`."""
+    """A fibre termination: a numbered port of a switch, or a site (optionally a numbered
+    position of its patch panel). Written `node` or `node:port`."""
 
     node: str
-    port: str = ""
+    port: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
-        node, _, port = text.partition(":")
-        if not node or (":" in text and not port):
-            raise ValueError(f"endpoint {text!r} is not 'node' or 'node:port'")
-        return cls(node, port)
+        node, colon, port = text.partition(":")
+        if not node or (colon and not (port.isdigit() and port.isascii() and 1 <= int(port) <= MAX_PORT)):
+            raise ValueError(f"endpoint {text!r} is not 'node' or 'node:port' with a port number "
+                             f"from 1 to {MAX_PORT}")
+        return cls(node, int(port) if colon else None)
 
     def __str__(self) -> str:
-        return f"{self.node}:{self.port}" if self.port else self.node
+        return self.node if self.port is None else f"{self.node}:{self.port}"
 
 
 @dataclass
 class Switch:
     id: str
-    ports: tuple[str, ...]
+    ports: tuple[int, ...]
     insertion_loss_db: float = DEFAULT_SWITCH_INSERTION_LOSS_DB
 
 
@@ -105,11 +109,11 @@ class Span:
 @dataclass(frozen=True)
 class CrossConnect:
     switch: str
-    port_a: str
-    port_b: str
+    port_a: int
+    port_b: int
     insertion_loss_db: float
 
-    def other_port(self, port: str) -> str:
+    def other_port(self, port: int) -> int:
         return self.port_b if port == self.port_a else self.port_a
 
 
@@ -158,7 +162,7 @@ class Twin:
         self.switches: dict[str, Switch] = {}
         self.spans: dict[str, Span] = {}
         self._span_at: dict[Endpoint, Span] = {}
-        self._cross_connects: dict[tuple[str, str], CrossConnect] = {}
+        self._cross_connects: dict[tuple[str, int], CrossConnect] = {}
         self._subscribers: list[Callable[[PlantChange], None]] = []
 
     # -- building the plant -------------------------------------------------------------
@@ -167,7 +171,7 @@ class Twin:
         self._check_new_node(site_id)
         self.sites.add(site_id)
 
-    def add_switch(self, switch_id: str, ports: list[str] | tuple[str, ...],
+    def add_switch(self, switch_id: str, ports: list[int] | tuple[int, ...],
                    insertion_loss_db: float = DEFAULT_SWITCH_INSERTION_LOSS_DB) -> None:
         self._check_new_node(switch_id)
         if len(set(ports)) != len(ports):
@@ -206,7 +210,7 @@ class Twin:
 
     # -- cross-connects ----------------------------------------------------------------
 
-    def connect(self, switch_id: str, port_a: str, port_b: str,
+    def connect(self, switch_id: str, port_a: int, port_b: int,
                 insertion_loss_db: float | None = None) -> CrossConnect:
         """Join two ports of a switch; the switch's insertion loss unless one is given."""
         switch = self.switches.get(switch_id)
@@ -227,7 +231,7 @@ class Twin:
         self._notify(PlantChange("cross-connect-added", f"{switch_id}:{port_a}"))
         return xc
 
-    def disconnect(self, switch_id: str, port: str) -> None:
+    def disconnect(self, switch_id: str, port: int) -> None:
         """Undo the cross-connect that uses `port` of the switch."""
         xc = self._cross_connects.get((switch_id, port))
         if xc is None:
@@ -331,8 +335,10 @@ class Twin:
             untouched *= 1.0 - self.spans[s].eavesdrop_fraction
         return 1.0 - untouched
 
-    def link_reading(self, a: Endpoint, b: Endpoint, profile: DeviceProfile = DeviceProfile()) -> LinkReading:
-        """Key rate (with jitter) and QBER of a QKD link between attachment points a and b."""
+    def link_reading(self, a: Endpoint, b: Endpoint, profile: DeviceProfile = DeviceProfile(),
+                     jitter: float | None = None) -> LinkReading:
+        """Key rate (with jitter: the twin's unless one is given) and QBER of a QKD link between
+        attachment points a and b."""
         path = self.path_between(a, b)
         if path is None:
             return LinkReading(up=False, skr_bps=0.0, qber=0.0)
@@ -340,5 +346,6 @@ class Twin:
         if not self.path_up(path):
             return LinkReading(up=False, skr_bps=0.0, qber=0.0, loss_db=loss, path=path)
         skr, qber = link_performance(loss, profile, self.path_eavesdrop_fraction(path))
-        skr *= 1.0 + self.rng.uniform(-self.jitter, self.jitter)
+        jitter = self.jitter if jitter is None else jitter
+        skr *= 1.0 + self.rng.uniform(-jitter, jitter)
         return LinkReading(up=True, skr_bps=skr, qber=qber, loss_db=loss, path=path)

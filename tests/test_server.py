@@ -453,3 +453,22 @@ def test_replay_with_stop_time_ends_the_subscription(engine):
         with pytest.raises(NcRPCError) as err:
             m.create_subscription(stream_name="no-such-stream")
         assert err.value.tag == "invalid-value"
+
+
+def test_identityref_prefix_declared_on_an_ancestor_survives_a_merge(loop_thread, tmp_path):
+    """A leaf value's prefix may be declared anywhere above it in the edit (XML namespaces)."""
+    from netconf_core.schema import Schema
+    schema = Schema(["etsi-qkd-sdn-node", "etsi-qkd-node-types"])
+    running = start_server(loop_thread, schema)
+    etsi = "urn:etsi:qkd:yang:etsi-qkd-node"
+    link = ("<qkd_links><qkd_link><qkdl_id>00000000-0000-0000-0000-000000000001</qkdl_id>"
+            "<qkdl_type>t:{}</qkdl_type></qkd_link></qkd_links>")
+    body = (f'<qkd_node xmlns="{etsi}" xmlns:t="urn:etsi:qkd:yang:etsi-qkd-node-types">'
+            f"<qkdn_id>00000000-0000-0000-0000-0000000000aa</qkdn_id>{{}}</qkd_node>")
+    try:
+        with running.connect() as m:
+            m.edit_config(target="running", config=cfg(body.format(link.format("PHYS"))))
+            m.edit_config(target="running", config=cfg(body.format(link.format("VIRT"))))
+            assert "VIRT</qkdl_type>" in m.get_config("running").data_xml
+    finally:
+        loop_thread.run(running.server.stop())

@@ -37,8 +37,8 @@ def test_default_topology_is_a_small_metro_network_with_disjoint_routes():
 
 def test_default_topology_builds_a_twin_with_an_optical_bypass():
     twin = build_twin(default_topology())
-    twin.connect("sw-concepcion", "p1", "p4")  # Quintin straight to Distrito, past Concepcion
-    path = twin.path_between(Endpoint("quintin", "odf1"), Endpoint("distrito", "odf2"))
+    twin.connect("sw-concepcion", 1, 4)  # Quintin straight to Distrito, past Concepcion
+    path = twin.path_between(Endpoint("quintin", 1), Endpoint("distrito", 2))
     assert path.spans == ("quintin-concepcion", "concepcion-distrito")
     assert twin.path_loss_db(path) == pytest.approx((4.1 + 15.3) * 0.2 + 1.0)
 
@@ -65,19 +65,19 @@ CASES = {
     "unknown site": (
         lambda d: qkd(d, "qkd-quintin").update(site="atocha"),
         ["qkd_nodes[0] ('qkd-quintin'): site 'atocha' is not a known site",
-         "qkd_nodes[0] ('qkd-quintin') interfaces[0] ('if1'): attach 'quintin:odf1' is at site 'quintin', "
+         "qkd_nodes[0] ('qkd-quintin') interfaces[0] (1): attach 'quintin:1' is at site 'quintin', "
          "but the node is at site 'atocha'",
-         "qkd_nodes[0] ('qkd-quintin') interfaces[1] ('if2'): attach 'quintin:odf2' is at site 'quintin', "
+         "qkd_nodes[0] ('qkd-quintin') interfaces[1] (2): attach 'quintin:2' is at site 'quintin', "
          "but the node is at site 'atocha'",
          "key_managers[0] ('km-quintin'): site 'quintin' has no QKD node: a key manager sits with a QKD node",
          "qkd_nodes[0] ('qkd-quintin'): site 'atocha' has no key manager: each QKD node site needs one"]),
     "span to nowhere": (
-        lambda d: d["spans"][0].update(b="sw-nowhere:p1"),
-        ["spans[0] ('quintin-concepcion'): b 'sw-nowhere:p1' leads nowhere: no site or switch 'sw-nowhere'"]),
+        lambda d: d["spans"][0].update(b="sw-nowhere:1"),
+        ["spans[0] ('quintin-concepcion'): b 'sw-nowhere:1' leads nowhere: no site or switch 'sw-nowhere'"]),
     "span to an unknown switch port": (
-        lambda d: d["spans"][0].update(b="sw-concepcion:p12"),
-        ["spans[0] ('quintin-concepcion'): b 'sw-concepcion:p12': switch 'sw-concepcion' has no port 'p12' "
-         "(its ports: p1, p2, p3, p4, p5, p6, p7, p8)"]),
+        lambda d: d["spans"][0].update(b="sw-concepcion:12"),
+        ["spans[0] ('quintin-concepcion'): b 'sw-concepcion:12': switch 'sw-concepcion' has no port 12 "
+         "(its ports: 1, 2, 3, 4, 5, 6, 7, 8)"]),
     "span on a switch without a port": (
         lambda d: d["spans"][0].update(b="sw-concepcion"),
         ["spans[0] ('quintin-concepcion'): b 'sw-concepcion' names switch 'sw-concepcion' without a port"]),
@@ -85,35 +85,35 @@ CASES = {
         lambda d: d["sites"].append({"id": "norte"}),
         ["sites[6] ('norte'): duplicate id 'norte': already used by sites[3]"]),
     "switch and site share an id": (
-        lambda d: d["switches"].append({"id": "almagro", "site": "almagro", "ports": ["p1"]}),
+        lambda d: d["switches"].append({"id": "almagro", "site": "almagro", "ports": [1]}),
         ["switches[2] ('almagro'): duplicate id 'almagro': already used by sites[2]"]),
     "interface on an unknown switch port": (
-        lambda d: qkd(d, "qkd-concepcion")["interfaces"][0].update(attach="sw-concepcion:p9"),
-        ["qkd_nodes[1] ('qkd-concepcion') interfaces[0] ('if1'): attach 'sw-concepcion:p9': switch "
-         "'sw-concepcion' has no port 'p9' (its ports: p1, p2, p3, p4, p5, p6, p7, p8)"]),
+        lambda d: qkd(d, "qkd-concepcion")["interfaces"][0].update(attach="sw-concepcion:9"),
+        ["qkd_nodes[1] ('qkd-concepcion') interfaces[0] (1): attach 'sw-concepcion:9': switch "
+         "'sw-concepcion' has no port 9 (its ports: 1, 2, 3, 4, 5, 6, 7, 8)"]),
     "interface on a switch port that carries a span": (
-        lambda d: qkd(d, "qkd-norte")["interfaces"][0].update(attach="sw-norte:p1"),
-        ["qkd_nodes[3] ('qkd-norte') interfaces[0] ('if1'): attach 'sw-norte:p1': that switch port already "
+        lambda d: qkd(d, "qkd-norte")["interfaces"][0].update(attach="sw-norte:1"),
+        ["qkd_nodes[3] ('qkd-norte') interfaces[0] (1): attach 'sw-norte:1': that switch port already "
          "carries spans[2] ('concepcion-norte'); plug interfaces into free ports"]),
     "interface at another site": (
-        lambda d: qkd(d, "qkd-quintin")["interfaces"][1].update(attach="almagro:odf2"),
-        ["qkd_nodes[0] ('qkd-quintin') interfaces[1] ('if2'): attach 'almagro:odf2' is at site 'almagro', "
+        lambda d: qkd(d, "qkd-quintin")["interfaces"][1].update(attach="almagro:2"),
+        ["qkd_nodes[0] ('qkd-quintin') interfaces[1] (2): attach 'almagro:2' is at site 'almagro', "
          "but the node is at site 'quintin'",
-         "qkd_nodes[2] ('qkd-almagro') interfaces[1] ('if2'): attach 'almagro:odf2' is already used by "
-         "qkd_nodes[0] ('qkd-quintin') interfaces[1] ('if2')"]),
+         "qkd_nodes[2] ('qkd-almagro') interfaces[1] (2): attach 'almagro:2' is already used by "
+         "qkd_nodes[0] ('qkd-quintin') interfaces[1] (2)"]),
     "duplicate interface": (
-        lambda d: qkd(d, "qkd-distrito")["interfaces"].append({"id": "if1", "attach": "distrito:odf3"}),
-        ["qkd_nodes[4] ('qkd-distrito') interfaces[2] ('if1'): duplicate interface id 'if1' in QKD node "
+        lambda d: qkd(d, "qkd-distrito")["interfaces"].append({"id": 1, "attach": "distrito:3"}),
+        ["qkd_nodes[4] ('qkd-distrito') interfaces[2] (1): duplicate interface id 1 in QKD node "
          "'qkd-distrito'"]),
     "SAE on an unknown key manager": (
         lambda d: d["saes"][0].update(km="km-atocha"),
         ["saes[0] ('sae-quintin'): km 'km-atocha' is not a known key manager"]),
     "endpoint used by two spans": (
-        lambda d: d["spans"][1].update(a="quintin:odf1"),
-        ["spans[1] ('almagro-concepcion'): a 'quintin:odf1' already ends spans[0] ('quintin-concepcion')"]),
+        lambda d: d["spans"][1].update(a="quintin:1"),
+        ["spans[1] ('almagro-concepcion'): a 'quintin:1' already ends spans[0] ('quintin-concepcion')"]),
     "span looping on itself": (
-        lambda d: d["spans"][4].update(b="quintin:odf2"),
-        ["spans[4] ('quintin-almagro'): starts and ends at the same endpoint 'quintin:odf2'"]),
+        lambda d: d["spans"][4].update(b="quintin:2"),
+        ["spans[4] ('quintin-almagro'): starts and ends at the same endpoint 'quintin:2'"]),
     "two key managers on a site": (
         lambda d: d["key_managers"].append({"id": "km-quintin-2", "site": "quintin"}),
         ["key_managers[6] ('km-quintin-2'): site 'quintin' already has key manager key_managers[0] ('km-quintin')"]),
@@ -134,6 +134,16 @@ CASES = {
         lambda d: d.update(link=[]),
         ["top level: unknown key 'link' (expected name, description, sites, switches, spans, qkd_nodes, "
          "key_managers, saes)"]),
+    "port names instead of numbers": (
+        lambda d: (d["switches"][1].update(ports=["p1", 2]), d["spans"][0].update(a="quintin:odf1")),
+        ["switches[1] ('sw-norte'): ports must be a non-empty list of port numbers from 1 to 4294967295, "
+         "got ['p1', 2]",
+         "spans[0] ('quintin-concepcion'): a: endpoint 'quintin:odf1' is not 'node' or 'node:port' with a port "
+         "number from 1 to 4294967295"]),
+    "interface named instead of numbered": (
+        lambda d: qkd(d, "qkd-montegancedo")["interfaces"][0].update(id="if1"),
+        ["qkd_nodes[5] ('qkd-montegancedo') interfaces[0]: id must be an interface number from 1 to 4294967295, "
+         "got 'if1'"]),
     "entry that is not a mapping": (
         lambda d: d["saes"].append("sae-x"),
         ["saes[4]: must be a mapping"]),

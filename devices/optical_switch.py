@@ -1,0 +1,235 @@
+"""The emulated optical switch: serves qi-optical-switch; its cross-connects are the twin's.
+
+A configured cross-connect whose two ports are enabled is a cross-connect of the digital
+twin (`twin.connect`), with the insertion loss the model defines: both ports' connector
+losses plus the fabric loss. Editing a cross-connect, a port's loss or the fabric loss
+remakes it in the twin; removing it, or disabling one of its ports, undoes it.
+
+The switch is a fibre (space) switch, as the twin models it: light entering a port leaves by
+one other port, whatever its wavelength, so a port carries at most one cross-connect. The
+model's own rules (checked by the engine before the device sees an edit) refuse a port
+reused on the same wavelength or beside a whole-fibre cross-connect, with
+operation-failed / must-violation (RFC 7950 section 15.4); this device also refuses a port
+reused on another wavelength, which a WDM switch could carry but this one cannot.
+
+The device refuses, naming the offending entry in error-path (RFC 6241 Appendix A):
+- in-use: a cross-connect needs a port another cross-connect already holds. The port is a
+  resource that is already in use; the request itself is well-formed.
+- invalid-value: a cross-connect or port entry names a port the switch does not have, or
+  switch-id is not this switch's: the value itself is unacceptable here.
+Nothing changes when an edit is refused.
+
+State: each configured port's oper-status (down when disabled or when the span plugged into
+it is cut), each cross-connect's insertion loss and oper-status (up when it is made and both
+its ports are up). port-status-change and cross-connect-status-change are sent when those
+statuses change, whatever the cause (a span cut or repaired, a configuration change).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from lxml import etree
+
+from devices.base import Device, NetworkContext, decimal, element
+from devices.topology import SwitchSpec
+from devices.twin import PlantChange
+from netconf_core.datastore import empty_tree
+from netconf_core.errors import RPCError
+
+NS = "urn:qstrata:yang:qi-optical-switch"
+MODULE = "qi-optical-switch"
+ROOT_PATH = f"/{MODULE}:optical-switch"
+
+
+def _q(tag: str) -> str:
+    return f"{{{NS}}}{tag}"
+
+
+@dataclass(frozen=True)
+class PortConfig:
+    port_id: int
+    insertion_loss_db: float
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class CrossConnectConfig:
+    name: str
+    in_port: int
+    out_port: int
+    wavelength: int | None
+
+    @property
+    def path(self) -> str:
+        return f"{ROOT_PATH}/cross-connects/cross-connect[name='{self.name}']"
+
+
+@dataclass(frozen=True)
+class SwitchConfig:
+    switch_id: str
+    fabric_loss_db: float
+    ports: dict[int, PortConfig]
+    cross_connects: tuple[CrossConnectConfig, ...]
+
+    @classmethod
+    def read(cls, tree: etree._Element) -> SwitchConfig | None:
+        """The switch's configuration in a datastore tree whose defaults are filled in."""
+        root = tree.find(_q("optical-switch"))
+        if root is None:
+            return None
+        ports = {}
+        for port in root.iterfind(f"{_q('ports')}/{_q('port')}"):
+            port_id = int(port.findtext(_q("port-id")))
+            ports[port_id] = PortConfig(port_id, float(port.findtext(_q("insertion-loss"))),
+                                        port.findtext(_q("enabled")) == "true")
+        cross_connects = tuple(
+            CrossConnectConfig(xc.findtext(_q("name")), int(xc.findtext(_q("in-port"))),
+                               int(xc.findtext(_q("out-port"))),
+                               int(xc.findtext(_q("wavelength"))) if xc.find(_q("wavelength")) is not None else None)
+            for xc in root.iterfind(f"{_q('cross-connects')}/{_q('cross-connect')}"))
+        return cls(root.findtext(_q("switch-id")), float(root.findtext(_q("fabric-loss"))), ports, cross_connects)
+
+    def loss_db(self, xc: CrossConnectConfig) -> float:
+        ports = self.ports[xc.in_port], self.ports[xc.out_port]
+        return sum(port.insertion_loss_db for port in ports) + self.fabric_loss_db
+
+    def passes_light(self, xc: CrossConnectConfig) -> bool:
+        """Whether the cross-connect is made in the fibre: both its ports enabled."""
+        return self.ports[xc.in_port].enabled and self.ports[xc.out_port].enabled
+
+
+class OpticalSwitchDevice(Device):
+    kind = "optical-switch"
+    modules = (MODULE,)
+
+    def __init__(self, spec: SwitchSpec, network: NetworkContext, port: int = 0):
+        self.spec = spec
+        super().__init__(spec.id, network, port)
+        self.config: SwitchConfig | None = None
+        self.made: dict[str, tuple[CrossConnectConfig, float]] = {}  # cross-connects in the twin, with their loss
+        self.port_status: dict[int, str] = {}
+        self.xc_status: dict[str, str] = {}
+        self._unsubscribe: Callable[[], None] | None = None
+        # port -> the span plugged into it, from the twin's fibre plant
+        self.spans = {end.port: span.id for span in network.twin.spans.values() for end in (span.a, span.b)
+                      if end.node == spec.id}
+
+    def initial_config(self) -> list[etree._Element]:
+        """Every port of the hardware, with the span it carries; the topology's insertion loss
+        is the fabric's, connectors adding nothing. No cross-connects."""
+        root = element(NS, "optical-switch", leaves={"switch-id": self.id, "site": self.spec.site,
+                                                     "fabric-loss": decimal(self.spec.insertion_loss_db, 3)})
+        ports = etree.SubElement(root, _q("ports"))
+        for port_id in self.spec.ports:
+            ports.append(element(NS, "port", leaves={"port-id": port_id, "span": self.spans.get(port_id),
+                                                     "insertion-loss": decimal(0, 3)}))
+        return [root]
+
+    async def start(self) -> None:
+        """Boot: the fibre keeps no cross-connect of an earlier run; the configuration makes them."""
+        for xc in self.network.twin.cross_connects(self.id):
+            self.network.twin.disconnect(self.id, xc.port_a)
+        self._unsubscribe = self.network.twin.subscribe(self._plant_changed)
+        await super().start()
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        await super().stop()
+
+    # -- configuration ------------------------------------------------------------------
+
+    async def apply(self, before: etree._Element, after: etree._Element) -> None:
+        config = SwitchConfig.read(self.server.with_defaults(after, "report-all", config_only=True))
+        if config is not None:
+            self._check(config)
+        wanted = {xc.name: (xc, config.loss_db(xc)) for xc in config.cross_connects
+                  if config.passes_light(xc)} if config else {}
+        twin = self.network.twin
+        for name, made in list(self.made.items()):
+            if wanted.get(name) != made:
+                twin.disconnect(self.id, made[0].in_port)
+                del self.made[name]
+        for name, (xc, loss) in wanted.items():
+            if name not in self.made:
+                twin.connect(self.id, xc.in_port, xc.out_port, insertion_loss_db=loss)
+                self.made[name] = (xc, loss)
+        self.config = config
+        await self._report_changes("configuration changed")
+
+    def _check(self, config: SwitchConfig) -> None:
+        if config.switch_id != self.id:
+            raise RPCError("invalid-value", f"switch-id {config.switch_id!r} is not this switch: it is {self.id!r}",
+                           path=f"{ROOT_PATH}/switch-id", path_nsmap={MODULE: NS})
+        hardware = set(self.spec.ports)
+        holder: dict[int, str] = {}
+        # Cross-connects already made claim their ports first, so that the new one is refused.
+        for xc in sorted(config.cross_connects, key=lambda xc: xc.name not in self.made):
+            for port in (xc.in_port, xc.out_port):
+                if port not in hardware:
+                    raise RPCError("invalid-value", f"cross-connect {xc.name!r} names port {port}, which switch "
+                                   f"{self.id!r} does not have (its ports: {_port_list(hardware)})",
+                                   path=xc.path, path_nsmap={MODULE: NS})
+                if port in holder:
+                    raise RPCError("in-use", f"cross-connect {xc.name!r} needs port {port}, already used by "
+                                   f"cross-connect {holder[port]!r}; this fibre switch gives a port one "
+                                   f"cross-connect, whatever the wavelength", path=xc.path, path_nsmap={MODULE: NS})
+                holder[port] = xc.name
+        for port in config.ports:
+            if port not in hardware:
+                raise RPCError("invalid-value", f"switch {self.id!r} has no port {port} "
+                               f"(its ports: {_port_list(hardware)})",
+                               path=f"{ROOT_PATH}/ports/port[port-id='{port}']", path_nsmap={MODULE: NS})
+
+    # -- state and notifications --------------------------------------------------------
+
+    def _port_up(self, port: int) -> bool:
+        span = self.spans.get(port)
+        return self.config.ports[port].enabled and (span is None or not self.network.twin.spans[span].cut)
+
+    def _statuses(self) -> tuple[dict[int, str], dict[str, str]]:
+        if self.config is None:
+            return {}, {}
+        ports = {port: "up" if self._port_up(port) else "down" for port in self.config.ports}
+        xcs = {xc.name: "up" if xc.name in self.made and ports[xc.in_port] == ports[xc.out_port] == "up" else "down"
+               for xc in self.config.cross_connects}
+        return ports, xcs
+
+    async def state(self) -> etree._Element | None:
+        if self.config is None:
+            return None
+        port_status, xc_status = self._statuses()
+        root = etree.Element(_q("optical-switch"), nsmap={None: NS})
+        ports = etree.SubElement(root, _q("ports"))
+        for port, status in port_status.items():
+            ports.append(element(NS, "port", leaves={"port-id": port, "oper-status": status}))
+        xcs = etree.SubElement(root, _q("cross-connects")) if self.config.cross_connects else None
+        for xc in self.config.cross_connects:
+            xcs.append(element(NS, "cross-connect", leaves={"name": xc.name, "oper-status": xc_status[xc.name],
+                                                            "insertion-loss": decimal(self.config.loss_db(xc), 3)}))
+        data = empty_tree()
+        data.append(root)
+        return data
+
+    async def _report_changes(self, reason: str) -> None:
+        """Notify every port and cross-connect whose status differs from the last one reported."""
+        port_status, xc_status = self._statuses()
+        for port, status in port_status.items():
+            if self.port_status.get(port, "up") != status:
+                await self.notify(element(NS, "port-status-change", leaves={
+                    "switch-id": self.id, "port-id": port, "oper-status": status, "reason": reason}))
+        for name, status in xc_status.items():
+            if self.xc_status.get(name, "down") != status:
+                await self.notify(element(NS, "cross-connect-status-change", leaves={
+                    "switch-id": self.id, "name": name, "oper-status": status, "reason": reason}))
+        self.port_status, self.xc_status = port_status, xc_status
+
+    def _plant_changed(self, change: PlantChange) -> None:
+        if change.kind in ("span-cut", "span-repaired"):
+            self.spawn(self._report_changes(f"span {change.element} {change.kind.removeprefix('span-')}"))
+
+
+def _port_list(ports: set[int]) -> str:
+    return ", ".join(map(str, sorted(ports)))

@@ -1,0 +1,134 @@
+"""The fibre plant of one emulated network as a NETCONF server (qi-fibre-plant).
+
+This is the synthetic environment's own management interface, not a network element: it
+shows the sites, switches and spans of the twin (state), sets the speed of the network's
+emulated clock (configuration), and injects the faults of the fibre: cut-span, repair-span,
+attach-eavesdropper and remove-eavesdropper are RPCs that act on the twin, which tells every
+device concerned. Every span change, whoever made it, is sent as span-status-change.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from lxml import etree
+
+from devices.base import Device, NetworkContext, decimal, element
+from devices.topology import Topology
+from devices.twin import Endpoint, PlantChange
+from netconf_core.datastore import empty_tree
+from netconf_core.errors import RPCError
+from netconf_core.session import Session
+
+NS = "urn:qstrata:yang:qi-fibre-plant"
+MODULE = "qi-fibre-plant"
+DEVICE_ID = "fibre-plant"
+# twin change kind -> the model's plant-change
+CHANGES = {"span-cut": "cut", "span-repaired": "repaired",
+           "eavesdropper-attached": "eavesdropper-attached", "eavesdropper-removed": "eavesdropper-removed"}
+
+
+def _q(tag: str) -> str:
+    return f"{{{NS}}}{tag}"
+
+
+class FibrePlantDevice(Device):
+    kind = "fibre-plant"
+    modules = (MODULE,)
+
+    def __init__(self, topology: Topology, network: NetworkContext, port: int = 0):
+        self.topology = topology
+        super().__init__(DEVICE_ID, network, port)
+        self.server.add_rpc(f"/{MODULE}:cut-span", self._cut)
+        self.server.add_rpc(f"/{MODULE}:repair-span", self._repair)
+        self.server.add_rpc(f"/{MODULE}:attach-eavesdropper", self._attach)
+        self.server.add_rpc(f"/{MODULE}:remove-eavesdropper", self._remove)
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def initial_config(self) -> list[etree._Element]:
+        """The clock runs at the speed the network was built with."""
+        plant = element(NS, "fibre-plant")
+        plant.append(element(NS, "clock", leaves={"speed": decimal(self.network.twin.clock.speed, 3)}))
+        return [plant]
+
+    async def start(self) -> None:
+        self._unsubscribe = self.network.twin.subscribe(self._plant_changed)
+        await super().start()
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        await super().stop()
+
+    async def apply(self, before: etree._Element, after: etree._Element) -> None:
+        config = self.server.with_defaults(after, "report-all", config_only=True)
+        speed = float(config.findtext(f"{_q('fibre-plant')}/{_q('clock')}/{_q('speed')}"))
+        clock = self.network.twin.clock
+        if decimal(speed, 3) != decimal(clock.speed, 3):
+            clock.set_speed(speed)
+
+    async def state(self) -> etree._Element:
+        twin = self.network.twin
+        plant = element(NS, "fibre-plant", leaves={"network": self.topology.name})
+        plant.append(element(NS, "clock", leaves={"emulated-time": decimal(twin.clock.now(), 3)}))
+        sites = etree.SubElement(plant, _q("sites"))
+        for site in self.topology.sites:
+            sites.append(element(NS, "site", leaves={"site-id": site.id, "name": site.name}))
+        if self.topology.switches:
+            switches = etree.SubElement(plant, _q("switches"))
+            for switch in self.topology.switches:
+                entry = element(NS, "switch", leaves={"switch-id": switch.id, "site": switch.site})
+                for port in switch.ports:
+                    etree.SubElement(entry, _q("port")).text = str(port)
+                etree.SubElement(entry, _q("insertion-loss")).text = decimal(switch.insertion_loss_db, 3)
+                switches.append(entry)
+        if twin.spans:
+            spans = etree.SubElement(plant, _q("spans"))
+            for span in twin.spans.values():
+                entry = element(NS, "span", leaves={"span-id": span.id})
+                entry.append(_endpoint("a-end", span.a))
+                entry.append(_endpoint("b-end", span.b))
+                for tag, value in (("length", decimal(span.length_km, 3)),
+                                   ("attenuation", decimal(span.attenuation_db_per_km, 3)),
+                                   ("loss", decimal(span.loss_db, 3)), ("status", "cut" if span.cut else "up"),
+                                   ("eavesdropper-fraction", decimal(span.eavesdrop_fraction, 9))):
+                    etree.SubElement(entry, _q(tag)).text = value
+                spans.append(entry)
+        data = empty_tree()
+        data.append(plant)
+        return data
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def _span_id(self, operation: etree._Element) -> str:
+        span_id = operation.findtext(_q("span-id"))
+        if span_id not in self.network.twin.spans:
+            name = etree.QName(operation).localname
+            raise RPCError("invalid-value", f"network {self.topology.name!r} has no span {span_id!r}",
+                           path=f"/{MODULE}:{name}/span-id", path_nsmap={MODULE: NS},
+                           info={"bad-element": "span-id"})
+        return span_id
+
+    async def _cut(self, session: Session, operation: etree._Element, context: etree._Element | None) -> None:
+        self.network.twin.cut_span(self._span_id(operation))
+
+    async def _repair(self, session: Session, operation: etree._Element, context: etree._Element | None) -> None:
+        self.network.twin.repair_span(self._span_id(operation))
+
+    async def _attach(self, session: Session, operation: etree._Element, context: etree._Element | None) -> None:
+        self.network.twin.attach_eavesdropper(self._span_id(operation), float(operation.findtext(_q("fraction"))))
+
+    async def _remove(self, session: Session, operation: etree._Element, context: etree._Element | None) -> None:
+        self.network.twin.remove_eavesdropper(self._span_id(operation))
+
+    def _plant_changed(self, change: PlantChange) -> None:
+        if change.kind not in CHANGES:
+            return  # cross-connects are the switches' to report
+        span = self.network.twin.spans[change.element]
+        self.spawn(self.notify(element(NS, "span-status-change", leaves={
+            "span-id": span.id, "change": CHANGES[change.kind], "status": "cut" if span.cut else "up",
+            "eavesdropper-fraction": decimal(span.eavesdrop_fraction, 9)})))
+
+
+def _endpoint(tag: str, end: Endpoint) -> etree._Element:
+    return element(NS, tag, leaves={"node": end.node, "port": end.port})
