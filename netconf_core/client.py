@@ -21,6 +21,7 @@ from lxml import etree
 
 from netconf_core.errors import BASE_NS, RPCError, RPCErrorList
 from netconf_core.framing import FrameReader, FramingError, encode
+from netconf_core.ssh import ENCRYPTION_ALGS
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ class NetconfClient:
                 self._conn = await asyncssh.connect(
                     self.host, self.port, username=self.username, password=self._password,
                     client_keys=self._client_keys or None, agent_path=None, config=None,
-                    known_hosts=self._known_hosts)
+                    known_hosts=self._known_hosts, encryption_algs=ENCRYPTION_ALGS)
                 self._chan, _ = await self._conn.create_session(
                     lambda: _Channel(self, self._generation), subsystem="netconf", encoding=None)
                 self._send_raw(

@@ -40,7 +40,7 @@ class Datastores:
                     self._trees[name] = saved
             if self._path("startup").exists():
                 self._trees["running"] = copy.deepcopy(self._trees["startup"])
-        self._trees["candidate"] = copy.deepcopy(self._trees["running"])
+        self._trees["candidate"] = self._trees["running"]
 
     def __getitem__(self, name: str) -> etree._Element:
         """The live tree: callers must not modify it."""

@@ -11,7 +11,7 @@ import re
 from lxml import etree
 
 from .errors import BASE_NS, RPCError, RPCErrorList
-from .schema import NodeInfo, Schema, path_nsmap
+from .schema import NodeInfo, Schema
 
 YANG_NS = "urn:ietf:params:xml:ns:yang:1"
 OPERATION_ATTR = f"{{{BASE_NS}}}operation"
@@ -62,8 +62,7 @@ class _Editor:
 
     def error(self, tag: str, message: str, path: str, **info: str) -> RPCError:
         return RPCError(tag, message, type="application" if tag not in ("bad-attribute",) else "protocol",
-                        path=path or "/", info={k.replace("_", "-"): v for k, v in info.items()},
-                        path_nsmap=path_nsmap(path, self.schema))
+                        path=path or "/", info={k.replace("_", "-"): v for k, v in info.items()})
 
     def lookup(self, parent: NodeInfo | None, parent_path: str, edit: etree._Element) -> NodeInfo:
         q = etree.QName(edit)

@@ -219,7 +219,7 @@ class Schema:
         lib.ly_err_clean(self.ctx.cdata, ffi.NULL)
         match = _LOCATION.search(location)
         path = match.group(2) if match else None
-        return _error_for(message, path, app_tag, self)
+        return _error_for(message, path, app_tag)
 
     def canonical(self, root: etree._Element, *, config_only: bool, validate: bool = True) -> etree._Element:
         """Validate `root` and return it as libyang prints it (canonical values and order)."""
@@ -283,7 +283,7 @@ _APP_TAG_ERRORS = {
 }
 
 
-def _error_for(message: str, path: str | None, app_tag: str | None, schema: Schema) -> RPCError:
+def _error_for(message: str, path: str | None, app_tag: str | None) -> RPCError:
     if app_tag in _APP_TAG_ERRORS:
         tag = _APP_TAG_ERRORS[app_tag]
     elif app_tag:
@@ -294,6 +294,8 @@ def _error_for(message: str, path: str | None, app_tag: str | None, schema: Sche
         tag = "unknown-element"
     elif "Unknown XML prefix" in message or "No module with namespace" in message:
         tag = "unknown-namespace"
+    elif message.startswith("Data for both cases"):
+        tag = "bad-element"  # RFC 7950 section 8.3.1
     elif message.startswith("Duplicate instance"):
         tag = "data-exists"
     else:
@@ -303,16 +305,53 @@ def _error_for(message: str, path: str | None, app_tag: str | None, schema: Sche
         name = re.search(r'node "([^"]+)"', message)
         if name:
             info["bad-element"] = name.group(1)
-    return RPCError(tag, message, path=path, app_tag=app_tag, info=info, path_nsmap=path_nsmap(path, schema))
+    return RPCError(tag, message, path=path, app_tag=app_tag, info=info)
 
 
-def path_nsmap(path: str | None, schema: Schema) -> dict[str, str]:
-    """Namespace bindings for the module-name prefixes libyang uses in its paths."""
+def qualified_path(path: str | None, schema: Schema,
+                   nsmap_given: dict[str, str] | None = None) -> tuple[str | None, dict[str, str]]:
+    """A libyang-style data path (module prefix only where the module changes) rewritten with
+    a prefix on every step and key, as RFC 6241 section 4.3's error-path example has it, with
+    the namespace bindings of those prefixes (the module names). A path already qualified
+    comes back the same; one whose prefixes are not module names is left as it was given."""
     if not path:
-        return {}
-    nsmap = {}
-    for prefix in set(re.findall(r"([A-Za-z_][\w.-]*):", path)):
-        ns = schema.namespace_of_module(prefix)
-        if ns:
-            nsmap[prefix] = ns
-    return nsmap
+        return path, nsmap_given or {}
+    steps, nsmap, module = [], {}, None
+    for step in _steps(path):
+        bracket = step.find("[")
+        name, predicates = (step, "") if bracket < 0 else (step[:bracket], step[bracket:])
+        if ":" in name:
+            module, name = name.split(":", 1)
+        namespace = schema.namespace_of_module(module or "")
+        if namespace is None:
+            return path, nsmap_given or {}
+        nsmap[module] = namespace
+        predicates = _KEY_PREDICATE.sub(lambda m: f"[{module}:{m.group(1)}=", predicates)
+        steps.append(f"{module}:{name}{predicates}")
+    return "/" + "/".join(steps), nsmap
+
+
+_KEY_PREDICATE = re.compile(r"\[\s*([A-Za-z_][\w.-]*)\s*=")
+
+
+def _steps(path: str) -> list[str]:
+    """Split a path on '/' outside predicates and quoted values."""
+    steps, current, depth, quote = [], "", 0, None
+    for ch in path:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == "/" and depth == 0:
+            if current:
+                steps.append(current)
+            current = ""
+            continue
+        current += ch
+    if current:
+        steps.append(current)
+    return steps

@@ -31,6 +31,7 @@ from .errors import BASE_NS, RPCError
 from .nacm import Nacm, NacmConfigError, NacmCounters
 from .notifications import ReplayBuffer, Event, now
 from .schema import WD_FLAGS, Schema
+from .ssh import ENCRYPTION_ALGS
 from .session import BASE_10, BASE_11, MONITORING_NS, WD_NS, Session, q
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class NetconfServer:
             seeded = self.datastores.copy("running")
             seeded.append(nacm)
             self.datastores.set("running", schema.canonical(seeded, config_only=True))
-            self.datastores.set("candidate", self.datastores.copy("running"))
+            self.datastores.set("candidate", self.datastores["running"])
         self.sessions: dict[int, Session] = {}
         self.locks: dict[str, int] = {}
         self.candidate_dirty_by: int | None = None
@@ -178,7 +179,7 @@ class NetconfServer:
         self._acceptor = await asyncssh.create_server(
             lambda: _SSHServer(self), self.host, self.port, server_host_keys=[self.host_key],
             process_factory=self._serve_process, encoding=None, allow_scp=False,
-            line_editor=False, keepalive_interval=0)
+            line_editor=False, keepalive_interval=0, encryption_algs=ENCRYPTION_ALGS)
         self.port = self._acceptor.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -262,8 +263,7 @@ class NetconfServer:
             return Nacm(self.schema.ctx, running.find(f"{{{NACM_NS}}}nacm"), counters=self.nacm_counters)
         except NacmConfigError as err:
             raise RPCError("invalid-value", f"the NACM rules cannot be enforced: {err}",
-                           path="/ietf-netconf-acm:nacm",
-                           path_nsmap={"ietf-netconf-acm": NACM_NS}) from None
+                           path="/ietf-netconf-acm:nacm") from None
 
     def check_exec(self, session: Session, module: str, name: str) -> None:
         if not self.nacm.may_exec(session.username, module, name):
@@ -325,14 +325,14 @@ class NetconfServer:
         self.candidate_dirty_by = session.id if session else 0
 
     def discard_changes(self) -> None:
-        self.datastores.set("candidate", self.datastores.copy("running"))
+        self.datastores.set("candidate", self.datastores["running"])
         self.candidate_dirty_by = None
 
     async def commit_running(self, tree: etree._Element, session: Session | None) -> None:
         """Make a validated tree the running configuration, after every change handler accepted it."""
         async with self._commit_lock:
             before = self.datastores["running"]
-            nacm = self._build_nacm(tree)
+            nacm = self._nacm_for(before, tree)
             for handler in self._change_handlers:
                 await handler(before, tree)
             self._install_running(tree, nacm)
@@ -351,15 +351,24 @@ class NetconfServer:
             tree = self.schema.canonical(tree, config_only=True)
             if etree.tostring(tree) == etree.tostring(self.datastores["running"]):
                 return False
-            self._install_running(tree, self._build_nacm(tree))
+            self._install_running(tree, self._nacm_for(self.datastores["running"], tree))
         await self._config_change_notification(None)
         return True
 
+    def _nacm_for(self, before: etree._Element, after: etree._Element) -> Nacm:
+        """The access rules of a new running configuration (rebuilt only when they changed)."""
+        old, new = (tree.find(f"{{{NACM_NS}}}nacm") for tree in (before, after))
+        if (old is None) == (new is None) and (old is None or etree.tostring(old) == etree.tostring(new)):
+            return self.nacm
+        return self._build_nacm(after)
+
     def _install_running(self, tree: etree._Element, nacm: Nacm) -> None:
+        # Datastore trees are replaced whole and never changed in place, so running and an
+        # unmodified candidate can share one tree.
         self.datastores.set("running", tree)
         self.nacm = nacm
         if self.candidate_dirty_by is None:
-            self.datastores.set("candidate", self.datastores.copy("running"))
+            self.datastores.set("candidate", tree)
 
     async def _config_change_notification(self, session: Session | None) -> None:
         change = etree.Element(f"{{{NC_NOTIF_NS}}}netconf-config-change", nsmap={None: NC_NOTIF_NS})
@@ -387,8 +396,8 @@ class NetconfServer:
             if pending.session_id != session.id:
                 raise RPCError("in-use", f"a confirmed commit of session {pending.session_id} is pending",
                                type="protocol", info={"session-id": str(pending.session_id)})
-        candidate = self.schema.canonical(self.datastores.copy("candidate"), config_only=True)
-        backup = pending.backup if pending else self.datastores.copy("running")
+        candidate = self.schema.canonical(self.datastores["candidate"], config_only=True)
+        backup = pending.backup if pending else self.datastores["running"]
         await self.commit_running(candidate, session)
         self.candidate_dirty_by = None
         if pending and pending.timer:
@@ -423,9 +432,13 @@ class NetconfServer:
 
     # --- get --------------------------------------------------------------
 
-    async def operational_tree(self) -> etree._Element:
+    async def operational_tree(self, namespaces: set[str] | None = None) -> etree._Element:
+        """Running plus state. With `namespaces` (those a subtree filter can select), the
+        protocol's own state (yang-library, netconf-state, nacm counters) is built only when
+        the filter can select it."""
         tree = self.datastores.copy("running")
-        merge_state(self.schema, tree, self._protocol_state())
+        if namespaces is None or namespaces & {YANGLIB_NS, MONITORING_NS, NACM_NS}:
+            merge_state(self.schema, tree, self._protocol_state())
         for provider in self._state_providers:
             state = await provider()
             if state is not None:
@@ -573,7 +586,7 @@ class NetconfServer:
         context = self._find_instance(tree, path_nodes[:-1])
         if context is None:
             raise RPCError("data-missing", f"the node that action '{info.name}' applies to does not exist",
-                           path=_data_path(path_nodes[:-1]))
+                           path=self._data_path(path_nodes[:-1]))
         self._validate_operation(action, tree)
         handler = self._rpcs.get(info.schema_path)
         if handler is None:
@@ -586,6 +599,16 @@ class NetconfServer:
         rpc.set("message-id", "0")
         rpc.append(copy.deepcopy(operation))
         self.schema.validate_operation(etree.tostring(rpc), data)
+
+    def _data_path(self, path_nodes: list[etree._Element]) -> str:
+        """The libyang-style path of the instance that `path_nodes` name, with its keys."""
+        path = ""
+        for i, node in enumerate(path_nodes):
+            info = self.schema.node_for_path(path_nodes[: i + 1])
+            path += f"/{info.module}:{info.name}"
+            for key in info.keys:
+                path += f"[{key}='{(node.findtext(f'{{{info.namespace}}}{key}') or '').strip()}']"
+        return path
 
     def _find_instance(self, tree: etree._Element, path_nodes: list[etree._Element]) -> etree._Element | None:
         current = tree
@@ -602,10 +625,6 @@ class NetconfServer:
 
 def _is_key(info, element: etree._Element) -> bool:
     return etree.QName(element).localname in info.keys
-
-
-def _data_path(path_nodes: list[etree._Element]) -> str:
-    return "/" + "/".join(etree.QName(n).localname for n in path_nodes)
 
 
 def _close_process(process: asyncssh.SSHServerProcess) -> None:

@@ -14,6 +14,7 @@ from .datastore import DATASTORES, empty_tree
 from .edit import apply_edit
 from .errors import BASE_NS, RPCError, RPCErrorList
 from .framing import FrameReader, FramingError, encode
+from .schema import qualified_path
 from .notifications import NOTIF_NS, STREAM, Subscription, control_event, now, parse_time
 
 if TYPE_CHECKING:
@@ -168,6 +169,8 @@ class Session:
         errors = err.errors if isinstance(err, RPCErrorList) else [err]
         self.out_rpc_errors += 1
         for e in errors:
+            if e.path:
+                e.path, e.path_nsmap = qualified_path(e.path, self.server.schema, e.path_nsmap)
             reply.append(e.to_xml())
         return etree.tostring(reply)
 
@@ -318,7 +321,12 @@ class Session:
 # --- protocol operations (RFC 6241 section 7 and 8) ----------------------------
 
 async def op_get(s: Session, op):
-    return s._filtered(op, await s.server.operational_tree(), config_only=False)
+    flt = s._param(op, "filter")
+    namespaces = None
+    if flt is not None and flt.get("type", "subtree") == "subtree":
+        namespaces = {etree.QName(c).namespace for c in flt if isinstance(c.tag, str)}
+        namespaces = None if "" in namespaces or None in namespaces else namespaces
+    return s._filtered(op, await s.server.operational_tree(namespaces), config_only=False)
 
 
 async def op_get_config(s: Session, op):

@@ -248,7 +248,7 @@ def test_conflicting_request_is_refused_and_nothing_is_applied(madrid: Stack) ->
         assert err.value.tag == "resource-denied"
         assert "optical path 'second'" in err.value.message
         assert "distrito:2 already ends optical path 'first'" in err.value.message
-        assert "optical-path[name='second']" in err.value.path
+        assert "qi-connectivity:optical-path[qi-connectivity:name='second']" in err.value.path
         assert m.get_config("running").data_xml == before
     assert madrid.cross_connects("sw-concepcion") == [(5, 4)]
     assert madrid.run(madrid.switch_config("sw-concepcion")) == {"first": ("5", "4")}

@@ -114,7 +114,7 @@ def test_faults_on_unknown_spans_or_by_a_reader_are_refused(tmp_path):
         with pytest.raises(RPCError) as refused:
             await nc.dispatch(rpc("cut-span", "atocha-sol"))
         assert (refused.value.tag, refused.value.path, refused.value.message, refused.value.info) == (
-            "invalid-value", "/qi-fibre-plant:cut-span/span-id", "network 'madrid' has no span 'atocha-sol'",
+            "invalid-value", "/qi-fibre-plant:cut-span/qi-fibre-plant:span-id", "network 'madrid' has no span 'atocha-sol'",
             {"bad-element": "span-id"})
         with pytest.raises(RPCError, match="out of the allowed range"):
             await nc.dispatch(rpc("attach-eavesdropper", "quintin-concepcion", "<fraction>1.5</fraction>"))

@@ -302,28 +302,29 @@ def test_restart_and_failure_take_the_node_down_then_back(tmp_path):
     run(tmp_path, test, "sw-concepcion", "qkd-quintin", "qkd-distrito")
 
 
-LINK_PATH = f"/etsi-qkd-sdn-node:qkd_node/qkd_links/qkd_link[qkdl_id='{BYPASS}']"
+E = "etsi-qkd-sdn-node"
+LINK_PATH = f"/{E}:qkd_node/{E}:qkd_links/{E}:qkd_link[{E}:qkdl_id='{BYPASS}']"
 REFUSED = {
     "another node's identity": (
         f'<qkd_node xmlns="{NS}"><qkdn_id>{node_uuid("qkd-norte")}</qkdn_id></qkd_node>',
-        "/etsi-qkd-sdn-node:qkd_node/qkdn_id",
+        f"/{E}:qkd_node/{E}:qkdn_id",
         f"qkdn_id {node_uuid('qkd-norte')} is not this node's: qkd-quintin is {node_uuid('qkd-quintin')}"),
     "an interface the node lacks": (
         f'<qkd_node xmlns="{NS}"><qkd_interfaces><qkd_interface><qkdi_id>9</qkdi_id></qkd_interface>'
         f"</qkd_interfaces></qkd_node>",
-        "/etsi-qkd-sdn-node:qkd_node/qkd_interfaces/qkd_interface[qkdi_id='9']",
+        f"/{E}:qkd_node/{E}:qkd_interfaces/{E}:qkd_interface[{E}:qkdi_id='9']",
         "qkd-quintin has no interface 9 (its interfaces: 1, 2)"),
     "an interface moved to another port": (
         f'<qkd_node xmlns="{NS}"><qkd_interfaces><qkd_interface><qkdi_id>1</qkdi_id><qkdi_att_point>'
         f"<device>quintin</device><port>7</port></qkdi_att_point></qkd_interface></qkd_interfaces></qkd_node>",
-        "/etsi-qkd-sdn-node:qkd_node/qkd_interfaces/qkd_interface[qkdi_id='1']/qkdi_att_point",
+        f"/{E}:qkd_node/{E}:qkd_interfaces/{E}:qkd_interface[{E}:qkdi_id='1']/{E}:qkdi_att_point",
         "interface 1 of qkd-quintin is attached at quintin:1, not at quintin:7"),
     "a link from an interface not configured here": (
         phys_link(BYPASS, 3, "qkd-distrito", 2),
-        f"{LINK_PATH}/qkdl_local/qkdi_id", f"link {BYPASS}: qkd-quintin has no configured interface 3"),
+        f"{LINK_PATH}/{E}:qkdl_local/{E}:qkdi_id", f"link {BYPASS}: qkd-quintin has no configured interface 3"),
     "a link whose local end is another node": (
         phys_link(BYPASS, 1, "qkd-distrito", 2, local="qkd-norte"),
-        f"{LINK_PATH}/qkdl_local/qkdn_id",
+        f"{LINK_PATH}/{E}:qkdl_local/{E}:qkdn_id",
         f"link {BYPASS}: qkdl_local names node {node_uuid('qkd-norte')}, but this is qkd-quintin "
         f"({node_uuid('qkd-quintin')})"),
 }

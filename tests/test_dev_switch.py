@@ -95,7 +95,8 @@ def test_boots_with_its_ports_and_a_cross_connect_joins_two_spans(tmp_path):
     run(test)
 
 
-XC_PATH = "/qi-optical-switch:optical-switch/cross-connects/cross-connect[name='{}']"
+OS = "qi-optical-switch"
+XC_PATH = f"/{OS}:optical-switch/{OS}:cross-connects/{OS}:cross-connect[{OS}:name='{{}}']"
 
 REFUSED = {
     "port reused on another wavelength": (
@@ -105,7 +106,7 @@ REFUSED = {
         "a port one cross-connect, whatever the wavelength"),
     "port reused on the same wavelength (the model's rule)": (
         cross_connect("same", 4, 6, wavelength=20),
-        "operation-failed", "/qi-optical-switch:optical-switch/cross-connects/cross-connect[name='bypass']",
+        "operation-failed", XC_PATH.format("bypass"),
         "a port is already used on this wavelength"),
     "whole-fibre cross-connect on a port in use (the model's rule, found at the entry checked first)": (
         cross_connect("whole", 1, 6),
@@ -117,14 +118,14 @@ REFUSED = {
         "7, 8)"),
     "port the switch lacks": (
         switch(ports=port(12)),
-        "invalid-value", "/qi-optical-switch:optical-switch/ports/port[port-id='12']",
+        "invalid-value", f"/{OS}:optical-switch/{OS}:ports/{OS}:port[{OS}:port-id='12']",
         "switch 'sw-concepcion' has no port 12 (its ports: 1, 2, 3, 4, 5, 6, 7, 8)"),
     "cross-connect to an unconfigured port (the model's leafref)": (
         cross_connect("nowhere", 5, 9),
-        "data-missing", XC_PATH.format("nowhere") + "/out-port", 'Invalid leafref value "9"'),
+        "data-missing", XC_PATH.format("nowhere") + f"/{OS}:out-port", 'Invalid leafref value "9"'),
     "another switch's id": (
         f'<optical-switch xmlns="{NS}"><switch-id>sw-norte</switch-id></optical-switch>',
-        "invalid-value", "/qi-optical-switch:optical-switch/switch-id",
+        "invalid-value", f"/{OS}:optical-switch/{OS}:switch-id",
         "switch-id 'sw-norte' is not this switch: it is 'sw-concepcion'"),
 }
 

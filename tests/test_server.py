@@ -45,7 +45,7 @@ def test_merge_create_replace_delete_remove(engine):
         with pytest.raises(NcRPCError) as err:
             m.edit_config(target="running", config=ifaces('<interface nc:operation="create"><name>b</name></interface>'))
         assert err.value.tag == "data-exists"
-        assert err.value.path == "/qs-engine-test:interfaces/interface[name='b']"
+        assert err.value.path == "/qs-engine-test:interfaces/qs-engine-test:interface[qs-engine-test:name='b']"
         m.edit_config(target="running", config=ifaces('<interface nc:operation="delete"><name>b</name></interface>'))
         with pytest.raises(NcRPCError) as err:
             m.edit_config(target="running", config=ifaces('<interface nc:operation="delete"><name>b</name></interface>'))

@@ -1,0 +1,133 @@
+"""yangcli (yuma123, a third-party NETCONF client) against `qstrata serve`: a script of edits,
+commits and gets in batch mode, under `script` since yangcli needs a terminal. Every data reply
+yangcli prints is validated by yanglint against the models, and the outcome is checked through
+ncclient as well."""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from lxml import etree
+from ncclient import manager
+
+from tools import conform
+
+QSTRATA = str(Path(sys.executable).with_name("qstrata"))
+NC = conform.NC
+XP = conform.XP
+
+pytestmark = pytest.mark.skipif(shutil.which("yangcli") is None or shutil.which("script") is None,
+                                reason="yangcli (Debian package yangcli) and script (bsdutils) are needed")
+
+
+@dataclass
+class Server:
+    port: int
+    password: str
+
+    def running(self) -> etree._Element:
+        with manager.connect(host="127.0.0.1", port=self.port, username="admin", password=self.password,
+                             hostkey_verify=False, allow_agent=False, look_for_keys=False, timeout=10) as m:
+            return etree.fromstring(m.get_config("running").data_xml.encode())
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    password = secrets.token_urlsafe(12)
+    process = subprocess.Popen([QSTRATA, "serve", "--yang", str(conform.MODEL_FILE.parent), "--module", conform.MODULE,
+                                "--port", "0", "--user", "admin", "--password", password],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        match = re.search(r"on 127\.0\.0\.1:(\d+) ", banner)
+        assert match, f"no port in {banner!r}"
+        yield Server(int(match.group(1)), password)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@dataclass
+class Run:
+    output: str
+    replies: list[etree._Element]  # every <rpc-reply> yangcli printed, in order
+
+    @property
+    def data(self) -> list[etree._Element]:
+        return [r.find(f"{{{NC}}}data") for r in self.replies if r.find(f"{{{NC}}}data") is not None]
+
+    @property
+    def errors(self) -> list[etree._Element]:
+        return [e for r in self.replies for e in r.iterfind(f"{{{NC}}}rpc-error")]
+
+
+def yangcli(server: Server, home: Path, commands: list[str]) -> Run:
+    """Run yangcli non-interactively: batch mode, the commands as its script, replies as XML."""
+    script = home / "script.txt"
+    script.write_text("\n".join(commands) + "\n")
+    argv = ["yangcli", "--server=127.0.0.1", f"--ncport={server.port}", "--user=admin",
+            f"--password={server.password}", "--batch-mode", f"--run-script={script}", "--display-mode=xml",
+            "--autohistory=false", "--autoaliases=false", "--autouservars=false", "--timeout=20"]
+    # HOME: yangcli keeps its ~/.yuma files in the test's directory.
+    done = subprocess.run(["script", "-qc", shlex.join(argv), "/dev/null"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "HOME": str(home)}, stdin=subprocess.DEVNULL)
+    output = done.stdout.replace("\r", "")
+    replies = [etree.fromstring(block) for block in re.findall(r"<rpc-reply\b.*?</rpc-reply>", output, re.S)]
+    return Run(output, replies)
+
+
+def names(data: etree._Element) -> list[str]:
+    return conform.texts(data, "q:interfaces/q:interface/q:name")
+
+
+def test_script_of_edits_commits_and_gets(server: Server, tmp_path: Path) -> None:
+    run = yangcli(server, tmp_path, [
+        "merge /system/hostname value=yc-host",
+        "create /interfaces/interface -- name=yc5 vlan=55 speed-mbps=100",
+        "create /interfaces/interface -- name=yc7 vlan=77",
+        "commit",
+        "xget /system",
+        "sget /interfaces",
+        "delete /interfaces/interface[name='yc7']",
+        "commit",
+        "sget /interfaces",
+    ])
+    assert "canceled" not in run.output and not run.errors, run.output
+    first, second, third = run.data
+    assert conform.texts(first, "q:system/q:hostname") == ["yc-host"]
+    assert names(second) == ["yc5", "yc7"]
+    assert conform.texts(second, "q:interfaces/q:interface[q:name='yc5']/q:speed-mbps") == ["100"]
+    assert names(third) == ["yc5"]
+    assert conform.yanglint_errors([("get", d) for d in run.data]) == []
+    # What yangcli set is what another client reads.
+    running = server.running()
+    assert conform.texts(running, "q:system/q:hostname") == ["yc-host"]
+    assert names(running) == ["yc5"]
+
+
+def test_invalid_edit_is_rejected_with_the_error_text(server: Server, tmp_path: Path) -> None:
+    before = etree.tostring(server.running())
+    # yangcli edits the candidate with test-option set, so the must violation surfaces at commit.
+    run = yangcli(server, tmp_path, [
+        "create /interfaces/interface -- name=yc-slow vlan=99 speed-mbps=5",
+        "commit",
+    ])
+    assert len(run.errors) == 1, run.output
+    error = run.errors[0]
+    assert error.findtext(f"{{{NC}}}error-tag") == "operation-failed"
+    assert error.findtext(f"{{{NC}}}error-app-tag") == "must-violation"
+    assert "speed must be at least 10 Mb/s" in error.findtext(f"{{{NC}}}error-message")
+    assert "speed must be at least 10 Mb/s" in run.output
+    assert etree.tostring(server.running()) == before
+    # The candidate keeps the rejected edit (it is shared); clear it for whoever comes next.
+    assert yangcli(server, tmp_path, ["discard-changes"]).errors == []

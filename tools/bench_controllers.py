@@ -1,0 +1,236 @@
+"""Controller benchmarks (issue 5).
+
+    python -m tools.bench_controllers [--sizes 100 1000] [--replans 6]
+
+1. Discovery and sync: the devices of a generated topology of N sites run in a child process
+   (a DeviceHost, so that they have their own CPU); the service controller starts with the
+   N key managers as its devices and the clock runs until it has connected to every one,
+   checked its yang-library, subscribed to its notifications and read its configuration.
+   Target: 1,000 devices in under 10 s.
+2. Re-plan: the whole stack (tools.stack) on the Madrid network, with two key sessions
+   (Quintin to Distrito and back) over one of the two disjoint routes. A span of their route
+   is cut at the plant; the time runs from the eventTime of the forwarding controller's
+   link-status-change (the link going down) to that of the service controller's last
+   session-status-change saying a session is active again, re-planned on the other route
+   and committed on its key managers. The stack runs in this process, so both event times
+   come from one clock. The span is repaired and the next cut falls on the new route.
+   Target: under 500 ms.
+
+The figures come with the time the devices and the stack took to start, for context.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+from lxml import etree
+
+SYNC_TARGET_S = {1000: 10.0}
+REPLAN_TARGET_S = 0.5
+WAIT_S = 60.0
+
+
+# -- 1. discovery and sync ------------------------------------------------------------------
+
+async def serve_devices(nodes: int) -> None:
+    """Child process: run the devices of a generated topology, print the key managers'
+    endpoints as one JSON line; when stdin closes, print the CPU time spent since, and stop."""
+    from devices.base import ADMIN_USER
+    from devices.host import DeviceHost
+    from devices.topology import generate_topology, parse_topology
+
+    topology = parse_topology(generate_topology(nodes), f"generated-{nodes}")
+    started = time.perf_counter()
+    async with DeviceHost(topology) as host:
+        rows = [{"id": r.id, "host": r.host, "port": r.port} for r in host.table() if "qi-key-manager" in r.modules]
+        print(json.dumps({"key_managers": rows, "devices": len(host.devices), "user": ADMIN_USER,
+                          "password": host.network.users[ADMIN_USER].password,
+                          "start_s": time.perf_counter() - started}), flush=True)
+        cpu = time.process_time()
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        print(json.dumps({"cpu_s": time.process_time() - cpu}), flush=True)
+
+
+async def bench_sync(nodes: int) -> dict:
+    from controller.service import ServiceController
+    from controller.southbound import Endpoint
+    from netconf_core.server import User
+
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tools.bench_controllers", "--serve-devices", str(nodes),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdin is not None
+    try:
+        line = await asyncio.wait_for(child.stdout.readline(), 600)
+        if not line:
+            raise RuntimeError(f"the device process for {nodes} sites ended before serving")
+        devices = json.loads(line)
+        user, password = devices["user"], devices["password"]
+        kms = [Endpoint(r["id"], r["host"], r["port"], user, password) for r in devices["key_managers"]]
+        # The forwarding controller is not part of this measure: a closed port stands for it.
+        controller = ServiceController("service", kms, Endpoint("forwarding", "127.0.0.1", 9, user, password),
+                                       {user: User(password=password)}, resync_period=3600)
+        started, cpu = time.perf_counter(), time.process_time()
+        await controller.start()
+        try:
+            await asyncio.wait_for(controller.synced.wait(), WAIT_S)
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        finally:
+            child.stdin.close()   # the devices' CPU time is counted up to here
+            device_cpu = json.loads(await asyncio.wait_for(child.stdout.readline(), WAIT_S))["cpu_s"]
+            await controller.stop()
+    finally:
+        child.stdin.close()
+        await child.wait()
+    return {"key_managers": len(kms), "devices": devices["devices"], "device_start_s": devices["start_s"],
+            "sync_s": elapsed, "controller_cpu_s": cpu, "devices_cpu_s": device_cpu}
+
+
+# -- 2. re-plan after a link goes down ----------------------------------------------------------
+
+NW = "urn:ietf:params:xml:ns:yang:ietf-network"
+NT = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
+FWD = "urn:qstrata:yang:qi-forwarding"
+ETSI_TYPES = "urn:etsi:qkd:yang:etsi-qkd-node-types"
+PLANT = "urn:qstrata:yang:qi-fibre-plant"
+# The two disjoint routes between Quintin and Distrito, as QKD links (source, destination
+# interface) and the spans under them.
+LINKS = {"q-c": (("qkd-quintin", 1), ("qkd-concepcion", 1)), "c-d": (("qkd-concepcion", 2), ("qkd-distrito", 2)),
+         "q-a": (("qkd-quintin", 2), ("qkd-almagro", 2)), "a-n": (("qkd-almagro", 3), ("qkd-norte", 1)),
+         "n-d": (("qkd-norte", 2), ("qkd-distrito", 1))}
+ROUTES = {"qkd-quintin - qkd-concepcion - qkd-distrito": ["concepcion-distrito", "quintin-concepcion"],
+          "qkd-quintin - qkd-almagro - qkd-norte - qkd-distrito": ["norte-distrito", "almagro-norte",
+                                                                   "quintin-almagro"]}
+SESSIONS = {"bench-1": ("sae-quintin", "sae-distrito"), "bench-2": ("sae-distrito", "sae-quintin")}
+
+
+def _links_config() -> str:
+    body = "".join(
+        f'<link xmlns="{NT}"><link-id>{name}</link-id><source><source-node>{a[0]}</source-node>'
+        f'<source-tp>{a[1]}</source-tp></source><destination><dest-node>{b[0]}</dest-node><dest-tp>{b[1]}'
+        f'</dest-tp></destination><qkd-link xmlns="{FWD}"><qkdl-id>00000000-0000-4000-8000-{i:012d}</qkdl-id>'
+        f'<link-type>t:PHYS</link-type></qkd-link></link>' for i, (name, (a, b)) in enumerate(LINKS.items()))
+    return f'<networks xmlns="{NW}" xmlns:t="{ETSI_TYPES}"><network><network-id>qkd</network-id>{body}</network></networks>'
+
+
+async def _all_links_active(nc) -> None:
+    async def poll() -> None:
+        while True:
+            data = await nc.get(filter=("subtree", f'<networks xmlns="{NW}"/>'))
+            status = {l.findtext(f"{{{NT}}}link-id"): l.findtext(f"{{{FWD}}}qkd-link/{{{FWD}}}status") or ""
+                      for l in data.iter(f"{{{NT}}}link")}
+            if all(status.get(name, "").endswith(":ACTIVE") for name in LINKS):
+                return
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(poll(), WAIT_S)
+
+
+async def bench_replan(cuts: int) -> dict:
+    from controller.service import SVC, read_sessions
+    from devices.topology import default_topology
+    from tools.stack import Stack
+
+    started = time.perf_counter()
+    async with Stack(default_topology()) as stack:
+        stack_s = time.perf_counter() - started
+        levels = {row.name: row for row in stack.table()}
+        async with (await _connect(levels["forwarding"]) as fwd, await _connect(levels["service"]) as svc,
+                    await _connect(levels["fibre-plant"]) as plant):
+            await fwd.edit_config(_links_config(), target="candidate")
+            await fwd.commit()
+            await _all_links_active(fwd)
+            await fwd.create_subscription()
+            await svc.create_subscription()
+            await svc.edit_config(f'<sessions xmlns="{SVC}">' + "".join(
+                f"<session><name>{name}</name><source-sae>{a}</source-sae><destination-sae>{b}</destination-sae>"
+                f"<rate>1000</rate></session>" for name, (a, b) in SESSIONS.items()) + "</sessions>",
+                target="candidate")
+            await svc.commit()
+            for _ in SESSIONS:   # their installation
+                await _next_event(svc, "session-status-change", lambda e: _leaf(e, "status") == "active")
+            times = []
+            for i in range(cuts):
+                sessions = await read_sessions(svc)
+                path = sessions["bench-1"]["path"]
+                if any(s["status"] != "active" or set(s["path"].split(" - ")) != set(path.split(" - "))
+                       for s in sessions.values()):
+                    raise RuntimeError(f"the bench sessions are not active on one path: {sessions}")
+                spans = ROUTES[path]
+                span = spans[i // 2 % len(spans)]
+                await plant.dispatch(f'<cut-span xmlns="{PLANT}"><span-id>{span}</span-id></cut-span>')
+                down_at, _ = await _next_event(fwd, "link-status-change",
+                                               lambda e: not _leaf(e, "status").endswith("ACTIVE"))
+                replanned = {}
+                while set(replanned) != set(SESSIONS):
+                    at, event = await _next_event(svc, "session-status-change", lambda e: _leaf(e, "status") == "active")
+                    replanned[_leaf(event, "name")] = at
+                active_at = max(replanned.values())
+                times.append(active_at - down_at)
+                await plant.dispatch(f'<repair-span xmlns="{PLANT}"><span-id>{span}</span-id></repair-span>')
+                await _all_links_active(fwd)
+    return {"stack_start_s": stack_s, "replan_s": times}
+
+
+async def _connect(row):
+    from netconf_core.client import NetconfClient
+
+    user, password = row.read_write
+    return await NetconfClient.connect(row.host, row.port, user, password=password)
+
+
+async def _next_event(nc, name: str, accept) -> tuple[float, etree._Element]:
+    """The next notification `name` that `accept`s, and its eventTime (in seconds). The stack
+    runs in this process, so the event times of both controllers share one clock."""
+    async def wait() -> tuple[float, etree._Element]:
+        async for message in nc.notifications():
+            event = next((c for c in message if isinstance(c.tag, str) and etree.QName(c).localname == name), None)
+            if event is not None and accept(event):
+                return datetime.datetime.fromisoformat(_leaf(message, "eventTime")).timestamp(), event
+        raise RuntimeError(f"the session ended before a {name} notification")
+    return await asyncio.wait_for(wait(), WAIT_S)
+
+
+def _leaf(event: etree._Element, tag: str) -> str:
+    found = next((e for e in event.iter() if etree.QName(e).localname == tag), None)
+    return (found.text or "").strip() if found is not None else ""
+
+
+# -- report -----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_controllers", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="sites of the generated networks")
+    parser.add_argument("--replans", type=int, default=6, help="fibre cuts to re-plan around (default 6)")
+    parser.add_argument("--serve-devices", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_devices:
+        asyncio.run(serve_devices(args.serve_devices))
+        return 0
+    missed = 0
+    for nodes in args.sizes:
+        result = asyncio.run(bench_sync(nodes))
+        target = SYNC_TARGET_S.get(nodes)
+        verdict = "" if target is None else f"  (target < {target:.0f} s: {'met' if result['sync_s'] < target else 'MISSED'})"
+        missed += target is not None and result["sync_s"] >= target
+        print(f"sync   {result['key_managers']:5d} key managers ({result['devices']} devices, started in "
+              f"{result['device_start_s']:.1f} s): {result['sync_s']:.2f} s{verdict}; CPU: controller "
+              f"{result['controller_cpu_s']:.2f} s, devices {result['devices_cpu_s']:.2f} s")
+    if args.replans:
+        result = asyncio.run(bench_replan(args.replans))
+        times = result["replan_s"]
+        worst = max(times)
+        missed += worst >= REPLAN_TARGET_S
+        print(f"replan {len(times)} cuts (stack started in {result['stack_start_s']:.1f} s): median "
+              f"{statistics.median(times) * 1000:.0f} ms, max {worst * 1000:.0f} ms  (target < "
+              f"{REPLAN_TARGET_S * 1000:.0f} ms: {'met' if worst < REPLAN_TARGET_S else 'MISSED'})")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""`qstrata conform`: run the NETCONF conformance suite (tools/conform.py) against any server."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ncclient.transport.errors import TransportError
+
+from tools import conform
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("conform", help="NETCONF conformance suite (RFC 6241/6242/5277/6243/6022)",
+                              description=conform.__doc__.split("\n\n")[0],
+                              epilog="exit status: 0 when no check fails, 1 when one does, 2 when no session "
+                                     "could be opened")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("--user", required=True)
+    auth = p.add_mutually_exclusive_group(required=True)
+    auth.add_argument("--password")
+    auth.add_argument("--key", metavar="FILE", help="SSH private key file")
+    p.add_argument("--module", default=conform.MODULE, choices=[conform.MODULE],
+                   help="the test model the server implements")
+    p.add_argument("--check", action="append", metavar="ID", help="run only this check (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    known = {c.id for c in conform.CHECKS}
+    unknown = set(args.check or []) - known
+    if unknown:
+        print(f"unknown check id(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    suite = conform.Suite(args.host, args.port, args.user, password=args.password, key_file=args.key)
+    try:
+        results = suite.run(set(args.check) if args.check else None)
+    except (TransportError, OSError) as err:
+        print(f"cannot open a NETCONF session to {args.host}:{args.port} as {args.user}: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(conform.as_json(results), indent=2) if args.json else conform.as_table(results))
+    return 1 if conform.failed(results) else 0
