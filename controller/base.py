@@ -30,6 +30,7 @@ class Controller:
     kind: ClassVar[str] = "controller"
     modules: ClassVar[tuple[str, ...]] = ()          # served northbound
     device_modules: ClassVar[tuple[str, ...]] = ()   # required of every southbound device
+    read_only_rpcs: ClassVar[tuple[tuple[str, str], ...]] = ()  # (module, rpc) a read-only user may run
 
     def __init__(self, name: str, devices: list[Endpoint], users: dict[str, User], *,
                  read_write: tuple[str, ...] = ("admin",), read_only: tuple[str, ...] = ("monitor",),
@@ -38,7 +39,7 @@ class Controller:
         self.name = name
         self.server = NetconfServer(schema_for(self.modules), users, host=host, port=port,
                                     datastore_dir=state_dir / "datastores" if state_dir else None,
-                                    nacm=standard_nacm(list(read_write), list(read_only)), name=name)
+                                    nacm=standard_nacm(list(read_write), list(read_only), self.read_only_rpcs), name=name)
         self.server.on_change(self.apply)
         self.server.add_state_provider(self.state)
         self.links = {ep.name: self.make_link(ep) for ep in devices}

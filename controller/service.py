@@ -476,6 +476,7 @@ class ServiceController(Controller):
     kind = "service-controller"
     modules = ("qi-service",)
     device_modules = ("qi-key-manager",)
+    read_only_rpcs = (("qi-service", "plan-path"),)
 
     def __init__(self, name: str, devices: list[Endpoint], forwarding: Endpoint, users: dict[str, User], **kw):
         super().__init__(name, devices, users, **kw)

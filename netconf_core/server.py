@@ -72,9 +72,16 @@ class User:
     authorized_keys: list[str] = field(default_factory=list)
 
 
-def standard_nacm(read_write: list[str], read_only: list[str]) -> etree._Element:
-    """A NACM configuration with two groups: `read-write` may do everything, `read-only`
-    may read and subscribe but not write nor run operations that change anything."""
+# What a read-only user may run: operations that only read, or end the user's own session.
+READ_ONLY_OPERATIONS = (("ietf-netconf", "get"), ("ietf-netconf", "get-config"), ("ietf-netconf", "close-session"),
+                        ("ietf-netconf-monitoring", "get-schema"), ("notifications", "create-subscription"))
+
+
+def standard_nacm(read_write: list[str], read_only: list[str],
+                  read_only_rpcs: tuple[tuple[str, str], ...] = ()) -> etree._Element:
+    """A NACM configuration with two groups: `read-write` may do everything; `read-only` may
+    read, subscribe and fetch schemas, and run the model RPCs named in `read_only_rpcs`
+    ((module, rpc) pairs that change nothing), but not write, run other RPCs nor actions."""
     n = lambda tag: f"{{{NACM_NS}}}{tag}"
     nacm = etree.Element(n("nacm"), nsmap={None: NACM_NS})
     etree.SubElement(nacm, n("enable-nacm")).text = "true"
@@ -84,30 +91,28 @@ def standard_nacm(read_write: list[str], read_only: list[str]) -> etree._Element
         etree.SubElement(group, n("name")).text = name
         for user in users:
             etree.SubElement(group, n("user-name")).text = user
-    rules = [
-        ("read-write", [("permit-all", "*", None, "*", "permit")]),
-        ("read-only", [
-            ("allow-read-operations", "ietf-netconf", "rpc-name", "get get-config close-session lock unlock",
-             "permit"),
-            ("deny-other-operations", "*", "rpc-name", "*", "deny"),
-            ("deny-writes", "*", None, "create update delete", "deny"),
-        ]),
-    ]
-    for group, entries in rules:
-        rule_list = etree.SubElement(nacm, n("rule-list"))
-        etree.SubElement(rule_list, n("name")).text = group
-        etree.SubElement(rule_list, n("group")).text = group
-        for name, module, kind, value, action in entries:
-            for i, item in enumerate(value.split() if kind == "rpc-name" and value != "*" else [value]):
-                rule = etree.SubElement(rule_list, n("rule"))
-                etree.SubElement(rule, n("name")).text = f"{name}-{i}" if kind == "rpc-name" and value != "*" else name
-                etree.SubElement(rule, n("module-name")).text = module
-                if kind == "rpc-name":
-                    etree.SubElement(rule, n("rpc-name")).text = item
-                    etree.SubElement(rule, n("access-operations")).text = "exec"
-                else:
-                    etree.SubElement(rule, n("access-operations")).text = item
-                etree.SubElement(rule, n("action")).text = action
+
+    def rule(rule_list, name, module, access, action, rpc=None):
+        entry = etree.SubElement(rule_list, n("rule"))
+        etree.SubElement(entry, n("name")).text = name
+        etree.SubElement(entry, n("module-name")).text = module
+        if rpc is not None:
+            etree.SubElement(entry, n("rpc-name")).text = rpc
+        etree.SubElement(entry, n("access-operations")).text = access
+        etree.SubElement(entry, n("action")).text = action
+
+    def rule_list(group):
+        entry = etree.SubElement(nacm, n("rule-list"))
+        etree.SubElement(entry, n("name")).text = group
+        etree.SubElement(entry, n("group")).text = group
+        return entry
+
+    rule(rule_list("read-write"), "permit-all", "*", "*", "permit")
+    readers = rule_list("read-only")
+    for module, rpc in READ_ONLY_OPERATIONS + tuple(read_only_rpcs):
+        rule(readers, f"allow-{module}-{rpc}", module, "exec", "permit", rpc=rpc)
+    # No rule type: covers the other RPCs (exec), actions (exec on data nodes) and every write.
+    rule(readers, "deny-changes", "*", "create update delete exec", "deny")
     return nacm
 
 

@@ -300,6 +300,15 @@ def test_read_only_user(engine):
         with pytest.raises(NcRPCError) as err:
             m.commit()
         assert err.value.tag == "access-denied"
+        with pytest.raises(NcRPCError) as err:
+            m.dispatch(to_ele(f'<action xmlns="urn:ietf:params:xml:ns:yang:1"><interfaces xmlns="{ENGINE_NS}">'
+                              f"<interface><name>a</name><reset/></interface></interfaces></action>"))
+        assert err.value.tag == "access-denied"
+        with pytest.raises(NcRPCError) as err:
+            m.lock("running")
+        assert err.value.tag == "access-denied"
+        assert "module qs-engine-test" in m.get_schema("qs-engine-test").data
+        m.create_subscription()
         # The NACM configuration itself is default-deny-all: pruned from what the reader sees.
         assert "ietf-netconf-acm" not in m.get_config("running").data_xml
     with engine.connect() as admin:
