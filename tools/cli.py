@@ -14,6 +14,12 @@ COMMAND_MODULES = [
     "tools.cmd_serve",
     "tools.cmd_conform",
     "tools.cmd_bench",
+    "tools.cmd_devices",
+    "tools.cmd_fault",
+    "tools.cmd_up",
+    "tools.cmd_intent",
+    "tools.cmd_status",
+    "tools.cmd_demo",
 ]
 
 

@@ -1,0 +1,160 @@
+"""The device host: every element of one topology as an emulated device, all in one process.
+
+One digital twin and one key network are shared by the devices of the topology: the fibre
+plant device, an optical switch per switch, a QKD node per QKD node, a key manager per key
+manager. Each device listens on its own free port of 127.0.0.1 (a key manager also on a
+second one for ETSI GS QKD 014).
+
+`crash` stops a device as a crash would (its key state and datastores stay on disk);
+`restart` builds it again from disk, on the same ports, so a client reconnects where it was.
+Without a `state_dir` the host keeps its devices' state in a temporary directory, removed by
+`stop`.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import pathlib
+import random
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+from devices.base import Device, NetworkContext
+from devices.key_manager import KeyManagerDevice
+from devices.keystore import KeyNetwork
+from devices.optical_switch import OpticalSwitchDevice
+from devices.plant import FibrePlantDevice
+from devices.qkd_node import QkdNodeDevice
+from devices.topology import Topology, build_twin
+from devices.twin import Clock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """Who listens where: one line of `DeviceHost.table()`."""
+
+    id: str
+    kind: str
+    host: str
+    port: int
+    modules: tuple[str, ...]
+    etsi014_url: str | None
+    up: bool
+
+
+class DeviceHost:
+    def __init__(self, topology: Topology, state_dir: pathlib.Path | str | None = None, speed: float = 1.0,
+                 seed: int | None = None) -> None:
+        self.topology = topology
+        self._scratch = tempfile.TemporaryDirectory(prefix="qstrata-devices-") if state_dir is None else None
+        clock = Clock(speed)
+        self.network = NetworkContext(build_twin(topology, clock, random.Random(seed)), KeyNetwork(clock),
+                                      state_dir=pathlib.Path(state_dir if state_dir is not None else self._scratch.name))
+        self.devices: dict[str, Device] = {}
+        self._builders: dict[str, Callable[..., Device]] = {}
+        self._down: set[str] = set()
+        self._outages: set[asyncio.Task] = set()
+        saes = {km.id: [s for s in topology.saes if s.km == km.id] for km in topology.key_managers}
+        for build in ([functools.partial(FibrePlantDevice, topology, self.network)]
+                      + [functools.partial(OpticalSwitchDevice, s, self.network) for s in topology.switches]
+                      + [functools.partial(QkdNodeDevice, n, self.network) for n in topology.qkd_nodes]
+                      + [functools.partial(KeyManagerDevice, km, saes[km.id], self.network)
+                         for km in topology.key_managers]):
+            device = self._prepare(build())
+            if device.id in self.devices:
+                raise ValueError(f"two devices of topology {topology.name} are called {device.id}")
+            self.devices[device.id] = device
+            self._builders[device.id] = build
+
+    @property
+    def clock(self) -> Clock:
+        return self.network.twin.clock
+
+    async def start(self) -> None:
+        """Start every device; if one cannot start, stop those already started and raise."""
+        started: list[Device] = []
+        try:
+            for device in self.devices.values():
+                await device.start()
+                started.append(device)
+        except BaseException:
+            for device in reversed(started):
+                await device.stop()
+            raise
+
+    async def stop(self) -> None:
+        for task in list(self._outages):
+            task.cancel()
+        for device_id, device in reversed(self.devices.items()):
+            if device_id not in self._down:
+                await device.stop()
+        self._down = set(self.devices)
+        if self._scratch is not None:
+            self._scratch.cleanup()
+
+    async def __aenter__(self) -> DeviceHost:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def device(self, device_id: str) -> Device:
+        device = self.devices.get(device_id)
+        if device is None:
+            raise ValueError(f"no device {device_id!r} in network {self.topology.name} "
+                             f"(devices: {', '.join(self.devices)})")
+        return device
+
+    def table(self) -> list[DeviceRow]:
+        return [DeviceRow(d.id, d.kind, self.network.host, d.port, d.modules,
+                          d.etsi014_url if isinstance(d, KeyManagerDevice) else None, d.id not in self._down)
+                for d in self.devices.values()]
+
+    # -- faults ------------------------------------------------------------------------------
+
+    async def crash(self, device_id: str) -> None:
+        """Stop the device as a crash would: its sessions end, its ports close; what it saved
+        on disk (datastores, key pools, undelivered keys) stays."""
+        device = self.device(device_id)
+        if device_id in self._down:
+            raise ValueError(f"device {device_id} is already down")
+        await device.stop()
+        self._down.add(device_id)
+
+    async def restart(self, device_id: str) -> None:
+        """Start the device again from disk (crashing it first if it runs), on the same ports:
+        its startup configuration, and for a key manager its pools and undelivered keys."""
+        old = self.device(device_id)
+        if device_id not in self._down:
+            await self.crash(device_id)
+        ports = {"port": old.port}
+        if isinstance(old, KeyManagerDevice):
+            ports["etsi014_port"] = old.etsi014_port
+        device = self._prepare(self._builders[device_id](**ports))
+        await device.start()
+        self.devices[device_id] = device
+        self._down.discard(device_id)
+
+    def _prepare(self, device: Device) -> Device:
+        if isinstance(device, KeyManagerDevice):
+            device.on_restart = functools.partial(self._outage, device.id)
+        return device
+
+    def _outage(self, device_id: str, outage_s: float) -> None:
+        """Crash the device, then restart it after `outage_s` seconds of emulated time. Runs as
+        a task, so that the NETCONF reply of the action that asked for it goes out first."""
+        async def run() -> None:
+            try:
+                await self.crash(device_id)
+                await asyncio.sleep(outage_s / self.clock.speed)
+                await self.restart(device_id)
+            except Exception:
+                log.exception("the outage of device %s failed", device_id)
+        task = asyncio.get_running_loop().create_task(run(), name=f"outage of {device_id}")
+        self._outages.add(task)
+        task.add_done_callback(self._outages.discard)

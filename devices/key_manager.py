@@ -1,0 +1,529 @@
+"""The emulated key manager: serves qi-key-manager over NETCONF and ETSI GS QKD 014 over HTTP.
+
+Configuration drives a `devices.keystore.KeyManager`: key-pools become `add_link`, the
+forwarding table `set_route`, a session whose master SAE is attached here `open_session`
+(a token bucket of the session's qos rate and burst; keys of the session's key-size unless
+the SAE asks for another size). A session whose slave SAE is attached here is the receiving
+end: nothing to open, but its state is reported all the same. State is read from the key
+manager at get time; a watcher task sends pool-low, pool-empty and session-state-change
+when what they describe changes. Actions: flush (a pool, at both ends of its link) and
+restart (a crash for an outage, carried out by the device host through `on_restart`).
+
+Pools and undelivered keys are written under the device's directory (keys/), the
+configuration in its datastores: a restarted key manager resumes its pools and keys from
+disk, and its SAEs, routes and sessions from its startup configuration. A session's time to
+live runs on the network's emulated clock from when the session was configured (or the key
+manager restarted).
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import pathlib
+from dataclasses import dataclass
+from typing import Callable
+
+from lxml import etree
+
+from devices.base import Device, NetworkContext, element
+from devices.etsi014 import Etsi014Server
+from devices.keystore import (DEFAULT_POOL_MAX_BITS, DiscardMessage, Key, KeyManager, KeyNetwork, KeyPool,
+                              KeyServiceError, KeyStatus, KeyUnavailable, RelayMessage, Route, UnknownSAE)
+from devices.topology import KeyManagerSpec, SaeSpec
+from netconf_core.datastore import empty_tree
+from netconf_core.errors import RPCError
+from netconf_core.session import Session
+
+log = logging.getLogger(__name__)
+
+NS = "urn:qstrata:yang:qi-key-manager"
+MODULE = "qi-key-manager"
+ROOT_PATH = f"/{MODULE}:key-manager"
+FLUSH_PATH = f"{ROOT_PATH}/key-pools/key-pool/flush"
+RESTART_PATH = f"{ROOT_PATH}/restart"
+WATCH_PERIOD_S = 1.0
+REASON_MAX = 1024  # qit:reason length
+
+
+def _q(tag: str) -> str:
+    return f"{{{NS}}}{tag}"
+
+
+def _sub(parent: etree._Element, tag: str, text: object = None) -> etree._Element:
+    child = etree.SubElement(parent, _q(tag))
+    if text is not None:
+        child.text = str(text)
+    return child
+
+
+# -- configuration, as read from a running datastore ------------------------------------------
+
+@dataclass(frozen=True)
+class PoolConfig:
+    link_id: str
+    peer_km: str
+    low_watermark: int
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    session_id: str
+    master_sae: str
+    slave_sae: str
+    peer_km: str
+    rate_bps: int
+    burst_bits: int
+    key_size: int
+    ttl_s: int | None
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return self.master_sae, self.slave_sae
+
+
+@dataclass(frozen=True)
+class KmConfig:
+    km_id: str
+    saes: frozenset[str]
+    pools: dict[str, PoolConfig]
+    routes: dict[str, Route]
+    sessions: dict[str, SessionConfig]
+
+    def is_master_end(self, session: SessionConfig) -> bool:
+        return session.master_sae in self.saes
+
+
+EMPTY_CONFIG = KmConfig("", frozenset(), {}, {}, {})
+
+
+def read_config(running: etree._Element, defaults: dict[str, int]) -> KmConfig | None:
+    """The key-manager container of a running tree, with `defaults` (leaf name -> value) for
+    absent leaves; None when there is no key-manager container."""
+    root = running.find(_q("key-manager"))
+    if root is None:
+        return None
+
+    def text(node: etree._Element, path: str) -> str:
+        return (node.findtext("/".join(_q(step) for step in path.split("/"))) or "").strip()
+
+    def number(node: etree._Element, path: str) -> int | None:
+        value = text(node, path)
+        return int(value) if value else defaults.get(path.rsplit("/", 1)[-1])
+
+    pools = {}
+    for p in root.iterfind(f"{_q('key-pools')}/{_q('key-pool')}"):
+        pools[text(p, "link-id")] = PoolConfig(text(p, "link-id"), text(p, "peer-km-id"),
+                                               number(p, "low-watermark") or 0)
+    routes = {text(r, "destination-km-id"): Route(text(r, "next-hop-km-id"), text(r, "via-link-id"))
+              for r in root.iterfind(f"{_q('forwarding-table')}/{_q('route')}")}
+    sessions = {}
+    for s in root.iterfind(f"{_q('sessions')}/{_q('session')}"):
+        sessions[text(s, "session-id")] = SessionConfig(
+            text(s, "session-id"), text(s, "master-sae-id"), text(s, "slave-sae-id"), text(s, "peer-km-id"),
+            number(s, "qos/rate") or 0, number(s, "qos/burst") or 0, number(s, "qos/key-size") or 0,
+            number(s, "qos/ttl"))
+    saes = frozenset(text(s, "sae-id") for s in root.iterfind(f"{_q('saes')}/{_q('sae')}"))
+    return KmConfig(text(root, "km-id"), saes, pools, routes, sessions)
+
+
+# -- the key manager, with the accounting the device reports ---------------------------------
+
+@dataclass
+class Delivered:
+    keys: int = 0
+    bits: int = 0
+
+
+class AccountedKeyManager(KeyManager):
+    """A KeyManager that also keeps what qi-key-manager reports and enforces per session:
+    keys delivered to the local SAE, the session's key size and its expiry (emulated time);
+    and, per key manager, relayed bits and keys it could not relay."""
+
+    def __init__(self, km_id: str, network: KeyNetwork, state_dir: pathlib.Path | None = None) -> None:
+        self.delivered: dict[tuple[str, str], Delivered] = {}
+        self.key_sizes: dict[tuple[str, str], int] = {}
+        self.expiry: dict[tuple[str, str], float] = {}
+        self.relayed_bits = 0
+        self.dropped_keys = 0
+        self.last_drop_reason = ""
+        super().__init__(km_id, network, state_dir)
+
+    def add_link(self, link_id: str, peer_km: str, max_bits: int = DEFAULT_POOL_MAX_BITS) -> KeyPool:
+        pool = super().add_link(link_id, peer_km, max_bits)
+        self._persist()  # a crash right after must find the pool on disk
+        return pool
+
+    def status(self, master_sae: str, slave_sae: str) -> KeyStatus:
+        self._check_expiry(master_sae, slave_sae)
+        status = super().status(master_sae, slave_sae)
+        size = self.key_sizes.get((master_sae, slave_sae), status.key_size)
+        if size == status.key_size:
+            return status
+        hops = self.plan_relay(status.target_km, 0)
+        bucket = self.sessions[(master_sae, slave_sae)].bucket
+        stored = min([h.available_bits for h in hops] + [int(bucket.available())]) // size
+        most = min([h.max_bits for h in hops] + [bucket.burst_bits]) // size
+        return dataclasses.replace(status, key_size=size, stored_key_count=stored, max_key_count=most)
+
+    def enc_keys(self, master_sae: str, slave_sae: str, number: int = 1, size: int | None = None) -> list[Key]:
+        self._check_expiry(master_sae, slave_sae)
+        if size is None:
+            size = self.key_sizes.get((master_sae, slave_sae))
+        keys = super().enc_keys(master_sae, slave_sae, number, size)
+        self._count(master_sae, slave_sae, keys)
+        return keys
+
+    def dec_keys(self, slave_sae: str, master_sae: str, key_ids: list[str]) -> list[Key]:
+        keys = super().dec_keys(slave_sae, master_sae, key_ids)
+        self._count(master_sae, slave_sae, keys)
+        return keys
+
+    def receive(self, message: RelayMessage | DiscardMessage) -> None:
+        if not isinstance(message, RelayMessage) or message.destination_km == self.id:
+            super().receive(message)
+            return
+        try:
+            super().receive(message)
+        except KeyServiceError as error:
+            self.dropped_keys += len(message.key_ids)
+            self.last_drop_reason = error.message[:REASON_MAX]
+            raise
+        self.relayed_bits += 8 * sum(len(c) for c in message.ciphertexts)
+
+    def _check_expiry(self, master_sae: str, slave_sae: str) -> None:
+        expires = self.expiry.get((master_sae, slave_sae))
+        if expires is not None and self.network.clock.now() >= expires:
+            raise UnknownSAE(f"the key session of SAE {master_sae} with SAE {slave_sae} has expired")
+
+    def _count(self, master_sae: str, slave_sae: str, keys: list[Key]) -> None:
+        counter = self.delivered.setdefault((master_sae, slave_sae), Delivered())
+        counter.keys += len(keys)
+        counter.bits += 8 * sum(len(k.key) for k in keys)
+
+
+# -- the device -----------------------------------------------------------------------------
+
+class KeyManagerDevice(Device):
+    """One key manager of the topology, with the SAEs the topology attaches to it."""
+
+    kind = "key-manager"
+    modules = (MODULE,)
+
+    def __init__(self, km_spec: KeyManagerSpec, saes: list[SaeSpec] | tuple[SaeSpec, ...], network: NetworkContext,
+                 port: int = 0, etsi014_port: int = 0) -> None:
+        strangers = [s.id for s in saes if s.km != km_spec.id]
+        if strangers:
+            raise ValueError(f"key manager {km_spec.id}: SAE(s) {', '.join(strangers)} belong to other key managers")
+        super().__init__(km_spec.id, network, port)
+        self.spec = km_spec
+        self.sae_ids = tuple(s.id for s in saes)
+        self.etsi014_port = etsi014_port
+        self.watch_period = WATCH_PERIOD_S
+        self.km: AccountedKeyManager | None = None
+        self.etsi014: Etsi014Server | None = None
+        self.config = EMPTY_CONFIG
+        self._defaults = {name: next(self.schema.ctx.find_path(f"{ROOT_PATH}/{path}")).default()
+                          for name, path in (("low-watermark", "key-pools/key-pool/low-watermark"),
+                                             ("burst", "sessions/session/qos/burst"),
+                                             ("key-size", "sessions/session/qos/key-size"),
+                                             ("outage", "restart/outage"))}
+        self._pool_flags: dict[str, tuple[bool, bool]] = {}  # link -> (below low watermark, empty)
+        self._session_states: dict[str, str] = {}  # last status notified
+        # Set by the device host: crash this device now, start it again from disk after the
+        # outage (seconds of emulated time). The restart action needs it.
+        self.on_restart: Callable[[float], None] | None = None
+        self.server.add_rpc(FLUSH_PATH, self._flush)
+        self.server.add_rpc(RESTART_PATH, self._restart)
+
+    @property
+    def etsi014_url(self) -> str | None:
+        return self.etsi014.url if self.etsi014 else None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        directory = self.network.device_dir(self.id)
+        self.km = AccountedKeyManager(self.id, self.network.keys, directory / "keys" if directory else None)
+        try:
+            await super().start()
+            self.etsi014 = Etsi014Server(self.km, port=self.etsi014_port)
+            await self.etsi014.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.etsi014_port = self.etsi014.port
+        self.spawn(self._watch())
+
+    async def stop(self) -> None:
+        """Stop serving; the key manager's pools and keys stay on disk (a crash loses nothing)."""
+        if self.etsi014 is not None:
+            await self.etsi014.stop()
+            self.etsi014 = None
+        await super().stop()
+        if self.km is not None:
+            self.network.keys.unregister(self.id)
+            self.km = None
+        self.config = EMPTY_CONFIG
+
+    def initial_config(self) -> list[etree._Element]:
+        root = element(NS, "key-manager", leaves={"km-id": self.id, "site": self.spec.site or None})
+        if self.sae_ids:
+            saes = _sub(root, "saes")
+            for sae in self.sae_ids:
+                _sub(_sub(saes, "sae"), "sae-id", sae)
+        return [root]
+
+    # -- configuration ---------------------------------------------------------------------
+
+    async def apply(self, before: etree._Element, after: etree._Element) -> None:
+        config = read_config(after, self._defaults)
+        if config is None:
+            raise _invalid("the key-manager container cannot be removed: it is this device's configuration",
+                           ROOT_PATH)
+        self._check(config)
+        self._reconcile(config)
+        self.config = config
+
+    def _check(self, config: KmConfig) -> None:
+        """Refuse what the key manager cannot do, before anything changes."""
+        assert self.km is not None
+        keys = self.network.keys
+        if config.km_id != self.id:
+            raise _invalid(f"this key manager is {self.id}; km-id cannot be changed to {config.km_id}",
+                           f"{ROOT_PATH}/km-id")
+        for sae in sorted(config.saes):
+            owner = keys.locate_sae(sae)
+            if owner not in (None, self.id):
+                raise _invalid(f"SAE {sae} is already attached to key manager {owner}",
+                               f"{ROOT_PATH}/saes/sae[sae-id='{sae}']")
+        for link, pool in config.pools.items():
+            where = f"{ROOT_PATH}/key-pools/key-pool[link-id='{link}']/peer-km-id"
+            existing = self.km.pools.get(link)
+            if existing is not None and existing.peer_km != pool.peer_km:
+                raise _invalid(f"link {link} leads to key manager {existing.peer_km}, not {pool.peer_km}: "
+                               f"delete the pool first to pair the link with another key manager", where)
+            if keys.is_up(pool.peer_km):
+                theirs = keys.km(pool.peer_km).pools.get(link)
+                if theirs is not None and theirs.peer_km != self.id:
+                    raise _invalid(f"link {link} already joins key managers {pool.peer_km} and {theirs.peer_km}",
+                                   where)
+        for session in config.sessions.values():
+            where = f"{ROOT_PATH}/sessions/session[session-id='{session.session_id}']"
+            if session.master_sae not in config.saes and session.slave_sae not in config.saes:
+                raise _invalid(f"session {session.session_id}: neither SAE {session.master_sae} nor SAE "
+                               f"{session.slave_sae} is attached to key manager {self.id}", where)
+            if session.master_sae in config.saes and session.slave_sae in config.saes:
+                raise _invalid(f"session {session.session_id}: both SAEs are attached to key manager {self.id}; "
+                               f"a session joins SAEs of two key managers", where)
+            if not self.km.limits.min_key_size <= session.key_size <= self.km.limits.max_key_size:
+                raise _invalid(f"session {session.session_id}: key-size {session.key_size} is outside what this "
+                               f"key manager delivers ({self.km.limits.min_key_size} to "
+                               f"{self.km.limits.max_key_size} bits)", f"{where}/qos/key-size")
+
+    def _reconcile(self, config: KmConfig) -> None:
+        """Make the key manager do what `config` says; idempotent."""
+        km = self.km
+        assert km is not None
+        now = self.network.keys.clock.now()
+        for sae in km.saes - config.saes:
+            km.detach_sae(sae)
+        for sae in config.saes - km.saes:
+            km.attach_sae(sae)
+        local = {s.pair: s for s in config.sessions.values()}
+        masters = {pair: s for pair, s in local.items() if config.is_master_end(s)}
+        for pair in set(km.sessions) - set(masters):
+            km.close_session(*pair)
+        for table in (km.key_sizes, km.expiry, km.delivered):
+            for pair in set(table) - set(local):
+                del table[pair]
+        for destination in set(km.routes) - set(config.routes):
+            km.remove_route(destination)
+        for link in set(self.config.pools) - set(config.pools):
+            km.remove_link(link)  # pools restored from disk but not configured stay, unused, until they are
+            self._pool_flags.pop(link, None)
+        for link, pool in config.pools.items():
+            if link not in km.pools:
+                km.add_link(link, pool.peer_km)
+        for destination, route in config.routes.items():
+            if km.routes.get(destination) != route:
+                km.set_route(destination, route.next_hop_km, route.link_id)
+        previous = {s.pair: s for s in self.config.sessions.values()}
+        for pair, session in local.items():
+            old = previous.get(pair)
+            if pair in masters and (pair not in km.sessions or old is None
+                                    or (old.rate_bps, old.burst_bits) != (session.rate_bps, session.burst_bits)):
+                km.open_session(session.master_sae, session.slave_sae, session.rate_bps, session.burst_bits)
+            km.key_sizes[pair] = session.key_size
+            if session.ttl_s is None:
+                km.expiry.pop(pair, None)
+            elif pair not in km.expiry or old is None or old.ttl_s != session.ttl_s:
+                km.expiry[pair] = now + session.ttl_s
+
+    # -- state -----------------------------------------------------------------------------
+
+    async def state(self) -> etree._Element | None:
+        km = self.km
+        if km is None:
+            return None
+        root = element(NS, "key-manager")
+        if self.etsi014 is not None:
+            _sub(_sub(root, "etsi014"), "url", self.etsi014.url)
+        pools = etree.Element(_q("key-pools"))
+        for link in self.config.pools:
+            pool = km.pools[link]
+            stored = pool.available_bits()
+            entry = _sub(pools, "key-pool")
+            _sub(entry, "link-id", link)
+            _sub(entry, "stored", stored)
+            _sub(entry, "capacity", pool.max_bits)
+            _sub(entry, "generated", pool.stream.produced_bits())
+            _sub(entry, "consumed", pool.consumed_bits)
+            _sub(entry, "next-key-index", pool.stream.produced_bits() - stored)
+        sessions = etree.Element(_q("sessions"))
+        clock = self.network.keys.clock
+        for session in self.config.sessions.values():
+            status, reason = self._session_status(session)
+            delivered = km.delivered.get(session.pair, Delivered())
+            entry = _sub(sessions, "session")
+            _sub(entry, "session-id", session.session_id)
+            _sub(entry, "status", status)
+            _sub(entry, "reason", reason)
+            _sub(entry, "delivered-keys", delivered.keys)
+            _sub(entry, "delivered-bits", delivered.bits)
+            if session.pair in km.sessions:
+                _sub(entry, "tokens", int(km.sessions[session.pair].bucket.available()))
+            expires = km.expiry.get(session.pair)
+            if expires is not None:
+                wall = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
+                    seconds=(expires - clock.now()) / clock.speed)
+                _sub(entry, "expires-at", wall.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        root.extend(container for container in (pools, sessions) if len(container))
+        relay = _sub(root, "relay-statistics")
+        _sub(relay, "relayed-keys", km.stats.keys_relayed)
+        _sub(relay, "relayed-bits", km.relayed_bits)
+        _sub(relay, "dropped-keys", km.dropped_keys)
+        if km.last_drop_reason:
+            _sub(relay, "last-drop-reason", km.last_drop_reason)
+        data = empty_tree()
+        data.append(root)
+        return data
+
+    def _session_status(self, session: SessionConfig) -> tuple[str, str]:
+        """(status, reason) of a session seen from this end: the path from the master's key
+        manager to the slave's must be complete, hold one key on every hop and keep up with
+        the session's rate."""
+        assert self.km is not None
+        keys = self.network.keys
+        expires = self.km.expiry.get(session.pair)
+        if expires is not None and keys.clock.now() >= expires:
+            return "expired", f"the time to live of {session.ttl_s} s has passed"
+        master_end = self.config.is_master_end(session)
+        remote_sae = session.slave_sae if master_end else session.master_sae
+        located = keys.locate_sae(remote_sae)
+        if located != session.peer_km:
+            where = f"key manager {located}" if located else "no key manager"
+            return "failed", f"SAE {remote_sae} is attached to {where}, not to {session.peer_km}"
+        if not keys.is_up(session.peer_km):
+            return "failed", f"key manager {session.peer_km} is unreachable"
+        source, destination = (self.km, session.peer_km) if master_end else (keys.km(session.peer_km), self.id)
+        incomplete = _path_problem(keys, source, destination)
+        if incomplete is not None:
+            return incomplete
+        try:
+            hops = source.plan_relay(destination, session.key_size)
+        except KeyUnavailable as error:
+            return "starved", error.message[:REASON_MAX]
+        rate, link = min((keys.stream(h.link_id).rate_bps, h.link_id) for h in hops)
+        if rate < session.rate_bps:
+            return "starved", f"link {link} distils {rate:.0f} b/s of key; the session needs {session.rate_bps} b/s"
+        return "active", f"{len(hops)} hop(s) from key manager {source.id} to key manager {destination}"
+
+    # -- notifications ---------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.watch_period)
+            try:
+                await self.watch_once()
+            except Exception:  # the watcher must outlive one bad round
+                log.exception("%s: watching pools and sessions failed", self.id)
+
+    async def watch_once(self) -> None:
+        """Compare pools and sessions with what was last reported; notify the changes."""
+        if self.km is None:
+            return
+        for pool in self.config.pools.values():
+            await self._pool_level(pool, self.km.pools[pool.link_id].available_bits())
+        for session in self.config.sessions.values():
+            status, reason = self._session_status(session)
+            previous = self._session_states.get(session.session_id, "pending")
+            self._session_states[session.session_id] = status
+            if status != previous:
+                await self.notify(element(NS, "session-state-change", leaves={
+                    "session-id": session.session_id, "status": status, "previous-status": previous,
+                    "reason": reason}))
+        for gone in set(self._session_states) - set(self.config.sessions):
+            del self._session_states[gone]
+
+    async def _pool_level(self, pool: PoolConfig, stored: int) -> None:
+        """Notify pool-low and pool-empty on the way down; a new pool counts as empty."""
+        assert self.km is not None
+        low, empty = stored < pool.low_watermark, stored < self.km.limits.min_key_size
+        was_low, was_empty = self._pool_flags.get(pool.link_id, (True, True))
+        self._pool_flags[pool.link_id] = (low, empty)
+        if low and not was_low:
+            await self.notify(element(NS, "pool-low", leaves={
+                "link-id": pool.link_id, "peer-km-id": pool.peer_km, "stored": stored,
+                "low-watermark": pool.low_watermark}))
+        if empty and not was_empty:
+            await self.notify(element(NS, "pool-empty", leaves={"link-id": pool.link_id,
+                                                                "peer-km-id": pool.peer_km}))
+
+    # -- actions ---------------------------------------------------------------------------
+
+    async def _flush(self, session: Session, action: etree._Element, context: etree._Element | None) -> list:
+        link = (context.findtext(_q("link-id")) or "").strip() if context is not None else ""
+        pool_config = self.config.pools.get(link)
+        if self.km is None or pool_config is None:
+            raise RPCError("data-missing", f"key manager {self.id} has no pool for link {link}")
+        pool = self.km.pools[link]
+        consumed = pool.consumed_bits
+        await self._pool_level(pool_config, pool.available_bits())  # the level the flush falls from
+        try:
+            self.km.flush(link)
+        except (KeyServiceError, ValueError) as error:
+            raise RPCError("operation-failed", f"flushing the pool of link {link} failed: {error}") from None
+        await self._pool_level(pool_config, 0)
+        return [element(NS, "discarded", pool.consumed_bits - consumed)]
+
+    async def _restart(self, session: Session, action: etree._Element, context: etree._Element | None) -> None:
+        if self.on_restart is None:
+            raise RPCError("operation-not-supported", f"key manager {self.id} runs outside a device host: "
+                                                      f"nothing would start it again")
+        outage = (action.findtext(_q("outage")) or "").strip()
+        self.on_restart(float(outage or self._defaults["outage"]))
+
+
+def _path_problem(keys: KeyNetwork, source: KeyManager, destination: str) -> tuple[str, str] | None:
+    """Follow the routes from `source` to `destination`: ("pending", why) while a route or a
+    pool is missing on the way, ("failed", why) for an unreachable key manager or a loop."""
+    here, visited = source, [source.id]
+    while here.id != destination:
+        route = here.routes.get(destination)
+        if route is None:
+            return "pending", f"key manager {here.id} has no route to key manager {destination} yet"
+        if not keys.is_up(route.next_hop_km):
+            return "failed", f"key manager {route.next_hop_km} is unreachable"
+        here = keys.km(route.next_hop_km)
+        if route.link_id not in here.pools:
+            return "pending", f"key manager {here.id} has no pool for link {route.link_id} yet"
+        if here.id in visited:
+            return "failed", f"routing loop: {' -> '.join(visited + [here.id])}"
+        visited.append(here.id)
+    return None
+
+
+def _invalid(message: str, path: str) -> RPCError:
+    return RPCError("invalid-value", message, path=path, path_nsmap={MODULE: NS})
