@@ -493,10 +493,16 @@ class ForwardingController(Controller):
         network = _sub(networks, NW, "network")
         _sub(network, NW, "network-id", NETWORK_ID)
         _sub(_sub(network, NW, "network-types"), FWD, "qkd-network")
-        _sub(_sub(network, NW, "supporting-network"), NW, "network-ref", NETWORK_ID)
+        # VIRT links ride on this network's PHYS links; QKD interfaces sit on fibre ports.
+        for supporting in (NETWORK_ID, self.fibre_network):
+            _sub(_sub(network, NW, "supporting-network"), NW, "network-ref", supporting)
         for node in sorted(self.nodes.values(), key=lambda n: n.name):
             element = _sub(network, NW, "node")
             _sub(element, NW, "node-id", node.name)
+            for fibre_node in sorted({i.att_device for i in node.interfaces.values() if i.att_device}):
+                supporting = _sub(element, NW, "supporting-node")
+                _sub(supporting, NW, "network-ref", self.fibre_network)
+                _sub(supporting, NW, "node-ref", fibre_node)
             attributes = _sub(element, FWD, "qkd-node")
             _sub(attributes, FWD, "qkdn-id", node.qkdn_id)
             if node.site:
@@ -506,6 +512,11 @@ class ForwardingController(Controller):
             for iface in sorted(node.interfaces.values(), key=lambda i: i.qkdi_id):
                 point = _sub(element, NT, "termination-point")
                 _sub(point, NT, "tp-id", str(iface.qkdi_id))
+                if iface.att_device:
+                    fibre_port = _sub(point, NT, "supporting-termination-point")
+                    _sub(fibre_port, NT, "network-ref", self.fibre_network)
+                    _sub(fibre_port, NT, "node-ref", iface.att_device)
+                    _sub(fibre_port, NT, "tp-ref", str(iface.att_port) if iface.att_port is not None else PANEL_TP)
                 qkd = _sub(point, FWD, "qkd-interface")
                 _sub(qkd, FWD, "qkdi-id", iface.qkdi_id)
                 if iface.technology:

@@ -199,7 +199,12 @@ def test_nodes_are_discovered_with_site_key_manager_and_interfaces(stack: Stack,
     assert node.findtext("f:qkd-node/f:km-id", namespaces=NS) == "km-concepcion"
     assert node.findtext("f:qkd-node/f:status", namespaces=NS) == "etsi-qkdn-types:OPERATING"
     assert node.xpath("nt:termination-point/nt:tp-id/text()", namespaces=NS) == ["1", "2", "3"]
-    assert data.xpath("//nw:network/nw:supporting-network/nw:network-ref/text()", namespaces=NS) == ["qkd"]
+    assert data.xpath("//nw:network/nw:supporting-network/nw:network-ref/text()", namespaces=NS) == ["qkd", "fibre"]
+    # Each QKD interface names the fibre port it sits on (RFC 8345 supporting-termination-point).
+    fibre_ports = node.xpath("nt:termination-point/nt:supporting-termination-point", namespaces=NS)
+    assert [(p.findtext("nt:node-ref", namespaces=NS), p.findtext("nt:tp-ref", namespaces=NS))
+            for p in fibre_ports] == [("sw-concepcion", "5"), ("sw-concepcion", "6"), ("sw-concepcion", "7")]
+    assert node.xpath("nw:supporting-node/nw:node-ref/text()", namespaces=NS) == ["sw-concepcion"]
 
 
 def test_phys_link_request_goes_through_connectivity_to_active_links(stack: Stack, tmp_path) -> None:

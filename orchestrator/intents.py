@@ -1,0 +1,780 @@
+"""The orchestrator: a NETCONF server of qi-intent, and a NETCONF client of the three
+stratum controllers that keeps the network true to the intents.
+
+Operators edit intents (candidate and commit, or running); `dry-run` reports what a commit
+of the candidate would ask of each stratum; the `replan` action moves an intent to fresh
+paths. A commit only records the intents in the store and wakes the reconcile loop, which
+is level-triggered and idempotent: each pass reads the strata as they are, plans every
+intent in priority order (higher priority first, so that it holds key rate before lower
+ones), and asks for what is missing, top-down: QKD links the forwarding stratum lacks
+(which asks the connectivity stratum for their optical paths), then the service session.
+It is woken by the controllers' notifications, by commits, and by a period.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import pathlib
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from lxml import etree
+
+from controller.southbound import DeviceLink, Endpoint
+from devices.base import schema_for
+from netconf_core.client import SessionClosedError
+from netconf_core.datastore import empty_tree
+from netconf_core.errors import RPCError
+from netconf_core.server import NetconfServer, User, standard_nacm
+from orchestrator import lifecycle
+from orchestrator.planner import Demand, Infeasible, Network, Plan, Planner
+from orchestrator.requests import SessionRequest, links_config, links_delete
+from orchestrator.store import IntentRecord, IntentStore, timestamp
+from orchestrator.views import (FWD_NS, NW_NS, SVC_NS, FibreView, ForwardingView, Hop, ServiceView,
+                                Session)
+
+log = logging.getLogger(__name__)
+
+INT_NS = "urn:qstrata:yang:qi-intent"
+REASON_MAX = 1024
+RETRY_SOON = 0.1      # seconds before the next pass while something is in progress
+RETRY_ERROR = 1.0     # ... after a stratum failed to answer
+DEBOUNCE = 0.01       # notifications come in bursts: one pass for a burst
+LINK_UP_GRACE = 15.0  # seconds a new QKD link may take to come up before it counts as broken
+NETWORKS_FILTER = f'<networks xmlns="{NW_NS}"/>'
+SERVICE_FILTER = f'<sessions xmlns="{SVC_NS}"/><sae-directory xmlns="{SVC_NS}"/>'
+
+
+def _i(tag: str) -> str:
+    return f"{{{INT_NS}}}{tag}"
+
+
+def _leaf(parent: etree._Element, tag: str, value: object) -> etree._Element:
+    element = etree.SubElement(parent, _i(tag))
+    element.text = str(value)
+    return element
+
+
+def _clip(reason: str) -> str:
+    return reason if len(reason) <= REASON_MAX else reason[: REASON_MAX - 3] + "..."
+
+
+@dataclass(frozen=True)
+class IntentSpec:
+    """An intent's configuration, as committed."""
+
+    name: str
+    source_sae: str
+    destination_sae: str
+    min_rate: int
+    enabled: bool = True
+    key_size: int = 256
+    ttl: int | None = None
+    disjoint_paths: int = 1
+    max_hops: int | None = None
+    avoid_nodes: tuple[str, ...] = ()
+    avoid_links: tuple[str, ...] = ()
+    qber_ceiling: float | None = None
+    priority: int = 100
+    allow_federation: bool = False
+
+    @classmethod
+    def from_xml(cls, intent: etree._Element) -> IntentSpec:
+        text = lambda tag, default=None: (intent.findtext(_i(tag)) or "").strip() or default
+        number = lambda tag: int(text(tag)) if text(tag) is not None else None
+        endpoints = intent.find(_i("endpoints"))
+        return cls(
+            name=text("name", ""),
+            source_sae=(endpoints.findtext(_i("source-sae")) or "").strip() if endpoints is not None else "",
+            destination_sae=(endpoints.findtext(_i("destination-sae")) or "").strip() if endpoints is not None else "",
+            min_rate=number("min-rate") or 0,
+            enabled=text("enabled", "true") == "true",
+            key_size=number("key-size") or 256,
+            ttl=number("ttl"),
+            disjoint_paths=number("disjoint-paths") or 1,
+            max_hops=number("max-hops"),
+            avoid_nodes=tuple((e.text or "").strip() for e in intent.iterfind(_i("avoid-nodes"))),
+            avoid_links=tuple((e.text or "").strip() for e in intent.iterfind(_i("avoid-links"))),
+            qber_ceiling=float(text("qber-ceiling")) if text("qber-ceiling") else None,
+            priority=number("priority") if number("priority") is not None else 100,
+            allow_federation=text("allow-federation", "false") == "true")
+
+    def demand(self, saes: dict[str, str]) -> Demand:
+        kms = []
+        for sae in (self.source_sae, self.destination_sae):
+            if sae not in saes:
+                raise Infeasible(f"SAE {sae} is not attached to any key manager of the service stratum")
+            kms.append(saes[sae])
+        return Demand(self.name, kms[0], kms[1], self.min_rate, self.priority, self.disjoint_paths, self.max_hops,
+                      frozenset(self.avoid_nodes), frozenset(self.avoid_links), self.qber_ceiling)
+
+    def session_request(self, steer: tuple[str, ...]) -> SessionRequest:
+        avoid = tuple(sorted(set(self.avoid_links) | set(steer)))
+        return SessionRequest(self.name, self.source_sae, self.destination_sae, self.min_rate, self.key_size,
+                              self.ttl, self.max_hops, tuple(sorted(self.avoid_nodes)), avoid, self.qber_ceiling)
+
+
+def intent_elements(tree: etree._Element) -> dict[str, etree._Element]:
+    """The intents of a datastore tree, by name."""
+    container = tree.find(_i("intents"))
+    if container is None:
+        return {}
+    return {(e.findtext(_i("name")) or "").strip(): e for e in container.iterfind(_i("intent"))}
+
+
+@dataclass
+class Observation:
+    fwd: ForwardingView
+    fibre: FibreView
+    svc: ServiceView
+
+
+@dataclass
+class Decision:
+    """What one pass concluded for one live intent."""
+
+    record: IntentRecord
+    spec: IntentSpec
+    session: Session | None
+    plan: Plan | None = None
+    why: str = ""          # why there is no plan
+    problem: str = ""      # why the current realisation no longer serves
+    forced: str = ""       # why the operator asked for a re-plan
+
+
+@dataclass
+class Outcome:
+    """Result of asking the strata for what a plan needs."""
+
+    done: bool
+    waiting: str = ""
+    steer: tuple[str, ...] = field(default_factory=tuple)
+    session_config: str | None = None  # the session configuration last written
+
+
+class Orchestrator:
+    modules: ClassVar[tuple[str, ...]] = ("qi-intent",)
+
+    def __init__(self, name: str, service: Endpoint, forwarding: Endpoint, connectivity: Endpoint,
+                 users: dict[str, User], store_dir: str | pathlib.Path, *,
+                 read_write: tuple[str, ...] = ("admin",), read_only: tuple[str, ...] = ("monitor",),
+                 host: str = "127.0.0.1", port: int = 0, period: float = 5.0):
+        self.name = name
+        self.period = period
+        self.store = IntentStore(store_dir)
+        self.server = NetconfServer(schema_for(self.modules), users, host=host, port=port,
+                                    nacm=standard_nacm(list(read_write), list(read_only)), name=name)
+        self.server.on_change(self._config_changed)
+        self.server.add_state_provider(self._state)
+        self.server.add_rpc("/qi-intent:intents/intent/replan", self._replan)
+        self.server.add_rpc("/qi-intent:dry-run", self._dry_run)
+        self.strata = {
+            "service": DeviceLink(service, ("qi-service",), self._connected, self._notified),
+            "forwarding": DeviceLink(forwarding, ("qi-forwarding",), self._connected, self._notified),
+            "connectivity": DeviceLink(connectivity, ("qi-connectivity",), self._connected, self._notified),
+        }
+        self.alarms: dict[str, str] = {}             # QKD link -> its raised QBER alarm
+        self.forced: dict[str, tuple[str, bool]] = {}  # intent -> (why re-plan, may keep its path)
+        self.refused: dict[str, str] = {}            # candidate link -> why the forwarding stratum refused it
+        self.created_at: dict[str, float] = {}       # link this orchestrator created -> when (loop time)
+        self.capacity_seen: dict[str, float] = {}    # link -> its eskr when last seen up
+        self.passes = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._restore_running()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def _restore_running(self) -> None:
+        """The running configuration is the store's: intents survive a restart."""
+        records = [r for r in self.store.intents() if not r.deleted]
+        if not records:
+            return
+        tree = self.server.datastores.copy("running")
+        container = etree.SubElement(tree, _i("intents"), nsmap={None: INT_NS})
+        for record in records:
+            container.append(etree.fromstring(record.config))
+        tree = self.server.schema.canonical(tree, config_only=True)
+        self.server.datastores.set("running", tree)
+        self.server.datastores.set("candidate", self.server.datastores.copy("running"))
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.server.start()
+        for link in self.strata.values():
+            link.start()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"{self.name} reconcile")
+        self.wake()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await asyncio.gather(*(link.stop() for link in self.strata.values()))
+        await self.server.stop()
+        self.store.close()
+
+    async def wait_connected(self, timeout: float = 30.0) -> None:
+        await asyncio.wait_for(asyncio.gather(*(l.connected.wait() for l in self.strata.values())), timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.period)
+                await asyncio.sleep(DEBOUNCE)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            delay = None
+            try:
+                if await self.reconcile_once():
+                    delay = RETRY_SOON
+            except (RPCError, SessionClosedError, OSError, asyncio.TimeoutError) as err:
+                log.warning("%s: reconcile pass stopped: %s", self.name, err)
+                delay = RETRY_ERROR
+            except Exception:  # keep the loop alive; the next pass starts from the observed state again
+                log.exception("%s: reconcile pass failed", self.name)
+                delay = RETRY_ERROR
+            if delay is not None:
+                asyncio.get_running_loop().call_later(delay, self._wake.set)
+
+    # --- the strata ---------------------------------------------------------------------
+
+    async def _connected(self, link: DeviceLink) -> None:
+        self.wake()
+
+    async def _notified(self, link: DeviceLink, notification: etree._Element) -> None:
+        alarm = notification.find(f"{{{FWD_NS}}}qber-alarm")
+        if alarm is not None:
+            link_id = (alarm.findtext(f"{{{FWD_NS}}}link-id") or "").strip()
+            if (alarm.findtext(f"{{{FWD_NS}}}raised") or "").strip() == "true":
+                self.alarms[link_id] = (f"QBER {alarm.findtext(f'{{{FWD_NS}}}qber')} % above "
+                                        f"{alarm.findtext(f'{{{FWD_NS}}}threshold')} %")
+            else:
+                self.alarms.pop(link_id, None)
+        self.wake()
+
+    async def observe(self) -> Observation:
+        fwd, fibre, svc = await asyncio.gather(*(
+            self._get(stratum, filter_) for stratum, filter_ in
+            (("forwarding", NETWORKS_FILTER), ("connectivity", NETWORKS_FILTER), ("service", SERVICE_FILTER))))
+        return Observation(ForwardingView.parse(fwd), FibreView.parse(fibre), ServiceView.parse(svc))
+
+    async def _get(self, stratum: str, subtree: str) -> etree._Element | None:
+        session = await self.strata[stratum].session()
+        return await session.get(filter=("subtree", subtree))
+
+    async def _edit(self, stratum: str, config: etree._Element) -> None:
+        session = await self.strata[stratum].session()
+        await session.edit_config(config, target="running")
+
+    # --- the northbound server ----------------------------------------------------------
+
+    async def _config_changed(self, before: etree._Element, after: etree._Element) -> None:
+        old = {name: etree.tostring(e) for name, e in intent_elements(before).items()}
+        new = {name: etree.tostring(e) for name, e in intent_elements(after).items()}
+        for name, config in new.items():
+            if old.get(name) == config:
+                continue
+            record = self.store.get(name)
+            if self.store.put_config(name, config.decode(), "planned", "created by the operator"):
+                await self._announce(name, self.store.history(name)[-1])
+            elif record is not None and not record.deleted:
+                self.forced.setdefault(name, ("configuration changed", True))
+                if "ended" in record.status:
+                    self.store.set_status(name, {})
+        for name in old.keys() - new.keys():
+            self.store.mark_deleted(name)
+        self.wake()
+
+    async def _replan(self, session, action: etree._Element, context: etree._Element | None) -> list:
+        name = (context.findtext(_i("name")) or "").strip() if context is not None else ""
+        record = self.store.get(name)
+        if record is None or record.deleted:
+            raise RPCError("data-missing", f"no intent {name!r}")
+        reason = (action.findtext(_i("reason")) or "").strip()
+        self.forced[name] = (reason or "re-plan asked by the operator", False)
+        self.wake()
+        state = etree.Element(_i("state"), nsmap={None: INT_NS})
+        state.text = record.state
+        return [state]
+
+    async def _state(self) -> etree._Element:
+        tree = empty_tree()
+        container = etree.SubElement(tree, _i("intents"), nsmap={None: INT_NS})
+        for record in self.store.intents(include_deleted=False):
+            container.append(self._intent_state(record))
+        return tree
+
+    def _intent_state(self, record: IntentRecord) -> etree._Element:
+        intent = etree.Element(_i("intent"))
+        _leaf(intent, "name", record.name)
+        _leaf(intent, "state", record.state)
+        _leaf(intent, "state-since", record.state_since)
+        _leaf(intent, "reason", _clip(record.reason))
+        status = record.status
+        if status.get("observed-rate") is not None:
+            _leaf(intent, "observed-rate", status["observed-rate"])
+        conditions = etree.SubElement(intent, _i("conditions"))
+        for kind, condition in sorted(status.get("conditions", {}).items()):
+            entry = etree.SubElement(conditions, _i("condition"))
+            # An identityref of qi-intent without prefix: its namespace is the default one in
+            # effect (RFC 7950, 9.10.3), which survives the engine's merge of state into the
+            # running tree, where lxml drops a prefix declared for the same namespace.
+            _leaf(entry, "type", kind)
+            for key in ("status", "reason", "message", "last-transition-time"):
+                if condition.get(key) is not None:
+                    _leaf(entry, key, _clip(condition[key]) if key == "message" else condition[key])
+        history = etree.SubElement(intent, _i("history"))
+        for transition in self.store.history(record.name):
+            entry = etree.SubElement(history, _i("transition"))
+            _leaf(entry, "sequence", transition.sequence)
+            if transition.from_state:
+                _leaf(entry, "from", transition.from_state)
+            _leaf(entry, "to", transition.to_state)
+            _leaf(entry, "time", transition.time)
+            _leaf(entry, "reason", _clip(transition.reason))
+        if status.get("session"):
+            _leaf(intent, "session", status["session"])
+        paths = etree.SubElement(intent, _i("paths"))
+        for index, path in enumerate(status.get("paths", [])):
+            entry = etree.SubElement(paths, _i("path"))
+            _leaf(entry, "index", index)
+            _leaf(entry, "in-use", "true" if path["in-use"] else "false")
+            for position, hop in enumerate(path["hops"]):
+                hop_element = etree.SubElement(entry, _i("hop"))
+                _leaf(hop_element, "index", position)
+                for key in ("km-id", "node-id", "link-id"):
+                    if hop.get(key):
+                        _leaf(hop_element, key, hop[key])
+        return intent
+
+    async def _transition(self, record: IntentRecord, to_state: str, reason: str) -> None:
+        lifecycle.check(record.state, to_state)
+        transition = self.store.transition(record.name, to_state, _clip(reason))
+        record.state, record.reason, record.state_since = to_state, transition.reason, transition.time
+        log.info("%s: intent %s %s -> %s: %s", self.name, record.name, transition.from_state, to_state, reason)
+        await self._announce(record.name, transition)
+
+    async def _announce(self, name: str, transition) -> None:
+        change = etree.Element(_i("intent-state-change"), nsmap={None: INT_NS})
+        for tag, value in (("name", name), ("from", transition.from_state), ("to", transition.to_state),
+                           ("time", transition.time), ("reason", transition.reason)):
+            if value is not None:
+                etree.SubElement(change, _i(tag)).text = str(value)
+        await self.server.notify(change)
+
+    # --- the reconcile loop -------------------------------------------------------------
+
+    def _specs(self) -> list[tuple[IntentRecord, IntentSpec]]:
+        return [(r, IntentSpec.from_xml(etree.fromstring(r.config))) for r in self.store.intents()]
+
+    def allocate(self, live: list[tuple[IntentRecord, IntentSpec]], world: Observation,
+                 network: Network) -> list[Decision]:
+        """Plan every live intent, higher priority first (then older first)."""
+        planner = Planner(network)
+        decisions = []
+        for record, spec in sorted(live, key=lambda rs: (-rs[1].priority, rs[0].created)):
+            session = world.svc.sessions.get(spec.name)
+            forced, may_keep = self.forced.get(spec.name, ("", True))
+            decision = Decision(record, spec, session, forced=forced)
+            try:
+                demand = spec.demand(world.svc.saes)
+                if session is not None and session.status in ("failed", "degraded"):
+                    decision.problem = f"session {session.name} is {session.status}: {session.reason}".rstrip(": ")
+                elif session is not None and session.links:
+                    decision.problem = planner.path_problem(demand, list(session.links)) or ""
+                keep = list(session.links) if session is not None and session.links and may_keep else None
+                decision.plan = planner.plan(demand, keep=keep)
+                network.reserve(decision.plan)
+            except Infeasible as why:
+                decision.why = str(why) + (" (no federation platform is configured to look beyond this domain)"
+                                           if spec.allow_federation else "")
+            decisions.append(decision)
+        return decisions
+
+    def _network(self, world: Observation) -> Network:
+        network = Network.observe(world.fwd, world.fibre, self.alarms)
+        network.refused = dict(self.refused)
+        for link in world.fwd.links.values():
+            if link.up and link.eskr is not None:
+                self.capacity_seen[link.id] = link.eskr
+                self.created_at.pop(link.id, None)  # it came up: from now on its status counts
+        network.capacity_seen = dict(self.capacity_seen)
+        now = asyncio.get_running_loop().time()
+        network.coming_up = {l for l, t in self.created_at.items() if now - t < LINK_UP_GRACE}
+        return network
+
+    async def reconcile_once(self) -> bool:
+        """One level-triggered pass over every intent. True while something is in progress."""
+        self.passes += 1
+        world = await self.observe()
+        network = self._network(world)
+        specs = self._specs()
+        busy = False
+        live = []
+        for record, spec in specs:
+            if record.deleted or not spec.enabled:
+                await self._tear_down(record, spec, world, "deleted by the operator" if record.deleted
+                                      else "disabled by the operator")
+            elif (session := world.svc.sessions.get(spec.name)) is not None and session.status == "expired":
+                await self._tear_down(record, spec, world, f"its time to live of {spec.ttl} s has passed")
+            elif "ended" not in record.status:  # an intent that lived its ttl stays removed until changed
+                live.append((record, spec))
+        decisions = self.allocate(live, world, network)
+        for decision in decisions:  # release first: what lower priorities lose, higher ones take
+            if decision.plan is None:
+                await self._fail(decision, world)
+        for decision in decisions:
+            if decision.plan is not None:
+                busy |= await self._advance(decision, world)
+        for decision in decisions:  # re-plans asked during this pass wait for the next one
+            if decision.forced and self.forced.get(decision.spec.name, ("",))[0] == decision.forced:
+                del self.forced[decision.spec.name]
+        await self._collect_links(world, decisions)
+        return busy
+
+    async def _tear_down(self, record: IntentRecord, spec: IntentSpec, world: Observation, why: str) -> None:
+        """Remove what an ended intent holds; forget a deleted one once removed."""
+        if record.state != "removed":
+            if record.state != "removing":
+                await self._transition(record, "removing", why)
+            if spec.name in world.svc.sessions:
+                await self._edit("service", SessionRequest.delete(spec.name))
+            self.store.claim_links(spec.name, set())
+            self.store.set_status(spec.name, {"ended": why})
+            record.status = {"ended": why}
+            await self._transition(record, "removed", f"{why}: session {spec.name} removed, and the links no "
+                                                      f"other intent uses")
+        if record.deleted:
+            self.store.forget(spec.name)
+
+    async def _fail(self, decision: Decision, world: Observation) -> None:
+        """No plan: release what the intent holds and say why."""
+        record, spec = decision.record, decision.spec
+        if decision.session is not None:
+            await self._edit("service", SessionRequest.delete(spec.name))
+        self.store.claim_links(spec.name, set())
+        await self._walk_to_failed(record, decision)
+        self._record_status(decision, world, None)
+
+    async def _walk_to_failed(self, record: IntentRecord, decision: Decision) -> None:
+        if record.state == "removing":
+            await self._transition(record, "removed", "the intent was enabled again before its removal finished")
+        if record.state == "removed":
+            await self._transition(record, "planned", "enabled by the operator")
+        if record.state == "planned":
+            await self._transition(record, "compiling", "decomposing over the strata")
+        if record.state == "active":
+            await self._transition(record, "degraded", decision.problem or decision.why)
+        if record.state == "degraded":
+            await self._transition(record, "repairing", "re-planning")
+        if record.state == "failed":
+            if record.reason != decision.why:
+                self.store.set_reason(record.name, _clip(decision.why))
+                record.reason = decision.why
+        else:
+            await self._transition(record, "failed", decision.why)
+
+    async def _advance(self, decision: Decision, world: Observation) -> bool:
+        """Move a plannable intent towards active. True while it is in progress."""
+        record, plan = decision.record, decision.plan
+        assert plan is not None
+        moving = decision.session is not None and list(decision.session.links) != plan.link_ids(0)
+        if record.state == "removing":
+            await self._transition(record, "removed", "the intent was enabled again before its removal finished")
+        if record.state == "removed":
+            await self._transition(record, "planned", "enabled by the operator")
+        if record.state == "planned":
+            await self._transition(record, "compiling", "decomposing over the strata")
+        if record.state in ("compiling", "failed"):
+            if record.state == "failed":
+                await self._transition(record, "compiling", "a path is available again")
+            await self._transition(record, "installing", describe(plan))
+        if record.state == "active" and (decision.forced or decision.problem or moving):
+            if decision.forced:
+                await self._transition(record, "repairing", decision.forced)
+            else:
+                await self._transition(record, "degraded", decision.problem or "a better path is available")
+        if record.state == "degraded":
+            await self._transition(record, "repairing", f"re-planning: {describe(plan)}")
+        outcome = await self._realise(decision, world)
+        if outcome.done and record.state in ("installing", "repairing", "degraded"):
+            await self._transition(record, "active", f"keys flow over {describe_path(decision.session, plan)}")
+        elif not outcome.done and record.reason != outcome.waiting and record.state != "active":
+            self.store.set_reason(record.name, _clip(outcome.waiting))
+            record.reason = outcome.waiting
+        self._record_status(decision, world, plan, outcome)
+        return not outcome.done
+
+    async def _realise(self, decision: Decision, world: Observation) -> Outcome:
+        """Ask the strata for what the plan lacks, top-down, reading back what each answer
+        changed; report how far it got."""
+        spec, plan = decision.spec, decision.plan
+        assert plan is not None
+        steer = self._steer(decision, world)
+        missing = [c for c in plan.new_links if c.link_id not in world.fwd.links]
+        if missing:
+            for candidate in missing:
+                self.store.record_link(candidate.link_id, {"a": list(candidate.a), "b": list(candidate.b),
+                                                           "qkdl-id": candidate.qkdl_id}, spec.name)
+            now = asyncio.get_running_loop().time()
+            self.created_at.update({c.link_id: now for c in missing})
+            try:
+                await self._edit("forwarding", links_config(world.fwd.network_id, missing))
+            except RPCError as err:
+                for candidate in missing:
+                    self.refused[candidate.link_id] = f"the forwarding stratum refused it: {err.message}"
+                    self.store.forget_link(candidate.link_id)
+                return Outcome(False, waiting=f"the forwarding stratum refused new links: {err.message}", steer=steer)
+            world.fwd = ForwardingView.parse(await self._get("forwarding", NETWORKS_FILTER))
+        self.store.claim_links(spec.name, {e.link_id for path in plan.paths for e in path})
+        pending = [e.link_id for e in plan.paths[0] if not ((link := world.fwd.links.get(e.link_id)) and link.up)]
+        if pending:
+            return Outcome(False, waiting="waiting for QKD links " + ", ".join(pending) + " to come up", steer=steer)
+        session = world.svc.sessions.get(spec.name)
+        request = spec.session_request(steer)
+        written = etree.tostring(request.config()).decode()
+        if session is None or decision.record.status.get("session-config") != written:
+            try:
+                await self._edit("service", request.config())
+            except RPCError as err:
+                return Outcome(False, waiting=f"the service stratum refused session {spec.name}: {err.message}",
+                               steer=steer)
+            world.svc = ServiceView.parse(await self._get("service", SERVICE_FILTER))
+            session = world.svc.sessions.get(spec.name)
+        if session is None:
+            return Outcome(False, waiting=f"waiting for session {spec.name}", steer=steer, session_config=written)
+        if session.status != "active":
+            return Outcome(False, waiting=f"waiting for session {spec.name}: {session.status or 'no status yet'}"
+                           + (f", {session.reason}" if session.reason else ""), steer=steer,
+                           session_config=written)
+        decision.session = session
+        return Outcome(True, steer=steer, session_config=written)
+
+    def _steer(self, decision: Decision, world: Observation) -> tuple[str, ...]:
+        """Links the service controller must avoid so that the session leaves its current
+        path for the planned one: those of the current path the plan does not use, and
+        those avoided before that are still unusable. Kept while the session stays put."""
+        plan, session = decision.plan, decision.session
+        assert plan is not None
+        steer = set(decision.record.status.get("steer", []))
+        primary = set(plan.link_ids(0))
+        if session is None or list(session.links) == plan.link_ids(0):
+            return tuple(sorted(steer - primary))
+        unusable = lambda l: (link := world.fwd.links.get(l)) is None or link.status != "ACTIVE" or l in self.alarms
+        return tuple(sorted({l for l in steer if unusable(l)} - primary | set(session.links) - primary))
+
+    async def _collect_links(self, world: Observation, decisions: list[Decision]) -> None:
+        """Remove the links this orchestrator created that no intent and no session uses."""
+        planned = {e.link_id for d in decisions if d.plan for path in d.plan.paths for e in path}
+        in_sessions = {l for s in world.svc.sessions.values() for l in s.links}
+        unused = [link_id for link_id, users in self.store.link_claims().items()
+                  if not users and link_id not in planned and link_id not in in_sessions]
+        present = [l for l in unused if l in world.fwd.links]
+        if present:
+            await self._edit("forwarding", links_delete(world.fwd.network_id, present))
+        for link_id in unused:
+            self.store.forget_link(link_id)
+            self.created_at.pop(link_id, None)
+
+    def _record_status(self, decision: Decision, world: Observation, plan: Plan | None,
+                       outcome: Outcome | None = None) -> None:
+        record, spec = decision.record, decision.spec
+        previous = record.status
+        session = world.svc.sessions.get(spec.name) if plan is not None else None
+        paths = []
+        if session is not None and session.path:
+            paths.append({"in-use": session.status == "active", "hops": [_hop(h) for h in session.path]})
+        elif plan is not None:
+            paths.append({"in-use": False, "hops": plan_hops(plan, 0, world.fwd)})
+        if plan is not None:
+            paths += [{"in-use": False, "hops": plan_hops(plan, i, world.fwd)} for i in range(1, len(plan.paths))]
+        rate = observed_rate(session, world.fwd) if session is not None and session.status == "active" else None
+        status = {
+            "session": spec.name if session is not None else None,
+            "session-config": (outcome.session_config or previous.get("session-config")) if outcome else None,
+            "steer": list(outcome.steer) if outcome else [],
+            "paths": paths,
+            "observed-rate": rate,
+            "conditions": conditions(previous.get("conditions", {}), record.state, spec, plan, decision, rate),
+        }
+        if status != previous:
+            record.status = status
+            self.store.set_status(spec.name, status)
+
+    # --- dry run ------------------------------------------------------------------------
+
+    async def _dry_run(self, session, rpc: etree._Element, context) -> list | None:
+        """What a commit of the candidate would ask of each stratum; <ok/> when it changes nothing."""
+        running = {n: e for n, e in intent_elements(self.server.datastores["running"]).items()}
+        candidate = {n: e for n, e in intent_elements(self.server.datastores["candidate"]).items()}
+        records = {r.name: r for r in self.store.intents()}
+        changes: dict[str, str] = {}
+        for name, element in candidate.items():
+            spec = IntentSpec.from_xml(element)
+            if name not in running:
+                changes[name] = "create" if spec.enabled else "remove"
+            elif etree.tostring(running[name]) != etree.tostring(element):
+                changes[name] = "modify" if spec.enabled else "remove"
+        for name in running.keys() - candidate.keys():
+            changes[name] = "remove"
+        if not changes:
+            return None
+        world = await self.observe()
+        network = self._network(world)
+        live = []
+        for name, element in candidate.items():
+            spec = IntentSpec.from_xml(element)
+            if spec.enabled and (changes.get(name) != "remove"):
+                record = records.get(name) or IntentRecord(name, "", 1 << 30, False, "planned", "", "")
+                live.append((record, spec))
+        decisions = {d.spec.name: d for d in self.allocate(live, world, network)}
+        claims = self.store.link_claims()
+        out = []
+        for name in sorted(changes):
+            entry = etree.Element(_i("intent"), nsmap={None: INT_NS, "qit": "urn:qstrata:yang:qi-types"})
+            etree.SubElement(entry, _i("name")).text = name
+            etree.SubElement(entry, _i("change")).text = changes[name]
+            requests: list[tuple[str, str, str, str, str]] = []
+            if changes[name] == "remove":
+                etree.SubElement(entry, _i("feasible")).text = "true"
+                etree.SubElement(entry, _i("reason")).text = "the intent would be torn down"
+                if name in world.svc.sessions:
+                    requests.append(("service", "delete", "session", name, "key-delivery session of the intent"))
+                for link_id, users in sorted(claims.items()):
+                    if users == {name} and link_id in world.fwd.links:
+                        requests.append(("quantum-forwarding", "delete", "qkd-link", link_id,
+                                         "no other intent uses it"))
+            else:
+                decision = decisions[name]
+                feasible = decision.plan is not None
+                etree.SubElement(entry, _i("feasible")).text = "true" if feasible else "false"
+                etree.SubElement(entry, _i("reason")).text = _clip(
+                    describe(decision.plan) if decision.plan else decision.why)
+                if decision.plan is not None:
+                    path = etree.SubElement(entry, _i("path"))
+                    for index, hop in enumerate(plan_hops(decision.plan, 0, world.fwd)):
+                        element = etree.SubElement(path, _i("hop"))
+                        etree.SubElement(element, _i("index")).text = str(index)
+                        for key in ("km-id", "node-id", "link-id"):
+                            if hop.get(key):
+                                etree.SubElement(element, _i(key)).text = hop[key]
+                    requests += plan_requests(decision, world)
+            for index, (stratum, operation, resource, target, detail) in enumerate(requests):
+                request = etree.SubElement(entry, _i("request"))
+                etree.SubElement(request, _i("index")).text = str(index)
+                etree.SubElement(request, _i("stratum")).text = f"qit:{stratum}"
+                etree.SubElement(request, _i("operation")).text = operation
+                etree.SubElement(request, _i("resource")).text = resource
+                etree.SubElement(request, _i("name")).text = target
+                etree.SubElement(request, _i("detail")).text = _clip(detail)
+            out.append(entry)
+        return out
+
+
+# --- helpers shared by the pass and the dry run --------------------------------------------
+
+def plan_requests(decision: Decision, world: Observation) -> list[tuple[str, str, str, str, str]]:
+    """The requests a plan makes of each stratum, top-down."""
+    plan, spec = decision.plan, decision.spec
+    assert plan is not None
+    requests = []
+    for candidate in plan.new_links:
+        attach = lambda end: world.fwd.nodes[end[0]].interfaces.get(end[1])
+        ends = [attach(candidate.a), attach(candidate.b)]
+        requests.append(("quantum-forwarding", "create", "qkd-link", candidate.link_id,
+                         f"PHYS link {candidate.a[0]} interface {candidate.a[1]} - {candidate.b[0]} interface "
+                         f"{candidate.b[1]}, qkdl-id {candidate.qkdl_id}"))
+        requests.append(("connectivity", "create", "optical-path", candidate.link_id,
+                         f"from {':'.join(ends[0] or ('?',))} to {':'.join(ends[1] or ('?',))} over spans "
+                         f"{', '.join(candidate.spans)} ({candidate.loss_db:g} dB), asked by the forwarding "
+                         f"controller"))
+    for path in plan.paths:
+        for edge in path:
+            if edge.existing is not None:
+                requests.append(("quantum-forwarding", "keep", "qkd-link", edge.link_id,
+                                 f"eskr {int(edge.existing.eskr or 0)} bit/s"))
+    operation = "create" if decision.session is None else "modify"
+    requests.append(("service", operation, "session", spec.name,
+                     f"{spec.source_sae} -> {spec.destination_sae} at {spec.min_rate} bit/s over "
+                     f"{' - '.join(plan.nodes(0))}"))
+    return requests
+
+
+def describe(plan: Plan | None) -> str:
+    if plan is None:
+        return ""
+    new = plan.new_links
+    text = f"path {' - '.join(plan.nodes(0))}"
+    if len(plan.paths) > 1:
+        text += f" and {len(plan.paths) - 1} standby path(s)"
+    if new:
+        text += f"; new QKD links {', '.join(c.link_id for c in new)}"
+    return text
+
+
+def describe_path(session: Session | None, plan: Plan) -> str:
+    if session is not None and session.path:
+        return " - ".join(h.node_id for h in session.path)
+    return " - ".join(plan.nodes(0))
+
+
+def _hop(hop: Hop) -> dict:
+    return {"km-id": hop.km_id, "node-id": hop.node_id, "link-id": hop.link_id}
+
+
+def plan_hops(plan: Plan, index: int, fwd: ForwardingView) -> list[dict]:
+    nodes = plan.nodes(index)
+    links = plan.link_ids(index) + [None]
+    return [{"km-id": fwd.nodes[n].km_id if n in fwd.nodes else None, "node-id": n, "link-id": l}
+            for n, l in zip(nodes, links)]
+
+
+def observed_rate(session: Session, fwd: ForwardingView) -> int | None:
+    """The key rate the session's path can carry now: the smallest eskr along it."""
+    rates = [fwd.links[l].eskr for l in session.links if l in fwd.links and fwd.links[l].eskr is not None]
+    return int(min(rates)) if rates else None
+
+
+CONDITION_REASONS = {
+    # type: (reason when true, reason when false)
+    "path-found": ("PathFound", "NoPath"),
+    "installed": ("Installed", "NotInstalled"),
+    "rate-met": ("RateMet", "RateBelowMinimum"),
+    "disjointness-met": ("DisjointPathsFound", "TooFewDisjointPaths"),
+    "ready": ("Ready", "NotReady"),
+}
+
+
+def conditions(previous: dict, state: str, spec: IntentSpec, plan: Plan | None, decision: Decision,
+               rate: int | None) -> dict:
+    """The intent's conditions, keeping each one's last-transition-time while it holds."""
+    found = plan is not None
+    values = {
+        "path-found": (found, describe(plan) if found else decision.why),
+        "installed": (state in lifecycle.REALISED, f"state {state}"),
+        "rate-met": (rate is not None and rate >= spec.min_rate,
+                     f"{rate} bit/s available, {spec.min_rate} bit/s asked" if rate is not None
+                     else "no key flows"),
+        "disjointness-met": (found and len(plan.paths) >= spec.disjoint_paths,
+                             f"{len(plan.paths) if plan else 0} of {spec.disjoint_paths} disjoint path(s)"),
+        "ready": (state == "active", "keys flow as asked" if state == "active" else f"state {state}"),
+    }
+    out = {}
+    for kind, (holds, message) in values.items():
+        status = "true" if holds else "false"
+        before = previous.get(kind, {})
+        since = before.get("last-transition-time") if before.get("status") == status else timestamp()
+        out[kind] = {"status": status, "reason": CONDITION_REASONS[kind][0 if holds else 1],
+                     "message": message, "last-transition-time": since}
+    return out

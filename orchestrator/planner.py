@@ -1,0 +1,444 @@
+"""Decomposition of a key-service intent over the observed strata.
+
+Pure functions over the views (orchestrator/views.py), so that they are tested without a
+network:
+
+- `candidate_links`: QKD links the forwarding stratum could add. Two QKD interfaces are
+  candidates when light from one's fibre attachment reaches the other's through spans and
+  optical switches without crossing a site that hosts another QKD node (that node would be
+  bypassed as a trusted relay).
+- `Planner.plan`: paths for one demand over the usable existing links and the candidates,
+  within its constraints and the key rate left by the demands planned before it
+  (the orchestrator plans in priority order); which links must be created; or a precise
+  reason why no path exists, naming the missing resource.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import uuid
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from orchestrator.views import FibreView, ForwardingView, PortRef, QkdLink
+
+LINK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:qstrata:orchestrator:qkd-link")
+CANDIDATE_COST = 1.5      # a link that must be created costs more than one that exists
+MAX_SIMPLE_PATHS = 200    # paths examined when the shortest one breaks max-hops
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A PHYS QKD link the forwarding stratum could create between two interfaces."""
+
+    a: PortRef  # (QKD node, tp) at the lower end, by name
+    b: PortRef
+    spans: tuple[str, ...]
+    loss_db: float
+
+    @property
+    def link_id(self) -> str:
+        return f"{self.a[0]}.{self.a[1]}-{self.b[0]}.{self.b[1]}"
+
+    @property
+    def qkdl_id(self) -> str:
+        return str(uuid.uuid5(LINK_NAMESPACE, self.link_id))
+
+    def nodes(self) -> tuple[str, str]:
+        return self.a[0], self.b[0]
+
+
+def candidate_links(fwd: ForwardingView, fibre: FibreView) -> list[Candidate]:
+    """Every pair of free QKD interfaces joined by the fibre plant, lowest loss route each."""
+    attach_owner: dict[PortRef, PortRef] = {}  # fibre port -> (QKD node, tp) plugged there
+    for node in fwd.nodes.values():
+        for tp, attach in node.interfaces.items():
+            if attach is not None:
+                attach_owner[attach] = (node.id, tp)
+    used = fwd.used_interfaces()
+    qkd_sites = {_site_of(fwd, fibre, node.id) for node in fwd.nodes.values()}
+    best: dict[tuple[PortRef, PortRef], Candidate] = {}
+    for attach, owner in attach_owner.items():
+        if owner in used:
+            continue
+        source_site = _site_of(fwd, fibre, owner[0])
+        for far, spans, loss in _reachable(fibre, attach, source_site, qkd_sites, attach_owner):
+            other = attach_owner[far]
+            if other in used or other[0] == owner[0]:
+                continue
+            a, b = sorted((owner, other))
+            key = (a, b)
+            if key not in best or loss < best[key].loss_db:
+                best[key] = Candidate(a, b, spans, round(loss, 3))
+    return sorted(best.values(), key=lambda c: (c.a, c.b))
+
+
+def _site_of(fwd: ForwardingView, fibre: FibreView, node_id: str) -> str:
+    node = fwd.nodes[node_id]
+    if node.site:
+        return node.site
+    attach = next((a for a in node.interfaces.values() if a is not None), None)
+    fibre_node = fibre.nodes.get(attach[0]) if attach else None
+    return fibre_node.site if fibre_node else ""
+
+
+def _reachable(fibre: FibreView, start: PortRef, source_site: str, qkd_sites: set[str],
+               attach_owner: dict[PortRef, PortRef]):
+    """Interfaces' attachment points reachable from the one at `start`, each with the spans
+    crossed and the loss, by a lowest-loss search over (direction, port) states.
+
+    Light 'arrives' at a port from outside the node, or 'leaves' the node by a port into
+    the span or the interface there. A switch passes light from the port it arrives at to
+    any other port, unless it stands at the site of another QKD node (then only to an
+    interface plugged into it); a site passes nothing on: light arriving there ends at the
+    interface attached at that port, or on the site's patch panel (a span-less port).
+    """
+    node = fibre.nodes.get(start[0])
+    if node is None:
+        return
+    if node.kind == "optical-switch":
+        first = [("arrive", start)]
+    elif start in fibre.span_at:
+        first = [("leave", start)]
+    else:  # an interface on a site's patch panel reaches the site's spans
+        first = [("leave", (node.id, p)) for p in node.ports if (node.id, p) in fibre.span_at]
+    counter = itertools.count()
+    queue = [(0.0, next(counter), direction, port, ()) for direction, port in first]
+    settled: set[tuple[str, PortRef]] = set()
+    while queue:
+        loss, _, direction, port, spans = heapq.heappop(queue)
+        if (direction, port) in settled:
+            continue
+        settled.add((direction, port))
+        node = fibre.nodes.get(port[0])
+        if node is None:
+            continue
+        if direction == "leave":
+            span_id = fibre.span_at.get(port)
+            if span_id is not None:
+                span = fibre.spans[span_id]
+                heapq.heappush(queue, (loss + span.loss_db, next(counter), "arrive", span.far_end(port),
+                                       spans + (span_id,)))
+            elif port in attach_owner and port != start:
+                yield port, spans, loss
+        elif node.kind == "optical-switch":
+            passes = node.site not in qkd_sites or node.site == source_site
+            for other in node.ports:
+                target = (node.id, other)
+                if other != port[1] and (passes or target in attach_owner):
+                    crossing = node.insertion_loss.get(port[1], 0.0) + node.insertion_loss.get(other, 0.0)
+                    heapq.heappush(queue, (loss + crossing, next(counter), "leave", target, spans))
+        elif port in attach_owner and port != start:
+            yield port, spans, loss
+        else:
+            for other in node.ports:
+                target = (node.id, other)
+                if target in attach_owner and target not in fibre.span_at and target != start:
+                    yield target, spans, loss
+
+
+# --- planning -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Demand:
+    """What one intent asks of the network."""
+
+    name: str
+    source_km: str
+    destination_km: str
+    rate: int
+    priority: int = 100
+    paths: int = 1
+    max_hops: int | None = None
+    avoid_nodes: frozenset[str] = frozenset()
+    avoid_links: frozenset[str] = frozenset()
+    qber_ceiling: float | None = None
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One usable hop between two QKD nodes: an existing link or a candidate."""
+
+    link_id: str
+    u: str
+    v: str
+    existing: QkdLink | None = None
+    candidate: Candidate | None = None
+
+
+@dataclass
+class Plan:
+    demand: Demand
+    paths: list[list[Edge]]  # primary first; each path from the source's node
+
+    @property
+    def new_links(self) -> list[Candidate]:
+        seen: dict[str, Candidate] = {}
+        for path in self.paths:
+            for edge in path:
+                if edge.candidate is not None:
+                    seen.setdefault(edge.link_id, edge.candidate)
+        return list(seen.values())
+
+    def nodes(self, index: int = 0) -> list[str]:
+        path = self.paths[index]
+        return [self.source_node] + [e.v for e in path] if path else [self.source_node]
+
+    @property
+    def source_node(self) -> str:
+        return self.paths[0][0].u if self.paths and self.paths[0] else ""
+
+    def link_ids(self, index: int = 0) -> list[str]:
+        return [e.link_id for e in self.paths[index]]
+
+
+class Infeasible(Exception):
+    """No path meets the demand; the message names what is missing."""
+
+
+@dataclass
+class Network:
+    """One observation of the strata, and what the demands planned so far hold of it."""
+
+    fwd: ForwardingView
+    fibre: FibreView
+    alarms: dict[str, str] = field(default_factory=dict)  # link-id -> why its QBER alarm is up
+    candidates: list[Candidate] = field(default_factory=list)
+    reserved: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # link -> (demand, rate)
+    taken_interfaces: set[PortRef] = field(default_factory=set)
+    refused: dict[str, str] = field(default_factory=dict)  # candidate link -> why it cannot be made
+    coming_up: set[str] = field(default_factory=set)        # links just created: not up yet, not broken
+    capacity_seen: dict[str, float] = field(default_factory=dict)  # link -> eskr when it last existed
+
+    @classmethod
+    def observe(cls, fwd: ForwardingView, fibre: FibreView, alarms: dict[str, str] | None = None) -> Network:
+        return cls(fwd, fibre, dict(alarms or {}), candidate_links(fwd, fibre))
+
+    def held(self, link_id: str, by_other_than: str = "") -> int:
+        return sum(rate for name, rate in self.reserved.get(link_id, []) if name != by_other_than)
+
+    def reserve(self, plan: Plan) -> None:
+        for edge in plan.paths[0] if plan.paths else []:
+            self.reserved.setdefault(edge.link_id, []).append((plan.demand.name, plan.demand.rate))
+        for candidate in plan.new_links:
+            self.taken_interfaces.update((candidate.a, candidate.b))
+
+    # -- why a link cannot carry a demand (None: it can) --------------------------------
+
+    def link_problem(self, link: QkdLink, demand: Demand) -> str | None:
+        if link.link_type != "PHYS":
+            return f"link {link.id} is not a PHYS link"
+        if link.id in demand.avoid_links:
+            return f"link {link.id} is avoided by the intent"
+        if link.status not in (None, "ACTIVE", "PENDING") and link.id not in self.coming_up:
+            return f"link {link.id} is {link.status.lower()}"
+        if link.id in self.alarms:
+            return f"link {link.id} has a QBER alarm ({self.alarms[link.id]})"
+        if demand.qber_ceiling is not None and link.qber is not None and link.qber > demand.qber_ceiling:
+            return f"link {link.id} QBER {link.qber:g} % is above the ceiling {demand.qber_ceiling:g} %"
+        for span in self.fibre.optical_paths.get(link.optical_path or link.id, ()):
+            if span in self.fibre.spans and not self.fibre.healthy(span):
+                return f"link {link.id} rides on span {span}, which is {self._span_problem(span)}"
+        if link.eskr is not None and link.status == "ACTIVE":
+            held = self.held(link.id, demand.name)
+            if link.eskr - held < demand.rate:
+                holders = sorted({n for n, _ in self.reserved.get(link.id, []) if n != demand.name})
+                taken = (f", {held} bit/s held by intents of higher or equal priority ({', '.join(holders)})"
+                         if holders else "")
+                return (f"link {link.id} has {int(link.eskr)} bit/s of key{taken}; "
+                        f"{demand.rate} bit/s needed")
+        return None
+
+    def candidate_problem(self, candidate: Candidate, demand: Demand) -> str | None:
+        if candidate.link_id in demand.avoid_links:
+            return f"link {candidate.link_id} is avoided by the intent"
+        if candidate.link_id in self.refused:
+            return f"link {candidate.link_id} cannot be made: {self.refused[candidate.link_id]}"
+        if {candidate.a, candidate.b} & self.taken_interfaces:
+            return f"the interfaces of {candidate.link_id} are taken"
+        seen = self.capacity_seen.get(candidate.link_id)
+        if seen is not None and seen - self.held(candidate.link_id, demand.name) < demand.rate:
+            return (f"a new link {candidate.nodes()[0]}-{candidate.nodes()[1]} would carry about {int(seen)} bit/s "
+                    f"of key; {demand.rate} bit/s needed")
+        for span in candidate.spans:
+            if not self.fibre.healthy(span):
+                return f"a new link {candidate.nodes()[0]}-{candidate.nodes()[1]} needs span {span}, " \
+                       f"which is {self._span_problem(span)}"
+        return None
+
+    def _span_problem(self, span_id: str) -> str:
+        span = self.fibre.spans[span_id]
+        return "cut" if not span.up else "tapped by an eavesdropper"
+
+    # -- the graph ---------------------------------------------------------------------
+
+    def graph(self, demand: Demand, relaxed: bool = False) -> tuple[nx.Graph, dict[tuple[str, str], list[str]]]:
+        """The QKD graph of usable hops (the best option per node pair), and for each pair
+        the problems of the options left out. `relaxed` keeps every option (for diagnosis)."""
+        graph = nx.Graph()
+        problems: dict[tuple[str, str], list[str]] = {}
+        options: list[tuple[float, Edge, str | None]] = []
+        for link in self.fwd.links.values():
+            if link.link_type != "PHYS":
+                continue
+            options.append((1.0, Edge(link.id, *link.nodes(), existing=link), self.link_problem(link, demand)))
+        for candidate in self.candidates:
+            options.append((CANDIDATE_COST + candidate.loss_db / 100, Edge(candidate.link_id, *candidate.nodes(),
+                                                                          candidate=candidate),
+                            self.candidate_problem(candidate, demand)))
+        for cost, edge, problem in sorted(options, key=lambda o: o[0]):
+            if edge.u in demand.avoid_nodes or edge.v in demand.avoid_nodes:
+                continue
+            pair = tuple(sorted((edge.u, edge.v)))
+            if problem is not None:
+                problems.setdefault(pair, []).append(problem)
+                if not relaxed:
+                    continue
+            if not graph.has_edge(edge.u, edge.v) or graph[edge.u][edge.v]["cost"] > cost:
+                graph.add_edge(edge.u, edge.v, cost=cost, edge=edge)
+        return graph, problems
+
+
+def oriented(edge: Edge, start: str) -> Edge:
+    return edge if edge.u == start else Edge(edge.link_id, edge.v, edge.u, edge.existing, edge.candidate)
+
+
+class Planner:
+    def __init__(self, network: Network):
+        self.network = network
+
+    def endpoints(self, demand: Demand) -> tuple[str, str]:
+        fwd = self.network.fwd
+        nodes = []
+        for km in (demand.source_km, demand.destination_km):
+            node = fwd.node_of_km(km)
+            if node is None:
+                raise Infeasible(f"key manager {km} has no QKD node in the forwarding topology")
+            nodes.append(node)
+        if nodes[0] == nodes[1]:
+            raise Infeasible(f"both SAEs are served by key manager {demand.source_km}: no QKD path is needed")
+        for node in nodes:
+            if node in demand.avoid_nodes:
+                raise Infeasible(f"QKD node {node} serves an endpoint and cannot be avoided")
+        return nodes[0], nodes[1]
+
+    def check(self, demand: Demand, link_ids: list[str]) -> list[Edge] | None:
+        """The path through `link_ids` (existing links) if it still serves the demand."""
+        source, destination = self.endpoints(demand)
+        if not link_ids or (demand.max_hops is not None and len(link_ids) > demand.max_hops):
+            return None
+        path, at = [], source
+        for link_id in link_ids:
+            link = self.network.fwd.links.get(link_id)
+            if link is None or at not in link.nodes() or self.network.link_problem(link, demand) is not None:
+                return None
+            edge = oriented(Edge(link.id, *link.nodes(), existing=link), at)
+            if edge.v in demand.avoid_nodes:
+                return None
+            path.append(edge)
+            at = edge.v
+        return path if at == destination else None
+
+    def path_problem(self, demand: Demand, link_ids: list[str]) -> str | None:
+        """Why the path through `link_ids` no longer serves the demand (None: it does)."""
+        if self.check(demand, link_ids) is not None:
+            return None
+        if demand.max_hops is not None and len(link_ids) > demand.max_hops:
+            return f"the path has {len(link_ids)} hops, more than max-hops {demand.max_hops}"
+        for link_id in link_ids:
+            link = self.network.fwd.links.get(link_id)
+            if link is None:
+                return f"link {link_id} no longer exists"
+            problem = self.network.link_problem(link, demand)
+            if problem is not None:
+                return problem
+            if set(link.nodes()) & demand.avoid_nodes:
+                return f"link {link_id} touches a node the intent avoids"
+        source, destination = self.endpoints(demand)
+        return f"the path no longer joins {source} and {destination}"
+
+    def plan(self, demand: Demand, keep: list[str] | None = None) -> Plan:
+        """Paths for `demand`: the kept path when it still serves, otherwise the cheapest;
+        then as many node-disjoint standby paths as asked. Raises Infeasible."""
+        source, destination = self.endpoints(demand)
+        kept = self.check(demand, keep) if keep else None
+        graph, problems = self.network.graph(demand)
+        primary = kept or self._shortest(graph, source, destination, demand, problems)
+        paths = [primary]
+        spare = graph.copy()
+        for _ in range(demand.paths - 1):
+            spare.remove_nodes_from({e.v for e in paths[-1][:-1]})
+            spare.remove_edges_from([(e.u, e.v) for e in paths[-1]])
+            try:
+                nodes = nx.shortest_path(spare, source, destination, weight="cost")
+            except (nx.NetworkXNoPath, nx.NodeNotFound):
+                raise Infeasible(f"only {len(paths)} node-disjoint path(s) between {source} and {destination} "
+                                 f"meet the constraints; {demand.paths} asked") from None
+            paths.append(self._edges(spare, nodes))
+        plan = Plan(demand, paths)
+        self._assign_interfaces(plan)
+        return plan
+
+    def _shortest(self, graph: nx.Graph, source: str, destination: str, demand: Demand,
+                  problems: dict[tuple[str, str], list[str]]) -> list[Edge]:
+        try:
+            nodes = nx.shortest_path(graph, source, destination, weight="cost")
+        except (nx.NetworkXNoPath, nx.NodeNotFound):
+            raise Infeasible(self._why_no_path(source, destination, demand, problems)) from None
+        if demand.max_hops is not None and len(nodes) - 1 > demand.max_hops:
+            fewest = nx.shortest_path_length(graph, source, destination)
+            if fewest > demand.max_hops:
+                raise Infeasible(f"no path between {source} and {destination} within max-hops {demand.max_hops}: "
+                                 f"the shortest usable one has {fewest} hops")
+            for candidate in itertools.islice(nx.shortest_simple_paths(graph, source, destination, weight="cost"),
+                                              MAX_SIMPLE_PATHS):
+                if len(candidate) - 1 <= demand.max_hops:
+                    nodes = candidate
+                    break
+        return self._edges(graph, nodes)
+
+    @staticmethod
+    def _edges(graph: nx.Graph, nodes: list[str]) -> list[Edge]:
+        return [oriented(graph[u][v]["edge"], u) for u, v in zip(nodes, nodes[1:])]
+
+    def _why_no_path(self, source: str, destination: str, demand: Demand,
+                     problems: dict[tuple[str, str], list[str]]) -> str:
+        """Name what is missing: the problems on the best path that ignores them."""
+        relaxed, _ = self.network.graph(demand, relaxed=True)
+        try:
+            nodes = nx.shortest_path(relaxed, source, destination, weight="cost")
+        except (nx.NetworkXNoPath, nx.NodeNotFound):
+            unattached = [n for n in (source, destination) if not any(self.network.fwd.nodes[n].interfaces.values())]
+            if unattached:
+                return (f"no path between {source} and {destination}: the forwarding topology names no fibre "
+                        f"attachment (supporting-termination-point) for the interfaces of {', '.join(unattached)}, "
+                        f"so no new QKD link can be planned there")
+            avoided = " (with the nodes and links the intent avoids)" if demand.avoid_nodes or demand.avoid_links else ""
+            return f"no QKD link or fibre route joins {source} and {destination}{avoided}"
+        found = []
+        for u, v in zip(nodes, nodes[1:]):
+            for problem in problems.get(tuple(sorted((u, v))), []):
+                if problem not in found:
+                    found.append(problem)
+        return f"no path between {source} and {destination}: " + "; ".join(found)
+
+    def _assign_interfaces(self, plan: Plan) -> None:
+        """Two new links of a plan may be the best options through the same interface: give
+        each its own, from the other candidates between the same nodes, or fail."""
+        taken = set(self.network.taken_interfaces)
+        for path in plan.paths:
+            for i, edge in enumerate(path):
+                if edge.candidate is None or not {edge.candidate.a, edge.candidate.b} & taken:
+                    if edge.candidate is not None:
+                        taken.update((edge.candidate.a, edge.candidate.b))
+                    continue
+                pair = set(edge.candidate.nodes())
+                spare = next((c for c in self.network.candidates
+                              if set(c.nodes()) == pair and not {c.a, c.b} & taken
+                              and self.network.candidate_problem(c, plan.demand) is None), None)
+                if spare is None:
+                    raise Infeasible(f"QKD nodes {' and '.join(sorted(pair))} have no free interfaces for "
+                                     f"another link")
+                taken.update((spare.a, spare.b))
+                path[i] = oriented(Edge(spare.link_id, *spare.nodes(), candidate=spare), edge.u)

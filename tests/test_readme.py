@@ -1,0 +1,43 @@
+"""The README, followed literally: a fresh clone of the repository, then its two commands.
+
+`make demo` and `make test` set up their own venv in the clone (system packages are the
+machine's). This is the slowest test of the suite: it runs the whole suite once more, in the
+clone, where this test skips itself."""
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+from test_demo import check_summary
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NESTED = "QSTRATA_README_TEST"
+TIMEOUT_S = 3600
+
+pytestmark = pytest.mark.skipif(os.environ.get(NESTED) == "1", reason="already inside the README test")
+
+
+def readme_commands(readme: pathlib.Path) -> list[str]:
+    """The commands of the README's first code block, without their comments."""
+    text = readme.read_text()
+    block = text.split("```", 2)[1]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines()[1:] if line.split("#", 1)[0].strip()]
+
+
+def test_readme_commands_work_in_a_fresh_clone(tmp_path):
+    clone = tmp_path / "qstrata"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
+    commands = readme_commands(clone / "README.md")
+    assert commands == ["make demo", "make test"]
+    env = dict(os.environ, **{NESTED: "1"})
+    env.pop("VIRTUAL_ENV", None)  # the clone's commands make and use the clone's own venv
+    results = {}
+    for command in commands:
+        results[command] = subprocess.run(command.split(), cwd=clone, env=env, capture_output=True, text=True,
+                                          timeout=TIMEOUT_S)
+        assert results[command].returncode == 0, (command, results[command].stdout[-4000:],
+                                                  results[command].stderr[-4000:])
+    assert (clone / ".venv" / "bin" / "qstrata").exists()
+    check_summary(results["make demo"].stdout)
+    assert " passed" in results["make test"].stdout.splitlines()[-1]

@@ -1,0 +1,358 @@
+"""`qstrata demo`: the whole story on the embedded Madrid network, in one command.
+
+It starts the devices, the three stratum controllers and the orchestrator on 127.0.0.1,
+then acts as an operator would, over NETCONF and ETSI GS QKD 014 only: it commits a
+key-service intent, watches it go active, fetches keys at both ends and compares them, cuts
+a fibre under the intent's path and watches it degrade and recover on another path, puts an
+eavesdropper on a span of the new path and watches the QBER alarm and the re-route. It ends
+with a summary and shuts everything down; the exit code is 0 only if every step succeeded.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from lxml import etree
+
+INT_NS = "urn:qstrata:yang:qi-intent"
+FWD_NS = "urn:qstrata:yang:qi-forwarding"
+CONN_NS = "urn:qstrata:yang:qi-connectivity"
+NW_NS = "urn:ietf:params:xml:ns:yang:ietf-network"
+NT_NS = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
+ACTION_NS = "urn:ietf:params:xml:ns:yang:1"
+SAE_HEADER = "X-SAE-ID"   # the emulator's plain-HTTP stand-in for a TLS client certificate
+STEP_TIMEOUT_S = 30.0
+INTENT = {"name": "quintin-distrito", "source": "sae-quintin", "destination": "sae-distrito", "min-rate": 20000}
+EAVESDROPPER_FRACTION = "0.5"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="run the demo on the embedded network", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--timeout", type=float, default=STEP_TIMEOUT_S,
+                        help=f"seconds each step may take (default {STEP_TIMEOUT_S:g})")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(Demo(args.timeout).run())
+
+
+class StepFailed(Exception):
+    pass
+
+
+# --- an operator's view of a running stack, over NETCONF and ETSI 014 ----------------------
+
+class Operator:
+    """NETCONF sessions to the orchestrator, the forwarding and the connectivity controllers
+    (subscribed to their notifications), and an HTTP client for the key managers' ETSI 014
+    APIs: what an NMS and two applications would use."""
+
+    def __init__(self, stack, timeout: float = STEP_TIMEOUT_S):
+        self.stack = stack
+        self.timeout = timeout
+        self.sessions: dict[str, object] = {}
+        self.events: dict[str, asyncio.Queue] = {}
+        self._pumps: list[asyncio.Task] = []
+        self.http = None
+
+    async def __aenter__(self) -> Operator:
+        import aiohttp
+
+        for level in ("orchestrator", "forwarding", "connectivity"):
+            self.events[level] = asyncio.Queue()
+            await self.connect(level)
+        self.http = aiohttp.ClientSession()
+        return self
+
+    async def connect(self, level: str) -> None:
+        """(Re)open the session to a level and subscribe to its notifications."""
+        from netconf_core.client import NetconfClient
+
+        row = next(r for r in self.stack.table() if r.level == level)
+        user, password = row.read_write
+        if level in self.sessions:
+            self.sessions[level].close()
+        nc = await NetconfClient.connect(row.host, row.port, user, password=password)
+        await nc.create_subscription()
+        self.sessions[level] = nc
+        self._pumps.append(asyncio.get_running_loop().create_task(self._pump(level, nc)))
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._pumps:
+            task.cancel()
+        for nc in self.sessions.values():
+            nc.close()
+        if self.http is not None:
+            await self.http.close()
+
+    async def _pump(self, level: str, nc) -> None:
+        async for notification in nc.notifications():
+            content = next((c for c in notification
+                            if isinstance(c.tag, str) and etree.QName(c).localname != "eventTime"), None)
+            if content is not None:
+                self.events[level].put_nowait(content)
+
+    async def wait_event(self, level: str, match: Callable[[etree._Element], bool], timeout: float | None = None,
+                         on_event: Callable[[etree._Element], None] | None = None) -> etree._Element:
+        """The next notification of `level` that matches; others are passed to `on_event`."""
+        async with asyncio.timeout(timeout or self.timeout):
+            while True:
+                event = await self.events[level].get()
+                if match(event):
+                    return event
+                if on_event is not None:
+                    on_event(event)
+
+    # -- intents --
+
+    async def push_intent(self, name: str, source: str, destination: str, min_rate: int, **leaves: object) -> None:
+        extra = "".join(f"<{k}>{v}</{k}>" for k, v in leaves.items())
+        nc = self.sessions["orchestrator"]
+        await nc.edit_config(
+            f'<intents xmlns="{INT_NS}"><intent><name>{name}</name><endpoints><source-sae>{source}</source-sae>'
+            f"<destination-sae>{destination}</destination-sae></endpoints><min-rate>{min_rate}</min-rate>{extra}"
+            f"</intent></intents>", target="candidate")
+        await nc.commit()
+
+    async def intent(self, name: str) -> dict:
+        from tools.cmd_intent import intent_states
+
+        states = await intent_states(self.sessions["orchestrator"])
+        if name not in states:
+            raise StepFailed(f"the orchestrator has no intent {name}")
+        return states[name]
+
+    async def wait_state(self, name: str, wanted: set[str], show: Callable[[str], None] | None = None,
+                         timeout: float | None = None) -> dict:
+        """Wait for an intent-state-change of `name` into one of `wanted`, showing the others.
+        Returns the intent as read afterwards, with the transition that matched as 'reached'."""
+        def is_it(event: etree._Element) -> bool:
+            if event.tag != f"{{{INT_NS}}}intent-state-change" or _text(event, INT_NS, "name") != name:
+                return False
+            if show is not None:
+                show(f"{_text(event, INT_NS, 'from') or '-'} -> {_text(event, INT_NS, 'to')}: "
+                     f"{_text(event, INT_NS, 'reason')}")
+            return _text(event, INT_NS, "to") in wanted
+        try:
+            event = await self.wait_event("orchestrator", is_it, timeout)
+        except TimeoutError:
+            state = await self.intent(name)
+            raise StepFailed(f"intent {name} is still {state.get('state')} after {timeout or self.timeout:g} s: "
+                             f"{state.get('reason')}") from None
+        from tools.cmd_intent import intent_states
+
+        intent = (await intent_states(self.sessions["orchestrator"])).get(name, {"name": name})  # gone once deleted
+        intent["reached"] = {"state": _text(event, INT_NS, "to"), "reason": _text(event, INT_NS, "reason")}
+        return intent
+
+    # -- the network --
+
+    async def spans_of(self, link_ids: list[str]) -> list[str]:
+        """The fibre spans under QKD links, from the forwarding and connectivity controllers."""
+        from orchestrator.views import FibreView, ForwardingView
+
+        networks = ("subtree", f'<networks xmlns="{NW_NS}"/>')
+        fwd = ForwardingView.parse(await self.sessions["forwarding"].get(filter=networks))
+        fibre = FibreView.parse(await self.sessions["connectivity"].get(filter=networks))
+        spans: list[str] = []
+        for link_id in link_ids:
+            link = fwd.links.get(link_id)
+            path = (link.optical_path or link.id) if link else link_id
+            spans += [s for s in fibre.optical_paths.get(path, ()) if s not in spans]
+        return spans
+
+    async def span_action(self, span: str, action: str, **leaves: str) -> None:
+        inner = "".join(f"<{k}>{v}</{k}>" for k, v in leaves.items())
+        await self.sessions["connectivity"].dispatch(
+            f'<action xmlns="{ACTION_NS}"><networks xmlns="{NW_NS}" xmlns:nt="{NT_NS}"><network>'
+            f"<network-id>fibre</network-id><nt:link><nt:link-id>{span}</nt:link-id>"
+            f'<{action} xmlns="{CONN_NS}">{inner}</{action}></nt:link></network></networks></action>')
+
+    def key_api(self, sae: str) -> str:
+        """The ETSI 014 base URL of the key manager that serves `sae`."""
+        km = next(s.km for s in self.stack.topology.saes if s.id == sae)
+        return next(r.etsi014_url for r in self.stack.table() if r.name == km)
+
+    async def fetch_keys(self, master: str, slave: str, number: int = 4, size: int = 256) -> tuple[list[str], bool]:
+        """enc_keys for `master` at its key manager, dec_keys for `slave` at its own; retried
+        while the key pools fill. Returns the key IDs and whether both ends got the same keys."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            async with self.http.get(f"{self.key_api(master)}/api/v1/keys/{slave}/enc_keys",
+                                     params={"number": str(number), "size": str(size)},
+                                     headers={SAE_HEADER: master}) as reply:
+                body = await reply.json()
+            if reply.status == 200:
+                break
+            if reply.status != 503 or time.monotonic() > deadline:
+                raise StepFailed(f"enc_keys answered {reply.status}: {body.get('message')}")
+            await asyncio.sleep(0.1)
+        sent = {k["key_ID"]: k["key"] for k in body["keys"]}
+        async with self.http.post(f"{self.key_api(slave)}/api/v1/keys/{master}/dec_keys",
+                                  json={"key_IDs": [{"key_ID": i} for i in sent]},
+                                  headers={SAE_HEADER: slave}) as reply:
+            body = await reply.json()
+            if reply.status != 200:
+                raise StepFailed(f"dec_keys answered {reply.status}: {body.get('message')}")
+        received = {k["key_ID"]: k["key"] for k in body["keys"]}
+        return list(sent), received == sent
+
+
+def _text(element: etree._Element, ns: str, tag: str) -> str:
+    return (element.findtext(f"{{{ns}}}{tag}") or "").strip()
+
+
+def path_of(intent: dict) -> tuple[list[str], list[str]]:
+    """Nodes and links of the path in use."""
+    path = next((p for p in intent.get("paths", []) if p["in-use"]), None)
+    if path is None:
+        raise StepFailed(f"intent {intent.get('name')} has no path in use")
+    return path["nodes"], path["links"]
+
+
+# --- the demo -------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    title: str
+    ok: bool
+    detail: str
+    seconds: float
+
+
+@dataclass
+class Demo:
+    timeout: float = STEP_TIMEOUT_S
+    results: list[Result] = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        print(f"      {text}", flush=True)
+
+    async def step(self, title: str, action: Callable[[], Awaitable[str]]) -> bool:
+        number = len(self.results) + 1
+        print(f"[{number}] {title} ...", flush=True)
+        started = time.monotonic()
+        try:
+            detail, ok = await action(), True
+        except (StepFailed, OSError, TimeoutError) as error:
+            detail, ok = str(error) or type(error).__name__, False
+        except Exception as error:  # a demo step must report, not crash the shutdown
+            detail, ok = f"{type(error).__name__}: {error}", False
+        seconds = time.monotonic() - started
+        self.results.append(Result(title, ok, detail, seconds))
+        print(f"    {'ok' if ok else 'FAILED'} ({seconds:.1f} s): {detail}", flush=True)
+        return ok
+
+    async def run(self) -> int:
+        from devices.topology import default_topology
+        from tools.stack import Stack
+
+        stack = Stack(default_topology())
+        try:
+            if await self.step("Start the embedded Madrid network: devices, 3 controllers, orchestrator",
+                               lambda: self._start(stack)):
+                async with Operator(stack, self.timeout) as operator:
+                    await self._story(operator)
+        finally:
+            print("shutting down ...", flush=True)
+            await stack.stop()
+        return self.summary()
+
+    async def _start(self, stack) -> str:
+        await stack.start()
+        rows = stack.table()
+        devices = sum(1 for r in rows if r.level not in ("connectivity", "forwarding", "service", "orchestrator"))
+        orchestrator = next(r for r in rows if r.level == "orchestrator")
+        user, password = orchestrator.read_write
+        return (f"{devices} devices and 4 NETCONF levels on 127.0.0.1; orchestrator at port {orchestrator.port} "
+                f"({user}/{password})")
+
+    async def _story(self, op: Operator) -> None:
+        name, source, destination = INTENT["name"], INTENT["source"], INTENT["destination"]
+        state: dict = {}
+
+        async def push() -> str:
+            await op.push_intent(name, source, destination, INTENT["min-rate"])
+            return f"intent {name}: {source} -> {destination}, at least {INTENT['min-rate']} bit/s (edit-config + commit)"
+
+        async def active() -> str:
+            state["intent"] = await op.wait_state(name, {"active", "failed"}, self.say)
+            if state["intent"]["reached"]["state"] != "active":
+                raise StepFailed(f"intent {name} failed: {state['intent']['reached']['reason']}")
+            nodes, links = path_of(state["intent"])
+            state["spans"] = await op.spans_of(links)
+            return f"active over {' - '.join(nodes)} (spans {', '.join(state['spans'])})"
+
+        async def keys() -> str:
+            ids, same = await op.fetch_keys(source, destination)
+            if not same:
+                raise StepFailed("the two ends got different keys")
+            return f"{len(ids)} keys of 256 bits fetched at both ends; they match (first ID {ids[0]})"
+
+        async def cut() -> str:
+            state["cut"] = state["spans"][0]
+            await op.span_action(state["cut"], "cut")
+            return f"span {state['cut']} cut (qi-connectivity cut action)"
+
+        async def recover() -> str:
+            await op.wait_state(name, {"degraded", "failed"}, self.say)
+            state["intent"] = await op.wait_state(name, {"active", "failed"}, self.say)
+            if state["intent"]["reached"]["state"] != "active":
+                raise StepFailed(f"intent {name} failed: {state['intent']['reached']['reason']}")
+            nodes, links = path_of(state["intent"])
+            state["spans"] = await op.spans_of(links)
+            if state["cut"] in state["spans"]:
+                raise StepFailed(f"the new path still crosses the cut span {state['cut']}")
+            return f"active again over {' - '.join(nodes)} (spans {', '.join(state['spans'])})"
+
+        async def eavesdrop() -> str:
+            nodes, _ = path_of(state["intent"])
+            end_sites = {s.site for s in op.stack.topology.qkd_nodes if s.id in (nodes[0], nodes[-1])}
+            ends = {s.id: {s.a.node, s.b.node} for s in op.stack.topology.spans}
+            inner = [s for s in state["spans"] if not ends[s] & end_sites] or state["spans"]
+            state["tapped"] = inner[0]
+            await op.span_action(state["tapped"], "attach-eavesdropper", **{"intercept-fraction": EAVESDROPPER_FRACTION})
+            alarm = await op.wait_event("forwarding", lambda e: e.tag == f"{{{FWD_NS}}}qber-alarm"
+                                        and _text(e, FWD_NS, "raised") == "true")
+            return (f"eavesdropper on span {state['tapped']}; QBER alarm on link {_text(alarm, FWD_NS, 'link-id')}: "
+                    f"{_text(alarm, FWD_NS, 'qber')} % above {_text(alarm, FWD_NS, 'threshold')} %")
+
+        async def reroute() -> str:
+            await op.wait_state(name, {"degraded", "failed"}, self.say)
+            state["intent"] = await op.wait_state(name, {"active", "failed"}, self.say)
+            if state["intent"]["reached"]["state"] != "active":
+                raise StepFailed(f"intent {name} failed: {state['intent']['reached']['reason']}")
+            nodes, links = path_of(state["intent"])
+            spans = await op.spans_of(links)
+            if state["tapped"] in spans:
+                raise StepFailed(f"the new path still crosses the tapped span {state['tapped']}")
+            return f"re-routed over {' - '.join(nodes)} (spans {', '.join(spans)})"
+
+        for title, action in (
+                ("Push a key-service intent to the orchestrator over NETCONF", push),
+                ("The intent goes active", active),
+                ("Fetch keys through ETSI GS QKD 014 at both ends", keys),
+                ("Cut a fibre under the intent's path", cut),
+                ("The intent degrades and recovers on another path", recover),
+                ("Keys still match on the new path", keys),
+                ("Put an eavesdropper on a span of the new path", eavesdrop),
+                ("The intent re-routes around the eavesdropper", reroute),
+                ("Keys still match after the re-route", keys)):
+            if not await self.step(title, action):
+                break
+
+    def summary(self) -> int:
+        print("\nSUMMARY", flush=True)
+        for number, result in enumerate(self.results, 1):
+            print(f"  [{'ok' if result.ok else 'FAILED'}] {number}. {result.title} ({result.seconds:.1f} s)")
+        failed = [r for r in self.results if not r.ok]
+        if failed:
+            print(f"{len(failed)} step(s) failed: {failed[0].title}: {failed[0].detail}", flush=True)
+            return 1
+        print(f"all {len(self.results)} steps succeeded", flush=True)
+        return 0

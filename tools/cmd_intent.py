@@ -1,0 +1,364 @@
+"""`qstrata intent`: key-service intents on the orchestrator, over NETCONF like any NMS.
+
+    qstrata intent apply FILE [--dry-run] [--no-wait]   create or change intents (YAML, JSON or XML)
+    qstrata intent list                                 every intent, its state and path
+    qstrata intent show NAME                            conditions, paths and history of one intent
+    qstrata intent delete NAME                          tear an intent down and forget it
+
+An intent file in YAML or JSON mirrors the qi-intent tree: one intent, a list of intents,
+or `intents:` holding them, e.g.
+
+    name: quintin-distrito
+    endpoints: {source-sae: sae-quintin, destination-sae: sae-distrito}
+    min-rate: 20000          # bit/s
+    priority: 150            # optional, like every other leaf of qi-intent
+    avoid-nodes: [qkd-norte]
+
+An XML file holds <intents> or <intent> in the qi-intent namespace. `apply` edits the
+candidate and commits it (with --dry-run: asks the orchestrator what the commit would do on
+each stratum, then discards the candidate), then follows the intents until they are active
+or failed.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import sys
+import time
+
+import yaml
+from lxml import etree
+
+from tools.cmd_up import StackNotFound, add_connection_options, connect, target
+
+INT_NS = "urn:qstrata:yang:qi-intent"
+NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
+LEAVES = {"name": str, "description": str, "enabled": bool, "min-rate": int, "key-size": int, "ttl": int,
+          "disjoint-paths": int, "max-hops": int, "avoid-nodes": list, "avoid-links": list, "qber-ceiling": float,
+          "priority": int, "allow-federation": bool}
+ENDPOINTS = ("source-sae", "destination-sae")
+SETTLED = {"active", "failed", "degraded", "removed"}
+DEFAULT_WAIT_S = 30.0
+
+
+class IntentFileError(ValueError):
+    pass
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("intent", help="create, list, show and delete intents on the orchestrator",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="intent_command", required=True)
+    apply = commands.add_parser("apply", help="create or change the intents of a file")
+    apply.add_argument("file", type=pathlib.Path, help="intents in YAML, JSON (.json) or XML (.xml)")
+    apply.add_argument("--dry-run", action="store_true",
+                       help="only report what each stratum would be asked to do; change nothing")
+    apply.add_argument("--no-wait", action="store_true", help="return after the commit")
+    apply.add_argument("--timeout", type=float, default=DEFAULT_WAIT_S,
+                       help=f"seconds to wait for the intents to settle (default {DEFAULT_WAIT_S:g})")
+    apply.set_defaults(func=lambda args: _run(_apply(args)))
+    listing = commands.add_parser("list", help="every intent: state, rate, path")
+    listing.set_defaults(func=lambda args: _run(_list(args)))
+    show = commands.add_parser("show", help="one intent: conditions, paths and history")
+    show.add_argument("name")
+    show.set_defaults(func=lambda args: _run(_show(args)))
+    delete = commands.add_parser("delete", help="tear an intent down and forget it")
+    delete.add_argument("name")
+    delete.set_defaults(func=lambda args: _run(_delete(args)))
+    for sub in (apply, listing, show, delete):
+        add_connection_options(sub)
+
+
+def _run(coro) -> int:
+    from netconf_core.errors import RPCError
+
+    try:
+        return asyncio.run(coro)
+    except (IntentFileError, StackNotFound) as error:
+        print(f"qstrata intent: {error}", file=sys.stderr)
+        return 1
+    except RPCError as error:
+        print(f"qstrata intent: the orchestrator refused: {error}", file=sys.stderr)
+        return 1
+
+
+# --- intent files ---------------------------------------------------------------------------
+
+def load_intents(path: pathlib.Path) -> list[etree._Element]:
+    """The <intent> elements of a file, or IntentFileError naming the file, intent and problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise IntentFileError(f"{path}: cannot read: {error.strerror}") from None
+    if path.suffix == ".xml" or text.lstrip().startswith("<"):
+        return _xml_intents(path, text)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise IntentFileError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+    if isinstance(data, dict) and set(data) & {"intents", "qi-intent:intents"}:
+        data = data.get("intents", data.get("qi-intent:intents"))
+        if isinstance(data, dict) and set(data) == {"intent"}:
+            data = data["intent"]
+    entries = data if isinstance(data, list) else [data]
+    if not entries:
+        raise IntentFileError(f"{path}: no intent in the file")
+    return [intent_xml(entry, f"{path}: intent {i + 1}") for i, entry in enumerate(entries)]
+
+
+def intent_xml(entry: object, where: str) -> etree._Element:
+    if not isinstance(entry, dict):
+        raise IntentFileError(f"{where}: an intent is a mapping of qi-intent leaves, not {type(entry).__name__}")
+    if isinstance(entry.get("name"), str):
+        where = f"{where} ({entry['name']!r})"
+    unknown = set(entry) - set(LEAVES) - {"endpoints"}
+    if unknown:
+        raise IntentFileError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} "
+                              f"(expected: {', '.join(['endpoints', *LEAVES])})")
+    for required in ("name", "endpoints", "min-rate"):
+        if required not in entry:
+            raise IntentFileError(f"{where}: missing field {required!r}")
+    endpoints = entry["endpoints"]
+    if not isinstance(endpoints, dict) or set(endpoints) != set(ENDPOINTS):
+        raise IntentFileError(f"{where}: endpoints must hold exactly source-sae and destination-sae")
+    intent = etree.Element(f"{{{INT_NS}}}intent", nsmap={None: INT_NS})
+    q = lambda tag: f"{{{INT_NS}}}{tag}"
+    etree.SubElement(intent, q("name")).text = _value(where, "name", entry["name"], str)
+    ends = etree.SubElement(intent, q("endpoints"))
+    for leaf in ENDPOINTS:
+        etree.SubElement(ends, q(leaf)).text = _value(where, leaf, endpoints[leaf], str)
+    for leaf, kind in LEAVES.items():
+        if leaf == "name" or leaf not in entry:
+            continue
+        value = entry[leaf]
+        if kind is list:
+            if not isinstance(value, list):
+                raise IntentFileError(f"{where}: {leaf} must be a list, got {value!r}")
+            for item in value:
+                etree.SubElement(intent, q(leaf)).text = _value(where, leaf, item, str)
+        else:
+            etree.SubElement(intent, q(leaf)).text = _value(where, leaf, value, kind)
+    return intent
+
+
+def _value(where: str, leaf: str, value: object, kind: type) -> str:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise IntentFileError(f"{where}: {leaf} must be true or false, got {value!r}")
+        return "true" if value else "false"
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise IntentFileError(f"{where}: {leaf} must be {'an integer' if kind is int else 'a number'}, "
+                                  f"got {value!r}")
+        return str(int(value)) if kind is int else f"{value:.3f}"
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
+        raise IntentFileError(f"{where}: {leaf} must be a non-empty string, got {value!r}")
+    return str(value)
+
+
+def _xml_intents(path: pathlib.Path, text: str) -> list[etree._Element]:
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True)
+    try:
+        root = etree.fromstring(text.encode(), parser)
+    except etree.XMLSyntaxError as error:
+        raise IntentFileError(f"{path}: not well-formed XML: {error}") from None
+    if root.tag == f"{{{NC_NS}}}config" and len(root) == 1:
+        root = root[0]
+    if root.tag == f"{{{INT_NS}}}intents":
+        intents = list(root.iterfind(f"{{{INT_NS}}}intent"))
+    elif root.tag == f"{{{INT_NS}}}intent":
+        intents = [root]
+    else:
+        raise IntentFileError(f"{path}: the root element must be <intents> or <intent> in namespace {INT_NS}, "
+                              f"not <{root.tag}>")
+    if not intents:
+        raise IntentFileError(f"{path}: no intent in the file")
+    return intents
+
+
+def _names(intents: list[etree._Element]) -> list[str]:
+    return [(i.findtext(f"{{{INT_NS}}}name") or "").strip() for i in intents]
+
+
+# --- commands -------------------------------------------------------------------------------
+
+async def _apply(args: argparse.Namespace) -> int:
+    intents = load_intents(args.file)
+    config = etree.Element(f"{{{INT_NS}}}intents", nsmap={None: INT_NS})
+    config.extend(intents)
+    async with await connect(target(args)) as nc:
+        await nc.lock("candidate")
+        try:
+            await nc.edit_config(config, target="candidate")
+            if args.dry_run:
+                reply = await nc.dispatch(f'<dry-run xmlns="{INT_NS}"/>', timeout=60)
+                print(format_dry_run(reply))
+                return 0
+            changed = await _changed(nc, _names(intents))
+            if not args.no_wait and changed:
+                await nc.create_subscription(filter=("subtree", f'<intent-state-change xmlns="{INT_NS}"/>'))
+            await nc.commit()
+        finally:
+            await nc.discard_changes()
+            await nc.unlock("candidate")
+        unchanged = [n for n in _names(intents) if n not in changed]
+        print(f"committed {len(changed)} changed intent(s)" + (f": {', '.join(changed)}" if changed else "")
+              + (f"; unchanged: {', '.join(unchanged)}" if unchanged else ""), flush=True)
+        if args.no_wait or not changed:
+            return 0
+        return await follow(nc, set(changed), args.timeout)
+
+
+async def _changed(nc, names: list[str]) -> list[str]:
+    """The intents among `names` whose candidate configuration differs from running."""
+    configs = []
+    for datastore in ("candidate", "running"):
+        data = await nc.get_config(datastore, filter=("subtree", f'<intents xmlns="{INT_NS}"/>'))
+        intents = data.iterfind(f"{{{INT_NS}}}intents/{{{INT_NS}}}intent") if data is not None else []
+        configs.append({(i.findtext(f"{{{INT_NS}}}name") or "").strip(): etree.tostring(i, method="c14n")
+                        for i in intents})
+    return [n for n in names if configs[0].get(n) != configs[1].get(n)]
+
+
+async def follow(nc, names: set[str], timeout: float) -> int:
+    """Print the state changes of `names` until each one settles (0 if all are active)."""
+    final: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    stream = nc.notifications().__aiter__()
+    while set(final) != names:
+        try:
+            notification = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - time.monotonic()))
+        except (asyncio.TimeoutError, StopAsyncIteration):
+            state = await intent_states(nc)
+            for name in sorted(names - set(final)):
+                print(f"  {name}: still {state.get(name, {}).get('state', 'unknown')} after {timeout:g} s: "
+                      f"{state.get(name, {}).get('reason', '')}")
+            return 1
+        change = notification.find(f"{{{INT_NS}}}intent-state-change")
+        name = (change.findtext(f"{{{INT_NS}}}name") or "") if change is not None else ""
+        if name not in names:
+            continue
+        to = change.findtext(f"{{{INT_NS}}}to") or ""
+        print(f"  {name}: {change.findtext(f'{{{INT_NS}}}from') or '-'} -> {to}: "
+              f"{change.findtext(f'{{{INT_NS}}}reason') or ''}", flush=True)
+        if to in SETTLED:
+            final[name] = to
+        else:
+            final.pop(name, None)
+    return 0 if all(state in ("active", "removed") for state in final.values()) else 1
+
+
+async def intent_states(nc) -> dict[str, dict]:
+    """Every intent of the orchestrator as a dict of its leaves (config and state)."""
+    data = await nc.get(filter=("subtree", f'<intents xmlns="{INT_NS}"/>'))
+    q = lambda tag: f"{{{INT_NS}}}{tag}"
+    out = {}
+    for intent in data.iterfind(f"{q('intents')}/{q('intent')}") if data is not None else []:
+        entry = {child.tag.split("}")[1]: (child.text or "").strip() for child in intent if len(child) == 0}
+        paths = []
+        for path in intent.iterfind(f"{q('paths')}/{q('path')}"):
+            hops = sorted(path.iterfind(q("hop")), key=lambda h: int(h.findtext(q("index")) or 0))
+            paths.append({"in-use": path.findtext(q("in-use")) == "true",
+                          "nodes": [h.findtext(q("node-id")) or "" for h in hops],
+                          "links": [h.findtext(q("link-id")) for h in hops if h.findtext(q("link-id"))]})
+        entry["paths"] = paths
+        entry["source-sae"] = intent.findtext(f"{q('endpoints')}/{q('source-sae')}") or ""
+        entry["destination-sae"] = intent.findtext(f"{q('endpoints')}/{q('destination-sae')}") or ""
+        entry["conditions"] = [{c.tag.split("}")[1]: (c.text or "").strip() for c in condition}
+                               for condition in intent.iterfind(f"{q('conditions')}/{q('condition')}")]
+        entry["history"] = [{c.tag.split("}")[1]: (c.text or "").strip() for c in transition}
+                            for transition in intent.iterfind(f"{q('history')}/{q('transition')}")]
+        out[entry.get("name", "")] = entry
+    return out
+
+
+async def _list(args: argparse.Namespace) -> int:
+    async with await connect(target(args)) as nc:
+        print(format_intents(await intent_states(nc)))
+    return 0
+
+
+async def _show(args: argparse.Namespace) -> int:
+    async with await connect(target(args)) as nc:
+        intent = (await intent_states(nc)).get(args.name)
+    if intent is None:
+        print(f"qstrata intent: no intent {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"intent {args.name}: {intent.get('source-sae')} -> {intent.get('destination-sae')}, "
+          f"at least {rate(intent.get('min-rate'))}, priority {intent.get('priority', '100')}")
+    print(f"state {intent.get('state', '?')} since {intent.get('state-since', '?')}: {intent.get('reason', '')}")
+    for index, path in enumerate(intent["paths"]):
+        print(f"path {index} ({'in use' if path['in-use'] else 'standby'}): {' - '.join(path['nodes'])}")
+    print("conditions:")
+    for c in intent["conditions"]:
+        print(f"  {c.get('type', '').split(':')[-1]:<17} {c.get('status', ''):<6} {c.get('reason', '')}: "
+              f"{c.get('message', '')}")
+    print("history:")
+    for t in intent["history"]:
+        print(f"  {t.get('sequence', ''):>3} {t.get('time', '')}  {t.get('from', '-'):>10} -> {t.get('to', ''):<10} "
+              f"{t.get('reason', '')}")
+    return 0
+
+
+async def _delete(args: argparse.Namespace) -> int:
+    async with await connect(target(args)) as nc:
+        if args.name not in await intent_states(nc):
+            print(f"qstrata intent: no intent {args.name!r}", file=sys.stderr)
+            return 1
+        await nc.edit_config(f'<intents xmlns="{INT_NS}" xmlns:nc="{NC_NS}"><intent nc:operation="delete">'
+                             f'<name>{args.name}</name></intent></intents>', target="candidate")
+        await nc.commit()
+    print(f"deleted intent {args.name}; the orchestrator tears it down")
+    return 0
+
+
+# --- formatting -----------------------------------------------------------------------------
+
+def rate(value: object) -> str:
+    """bit/s as text: 20000 -> '20 kb/s'."""
+    try:
+        bits = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "-"
+    for unit, scale in (("Gb/s", 1e9), ("Mb/s", 1e6), ("kb/s", 1e3)):
+        if bits >= scale:
+            return f"{bits / scale:.3g} {unit}"
+    return f"{bits:.0f} b/s"
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in [header, *rows])
+
+
+def format_intents(intents: dict[str, dict]) -> str:
+    if not intents:
+        return "no intents"
+    rows = []
+    for name, i in sorted(intents.items()):
+        in_use = next((p for p in i["paths"] if p["in-use"]), i["paths"][0] if i["paths"] else None)
+        rows.append((name, i.get("state", "?"), i.get("priority", "100"), rate(i.get("min-rate")),
+                     rate(i.get("observed-rate")), " - ".join(in_use["nodes"]) if in_use else "-",
+                     i.get("reason", "")))
+    return table(("INTENT", "STATE", "PRIO", "MIN-RATE", "RATE", "PATH", "REASON"), rows)
+
+
+def format_dry_run(reply: etree._Element | None) -> str:
+    q = lambda tag: f"{{{INT_NS}}}{tag}"
+    intents = list(reply.iterfind(q("intent"))) if reply is not None else []
+    if not intents:
+        return "the commit would change nothing"
+    lines = []
+    for intent in intents:
+        feasible = intent.findtext(q("feasible")) == "true"
+        lines.append(f"intent {intent.findtext(q('name'))}: {intent.findtext(q('change'))}, "
+                     f"{'feasible' if feasible else 'NOT feasible'}: {intent.findtext(q('reason'))}")
+        for request in intent.iterfind(q("request")):
+            lines.append(f"  {(request.findtext(q('stratum')) or '').split(':')[-1]:<18} "
+                         f"{request.findtext(q('operation')):<7} {request.findtext(q('resource')):<12} "
+                         f"{request.findtext(q('name'))}: {request.findtext(q('detail'))}")
+    lines.append("(dry run: nothing was changed)")
+    return "\n".join(lines)
