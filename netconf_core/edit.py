@@ -10,6 +10,7 @@ import re
 
 from lxml import etree
 
+from .datastore import copy_in_scope
 from .errors import BASE_NS, RPCError, RPCErrorList
 from .schema import NodeInfo, Schema
 
@@ -45,11 +46,8 @@ def apply_edit(schema: Schema, target: etree._Element, config: etree._Element,
 
 
 def clean_copy(element: etree._Element) -> etree._Element:
-    """A deep copy without edit-config attributes. It keeps every namespace in scope, since
-    values (identityrefs, instance-identifiers) may use prefixes declared on an ancestor."""
-    out = etree.Element(element.tag, attrib=dict(element.attrib), nsmap=element.nsmap)
-    out.text = element.text
-    out.extend(copy.deepcopy(child) for child in element)
+    """A deep copy (namespaces in scope kept) without edit-config attributes."""
+    out = copy_in_scope(element)
     for node in out.iter():
         for attr in EDIT_ATTRS:
             node.attrib.pop(attr, None)
