@@ -1,5 +1,6 @@
-"""`qstrata bench`: benchmarks. `qstrata bench netconf` compares our NETCONF server with netconfd;
-`qstrata bench devices` measures how many emulated devices one process hosts."""
+"""`qstrata bench`: benchmarks. `netconf` compares our NETCONF server with netconfd; `devices`
+measures how many emulated devices one process hosts; `controllers` times device sync and
+session re-plans; `orchestrator` times intents from commit to active and back after a cut."""
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,28 @@ def register(subparsers) -> None:
 
     bench_devices.add_arguments(devices)
     devices.set_defaults(func=bench_devices.run)
+    controllers = targets.add_parser("controllers", help="device discovery and sync time, re-plan after link down")
+    controllers.add_argument("args", nargs=argparse.REMAINDER, help="options of tools.bench_controllers")
+    controllers.set_defaults(func=run_controllers)
+    orchestrator = targets.add_parser("orchestrator", help="intent commit to active, fibre cut to active again")
+    orchestrator.add_argument("--nodes", type=int, default=100, help="nodes of the generated network (default 100)")
+    orchestrator.add_argument("--runs", type=int, default=3, help="runs per network (default 3)")
+    orchestrator.set_defaults(func=run_orchestrator)
 
 
 def run_netconf(args: argparse.Namespace) -> int:
     from tools import bench_netconf  # imported here: it loads asyncssh, libyang and the netconfd harness
 
     return bench_netconf.main(seconds=args.seconds, sessions=args.sessions, depth=args.depth)
+
+
+def run_controllers(args: argparse.Namespace) -> int:
+    from tools import bench_controllers
+
+    return bench_controllers.main(args.args)
+
+
+def run_orchestrator(args: argparse.Namespace) -> int:
+    from tools import bench_orchestrator
+
+    return bench_orchestrator.main(nodes=args.nodes, runs=args.runs)
