@@ -89,17 +89,6 @@ def copy_in_scope(element: etree._Element) -> etree._Element:
     return out
 
 
-def append_in_scope(parent: etree._Element, element: etree._Element) -> None:
-    """Append a copy of `element` to `parent`, keeping the namespace declarations its values
-    may use. (Moving an element into a tree makes lxml drop a declaration whose namespace the
-    new parent already binds, under whatever prefix, and a value's prefix with it.)"""
-    out = etree.SubElement(parent, element.tag, attrib=dict(element.attrib), nsmap=element.nsmap)
-    out.text = element.text
-    for child in element:
-        if isinstance(child.tag, str):
-            append_in_scope(out, child)
-
-
 def merge_state(schema: Schema, base: etree._Element, addition: etree._Element) -> None:
     """Merge the children of `addition` (state data from a provider) into `base` in place,
     matching containers by name, list entries by key and leaf-list entries by value."""
@@ -108,22 +97,11 @@ def merge_state(schema: Schema, base: etree._Element, addition: etree._Element) 
             continue
         match = _match(schema, base, child)
         if match is None:
-            if _moves_intact(base, child):
-                base.append(copy.deepcopy(child))
-            else:
-                append_in_scope(base, child)
+            base.append(copy.deepcopy(child))
         elif len(child):
             merge_state(schema, match, child)
         else:
             match.text = child.text
-
-
-def _moves_intact(parent: etree._Element, element: etree._Element) -> bool:
-    """Whether lxml keeps the element's namespace declarations when it moves under `parent`:
-    it drops those whose namespace the parent already binds under another prefix."""
-    scope = parent.nsmap
-    bound = set(scope.values())
-    return all(scope.get(prefix) == uri or uri not in bound for prefix, uri in element.nsmap.items())
 
 
 def _match(schema: Schema, base: etree._Element, child: etree._Element) -> etree._Element | None:

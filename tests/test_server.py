@@ -482,19 +482,3 @@ def test_identityref_prefix_declared_on_an_ancestor_survives_a_merge(loop_thread
     finally:
         loop_thread.run(running.server.stop())
 
-
-def test_state_values_keep_prefixes_declared_above_them(engine):
-    """A provider's identityref value may use a prefix declared on an ancestor element."""
-    monitoring = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
-
-    async def state():
-        return etree.fromstring(
-            f'<data xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" xmlns:x="{monitoring}">'
-            f'<netconf-state xmlns="{monitoring}"><sessions><session><session-id>999</session-id>'
-            f'<transport>x:netconf-ssh</transport><username>elsewhere</username>'
-            f'<source-host>127.0.0.2</source-host><login-time>2026-01-01T00:00:00Z</login-time>'
-            f'</session></sessions></netconf-state></data>')
-    engine.server.add_state_provider(state)
-    with engine.connect() as m:
-        data = to_ele(m.get(filter=("xpath", ({"m": monitoring}, "/m:netconf-state/m:sessions"))).data_xml)
-        assert "elsewhere" in data.xpath("//m:username/text()", namespaces={"m": monitoring})
