@@ -81,9 +81,12 @@ class Datastores:
 
 
 def copy_in_scope(element: etree._Element) -> etree._Element:
-    """A deep copy that keeps every namespace declared on the element's ancestors: values
-    (identityrefs, instance-identifiers) may use those prefixes."""
-    out = etree.Element(element.tag, attrib=dict(element.attrib), nsmap=element.nsmap)
+    """A deep copy that keeps the prefixes declared on the element's ancestors: values
+    (identityrefs, instance-identifiers) may use them. A default namespace other than the
+    element's own is left out: lxml mis-binds such an element's tag when it moves again."""
+    own = etree.QName(element).namespace
+    nsmap = {prefix: uri for prefix, uri in element.nsmap.items() if prefix is not None or uri == own}
+    out = etree.Element(element.tag, attrib=dict(element.attrib), nsmap=nsmap)
     out.text = element.text
     out.extend(copy.deepcopy(child) for child in element)
     return out

@@ -482,3 +482,16 @@ def test_identityref_prefix_declared_on_an_ancestor_survives_a_merge(loop_thread
     finally:
         loop_thread.run(running.server.stop())
 
+
+
+def test_edit_written_with_prefixes_and_a_foreign_default_namespace(engine):
+    """<config> in the base namespace by default and data under a prefix, as some clients write it."""
+    with engine.connect() as m:
+        m.edit_config(target="running", config=(
+            f'<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" xmlns:q="{ENGINE_NS}">'
+            f"<q:interfaces><q:interface><q:name>p</q:name><q:vlan>3</q:vlan></q:interface></q:interfaces></config>"))
+        m.edit_config(target="running", config=(
+            f'<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" xmlns:q="{ENGINE_NS}">'
+            f"<q:interfaces><q:interface><q:name>p</q:name><q:vlan>4</q:vlan></q:interface></q:interfaces></config>"))
+        tree = running(m)
+        assert names(tree) == ["p"] and tree.xpath("string(//e:vlan)", namespaces=NS) == "4"
