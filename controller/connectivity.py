@@ -485,7 +485,7 @@ class ConnectivityController(Controller):
         self.switch_links: dict[str, str] = {}  # switch id -> link name
         self._synced: set[str] = set()  # links read since their last (re)connection
         self._deleted: set[str] = set()  # deleted paths: an unreachable switch may still hold their cross-connects
-        self._lock = asyncio.Lock()  # placements, switch writes
+        self._lock = asyncio.Lock()  # placements; switch writes and switch reads
         self.synced = asyncio.Event()  # every device read and the topology in running
         for action, handler in (("cut", self._cut), ("repair", self._repair),
                                 ("attach-eavesdropper", self._attach_eavesdropper),
@@ -547,15 +547,21 @@ class ConnectivityController(Controller):
                 raise IncompatibleDevice(f"device {link.name} serves no fibre-plant data")
             await self._plant_read(_read_plant(plant))
         else:
-            data = await client.get(filter=("subtree", f'<optical-switch xmlns="{OSW}"/>'), with_defaults="report-all")
-            root = data.find(_q(OSW, "optical-switch")) if data is not None else None
-            if root is None:
-                raise IncompatibleDevice(f"device {link.name} serves no optical-switch data")
-            switch = _read_switch(root)
-            inventory = self.fibre.switches.get(switch.id)
-            switch.site = switch.site or (inventory.site if inventory else "")
-            self.fibre.switches[switch.id] = switch
-            self.switch_links[switch.id] = link.name
+            # Under the lock that every switch write holds: a read must not land between a
+            # transaction's confirmed commit and its confirm or cancel-commit, where the switch
+            # shows a change that may yet be refused (the view would keep a cross-connect the
+            # switch no longer has), nor replace a view that a write updated after the read.
+            async with self._lock:
+                data = await client.get(filter=("subtree", f'<optical-switch xmlns="{OSW}"/>'),
+                                        with_defaults="report-all")
+                root = data.find(_q(OSW, "optical-switch")) if data is not None else None
+                if root is None:
+                    raise IncompatibleDevice(f"device {link.name} serves no optical-switch data")
+                switch = _read_switch(root)
+                inventory = self.fibre.switches.get(switch.id)
+                switch.site = switch.site or (inventory.site if inventory else "")
+                self.fibre.switches[switch.id] = switch
+                self.switch_links[switch.id] = link.name
         self._synced.add(link.name)
 
     async def _plant_read(self, plant: Fibre) -> None:
