@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 from lxml import etree
 
 from netconf_core.client import NetconfClient, SessionClosedError
-from netconf_core.errors import RPCError
+from netconf_core.errors import BASE_NS, RPCError
 
 log = logging.getLogger(__name__)
 
@@ -158,24 +158,39 @@ async def transaction(edits: dict[DeviceLink, etree._Element], confirm_timeout: 
 
     1. lock and edit each candidate, then validate it;
     2. confirmed commit on each (a device rolls itself back if this controller vanishes);
-    3. confirm each. A failure before the confirmations discards or cancels everywhere.
+    3. confirm each. A failure before the confirmations discards or cancels everywhere; a
+       failure of a confirmation (the device rolled itself back) puts the configuration each
+       other device had before back in place.
     """
     if not edits:
         return
     sessions = {link: await link.session() for link in edits}
     locked: list[DeviceLink] = []
     committed: list[DeviceLink] = []
+    confirmed: list[DeviceLink] = []
+    previous: dict[DeviceLink, etree._Element] = {}
     try:
         await _each(sessions, lambda link, nc: nc.lock("candidate"), locked)
         await _each(sessions, lambda link, nc: _edit_and_validate(nc, edits[link]))
+        await _each(sessions, lambda link, nc: _keep(previous, link, nc.get_config("running")))
         await _each(sessions, lambda link, nc: nc.commit(confirmed=True, timeout=confirm_timeout), committed)
-        await _each(sessions, lambda link, nc: nc.commit())
+        await _each(sessions, lambda link, nc: nc.commit(), confirmed)
     except TransactionError:
-        await asyncio.gather(*(sessions[link].cancel_commit() for link in committed), return_exceptions=True)
+        pending = [link for link in committed if link not in confirmed]
+        await asyncio.gather(*(sessions[link].cancel_commit() for link in pending), return_exceptions=True)
+        await asyncio.gather(*(sessions[link].copy_config(previous[link], "running") for link in confirmed),
+                             return_exceptions=True)
         await asyncio.gather(*(sessions[link].discard_changes() for link in locked), return_exceptions=True)
         raise
     finally:
         await asyncio.gather(*(sessions[link].unlock("candidate") for link in locked), return_exceptions=True)
+
+
+async def _keep(previous: dict[DeviceLink, etree._Element], link: DeviceLink, reply) -> None:
+    data = await reply
+    config = etree.Element(f"{{{BASE_NS}}}config", nsmap={None: BASE_NS})
+    config.extend(list(data) if data is not None else [])
+    previous[link] = config
 
 
 async def _edit_and_validate(nc: NetconfClient, config: etree._Element) -> None:

@@ -333,8 +333,9 @@ class NetconfServer:
         self.datastores.set("candidate", self.datastores["running"])
         self.candidate_dirty_by = None
 
-    async def commit_running(self, tree: etree._Element, session: Session | None) -> None:
-        """Make a validated tree the running configuration, after every change handler accepted it."""
+    async def commit_running(self, tree: etree._Element, session: Session | None) -> etree._Element:
+        """Make a validated tree the running configuration, after every change handler accepted
+        it; returns the running configuration it replaced."""
         async with self._commit_lock:
             before = self.datastores["running"]
             nacm = self._nacm_for(before, tree)
@@ -342,6 +343,7 @@ class NetconfServer:
                 await handler(before, tree)
             self._install_running(tree, nacm)
         await self._config_change_notification(session)
+        return before
 
     async def update_running(self, change: Callable[[etree._Element], etree._Element | None]) -> bool:
         """A change the server makes itself (a discovered topology, adopted device state):
@@ -402,8 +404,8 @@ class NetconfServer:
                 raise RPCError("in-use", f"a confirmed commit of session {pending.session_id} is pending",
                                type="protocol", info={"session-id": str(pending.session_id)})
         candidate = self.schema.canonical(self.datastores["candidate"], config_only=True)
-        backup = pending.backup if pending else self.datastores["running"]
-        await self.commit_running(candidate, session)
+        replaced = await self.commit_running(candidate, session)
+        backup = pending.backup if pending else replaced
         self.candidate_dirty_by = None
         if pending and pending.timer:
             pending.timer.cancel()
