@@ -440,11 +440,14 @@ class NetconfServer:
     # --- get --------------------------------------------------------------
 
     async def operational_tree(self, namespaces: set[str] | None = None) -> etree._Element:
-        """Running plus state. With `namespaces` (those a subtree filter can select), the
-        protocol's own state (yang-library, netconf-state, nacm counters) is built only when
-        the filter can select it."""
+        """Running plus state, not to be changed in place. With `namespaces` (those a subtree
+        filter can select), the protocol's own state (yang-library, netconf-state, nacm
+        counters) is built only when the filter can select it."""
+        protocol = namespaces is None or bool(namespaces & {YANGLIB_NS, MONITORING_NS, NACM_NS})
+        if not protocol and not self._state_providers:
+            return self.datastores["running"]  # nothing to merge: callers copy before changing it
         tree = self.datastores.copy("running")
-        if namespaces is None or namespaces & {YANGLIB_NS, MONITORING_NS, NACM_NS}:
+        if protocol:
             merge_state(self.schema, tree, self._protocol_state())
         for provider in self._state_providers:
             state = await provider()

@@ -148,9 +148,13 @@ class Session:
         reply = self._reply(rpc)
         if body is None:
             etree.SubElement(reply, q("ok"))
+            out = etree.tostring(reply)
         else:
-            reply.extend(body if isinstance(body, list) else [body])
-        out = etree.tostring(reply)
+            # Serialised around the body rather than moving the body into the reply.
+            head = etree.tostring(reply)
+            assert head.endswith(b"/>")
+            out = b"".join([head[:-2], b">", *(etree.tostring(b) for b in (body if isinstance(body, list) else [body])),
+                            b"</rpc-reply>"])
         if operation.tag == q("close-session"):
             self.send(out)
             self.terminate()
@@ -332,8 +336,7 @@ async def op_get(s: Session, op):
 async def op_get_config(s: Session, op):
     source = s._datastore(op, "source")
     s.server.require_datastore(source)
-    tree = s._filtered(op, s.server.datastores.copy(source), config_only=True)
-    return tree
+    return s._filtered(op, s.server.datastores[source], config_only=True)  # NACM pruning copies it
 
 
 async def op_edit_config(s: Session, op):
