@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import pathlib
-import signal
 import sys
 
 from devices.base import ADMIN_USER, MONITOR_USER
-from devices.topology import Topology, TopologyError, default_topology, load_topology
+from devices.topology import Topology
+from tools.running import topology_argument, until_stopped
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,14 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    if not args.speed > 0:
-        print(f"qstrata devices up: --speed must be > 0, got {args.speed}", file=sys.stderr)
-        return 2
-    try:
-        topology = load_topology(args.topology) if args.topology else default_topology()
-    except TopologyError as error:
-        print(str(error), file=sys.stderr)
-        return 1
+    topology = topology_argument(args.topology, args.speed, "devices up")
+    if isinstance(topology, int):
+        return topology
     try:
         return asyncio.run(_run(topology, args.state_dir, args.speed))
     except OSError as error:  # a port or the state directory
@@ -44,17 +39,13 @@ async def _run(topology: Topology, state_dir: pathlib.Path | None, speed: float)
     from devices.host import DeviceHost  # imported here: it loads asyncssh, libyang and aiohttp
 
     host = DeviceHost(topology, state_dir=state_dir, speed=speed)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     users = host.network.users
     async with host:
         print(format_table(host.table()))
         print(f"\nnetwork {topology.name}: {len(host.devices)} devices, clock speed {speed}; NETCONF users "
               f"{ADMIN_USER}/{users[ADMIN_USER].password} (read-write), "
               f"{MONITOR_USER}/{users[MONITOR_USER].password} (read-only); Ctrl-C stops", flush=True)
-        await stop.wait()
+        await until_stopped()
     print("stopped", flush=True)
     return 0
 

@@ -5,10 +5,10 @@ import argparse
 import asyncio
 import pathlib
 import secrets
-import signal
 
 from netconf_core.schema import Schema
 from netconf_core.server import NetconfServer, User, standard_nacm
+from tools.running import until_stopped
 
 
 def register(subparsers) -> None:
@@ -45,10 +45,6 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(server: NetconfServer, user: str, password: str) -> int:
     await server.start()
     print(f"NETCONF server on {server.host}:{server.port} (user {user}, password {password})", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     await server.stop()
     return 0

@@ -14,10 +14,10 @@ import dataclasses
 import json
 import os
 import pathlib
-import signal
 import sys
 
-from devices.topology import Topology, TopologyError, default_topology, load_topology
+from devices.topology import Topology
+from tools.running import topology_argument, until_stopped
 
 STATE_FILE = "qstrata-stack.json"
 DEFAULT_HOST = "127.0.0.1"
@@ -40,14 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.speed > 0:
-        print(f"qstrata up: --speed must be > 0, got {args.speed}", file=sys.stderr)
-        return 2
-    try:
-        topology = load_topology(args.topology) if args.topology else default_topology()
-    except TopologyError as error:
-        print(str(error), file=sys.stderr)
-        return 1
+    topology = topology_argument(args.topology, args.speed, "up")
+    if isinstance(topology, int):
+        return topology
     return asyncio.run(_run(topology, args.state_dir, args.speed, args.port))
 
 
@@ -55,10 +50,6 @@ async def _run(topology: Topology, state_dir: pathlib.Path | None, speed: float,
     from tools.stack import Stack  # imported here: it loads asyncssh, libyang and aiohttp
 
     stack = Stack(topology, state_dir=state_dir, speed=speed, orchestrator_port=port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     print(f"starting network {topology.name} ...", flush=True)
     try:
         await stack.start()
@@ -74,7 +65,7 @@ async def _run(topology: Topology, state_dir: pathlib.Path | None, speed: float,
         reader, reader_password = rows[-1].read_only
         print(f"\nnetwork {topology.name}: {len(rows)} NETCONF servers on {DEFAULT_HOST}; users {user}/{password} "
               f"(read-write), {reader}/{reader_password} (read-only). Wrote {STATE_FILE}. Ctrl-C stops.", flush=True)
-        await stop.wait()
+        await until_stopped()
     finally:
         state_file.unlink(missing_ok=True)
         await stack.stop()
