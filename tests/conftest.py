@@ -3,8 +3,15 @@ background thread so that synchronous third-party clients (ncclient) can talk to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
+import re
+import secrets
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from ncclient import manager
@@ -70,3 +77,31 @@ def engine(loop_thread, engine_schema, tmp_path):
     running = start_server(loop_thread, engine_schema, datastore_dir=tmp_path / "ds")
     yield running
     loop_thread.run(running.server.stop())
+
+
+@dataclass
+class ServedProcess:
+    """`qstrata serve` of the engine test model, as a subprocess."""
+
+    process: subprocess.Popen
+    port: int
+    password: str
+
+
+@contextlib.contextmanager
+def qstrata_serve() -> Iterator[ServedProcess]:
+    """Run `qstrata serve` with the engine test model on a free port; stop it on exit."""
+    password = secrets.token_urlsafe(12)
+    qstrata = str(pathlib.Path(sys.executable).with_name("qstrata"))
+    process = subprocess.Popen([qstrata, "serve", "--yang", str(TEST_YANG), "--module", "qs-engine-test",
+                                "--port", "0", "--user", "admin", "--password", password],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        match = re.search(r"on 127\.0\.0\.1:(\d+) ", banner)
+        assert match, f"no port in {banner!r}"
+        yield ServedProcess(process, int(match.group(1)), password)
+    finally:
+        process.terminate()
+        process.wait(10)

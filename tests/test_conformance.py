@@ -6,8 +6,6 @@ Every get and get-config reply of our server is validated by yanglint against th
 from __future__ import annotations
 
 import json
-import re
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,12 +15,12 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from conftest import qstrata_serve
 from tools import conform
 from tools.netconfd import NetconfdServer
 
 QSTRATA = str(Path(sys.executable).with_name("qstrata"))
 
-# Engine bugs found by the suite, waiting for a fix in netconf_core (strict: a fix makes them XPASS).
 @dataclass
 class Served:
     port: int
@@ -34,23 +32,11 @@ class Served:
 @pytest.fixture(scope="module")
 def ours() -> Iterator[Served]:
     """`qstrata serve` as a subprocess with the test model, and the suite's results against it."""
-    password = secrets.token_urlsafe(12)
-    process = subprocess.Popen([QSTRATA, "serve", "--yang", str(conform.MODEL_FILE.parent), "--module", conform.MODULE,
-                                "--port", "0", "--user", "admin", "--password", password],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        banner = process.stdout.readline()
-        match = re.search(r"on 127\.0\.0\.1:(\d+) ", banner)
-        assert match, f"no port in {banner!r}"
-        port = int(match.group(1))
+    with qstrata_serve() as served:
         replies: list[tuple[str, etree._Element]] = []
-        suite = conform.Suite("127.0.0.1", port, "admin", password=password,
+        suite = conform.Suite("127.0.0.1", served.port, "admin", password=served.password,
                               on_data=lambda kind, data: replies.append((kind, data)))
-        yield Served(port, password, suite.run(), replies)
-    finally:
-        process.terminate()
-        process.wait(10)
+        yield Served(served.port, served.password, suite.run(), replies)
 
 
 @pytest.fixture(scope="module")

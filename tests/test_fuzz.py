@@ -5,13 +5,7 @@ alive, a fresh session works, and the running and candidate datastores are as th
 from __future__ import annotations
 
 import asyncio
-import re
-import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import asyncssh
 import pytest
@@ -20,9 +14,9 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from netconf_core.framing import FrameReader
+from conftest import ServedProcess, qstrata_serve
 from tools import conform
 
-QSTRATA = str(Path(sys.executable).with_name("qstrata"))
 NC = conform.NC
 NS = conform.NS
 EOM = b"]]>]]>"
@@ -33,27 +27,10 @@ READ_TIMEOUT = 10.0
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[str]
-    port: int
-    password: str
-
-
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    password = secrets.token_urlsafe(12)
-    process = subprocess.Popen([QSTRATA, "serve", "--yang", str(conform.MODEL_FILE.parent), "--module", conform.MODULE,
-                                "--port", "0", "--user", "admin", "--password", password],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        match = re.search(r"on 127\.0\.0\.1:(\d+) ", process.stdout.readline())
-        assert match, "qstrata serve printed no port"
-        yield Server(process, int(match.group(1)), password)
-    finally:
-        process.terminate()
-        process.wait(10)
+def server() -> Iterator[ServedProcess]:
+    with qstrata_serve() as served:
+        yield served
 
 
 class Channel:
@@ -64,7 +41,7 @@ class Channel:
         self.frames = FrameReader()
 
     @classmethod
-    async def open(cls, server: Server, hello: bool = True) -> "Channel":
+    async def open(cls, server: ServedProcess, hello: bool = True) -> "Channel":
         conn = await asyncssh.connect("127.0.0.1", server.port, username="admin", password=server.password,
                                       known_hosts=None, client_keys=None, agent_path=None, config=None)
         writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
@@ -111,7 +88,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def datastores(server: Server) -> tuple[bytes, bytes]:
+async def datastores(server: ServedProcess) -> tuple[bytes, bytes]:
     """running and candidate, read on a fresh session (which also proves the server answers)."""
     channel = await Channel.open(server)
     try:
@@ -127,7 +104,7 @@ async def datastores(server: Server) -> tuple[bytes, bytes]:
 
 
 @pytest.fixture(scope="module")
-def baseline(server: Server) -> tuple[bytes, bytes]:
+def baseline(server: ServedProcess) -> tuple[bytes, bytes]:
     async def setup() -> tuple[bytes, bytes]:
         channel = await Channel.open(server)
         try:
@@ -140,7 +117,7 @@ def baseline(server: Server) -> tuple[bytes, bytes]:
     return run(setup())
 
 
-def assert_unharmed(server: Server, baseline: tuple[bytes, bytes]) -> None:
+def assert_unharmed(server: ServedProcess, baseline: tuple[bytes, bytes]) -> None:
     assert server.process.poll() is None, "the server process died"
     assert run(datastores(server)) == baseline
 
@@ -165,7 +142,7 @@ bad_chunk_headers = st.one_of(
 
 @FUZZ
 @given(header=bad_chunk_headers)
-def test_bad_chunk_header_closes_the_session(server: Server, baseline, header: bytes) -> None:
+def test_bad_chunk_header_closes_the_session(server: ServedProcess, baseline, header: bytes) -> None:
     async def scenario() -> bool:
         channel = await Channel.open(server)
         try:
@@ -179,7 +156,7 @@ def test_bad_chunk_header_closes_the_session(server: Server, baseline, header: b
 
 @FUZZ
 @given(garbage=st.binary(min_size=1, max_size=256), before_hello=st.booleans())
-def test_garbage_bytes_do_no_harm(server: Server, baseline, garbage: bytes, before_hello: bool) -> None:
+def test_garbage_bytes_do_no_harm(server: ServedProcess, baseline, garbage: bytes, before_hello: bool) -> None:
     async def scenario() -> None:
         channel = await Channel.open(server, hello=not before_hello)
         try:
@@ -212,7 +189,7 @@ broken_xml = st.one_of(
 
 @FUZZ
 @given(text=broken_xml)
-def test_broken_xml_is_answered_with_malformed_message(server: Server, baseline, text: str) -> None:
+def test_broken_xml_is_answered_with_malformed_message(server: ServedProcess, baseline, text: str) -> None:
     async def scenario() -> None:
         channel = await Channel.open(server)
         try:
@@ -260,7 +237,7 @@ def unknown_requests(draw) -> tuple[str, str, dict[str, str]]:
 
 @FUZZ
 @given(request=unknown_requests())
-def test_unknown_elements_are_rejected(server: Server, baseline, request) -> None:
+def test_unknown_elements_are_rejected(server: ServedProcess, baseline, request) -> None:
     body, tag, info = request
 
     async def scenario() -> None:
@@ -310,7 +287,7 @@ def bad_edits() -> st.SearchStrategy[tuple[str, str, str | None]]:
 @FUZZ
 @given(edit=bad_edits(), valid_part_first=st.booleans(), target=st.sampled_from(["running", "candidate"]),
        error_option=st.sampled_from([None, "stop-on-error", "rollback-on-error"]))
-def test_edits_breaking_constraints_change_nothing(server: Server, baseline, edit, valid_part_first: bool,
+def test_edits_breaking_constraints_change_nothing(server: ServedProcess, baseline, edit, valid_part_first: bool,
                                                    target: str, error_option: str | None) -> None:
     config, tag, app_tag = edit
     if valid_part_first:  # a valid change in the same edit must not stay either

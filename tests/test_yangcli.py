@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +17,9 @@ import pytest
 from lxml import etree
 from ncclient import manager
 
+from conftest import qstrata_serve
 from tools import conform
 
-QSTRATA = str(Path(sys.executable).with_name("qstrata"))
 NC = conform.NC
 XP = conform.XP
 
@@ -42,19 +40,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    password = secrets.token_urlsafe(12)
-    process = subprocess.Popen([QSTRATA, "serve", "--yang", str(conform.MODEL_FILE.parent), "--module", conform.MODULE,
-                                "--port", "0", "--user", "admin", "--password", password],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        banner = process.stdout.readline()
-        match = re.search(r"on 127\.0\.0\.1:(\d+) ", banner)
-        assert match, f"no port in {banner!r}"
-        yield Server(int(match.group(1)), password)
-    finally:
-        process.terminate()
-        process.wait(10)
+    with qstrata_serve() as served:
+        yield Server(served.port, served.password)
 
 
 @dataclass
