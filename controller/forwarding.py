@@ -27,6 +27,13 @@ naming the neighbouring nodes' qkdn_ids (none before the source, none after the
 destination), as the nodes need to find its hops. Deleting a link removes it from every node
 that has it, then deletes its optical path.
 
+An inter-domain PHYS link (external-peer: its destination is a border node of another member
+of a federation, named by the peer's qkdn_id and key manager) is this domain's end only: the
+source node gets the link, with the peer's qkdn_id and interface as remote, and no optical
+path is asked for (the inter-domain fibre joins the two interfaces directly). It comes up
+when the peer domain configures its own end with the same qkdl-id. Of the two ends, the one
+with the lower qkdn_id transmits.
+
 Link state (status, skr, eskr, expected consumption, QBER, stored key) is read from the
 source node (the destination when the source is unreachable) when a node connects, on each
 ETSI notification about a link (sdqkdn_link_down, sdqkdn_link_perf_update, alarm...) and at
@@ -231,6 +238,15 @@ def _remove_entry(qkdl_id: str) -> etree._Element:
 # --- what clients ask -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class ExternalPeer:
+    """The far end of an inter-domain link, in another member's domain."""
+
+    member: str
+    qkdn_id: str
+    km_id: str
+
+
+@dataclass(frozen=True)
 class LinkRequest:
     """A link of the qkd network as configured."""
 
@@ -243,6 +259,12 @@ class LinkRequest:
     wavelength: int | None = None
     virt_bandwidth: int | None = None
     supporting: frozenset[str] = frozenset()
+    external: ExternalPeer | None = None
+
+    @property
+    def has_optical_path(self) -> bool:
+        """PHYS links inside the domain ride on an optical path of the connectivity controller."""
+        return self.link_type == "PHYS" and self.external is None
 
     @property
     def path_name(self) -> str:
@@ -270,12 +292,15 @@ def link_requests(tree: etree._Element) -> dict[str, LinkRequest]:
             continue
         link_id = link.findtext(t("link-id"))
         end = lambda side, node, tp: tuple(link.findtext(f"{t(side)}/{t(leaf)}") for leaf in (node, tp))  # noqa: E731
+        peer = qkd.find(f("external-peer"))
         out[link_id] = LinkRequest(
             link_id, end("source", "source-node", "source-tp"), end("destination", "dest-node", "dest-tp"),
             qkd.findtext(f("qkdl-id")), _identity(qkd.findtext(f("link-type"))) or "PHYS",
             qkd.findtext(f("optical-path")), _int(qkd.findtext(f("wavelength"))),
             _int(qkd.findtext(f("virt-bandwidth"))),
-            frozenset(s.findtext(t("link-ref")) for s in link.iterfind(t("supporting-link"))))
+            frozenset(s.findtext(t("link-ref")) for s in link.iterfind(t("supporting-link"))),
+            ExternalPeer(*(peer.findtext(f(leaf)) for leaf in ("member", "qkdn-id", "km-id")))
+            if peer is not None else None)
     return out
 
 
@@ -584,8 +609,8 @@ class ForwardingController(Controller):
         paths of deleted links. Raises RPCError naming who refused and why."""
         changed = {link_id for link_id, request in new.items() if old.get(link_id) != request}
         gone = {link_id: old[link_id] for link_id in set(old) - set(new) | (changed & set(old))}
-        wanted_paths = {r.path_name for r in new.values() if r.link_type == "PHYS"}
-        new_paths = [new[i] for i in sorted(changed) if new[i].link_type == "PHYS"]
+        wanted_paths = {r.path_name for r in new.values() if r.has_optical_path}
+        new_paths = [new[i] for i in sorted(changed) if new[i].has_optical_path]
         edits = self._node_edits({i: new[i] for i in changed}, new, gone)
         await self._edit_paths([self._optical_path_xml(r) for r in new_paths])
         try:
@@ -599,7 +624,7 @@ class ForwardingController(Controller):
                 log.warning("%s: could not undo the optical paths: %s", self.name, undo_err)
             raise err.as_rpc_error() if isinstance(err, TransactionError) else err from None
         self._released = (self._released | {r.qkdl_id for r in gone.values()}) - {r.qkdl_id for r in new.values()}
-        stale = sorted({r.path_name for r in gone.values() if r.link_type == "PHYS"} - wanted_paths)
+        stale = sorted({r.path_name for r in gone.values() if r.has_optical_path} - wanted_paths)
         self._paths_made = (self._paths_made | {r.path_name for r in new_paths}) - set(stale)
         try:
             await self._edit_paths([self._path_removal(name) for name in stale])
@@ -614,19 +639,26 @@ class ForwardingController(Controller):
     @staticmethod
     def _same_path(old: LinkRequest | None, new: LinkRequest) -> bool:
         """Whether `old` (a link being replaced) had its optical path under `new`'s path name."""
-        return old is not None and old.link_type == "PHYS" and old.path_name == new.path_name
+        return old is not None and old.has_optical_path and old.path_name == new.path_name
 
     def _node_config(self, request: LinkRequest, requests: dict[str, LinkRequest]) -> dict[str, NodeLinkConfig]:
-        """What each end node of a link gets, by node-id."""
+        """What each end node of a link gets, by node-id (the local end only, for an
+        inter-domain link)."""
         where = f"{LINKS_XPATH}[link-id='{request.link_id}']"
-        ends = []
-        for node_id, tp in (request.source, request.destination):
+
+        def end(node_id: str, tp: str) -> tuple[NodeView, int | None]:
             node = self.nodes.get(node_id)
             if node is None:
                 raise RPCError("operation-failed", f"link {request.link_id}: node {node_id} has not been read",
                                path=where, path_nsmap=XPATH_NS)
-            ends.append((node, int(tp) if tp.isdigit() else None))
-        (a, a_if), (b, b_if) = ends
+            return node, int(tp) if tp.isdigit() else None
+        a, a_if = end(*request.source)
+        if request.external is not None:
+            peer = request.external.qkdn_id
+            peer_if = int(request.destination[1]) if request.destination[1].isdigit() else None
+            return {a.name: NodeLinkConfig(request.qkdl_id, "PHYS", a.qkdn_id, a_if, peer, peer_if,
+                                           "TRANSMITTER" if a.qkdn_id < peer else "RECEIVER", request.wavelength)}
+        b, b_if = end(*request.destination)
         if request.link_type == "PHYS":
             return {a.name: NodeLinkConfig(request.qkdl_id, "PHYS", a.qkdn_id, a_if, b.qkdn_id, b_if,
                                            "TRANSMITTER", request.wavelength),
@@ -704,7 +736,7 @@ class ForwardingController(Controller):
                                                           f'xmlns="{CONN}"/></network></networks>'))
         present = {e.text for e in data.iter(_q(CONN, "name"))} if data is not None else set()
         missing = [r for r in requests.values()
-                   if r.link_type == "PHYS" and r.path_name in self._paths_made and r.path_name not in present]
+                   if r.has_optical_path and r.path_name in self._paths_made and r.path_name not in present]
         if missing:
             log.warning("%s: optical paths %s are missing at the connectivity controller: re-creating",
                         self.name, ", ".join(r.path_name for r in missing))
@@ -789,7 +821,7 @@ class ForwardingController(Controller):
                                ("expected-consumption", state.expected_consumption if state else None),
                                ("qber", state.qber if state and request.link_type == "PHYS" else None),
                                ("channel-loss", self.path_loss.get(request.path_name)
-                                if request.link_type == "PHYS" else None),
+                                if request.has_optical_path else None),
                                ("stored-key", state.stored if state else None)):
                 if value is not None:
                     _sub(qkd, FWD, tag, value)

@@ -29,6 +29,19 @@ woken by a link-status-change or qber-alarm of the forwarding controller, a key 
 A session that cannot be placed is accepted as configuration; its status is failed, with a
 reason naming what is missing, and it is retried whenever the controller reconciles.
 Delivered keys and bits are the counters of the source SAE's key manager.
+
+A segment session is one member domain's part of a cross-domain key service. Its SAEs are the
+service's, attached here or not: its path runs from the far end of its ingress link (an
+inter-domain link of the forwarding topology, whose far node is another domain's: an external
+node, named with its key manager) or from the local source SAE's key manager, to the far end
+of its egress link or the local destination SAE's key manager. Every local key manager on it
+routes towards the key managers of the two SAEs; an end key manager whose SAE is attached
+here gets the application session; the border key managers get the pools of the
+inter-domain links. External nodes are never crossed by other paths. Its delivered keys are
+the key managers' counts for the pair of SAEs, which outlive the session's placements: keys
+sent by the source SAE's key manager, in its domain; keys that arrived at the destination
+SAE's key manager, in its domain; keys passed on by the egress key manager, in between. They
+are read where the session was last placed, also while it has no path.
 """
 from __future__ import annotations
 
@@ -103,6 +116,7 @@ class QkdNode:
     node_id: str
     km_id: str | None
     site: str | None
+    external: bool = False  # another member domain's border node, at the far end of an inter-domain link
 
 
 @dataclass(frozen=True)
@@ -143,22 +157,46 @@ class ForwardingView:
                     continue
                 link_id = _find(link, NT, "link-id") or ""
                 qber = _find(qkd, FWD, "qber")
+                ends = (_find(link, NT, "source/source-node") or "", _find(link, NT, "destination/dest-node") or "")
                 links[link_id] = QkdLink(
-                    link_id, _find(qkd, FWD, "qkdl-id") or "",
-                    (_find(link, NT, "source/source-node") or "", _find(link, NT, "destination/dest-node") or ""),
+                    link_id, _find(qkd, FWD, "qkdl-id") or "", ends,
                     _identity(_find(qkd, FWD, "status")) or "OFF", int(_find(qkd, FWD, "eskr") or 0),
                     float(qber) if qber is not None else None)
+                peer = qkd.find(f"{{{FWD}}}external-peer")
+                if peer is not None:
+                    nodes[ends[1]] = QkdNode(ends[1], _find(peer, FWD, "km-id"), None, external=True)
         return cls(nodes, links)
 
     def km(self, node_id: str) -> str | None:
         node = self.nodes.get(node_id)
         return node.km_id if node else None
 
+    def is_external(self, node_id: str) -> bool:
+        node = self.nodes.get(node_id)
+        return node is not None and node.external
+
     def node_of_km(self, km_id: str) -> str | None:
         return next((n.node_id for n in self.nodes.values() if n.km_id == km_id), None)
 
 
 # -- what a session asks for, and where it goes ------------------------------------------------
+
+@dataclass(frozen=True)
+class Segment:
+    """Where a segment session enters and leaves the domain, and the key managers of its SAEs."""
+
+    source_km: str
+    destination_km: str
+    ingress_link: str | None
+    egress_link: str | None
+
+    @classmethod
+    def from_xml(cls, element: etree._Element | None) -> Segment | None:
+        if element is None:
+            return None
+        return cls(_find(element, SVC, "source-km") or "", _find(element, SVC, "destination-km") or "",
+                   _find(element, SVC, "ingress-link"), _find(element, SVC, "egress-link"))
+
 
 @dataclass(frozen=True)
 class Request:
@@ -171,6 +209,7 @@ class Request:
     avoid_nodes: frozenset[str] = frozenset()
     avoid_links: frozenset[str] = frozenset()
     qber_ceiling: float | None = None
+    segment: Segment | None = None
 
     @classmethod
     def from_xml(cls, element: etree._Element) -> Request:
@@ -183,7 +222,13 @@ class Request:
                    number("rate") or 0, number("key-size") or DEFAULT_KEY_SIZE, number("ttl"), number("max-hops"),
                    frozenset((e.text or "").strip() for e in _all(element, SVC, "avoid-nodes")),
                    frozenset((e.text or "").strip() for e in _all(element, SVC, "avoid-links")),
-                   number("qber-ceiling", float))
+                   number("qber-ceiling", float), Segment.from_xml(element.find(f"{{{SVC}}}segment")))
+
+    @property
+    def border_links(self) -> frozenset[str]:
+        """The inter-domain links a segment may use; no other session uses any."""
+        segment = self.segment
+        return frozenset(l for l in (segment.ingress_link, segment.egress_link) if l) if segment else frozenset()
 
     @property
     def burst(self) -> int:
@@ -193,20 +238,24 @@ class Request:
 
 @dataclass(frozen=True)
 class Path:
-    """A route through the QKD network; two paths are equal when they take the same links."""
+    """A route through the QKD network; two paths are equal when they take the same links
+    towards the same key managers. `ends` are the key managers the keys travel between: the
+    path's ends, or for a segment the key managers of the service's SAEs."""
 
     nodes: tuple[str, ...]
     kms: tuple[str, ...]
     link_ids: tuple[str, ...]
     qkdl_ids: tuple[str, ...]
+    ends: tuple[str, str]
     headroom: int = field(default=0, compare=False)   # smallest spare eskr, before this session's rate
 
     def routes(self) -> list[tuple[str, str, str, str]]:
         """(key manager, destination key manager, next hop, via qkdl-id), both ways."""
+        source, destination = self.ends
         out = []
         for i, qkdl_id in enumerate(self.qkdl_ids):
-            out.append((self.kms[i], self.kms[-1], self.kms[i + 1], qkdl_id))
-            out.append((self.kms[i + 1], self.kms[0], self.kms[i], qkdl_id))
+            out.append((self.kms[i], destination, self.kms[i + 1], qkdl_id))
+            out.append((self.kms[i + 1], source, self.kms[i], qkdl_id))
         return out
 
     def __str__(self) -> str:
@@ -287,7 +336,7 @@ class Planner:
                       taken_edges: set[frozenset[str]]) -> nx.Graph:
         """The links the request may use; NoPath names the first filter that cuts the two ends apart."""
         view, ceiling = self.view, request.qber_ceiling
-        kms = lambda link: [view.km(n) or f"{n} (no key manager)" for n in link.ends]
+        kms = lambda link: [view.km(n) or f"{n} (no key manager)" for n in link.ends if not view.is_external(n)]
         filters: list[tuple[str, Callable[[QkdLink], bool], Callable[[QkdLink], list[str]]]] = [
             ("a node whose key manager is unreachable",
              lambda l: all(km in self.reachable_kms for km in kms(l)),
@@ -303,9 +352,11 @@ class Planner:
              lambda l: ceiling is None or (l.qber is not None and l.qber <= ceiling),
              lambda l: [f"{l.link_id} (QBER {'unknown' if l.qber is None else f'{l.qber}%'})"]),
         ]
-        kept: list[Callable[[QkdLink], bool]] = []
+        # Inter-domain links only for the segments that name them.
+        may_use = lambda l: l.link_id in request.border_links or not any(view.is_external(n) for n in l.ends)
+        kept: list[Callable[[QkdLink], bool]] = [may_use]
         graph_of = lambda keep: self._graph(keep, taken_nodes, taken_edges)
-        graph = graph_of(lambda l: True)
+        graph = graph_of(may_use)
         if not nx.has_path(graph, source, destination):
             raise NoPath(f"no chain of PHYS QKD links joins {source} and {destination} in the forwarding topology")
         for what, keep, culprits in filters:
@@ -346,8 +397,10 @@ class Planner:
             if i == MAX_CANDIDATE_PATHS:
                 break
             links = [graph.edges[a, b]["link"] for a, b in zip(nodes, nodes[1:])]
-            path = Path(tuple(nodes), tuple(self.view.km(n) or "" for n in nodes), tuple(l.link_id for l in links),
-                        tuple(l.qkdl_id for l in links), min(self.headroom(l) for l in links))
+            kms = tuple(self.view.km(n) or "" for n in nodes)
+            ends = (request.segment.source_km, request.segment.destination_km) if request.segment else (kms[0], kms[-1])
+            path = Path(tuple(nodes), kms, tuple(l.link_id for l in links), tuple(l.qkdl_id for l in links), ends,
+                        min(self.headroom(l) for l in links))
             conflict = self._conflict(path)
             if not conflict:
                 return path
@@ -484,6 +537,7 @@ class ServiceController(Controller):
                                      self._forwarding_notification)
         self.kms: dict[str, KmView] = {}            # by device (link) name
         self.sessions: dict[str, Placement] = {}    # by session name
+        self.counted_at: dict[str, tuple[str, str]] = {}  # session -> (km, counter) of its last path
         self.alarms: dict[str, str] = {}            # forwarding link id -> QBER alarm
         self.link_reasons: dict[str, str] = {}      # forwarding link id -> why its status last changed
         self.synced = asyncio.Event()               # every key manager's configuration has been read
@@ -652,7 +706,7 @@ class ServiceController(Controller):
         for name, why in replan.items():
             request = requests[name]
             try:
-                path = planner.plan(request, *self._kms_of(request))[0]
+                path = planner.plan(request, *self._kms_of(request, view))[0]
             except NoPath as err:
                 placements[name] = Placement(request, None, "failed",
                                              f"{why}; no other path: {err}" if why else str(err))
@@ -666,6 +720,8 @@ class ServiceController(Controller):
     async def _adopt(self, placements: dict[str, Placement], view: ForwardingView | None) -> None:
         """Take the new placements, telling subscribers of every status change."""
         previous, self.sessions = self.sessions, placements
+        self.counted_at = {name: _counted_at(p.path, p.request) if p.path else self.counted_at[name]
+                           for name, p in placements.items() if p.path or name in self.counted_at}
         for name, placement in placements.items():
             old = previous.get(name)
             if old is not None and old is not placement and (old.status, old.path) == (placement.status, placement.path):
@@ -693,7 +749,7 @@ class ServiceController(Controller):
                 return f"link {link.link_id} has a QBER alarm ({self.alarms[link.link_id]})"
             if request.qber_ceiling is not None and (link.qber is None or link.qber > request.qber_ceiling):
                 return f"link {link.link_id} has QBER {link.qber}%, above the ceiling of {request.qber_ceiling}%"
-        down = [km for km in path.kms if km not in reachable]
+        down = [km for node, km in zip(path.nodes, path.kms) if not view.is_external(node) and km not in reachable]
         return f"key manager {down[0]} is unreachable" if down else ""
 
     @staticmethod
@@ -711,13 +767,28 @@ class ServiceController(Controller):
         """The key managers connected and read: km-id -> device name."""
         return {v.km_id: name for name, v in self.kms.items() if self.links[name].connected.is_set()}
 
-    def _kms_of(self, request: Request) -> tuple[str, str]:
+    def _kms_of(self, request: Request, view: ForwardingView) -> tuple[str, str]:
+        """The key managers at the two ends of the session's path: its SAEs', or for a segment
+        the far end of the inter-domain link where keys enter or leave the domain."""
         directory = self.sae_directory()
+        segment = request.segment
+        border_links = (segment.ingress_link, segment.egress_link) if segment else (None, None)
+        sae_kms = (segment.source_km, segment.destination_km) if segment else (None, None)
         kms = []
-        for sae in (request.source_sae, request.destination_sae):
-            if sae not in directory:
+        for sae, border_link, sae_km in zip((request.source_sae, request.destination_sae), border_links, sae_kms):
+            if border_link is not None:
+                link = view.links.get(border_link)
+                far = next((n for n in link.ends if view.is_external(n)), None) if link else None
+                if far is None:
+                    raise NoPath(f"{border_link} is not an inter-domain link of the forwarding topology")
+                kms.append(view.km(far) or "")
+            elif sae not in directory:
                 raise NoPath(f"SAE {sae} is not attached to any key manager")
-            kms.append(directory[sae])
+            elif sae_km is not None and directory[sae] != sae_km:
+                raise NoPath(f"SAE {sae} is attached to key manager {directory[sae]}, not to {sae_km} as the "
+                             f"segment says")
+            else:
+                kms.append(directory[sae])
         if kms[0] == kms[1]:
             raise NoPath(f"SAEs {request.source_sae} and {request.destination_sae} are both attached to key "
                          f"manager {kms[0]}: a session joins two key managers")
@@ -731,10 +802,11 @@ class ServiceController(Controller):
         link_of = self._reachable()
         wanted = {name: KmConfig(dict(self.kms[name].config.pools)) for name in link_of.values()}
         for link in (view.links.values() if view else ()):
-            a, b = (view.km(n) for n in link.ends)
-            if a != b and a in link_of and b in link_of:
-                wanted[link_of[a]].pools[link.qkdl_id] = b
-                wanted[link_of[b]].pools[link.qkdl_id] = a
+            (a, a_far), (b, b_far) = ((view.km(n), view.is_external(n)) for n in link.ends)
+            if a != b and (a in link_of or a_far) and (b in link_of or b_far):  # an inter-domain link: its local end
+                for km, peer in ((a, b), (b, a)):
+                    if km in link_of:
+                        wanted[link_of[km]].pools[link.qkdl_id] = peer
         for name, placement in placements.items():
             path, request = placement.path, placement.request
             if path is None:
@@ -743,7 +815,8 @@ class ServiceController(Controller):
                 for km, destination, next_hop, via in path.routes():
                     if km in link_of:
                         wanted[link_of[km]].routes[destination] = (next_hop, via)
-            for km, peer in ((path.kms[0], path.kms[-1]), (path.kms[-1], path.kms[0])):
+            source, destination = path.ends
+            for km, peer in ((source, destination), (destination, source)):
                 if km in link_of:
                     wanted[link_of[km]].sessions[name] = KmSession(
                         request.source_sae, request.destination_sae, peer, request.rate, request.burst,
@@ -799,22 +872,33 @@ class ServiceController(Controller):
         return data
 
     async def _delivered(self) -> dict[str, tuple[int, int]]:
-        """Keys and bits delivered per session, as the source SAE's key manager counts them."""
+        """Keys and bits delivered per session, as the source SAE's key manager counts them
+        (for a segment, see the module's docstring)."""
         link_of = self._reachable()
-        wanted: dict[str, list[str]] = {}
-        for name, placement in self.sessions.items():
-            if placement.path is not None and placement.path.kms[0] in link_of:
-                wanted.setdefault(link_of[placement.path.kms[0]], []).append(name)
+        wanted: dict[str, list[tuple[str, str]]] = {}  # device -> (session, counter)
+        for name, (km, counter) in self.counted_at.items():
+            if km in link_of:
+                wanted.setdefault(link_of[km], []).append((name, counter))
 
         async def read(link_name: str) -> dict[str, tuple[int, int]]:
             nc = await self.links[link_name].session(STATE_TIMEOUT_S)
             data = await asyncio.wait_for(nc.get(filter=("subtree", f'<key-manager xmlns="{KM}"><sessions/>'
-                                                                    f'</key-manager>')), STATE_TIMEOUT_S)
+                                                                    f'<relay-statistics/></key-manager>')),
+                                          STATE_TIMEOUT_S)
+            sessions = {_find(s, KM, "session-id"): s for s in _all(data, KM, "key-manager/sessions/session")} \
+                if data is not None else {}
+            pairs = {(_find(p, KM, "master-sae-id"), _find(p, KM, "slave-sae-id")): p
+                     for p in _all(data, KM, "key-manager/relay-statistics/sae-pair")} if data is not None else {}
             out = {}
-            for s in _all(data, KM, "key-manager/sessions/session") if data is not None else []:
-                name = _find(s, KM, "session-id") or ""
-                if name in wanted[link_name]:
-                    out[name] = (int(_find(s, KM, "delivered-keys") or 0), int(_find(s, KM, "delivered-bits") or 0))
+            for name, counter in wanted[link_name]:
+                placement = self.sessions.get(name)  # gone if deleted while the key manager answered
+                if placement is None:
+                    continue
+                entry = sessions.get(name) if counter == "delivered" else \
+                    pairs.get((placement.request.source_sae, placement.request.destination_sae))
+                if entry is not None:
+                    keys, bits = (int(_find(entry, KM, f"{counter}-{unit}") or 0) for unit in ("keys", "bits"))
+                    out[name] = (keys, bits)
             return out
 
         counters: dict[str, tuple[int, int]] = {}
@@ -836,7 +920,7 @@ class ServiceController(Controller):
                 if placement.path is not None and placement.status != "expired":
                     planner.hold(name, placement.path, placement.request.rate)
             try:
-                paths = planner.plan(request, *self._kms_of(request), count=count)
+                paths = planner.plan(request, *self._kms_of(request, view), count=count)
             except NoPath as err:
                 raise RPCError("operation-failed", str(err)[:REASON_LENGTH]) from None
         out = []
@@ -847,6 +931,16 @@ class ServiceController(Controller):
             _path_xml(entry, path)
             out.append(entry)
         return out
+
+
+def _counted_at(path: Path, request: Request) -> tuple[str, str]:
+    """The key manager, and its counter, of a session's delivered keys (see the docstring)."""
+    segment = request.segment
+    if segment is None:
+        return path.kms[0], "delivered"
+    if segment.ingress_link is None:
+        return path.kms[0], "forwarded"
+    return (path.kms[-1], "received") if segment.egress_link is None else (path.kms[-2], "forwarded")
 
 
 def _path_xml(parent: etree._Element, path: Path) -> None:

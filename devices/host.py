@@ -2,8 +2,9 @@
 
 One digital twin and one key network are shared by the devices of the topology: the fibre
 plant device, an optical switch per switch, a QKD node per QKD node, a key manager per key
-manager. Each device listens on its own free port of 127.0.0.1 (a key manager also on a
-second one for ETSI GS QKD 014).
+manager; in a multi-domain topology also a plant device per domain (`fibre-plant-<domain>`)
+that shows only that domain's own fibre. Each device listens on its own free port of
+127.0.0.1 (a key manager also on a second one for ETSI GS QKD 014).
 
 `crash` stops a device as a crash would (its key state and datastores stay on disk);
 `restart` builds it again from disk, on the same ports, so a client reconnects where it was.
@@ -25,12 +26,17 @@ from devices.base import Device, NetworkContext
 from devices.key_manager import KeyManagerDevice
 from devices.keystore import KeyNetwork
 from devices.optical_switch import OpticalSwitchDevice
-from devices.plant import FibrePlantDevice
+from devices.plant import DEVICE_ID as PLANT_ID, FibrePlantDevice
 from devices.qkd_node import QkdNodeDevice
 from devices.topology import Topology, build_twin
 from devices.twin import Clock
 
 log = logging.getLogger(__name__)
+
+
+def plant_of(domain: str) -> str:
+    """The device id of a domain's own view of the fibre plant."""
+    return f"{PLANT_ID}-{domain}"
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class DeviceHost:
         self._outages: set[asyncio.Task] = set()
         saes = {km.id: [s for s in topology.saes if s.km == km.id] for km in topology.key_managers}
         for build in ([functools.partial(FibrePlantDevice, topology, self.network)]
+                      + [functools.partial(FibrePlantDevice, topology.domain_part(d), self.network,
+                                           device_id=plant_of(d)) for d in topology.domains]
                       + [functools.partial(OpticalSwitchDevice, s, self.network) for s in topology.switches]
                       + [functools.partial(QkdNodeDevice, n, self.network) for n in topology.qkd_nodes]
                       + [functools.partial(KeyManagerDevice, km, saes[km.id], self.network)

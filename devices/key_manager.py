@@ -139,10 +139,13 @@ class Delivered:
 class AccountedKeyManager(KeyManager):
     """A KeyManager that also keeps what qi-key-manager reports and enforces per session:
     keys delivered to the local SAE, the session's key size and its expiry (emulated time);
-    and, per key manager, relayed bits and keys it could not relay."""
+    and, per key manager, relayed bits, keys it could not relay, and per pair of SAEs the
+    keys it passed on to a next hop and those that arrived for its slave SAE."""
 
     def __init__(self, km_id: str, network: KeyNetwork, state_dir: pathlib.Path | None = None) -> None:
         self.delivered: dict[tuple[str, str], Delivered] = {}
+        self.forwarded: dict[tuple[str, str], Delivered] = {}
+        self.received: dict[tuple[str, str], Delivered] = {}
         self.key_sizes: dict[tuple[str, str], int] = {}
         self.expiry: dict[tuple[str, str], float] = {}
         self.relayed_bits = 0
@@ -172,13 +175,21 @@ class AccountedKeyManager(KeyManager):
         if size is None:
             size = self.key_sizes.get((master_sae, slave_sae))
         keys = super().enc_keys(master_sae, slave_sae, number, size)
-        self._count(master_sae, slave_sae, keys)
+        _count(self.delivered, master_sae, slave_sae, keys)
         return keys
 
     def dec_keys(self, slave_sae: str, master_sae: str, key_ids: list[str]) -> list[Key]:
         keys = super().dec_keys(slave_sae, master_sae, key_ids)
-        self._count(master_sae, slave_sae, keys)
+        _count(self.delivered, master_sae, slave_sae, keys)
         return keys
+
+    def _forward(self, destination_km: str, master_sae: str, slave_sae: str, keys: list[Key]) -> None:
+        super()._forward(destination_km, master_sae, slave_sae, keys)
+        _count(self.forwarded, master_sae, slave_sae, keys)
+
+    def _store(self, master_sae: str, slave_sae: str, keys: list[Key]) -> None:
+        super()._store(master_sae, slave_sae, keys)
+        _count(self.received, master_sae, slave_sae, keys)
 
     def receive(self, message: RelayMessage | DiscardMessage) -> None:
         if not isinstance(message, RelayMessage) or message.destination_km == self.id:
@@ -197,10 +208,11 @@ class AccountedKeyManager(KeyManager):
         if expires is not None and self.network.clock.now() >= expires:
             raise UnknownSAE(f"the key session of SAE {master_sae} with SAE {slave_sae} has expired")
 
-    def _count(self, master_sae: str, slave_sae: str, keys: list[Key]) -> None:
-        counter = self.delivered.setdefault((master_sae, slave_sae), Delivered())
-        counter.keys += len(keys)
-        counter.bits += 8 * sum(len(k.key) for k in keys)
+
+def _count(table: dict[tuple[str, str], Delivered], master_sae: str, slave_sae: str, keys: list[Key]) -> None:
+    counter = table.setdefault((master_sae, slave_sae), Delivered())
+    counter.keys += len(keys)
+    counter.bits += 8 * sum(len(k.key) for k in keys)
 
 
 # -- the device -----------------------------------------------------------------------------
@@ -406,6 +418,14 @@ class KeyManagerDevice(Device):
         _sub(relay, "dropped-keys", km.dropped_keys)
         if km.last_drop_reason:
             _sub(relay, "last-drop-reason", km.last_drop_reason)
+        for master, slave in sorted(km.forwarded.keys() | km.received.keys()):
+            pair = _sub(relay, "sae-pair")
+            _sub(pair, "master-sae-id", master)
+            _sub(pair, "slave-sae-id", slave)
+            for kind, table in (("forwarded", km.forwarded), ("received", km.received)):
+                counter = table.get((master, slave), Delivered())
+                _sub(pair, f"{kind}-keys", counter.keys)
+                _sub(pair, f"{kind}-bits", counter.bits)
         data = empty_tree()
         data.append(root)
         return data

@@ -5,6 +5,10 @@ shows the sites, switches and spans of the twin (state), sets the speed of the n
 emulated clock (configuration), and injects the faults of the fibre: cut-span, repair-span,
 attach-eavesdropper and remove-eavesdropper are RPCs that act on the twin, which tells every
 device concerned. Every span change, whoever made it, is sent as span-status-change.
+
+A plant device shows the spans of the topology it is given: the whole network, or in a
+multi-domain network one domain's own part (`Topology.domain_part`), so that each operator's
+connectivity controller sees its own fibre only.
 """
 from __future__ import annotations
 
@@ -35,9 +39,10 @@ class FibrePlantDevice(Device):
     kind = "fibre-plant"
     modules = (MODULE,)
 
-    def __init__(self, topology: Topology, network: NetworkContext, port: int = 0):
+    def __init__(self, topology: Topology, network: NetworkContext, port: int = 0, device_id: str = DEVICE_ID):
         self.topology = topology
-        super().__init__(DEVICE_ID, network, port)
+        self.span_ids = {span.id for span in topology.spans}
+        super().__init__(device_id, network, port)
         self.server.add_rpc(f"/{MODULE}:cut-span", self._cut)
         self.server.add_rpc(f"/{MODULE}:repair-span", self._repair)
         self.server.add_rpc(f"/{MODULE}:attach-eavesdropper", self._attach)
@@ -82,9 +87,9 @@ class FibrePlantDevice(Device):
                     etree.SubElement(entry, _q("port")).text = str(port)
                 etree.SubElement(entry, _q("insertion-loss")).text = decimal(switch.insertion_loss_db, 3)
                 switches.append(entry)
-        if twin.spans:
+        if self.span_ids:
             spans = etree.SubElement(plant, _q("spans"))
-            for span in twin.spans.values():
+            for span in (s for s in twin.spans.values() if s.id in self.span_ids):
                 entry = element(NS, "span", leaves={"span-id": span.id})
                 entry.append(_endpoint("a-end", span.a))
                 entry.append(_endpoint("b-end", span.b))
@@ -102,7 +107,7 @@ class FibrePlantDevice(Device):
 
     def _span_id(self, operation: etree._Element) -> str:
         span_id = operation.findtext(_q("span-id"))
-        if span_id not in self.network.twin.spans:
+        if span_id not in self.span_ids:
             name = etree.QName(operation).localname
             raise RPCError("invalid-value", f"network {self.topology.name!r} has no span {span_id!r}",
                            path=f"/{MODULE}:{name}/span-id", path_nsmap={MODULE: NS},
@@ -122,8 +127,8 @@ class FibrePlantDevice(Device):
         self.network.twin.remove_eavesdropper(self._span_id(operation))
 
     def _plant_changed(self, change: PlantChange) -> None:
-        if change.kind not in CHANGES:
-            return  # cross-connects are the switches' to report
+        if change.kind not in CHANGES or change.element not in self.span_ids:
+            return  # cross-connects are the switches' to report; other plants report their spans
         span = self.network.twin.spans[change.element]
         self.spawn(self.notify(element(NS, "span-status-change", leaves={
             "span-id": span.id, "change": CHANGES[change.kind], "status": "cut" if span.cut else "up",

@@ -2,7 +2,9 @@
 of one emulated network (format: tools/topologies/README.md).
 
 `load_topology` reads and validates a file and reports every mistake at once, each naming
-the file, the entry and the problem; `default_topology` is the embedded Madrid metro network;
+the file, the entry and the problem; a topology of several domains (administrative domains,
+each its own operator's network, joined by inter-domain spans between border sites) gives
+each domain's own part with `Topology.domain_part`; `default_topology` is the embedded Madrid metro network;
 `generate_topology` makes a ring-with-chords network of any size; `build_twin` turns a
 topology into the digital twin of its fibre plant.
 """
@@ -36,6 +38,7 @@ class TopologyError(ValueError):
 class SiteSpec:
     id: str
     name: str
+    domain: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,35 @@ class Topology:
             graph.add_edge(span.a.node, span.b.node, span=span.id, length_km=span.length_km)
         return graph
 
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The administrative domains of the sites, sorted; () for a single-operator network."""
+        return tuple(sorted({s.domain for s in self.sites if s.domain}))
+
+    def domain_of(self, node: str) -> str | None:
+        """The domain of a site or of a switch (its site's)."""
+        site = next((s.site for s in self.switches if s.id == node), node)
+        return next((s.domain for s in self.sites if s.id == site), None)
+
+    def inter_domain_spans(self) -> tuple[SpanSpec, ...]:
+        """Spans whose two ends lie in different domains."""
+        return tuple(s for s in self.spans if self.domain_of(s.a.node) != self.domain_of(s.b.node))
+
+    def domain_part(self, domain: str) -> Topology:
+        """What one domain's operator owns: its sites and everything on them, and the spans
+        with both ends among them (not the inter-domain spans)."""
+        if domain not in self.domains:
+            raise ValueError(f"topology {self.name} has no domain {domain!r} (domains: {', '.join(self.domains)})")
+        sites = {s.id for s in self.sites if s.domain == domain}
+        switches = tuple(s for s in self.switches if s.site in sites)
+        inside = sites | {s.id for s in switches}
+        kms = tuple(km for km in self.key_managers if km.site in sites)
+        km_ids = {km.id for km in kms}
+        return Topology(f"{self.name}-{domain}", tuple(s for s in self.sites if s.id in sites), switches,
+                        tuple(s for s in self.spans if s.a.node in inside and s.b.node in inside),
+                        tuple(n for n in self.qkd_nodes if n.site in sites), kms,
+                        tuple(s for s in self.saes if s.km in km_ids))
+
 
 # -- reading -------------------------------------------------------------------------------
 
@@ -120,7 +152,12 @@ def load_topology(path: str | pathlib.Path) -> Topology:
 
 def default_topology() -> Topology:
     """The embedded Madrid metro network."""
-    resource = importlib.resources.files("tools") / "topologies" / DEFAULT_TOPOLOGY
+    return embedded_topology(DEFAULT_TOPOLOGY)
+
+
+def embedded_topology(file_name: str) -> Topology:
+    """A topology shipped in tools/topologies."""
+    resource = importlib.resources.files("tools") / "topologies" / file_name
     with importlib.resources.as_file(resource) as path:
         return load_topology(path)
 
@@ -159,9 +196,10 @@ class _Parser:
         # A switch whose id is taken by a site is left out, so that its mistake is reported once.
         ports = {s.id: set(s.ports) for s in switches if s.id not in site_ids}
         span_ends: dict[Endpoint, str] = {}
-        spans = tuple(self.span(w, e, site_ids, ports, span_ends) for w, e in sections["spans"])
-        attachments: dict[Endpoint, str] = {}
         switch_sites = {s.id: s.site if s.site in site_ids else "" for s in switches}
+        spans = tuple(self.span(w, e, site_ids, ports, span_ends) for w, e in sections["spans"])
+        self.domains(sections["sites"], sites, sections["spans"], spans, switch_sites)
+        attachments: dict[Endpoint, str] = {}
         qkd_nodes = tuple(self.qkd_node(w, e, site_ids, ports, switch_sites, span_ends, attachments)
                           for w, e in sections["qkd_nodes"])
         key_managers = tuple(self.key_manager(w, e, site_ids) for w, e in sections["key_managers"])
@@ -257,9 +295,35 @@ class _Parser:
     # -- entries -------------------------------------------------------------------------
 
     def site(self, where: str, entry: dict) -> SiteSpec:
-        self.fields(where, entry, ("id",), ("name",))
+        self.fields(where, entry, ("id",), ("name", "domain"))
         ident = self.new_id(where, entry)
-        return SiteSpec(ident, self.text(where, entry, "name", ident or "?"))
+        domain = self.text(where, entry, "domain") if "domain" in entry else None
+        return SiteSpec(ident, self.text(where, entry, "name", ident or "?"), domain or None)
+
+    def domains(self, site_entries: list[tuple[str, dict]], sites: tuple[SiteSpec, ...],
+                span_entries: list[tuple[str, dict]], spans: tuple[SpanSpec, ...],
+                switch_sites: dict[str, str]) -> None:
+        """Either every site names its domain or none does; a span between two domains
+        joins two border sites (site ends, never switch ports: no operator's switch carries
+        another's light)."""
+        named = [site for site in sites if site.domain]
+        if not named:
+            return
+        for (where, _), site in zip(site_entries, sites):
+            if not site.domain and site.id:
+                self.problem(where, f"has no domain, but sites {', '.join(repr(s.id) for s in named[:3])} "
+                                    "name theirs: in a multi-domain topology every site belongs to a domain")
+        site_domain = {s.id: s.domain for s in sites}
+        domain = site_domain | {switch: site_domain.get(site) for switch, site in switch_sites.items()}
+        for (where, _), span in zip(span_entries, spans):
+            ends = (span.a, span.b)
+            if domain.get(span.a.node) == domain.get(span.b.node) or any(e.node not in domain for e in ends):
+                continue
+            for end in ends:
+                if end.node in switch_sites:
+                    self.problem(where, f"joins domains {domain[span.a.node]!r} and {domain[span.b.node]!r} "
+                                        f"but ends at switch port {str(end)!r}: an inter-domain span ends at "
+                                        "border sites")
 
     def switch(self, where: str, entry: dict, site_ids: set[str]) -> SwitchSpec:
         self.fields(where, entry, ("id", "site", "ports"), ("insertion_loss_db",))

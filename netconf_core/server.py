@@ -336,8 +336,17 @@ class NetconfServer:
     async def commit_running(self, tree: etree._Element, session: Session | None) -> etree._Element:
         """Make a validated tree the running configuration, after every change handler accepted
         it; returns the running configuration it replaced."""
+        return await self.edit_running(lambda before: tree, session)
+
+    async def edit_running(self, edit: Callable[[etree._Element], etree._Element],
+                           session: Session | None) -> etree._Element:
+        """Make `edit(running)` (a validated tree) the running configuration, after every change
+        handler accepted it; returns the running configuration it replaced. The edit is made
+        under the commit lock, from running as it is then: an edit that waited while another
+        client's commit ran applies to that commit's result instead of undoing it."""
         async with self._commit_lock:
             before = self.datastores["running"]
+            tree = edit(before)
             nacm = self._nacm_for(before, tree)
             for handler in self._change_handlers:
                 await handler(before, tree)

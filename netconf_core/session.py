@@ -363,21 +363,23 @@ async def op_edit_config(s: Session, op):
                            info={"bad-element": "url"})
         raise RPCError("missing-element", "<edit-config> needs <config>", type="protocol",
                        info={"bad-element": "config"})
-    before = server.datastores[target]
-    base = empty_tree() if default_op == "replace" else before
-    edited = apply_edit(server.schema, base, config, default_op if default_op != "replace" else "merge",
-                        collect_all_errors=error_option == "continue-on-error")
     # Full validation except for `set` on the candidate, which may be built up in steps and is
     # validated at commit (RFC 6241 section 8.3); running is never left invalid.
     full = not (target == "candidate" and test_option == "set")
-    edited = server.schema.canonical(edited, config_only=True, validate=full)
-    server.check_write(s, before, edited)
+
+    def edit(before: etree._Element) -> etree._Element:
+        base = empty_tree() if default_op == "replace" else before
+        edited = apply_edit(server.schema, base, config, default_op if default_op != "replace" else "merge",
+                            collect_all_errors=error_option == "continue-on-error")
+        edited = server.schema.canonical(edited, config_only=True, validate=full)
+        server.check_write(s, before, edited)
+        return edited
     if test_option == "test-only":
-        return None
-    if target == "running":
-        await server.commit_running(edited, s)
+        edit(server.datastores[target])
+    elif target == "running":
+        await server.edit_running(edit, s)  # from running as it is when this edit's turn comes
     else:
-        server.set_candidate(edited, s)
+        server.set_candidate(edit(server.datastores[target]), s)
     return None
 
 

@@ -31,11 +31,14 @@ inter-domain link that both ends advertise (same border nodes) with capacity lef
 more than one hop uses transit-allowed agreements only (each transit domain needs them with
 both neighbours). Fewest domains first, then the cheapest, then by name.
 
-Seams for phase 2 (key relay through the domains' orchestrators): each segment of a route is
-handed to a `SegmentHandler` that the `segment_handlers` factory returns for a member's
-agent endpoint; `segment_changed` is how a domain reports a segment that degraded or failed
-later. request_segment must be idempotent: after a restart the platform asks again for the
-segments of every routed service.
+Segments: each segment of a route is handed to a `SegmentHandler` that the
+`segment_handlers` factory returns for a member's agent endpoint (orchestrator/
+federation_domain.py has the one that makes it an intent of the domain's orchestrator);
+`segment_changed` is how a domain reports a segment that degraded or failed later.
+request_segment must be idempotent: after a restart the platform asks again for the
+segments of every routed service. Every segment names the service's two SAEs and their key
+managers, as the SAEs' members advertise them, since every domain on the route relays keys
+towards them.
 """
 from __future__ import annotations
 
@@ -156,6 +159,7 @@ class FederationConfig:
     agreements: dict[frozenset[str], Agreement] = field(default_factory=dict)
     offers: dict[str, dict[Crossing, int]] = field(default_factory=dict)  # member -> crossing -> capacity
     services: dict[str, ServiceRequest] = field(default_factory=dict)
+    sae_kms: dict[tuple[str, str], str] = field(default_factory=dict)  # (member, advertised SAE) -> its key manager
 
     @classmethod
     def read(cls, tree: etree._Element) -> FederationConfig:
@@ -178,7 +182,10 @@ class FederationConfig:
                                   Decimal(_text(a, "price-per-kbit", "0")), int(max_rate) if max_rate else None)
             config.agreements[agreement.members] = agreement
         for ad in fed.iterfind(f"{_f('advertisements')}/{_f('advertisement')}"):
-            offers = config.offers.setdefault(_text(ad, "member-id", ""), {})
+            member_id = _text(ad, "member-id", "")
+            offers = config.offers.setdefault(member_id, {})
+            for sae in ad.iterfind(_f("sae")):
+                config.sae_kms[(member_id, _text(sae, "sae-id", ""))] = _text(sae, "km-id", "")
             for link in ad.iterfind(_f("inter-domain-link")):
                 crossing = Crossing(_text(link, "link-id", ""), _text(link, "local-border-node", ""),
                                     _text(link, "peer-member", ""), _text(link, "peer-border-node", ""))
@@ -225,10 +232,12 @@ class Segment:
     index: int
     domain: str
     rate: int
-    source_sae: str | None = None       # in the first domain only
-    destination_sae: str | None = None  # in the last domain only
+    source_sae: str | None = None       # the service's SAEs
+    destination_sae: str | None = None
     ingress: Crossing | None = None
     egress: Crossing | None = None
+    source_km: str | None = None        # their key managers, when their members advertise them
+    destination_km: str | None = None
 
 
 @dataclass(frozen=True)
@@ -236,13 +245,13 @@ class Route:
     domains: tuple[str, ...]
     links: tuple[Link, ...]  # links[i] joins domains[i] and domains[i + 1]
 
-    def segments(self, request: ServiceRequest) -> tuple[Segment, ...]:
+    def segments(self, request: ServiceRequest, sae_kms: dict[tuple[str, str], str]) -> tuple[Segment, ...]:
         last = len(self.domains) - 1
-        return tuple(Segment(i, domain, request.rate,
-                             request.source_sae if i == 0 else None,
-                             request.destination_sae if i == last else None,
+        return tuple(Segment(i, domain, request.rate, request.source_sae, request.destination_sae,
                              self.links[i - 1].at(domain) if i > 0 else None,
-                             self.links[i].at(domain) if i < last else None)
+                             self.links[i].at(domain) if i < last else None,
+                             sae_kms.get((request.source_domain, request.source_sae)),
+                             sae_kms.get((request.destination_domain, request.destination_sae)))
                      for i, domain in enumerate(self.domains))
 
 
@@ -711,7 +720,7 @@ class FederationPlatform:
         """Ask each domain of the route for the segments it does not hold yet (new ones first,
         then release the old ones: make before break), and open the charging records."""
         assert state.route is not None
-        wanted = state.route.segments(state.request)
+        wanted = state.route.segments(state.request, view.config.sae_kms)
         kept = {s.index: state.segments[s.index] for s in wanted if s.index in state.segments
                 and state.segments[s.index].segment == s and state.segments[s.index].reply.status != "failed"}
         new = [s for s in wanted if s.index not in kept]

@@ -8,7 +8,8 @@ links and the capacity offered on them), and keeps that advertisement current: w
 changes (`update`) and when members join or leave (a link can only name a peer the platform
 knows). The advertisement is computed from the policy alone, so nothing of the domain's
 internal topology ever leaves the agent. It reports the key its domain delivered for
-cross-domain services, for charging, and withdraws cleanly.
+cross-domain services, for charging, reads what the other members advertise (their border
+nodes and links towards it), and withdraws cleanly.
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def _f(tag: str) -> str:
     return f"{{{FED_NS}}}{tag}"
 
 
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None else None
+
+
 def _leaf(parent: etree._Element, tag: str, value: object) -> etree._Element:
     element = etree.SubElement(parent, _f(tag))
     element.text = str(value)
@@ -57,6 +62,15 @@ class Node:
     node_id: str
     km_id: str
     site: str | None = None
+    qkdn_id: str | None = None  # ETSI GS QKD 015 qkdn_id: what a neighbour names as its link's remote end
+
+
+@dataclass(frozen=True)
+class Sae:
+    """An SAE of the domain and its key manager (ETSI GS QKD 014 KME)."""
+
+    sae_id: str
+    km_id: str
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,7 @@ class ExternalLink:
     peer_member: str
     peer_node: str
     capacity: int  # key rate the link can spare for cross-domain services, bit/s
+    local_interface: int | None = None  # qkdi_id of the local node's interface on the link
 
 
 @dataclass(frozen=True)
@@ -86,22 +101,26 @@ class DomainResources:
     nodes: tuple[Node, ...]
     internal_links: tuple[InternalLink, ...] = ()
     external_links: tuple[ExternalLink, ...] = ()
+    saes: tuple[Sae, ...] = ()
 
 
 @dataclass(frozen=True)
 class Advertisement:
     border_nodes: tuple[Node, ...]
     links: tuple[ExternalLink, ...]  # capacity: what is offered
+    saes: tuple[Sae, ...] = ()
 
 
 @dataclass(frozen=True)
 class SharingPolicy:
     """What a provider lets the federation see: these border nodes, the links from them to
-    these peers (None: to any member), and this share of each link's spare capacity."""
+    these peers (None: to any member), this share of each link's spare capacity, and these
+    SAEs (those cross-domain services may join)."""
 
     border_nodes: frozenset[str]
     peers: frozenset[str] | None = None
     capacity_share: Fraction = Fraction(1)
+    saes: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not 0 <= self.capacity_share <= 1:
@@ -112,7 +131,8 @@ class SharingPolicy:
         links = tuple(replace(link, capacity=int(link.capacity * self.capacity_share))
                       for link in resources.external_links
                       if link.local_node in nodes and (self.peers is None or link.peer_member in self.peers))
-        return Advertisement(tuple(nodes[n] for n in sorted(nodes)), links)
+        saes = tuple(sorted((s for s in resources.saes if s.sae_id in self.saes), key=lambda s: s.sae_id))
+        return Advertisement(tuple(nodes[n] for n in sorted(nodes)), links, saes)
 
 
 class FederationAgent:
@@ -134,6 +154,10 @@ class FederationAgent:
         self._admitted = False
         self._lock = asyncio.Lock()
         self._follower: asyncio.Task | None = None
+
+    @property
+    def admitted(self) -> bool:
+        return self._admitted
 
     @property
     def public_key(self) -> str:
@@ -213,17 +237,42 @@ class FederationAgent:
         _leaf(ad, "member-id", self.member_id)
         for node in offer.border_nodes:
             element = etree.SubElement(ad, _f("border-node"))
-            _leaf(element, "node-id", node.node_id)
-            _leaf(element, "km-id", node.km_id)
-            if node.site:
-                _leaf(element, "site", node.site)
+            for tag, value in (("node-id", node.node_id), ("km-id", node.km_id), ("qkdn-id", node.qkdn_id),
+                               ("site", node.site)):
+                if value:
+                    _leaf(element, tag, value)
+        for sae in offer.saes:
+            element = etree.SubElement(ad, _f("sae"))
+            _leaf(element, "sae-id", sae.sae_id)
+            _leaf(element, "km-id", sae.km_id)
         for link in offer.links:
             element = etree.SubElement(ad, _f("inter-domain-link"))
             for tag, value in (("link-id", link.link_id), ("local-border-node", link.local_node),
-                               ("peer-member", link.peer_member), ("peer-border-node", link.peer_node),
-                               ("capacity", link.capacity)):
-                _leaf(element, tag, value)
+                               ("local-interface", link.local_interface), ("peer-member", link.peer_member),
+                               ("peer-border-node", link.peer_node), ("capacity", link.capacity)):
+                if value is not None:
+                    _leaf(element, tag, value)
         return fed
+
+    async def members(self) -> dict[str, tuple[str, Advertisement | None]]:
+        """Every member the platform shows this one, with its membership status and what it
+        advertises (links with their capacity as offered)."""
+        nc = await self.session()
+        data = await nc.get(("subtree", f'<federation xmlns="{FED_NS}"><members><member><member-id/><status/>'
+                                        "</member></members><advertisements/></federation>"))
+        text = lambda element, tag: (element.findtext(_f(tag)) or "").strip() or None
+        offers = {}
+        for ad in data.iter(_f("advertisement")) if data is not None else ():
+            nodes = tuple(Node(text(n, "node-id") or "", text(n, "km-id") or "", text(n, "site"), text(n, "qkdn-id"))
+                          for n in ad.iterfind(_f("border-node")))
+            links = tuple(ExternalLink(text(l, "link-id") or "", text(l, "local-border-node") or "",
+                                       text(l, "peer-member") or "", text(l, "peer-border-node") or "",
+                                       int(text(l, "capacity") or 0), _int(text(l, "local-interface")))
+                          for l in ad.iterfind(_f("inter-domain-link")))
+            saes = tuple(Sae(text(s, "sae-id") or "", text(s, "km-id") or "") for s in ad.iterfind(_f("sae")))
+            offers[text(ad, "member-id")] = Advertisement(nodes, links, saes)
+        return {text(m, "member-id") or "": (text(m, "status") or "", offers.get(text(m, "member-id")))
+                for m in data.iter(_f("member"))} if data is not None else {}
 
     async def _follow(self, nc: NetconfClient) -> None:
         """Re-advertise when the federation's membership changes."""

@@ -9,6 +9,11 @@ intent in priority order (higher priority first, so that it holds key rate befor
 ones), and asks for what is missing, top-down: QKD links the forwarding stratum lacks
 (which asks the connectivity stratum for their optical paths), then the service session.
 It is woken by the controllers' notifications, by commits, and by a period.
+
+An intent with a `segment` is this domain's part of a cross-domain service (a federation
+platform asks for it): its path runs between the inter-domain links where keys enter and
+leave the domain and the local SAE, and its session is a segment session of the service
+stratum, which routes keys towards the key managers of the service's two SAEs.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from netconf_core.errors import RPCError
 from netconf_core.server import NetconfServer, User, standard_nacm
 from orchestrator import lifecycle
 from orchestrator.planner import Demand, Infeasible, Network, Plan, Planner
-from orchestrator.requests import SessionRequest, links_config, links_delete
+from orchestrator.requests import SegmentEnds, SessionRequest, links_config, links_delete
 from orchestrator.store import IntentRecord, IntentStore, timestamp
 from orchestrator.views import (FWD_NS, NW_NS, SVC_NS, FibreView, ForwardingView, Hop, ServiceView,
                                 Session)
@@ -77,12 +82,16 @@ class IntentSpec:
     qber_ceiling: float | None = None
     priority: int = 100
     allow_federation: bool = False
+    service: str | None = None          # for a segment: the cross-domain service it is part of
+    segment: SegmentEnds | None = None
 
     @classmethod
     def from_xml(cls, intent: etree._Element) -> IntentSpec:
         text = lambda tag, default=None: (intent.findtext(_i(tag)) or "").strip() or default
         number = lambda tag: int(text(tag)) if text(tag) is not None else None
         endpoints = intent.find(_i("endpoints"))
+        segment = intent.find(_i("segment"))
+        in_segment = lambda tag: (segment.findtext(_i(tag)) or "").strip() or None if segment is not None else None
         return cls(
             name=text("name", ""),
             source_sae=(endpoints.findtext(_i("source-sae")) or "").strip() if endpoints is not None else "",
@@ -97,21 +106,32 @@ class IntentSpec:
             avoid_links=tuple((e.text or "").strip() for e in intent.iterfind(_i("avoid-links"))),
             qber_ceiling=float(text("qber-ceiling")) if text("qber-ceiling") else None,
             priority=number("priority") if number("priority") is not None else 100,
-            allow_federation=text("allow-federation", "false") == "true")
+            allow_federation=text("allow-federation", "false") == "true",
+            service=in_segment("service"),
+            segment=SegmentEnds(in_segment("source-km") or "", in_segment("destination-km") or "",
+                                in_segment("ingress-link"), in_segment("egress-link")) if segment is not None else None)
 
     def demand(self, saes: dict[str, str]) -> Demand:
-        kms = []
-        for sae in (self.source_sae, self.destination_sae):
-            if sae not in saes:
-                raise Infeasible(f"SAE {sae} is not attached to any key manager of the service stratum")
-            kms.append(saes[sae])
-        return Demand(self.name, kms[0], kms[1], self.min_rate, self.priority, self.disjoint_paths, self.max_hops,
-                      frozenset(self.avoid_nodes), frozenset(self.avoid_links), self.qber_ceiling)
+        """What the intent asks of the network; a segment's end beyond an inter-domain link
+        is that link's far node, and its SAE is another domain's."""
+        ends = self.segment or SegmentEnds("", "", None, None)
+        source = ends.source_km if ends.ingress_link else _local_km(self.source_sae, saes)
+        destination = ends.destination_km if ends.egress_link else _local_km(self.destination_sae, saes)
+        return Demand(self.name, source, destination, self.min_rate, self.priority, self.disjoint_paths,
+                      self.max_hops, frozenset(self.avoid_nodes), frozenset(self.avoid_links), self.qber_ceiling,
+                      ends.ingress_link, ends.egress_link)
 
     def session_request(self, steer: tuple[str, ...]) -> SessionRequest:
         avoid = tuple(sorted(set(self.avoid_links) | set(steer)))
         return SessionRequest(self.name, self.source_sae, self.destination_sae, self.min_rate, self.key_size,
-                              self.ttl, self.max_hops, tuple(sorted(self.avoid_nodes)), avoid, self.qber_ceiling)
+                              self.ttl, self.max_hops, tuple(sorted(self.avoid_nodes)), avoid, self.qber_ceiling,
+                              self.segment)
+
+
+def _local_km(sae: str, saes: dict[str, str]) -> str:
+    if sae not in saes:
+        raise Infeasible(f"SAE {sae} is not attached to any key manager of the service stratum")
+    return saes[sae]
 
 
 def intent_elements(tree: etree._Element) -> dict[str, etree._Element]:
@@ -736,8 +756,7 @@ def _hop(hop: Hop) -> dict:
 def plan_hops(plan: Plan, index: int, fwd: ForwardingView) -> list[dict]:
     nodes = plan.nodes(index)
     links = plan.link_ids(index) + [None]
-    return [{"km-id": fwd.nodes[n].km_id if n in fwd.nodes else None, "node-id": n, "link-id": l}
-            for n, l in zip(nodes, links)]
+    return [{"km-id": fwd.km_of(n), "node-id": n, "link-id": l} for n, l in zip(nodes, links)]
 
 
 def observed_rate(session: Session, fwd: ForwardingView) -> int | None:

@@ -10,7 +10,9 @@ network:
 - `Planner.plan`: paths for one demand over the usable existing links and the candidates,
   within its constraints and the key rate left by the demands planned before it
   (the orchestrator plans in priority order); which links must be created; or a precise
-  reason why no path exists, naming the missing resource.
+  reason why no path exists, naming the missing resource. A segment of a cross-domain
+  service starts (ends) at the far node of the inter-domain link where keys enter (leave)
+  the domain; inter-domain links serve only the segments that name them.
 """
 from __future__ import annotations
 
@@ -154,6 +156,8 @@ class Demand:
     avoid_nodes: frozenset[str] = frozenset()
     avoid_links: frozenset[str] = frozenset()
     qber_ceiling: float | None = None
+    ingress_link: str | None = None  # a segment: the inter-domain link keys enter by (source_km is then remote)
+    egress_link: str | None = None   # ... and leave by (destination_km is then remote)
 
 
 @dataclass(frozen=True)
@@ -280,7 +284,7 @@ class Network:
         problems: dict[tuple[str, str], list[str]] = {}
         options: list[tuple[float, Edge, str | None]] = []
         for link in self.fwd.links.values():
-            if link.link_type != "PHYS":
+            if link.link_type != "PHYS" or (link.external and link.id not in (demand.ingress_link, demand.egress_link)):
                 continue
             options.append((1.0, Edge(link.id, *link.nodes(), existing=link), self.link_problem(link, demand)))
         for candidate in self.candidates:
@@ -311,7 +315,13 @@ class Planner:
     def endpoints(self, demand: Demand) -> tuple[str, str]:
         fwd = self.network.fwd
         nodes = []
-        for km in (demand.source_km, demand.destination_km):
+        for km, border_link in ((demand.source_km, demand.ingress_link), (demand.destination_km, demand.egress_link)):
+            if border_link is not None:
+                link = fwd.links.get(border_link)
+                if link is None or not link.external:
+                    raise Infeasible(f"{border_link} is not an inter-domain link of the forwarding topology")
+                nodes.append(link.b[0])
+                continue
             node = fwd.node_of_km(km)
             if node is None:
                 raise Infeasible(f"key manager {km} has no QKD node in the forwarding topology")
@@ -409,7 +419,8 @@ class Planner:
         try:
             nodes = nx.shortest_path(relaxed, source, destination, weight="cost")
         except (nx.NetworkXNoPath, nx.NodeNotFound):
-            unattached = [n for n in (source, destination) if not any(self.network.fwd.nodes[n].interfaces.values())]
+            nodes = self.network.fwd.nodes
+            unattached = [n for n in (source, destination) if n in nodes and not any(nodes[n].interfaces.values())]
             if unattached:
                 return (f"no path between {source} and {destination}: the forwarding topology names no fibre "
                         f"attachment (supporting-termination-point) for the interfaces of {', '.join(unattached)}, "

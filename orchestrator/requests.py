@@ -15,6 +15,23 @@ NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 
 
 @dataclass(frozen=True)
+class SegmentEnds:
+    """Where a segment of a cross-domain service enters and leaves the domain, and the key
+    managers of the service's SAEs (qi-intent and qi-service `segment`)."""
+
+    source_km: str
+    destination_km: str
+    ingress_link: str | None
+    egress_link: str | None
+
+    def append_to(self, parent: etree._Element, ns: str) -> None:
+        for tag, value in (("source-km", self.source_km), ("destination-km", self.destination_km),
+                           ("ingress-link", self.ingress_link), ("egress-link", self.egress_link)):
+            if value is not None:
+                etree.SubElement(parent, f"{{{ns}}}{tag}").text = value
+
+
+@dataclass(frozen=True)
 class SessionRequest:
     """The qi-service session that carries an intent's keys."""
 
@@ -28,6 +45,7 @@ class SessionRequest:
     avoid_nodes: tuple[str, ...]
     avoid_links: tuple[str, ...]
     qber_ceiling: float | None
+    segment: SegmentEnds | None = None
 
     def config(self) -> etree._Element:
         sessions = etree.Element(f"{{{SVC_NS}}}sessions", nsmap={None: SVC_NS})
@@ -39,6 +57,8 @@ class SessionRequest:
         for tag, value in leaves:
             if value is not None:
                 etree.SubElement(session, f"{{{SVC_NS}}}{tag}").text = str(value)
+        if self.segment is not None:
+            self.segment.append_to(etree.SubElement(session, f"{{{SVC_NS}}}segment"), SVC_NS)
         return sessions
 
     @staticmethod
@@ -58,21 +78,53 @@ def _network(network_id: str) -> tuple[etree._Element, etree._Element]:
     return networks, network
 
 
+def _phys_link(network: etree._Element, link_id: str, a: tuple[str, str], b: tuple[str, str],
+               qkdl_id: str) -> etree._Element:
+    """A PHYS link from node-tp `a` to node-tp `b`; returns its qkd-link container."""
+    link = etree.SubElement(network, f"{{{NT_NS}}}link")
+    etree.SubElement(link, f"{{{NT_NS}}}link-id").text = link_id
+    for end, node_tag, tp_tag, (node, tp) in (("source", "source-node", "source-tp", a),
+                                              ("destination", "dest-node", "dest-tp", b)):
+        element = etree.SubElement(link, f"{{{NT_NS}}}{end}")
+        etree.SubElement(element, f"{{{NT_NS}}}{node_tag}").text = node
+        etree.SubElement(element, f"{{{NT_NS}}}{tp_tag}").text = tp
+    qkd = etree.SubElement(link, f"{{{FWD_NS}}}qkd-link")
+    etree.SubElement(qkd, f"{{{FWD_NS}}}qkdl-id").text = qkdl_id
+    etree.SubElement(qkd, f"{{{FWD_NS}}}link-type").text = "etsi-qkdn-types:PHYS"
+    return qkd
+
+
 def links_config(network_id: str, candidates: list[Candidate]) -> etree._Element:
     """New PHYS links, one per candidate, with the qkdl-id both QKD nodes will share."""
     networks, network = _network(network_id)
     for candidate in candidates:
-        link = etree.SubElement(network, f"{{{NT_NS}}}link")
-        etree.SubElement(link, f"{{{NT_NS}}}link-id").text = candidate.link_id
-        source = etree.SubElement(link, f"{{{NT_NS}}}source")
-        etree.SubElement(source, f"{{{NT_NS}}}source-node").text = candidate.a[0]
-        etree.SubElement(source, f"{{{NT_NS}}}source-tp").text = candidate.a[1]
-        destination = etree.SubElement(link, f"{{{NT_NS}}}destination")
-        etree.SubElement(destination, f"{{{NT_NS}}}dest-node").text = candidate.b[0]
-        etree.SubElement(destination, f"{{{NT_NS}}}dest-tp").text = candidate.b[1]
-        qkd = etree.SubElement(link, f"{{{FWD_NS}}}qkd-link")
-        etree.SubElement(qkd, f"{{{FWD_NS}}}qkdl-id").text = candidate.qkdl_id
-        etree.SubElement(qkd, f"{{{FWD_NS}}}link-type").text = "etsi-qkdn-types:PHYS"
+        _phys_link(network, candidate.link_id, candidate.a, candidate.b, candidate.qkdl_id)
+    return networks
+
+
+@dataclass(frozen=True)
+class ExternalLinkRequest:
+    """This domain's end of an inter-domain PHYS link (qi-forwarding external-peer)."""
+
+    link_id: str
+    local: tuple[str, str]   # (node, tp) in this domain
+    remote: tuple[str, str]  # (node, tp) of the peer's border node
+    qkdl_id: str
+    peer_member: str
+    peer_qkdn_id: str
+    peer_km: str
+
+
+def external_links_config(network_id: str, requests: list[ExternalLinkRequest]) -> etree._Element:
+    """The domain's ends of inter-domain links, each replacing what the link was."""
+    networks, network = _network(network_id)
+    for request in requests:
+        qkd = _phys_link(network, request.link_id, request.local, request.remote, request.qkdl_id)
+        qkd.getparent().set(f"{{{NC_NS}}}operation", "replace")
+        peer = etree.SubElement(qkd, f"{{{FWD_NS}}}external-peer")
+        for tag, value in (("member", request.peer_member), ("qkdn-id", request.peer_qkdn_id),
+                           ("km-id", request.peer_km)):
+            etree.SubElement(peer, f"{{{FWD_NS}}}{tag}").text = value
     return networks
 
 

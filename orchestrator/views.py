@@ -134,6 +134,7 @@ class QkdNode:
     km_id: str
     site: str
     interfaces: dict[str, PortRef | None]  # tp-id -> fibre attachment (node, tp)
+    qkdn_id: str = ""  # ETSI GS QKD 015 identifier of the node
 
 
 @dataclass(frozen=True)
@@ -148,10 +149,15 @@ class QkdLink:
     eskr: float | None
     qber: float | None
     optical_path: str | None
+    peer_km: str | None = None  # an inter-domain link: the key manager of its far end, another domain's node
 
     @property
     def up(self) -> bool:
         return self.status == LINK_UP
+
+    @property
+    def external(self) -> bool:
+        return self.peer_km is not None
 
     def nodes(self) -> tuple[str, str]:
         return self.a[0], self.b[0]
@@ -179,7 +185,8 @@ class ForwardingView:
                 support = tp.find(nt("supporting-termination-point"))
                 interfaces[_text(tp, nt("tp-id"), "")] = (
                     (_text(support, nt("node-ref"), ""), _text(support, nt("tp-ref"), "")) if support is not None else None)
-            view.nodes[node_id] = QkdNode(node_id, _text(qkd, f("km-id"), ""), _text(qkd, f("site"), ""), interfaces)
+            view.nodes[node_id] = QkdNode(node_id, _text(qkd, f("km-id"), ""), _text(qkd, f("site"), ""), interfaces,
+                                          _text(qkd, f("qkdn-id"), ""))
         for link in network.iterfind(nt("link")):
             qkd = link.find(f("qkd-link"))
             if qkd is None:
@@ -191,11 +198,18 @@ class ForwardingView:
                 (_text(link, f"{nt('destination')}/{nt('dest-node')}", ""), _text(link, f"{nt('destination')}/{nt('dest-tp')}", "")),
                 _text(qkd, f("qkdl-id"), ""), _identity(_text(qkd, f("link-type"))) or "PHYS",
                 _identity(_text(qkd, f("status"))), _number(qkd, f("skr")), _number(qkd, f("eskr")),
-                _number(qkd, f("qber")), _text(qkd, f("optical-path")))
+                _number(qkd, f("qber")), _text(qkd, f("optical-path")),
+                _text(qkd, f"{f('external-peer')}/{f('km-id')}"))
         return view
 
     def node_of_km(self, km_id: str) -> str | None:
         return next((n.id for n in self.nodes.values() if n.km_id == km_id), None)
+
+    def km_of(self, node_id: str) -> str | None:
+        """The key manager of a node, or of the far node of an inter-domain link."""
+        if node_id in self.nodes:
+            return self.nodes[node_id].km_id
+        return next((l.peer_km for l in self.links.values() if l.external and l.b[0] == node_id), None)
 
     def used_interfaces(self) -> set[PortRef]:
         return {end for link in self.links.values() if link.link_type == "PHYS" for end in (link.a, link.b)}
@@ -219,6 +233,8 @@ class Session:
     status: str | None
     reason: str
     path: tuple[Hop, ...]
+    delivered_keys: int = 0
+    delivered_bits: int = 0
 
     @property
     def links(self) -> tuple[str, ...]:
@@ -241,7 +257,8 @@ class ServiceView:
             view.sessions[name] = Session(
                 name, _text(session, s("source-sae"), ""), _text(session, s("destination-sae"), ""),
                 int(_number(session, s("rate")) or 0), _text(session, s("status")), _text(session, s("reason"), ""),
-                parse_hops(session.find(s("path")), SVC_NS))
+                parse_hops(session.find(s("path")), SVC_NS), int(_number(session, s("delivered-keys")) or 0),
+                int(_number(session, s("delivered-bits")) or 0))
         for sae in data.iterfind(f"{s('sae-directory')}/{s('sae')}"):
             view.saes[_text(sae, s("sae-id"), "")] = _text(sae, s("km-id"), "")
         return view

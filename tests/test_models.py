@@ -181,7 +181,11 @@ INVALID = [
             'Unsatisfied pattern - "alice vpn"', "session[name='vpn-a-c']/source-sae"),
     Invalid("qi-service", "rpc-missing-rate.xml", "rpc",
             'Mandatory node "rate"', "plan-path/rate"),
+    Invalid("qi-service", "segment-without-border.xml", "config",
+            "a segment enters or leaves the domain", "session[name='fed-xd-1']/segment"),
     # orchestrator north
+    Invalid("qi-intent", "segment-without-border.xml", "config",
+            "a segment enters or leaves the domain", "intent[name='fed-xd-1']/segment"),
     Invalid("qi-intent", "missing-mandatory.xml", "config",
             'Mandatory node "min-rate"', "intent/min-rate"),
     Invalid("qi-intent", "out-of-range.xml", "config",

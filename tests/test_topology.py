@@ -9,8 +9,8 @@ import networkx as nx
 import pytest
 import yaml
 
-from devices.topology import (TopologyError, build_twin, default_topology, generate_topology, load_topology,
-                              parse_topology)
+from devices.topology import (TopologyError, build_twin, default_topology, embedded_topology, generate_topology,
+                              load_topology, parse_topology)
 from devices.twin import Endpoint
 from tools import cmd_topology
 
@@ -228,3 +228,32 @@ def test_cli_generates_and_checks(tmp_path, capsys, madrid_data):
     assert "needs at least 2 nodes" in capsys.readouterr().err
     assert run_cli("topology", "generate", "--nodes", "4") == 0
     assert yaml.safe_load(capsys.readouterr().out) == generate_topology(4, 0)
+
+
+def test_a_multi_domain_topology_gives_each_domain_its_own_part():
+    topology = embedded_topology("federation.yaml")
+    assert topology.domains == ("A", "B", "C", "D")
+    assert [s.id for s in topology.inter_domain_spans()] == ["a2-b1", "b2-c1", "a3-d1", "d2-c2"]
+    assert topology.domain_of("c3") == "C"
+    b = topology.domain_part("B")
+    assert ([s.id for s in b.sites], [s.id for s in b.spans], [n.id for n in b.qkd_nodes],
+            [k.id for k in b.key_managers], b.saes) == (["b1", "b2"], ["b1-b2"], ["qkd-b1", "qkd-b2"],
+                                                        ["km-b1", "km-b2"], ())
+    assert [s.id for s in topology.domain_part("A").saes] == ["sae-a"]
+    with pytest.raises(ValueError, match="topology federation has no domain 'E' \\(domains: A, B, C, D\\)"):
+        topology.domain_part("E")
+
+
+def test_every_site_names_a_domain_and_inter_domain_spans_end_at_border_sites(tmp_path, madrid_data):
+    data = copy.deepcopy(madrid_data)
+    for site in data["sites"][:5]:
+        site["domain"] = "west" if site["id"] in ("quintin", "almagro") else "east"
+    assert mistakes(tmp_path, data) == [
+        "sites[5] ('montegancedo'): has no domain, but sites 'quintin', 'concepcion', 'almagro' name theirs: "
+        "in a multi-domain topology every site belongs to a domain",
+        "spans[0] ('quintin-concepcion'): joins domains 'west' and 'east' but ends at switch port "
+        "'sw-concepcion:1': an inter-domain span ends at border sites",
+        "spans[1] ('almagro-concepcion'): joins domains 'west' and 'east' but ends at switch port "
+        "'sw-concepcion:2': an inter-domain span ends at border sites",
+        "spans[5] ('almagro-norte'): joins domains 'west' and 'east' but ends at switch port 'sw-norte:2': "
+        "an inter-domain span ends at border sites"]

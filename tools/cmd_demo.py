@@ -34,10 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--timeout", type=float, default=STEP_TIMEOUT_S,
                         help=f"seconds each step may take (default {STEP_TIMEOUT_S:g})")
+    parser.add_argument("--federation", action="store_true",
+                        help="run the federation demo instead: four domains and the federation platform, a "
+                             "cross-domain key service, a failure and its re-route, charging")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.federation:
+        from tools.demo_federation import FederationDemo
+
+        return asyncio.run(FederationDemo(args.timeout).run())
     return asyncio.run(Demo(args.timeout).run())
 
 
@@ -179,28 +186,34 @@ class Operator:
         return next(r.etsi014_url for r in self.stack.table() if r.name == km)
 
     async def fetch_keys(self, master: str, slave: str, number: int = 4, size: int = 256) -> tuple[list[str], bool]:
-        """enc_keys for `master` at its key manager, dec_keys for `slave` at its own; retried
-        while the key pools fill. Returns the key IDs and whether both ends got the same keys."""
-        deadline = time.monotonic() + self.timeout
-        while True:
-            async with self.http.get(f"{self.key_api(master)}/api/v1/keys/{slave}/enc_keys",
-                                     params={"number": str(number), "size": str(size)},
-                                     headers={SAE_HEADER: master}) as reply:
-                body = await reply.json()
-            if reply.status == 200:
-                break
-            if reply.status != 503 or time.monotonic() > deadline:
-                raise StepFailed(f"enc_keys answered {reply.status}: {body.get('message')}")
-            await asyncio.sleep(0.1)
-        sent = {k["key_ID"]: k["key"] for k in body["keys"]}
-        async with self.http.post(f"{self.key_api(slave)}/api/v1/keys/{master}/dec_keys",
-                                  json={"key_IDs": [{"key_ID": i} for i in sent]},
-                                  headers={SAE_HEADER: slave}) as reply:
+        return await exchange_keys(self.http, (self.key_api(master), master), (self.key_api(slave), slave),
+                                   number, size, self.timeout)
+
+
+async def exchange_keys(http, master: tuple[str, str], slave: tuple[str, str], number: int = 4, size: int = 256,
+                        timeout: float = STEP_TIMEOUT_S) -> tuple[list[str], bool]:
+    """enc_keys for the master SAE at its key manager's ETSI 014 API, dec_keys for the slave
+    SAE at its own (each given as (API URL, SAE id)); retried while the key pools fill.
+    Returns the key IDs and whether both ends got the same keys."""
+    (master_api, master_sae), (slave_api, slave_sae) = master, slave
+    deadline = time.monotonic() + timeout
+    while True:
+        async with http.get(f"{master_api}/api/v1/keys/{slave_sae}/enc_keys", headers={SAE_HEADER: master_sae},
+                            params={"number": str(number), "size": str(size)}) as reply:
             body = await reply.json()
-            if reply.status != 200:
-                raise StepFailed(f"dec_keys answered {reply.status}: {body.get('message')}")
-        received = {k["key_ID"]: k["key"] for k in body["keys"]}
-        return list(sent), received == sent
+        if reply.status == 200:
+            break
+        if reply.status != 503 or time.monotonic() > deadline:
+            raise StepFailed(f"enc_keys answered {reply.status}: {body.get('message')}")
+        await asyncio.sleep(0.1)
+    sent = {k["key_ID"]: k["key"] for k in body["keys"]}
+    async with http.post(f"{slave_api}/api/v1/keys/{master_sae}/dec_keys", headers={SAE_HEADER: slave_sae},
+                         json={"key_IDs": [{"key_ID": i} for i in sent]}) as reply:
+        body = await reply.json()
+        if reply.status != 200:
+            raise StepFailed(f"dec_keys answered {reply.status}: {body.get('message')}")
+    received = {k["key_ID"]: k["key"] for k in body["keys"]}
+    return list(sent), received == sent
 
 
 def _text(element: etree._Element, ns: str, tag: str) -> str:

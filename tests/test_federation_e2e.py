@@ -1,0 +1,232 @@
+"""Cross-domain key services over the whole federated stack, on 127.0.0.1: four domains of
+tools/topologies/federation.yaml (A, B, C in a line, D a second way from A to C), each with
+its own devices' controllers, orchestrator and federation agent, and the federation platform;
+real SSH sessions throughout, keys fetched through ETSI GS QKD 014 at both ends.
+"""
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+
+import aiohttp
+from lxml import etree
+
+from devices.topology import embedded_topology
+from netconf_core.client import NetconfClient
+from orchestrator.federation import FED_NS
+from orchestrator.views import NW_NS, ForwardingView
+from test_demo import check_summary
+from tools.cmd_demo import exchange_keys
+from tools.demo_federation import service_state
+from tools.federated_stack import ADMIN, PRICE_PER_KBIT, FederatedStack, service_request, service_user
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NS = {"f": FED_NS}
+INT_NS = "urn:qstrata:yang:qi-intent"
+KM_NS = "urn:qstrata:yang:qi-key-manager"
+WAIT_S = 20.0
+SCENARIO_S = 60.0
+DEMO_STEPS = [
+    "Start domains A, B, C, D (devices, 3 controllers, orchestrator, agent) and the federation platform",
+    "The domains join, are admitted and agree transit",
+    "A user of domain A asks the platform for keys between sae-a (A) and sae-c (C)",
+    "The platform routes the service through A, B, C",
+    "Fetch keys through ETSI GS QKD 014 at both ends",
+    "Cut the fibre between domains A and B",
+    "The platform re-routes the service through D",
+    "Keys still match over the new route",
+    "Charging records add up to the keys delivered",
+]
+
+
+def run(scenario: Callable[[FederatedStack, NetconfClient], Awaitable[None]]) -> None:
+    """The federation started and federated, the service s1 (sae-a in A to sae-c in C)
+    requested by a user of A, then the scenario."""
+    async def main() -> None:
+        async with FederatedStack(embedded_topology("federation.yaml")) as fed:
+            await fed.federate(WAIT_S)
+            user = await fed.connect(service_user("A"))
+            try:
+                await user.edit_config(service_request("s1", "A", ("sae-a", "A"), ("sae-c", "C"), 10000))
+                await scenario(fed, user)
+            finally:
+                user.close()
+    asyncio.run(asyncio.wait_for(main(), SCENARIO_S))
+
+
+async def until(check: Callable[[], Awaitable[object]], what: str) -> object:
+    """Poll `check` until it returns something true; fail after WAIT_S."""
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while not (result := await check()):
+                await asyncio.sleep(0.1)
+            return result
+    except TimeoutError:
+        raise AssertionError(f"still not so after {WAIT_S:g} s: {what}") from None
+
+
+async def routed(user: NetconfClient, route: list[str]) -> dict:
+    async def active() -> dict | None:
+        s1 = service_state(await user.get(("subtree", f'<federation xmlns="{FED_NS}"><services/></federation>')),
+                           "s1")
+        return s1 if s1.get("status") == "active" and s1["route"] == route else None
+    return await until(active, f"service s1 active through {route}")
+
+
+async def keys_match(fed: FederatedStack, number: int) -> int:
+    urls = {row.id: row.etsi014_url for row in fed.host.table()}
+    async with aiohttp.ClientSession() as http:
+        ids, same = await exchange_keys(http, (urls["km-a1"], "sae-a"), (urls["km-c3"], "sae-c"), number,
+                                        timeout=WAIT_S)
+    assert same and len(ids) == number
+    return number
+
+
+async def level(fed: FederatedStack, name: str, port: int) -> NetconfClient:
+    """A session to a device or controller of the plant, as its administrator."""
+    where = fed.stacks["A"].endpoint(name, port)
+    return await NetconfClient.connect(where.host, where.port, where.username, password=where.password)
+
+
+async def intents(fed: FederatedStack, domain: str) -> dict[str, etree._Element]:
+    orchestrator = fed.stacks[domain].orchestrator
+    async with await level(fed, "orchestrator", orchestrator.port) as nc:
+        data = await nc.get(("subtree", f'<intents xmlns="{INT_NS}"/>'))
+    return {i.findtext(f"{{{INT_NS}}}name"): i for i in data.iter(f"{{{INT_NS}}}intent")} if data is not None else {}
+
+
+async def forwarding(fed: FederatedStack, domain: str) -> ForwardingView:
+    async with await level(fed, "forwarding", fed.stacks[domain].forwarding.port) as nc:
+        return ForwardingView.parse(await nc.get(("subtree", f'<networks xmlns="{NW_NS}"/>')))
+
+
+async def key_manager(fed: FederatedStack, km_id: str) -> etree._Element:
+    port = next(row.port for row in fed.host.table() if row.id == km_id)
+    async with await level(fed, km_id, port) as nc:
+        data = await nc.get(("subtree", f'<key-manager xmlns="{KM_NS}"/>'))
+    return data.find(f"{{{KM_NS}}}key-manager")
+
+
+def km_text(root: etree._Element, path: str) -> list[str]:
+    return root.xpath(path, namespaces={"k": KM_NS})
+
+
+async def records(fed: FederatedStack) -> dict[str, dict[str, str]]:
+    async with await fed.connect(ADMIN) as admin:
+        data = await admin.get(("subtree", f'<federation xmlns="{FED_NS}"><charging/></federation>'))
+    return {r.findtext("f:member-id", namespaces=NS): {tag: r.findtext(f"f:{tag}", namespaces=NS)
+                                                       for tag in ("keys", "bits", "amount", "agreement", "end-time")}
+            for r in data.iterfind(".//f:record", NS) if r.findtext("f:service-id", namespaces=NS) == "s1"}
+
+
+def test_cross_domain_service_through_a_b_c_delivers_matching_keys():
+    async def scenario(fed: FederatedStack, user: NetconfClient) -> None:
+        s1 = await routed(user, ["A", "B", "C"])
+        assert s1["reason"] == "routed through A, B, C"
+        assert s1["segments"] == [("A", None, "qkd-a2", "fed-s1", "active"),
+                                  ("B", "qkd-b1", "qkd-b2", "fed-s1", "active"),
+                                  ("C", "qkd-c1", None, "fed-s1", "active")]
+        # What a member sees of the others: border nodes with their qkdn_id and key manager,
+        # shared SAEs, links; never a domain's inside (qkd-a1 and qkd-c3 are inner nodes).
+        data = await user.get(("subtree", f'<federation xmlns="{FED_NS}"><advertisements/></federation>'))
+        ads = {ad.findtext("f:member-id", namespaces=NS): ad for ad in data.iterfind(".//f:advertisement", NS)}
+        assert ads["B"].xpath("f:border-node/f:node-id/text()", namespaces=NS) == ["qkd-b1", "qkd-b2"]
+        assert all(ads["B"].xpath("f:border-node/f:qkdn-id/text()", namespaces=NS))
+        assert ads["C"].xpath("f:sae/f:km-id/text()", namespaces=NS) == ["km-c3"]
+        text = etree.tostring(data).decode()
+        assert "qkd-a1" not in text and "qkd-c3" not in text
+        # Each domain realised its segment as an intent between its border and the local SAE.
+        realised = {d: (await intents(fed, d))["fed-s1"] for d in "ABC"}
+        assert {d: i.findtext(f"{{{INT_NS}}}state") for d, i in realised.items()} == dict.fromkeys("ABC", "active")
+        assert realised["A"].findtext(f"{{{INT_NS}}}segment/{{{INT_NS}}}egress-link") == "a2-b1"
+        # Each domain configured its own end of the inter-domain links; they are up.
+        fwd_a, fwd_b = await forwarding(fed, "A"), await forwarding(fed, "B")
+        a2b1, b1a2 = fwd_a.links["a2-b1"], fwd_b.links["a2-b1"]
+        assert (a2b1.a, a2b1.b, a2b1.peer_km) == (("qkd-a2", "2"), ("qkd-b1", "1"), "km-b1")
+        assert (b1a2.a, b1a2.b, b1a2.peer_km) == (("qkd-b1", "1"), ("qkd-a2", "2"), "km-a2")
+        assert a2b1.qkdl_id == b1a2.qkdl_id and a2b1.up and b1a2.up
+        assert "qkd-b1" not in fwd_a.nodes and "qkd-a2" not in fwd_b.nodes
+        # Keys: created at A's key manager, relayed by one-time pad through B, read at C's.
+        delivered = await keys_match(fed, 4) + await keys_match(fed, 2)
+        km_a1, km_b1, km_b2, km_c3 = [await key_manager(fed, k) for k in ("km-a1", "km-b1", "km-b2", "km-c3")]
+        assert km_text(km_a1, "k:sessions/k:session/k:peer-km-id/text()") == ["km-c3"]
+        assert km_text(km_c3, "k:sessions/k:session/k:peer-km-id/text()") == ["km-a1"]
+        for transit in (km_b1, km_b2):  # routes towards both ends, no application session
+            assert set(km_text(transit, "k:forwarding-table/k:route/k:destination-km-id/text()")) == {"km-a1", "km-c3"}
+            assert km_text(transit, "k:sessions/k:session") == []
+        assert km_text(km_b2, "k:forwarding-table/k:route[k:destination-km-id='km-c3']/k:next-hop-km-id/text()") \
+            == ["km-c1"]
+        pair = "k:relay-statistics/k:sae-pair[k:master-sae-id='sae-a'][k:slave-sae-id='sae-c']"
+        assert km_text(km_b2, f"{pair}/k:forwarded-keys/text()") == [str(delivered)]
+        assert km_text(km_c3, f"{pair}/k:received-keys/text()") == [str(delivered)]
+    run(scenario)
+
+
+def test_b_withdraws_the_service_moves_through_d_and_charging_adds_up():
+    async def scenario(fed: FederatedStack, user: NetconfClient) -> None:
+        await routed(user, ["A", "B", "C"])
+        before = await keys_match(fed, 4)
+        await fed.members["B"].withdraw("leaving the federation")
+        s1 = await routed(user, ["A", "D", "C"])
+        assert s1["reason"] == "re-routed through A, D, C: member B withdrew"
+        assert [(d, i, e) for d, i, e, _, _ in s1["segments"]] == [("A", None, "qkd-a3"), ("D", "qkd-d1", "qkd-d2"),
+                                                                   ("C", "qkd-c2", None)]
+        after = await keys_match(fed, 3)
+        # B's segment is released; B and its neighbours take down their ends of the links to each other.
+        await until(lambda: _without(intents(fed, "B"), "fed-s1"), "B's segment intent removed")
+        for domain, left in (("B", set()), ("A", {"a3-d1"}), ("C", {"d2-c2"})):
+            await until(lambda: _external_links(fed, domain, left), f"{domain} keeps the links {left} only")
+        assert (await intents(fed, "A"))["fed-s1"].findtext(f"{{{INT_NS}}}segment/{{{INT_NS}}}egress-link") == "a3-d1"
+        for domain in "ACD":
+            await fed.members[domain].report()
+        charged = await records(fed)
+        expected = {"A": (before + after, None), "B": (before, "A-B"), "C": (before + after, "B-C"),
+                    "D": (after, "A-D")}
+        assert {m: (int(r["keys"]), r["agreement"]) for m, r in charged.items()} == expected
+        for member, record in charged.items():
+            assert int(record["bits"]) == int(record["keys"]) * 256
+            price = Decimal(PRICE_PER_KBIT) if record["agreement"] else Decimal(0)
+            assert Decimal(record["amount"]) == Decimal(record["bits"]) / 1000 * price, member
+        assert charged["B"]["end-time"] is not None
+    run(scenario)
+
+
+def test_a_cut_inter_domain_link_is_advertised_down_and_routed_around():
+    async def scenario(fed: FederatedStack, user: NetconfClient) -> None:
+        await routed(user, ["A", "B", "C"])
+        plant = next(row for row in fed.host.table() if row.id == "fibre-plant")
+        async with await level(fed, plant.id, plant.port) as nc:
+            await nc.dispatch('<cut-span xmlns="urn:qstrata:yang:qi-fibre-plant"><span-id>a2-b1</span-id></cut-span>')
+        await routed(user, ["A", "D", "C"])
+        await keys_match(fed, 2)
+
+        async def offered_down() -> bool:
+            async with await fed.connect(ADMIN) as admin:
+                data = await admin.get(("subtree", f'<federation xmlns="{FED_NS}"><advertisements/></federation>'))
+            capacity = data.xpath("//f:advertisement[f:member-id='A']/f:inter-domain-link[f:link-id='a2-b1']"
+                                  "/f:capacity/text()", namespaces=NS)
+            return capacity == ["0"]
+        await until(offered_down, "A advertises the cut link with no capacity")
+        assert not (await forwarding(fed, "A")).links["a2-b1"].up
+    run(scenario)
+
+
+async def _without(intents_of: Awaitable[dict], name: str) -> bool:
+    return name not in await intents_of
+
+
+async def _external_links(fed: FederatedStack, domain: str, expected: set[str]) -> bool:
+    return {link.id for link in (await forwarding(fed, domain)).links.values() if link.external} == expected
+
+
+def test_federation_demo_runs_every_step_and_ends_with_its_summary():
+    result = subprocess.run([sys.executable, "-m", "tools.cli", "demo", "--federation"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    check_summary(result.stdout, DEMO_STEPS)
+    assert "active through A, D, C" in result.stdout and "A: 8 keys" in result.stdout
+    assert '"key"' not in result.stdout and "shutting down" in result.stdout

@@ -1,0 +1,150 @@
+"""`qstrata demo --federation`: a federation of four QKD networks on loopback, in one command.
+
+It starts the plant of tools/topologies/federation.yaml (domains A, B, C, D), each domain's
+stratum controllers, orchestrator and federation agent, and the federation platform. Then it
+acts as the operators, the federation's administrator and a user of domain A would, over
+NETCONF and ETSI GS QKD 014 only: the domains join and agree transit; the user asks the
+platform for keys between SAE sae-a (in A) and SAE sae-c (in C); both applications fetch keys
+and compare them; the fibre between A and B is cut; the platform re-routes the service
+through D; the keys match again; the charging records add up to the keys delivered. It ends
+with a summary; the exit code is 0 only if every step succeeded.
+"""
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+from lxml import etree
+
+from tools.cmd_demo import Demo, StepFailed, exchange_keys
+
+FED_NS = "urn:qstrata:yang:qi-federation"
+PLANT_NS = "urn:qstrata:yang:qi-fibre-plant"
+NS = {"f": FED_NS}
+TOPOLOGY = "federation.yaml"
+SERVICE_ID, PAYER, RATE = "a-to-c", "A", 10000
+SOURCE, DESTINATION = ("sae-a", "A"), ("sae-c", "C")
+CUT_SPAN = "a2-b1"
+POLL_S = 0.2
+
+
+def service_state(data: etree._Element | None, service_id: str = SERVICE_ID) -> dict:
+    """Status, reason, route and segments (domain, ingress, egress, intent, status) of a
+    cross-domain service in a qi-federation reply; {} when it is not there."""
+    found = data.xpath(f"//f:service[f:service-id='{service_id}']", namespaces=NS) if data is not None else []
+    if not found:
+        return {}
+    service = found[0]
+    return {"status": service.findtext("f:status", namespaces=NS), "reason": service.findtext("f:reason", "", NS),
+            "route": service.xpath("f:domain-route/text()", namespaces=NS),
+            "segments": [tuple(segment.findtext(f"f:{tag}", namespaces=NS)
+                               for tag in ("domain", "ingress", "egress", "intent", "status"))
+                         for segment in service.iterfind("f:segments/f:segment", NS)]}
+
+
+class FederationDemo(Demo):
+    async def run(self) -> int:
+        from devices.topology import embedded_topology
+        from tools.federated_stack import FederatedStack
+
+        fed = FederatedStack(embedded_topology(TOPOLOGY))
+        try:
+            if await self.step("Start domains A, B, C, D (devices, 3 controllers, orchestrator, agent) and the "
+                               "federation platform", lambda: self._start_federation(fed)):
+                await self._story(fed)
+        finally:
+            print("shutting down ...", flush=True)
+            await fed.stop()
+        return self.summary()
+
+    async def _start_federation(self, fed) -> str:
+        await fed.start(self.timeout)
+        devices = len(fed.host.table())
+        return (f"{devices} devices on one emulated plant; {len(fed.stacks)} domains of 4 NETCONF levels each; "
+                f"federation platform at port {fed.platform.port}")
+
+    async def _story(self, fed) -> None:
+        import aiohttp
+
+        from devices.host import PLANT_ID
+        from netconf_core.client import NetconfClient
+        from tools.federated_stack import ADMIN, service_request, service_user
+
+        user = await fed.connect(service_user(PAYER))
+        seen: dict = {}
+        delivered: list[int] = []  # keys fetched end to end, before and after the failure
+        urls = {row.id: row.etsi014_url for row in fed.host.table()}
+        km = {sae.id: sae.km for sae in fed.topology.saes}
+
+        async def federate() -> str:
+            await fed.federate(self.timeout)
+            links = sorted({b.link_id for m in fed.members.values() for b in m.border_links})
+            return (f"{', '.join(fed.members)} admitted; transit agreed between neighbours; inter-domain links "
+                    f"{', '.join(links)} up, each configured by its two domains, one end each")
+
+        async def request() -> str:
+            await user.edit_config(service_request(SERVICE_ID, PAYER, SOURCE, DESTINATION, RATE))
+            return (f"service {SERVICE_ID}: {SOURCE[0]} ({SOURCE[1]}) -> {DESTINATION[0]} ({DESTINATION[1]}), "
+                    f"{RATE} bit/s, asked by {service_user(PAYER)} on the platform's service interface")
+
+        async def routed(avoid: str | None = None) -> str:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    state = service_state(await user.get(("subtree", f'<federation xmlns="{FED_NS}"><services/>'
+                                                                     "</federation>")))
+                    if state.get("status") != seen.get("status") or state.get("route") != seen.get("route"):
+                        self.say(f"{state.get('status')} {' - '.join(state.get('route') or [])}: {state.get('reason')}")
+                        seen.update(state)
+                    if state.get("status") == "active" and avoid not in state["route"]:
+                        return f"active through {', '.join(state['route'])}: {state['reason']}"
+                    await asyncio.sleep(POLL_S)
+
+        async def keys() -> str:
+            async with aiohttp.ClientSession() as http:
+                ids, same = await exchange_keys(http, (urls[km[SOURCE[0]]], SOURCE[0]),
+                                                (urls[km[DESTINATION[0]]], DESTINATION[0]), timeout=self.timeout)
+            if not same:
+                raise StepFailed("the two ends got different keys")
+            delivered.append(len(ids))
+            return (f"{len(ids)} keys of 256 bits: enc_keys at {km[SOURCE[0]]} ({SOURCE[1]}), dec_keys at "
+                    f"{km[DESTINATION[0]]} ({DESTINATION[1]}); they match (first ID {ids[0]})")
+
+        async def cut() -> str:
+            plant = next(row for row in fed.host.table() if row.id == PLANT_ID)
+            where = fed.stacks[PAYER].endpoint(plant.id, plant.port)
+            async with await NetconfClient.connect(where.host, where.port, where.username,
+                                                   password=where.password) as nc:
+                await nc.dispatch(f'<cut-span xmlns="{PLANT_NS}"><span-id>{CUT_SPAN}</span-id></cut-span>')
+            return f"fibre {CUT_SPAN} between domains A and B cut (cut-span of the emulated plant)"
+
+        async def charging() -> str:
+            for member in fed.members.values():
+                await member.report()
+            async with await fed.connect(ADMIN) as admin:
+                data = await admin.get(("subtree", f'<federation xmlns="{FED_NS}"><charging/></federation>'))
+            records = {r.findtext("f:member-id", namespaces=NS): r for r in data.iterfind(".//f:record", NS)
+                       if r.findtext("f:service-id", namespaces=NS) == SERVICE_ID} if data is not None else {}
+            keys = {member: int(r.findtext("f:keys", "0", NS)) for member, r in records.items()}
+            for member, record in sorted(records.items()):
+                self.say(f"{member}: {keys[member]} keys, {record.findtext('f:bits', namespaces=NS)} bits, "
+                         f"agreement {record.findtext('f:agreement', '-', NS)}, owed "
+                         f"{Decimal(record.findtext('f:amount', '0', NS))} credits")
+            before, after = delivered[0], sum(delivered[1:])
+            wanted = {"A": before + after, "B": before, "C": before + after, "D": after}
+            if keys != wanted:
+                raise StepFailed(f"charged keys {keys}, but {wanted} were delivered")
+            return (f"{before + after} keys delivered end to end: A and C charged for all, B for the {before} "
+                    f"before the failure, D for the {after} after it")
+
+        for title, action in (
+                ("The domains join, are admitted and agree transit", federate),
+                ("A user of domain A asks the platform for keys between sae-a (A) and sae-c (C)", request),
+                ("The platform routes the service through A, B, C", routed),
+                ("Fetch keys through ETSI GS QKD 014 at both ends", keys),
+                ("Cut the fibre between domains A and B", cut),
+                ("The platform re-routes the service through D", lambda: routed(avoid="B")),
+                ("Keys still match over the new route", keys),
+                ("Charging records add up to the keys delivered", charging)):
+            if not await self.step(title, action):
+                break
+        user.close()
