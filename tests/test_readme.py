@@ -32,6 +32,8 @@ def test_readme_commands_work_in_a_fresh_clone(tmp_path):
     assert commands == ["make demo", "make test"]
     env = dict(os.environ, **{NESTED: "1"})
     env.pop("VIRTUAL_ENV", None)  # the clone's commands make and use the clone's own venv
+    for name in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):  # typed at a shell, not run by an outer make
+        env.pop(name, None)
     results = {}
     for command in commands:
         results[command] = subprocess.run(command.split(), cwd=clone, env=env, capture_output=True, text=True,
