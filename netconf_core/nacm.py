@@ -192,12 +192,14 @@ class Nacm:
         return verdict
 
     def prune(self, user: str, tree: etree._Element) -> etree._Element:
-        """A copy of `tree` (a wrapper whose children are top-level data nodes) without the
-        nodes the user may not read. A list entry whose key may not be read goes whole."""
+        """`tree` (a wrapper whose children are top-level data nodes) without the nodes the
+        user may not read; a list entry whose key may not be read goes whole. When the user may
+        read everything, `tree` itself comes back: never change the result in place."""
+        if self._bypass(user) or self._unconditional(user, "read"):
+            return tree
         result = copy.deepcopy(tree)
-        if not (self._bypass(user) or self._unconditional(user, "read")):
-            for top in _elements(result):
-                self._prune(user, top, [top], ())
+        for top in _elements(result):
+            self._prune(user, top, [top], ())
         return result
 
     def denied_write_path(self, user: str, before: etree._Element, after: etree._Element) -> str | None:

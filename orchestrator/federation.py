@@ -43,6 +43,7 @@ towards them.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import json
 import logging
@@ -1024,9 +1025,10 @@ class FederationPlatform:
     def hide_others(self, user: str, tree: etree._Element) -> etree._Element:
         """Remove, from a tree NACM already pruned, the services and charging records that are
         not the user's member's."""
-        fed = tree.find(_f("federation"))
-        if fed is None or self.is_admin(user):
+        if tree.find(_f("federation")) is None or self.is_admin(user):
             return tree
+        tree = copy.deepcopy(tree)  # NACM may hand back the datastore's own tree
+        fed = tree.find(_f("federation"))
         member = self.acting_member(user)
         for service in fed.findall(f"{_f('services')}/{_f('service')}"):
             if not self.may_see_service(user, _text(service, "service-id", ""), _text(service, "requesting-member")):
