@@ -183,8 +183,7 @@ class NetconfServer:
     async def start(self) -> None:
         self._acceptor = await asyncssh.create_server(
             lambda: _SSHServer(self), self.host, self.port, server_host_keys=[self.host_key],
-            process_factory=self._serve_process, encoding=None, allow_scp=False,
-            line_editor=False, keepalive_interval=0, encryption_algs=ENCRYPTION_ALGS)
+            encoding=None, allow_scp=False, keepalive_interval=0, encryption_algs=ENCRYPTION_ALGS)
         self.port = self._acceptor.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -204,34 +203,22 @@ class NetconfServer:
     async def __aexit__(self, *exc) -> None:
         await self.stop()
 
-    async def _serve_process(self, process: asyncssh.SSHServerProcess) -> None:
-        if process.subsystem != "netconf":
-            process.stderr.write(b"this server only offers the netconf subsystem\n")
-            process.exit(1)
-            return
+    def _open_session(self, chan: asyncssh.SSHServerChannel) -> Session:
+        """A new NETCONF session on an SSH channel whose netconf subsystem has started."""
         session_id = self._next_session_id
         self._next_session_id += 1
-        conn = process.get_extra_info("connection")
-        peer = process.get_extra_info("peername") or ("", 0)
-        session = Session(self, session_id, process.get_extra_info("username"), process.stdout.write,
-                          lambda: _close_process(process), peer=str(peer[0]))
+        peer = chan.get_extra_info("peername") or ("", 0)
+        session = Session(self, session_id, chan.get_extra_info("username"), chan.write, chan.close,
+                          peer=str(peer[0]))
         self.sessions[session_id] = session
         self.stats["in-sessions"] += 1
         session.start()
-        try:
-            while not session.closed:
-                data = await process.stdin.read(65536)
-                if not data:
-                    break
-                session.data_received(data)
-        except (asyncssh.Error, ConnectionError, asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
-            pass
-        finally:
-            if not session.closed:
-                self.stats["dropped-sessions"] += 1
-            session.connection_lost()
-            _close_process(process)
-            del conn
+        return session
+
+    def _channel_lost(self, session: Session) -> None:
+        if not session.closed:
+            self.stats["dropped-sessions"] += 1
+        session.connection_lost()
 
     def session_ended(self, session: Session) -> None:
         """Release what a closed or dropped session held (RFC 6241 sections 7.5, 8.3.5.2, 8.4.1)."""
@@ -646,11 +633,34 @@ def _is_key(info, element: etree._Element) -> bool:
     return etree.QName(element).localname in info.keys
 
 
-def _close_process(process: asyncssh.SSHServerProcess) -> None:
-    try:
-        process.exit(0)
-    except (OSError, asyncssh.Error):
-        pass
+class _NetconfChannel(asyncssh.SSHServerSession):
+    """One SSH channel: the netconf subsystem only (no shell, no exec), bytes to the session."""
+
+    def __init__(self, server: NetconfServer):
+        self.server = server
+        self.chan: asyncssh.SSHServerChannel | None = None
+        self.session: Session | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
+        self.chan = chan
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == "netconf"
+
+    def session_started(self) -> None:
+        assert self.chan is not None
+        self.session = self.server._open_session(self.chan)
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self.session is not None:
+            self.session.data_received(data)
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close the channel
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None:
+            self.server._channel_lost(self.session)
 
 
 class _SSHServer(asyncssh.SSHServer):
@@ -677,3 +687,6 @@ class _SSHServer(asyncssh.SSHServer):
 
     def public_key_auth_supported(self) -> bool:
         return True
+
+    def session_requested(self) -> _NetconfChannel:
+        return _NetconfChannel(self.server)
