@@ -26,6 +26,15 @@ def signature(element: etree._Element) -> str:
     return f"<{element.tag}>{(element.text or '').strip()}{''.join(children)}</>"
 
 
+def same_content(a: etree._Element | None, b: etree._Element | None) -> bool:
+    """Whether two subtrees have the same content, in any order (their signatures are equal);
+    found at once when they serialise the same, as two versions of a datastore do unless
+    something in them was reordered."""
+    if a is None or b is None:
+        return a is b
+    return etree.tostring(a) == etree.tostring(b) or signature(a) == signature(b)
+
+
 class Controller:
     kind: ClassVar[str] = "controller"
     modules: ClassVar[tuple[str, ...]] = ()          # served northbound

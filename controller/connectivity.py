@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 from lxml import etree
 
-from controller.base import Controller, signature
+from controller.base import Controller, same_content
 from controller.southbound import (DeviceLink, Endpoint, IncompatibleDevice, TransactionError,
                                    implemented_modules)
 from netconf_core.datastore import empty_tree
@@ -333,16 +333,16 @@ def path_requests(tree: etree._Element) -> dict[str, PathRequest]:
     return out
 
 
-def topology_signature(tree: etree._Element) -> str:
-    """The networks of a datastore tree without the optical paths, in an order-insensitive
-    form: what only the controller may change."""
+def topology(tree: etree._Element) -> etree._Element | None:
+    """A copy of the networks of a datastore tree without the optical paths: what only the
+    controller may change."""
     networks = tree.find(_q(NW, "networks"))
     if networks is None:
-        return ""
+        return None
     networks = copy.deepcopy(networks)
     for paths in networks.iter(_q(CONN, "optical-paths")):
         paths.getparent().remove(paths)
-    return signature(networks)
+    return networks
 
 
 def _topology_xml(fibre: Fibre, paths: etree._Element | None) -> etree._Element:
@@ -596,7 +596,7 @@ class ConnectivityController(Controller):
         await self.publish_networks(build)
 
     async def apply(self, before: etree._Element, after: etree._Element) -> None:
-        if topology_signature(before) != topology_signature(after):
+        if not same_content(topology(before), topology(after)):
             raise RPCError("invalid-value", "the fibre topology (nodes, termination points, links) is discovered "
                            "from the devices and cannot be edited; only optical-paths can (if the candidate "
                            "predates a topology change, discard-changes and edit again)",

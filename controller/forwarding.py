@@ -37,7 +37,9 @@ with the lower qkdn_id transmits.
 Link state (status, skr, eskr, expected consumption, QBER, stored key) is read from the
 source node (the destination when the source is unreachable) when a node connects, on each
 ETSI notification about a link (sdqkdn_link_down, sdqkdn_link_perf_update, alarm...) and at
-every resync; channel-loss is the optical path's total loss at the connectivity controller.
+every resync; channel-loss is the optical path's total loss at the connectivity controller,
+read after the controller makes optical paths, at every resync, and once per burst of
+optical-path-status-change notifications (a path going down keeps its route and its loss).
 A status change is sent north as link-status-change, a QBER crossing the node's
 qber-alarm-threshold (either way) as qber-alarm. The resync also repairs nodes whose links
 differ from running (drift) and re-creates the optical paths it made that the connectivity
@@ -52,7 +54,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from controller.base import Controller, signature
+from controller.base import Controller, same_content
 from controller.southbound import DeviceLink, Endpoint, TransactionError, transaction
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import BASE_NS, RPCError
@@ -304,15 +306,14 @@ def link_requests(tree: etree._Element) -> dict[str, LinkRequest]:
     return out
 
 
-def topology_signature(tree: etree._Element) -> str:
-    """The networks of a datastore tree without the qkd network's links, order-insensitive:
-    what only the controller may change."""
+def topology(tree: etree._Element) -> etree._Element | None:
+    """A copy of the networks of a datastore tree without the qkd network's links: what only
+    the controller may change."""
     tree = copy.deepcopy(tree)
     network = _qkd_network(tree)
     for link in network.findall(_q(NT, "link")) if network is not None else []:
         network.remove(link)
-    networks = tree.find(_q(NW, "networks"))
-    return signature(networks) if networks is not None else ""
+    return tree.find(_q(NW, "networks"))
 
 
 def virt_chain(request: LinkRequest, requests: dict[str, LinkRequest]) -> list[str]:
@@ -361,6 +362,8 @@ class ForwardingController(Controller):
         self._lock = asyncio.Lock()
         self._settling: asyncio.Task | None = None
         self._unsettled: str | None = None
+        self._path_refresh: asyncio.Task | None = None
+        self._paths_stale = False
         self.synced = asyncio.Event()  # every node read and the topology in running
 
     async def start(self) -> None:
@@ -368,8 +371,9 @@ class ForwardingController(Controller):
         self.connectivity.start()
 
     async def stop(self) -> None:
-        if self._settling is not None:
-            self._settling.cancel()
+        for task in (self._settling, self._path_refresh):
+            if task is not None:
+                task.cancel()
         await self.connectivity.stop()
         await super().stop()
 
@@ -451,11 +455,34 @@ class ForwardingController(Controller):
         await self._refresh_paths()
 
     async def _connectivity_notification(self, link: DeviceLink, notification: etree._Element) -> None:
-        if notification.find(f".//{_q(CONN, 'optical-path-status-change')}") is not None:
-            await self._refresh_paths()
+        change = notification.find(f".//{_q(CONN, 'optical-path-status-change')}")
+        # A path that goes down keeps its route, and so its loss: only the other changes are read.
+        if change is not None and change.findtext(_q(CONN, "status")) != "down":
+            self._paths_changed()
+
+    def _paths_changed(self) -> None:
+        """Re-read the optical paths once the current burst of their notifications has been
+        received, not once per notification: a change of many links moves many paths at once,
+        and each read is a full one."""
+        self._paths_stale = True
+        if self._path_refresh is None or self._path_refresh.done():
+            self._path_refresh = asyncio.get_running_loop().create_task(self._refresh_stale_paths())
+
+    async def _refresh_stale_paths(self) -> None:
+        while self._paths_stale:
+            await asyncio.sleep(0)
+            try:
+                # After a change being realised, which reads them itself when it is done.
+                async with self._lock:
+                    if self._paths_stale:
+                        await self._refresh_paths()
+            except Exception:  # the next change or resync tries again
+                log.exception("%s: reading the optical paths failed", self.name)
 
     async def _refresh_paths(self) -> None:
-        """Losses of the optical paths, from the connectivity controller's state."""
+        """Losses of the optical paths, from the connectivity controller's state. A read covers
+        every path notification received before it starts."""
+        self._paths_stale = False
         if self.connectivity.status != "connected":
             return
         client = await self.connectivity.session()
@@ -594,7 +621,7 @@ class ForwardingController(Controller):
     # --- realising client changes ------------------------------------------------------------------
 
     async def apply(self, before: etree._Element, after: etree._Element) -> None:
-        if topology_signature(before) != topology_signature(after):
+        if not same_content(topology(before), topology(after)):
             raise RPCError("invalid-value", "the QKD nodes and their interfaces are discovered from the devices and "
                            "cannot be edited; only links can (if the candidate predates a topology change, "
                            "discard-changes and edit again)", path="/ietf-network:networks", path_nsmap=XPATH_NS)
@@ -630,10 +657,13 @@ class ForwardingController(Controller):
             await self._edit_paths([self._path_removal(name) for name in stale])
         except RPCError as err:
             log.warning("%s: optical paths %s were not deleted: %s", self.name, ", ".join(stale), err)
-        for node in {end for r in list(new.values()) + list(gone.values()) for end in (r.source[0], r.destination[0])}:
-            if self._reachable(node):
-                await self._read_node(self.links[node])
-        await self._refresh_paths()
+        for name in stale:
+            self.path_loss.pop(name, None)
+        ends = {end for r in list(new.values()) + list(gone.values()) for end in (r.source[0], r.destination[0])}
+        reads = [self._read_node(self.links[node]) for node in sorted(ends) if self._reachable(node)]
+        if new_paths:  # their losses; those of the other paths have not changed
+            reads.append(self._refresh_paths())
+        await asyncio.gather(*reads)
         await self._observe("link configured", new)
 
     @staticmethod

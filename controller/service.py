@@ -24,7 +24,9 @@ key manager on it is unreachable; when a link's eskr falls below the rates place
 its sessions are degraded, not moved. It runs inside
 every northbound commit (a transaction a key manager refuses refuses the commit), and when
 woken by a link-status-change or qber-alarm of the forwarding controller, a key manager
-(re)connecting, or the periodic resync (which also repairs drift on the key managers).
+(re)connecting, or the periodic resync (which also repairs drift on the key managers). Each
+run reads the forwarding topology afresh, so a wake-up that a run started after (a commit's)
+has already seen does not cause another.
 
 A session that cannot be placed is accepted as configuration; its status is failed, with a
 reason naming what is missing, and it is retried whenever the controller reconciles.
@@ -543,6 +545,8 @@ class ServiceController(Controller):
         self.synced = asyncio.Event()               # every key manager's configuration has been read
         self._lock = asyncio.Lock()                 # one reconcile (or plan) at a time
         self._wake = asyncio.Event()
+        self._wakes = 0                             # wake-ups asked so far
+        self._seen = 0                              # ... that the last reconcile started after
         self._loop_task: asyncio.Task | None = None
         self.server.add_rpc("/qi-service:plan-path", self._plan_path)
 
@@ -565,7 +569,9 @@ class ServiceController(Controller):
         await asyncio.wait_for(asyncio.gather(self.synced.wait(), self.forwarding.connected.wait()), timeout)
 
     def wake(self) -> None:
-        """Ask for a reconcile soon; wake-ups that come during one are folded into the next."""
+        """Ask for a reconcile soon; wake-ups that come during one are folded into the next,
+        and those that a reconcile started since (a commit's) has seen are dropped."""
+        self._wakes += 1
         self._wake.set()
 
     async def _reconcile_loop(self) -> None:
@@ -573,7 +579,9 @@ class ServiceController(Controller):
             await self._wake.wait()
             self._wake.clear()
             try:
-                await self.reconcile()
+                async with self._lock:
+                    if self._wakes > self._seen:
+                        await self._reconcile_config()
             except Exception:  # keep the loop alive; the next wake-up tries again
                 log.exception("%s: reconcile failed", self.name)
 
@@ -604,7 +612,7 @@ class ServiceController(Controller):
         async with self._lock:
             await asyncio.gather(*(self._read_km(link) for link in self.links.values() if link.connected.is_set()),
                                  return_exceptions=True)
-            await self._reconcile(self._requests(self.server.datastores["running"]), refuse=False)
+            await self._reconcile_config()
 
     async def _read_km(self, link: DeviceLink) -> None:
         nc = await link.session()
@@ -645,8 +653,15 @@ class ServiceController(Controller):
         """Make the key managers carry the sessions of `config` (default: running). With an
         explicit config (a commit in progress) a refused transaction is raised as RPCError."""
         async with self._lock:
-            running = config if config is not None else self.server.datastores["running"]
-            await self._reconcile(self._requests(running), refuse=config is not None)
+            await self._reconcile_config(config)
+
+    async def _reconcile_config(self, config: etree._Element | None = None) -> None:
+        """Reconcile (under the lock); it reads the forwarding topology afresh, so it covers the
+        wake-ups asked before it started."""
+        wakes = self._wakes
+        running = config if config is not None else self.server.datastores["running"]
+        await self._reconcile(self._requests(running), refuse=config is not None)
+        self._seen = max(self._seen, wakes)
 
     @staticmethod
     def _requests(config: etree._Element) -> dict[str, Request]:
