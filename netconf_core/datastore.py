@@ -95,10 +95,11 @@ def copy_in_scope(element: etree._Element) -> etree._Element:
 def merge_state(schema: Schema, base: etree._Element, addition: etree._Element) -> None:
     """Merge the children of `addition` (state data from a provider) into `base` in place,
     matching containers by name, list entries by key and leaf-list entries by value."""
+    index = _ChildIndex(schema, base)
     for child in addition:
         if not isinstance(child.tag, str):
             continue
-        match = _match(schema, base, child)
+        match = index.find(child)
         if match is None:
             base.append(copy.deepcopy(child))
         elif len(child):
@@ -107,18 +108,31 @@ def merge_state(schema: Schema, base: etree._Element, addition: etree._Element) 
             match.text = child.text
 
 
-def _match(schema: Schema, base: etree._Element, child: etree._Element) -> etree._Element | None:
-    candidates = list(base.iterchildren(child.tag))
-    if not candidates:
-        return None
-    info = schema.node_for(candidates[0])
-    if info is None:
-        return candidates[0]
-    if info.keyword == "list":
-        def key_values(el):
-            return tuple((el.findtext(f"{{{info.namespace}}}{k}") or "").strip() for k in info.keys)
-        wanted = key_values(child)
-        return next((c for c in candidates if key_values(c) == wanted), None)
-    if info.keyword == "leaf-list":
-        return next((c for c in candidates if (c.text or "").strip() == (child.text or "").strip()), None)
-    return candidates[0]
+class _ChildIndex:
+    """The children of one element, by tag and then by identity (list keys, leaf-list value),
+    built once per merge so that merging n list entries is not n x n."""
+
+    def __init__(self, schema: Schema, parent: etree._Element):
+        self.schema = schema
+        self.parent = parent
+        self.by_tag: dict[str, tuple[object, dict[tuple, etree._Element]]] = {}
+
+    def find(self, child: etree._Element) -> etree._Element | None:
+        if child.tag not in self.by_tag:
+            candidates = list(self.parent.iterchildren(child.tag))
+            if not candidates:
+                return None
+            info = self.schema.node_for(candidates[0])
+            self.by_tag[child.tag] = (info, {_identity(info, c): c for c in reversed(candidates)})
+        info, entries = self.by_tag[child.tag]
+        return entries.get(_identity(info, child))
+
+
+def _identity(info, element: etree._Element) -> tuple:
+    """What tells apart the instances of one schema node: list keys, a leaf-list's value, or
+    nothing (containers, leaves, and nodes the schema does not know)."""
+    if info is not None and info.keyword == "list":
+        return tuple((element.findtext(f"{{{info.namespace}}}{k}") or "").strip() for k in info.keys)
+    if info is not None and info.keyword == "leaf-list":
+        return ((element.text or "").strip(),)
+    return ()
