@@ -20,6 +20,19 @@ log = logging.getLogger(__name__)
 NETWORKS = "{urn:ietf:params:xml:ns:yang:ietf-network}networks"
 
 
+def qname(ns: str, tag: str) -> str:
+    return f"{{{ns}}}{tag}"
+
+
+def sub_element(parent: etree._Element, ns: str, tag: str, text: object = None) -> etree._Element:
+    """A child element; a float is written with three decimals (the models' decimal64 leaves)."""
+    child = etree.SubElement(parent, qname(ns, tag),
+                             nsmap={None: ns} if etree.QName(parent).namespace != ns else None)
+    if text is not None:
+        child.text = text if isinstance(text, str) else (f"{text:.3f}" if isinstance(text, float) else str(text))
+    return child
+
+
 def signature(element: etree._Element) -> str:
     """An order-insensitive text form of a subtree: equal for two trees with the same content."""
     children = sorted(signature(c) for c in element if isinstance(c.tag, str))

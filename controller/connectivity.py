@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 from lxml import etree
 
-from controller.base import Controller, same_content
+from controller.base import Controller, qname as _q, same_content, sub_element as _sub
 from controller.southbound import (DeviceLink, Endpoint, IncompatibleDevice, TransactionError,
                                    implemented_modules)
 from netconf_core.datastore import empty_tree
@@ -70,16 +70,6 @@ PATHS_XPATH = f"/ietf-network:networks/network[network-id='{NETWORK_ID}']/qi-con
 XPATH_NS = {"ietf-network": NW, "qi-connectivity": CONN}
 MAX_REASON = 1024
 
-
-def _q(ns: str, tag: str) -> str:
-    return f"{{{ns}}}{tag}"
-
-
-def _sub(parent: etree._Element, ns: str, tag: str, text: object = None) -> etree._Element:
-    child = etree.SubElement(parent, _q(ns, tag), nsmap={None: ns} if etree.QName(parent).namespace != ns else None)
-    if text is not None:
-        child.text = text if isinstance(text, str) else (f"{text:.3f}" if isinstance(text, float) else str(text))
-    return child
 
 
 def _fault_leaf(parent: etree._Element, tag: str, fault: str) -> None:

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from controller.base import Controller, same_content
+from controller.base import Controller, qname as _q, same_content, sub_element as _sub
 from controller.southbound import DeviceLink, Endpoint, TransactionError, transaction
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import BASE_NS, RPCError
@@ -76,16 +76,6 @@ LINKS_XPATH = f"/ietf-network:networks/network[network-id='{NETWORK_ID}']/ietf-n
 XPATH_NS = {"ietf-network": NW, "ietf-network-topology": NT}
 MAX_REASON = 1024
 
-
-def _q(ns: str, tag: str) -> str:
-    return f"{{{ns}}}{tag}"
-
-
-def _sub(parent: etree._Element, ns: str, tag: str, text: object = None) -> etree._Element:
-    child = etree.SubElement(parent, _q(ns, tag), nsmap={None: ns} if etree.QName(parent).namespace != ns else None)
-    if text is not None:
-        child.text = text if isinstance(text, str) else (f"{text:.3f}" if isinstance(text, float) else str(text))
-    return child
 
 
 def _identity_leaf(parent: etree._Element, ns: str, tag: str, identity: str) -> None:
