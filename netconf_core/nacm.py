@@ -137,6 +137,7 @@ class Nacm:
         self._module_of_ns = {c2str(m.cdata.ns): m.name() for m in self.ctx}
         self._schema_cache: dict[tuple[str, ...], _SchemaNode | None] = {}
         self._rules_cache: dict[str, tuple[_Rule, ...]] = {}
+        self._hiding_cache: dict[str, bool] = {}
 
     # --- questions the server asks -------------------------------------------
 
@@ -197,10 +198,32 @@ class Nacm:
         read everything, `tree` itself comes back: never change the result in place."""
         if self._bypass(user) or self._unconditional(user, "read"):
             return tree
+        tops = _elements(tree)
+        if self.read_default and not any("read" in rule.operations for rule in self._rules_for(user)):
+            # Only nacm:default-deny-all can hide anything: walk just the subtrees that have it.
+            tops = [top for top in tops if self._may_hide(top.tag)]
+            if not tops:
+                return tree
         result = copy.deepcopy(tree)
+        walk = {top.tag for top in tops}
         for top in _elements(result):
-            self._prune(user, top, [top], ())
+            if top.tag in walk:
+                self._prune(user, top, [top], ())
         return result
+
+    def _may_hide(self, top_tag: str) -> bool:
+        """Whether nacm:default-deny-all marks a node of this top-level node's subtree (or the
+        node is unknown to the schema, so that the full walk reports it)."""
+        if top_tag not in self._hiding_cache:
+            qname = etree.QName(top_tag)
+            module = self._module_of_ns.get(qname.namespace or "")
+            try:
+                snode = list(self.ctx.find_path(f"/{module}:{qname.localname}"))[0] if module else None
+            except libyang.LibyangError:
+                snode = None
+            self._hiding_cache[top_tag] = snode is None or any(
+                _has_extension(node, "default-deny-all") for node in snode.iter_tree())
+        return self._hiding_cache[top_tag]
 
     def denied_write_path(self, user: str, before: etree._Element, after: etree._Element) -> str | None:
         """Compare two configuration trees (wrappers whose children are top-level data nodes)
