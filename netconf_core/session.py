@@ -100,6 +100,7 @@ class Session:
             caps = {(c.text or "").strip() for c in hello.iterfind(f"{q('capabilities')}/{q('capability')}")}
         if not caps & {BASE_10, BASE_11}:
             log.info("session %d: bad or missing hello, closing", self.id)
+            self.server.stats["in-bad-hellos"] += 1
             self.terminate()
             return
         self.hello_done = True

@@ -2,6 +2,7 @@
 datastores, locks, confirmed commit, NACM, notifications, and the extension points."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -495,3 +496,21 @@ def test_edit_written_with_prefixes_and_a_foreign_default_namespace(engine):
             f"<q:interfaces><q:interface><q:name>p</q:name><q:vlan>4</q:vlan></q:interface></q:interfaces></config>"))
         tree = running(m)
         assert names(tree) == ["p"] and tree.xpath("string(//e:vlan)", namespaces=NS) == "4"
+
+
+def test_a_bad_hello_ends_the_session_and_is_counted(engine):
+    import asyncssh
+
+    async def bad_hello() -> bytes:
+        async with asyncssh.connect("127.0.0.1", engine.port, username="admin", password="admin-pw",
+                                    known_hosts=None) as conn:
+            stdin, stdout, _ = await conn.open_session(subsystem="netconf", encoding=None)
+            await stdout.readuntil(b"]]>]]>")  # the server's hello
+            stdin.write(b'<hello xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><capabilities>'
+                        b"<capability>urn:example:not-netconf</capability></capabilities></hello>]]>]]>")
+            return await asyncio.wait_for(stdout.read(), 10)  # EOF: the server closed the session
+    assert engine.loop.run(bad_hello()) == b""
+    with engine.connect() as m:
+        stats = m.get(filter=("subtree", '<netconf-state xmlns="urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring">'
+                                          "<statistics/></netconf-state>")).data_xml
+        assert "<in-bad-hellos>1</in-bad-hellos>" in stats
