@@ -28,8 +28,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NS = {"f": FED_NS}
 INT_NS = "urn:qstrata:yang:qi-intent"
 KM_NS = "urn:qstrata:yang:qi-key-manager"
-WAIT_S = 20.0
-SCENARIO_S = 60.0
+WAIT_S = 20.0  # each step's own bound: a step that takes longer fails, naming what it waited for
+SCENARIO_S = 180.0  # the whole scenario's: above its steps' bounds, so that the failing step is named
 DEMO_STEPS = [
     "Start domains A, B, C, D (devices, 3 controllers, orchestrator, agent) and the federation platform",
     "The domains join, are admitted and agree transit",
