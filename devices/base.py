@@ -10,13 +10,13 @@ import functools
 import pathlib
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import asyncssh
 from lxml import etree
 
 from devices.keystore import KeyNetwork
-from devices.twin import Twin
+from devices.twin import PlantChange, Twin
 from netconf_core.datastore import empty_tree
 from netconf_core.schema import Schema
 from netconf_core.server import NetconfServer, User, standard_nacm
@@ -63,6 +63,7 @@ class Device:
 
     kind: ClassVar[str] = "device"
     modules: ClassVar[tuple[str, ...]] = ()
+    watches_plant: ClassVar[bool] = False  # subscribe `plant_changed` to the twin while running
 
     def __init__(self, device_id: str, network: NetworkContext, port: int = 0):
         self.id = device_id
@@ -75,6 +76,7 @@ class Device:
         self.server.on_change(self.apply)
         self.server.add_state_provider(self.state)
         self._tasks: set[asyncio.Task] = set()
+        self._unsubscribe_plant: Callable[[], None] | None = None
 
     @property
     def schema(self) -> Schema:
@@ -86,6 +88,8 @@ class Device:
 
     async def start(self) -> None:
         """Bring the device up with its saved configuration, or its initial one the first time."""
+        if self.watches_plant:
+            self._unsubscribe_plant = self.network.twin.subscribe(self.plant_changed)
         running = self.server.datastores["running"]
         initial = self.initial_config()
         if initial is not None and not _has_own_config(running, self.modules, self.schema):
@@ -98,6 +102,9 @@ class Device:
         await self.server.start()
 
     async def stop(self) -> None:
+        if self._unsubscribe_plant is not None:
+            self._unsubscribe_plant()
+            self._unsubscribe_plant = None
         await self.server.stop()
         for task in list(self._tasks):
             task.cancel()
@@ -108,6 +115,10 @@ class Device:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def plant_changed(self, change: PlantChange) -> None:
+        """A span or cross-connect of the twin changed (called for devices that set
+        `watches_plant`)."""
 
     async def apply(self, before: etree._Element, after: etree._Element) -> None:
         """Make the device do what `after` (the new running configuration) says."""

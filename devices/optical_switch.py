@@ -27,7 +27,6 @@ statuses change, whatever the cause (a span cut or repaired, a configuration cha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from lxml import etree
 
@@ -102,6 +101,7 @@ class SwitchConfig:
 class OpticalSwitchDevice(Device):
     kind = "optical-switch"
     modules = (MODULE,)
+    watches_plant = True
 
     def __init__(self, spec: SwitchSpec, network: NetworkContext, port: int = 0):
         self.spec = spec
@@ -110,7 +110,6 @@ class OpticalSwitchDevice(Device):
         self.made: dict[str, tuple[CrossConnectConfig, float]] = {}  # cross-connects in the twin, with their loss
         self.port_status: dict[int, str] = {}
         self.xc_status: dict[str, str] = {}
-        self._unsubscribe: Callable[[], None] | None = None
         # port -> the span plugged into it, from the twin's fibre plant
         self.spans = {end.port: span.id for span in network.twin.spans.values() for end in (span.a, span.b)
                       if end.node == spec.id}
@@ -130,14 +129,7 @@ class OpticalSwitchDevice(Device):
         """Boot: the fibre keeps no cross-connect of an earlier run; the configuration makes them."""
         for xc in self.network.twin.cross_connects(self.id):
             self.network.twin.disconnect(self.id, xc.port_a)
-        self._unsubscribe = self.network.twin.subscribe(self._plant_changed)
         await super().start()
-
-    async def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        await super().stop()
 
     # -- configuration ------------------------------------------------------------------
 
@@ -226,7 +218,7 @@ class OpticalSwitchDevice(Device):
                     "switch-id": self.id, "name": name, "oper-status": status, "reason": reason}))
         self.port_status, self.xc_status = port_status, xc_status
 
-    def _plant_changed(self, change: PlantChange) -> None:
+    def plant_changed(self, change: PlantChange) -> None:
         if change.kind in ("span-cut", "span-repaired"):
             self.spawn(self._report_changes(f"span {change.element} {change.kind.removeprefix('span-')}"))
 

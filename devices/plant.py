@@ -12,7 +12,6 @@ connectivity controller sees its own fibre only.
 """
 from __future__ import annotations
 
-from typing import Callable
 
 from lxml import etree
 
@@ -38,6 +37,7 @@ def _q(tag: str) -> str:
 class FibrePlantDevice(Device):
     kind = "fibre-plant"
     modules = (MODULE,)
+    watches_plant = True
 
     def __init__(self, topology: Topology, network: NetworkContext, port: int = 0, device_id: str = DEVICE_ID):
         self.topology = topology
@@ -47,23 +47,12 @@ class FibrePlantDevice(Device):
         self.server.add_rpc(f"/{MODULE}:repair-span", self._repair)
         self.server.add_rpc(f"/{MODULE}:attach-eavesdropper", self._attach)
         self.server.add_rpc(f"/{MODULE}:remove-eavesdropper", self._remove)
-        self._unsubscribe: Callable[[], None] | None = None
 
     def initial_config(self) -> list[etree._Element]:
         """The clock runs at the speed the network was built with."""
         plant = element(NS, "fibre-plant")
         plant.append(element(NS, "clock", leaves={"speed": decimal(self.network.twin.clock.speed, 3)}))
         return [plant]
-
-    async def start(self) -> None:
-        self._unsubscribe = self.network.twin.subscribe(self._plant_changed)
-        await super().start()
-
-    async def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        await super().stop()
 
     async def apply(self, before: etree._Element, after: etree._Element) -> None:
         config = self.server.with_defaults(after, "report-all", config_only=True)
@@ -126,7 +115,7 @@ class FibrePlantDevice(Device):
     async def _remove(self, session: Session, operation: etree._Element, context: etree._Element | None) -> None:
         self.network.twin.remove_eavesdropper(self._span_id(operation))
 
-    def _plant_changed(self, change: PlantChange) -> None:
+    def plant_changed(self, change: PlantChange) -> None:
         if change.kind not in CHANGES or change.element not in self.span_ids:
             return  # cross-connects are the switches' to report; other plants report their spans
         span = self.network.twin.spans[change.element]

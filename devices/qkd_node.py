@@ -370,6 +370,7 @@ class Reported:
 class QkdNodeDevice(Device):
     kind = "qkd-node"
     modules = ("etsi-qkd-node-types", MODULE, EXT_MODULE)
+    watches_plant = True
 
     def __init__(self, spec: QkdNodeSpec, network: NetworkContext, port: int = 0):
         self.spec = spec
@@ -385,7 +386,6 @@ class QkdNodeDevice(Device):
         self.baseline: dict[str, int] = {}  # PHYS link -> bits its stream had produced when configured here
         self._ticker: asyncio.Task | None = None
         self._restart: asyncio.Task | None = None
-        self._unsubscribe: Callable[[], None] | None = None
         actions = {"restart": self._restart_action, "inject-failure": self._inject_failure,
                    "clear-failure": self._clear_failure}
         for name, handler in actions.items():
@@ -413,7 +413,6 @@ class QkdNodeDevice(Device):
         if self.registry.nodes.get(self.qkdn_id) not in (None, self):
             raise RuntimeError(f"QKD node {self.id} is already running in this network")
         self.registry.nodes[self.qkdn_id] = self
-        self._unsubscribe = self.network.twin.subscribe(self._plant_changed)
         await super().start()
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name=f"{self.id} refresh")
 
@@ -421,8 +420,6 @@ class QkdNodeDevice(Device):
         for task in (self._ticker, self._restart):
             if task is not None:
                 task.cancel()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
         if self.registry.nodes.get(self.qkdn_id) is self:
             del self.registry.nodes[self.qkdn_id]
         for link_id in self.config.phys() if self.config else ():
@@ -482,7 +479,7 @@ class QkdNodeDevice(Device):
             if peer is not None and peer is not self:
                 peer.spawn(peer.refresh())
 
-    def _plant_changed(self, change: PlantChange) -> None:
+    def plant_changed(self, change: PlantChange) -> None:
         self.spawn(self.refresh())
 
     # -- links as this node sees them ----------------------------------------------------
