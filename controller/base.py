@@ -89,7 +89,8 @@ class Controller:
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
         """Wait until every southbound device is connected (or raise asyncio.TimeoutError)."""
-        await asyncio.wait_for(asyncio.gather(*(l.connected.wait() for l in self.links.values())), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(l.connected.wait() for l in self.links.values()))
 
     async def _resync_loop(self) -> None:
         while True:

@@ -484,7 +484,8 @@ class ConnectivityController(Controller):
 
     async def wait_synced(self, timeout: float = 30.0) -> None:
         """Wait until every device has been read and the topology written into running."""
-        await asyncio.wait_for(self.synced.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self.synced.wait()
 
     # --- devices --------------------------------------------------------------------------
 

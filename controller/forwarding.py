@@ -368,13 +368,14 @@ class ForwardingController(Controller):
         await super().stop()
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
-        await asyncio.wait_for(asyncio.gather(super().wait_connected(timeout), self.connectivity.connected.wait()),
-                               timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(super().wait_connected(timeout), self.connectivity.connected.wait())
 
     async def wait_synced(self, timeout: float = 30.0) -> None:
         """Wait until every node has been read, the topology written into running, and the
         connectivity controller connected."""
-        await asyncio.wait_for(asyncio.gather(self.synced.wait(), self.connectivity.connected.wait()), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(self.synced.wait(), self.connectivity.connected.wait())
 
     # --- southbound: QKD nodes --------------------------------------------------------------
 

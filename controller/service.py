@@ -566,7 +566,8 @@ class ServiceController(Controller):
 
     async def wait_synced(self, timeout: float = 30.0) -> None:
         """Wait until every key manager and the forwarding controller are connected and read."""
-        await asyncio.wait_for(asyncio.gather(self.synced.wait(), self.forwarding.connected.wait()), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(self.synced.wait(), self.forwarding.connected.wait())
 
     def wake(self) -> None:
         """Ask for a reconcile soon; wake-ups that come during one are folded into the next,
@@ -897,9 +898,9 @@ class ServiceController(Controller):
 
         async def read(link_name: str) -> dict[str, tuple[int, int]]:
             nc = await self.links[link_name].session(STATE_TIMEOUT_S)
-            data = await asyncio.wait_for(nc.get(filter=("subtree", f'<key-manager xmlns="{KM}"><sessions/>'
-                                                                    f'<relay-statistics/></key-manager>')),
-                                          STATE_TIMEOUT_S)
+            async with asyncio.timeout(STATE_TIMEOUT_S):
+                data = await nc.get(filter=("subtree", f'<key-manager xmlns="{KM}"><sessions/><relay-statistics/>'
+                                                       "</key-manager>"))
             sessions = {_find(s, KM, "session-id"): s for s in _all(data, KM, "key-manager/sessions/session")} \
                 if data is not None else {}
             pairs = {(_find(p, KM, "master-sae-id"), _find(p, KM, "slave-sae-id")): p

@@ -73,8 +73,9 @@ class DeviceLink:
     async def session(self, timeout: float = 10.0) -> NetconfClient:
         """The live session, waiting (bounded) for a reconnection if the device is down."""
         try:
-            await asyncio.wait_for(self.connected.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await self.connected.wait()
+        except TimeoutError:
             raise RPCError("operation-failed", f"device {self.name} is unreachable: {self.reason or self.status}") from None
         assert self.client is not None
         return self.client

@@ -347,7 +347,8 @@ class NetconfClient:
         try:
             self._send_raw(f'<rpc xmlns="{BASE_NS}" message-id="{message_id}">'.encode()
                            + etree.tostring(op) + b"</rpc>")
-            reply = await asyncio.wait_for(future, wait)
+            async with asyncio.timeout(wait):  # not wait_for: on 3.11 it can swallow a cancellation
+                reply = await future
         except asyncio.TimeoutError:
             raise RPCTimeoutError(
                 f"no reply to <{etree.QName(op).localname}> (message-id {message_id}) from "

@@ -742,7 +742,8 @@ class FederationPlatform:
         if handler is None:
             return SegmentReply("failed", reason=f"the platform has no way to reach the agent of {segment.domain}")
         try:
-            return await asyncio.wait_for(handler.request_segment(service_id, segment), SEGMENT_TIMEOUT)
+            async with asyncio.timeout(SEGMENT_TIMEOUT):
+                return await handler.request_segment(service_id, segment)
         except Exception as err:  # a domain's failure must not stop the others
             why = f"no answer within {SEGMENT_TIMEOUT:g} s" if isinstance(err, TimeoutError) else \
                 f"{type(err).__name__}: {err}"
@@ -764,7 +765,8 @@ class FederationPlatform:
         if handler is None:
             return
         try:
-            await asyncio.wait_for(handler.release_segment(service_id, segment), SEGMENT_TIMEOUT)
+            async with asyncio.timeout(SEGMENT_TIMEOUT):
+                await handler.release_segment(service_id, segment)
         except Exception as err:
             log.warning("federation: %s did not release segment %d of %s: %s", segment.domain, segment.index,
                         service_id, err)

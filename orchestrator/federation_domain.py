@@ -233,7 +233,8 @@ class FederatedDomain:
         links = (self.forwarding, self.service, self.orchestrator)
         for link in links:
             link.start()
-        await asyncio.wait_for(asyncio.gather(*(link.connected.wait() for link in links)), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(link.connected.wait() for link in links))
         await self.sync()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"federated domain {self.member_id}")
 
@@ -258,8 +259,9 @@ class FederatedDomain:
     async def _loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.period)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.period):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:

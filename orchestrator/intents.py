@@ -241,7 +241,8 @@ class Orchestrator:
         self.store.close()
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
-        await asyncio.wait_for(asyncio.gather(*(l.connected.wait() for l in self.strata.values())), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(l.connected.wait() for l in self.strata.values()))
 
     def wake(self) -> None:
         self._wake.set()
@@ -249,9 +250,10 @@ class Orchestrator:
     async def _loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.period)
+                async with asyncio.timeout(self.period):
+                    await self._wake.wait()
                 await asyncio.sleep(DEBOUNCE)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             delay = None

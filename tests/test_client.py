@@ -278,6 +278,27 @@ def test_timeout_on_a_frozen_server_leaves_the_session_usable(netconfd: Netconfd
     run(scenario())
 
 
+def test_a_cancellation_that_arrives_with_the_reply_is_not_lost(netconfd: NetconfdServer) -> None:
+    """On Python 3.11, asyncio.wait_for returns the result and drops a cancellation that comes
+    in the same loop turn as the reply. A controller stopped at that moment never stopped: its
+    notification pump went on, and stop() waited for it for ever."""
+    async def scenario() -> None:
+        async with await connect(netconfd) as nc:
+            request = asyncio.create_task(nc.get_config(filter=item_filter("t2")))
+            receive = nc._data_received
+
+            def reply_then_cancel(data: bytes) -> None:  # the reply and the cancellation, in one turn
+                receive(data)
+                if nc.in_flight == 0:
+                    request.cancel()
+            nc._data_received = reply_then_cancel  # type: ignore[method-assign]
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            assert nc.in_flight == 0
+            assert items(await nc.get_config(filter=item_filter("t2"))) == {}
+    run(scenario())
+
+
 def test_server_death_fails_waiting_requests() -> None:
     with NetconfdServer(modules=["qs-test"], yang_dirs=[YANG_DIR]) as srv:
         async def scenario() -> None:

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import aiohttp
-import pytest
 from lxml import etree
 
 from devices.topology import embedded_topology
@@ -196,8 +195,6 @@ def test_b_withdraws_the_service_moves_through_d_and_charging_adds_up():
     run(scenario)
 
 
-@pytest.mark.xfail(strict=False, reason="hangs intermittently when run after the whole suite in a fresh clone "
-                   "(2 of the last 3 CI runs; never alone): a known open bug of issue 7, not yet found")
 def test_a_cut_inter_domain_link_is_advertised_down_and_routed_around():
     async def scenario(fed: FederatedStack, user: NetconfClient) -> None:
         await routed(user, ["A", "B", "C"])

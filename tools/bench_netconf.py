@@ -54,8 +54,9 @@ class Target:
 async def finish(client: NetconfClient) -> None:
     """close-session, but never wait long for it: the measurements do not include closing."""
     try:
-        await asyncio.wait_for(client.close_session(), CLOSE_TIMEOUT)
-    except (OSError, asyncio.TimeoutError, RPCError):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await client.close_session()
+    except (OSError, TimeoutError, RPCError):
         client.close()
 
 

@@ -26,7 +26,6 @@ import asyncio
 import json
 import pathlib
 import sys
-import time
 
 import yaml
 from lxml import etree
@@ -225,12 +224,13 @@ async def _changed(nc, names: list[str]) -> list[str]:
 async def follow(nc, names: set[str], timeout: float) -> int:
     """Print the state changes of `names` until each one settles (0 if all are active)."""
     final: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
+    deadline = asyncio.get_running_loop().time() + timeout
     stream = nc.notifications().__aiter__()
     while set(final) != names:
         try:
-            notification = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - time.monotonic()))
-        except (asyncio.TimeoutError, StopAsyncIteration):
+            async with asyncio.timeout_at(deadline):
+                notification = await stream.__anext__()
+        except (TimeoutError, StopAsyncIteration):
             state = await intent_states(nc)
             for name in sorted(names - set(final)):
                 print(f"  {name}: still {state.get(name, {}).get('state', 'unknown')} after {timeout:g} s: "
