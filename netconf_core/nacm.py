@@ -122,6 +122,7 @@ class Nacm:
         """config is the <nacm> element of running, or None for RFC 8341's defaults. The
         recovery user's sessions bypass NACM (RFC 8341 section 3.4.1)."""
         self.ctx = ctx
+        self.source = etree.tostring(config) if config is not None else b""  # to tell when the rules change
         self.recovery_user = recovery_user
         self.counters = counters if counters is not None else NacmCounters()
         self.enabled = _boolean(config, "enable-nacm", True)

@@ -6,6 +6,7 @@ libyang's errors to rpc-errors (RFC 6241 Appendix A, RFC 7950 section 15).
 """
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import pathlib
@@ -54,6 +55,7 @@ class Schema:
     def __init__(self, modules: list[str], search_dirs: list[pathlib.Path | str] | None = None):
         self.ctx = load_context(PROTOCOL_MODULES + tuple(modules), search_dirs or ())
         self.modules = list(modules)
+        self._subtrees = _ParsedSubtrees(self.ctx)
         self._ns_to_module = {}
         for module in self.ctx:
             if module.implemented():
@@ -162,23 +164,44 @@ class Schema:
     def parse(self, root: etree._Element, *, config_only: bool, validate: bool = True) -> libyang.DNode | None:
         """Parse the children of `root` into a libyang tree. Raises RPCError naming the offending
         node. The caller frees the returned tree (`free_tree`)."""
-        xml = b"".join(etree.tostring(child) for child in root)
-        if not xml:
+        return self._parse(root, [etree.tostring(child) for child in root], config_only=config_only,
+                           validate=validate)
+
+    def _parse(self, root: etree._Element, pieces: list[bytes], *, config_only: bool,
+               validate: bool) -> libyang.DNode | None:
+        """`pieces` are the top-level children of `root` as XML. Each is parsed on its own, or
+        copied from a tree parsed earlier (`_ParsedSubtrees`); the pieces are then joined
+        and the whole tree validated. Where joining could hide an error (two top-level nodes
+        of the same name: a duplicate instance would be merged into one), or a child is not an
+        element, the document is parsed whole instead."""
+        if not pieces:
             return None
-        parse_flags = lib.LYD_PARSE_STRICT
-        validate_flags = 0
-        if config_only:
-            parse_flags |= lib.LYD_PARSE_NO_STATE
-            validate_flags |= lib.LYD_VALIDATE_NO_STATE
-        if not validate:
-            parse_flags |= lib.LYD_PARSE_ONLY
-        out = ffi.new("struct lyd_node **")
-        ret = lib.lyd_parse_data_mem(self.ctx.cdata, xml, lib.LYD_XML, parse_flags, validate_flags, out)
-        if ret != lib.LY_SUCCESS:
-            if out[0]:
-                lib.lyd_free_all(out[0])
-            raise self.last_error()
-        return libyang.DNode.new(self.ctx, out[0]) if out[0] else None
+        parse_flags = lib.LYD_PARSE_STRICT | (lib.LYD_PARSE_NO_STATE if config_only else 0)
+        validate_flags = lib.LYD_VALIDATE_NO_STATE if config_only else 0
+        tags = [child.tag for child in root]
+        if len(set(tags)) != len(tags) or not all(isinstance(tag, str) for tag in tags):
+            whole = self._subtrees.parse(b"".join(pieces), parse_flags | (0 if validate else lib.LYD_PARSE_ONLY),
+                                         validate_flags)
+            return libyang.DNode.new(self.ctx, whole) if whole else None
+        parse_flags |= lib.LYD_PARSE_ONLY  # each piece alone; the whole is validated below
+        tree = ffi.new("struct lyd_node **")
+        try:
+            for xml in pieces:
+                node = self._subtrees.copy(xml, parse_flags)
+                if not node:
+                    continue
+                if not tree[0]:
+                    tree[0] = node
+                elif lib.lyd_merge_siblings(tree, node, lib.LYD_MERGE_DESTRUCT) != lib.LY_SUCCESS:
+                    lib.lyd_free_all(node)
+                    raise self.last_error()
+            if validate and lib.lyd_validate_all(tree, self.ctx.cdata, validate_flags, ffi.NULL) != lib.LY_SUCCESS:
+                raise self.last_error()
+        except BaseException:
+            if tree[0]:
+                lib.lyd_free_all(tree[0])
+            raise
+        return libyang.DNode.new(self.ctx, tree[0]) if tree[0] else None
 
     def validate_operation(self, rpc: bytes, data: etree._Element | None = None) -> None:
         """Validate an <rpc> holding a YANG RPC or action: input types, ranges, mandatory nodes.
@@ -209,38 +232,41 @@ class Schema:
             free_tree(dep)
 
     def last_error(self) -> RPCError:
-        """The first error libyang stored, as an rpc-error; clears libyang's error list."""
-        err = lib.ly_err_first(self.ctx.cdata)
-        if not err:
-            return RPCError("operation-failed", "validation failed")
-        message = ffi.string(err.msg).decode() if err.msg else "validation failed"
-        location = ffi.string(err.path).decode() if err.path else ""
-        app_tag = ffi.string(err.apptag).decode() if err.apptag else None
-        lib.ly_err_clean(self.ctx.cdata, ffi.NULL)
-        match = _LOCATION.search(location)
-        path = match.group(2) if match else None
-        return _error_for(message, path, app_tag)
+        return _last_error(self.ctx)
 
     def canonical(self, root: etree._Element, *, config_only: bool, validate: bool = True) -> etree._Element:
-        """Validate `root` and return it as libyang prints it (canonical values and order)."""
-        dnode = self.parse(root, config_only=config_only, validate=validate)
-        return self.to_lxml(dnode, root.tag)
+        """Validate `root` and return it as libyang prints it (canonical values and order):
+        `root` itself when it prints the same, which saves re-reading it (trees are never
+        changed in place, so sharing it is safe)."""
+        pieces = [etree.tostring(child) for child in root]
+        dnode = self._parse(root, pieces, config_only=config_only, validate=validate)
+        if dnode is None:
+            return _tree(root.tag, "")
+        try:
+            text = print_xml(dnode)
+        finally:
+            free_tree(dnode)
+        return root if text.encode() == b"".join(pieces) else _tree(root.tag, text)
 
     def to_lxml(self, dnode: libyang.DNode | None, root_tag: str, flags: int = 0) -> etree._Element:
-        out = etree.Element(root_tag, nsmap={None: etree.QName(root_tag).namespace})
         if dnode is None:
-            return out
+            return _tree(root_tag, "")
         try:
             text = print_xml(dnode, flags)
         finally:
             free_tree(dnode)
-        if text:
-            wrapper = etree.fromstring(f"<w>{text}</w>", _PARSER)
-            out.extend(list(wrapper))
-        return out
+        return _tree(root_tag, text)
 
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True)
+
+
+def _tree(root_tag: str, children_xml: str) -> etree._Element:
+    """A new root element holding the top-level data nodes that libyang printed."""
+    out = etree.Element(root_tag, nsmap={None: etree.QName(root_tag).namespace})
+    if children_xml:
+        out.extend(list(etree.fromstring(f"<w>{children_xml}</w>", _PARSER)))
+    return out
 
 # lyd_print flags for with-defaults (RFC 6243): explicit is libyang's default.
 WD_FLAGS = {
@@ -260,6 +286,73 @@ def print_xml(dnode: libyang.DNode, flags: int = 0) -> str:
         return ffi.string(buf[0]).decode() if buf[0] else ""
     finally:
         lib.free(buf[0])
+
+
+def _last_error(ctx: libyang.Context) -> RPCError:
+    """The first error libyang stored, as an rpc-error; clears libyang's error list."""
+    err = lib.ly_err_first(ctx.cdata)
+    if not err:
+        return RPCError("operation-failed", "validation failed")
+    message = ffi.string(err.msg).decode() if err.msg else "validation failed"
+    location = ffi.string(err.path).decode() if err.path else ""
+    app_tag = ffi.string(err.apptag).decode() if err.apptag else None
+    lib.ly_err_clean(ctx.cdata, ffi.NULL)
+    match = _LOCATION.search(location)
+    path = match.group(2) if match else None
+    return _error_for(message, path, app_tag)
+
+
+class _ParsedSubtrees:
+    """Parse-only libyang trees of the top-level data nodes parsed lately, by their XML.
+
+    An edit changes one or a few top-level nodes of a datastore and leaves the others as
+    they were; those are copied from here (lyd_dup, in C) instead of being parsed again,
+    which is most of the cost of validating a datastore after a small edit. Bounded in
+    entries and bytes; the least recently used go first. Holds the context, so that its
+    trees are freed before the context is."""
+
+    MAX_ENTRIES = 128
+    MAX_BYTES = 2 * 1024 * 1024  # of XML; a libyang tree takes a few times that
+
+    def __init__(self, ctx: libyang.Context):
+        self._ctx = ctx
+        self._trees: collections.OrderedDict[tuple[int, bytes], object] = collections.OrderedDict()
+        self._bytes = 0
+
+    def parse(self, xml: bytes, parse_flags: int, validate_flags: int = 0):
+        """A new tree of `xml` (the caller frees it), or NULL for no data; RPCError if invalid."""
+        out = ffi.new("struct lyd_node **")
+        if lib.lyd_parse_data_mem(self._ctx.cdata, xml, lib.LYD_XML, parse_flags, validate_flags, out) != lib.LY_SUCCESS:
+            if out[0]:
+                lib.lyd_free_all(out[0])
+            raise _last_error(self._ctx)
+        return out[0]
+
+    def copy(self, xml: bytes, parse_flags: int):
+        """A new parse-only tree of `xml`, one top-level node (the caller frees it)."""
+        key = (parse_flags, xml)
+        cached = self._trees.get(key)
+        if cached is None:
+            cached = self.parse(xml, parse_flags)
+            if not cached or len(xml) > self.MAX_BYTES:
+                return cached
+            self._trees[key] = cached
+            self._bytes += len(xml)
+            while len(self._trees) > self.MAX_ENTRIES or self._bytes > self.MAX_BYTES:
+                (_, old_xml), old = self._trees.popitem(last=False)
+                self._bytes -= len(old_xml)
+                lib.lyd_free_all(old)
+        else:
+            self._trees.move_to_end(key)
+        dup = ffi.new("struct lyd_node **")
+        if lib.lyd_dup_single(cached, ffi.NULL, lib.LYD_DUP_RECURSIVE, dup) != lib.LY_SUCCESS:
+            raise RPCError("operation-failed", "cannot copy a data tree")
+        return dup[0]
+
+    def __del__(self) -> None:
+        for tree in self._trees.values():
+            lib.lyd_free_all(tree)
+        self._trees.clear()
 
 
 def free_tree(dnode: libyang.DNode | None) -> None:

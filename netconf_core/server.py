@@ -183,7 +183,7 @@ class NetconfServer:
     async def start(self) -> None:
         self._acceptor = await asyncssh.create_server(
             lambda: _SSHServer(self), self.host, self.port, server_host_keys=[self.host_key],
-            encoding=None, allow_scp=False, keepalive_interval=0, encryption_algs=ENCRYPTION_ALGS)
+            encoding=None, allow_scp=False, line_editor=False, keepalive_interval=0, encryption_algs=ENCRYPTION_ALGS)
         self.port = self._acceptor.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -334,7 +334,7 @@ class NetconfServer:
         async with self._commit_lock:
             before = self.datastores["running"]
             tree = edit(before)
-            nacm = self._nacm_for(before, tree)
+            nacm = self._nacm_for(tree)
             for handler in self._change_handlers:
                 await handler(before, tree)
             self._install_running(tree, nacm)
@@ -354,14 +354,14 @@ class NetconfServer:
             tree = self.schema.canonical(tree, config_only=True)
             if etree.tostring(tree) == etree.tostring(self.datastores["running"]):
                 return False
-            self._install_running(tree, self._nacm_for(self.datastores["running"], tree))
+            self._install_running(tree, self._nacm_for(tree))
         await self._config_change_notification(None)
         return True
 
-    def _nacm_for(self, before: etree._Element, after: etree._Element) -> Nacm:
+    def _nacm_for(self, after: etree._Element) -> Nacm:
         """The access rules of a new running configuration (rebuilt only when they changed)."""
-        old, new = (tree.find(f"{{{NACM_NS}}}nacm") for tree in (before, after))
-        if (old is None) == (new is None) and (old is None or etree.tostring(old) == etree.tostring(new)):
+        new = after.find(f"{{{NACM_NS}}}nacm")
+        if (etree.tostring(new) if new is not None else b"") == self.nacm.source:
             return self.nacm
         return self._build_nacm(after)
 

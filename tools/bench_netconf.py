@@ -6,11 +6,19 @@ action, which netconfd cannot serve) and the same payload, through the same clie
 Rows: connect+hello time; sequential get/s and edit-config/s on one session; pipelined get/s on
 one session; get/s over many concurrent sessions. Each row runs for a bounded time per server.
 The get is a subtree filter on the interfaces list; the edit-config merges a new mtu into running.
+
+The servers take turns row by row, for several rounds, and each cell is the median of its
+rounds: measured one after the other, a slow minute of the machine would favour one of them.
+
+A third column, the SSH floor, is an asyncssh server (its own process, same settings as ours)
+that answers every request with canned bytes: our get reply, or <ok/>. It does no NETCONF work
+at all, so it shows what the transport alone costs, and how much of our time is NETCONF.
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import secrets
 import statistics
@@ -23,8 +31,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncssh
+from lxml import etree
+
 from netconf_core.client import NetconfClient
-from netconf_core.errors import RPCError
+from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.framing import FrameReader, FramingError, encode
+from netconf_core.ssh import ENCRYPTION_ALGS
 from tools import conform
 from tools.netconfd import NetconfdServer
 
@@ -33,6 +46,7 @@ GET_FILTER = ("subtree", f'<interfaces xmlns="{conform.NS}"/>')
 PAYLOAD = (f'<system xmlns="{conform.NS}"><hostname>bench</hostname></system><interfaces xmlns="{conform.NS}">'
            + "".join(f"<interface><name>eth{i}</name><vlan>{i + 1}</vlan><speed-mbps>1000</speed-mbps></interface>"
                      for i in range(INTERFACES)) + "</interfaces>")
+ROOT = Path(__file__).resolve().parents[1]
 MAX_CONNECTS = 200
 CLOSE_TIMEOUT = 5.0
 
@@ -64,7 +78,10 @@ async def finish(client: NetconfClient) -> None:
 class Row:
     title: str
     unit: str  # "ms" (lower is better) or "/s" (higher is better)
-    values: dict[str, float]
+    samples: dict[str, list[float]]  # server -> one value per round
+
+    def value(self, name: str) -> float:
+        return statistics.median(self.samples[name])
 
 
 # --- measurements -------------------------------------------------------------------------------
@@ -134,8 +151,9 @@ async def concurrent_get(target: Target, seconds: float, sessions: int) -> float
         await asyncio.gather(*(finish(c) for c in clients))
 
 
-async def load_payload(target: Target) -> None:
-    """The same configuration on both servers; the check makes sure the payload is what get returns."""
+async def load_payload(target: Target) -> bytes:
+    """The same configuration on every NETCONF server; the check makes sure the payload is what
+    get returns. Returns the data of that get, as the server wrote it."""
     client = await target.connect()
     try:
         await client.edit_config(PAYLOAD, target="running")
@@ -145,9 +163,10 @@ async def load_payload(target: Target) -> None:
     count = len(data.findall(f"{{{conform.NS}}}interfaces/{{{conform.NS}}}interface")) if data is not None else 0
     if count != INTERFACES:
         raise RuntimeError(f"{target.name}: the payload did not load ({count} interfaces)")
+    return etree.tostring(data)
 
 
-async def measure(targets: list[Target], seconds: float, sessions: int, depth: int) -> list[Row]:
+async def measure(targets: list[Target], seconds: float, sessions: int, depth: int, rounds: int) -> list[Row]:
     rows = [
         Row("connect+hello (median)", "ms", {}),
         Row("get/s, one session, sequential", "/s", {}),
@@ -158,11 +177,11 @@ async def measure(targets: list[Target], seconds: float, sessions: int, depth: i
     runs = [lambda t: connect_ms(t, seconds), lambda t: sequential_get(t, seconds),
             lambda t: sequential_edit(t, seconds), lambda t: pipelined_get(t, seconds, depth),
             lambda t: concurrent_get(t, seconds, sessions)]
-    for target in targets:
-        await load_payload(target)
+    for turn in range(rounds):
         for row, measurement in zip(rows, runs):
-            print(f"{target.name}: {row.title} ...", file=sys.stderr, flush=True)
-            row.values[target.name] = await measurement(target)
+            for target in targets:
+                print(f"round {turn + 1}/{rounds}, {target.name}: {row.title} ...", file=sys.stderr, flush=True)
+                row.samples.setdefault(target.name, []).append(await measurement(target))
     return rows
 
 
@@ -195,6 +214,24 @@ def our_server(yang_dir: Path) -> Iterator[Target]:
 
 
 @contextmanager
+def floor_server(get_reply: bytes) -> Iterator[Target]:
+    with tempfile.NamedTemporaryFile(prefix="qstrata-bench-reply-") as reply:
+        reply.write(get_reply)
+        reply.flush()
+        process = subprocess.Popen([sys.executable, "-m", "tools.bench_netconf", "--floor-server", reply.name],
+                                   stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            assert process.stdout is not None
+            match = re.search(r"on 127\.0\.0\.1:(\d+)$", process.stdout.readline().strip())
+            if match is None:
+                raise RuntimeError("the SSH floor server did not start")
+            yield Target("SSH floor", "127.0.0.1", int(match.group(1)), "bench", password="bench")
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+@contextmanager
 def netconfd_server(yang_dir: Path) -> Iterator[Target]:
     # target running: edit-config goes to running on both servers (:writable-running).
     with NetconfdServer([conform.MODULE], [yang_dir], target="running") as server:
@@ -209,27 +246,97 @@ def cell(value: float, unit: str) -> str:
 
 
 def table(rows: list[Row], names: list[str]) -> str:
-    """One line per row; the last column is how many times faster our server is (< 1: slower)."""
-    ours, theirs = names
-    lines = [f"{'':42}{ours:>15}{theirs:>12}{'speed-up':>10}"]
+    """One line per row: the median of each server, how many times faster our server is than
+    netconfd (< 1: slower), and the SSH floor."""
+    ours, theirs, floor = names
+    lines = [f"{'':42}{ours:>15}{theirs:>12}{'speed-up':>10}{floor:>12}"]
     for row in rows:
-        a, b = row.values[ours], row.values[theirs]
+        a, b = row.value(ours), row.value(theirs)
         speedup = b / a if row.unit == "ms" else a / b
         lines.append(f"{row.title:42}{cell(a, row.unit):>15}{cell(b, row.unit):>12}{speedup:>9.2f}x"
-                     + ("  <- ours slower" if speedup < 1 else ""))
+                     f"{cell(row.value(floor), row.unit):>12}" + ("  <- ours slower" if speedup < 1 else ""))
     return "\n".join(lines)
 
 
-def main(seconds: float = 3.0, sessions: int = 50, depth: int = 16) -> int:
-    if seconds <= 0 or sessions < 1 or depth < 1:
-        raise SystemExit("--seconds, --sessions and --depth must be positive")
+def main(seconds: float = 2.0, sessions: int = 50, depth: int = 16, rounds: int = 3) -> int:
+    if seconds <= 0 or sessions < 1 or depth < 1 or rounds < 1:
+        raise SystemExit("--seconds, --sessions, --depth and --rounds must be positive")
     with model_dir() as yang_dir, our_server(yang_dir) as ours, netconfd_server(yang_dir) as theirs:
-        rows = asyncio.run(measure([ours, theirs], seconds, sessions, depth))
+        get_reply = asyncio.run(load_payload(ours))
+        asyncio.run(load_payload(theirs))
+        with floor_server(get_reply) as floor:
+            rows = asyncio.run(measure([ours, theirs, floor], seconds, sessions, depth, rounds))
     print(f"NETCONF benchmark: {conform.MODULE} model, {INTERFACES} interfaces per get, {seconds:g} s per row "
-          "and server, same client (netconf_core.client)")
-    print(table(rows, [ours.name, theirs.name]))
+          f"and server, median of {rounds} rounds, same client (netconf_core.client)")
+    print(table(rows, [ours.name, theirs.name, floor.name]))
     return 0
 
 
+# --- the SSH floor: asyncssh and framing, no NETCONF work ---------------------------------------------
+
+
+class _FloorChannel(asyncssh.SSHServerSession):
+    """Answers the hello with base:1.0 and 1.1, <get> with the canned data, anything else with <ok/>."""
+
+    def __init__(self, get_reply: bytes):
+        self.get_reply = get_reply
+        self.reader = FrameReader()
+        self.chan: asyncssh.SSHServerChannel | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
+        self.chan = chan
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == "netconf"
+
+    def session_started(self) -> None:
+        assert self.chan is not None
+        self.chan.write(encode(f'<hello xmlns="{BASE_NS}"><capabilities><capability>urn:ietf:params:netconf:base:1.0'
+                               "</capability><capability>urn:ietf:params:netconf:base:1.1</capability>"
+                               "</capabilities><session-id>1</session-id></hello>".encode(), chunked=False))
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        assert self.chan is not None
+        self.reader.feed(data)
+        try:
+            while (message := self.reader.next_message()) is not None:
+                if b"<hello" in message[:200]:
+                    self.reader.switch_to_chunked()
+                    continue
+                match = re.search(rb'message-id="([^"]*)"', message)
+                body = self.get_reply if b"<get>" in message or b"<get " in message else b"<ok/>"
+                self.chan.write(encode(b'<rpc-reply xmlns="%s" message-id="%s">%s</rpc-reply>'
+                                       % (BASE_NS.encode(), match.group(1) if match else b"", body), chunked=True))
+                if b"close-session" in message:
+                    self.chan.close()
+        except FramingError:
+            self.chan.close()
+
+
+class _FloorServer(asyncssh.SSHServer):
+    def __init__(self, get_reply: bytes):
+        self.get_reply = get_reply
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def validate_password(self, username: str, password: str) -> bool:
+        return username == "bench" and password == "bench"
+
+    def session_requested(self) -> _FloorChannel:
+        return _FloorChannel(self.get_reply)
+
+
+async def _serve_floor(get_reply: bytes) -> None:
+    acceptor = await asyncssh.create_server(
+        lambda: _FloorServer(get_reply), "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        encoding=None, allow_scp=False, line_editor=False, keepalive_interval=0, encryption_algs=ENCRYPTION_ALGS)
+    print(f"SSH floor on 127.0.0.1:{acceptor.sockets[0].getsockname()[1]}", flush=True)
+    await acceptor.wait_closed()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["--floor-server"]:
+        asyncio.run(_serve_floor(Path(sys.argv[2]).read_bytes()))
+    else:
+        sys.exit(main())

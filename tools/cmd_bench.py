@@ -10,9 +10,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks", description=__doc__)
     targets = p.add_subparsers(dest="bench", required=True)
     netconf = targets.add_parser("netconf", help="our NETCONF server and netconfd side by side, same model and payload")
-    netconf.add_argument("--seconds", type=float, default=3.0, help="time per row and server (default 3)")
+    netconf.add_argument("--seconds", type=float, default=2.0, help="time per row, server and round (default 2)")
     netconf.add_argument("--sessions", type=int, default=50, help="concurrent sessions in the last row (default 50)")
     netconf.add_argument("--depth", type=int, default=16, help="pipelined requests in flight (default 16)")
+    netconf.add_argument("--rounds", type=int, default=3, help="rounds; each cell is their median (default 3)")
     netconf.set_defaults(func=run_netconf)
     devices = targets.add_parser("devices", help="how many emulated devices one process hosts: memory, start "
                                                  "time, get/s and get latency while all are polled")
@@ -32,7 +33,8 @@ def register(subparsers) -> None:
 def run_netconf(args: argparse.Namespace) -> int:
     from tools import bench_netconf  # imported here: it loads asyncssh, libyang and the netconfd harness
 
-    return bench_netconf.main(seconds=args.seconds, sessions=args.sessions, depth=args.depth)
+    return bench_netconf.main(seconds=args.seconds, sessions=args.sessions, depth=args.depth,
+                              rounds=args.rounds)
 
 
 def run_controllers(args: argparse.Namespace) -> int:

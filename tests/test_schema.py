@@ -1,0 +1,80 @@
+"""Schema.canonical validates a whole datastore, but parses again only the top-level nodes it
+has not seen lately (the others are copied from libyang trees parsed before). These tests
+check that the copies change nothing a full parse would catch: references between top-level
+nodes, duplicate instances, and that what comes out is what libyang prints.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+from lxml import etree
+
+from netconf_core.errors import RPCError
+from netconf_core.schema import Schema
+
+NS = "urn:qstrata:test:schema-cache"
+MODULE = f"""module qs-schema-cache {{
+  yang-version 1.1;
+  namespace "{NS}";
+  prefix sc;
+  container pools {{
+    list pool {{ key name; leaf name {{ type string; }} leaf size {{ type uint16; }} }}
+  }}
+  container policy {{
+    leaf default-pool {{ type leafref {{ path "/sc:pools/sc:pool/sc:name"; }} }}
+  }}
+  list site {{ key id; leaf id {{ type string; }} leaf label {{ type string; }} }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def schema(tmp_path_factory) -> Schema:
+    directory: pathlib.Path = tmp_path_factory.mktemp("yang")
+    (directory / "qs-schema-cache.yang").write_text(MODULE)
+    return Schema(["qs-schema-cache"], [directory])
+
+
+def tree(*children: str) -> etree._Element:
+    return etree.fromstring('<data xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+                            + "".join(c.replace("<sc>", f' xmlns="{NS}"') for c in children) + "</data>")
+
+
+POOLS_AB = "<pools<sc>><pool><name>a</name></pool><pool><name>b</name></pool></pools>"
+POOLS_A = "<pools<sc>><pool><name>a</name></pool></pools>"
+POLICY_B = "<policy<sc>><default-pool>b</default-pool></policy>"
+
+
+def test_an_unchanged_node_is_still_checked_against_the_changed_ones(schema):
+    schema.canonical(tree(POOLS_AB, POLICY_B), config_only=True)  # both nodes are now known
+    with pytest.raises(RPCError) as caught:  # policy is copied, pools parsed again: b is gone
+        schema.canonical(tree(POOLS_A, POLICY_B), config_only=True)
+    assert caught.value.tag == "data-missing" and caught.value.app_tag == "instance-required"
+    assert caught.value.path == "/qs-schema-cache:policy/default-pool"
+
+
+def test_duplicate_top_level_instances_are_refused_not_merged(schema):
+    schema.canonical(tree(POOLS_A), config_only=True)
+    with pytest.raises(RPCError):
+        schema.canonical(tree(POOLS_A, POOLS_A), config_only=True)
+    site = "<site<sc>><id>s1</id><label>{}</label></site>"
+    with pytest.raises(RPCError):
+        schema.canonical(tree(site.format("x"), site.format("y")), config_only=True)
+
+
+def test_the_output_is_libyangs_print_and_a_canonical_input_comes_back_as_is(schema):
+    canonical = tree(POOLS_AB, POLICY_B)
+    assert schema.canonical(canonical, config_only=True) is canonical
+    assert schema.canonical(canonical, config_only=True) is canonical  # from the copies this time
+    sizes = tree("<pools<sc>><pool><name>a</name><size>+07</size></pool></pools>")
+    printed = schema.canonical(sizes, config_only=True)
+    assert printed is not sizes and printed.findtext(f".//{{{NS}}}size") == "7"
+
+
+def test_a_bad_value_in_a_new_node_is_reported_with_its_path(schema):
+    schema.canonical(tree(POOLS_A), config_only=True)
+    with pytest.raises(RPCError) as caught:
+        schema.canonical(tree(POOLS_A, "<site<sc>><id>s1</id><label>x</label><colour>red</colour></site>"),
+                         config_only=True)
+    assert caught.value.tag in ("unknown-element", "bad-element", "invalid-value"), caught.value
