@@ -11,6 +11,7 @@ import functools
 import hashlib
 import pathlib
 import re
+import threading
 from dataclasses import dataclass
 
 import libyang
@@ -165,29 +166,32 @@ class Schema:
         """Parse the children of `root` into a libyang tree. Raises RPCError naming the offending
         node. The caller frees the returned tree (`free_tree`)."""
         return self._parse(root, [etree.tostring(child) for child in root], config_only=config_only,
-                           validate=validate)
+                           validate=validate)[0]
 
     def _parse(self, root: etree._Element, pieces: list[bytes], *, config_only: bool,
-               validate: bool) -> libyang.DNode | None:
+               validate: bool) -> tuple[libyang.DNode | None, list[_Parsed | None] | None]:
         """`pieces` are the top-level children of `root` as XML. Each is parsed on its own, or
         copied from a tree parsed earlier (`_ParsedSubtrees`); the pieces are then joined
         and the whole tree validated. Where joining could hide an error (two top-level nodes
         of the same name: a duplicate instance would be merged into one), or a child is not an
-        element, the document is parsed whole instead."""
+        element, the document is parsed whole instead. Also returns the cache entry of each
+        piece (None when the document was parsed whole)."""
         if not pieces:
-            return None
+            return None, None
         parse_flags = lib.LYD_PARSE_STRICT | (lib.LYD_PARSE_NO_STATE if config_only else 0)
         validate_flags = lib.LYD_VALIDATE_NO_STATE if config_only else 0
         tags = [child.tag for child in root]
         if len(set(tags)) != len(tags) or not all(isinstance(tag, str) for tag in tags):
             whole = self._subtrees.parse(b"".join(pieces), parse_flags | (0 if validate else lib.LYD_PARSE_ONLY),
                                          validate_flags)
-            return libyang.DNode.new(self.ctx, whole) if whole else None
+            return (libyang.DNode.new(self.ctx, whole) if whole else None), None
         parse_flags |= lib.LYD_PARSE_ONLY  # each piece alone; the whole is validated below
         tree = ffi.new("struct lyd_node **")
+        entries = []
         try:
             for xml in pieces:
-                node = self._subtrees.copy(xml, parse_flags)
+                node, entry = self._subtrees.copy(xml, parse_flags)
+                entries.append(entry)
                 if not node:
                     continue
                 if not tree[0]:
@@ -201,7 +205,7 @@ class Schema:
             if tree[0]:
                 lib.lyd_free_all(tree[0])
             raise
-        return libyang.DNode.new(self.ctx, tree[0]) if tree[0] else None
+        return (libyang.DNode.new(self.ctx, tree[0]) if tree[0] else None), entries
 
     def validate_operation(self, rpc: bytes, data: etree._Element | None = None) -> None:
         """Validate an <rpc> holding a YANG RPC or action: input types, ranges, mandatory nodes.
@@ -239,14 +243,17 @@ class Schema:
         `root` itself when it prints the same, which saves re-reading it (trees are never
         changed in place, so sharing it is safe)."""
         pieces = [etree.tostring(child) for child in root]
-        dnode = self._parse(root, pieces, config_only=config_only, validate=validate)
+        dnode, entries = self._parse(root, pieces, config_only=config_only, validate=validate)
         if dnode is None:
             return _tree(root.tag, "")
         try:
+            if entries is not None and _prints_as_pieces(dnode, root, pieces, entries):
+                return root
             text = print_xml(dnode)
         finally:
             free_tree(dnode)
         return root if text.encode() == b"".join(pieces) else _tree(root.tag, text)
+
 
     def to_lxml(self, dnode: libyang.DNode | None, root_tag: str, flags: int = 0) -> etree._Element:
         if dnode is None:
@@ -302,6 +309,12 @@ def _last_error(ctx: libyang.Context) -> RPCError:
     return _error_for(message, path, app_tag)
 
 
+@dataclass
+class _Parsed:
+    tree: object  # struct lyd_node *: parse-only, owned by the cache
+    canonical: bool = False  # seen to print as its XML once validated in a datastore
+
+
 class _ParsedSubtrees:
     """Parse-only libyang trees of the top-level data nodes parsed lately, by their XML.
 
@@ -309,15 +322,18 @@ class _ParsedSubtrees:
     they were; those are copied from here (lyd_dup, in C) instead of being parsed again,
     which is most of the cost of validating a datastore after a small edit. Bounded in
     entries and bytes; the least recently used go first. Holds the context, so that its
-    trees are freed before the context is."""
+    trees are freed before the context is. Locked: libyang runs without the GIL, and a
+    schema may serve servers in several threads (tests do), so a tree must not be freed
+    while another thread copies it."""
 
     MAX_ENTRIES = 128
     MAX_BYTES = 2 * 1024 * 1024  # of XML; a libyang tree takes a few times that
 
     def __init__(self, ctx: libyang.Context):
         self._ctx = ctx
-        self._trees: collections.OrderedDict[tuple[int, bytes], object] = collections.OrderedDict()
+        self._trees: collections.OrderedDict[tuple[int, bytes], _Parsed] = collections.OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()
 
     def parse(self, xml: bytes, parse_flags: int, validate_flags: int = 0):
         """A new tree of `xml` (the caller frees it), or NULL for no data; RPCError if invalid."""
@@ -328,31 +344,70 @@ class _ParsedSubtrees:
             raise _last_error(self._ctx)
         return out[0]
 
-    def copy(self, xml: bytes, parse_flags: int):
-        """A new parse-only tree of `xml`, one top-level node (the caller frees it)."""
+    def copy(self, xml: bytes, parse_flags: int) -> tuple[object, _Parsed | None]:
+        """A new parse-only tree of `xml`, one top-level node (the caller frees it), and its
+        cache entry (None if not cached)."""
         key = (parse_flags, xml)
-        cached = self._trees.get(key)
-        if cached is None:
-            cached = self.parse(xml, parse_flags)
-            if not cached or len(xml) > self.MAX_BYTES:
-                return cached
-            self._trees[key] = cached
-            self._bytes += len(xml)
-            while len(self._trees) > self.MAX_ENTRIES or self._bytes > self.MAX_BYTES:
-                (_, old_xml), old = self._trees.popitem(last=False)
-                self._bytes -= len(old_xml)
-                lib.lyd_free_all(old)
-        else:
-            self._trees.move_to_end(key)
-        dup = ffi.new("struct lyd_node **")
-        if lib.lyd_dup_single(cached, ffi.NULL, lib.LYD_DUP_RECURSIVE, dup) != lib.LY_SUCCESS:
-            raise RPCError("operation-failed", "cannot copy a data tree")
-        return dup[0]
+        with self._lock:
+            entry = self._trees.get(key)
+            if entry is None:
+                tree = self.parse(xml, parse_flags)
+                if not tree or len(xml) > self.MAX_BYTES:
+                    return tree, None
+                entry = self._trees[key] = _Parsed(tree)
+                self._bytes += len(xml)
+                while len(self._trees) > self.MAX_ENTRIES or self._bytes > self.MAX_BYTES:
+                    (_, old_xml), old = self._trees.popitem(last=False)
+                    self._bytes -= len(old_xml)
+                    lib.lyd_free_all(old.tree)
+            else:
+                self._trees.move_to_end(key)
+            dup = ffi.new("struct lyd_node **")
+            if lib.lyd_dup_single(entry.tree, ffi.NULL, lib.LYD_DUP_RECURSIVE, dup) != lib.LY_SUCCESS:
+                raise RPCError("operation-failed", "cannot copy a data tree")
+        return dup[0], entry
 
     def __del__(self) -> None:
-        for tree in self._trees.values():
-            lib.lyd_free_all(tree)
+        for entry in self._trees.values():
+            lib.lyd_free_all(entry.tree)
         self._trees.clear()
+
+
+def _prints_as_pieces(dnode: libyang.DNode, root: etree._Element, pieces: list[bytes],
+                      entries: list[_Parsed | None]) -> bool:
+    """Whether libyang prints the validated `dnode` as the pieces, in their order. Only the
+    top-level nodes not yet seen to print as they are get printed: an edit changes a few
+    top-level nodes, and printing the others again is wasted work."""
+    nodes = []
+    node = dnode.cdata
+    while node:
+        if not node.flags & lib.LYD_DEFAULT:  # added by validation: not printed (explicit mode)
+            nodes.append(node)
+        node = node.next
+    if len(nodes) != len(pieces):
+        return False
+    for node, child, xml, entry in zip(nodes, root, pieces, entries):
+        name = etree.QName(child)
+        if (ffi.string(node.schema.name).decode() != name.localname
+                or ffi.string(node.schema.module.ns).decode() != name.namespace):
+            return False
+        if not (entry and entry.canonical) and _print_node(node) != xml:
+            return False
+    for entry in entries:
+        if entry:
+            entry.canonical = True
+    return True
+
+
+def _print_node(node) -> bytes:
+    """One node and its subtree as libyang prints it, without its siblings."""
+    buf = ffi.new("char **")
+    if lib.lyd_print_mem(buf, node, lib.LYD_XML, lib.LYD_PRINT_SHRINK) != lib.LY_SUCCESS:
+        raise RPCError("operation-failed", "cannot print data tree")
+    try:
+        return ffi.string(buf[0]) if buf[0] else b""
+    finally:
+        lib.free(buf[0])
 
 
 def free_tree(dnode: libyang.DNode | None) -> None:

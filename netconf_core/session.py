@@ -154,8 +154,9 @@ class Session:
             # Serialised around the body rather than moving the body into the reply.
             head = etree.tostring(reply)
             assert head.endswith(b"/>")
-            out = b"".join([head[:-2], b">", *(etree.tostring(b) for b in (body if isinstance(body, list) else [body])),
-                            b"</rpc-reply>"])
+            parts = [body] if isinstance(body, bytes) else [etree.tostring(b) for b in (body if isinstance(body, list)
+                                                                                          else [body])]
+            out = b"".join([head[:-2], b">", *parts, b"</rpc-reply>"])
         if operation.tag == q("close-session"):
             self.send(out)
             self.terminate()
@@ -237,7 +238,8 @@ class Session:
                            info={"bad-element": "with-defaults"})
         return mode
 
-    def _filtered(self, operation: etree._Element, tree: etree._Element, config_only: bool) -> etree._Element:
+    def _filtered(self, operation: etree._Element, tree: etree._Element, config_only: bool) -> etree._Element | bytes:
+        """The reply's <data>: an element, or already serialised (a subtree filter's)."""
         server = self.server
         tree = server.nacm_prune(self, tree)
         tree = server.with_defaults(tree, self._with_defaults(operation), config_only)
@@ -246,7 +248,7 @@ class Session:
             return tree
         kind = flt.get("type", "subtree")
         if kind == "subtree":
-            return filters.subtree(server.schema, tree, list(flt))
+            return filters.subtree_xml(server.schema, tree, list(flt))
         if kind == "xpath":
             select = flt.get("select")
             if select is None:

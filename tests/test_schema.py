@@ -11,7 +11,7 @@ import pytest
 from lxml import etree
 
 from netconf_core.errors import RPCError
-from netconf_core.schema import Schema
+from netconf_core.schema import Schema, free_tree, print_xml
 
 NS = "urn:qstrata:test:schema-cache"
 MODULE = f"""module qs-schema-cache {{
@@ -78,3 +78,25 @@ def test_a_bad_value_in_a_new_node_is_reported_with_its_path(schema):
         schema.canonical(tree(POOLS_A, "<site<sc>><id>s1</id><label>x</label><colour>red</colour></site>"),
                          config_only=True)
     assert caught.value.tag in ("unknown-element", "bad-element", "invalid-value"), caught.value
+
+
+def whole_document_print(schema: Schema, root: etree._Element) -> bytes:
+    """The reference: the document parsed and validated by libyang in one go, then printed."""
+    dnode = schema.ctx.parse_data_mem(b"".join(etree.tostring(c) for c in root).decode(), "xml", strict=True,
+                                      no_state=True, validate_present=False)
+    try:
+        return print_xml(dnode).encode()
+    finally:
+        free_tree(dnode)
+
+
+@pytest.mark.parametrize("children", [
+    (POLICY_B, POOLS_AB),  # another order than libyang's
+    (POOLS_AB, POLICY_B),
+    ("<site<sc>><id>s2</id></site>", POOLS_AB, "<site<sc>><id>s1</id><label>x</label></site>", POLICY_B),
+    ("<pools<sc>><pool><size>007</size><name>b</name></pool></pools>",),  # key last, value not canonical
+])
+def test_what_comes_out_is_what_a_whole_parse_prints(schema, children):
+    for _ in range(2):  # the second time, every piece is a copy
+        out = schema.canonical(tree(*children), config_only=True)
+        assert b"".join(etree.tostring(c) for c in out) == whole_document_print(schema, tree(*children))
