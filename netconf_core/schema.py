@@ -254,7 +254,6 @@ class Schema:
             free_tree(dnode)
         return root if text.encode() == b"".join(pieces) else _tree(root.tag, text)
 
-
     def to_lxml(self, dnode: libyang.DNode | None, root_tag: str, flags: int = 0) -> etree._Element:
         if dnode is None:
             return _tree(root_tag, "")

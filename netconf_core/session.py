@@ -154,8 +154,10 @@ class Session:
             # Serialised around the body rather than moving the body into the reply.
             head = etree.tostring(reply)
             assert head.endswith(b"/>")
-            parts = [body] if isinstance(body, bytes) else [etree.tostring(b) for b in (body if isinstance(body, list)
-                                                                                          else [body])]
+            if isinstance(body, bytes):
+                parts = [body]
+            else:
+                parts = [etree.tostring(b) for b in (body if isinstance(body, list) else [body])]
             out = b"".join([head[:-2], b">", *parts, b"</rpc-reply>"])
         if operation.tag == q("close-session"):
             self.send(out)

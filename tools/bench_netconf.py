@@ -17,6 +17,7 @@ at all, so it shows what the transport alone costs, and how much of our time is 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import os
 import re
@@ -47,6 +48,7 @@ PAYLOAD = (f'<system xmlns="{conform.NS}"><hostname>bench</hostname></system><in
            + "".join(f"<interface><name>eth{i}</name><vlan>{i + 1}</vlan><speed-mbps>1000</speed-mbps></interface>"
                      for i in range(INTERFACES)) + "</interfaces>")
 ROOT = Path(__file__).resolve().parents[1]
+FLOOR_PASSWORD = "QSTRATA_BENCH_FLOOR_PASSWORD"  # how the floor server gets its password
 MAX_CONNECTS = 200
 CLOSE_TIMEOUT = 5.0
 
@@ -215,17 +217,19 @@ def our_server(yang_dir: Path) -> Iterator[Target]:
 
 @contextmanager
 def floor_server(get_reply: bytes) -> Iterator[Target]:
+    password = secrets.token_urlsafe(12)
     with tempfile.NamedTemporaryFile(prefix="qstrata-bench-reply-") as reply:
         reply.write(get_reply)
         reply.flush()
         process = subprocess.Popen([sys.executable, "-m", "tools.bench_netconf", "--floor-server", reply.name],
-                                   stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                   stdout=subprocess.PIPE, text=True,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT), FLOOR_PASSWORD: password})
         try:
             assert process.stdout is not None
             match = re.search(r"on 127\.0\.0\.1:(\d+)$", process.stdout.readline().strip())
             if match is None:
                 raise RuntimeError("the SSH floor server did not start")
-            yield Target("SSH floor", "127.0.0.1", int(match.group(1)), "bench", password="bench")
+            yield Target("SSH floor", "127.0.0.1", int(match.group(1)), "bench", password=password)
         finally:
             process.terminate()
             process.wait(10)
@@ -323,7 +327,7 @@ class _FloorServer(asyncssh.SSHServer):
         return True
 
     def validate_password(self, username: str, password: str) -> bool:
-        return username == "bench" and password == "bench"
+        return username == "bench" and hmac.compare_digest(password.encode(), os.environ[FLOOR_PASSWORD].encode())
 
     def session_requested(self) -> _FloorChannel:
         return _FloorChannel(self.get_reply)
