@@ -31,7 +31,7 @@ from .errors import BASE_NS, RPCError
 from .nacm import Nacm, NacmConfigError, NacmCounters
 from .notifications import ReplayBuffer, Event, now
 from .schema import WD_FLAGS, Schema
-from .ssh import ENCRYPTION_ALGS
+from .ssh import SERVER_OPTIONS, NetconfSubsystemChannel
 from .session import BASE_10, BASE_11, MONITORING_NS, WD_NS, Session, q
 
 log = logging.getLogger(__name__)
@@ -182,8 +182,7 @@ class NetconfServer:
 
     async def start(self) -> None:
         self._acceptor = await asyncssh.create_server(
-            lambda: _SSHServer(self), self.host, self.port, server_host_keys=[self.host_key],
-            encoding=None, allow_scp=False, line_editor=False, keepalive_interval=0, encryption_algs=ENCRYPTION_ALGS)
+            lambda: _SSHServer(self), self.host, self.port, server_host_keys=[self.host_key], **SERVER_OPTIONS)
         self.port = self._acceptor.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -633,19 +632,12 @@ def _is_key(info, element: etree._Element) -> bool:
     return etree.QName(element).localname in info.keys
 
 
-class _NetconfChannel(asyncssh.SSHServerSession):
-    """One SSH channel: the netconf subsystem only (no shell, no exec), bytes to the session."""
+class _NetconfChannel(NetconfSubsystemChannel):
+    """One netconf subsystem channel: its bytes go to a session."""
 
     def __init__(self, server: NetconfServer):
         self.server = server
-        self.chan: asyncssh.SSHServerChannel | None = None
         self.session: Session | None = None
-
-    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
-        self.chan = chan
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return subsystem == "netconf"
 
     def session_started(self) -> None:
         assert self.chan is not None

@@ -10,7 +10,7 @@ The get is a subtree filter on the interfaces list; the edit-config merges a new
 The servers take turns row by row, for several rounds, and each cell is the median of its
 rounds: measured one after the other, a slow minute of the machine would favour one of them.
 
-A third column, the SSH floor, is an asyncssh server (its own process, same settings as ours)
+A third column, the SSH floor, is an asyncssh server (its own process, our SERVER_OPTIONS)
 that answers every request with canned bytes: our get reply, or <ok/>. It does no NETCONF work
 at all, so it shows what the transport alone costs, and how much of our time is NETCONF.
 """
@@ -38,7 +38,7 @@ from lxml import etree
 from netconf_core.client import NetconfClient
 from netconf_core.errors import BASE_NS, RPCError
 from netconf_core.framing import FrameReader, FramingError, encode
-from netconf_core.ssh import ENCRYPTION_ALGS
+from netconf_core.ssh import SERVER_OPTIONS, NetconfSubsystemChannel
 from tools import conform
 from tools.netconfd import NetconfdServer
 
@@ -198,21 +198,29 @@ def model_dir() -> Iterator[Path]:
 
 
 @contextmanager
-def our_server(yang_dir: Path) -> Iterator[Target]:
-    password = secrets.token_urlsafe(12)
-    qstrata = Path(sys.executable).with_name("qstrata")
-    process = subprocess.Popen([str(qstrata), "serve", "--yang", str(yang_dir), "--module", conform.MODULE,
-                                "--port", "0", "--user", "admin", "--password", password],
-                               stdout=subprocess.PIPE, text=True)
+def server_process(name: str, args: list[str], username: str, password: str,
+                   env: dict[str, str] | None = None) -> Iterator[Target]:
+    """A server in its own process, which prints 'on 127.0.0.1:PORT' once it listens."""
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stdout is not None
-        match = re.search(r"on 127\.0\.0\.1:(\d+) ", process.stdout.readline())
+        match = re.search(r"on 127\.0\.0\.1:(\d+)", process.stdout.readline())
         if match is None:
-            raise RuntimeError("qstrata serve did not start")
-        yield Target("qstrata serve", "127.0.0.1", int(match.group(1)), "admin", password=password)
+            raise RuntimeError(f"{name} did not start")
+        yield Target(name, "127.0.0.1", int(match.group(1)), username, password=password)
     finally:
         process.terminate()
         process.wait(10)
+
+
+@contextmanager
+def our_server(yang_dir: Path) -> Iterator[Target]:
+    password = secrets.token_urlsafe(12)
+    qstrata = Path(sys.executable).with_name("qstrata")
+    with server_process("qstrata serve", [str(qstrata), "serve", "--yang", str(yang_dir), "--module", conform.MODULE,
+                                          "--port", "0", "--user", "admin", "--password", password],
+                        "admin", password) as target:
+        yield target
 
 
 @contextmanager
@@ -221,18 +229,10 @@ def floor_server(get_reply: bytes) -> Iterator[Target]:
     with tempfile.NamedTemporaryFile(prefix="qstrata-bench-reply-") as reply:
         reply.write(get_reply)
         reply.flush()
-        process = subprocess.Popen([sys.executable, "-m", "tools.bench_netconf", "--floor-server", reply.name],
-                                   stdout=subprocess.PIPE, text=True,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT), FLOOR_PASSWORD: password})
-        try:
-            assert process.stdout is not None
-            match = re.search(r"on 127\.0\.0\.1:(\d+)$", process.stdout.readline().strip())
-            if match is None:
-                raise RuntimeError("the SSH floor server did not start")
-            yield Target("SSH floor", "127.0.0.1", int(match.group(1)), "bench", password=password)
-        finally:
-            process.terminate()
-            process.wait(10)
+        with server_process("SSH floor", [sys.executable, "-m", "tools.bench_netconf", "--floor-server", reply.name],
+                            "bench", password,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), FLOOR_PASSWORD: password}) as target:
+            yield target
 
 
 @contextmanager
@@ -281,19 +281,12 @@ def main(seconds: float = 2.0, sessions: int = 50, depth: int = 16, rounds: int 
 # --- the SSH floor: asyncssh and framing, no NETCONF work ---------------------------------------------
 
 
-class _FloorChannel(asyncssh.SSHServerSession):
+class _FloorChannel(NetconfSubsystemChannel):
     """Answers the hello with base:1.0 and 1.1, <get> with the canned data, anything else with <ok/>."""
 
     def __init__(self, get_reply: bytes):
         self.get_reply = get_reply
         self.reader = FrameReader()
-        self.chan: asyncssh.SSHServerChannel | None = None
-
-    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
-        self.chan = chan
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return subsystem == "netconf"
 
     def session_started(self) -> None:
         assert self.chan is not None
@@ -336,7 +329,7 @@ class _FloorServer(asyncssh.SSHServer):
 async def _serve_floor(get_reply: bytes) -> None:
     acceptor = await asyncssh.create_server(
         lambda: _FloorServer(get_reply), "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-        encoding=None, allow_scp=False, line_editor=False, keepalive_interval=0, encryption_algs=ENCRYPTION_ALGS)
+        **SERVER_OPTIONS)
     print(f"SSH floor on 127.0.0.1:{acceptor.sockets[0].getsockname()[1]}", flush=True)
     await acceptor.wait_closed()
 
