@@ -77,27 +77,44 @@ READ_ONLY_OPERATIONS = (("ietf-netconf", "get"), ("ietf-netconf", "get-config"),
                         ("ietf-netconf-monitoring", "get-schema"), ("notifications", "create-subscription"))
 
 
+@dataclass(frozen=True)
+class SubtreeWriters:
+    """Users who may read what read-only users read, and create, change and delete one
+    subtree of the configuration, nothing else (not the access rules, not other RPCs)."""
+
+    users: tuple[str, ...]
+    path: str  # a NACM node-instance-identifier, e.g. "/qi-intent:intents"
+    namespaces: dict[str, str]  # the path's prefixes
+
+
 def standard_nacm(read_write: list[str], read_only: list[str],
-                  read_only_rpcs: tuple[tuple[str, str], ...] = ()) -> etree._Element:
+                  read_only_rpcs: tuple[tuple[str, str], ...] = (),
+                  subtree_writers: SubtreeWriters | None = None) -> etree._Element:
     """A NACM configuration with two groups: `read-write` may do everything; `read-only` may
     read, subscribe and fetch schemas, and run the model RPCs named in `read_only_rpcs`
-    ((module, rpc) pairs that change nothing), but not write, run other RPCs nor actions."""
+    ((module, rpc) pairs that change nothing), but not write, run other RPCs nor actions.
+    With `subtree_writers`, a third group `subtree-writers` (see SubtreeWriters)."""
     n = lambda tag: f"{{{NACM_NS}}}{tag}"
     nacm = etree.Element(n("nacm"), nsmap={None: NACM_NS})
     etree.SubElement(nacm, n("enable-nacm")).text = "true"
     groups = etree.SubElement(nacm, n("groups"))
-    for name, users in (("read-write", read_write), ("read-only", read_only)):
+    members = [("read-write", read_write), ("read-only", read_only)]
+    if subtree_writers is not None:
+        members.append(("subtree-writers", list(subtree_writers.users)))
+    for name, users in members:
         group = etree.SubElement(groups, n("group"))
         etree.SubElement(group, n("name")).text = name
         for user in users:
             etree.SubElement(group, n("user-name")).text = user
 
-    def rule(rule_list, name, module, access, action, rpc=None):
+    def rule(rule_list, name, module, access, action, rpc=None, path=None):
         entry = etree.SubElement(rule_list, n("rule"))
         etree.SubElement(entry, n("name")).text = name
         etree.SubElement(entry, n("module-name")).text = module
         if rpc is not None:
             etree.SubElement(entry, n("rpc-name")).text = rpc
+        if path is not None:
+            etree.SubElement(entry, n("path"), nsmap=path.namespaces).text = path.path
         etree.SubElement(entry, n("access-operations")).text = access
         etree.SubElement(entry, n("action")).text = action
 
@@ -108,11 +125,18 @@ def standard_nacm(read_write: list[str], read_only: list[str],
         return entry
 
     rule(rule_list("read-write"), "permit-all", "*", "*", "permit")
-    readers = rule_list("read-only")
-    for module, rpc in READ_ONLY_OPERATIONS + tuple(read_only_rpcs):
-        rule(readers, f"allow-{module}-{rpc}", module, "exec", "permit", rpc=rpc)
-    # No rule type: covers the other RPCs (exec), actions (exec on data nodes) and every write.
-    rule(readers, "deny-changes", "*", "create update delete exec", "deny")
+    limited = [("read-only", READ_ONLY_OPERATIONS + tuple(read_only_rpcs))]
+    if subtree_writers is not None:
+        limited.append(("subtree-writers", READ_ONLY_OPERATIONS + tuple(read_only_rpcs)
+                        + (("ietf-netconf", "edit-config"),)))
+    for group, operations in limited:
+        entries = rule_list(group)
+        for module, rpc in operations:
+            rule(entries, f"allow-{module}-{rpc}", module, "exec", "permit", rpc=rpc)
+        if group == "subtree-writers":
+            rule(entries, "allow-subtree", "*", "create update delete", "permit", path=subtree_writers)
+        # No rule type: covers the other RPCs (exec), actions (exec on data nodes) and every write.
+        rule(entries, "deny-changes", "*", "create update delete exec", "deny")
     return nacm
 
 

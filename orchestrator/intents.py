@@ -30,7 +30,7 @@ from devices.base import schema_for
 from netconf_core.client import SessionClosedError
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import RPCError
-from netconf_core.server import NetconfServer, User, standard_nacm
+from netconf_core.server import NetconfServer, SubtreeWriters, User, standard_nacm
 from orchestrator import lifecycle
 from orchestrator.planner import Demand, Infeasible, Network, Plan, Planner
 from orchestrator.requests import SegmentEnds, SessionRequest, links_config, links_delete
@@ -178,12 +178,17 @@ class Orchestrator:
     def __init__(self, name: str, service: Endpoint, forwarding: Endpoint, connectivity: Endpoint,
                  users: dict[str, User], store_dir: str | pathlib.Path, *,
                  read_write: tuple[str, ...] = ("admin",), read_only: tuple[str, ...] = ("monitor",),
-                 host: str = "127.0.0.1", port: int = 0, period: float = 5.0):
+                 intent_writers: tuple[str, ...] = (), host: str = "127.0.0.1", port: int = 0,
+                 period: float = 5.0):
+        """`intent_writers` may read, and create, change and remove intents, nothing else: the
+        accounts of those who ask for intents on the operator's behalf (a federation platform)."""
         self.name = name
         self.period = period
         self.store = IntentStore(store_dir)
+        writers = SubtreeWriters(intent_writers, "/qi-intent:intents", {"qi-intent": INT_NS}) if intent_writers else None
         self.server = NetconfServer(schema_for(self.modules), users, host=host, port=port,
-                                    nacm=standard_nacm(list(read_write), list(read_only)), name=name)
+                                    nacm=standard_nacm(list(read_write), list(read_only), subtree_writers=writers),
+                                    name=name)
         self.server.on_change(self._config_changed)
         self.server.add_state_provider(self._state)
         self.server.add_rpc("/qi-intent:intents/intent/replan", self._replan)

@@ -13,16 +13,19 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import aiohttp
+import pytest
 from lxml import etree
 
 from devices.topology import embedded_topology
 from netconf_core.client import NetconfClient
+from netconf_core.errors import RPCError
 from orchestrator.federation import FED_NS
 from orchestrator.views import NW_NS, ForwardingView
 from test_demo import check_summary
 from tools.cmd_demo import exchange_keys
 from tools.demo_federation import service_state
-from tools.federated_stack import ADMIN, PRICE_PER_KBIT, FederatedStack, service_request, service_user
+from tools.federated_stack import (ADMIN, PLATFORM_USER, PRICE_PER_KBIT, FederatedStack, service_request,
+                                  service_user)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NS = {"f": FED_NS}
@@ -212,6 +215,22 @@ def test_a_cut_inter_domain_link_is_advertised_down_and_routed_around():
             return capacity == ["0"]
         await until(offered_down, "A advertises the cut link with no capacity")
         assert not (await forwarding(fed, "A")).links["a2-b1"].up
+    run(scenario)
+
+
+def test_the_platform_manages_intents_on_a_domain_orchestrator_and_nothing_else():
+    async def scenario(fed: FederatedStack, user: NetconfClient) -> None:
+        await routed(user, ["A", "B", "C"])
+        orchestrator = fed.stacks["A"].orchestrator
+        async with await NetconfClient.connect(fed.host.network.host, orchestrator.port, PLATFORM_USER,
+                                               client_keys=[fed.platform_key]) as platform:
+            data = await platform.get(("subtree", f'<intents xmlns="{INT_NS}"/>'))
+            assert data.xpath("//i:intent/i:name/text()", namespaces={"i": INT_NS}) == ["fed-s1"]
+            with pytest.raises(RPCError) as refused:  # e.g. making itself the domain's administrator
+                await platform.edit_config('<nacm xmlns="urn:ietf:params:xml:ns:yang:ietf-netconf-acm"><groups>'
+                                           f"<group><name>read-write</name><user-name>{PLATFORM_USER}</user-name>"
+                                           "</group></groups></nacm>")
+            assert refused.value.tag == "access-denied"
     run(scenario)
 
 

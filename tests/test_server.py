@@ -322,6 +322,39 @@ def test_wrong_password_is_refused(engine):
         engine.connect("admin", "wrong")
 
 
+def test_subtree_writers_write_their_subtree_and_nothing_else(loop_thread, engine_schema):
+    from conftest import RunningServer
+    from netconf_core.server import NetconfServer, SubtreeWriters, User, standard_nacm
+
+    async def make():
+        writers = SubtreeWriters(("ops",), "/qs:interfaces", {"qs": ENGINE_NS})
+        server = NetconfServer(engine_schema, {"admin": User(password="admin-pw"), "ops": User(password="ops-pw")},
+                               nacm=standard_nacm(["admin"], [], subtree_writers=writers))
+        await server.start()
+        return server
+    engine = RunningServer(loop_thread, loop_thread.run(make()))
+    try:
+        with engine.connect("ops", "ops-pw") as m:
+            m.edit_config(target="running", config=ifaces("<interface><name>w</name></interface>"))
+            m.edit_config(target="running", config=ifaces('<interface nc:operation="delete"><name>w</name></interface>'))
+            assert names(running(m)) == []
+            refused = [cfg(f'<system xmlns="{ENGINE_NS}"><hostname>h</hostname></system>'),
+                       cfg('<nacm xmlns="urn:ietf:params:xml:ns:yang:ietf-netconf-acm"><groups><group>'
+                           "<name>read-write</name><user-name>ops</user-name></group></groups></nacm>")]
+            for config in refused:
+                with pytest.raises(NcRPCError) as err:
+                    m.edit_config(target="running", config=config)
+                assert err.value.tag == "access-denied"
+            with pytest.raises(NcRPCError) as err:
+                m.dispatch(to_ele(f'<ping xmlns="{ENGINE_NS}"><host>127.0.0.1</host></ping>'))
+            assert err.value.tag == "access-denied"
+        with engine.connect() as admin:  # nothing refused was written
+            system = to_ele(admin.get_config("running", filter=("subtree", f'<system xmlns="{ENGINE_NS}"/>')).data_xml)
+            assert system.xpath("//e:hostname", namespaces=NS) == []
+    finally:
+        loop_thread.run(engine.server.stop())
+
+
 def test_public_key_authentication(loop_thread, engine_schema, tmp_path):
     import asyncssh
     from ncclient import manager

@@ -51,8 +51,8 @@ class Level:
 
 class Stack:
     """The levels of one network. With `host` and `domain`, those of one domain of the host's
-    multi-domain topology; `orchestrator_users` are further read-write accounts of the
-    orchestrator (a federation platform's)."""
+    multi-domain topology; `orchestrator_users` are further accounts of the orchestrator that
+    may manage intents and nothing else (a federation platform's)."""
 
     def __init__(self, topology: Topology, state_dir: pathlib.Path | str | None = None, speed: float = 1.0,
                  orchestrator_port: int = 0, *, host: DeviceHost | None = None, domain: str | None = None,
@@ -112,7 +112,8 @@ class Stack:
                 "orchestrator", self.endpoint("service", self.service.port),
                 self.endpoint("forwarding", self.forwarding.port),
                 self.endpoint("connectivity", self.connectivity.port), {**self.users, **self.orchestrator_users},
-                self._intent_store(), read_write=(ADMIN_USER, *self.orchestrator_users), port=self.orchestrator_port)
+                self._intent_store(), read_write=(ADMIN_USER,), intent_writers=tuple(self.orchestrator_users),
+                port=self.orchestrator_port)
             await self.orchestrator.start()
             await self.connectivity.wait_synced(timeout)
             await self.forwarding.wait_synced(timeout)
