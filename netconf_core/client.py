@@ -216,6 +216,11 @@ class NetconfClient:
         """Requests sent and not yet answered (pipelining depth)."""
         return len(self._pending)
 
+    @property
+    def closed(self) -> bool:
+        """The session has ended: closed by either side, or lost."""
+        return self._closed_reason is not None
+
     @classmethod
     async def connect(cls, host: str, port: int, username: str, password: str | None = None,
                       client_keys: Sequence[str] | None = None, known_hosts: Any = None,

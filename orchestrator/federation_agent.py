@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 FED_NS = "urn:qstrata:yang:qi-federation"
 POLL = 0.05  # seconds between two reads of the membership while waiting for admission
+RECONNECT_MAX_S = 5.0  # longest wait between two attempts to reach a platform that dropped the session
+MEMBERSHIP_EVENTS = ("subtree", f'<member-joined xmlns="{FED_NS}"/><member-left xmlns="{FED_NS}"/>')
 
 
 def _f(tag: str) -> str:
@@ -182,8 +184,9 @@ class FederationAgent:
         return (reply.findtext(f".//{_f('status')}") or "").strip() if reply is not None else ""
 
     async def session(self) -> NetconfClient:
-        """The member's own session on the platform (opened with its key on first use)."""
-        if self._session is None:
+        """The member's own session on the platform, opened with its key on first use and
+        again once the platform has dropped it (a restart)."""
+        if self._session is None or self._session.closed:
             p = self.platform
             self._session = await NetconfClient.connect(p.host, p.port, self.member_id, client_keys=[self.key],
                                                         known_hosts=p.known_hosts)
@@ -208,8 +211,7 @@ class FederationAgent:
         self._admitted = True
         if self._follower is None:
             nc = await self.session()
-            await nc.create_subscription(filter=("subtree", f'<member-joined xmlns="{FED_NS}"/>'
-                                                            f'<member-left xmlns="{FED_NS}"/>'))
+            await nc.create_subscription(filter=MEMBERSHIP_EVENTS)
             self._follower = asyncio.get_running_loop().create_task(self._follow(nc))
         await self._advertise()
 
@@ -274,13 +276,31 @@ class FederationAgent:
         return {text(m, "member-id") or "": (text(m, "status") or "", offers.get(text(m, "member-id")))
                 for m in data.iter(_f("member"))} if data is not None else {}
 
-    async def _follow(self, nc: NetconfClient) -> None:
-        """Re-advertise when the federation's membership changes."""
-        async for _ in nc.notifications():
+    async def _follow(self, nc: NetconfClient | None) -> None:
+        """Re-advertise when the federation's membership changes. When the platform drops the
+        session (it restarted), open a new one, subscribe again and re-advertise, retrying
+        with a growing pause until the platform answers; stop once no longer a member."""
+        while nc is not None:
+            async for _ in nc.notifications():
+                try:
+                    await self._advertise()
+                except (RPCError, SessionClosedError) as err:
+                    log.warning("federation agent %s: could not refresh its advertisement: %s", self.member_id, err)
+            nc = await self._resubscribe()
+
+    async def _resubscribe(self) -> NetconfClient | None:
+        pause = POLL
+        while self._admitted:
+            await asyncio.sleep(pause)
             try:
+                nc = await self.session()
+                await nc.create_subscription(filter=MEMBERSHIP_EVENTS)
                 await self._advertise()
-            except (RPCError, SessionClosedError) as err:
-                log.warning("federation agent %s: could not refresh its advertisement: %s", self.member_id, err)
+                return nc
+            except (OSError, asyncssh.Error, RPCError, SessionClosedError) as err:
+                log.info("federation agent %s: the platform is unreachable: %s", self.member_id, err)
+                pause = min(pause * 2, RECONNECT_MAX_S)
+        return None
 
     async def allow_service_user(self, user: str) -> None:
         """Let a service-layer (Fa) account of the platform request services the member pays for."""

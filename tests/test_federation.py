@@ -87,11 +87,22 @@ class Federation:
         self.agents: dict[str, FederationAgent] = {}
         self.clients: list[NetconfClient] = []
 
-    async def __aenter__(self) -> Federation:
+    def _platform(self, port: int = 0) -> FederationPlatform:
         users = {"admin": User(password=ADMIN_PW), ENROL_USER: User(password=ENROL_PW),
                  "alice": User(password=ALICE_PW)}
-        self.platform = FederationPlatform(users, "admin", self.store_dir,
-                                           segment_handlers=lambda ep: self.domains.get(ep.member_id))
+        return FederationPlatform(users, "admin", self.store_dir, port,
+                                  segment_handlers=lambda ep: self.domains.get(ep.member_id))
+
+    async def restart_platform(self) -> None:
+        """Stop the platform and start a new one on the same port and store."""
+        port = self.platform.port
+        await self.platform.stop()
+        self.platform = self._platform(port)
+        await self.platform.start()
+        self.admin = await self.connect("admin", password=ADMIN_PW)
+
+    async def __aenter__(self) -> Federation:
+        self.platform = self._platform()
         await self.platform.start()
         self.endpoint = PlatformEndpoint("127.0.0.1", self.platform.port, ENROL_PW)
         for member in BORDERS:
@@ -480,3 +491,31 @@ def test_memberships_and_charging_survive_a_restart(tmp_path):
 
     run(first, store_dir=tmp_path, keys=keys)
     run(second, store_dir=tmp_path, keys=keys)
+
+
+def test_agents_reconnect_after_a_platform_restart_and_follow_the_membership_again(tmp_path):
+    async def scenario(fed: Federation) -> None:
+        await fed.join("A", "B")
+        await fed.restart_platform()  # every member's session is gone
+
+        async def b_links() -> dict[str, str]:
+            data = await state(fed.admin)
+            return {l.findtext("f:link-id", namespaces=NS): l.findtext("f:capacity", namespaces=NS)
+                    for l in data.xpath("//f:advertisement[f:member-id='B']/f:inter-domain-link", namespaces=NS)}
+
+        async def until(check: Callable[[], Awaitable[bool]]) -> None:
+            async with asyncio.timeout(10):
+                while not await check():
+                    await asyncio.sleep(0.05)
+
+        # B's network changes: its agent opens a new session to say so.
+        await fed.agents["B"].update(resources("B", capacity=CAPACITY // 4))
+        assert await b_links() == {"b1-a1": str(CAPACITY // 4)}
+        # C joins: B's agent follows the membership again and offers its link to C.
+        await fed.join("C")
+        await until(lambda: _equal(b_links(), {"b1-a1": str(CAPACITY // 4), "b2-c1": str(CAPACITY // 4)}))
+    run(scenario, store_dir=tmp_path)
+
+
+async def _equal(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
