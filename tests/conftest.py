@@ -94,7 +94,7 @@ def qstrata_serve() -> Iterator[ServedProcess]:
     password = secrets.token_urlsafe(12)
     qstrata = str(pathlib.Path(sys.executable).with_name("qstrata"))
     process = subprocess.Popen([qstrata, "serve", "--yang", str(TEST_YANG), "--module", "qs-engine-test",
-                                "--port", "0", "--user", "admin", "--password", password],
+                                "--port", "0", "--user", "admin", f"--password={password}"],
                                stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None

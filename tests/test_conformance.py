@@ -91,8 +91,8 @@ def test_every_deviation_names_a_check() -> None:
 
 
 def test_cli_reports_json_and_exit_codes(ours: Served, netconfd) -> None:
-    ok = subprocess.run([QSTRATA, "conform", "127.0.0.1", str(ours.port), "--user", "admin", "--password",
-                         ours.password, "--check", "lock-denied", "--check", "get-schema-unknown", "--json"],
+    ok = subprocess.run([QSTRATA, "conform", "127.0.0.1", str(ours.port), "--user", "admin",
+                         f"--password={ours.password}", "--check", "lock-denied", "--check", "get-schema-unknown", "--json"],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert [(r["id"], r["status"]) for r in json.loads(ok.stdout)] == [

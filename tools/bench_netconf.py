@@ -218,7 +218,7 @@ def our_server(yang_dir: Path) -> Iterator[Target]:
     password = secrets.token_urlsafe(12)
     qstrata = Path(sys.executable).with_name("qstrata")
     with server_process("qstrata serve", [str(qstrata), "serve", "--yang", str(yang_dir), "--module", conform.MODULE,
-                                          "--port", "0", "--user", "admin", "--password", password],
+                                          "--port", "0", "--user", "admin", f"--password={password}"],
                         "admin", password) as target:
         yield target
 
