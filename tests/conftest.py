@@ -10,12 +10,15 @@ import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 from ncclient import manager
 
+from controller.southbound import Endpoint
+from devices.host import DeviceHost
+from devices.topology import Topology
 from netconf_core.schema import Schema
 from netconf_core.server import NetconfServer, User, standard_nacm
 
@@ -54,6 +57,44 @@ class RunningServer:
     def connect(self, user: str = "admin", password: str = "admin-pw", **kw):
         return manager.connect(host="127.0.0.1", port=self.port, username=user, password=password,
                                hostkey_verify=False, allow_agent=False, look_for_keys=False, timeout=30, **kw)
+
+
+class HostedDevices:
+    """A topology's devices in a DeviceHost on a LoopThread, for controller tests: each test's
+    stack starts its controllers over `devices` and stops them in `close` before the host."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.loop = LoopThread()
+        self.topology = topology
+        self.host = DeviceHost(topology, seed=1)
+        self.run(self.host.start())
+        self.twin = self.host.network.twin
+        self.devices = {row.id: Endpoint(row.id, row.host, row.port, "admin", "admin") for row in self.host.table()}
+        self.kinds = {row.id: row.kind for row in self.host.table()}
+
+    def of_kind(self, *kinds: str) -> list[Endpoint]:
+        return [endpoint for name, endpoint in self.devices.items() if self.kinds[name] in kinds]
+
+    def run(self, coro):
+        return self.loop.run(coro)
+
+    def close(self, *controllers) -> None:
+        """Stop the controllers (in the order given), then the devices and the loop."""
+        for controller in controllers:
+            self.run(controller.stop())
+        self.run(self.host.stop())
+        self.loop.close()
+
+    def ncclient(self, port: int):
+        return manager.connect(host="127.0.0.1", port=port, username="admin", password="admin",
+                               hostkey_verify=False, allow_agent=False, look_for_keys=False, timeout=30)
+
+    @staticmethod
+    async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+        """Wait (bounded) until `condition` holds: events travel through notifications."""
+        async with asyncio.timeout(timeout):
+            while not await condition():
+                await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 import pytest
 from lxml import etree
-from ncclient import manager
 from ncclient.operations.rpc import RPCError as NcRPCError
 
-from conftest import LoopThread
+from conftest import HostedDevices
 from controller.connectivity import (ConnectivityController, Busy, CrossConnect, Fibre, NoRoute, PathRequest,
                                      Span, Switch, SwitchPort, TermPoint, find_route)
-from controller.southbound import Endpoint
 from device_checks import yanglint
-from devices.host import DeviceHost
 from devices.topology import default_topology, parse_topology
 from devices.twin import Endpoint as PlantEnd
 from netconf_core.client import NetconfClient
@@ -89,43 +86,25 @@ def test_constraints_and_what_is_in_use_are_respected() -> None:
 
 # -- the controller over real NETCONF --------------------------------------------------------------
 
-class Stack:
+class Stack(HostedDevices):
     """A DeviceHost and a connectivity controller over its plant and switches, on a loop in a
     background thread (so that ncclient can be used from the test)."""
 
     def __init__(self, topology) -> None:
-        self.loop = LoopThread()
-        self.host = DeviceHost(topology, seed=1)
-        self.loop.run(self.host.start())
-        self.twin = self.host.network.twin
-        self.devices = {row.id: Endpoint(row.id, row.host, row.port, "admin", "admin") for row in self.host.table()
-                        if row.kind in ("fibre-plant", "optical-switch")}
+        super().__init__(topology)
+        self.devices = {ep.name: ep for ep in self.of_kind("fibre-plant", "optical-switch")}
         self.ctl = ConnectivityController("connectivity", list(self.devices.values()), USERS, resync_period=3600)
-        self.loop.run(self.ctl.start())
+        self.run(self.ctl.start())
         self.run(self.ctl.wait_synced())
 
     def close(self) -> None:
-        self.loop.run(self.ctl.stop())
-        self.loop.run(self.host.stop())
-        self.loop.close()
-
-    def run(self, coro):
-        return self.loop.run(coro)
+        super().close(self.ctl)
 
     async def client(self, port: int | None = None) -> NetconfClient:
         return await NetconfClient.connect("127.0.0.1", port or self.ctl.port, "admin", password="admin")
 
     def ncclient(self):
-        return manager.connect(host="127.0.0.1", port=self.ctl.port, username="admin", password="admin",
-                               hostkey_verify=False, allow_agent=False, look_for_keys=False, timeout=30)
-
-    @staticmethod
-    async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-        """Wait (bounded) until `condition` holds: events travel through notifications."""
-        async def poll() -> None:
-            while not await condition():
-                await asyncio.sleep(0.05)
-        await asyncio.wait_for(poll(), timeout)
+        return super().ncclient(self.ctl.port)
 
     async def twin_cross_connects(self, switch: str) -> list[tuple[int, int]]:
         return [(xc.port_a, xc.port_b) for xc in self.twin.cross_connects(switch)]

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Awaitable, Callable
 
 import pytest
 from lxml import etree
-from ncclient import manager
 from ncclient.operations.rpc import RPCError as NcRPCError
 
-from conftest import LoopThread
+from conftest import HostedDevices
 from controller.connectivity import ConnectivityController
 from controller.forwarding import ForwardingController, LinkRequest, virt_chain
 from controller.southbound import Endpoint
 from device_checks import yanglint
-from devices.host import DeviceHost
 from devices.qkd_node import node_uuid
 from devices.topology import default_topology
 from netconf_core.client import NetconfClient
@@ -61,23 +58,17 @@ def test_virt_hops_chain_from_source_to_destination_in_any_order() -> None:
 
 # -- the controller over real NETCONF ----------------------------------------------------------------
 
-class Stack:
+class Stack(HostedDevices):
     """Madrid devices, a connectivity controller and the forwarding controller on a loop in a
     background thread (so that ncclient can be used from the test)."""
 
     def __init__(self) -> None:
-        self.loop = LoopThread()
-        self.topology = default_topology()
-        self.host = DeviceHost(self.topology, seed=1)
-        self.run(self.host.start())
-        self.twin = self.host.network.twin
-        self.devices = {row.id: Endpoint(row.id, row.host, row.port, "admin", "admin") for row in self.host.table()}
-        kinds = {row.id: row.kind for row in self.host.table()}
-        fibre = [ep for name, ep in self.devices.items() if kinds[name] in ("fibre-plant", "optical-switch")]
+        super().__init__(default_topology())
+        fibre = self.of_kind("fibre-plant", "optical-switch")
         self.connectivity = ConnectivityController("connectivity", fibre, USERS, resync_period=3600)
         self.run(self.connectivity.start())
         self.ctl = ForwardingController(
-            "forwarding", [ep for name, ep in self.devices.items() if kinds[name] == "qkd-node"],
+            "forwarding", self.of_kind("qkd-node"),
             Endpoint("connectivity", "127.0.0.1", self.connectivity.port, "admin", "admin"), USERS,
             km_by_site={km.site: km.id for km in self.topology.key_managers}, resync_period=3600)
         self.run(self.ctl.start())
@@ -85,29 +76,14 @@ class Stack:
         self.run(self.ctl.wait_synced())
 
     def close(self) -> None:
-        self.run(self.ctl.stop())
-        self.run(self.connectivity.stop())
-        self.run(self.host.stop())
-        self.loop.close()
-
-    def run(self, coro):
-        return self.loop.run(coro)
+        super().close(self.ctl, self.connectivity)
 
     async def client(self, device: str | None = None) -> NetconfClient:
         port = self.devices[device].port if device else self.ctl.port
         return await NetconfClient.connect("127.0.0.1", port, "admin", password="admin")
 
     def ncclient(self):
-        return manager.connect(host="127.0.0.1", port=self.ctl.port, username="admin", password="admin",
-                               hostkey_verify=False, allow_agent=False, look_for_keys=False, timeout=30)
-
-    @staticmethod
-    async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-        """Wait (bounded) until `condition` holds: events travel through notifications."""
-        async def poll() -> None:
-            while not await condition():
-                await asyncio.sleep(0.05)
-        await asyncio.wait_for(poll(), timeout)
+        return super().ncclient(self.ctl.port)
 
     async def node_links(self, node: str) -> dict[str, etree._Element]:
         """The qkd_link entries (config and state) of a QKD node, by qkdl_id."""
