@@ -51,7 +51,7 @@ import asyncio
 import datetime
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import networkx as nx
 from lxml import etree
@@ -478,42 +478,45 @@ def km_edit(have: KmConfig, want: KmConfig) -> etree._Element | None:
             pool = _sub(container, KM, "key-pool")
             _sub(pool, KM, "link-id", link)
             _sub(pool, KM, "peer-km-id", peer)
-    routes = sorted(set(have.routes) | set(want.routes))
-    changed_routes = [d for d in routes if have.routes.get(d) != want.routes.get(d)]
-    if changed_routes:
-        container = _sub(root, KM, "forwarding-table")
-        for destination in changed_routes:
-            route = _sub(container, KM, "route")
-            _sub(route, KM, "destination-km-id", destination)
-            if destination not in want.routes:
-                route.set(OPERATION, "remove")
-                continue
-            route.set(OPERATION, "replace")
-            next_hop, via = want.routes[destination]
-            _sub(route, KM, "next-hop-km-id", next_hop)
-            _sub(route, KM, "via-link-id", via)
-    names = sorted(set(have.sessions) | set(want.sessions))
-    changed_sessions = [n for n in names if have.sessions.get(n) != want.sessions.get(n)]
-    if changed_sessions:
-        container = _sub(root, KM, "sessions")
-        for name in changed_sessions:
-            entry = _sub(container, KM, "session")
-            _sub(entry, KM, "session-id", name)
-            s = want.sessions.get(name)
-            if s is None:
-                entry.set(OPERATION, "remove")
-                continue
-            entry.set(OPERATION, "replace")
-            _sub(entry, KM, "master-sae-id", s.master_sae)
-            _sub(entry, KM, "slave-sae-id", s.slave_sae)
-            _sub(entry, KM, "peer-km-id", s.peer_km)
-            qos = _sub(entry, KM, "qos")
-            _sub(qos, KM, "rate", s.rate)
-            _sub(qos, KM, "burst", s.burst)
-            _sub(qos, KM, "key-size", s.key_size)
-            if s.ttl is not None:
-                _sub(qos, KM, "ttl", s.ttl)
+    _replace_changed(root, "forwarding-table", "route", "destination-km-id", have.routes, want.routes, _route_leaves)
+    _replace_changed(root, "sessions", "session", "session-id", have.sessions, want.sessions, _session_leaves)
     return root if len(root) else None
+
+
+def _replace_changed(root: etree._Element, container: str, entry: str, key: str, have: dict, want: dict,
+                     leaves: Callable[[etree._Element, Any], None]) -> None:
+    """Under `container`, the entries of a keyed list whose value differs between `have` and
+    `want`: replaced by `want`'s (its `leaves` written), or removed when `want` has none."""
+    changed = [k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+    if not changed:
+        return
+    parent = _sub(root, KM, container)
+    for name in changed:
+        element = _sub(parent, KM, entry)
+        _sub(element, KM, key, name)
+        if name in want:
+            element.set(OPERATION, "replace")
+            leaves(element, want[name])
+        else:
+            element.set(OPERATION, "remove")
+
+
+def _route_leaves(route: etree._Element, hop: tuple[str, str]) -> None:
+    next_hop, via = hop
+    _sub(route, KM, "next-hop-km-id", next_hop)
+    _sub(route, KM, "via-link-id", via)
+
+
+def _session_leaves(entry: etree._Element, s: KmSession) -> None:
+    _sub(entry, KM, "master-sae-id", s.master_sae)
+    _sub(entry, KM, "slave-sae-id", s.slave_sae)
+    _sub(entry, KM, "peer-km-id", s.peer_km)
+    qos = _sub(entry, KM, "qos")
+    _sub(qos, KM, "rate", s.rate)
+    _sub(qos, KM, "burst", s.burst)
+    _sub(qos, KM, "key-size", s.key_size)
+    if s.ttl is not None:
+        _sub(qos, KM, "ttl", s.ttl)
 
 
 # -- the controller ----------------------------------------------------------------------------
