@@ -163,28 +163,32 @@ class Schema:
     # --- validation ------------------------------------------------------
 
     def parse(self, root: etree._Element, *, config_only: bool, validate: bool = True) -> libyang.DNode | None:
-        """Parse the children of `root` into a libyang tree. Raises RPCError naming the offending
-        node. The caller frees the returned tree (`free_tree`)."""
-        return self._parse(root, [etree.tostring(child) for child in root], config_only=config_only,
-                           validate=validate)[0]
+        """Parse the children of `root`, as one document, into a libyang tree. Raises RPCError
+        naming the offending node. The caller frees the returned tree (`free_tree`)."""
+        return self._parse_whole(b"".join(etree.tostring(child) for child in root), config_only, validate)
 
-    def _parse(self, root: etree._Element, pieces: list[bytes], *, config_only: bool,
-               validate: bool) -> tuple[libyang.DNode | None, list[_Parsed | None] | None]:
-        """`pieces` are the top-level children of `root` as XML. Each is parsed on its own, or
-        copied from a tree parsed earlier (`_ParsedSubtrees`); the pieces are then joined
-        and the whole tree validated. Where joining could hide an error (two top-level nodes
-        of the same name: a duplicate instance would be merged into one), or a child is not an
-        element, the document is parsed whole instead. Also returns the cache entry of each
-        piece (None when the document was parsed whole)."""
+    def _parse_whole(self, xml: bytes, config_only: bool, validate: bool) -> libyang.DNode | None:
+        if not xml:
+            return None
+        parse_flags, validate_flags = _flags(config_only)
+        tree = self._subtrees.parse(xml, parse_flags | (0 if validate else lib.LYD_PARSE_ONLY), validate_flags)
+        return libyang.DNode.new(self.ctx, tree) if tree else None
+
+    def _parse_pieces(self, root: etree._Element, pieces: list[bytes], *, config_only: bool,
+                      validate: bool) -> tuple[libyang.DNode | None, list[_Parsed | None] | None]:
+        """For `canonical`, which sees a datastore after each edit: `pieces` are the top-level
+        children of `root` as XML. Each is parsed on its own, or copied from a tree parsed
+        earlier (`_ParsedSubtrees`); the pieces are then joined and the whole tree validated.
+        Where joining could hide an error (two top-level nodes of the same name: a duplicate
+        instance would be merged into one), or a child is not an element, the document is
+        parsed whole instead. Also returns the cache entry of each piece (None when the
+        document was parsed whole)."""
         if not pieces:
             return None, None
-        parse_flags = lib.LYD_PARSE_STRICT | (lib.LYD_PARSE_NO_STATE if config_only else 0)
-        validate_flags = lib.LYD_VALIDATE_NO_STATE if config_only else 0
         tags = [child.tag for child in root]
         if len(set(tags)) != len(tags) or not all(isinstance(tag, str) for tag in tags):
-            whole = self._subtrees.parse(b"".join(pieces), parse_flags | (0 if validate else lib.LYD_PARSE_ONLY),
-                                         validate_flags)
-            return (libyang.DNode.new(self.ctx, whole) if whole else None), None
+            return self._parse_whole(b"".join(pieces), config_only, validate), None
+        parse_flags, validate_flags = _flags(config_only)
         parse_flags |= lib.LYD_PARSE_ONLY  # each piece alone; the whole is validated below
         tree = ffi.new("struct lyd_node **")
         entries = []
@@ -243,7 +247,7 @@ class Schema:
         `root` itself when it prints the same, which saves re-reading it (trees are never
         changed in place, so sharing it is safe)."""
         pieces = [etree.tostring(child) for child in root]
-        dnode, entries = self._parse(root, pieces, config_only=config_only, validate=validate)
+        dnode, entries = self._parse_pieces(root, pieces, config_only=config_only, validate=validate)
         if dnode is None:
             return _tree(root.tag, "")
         try:
@@ -292,6 +296,13 @@ def print_xml(dnode: libyang.DNode, flags: int = 0) -> str:
         return ffi.string(buf[0]).decode() if buf[0] else ""
     finally:
         lib.free(buf[0])
+
+
+def _flags(config_only: bool) -> tuple[int, int]:
+    """libyang's parse and validation flags for a datastore (`config_only`) or operational tree."""
+    if config_only:
+        return lib.LYD_PARSE_STRICT | lib.LYD_PARSE_NO_STATE, lib.LYD_VALIDATE_NO_STATE
+    return lib.LYD_PARSE_STRICT, 0
 
 
 def _last_error(ctx: libyang.Context) -> RPCError:
