@@ -494,13 +494,17 @@ class Orchestrator:
         await self._walk_to_failed(record, decision)
         self._record_status(decision, world, None)
 
-    async def _walk_to_failed(self, record: IntentRecord, decision: Decision) -> None:
+    async def _walk_to_compiling(self, record: IntentRecord) -> None:
+        """Take an intent that was being removed, was removed or is new on to compiling."""
         if record.state == "removing":
             await self._transition(record, "removed", "the intent was enabled again before its removal finished")
         if record.state == "removed":
             await self._transition(record, "planned", "enabled by the operator")
         if record.state == "planned":
             await self._transition(record, "compiling", "decomposing over the strata")
+
+    async def _walk_to_failed(self, record: IntentRecord, decision: Decision) -> None:
+        await self._walk_to_compiling(record)
         if record.state == "active":
             await self._transition(record, "degraded", decision.problem or decision.why)
         if record.state == "degraded":
@@ -517,12 +521,7 @@ class Orchestrator:
         record, plan = decision.record, decision.plan
         assert plan is not None
         moving = decision.session is not None and list(decision.session.links) != plan.link_ids(0)
-        if record.state == "removing":
-            await self._transition(record, "removed", "the intent was enabled again before its removal finished")
-        if record.state == "removed":
-            await self._transition(record, "planned", "enabled by the operator")
-        if record.state == "planned":
-            await self._transition(record, "compiling", "decomposing over the strata")
+        await self._walk_to_compiling(record)
         if record.state in ("compiling", "failed"):
             if record.state == "failed":
                 await self._transition(record, "compiling", "a path is available again")
