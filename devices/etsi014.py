@@ -5,8 +5,14 @@
     GET, POST /api/v1/keys/{master_SAE_ID}/dec_keys   (query key_ID; or a Key IDs body)
 
 Errors are {"message": str, "details": [object]} with 400 (bad request), 401 (unknown SAE, or
-no key session between the two SAEs) or 503 (not enough key in a pool or a token bucket, or
-no way to the peer key manager).
+no key session between the two SAEs), 413 (a request body over `max_body_bytes`, 64 KiB by
+default: a Key IDs body of `max_key_per_request` IDs is a few KiB) or 503 (not enough key in a
+pool or a token bucket, too many keys of the SAE pair waiting at the slave's key manager, or
+no way to the peer key manager). A body that is not JSON, or nested too deeply to parse, is a
+400; so is a dec_keys request of more than `max_key_per_request` key_IDs.
+
+dec_keys deletes the keys it answers with before the answer is sent: a crash, or a reply lost
+on its way, loses those keys; they are never served twice (see devices.keystore).
 
 Who is calling: the standard takes the calling SAE_ID from the client certificate of a
 mutually authenticated TLS connection, and so does this server when it is given an SSL
@@ -17,16 +23,20 @@ TLS (plain HTTP, for tests and demos on loopback only) the caller names itself i
 from __future__ import annotations
 
 import base64
+import json
+import re
 import ssl
 import uuid
 from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from devices.keystore import BadKeyRequest, Key, KeyManager, KeyServiceError, UnknownSAE
+from devices.keystore import BadKeyRequest, Key, KeyManager, KeyServiceError, UnknownSAE, shown
 
 SAE_HEADER = "X-SAE-ID"
 LOOPBACK = "127.0.0.1"
+MAX_BODY_BYTES = 64 * 1024
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 _KEY_REQUEST_FIELDS = {"number", "size", "additional_slave_SAE_IDs", "extension_mandatory", "extension_optional"}
 _KEY_IDS_FIELDS = {"key_IDs", "key_IDs_extension"}
 
@@ -40,15 +50,22 @@ def server_ssl_context(certfile: str, keyfile: str, cafile: str) -> ssl.SSLConte
     return context
 
 
-class Etsi014Server:
-    """The API of `km`, listening on 127.0.0.1 (a free port unless one is given)."""
+class BodyTooLarge(KeyServiceError):
+    http_status = 413
 
-    def __init__(self, km: KeyManager, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
+
+class Etsi014Server:
+    """The API of `km`, listening on 127.0.0.1 (a free port unless one is given); request
+    bodies over `max_body_bytes` are refused with 413."""
+
+    def __init__(self, km: KeyManager, port: int = 0, ssl_context: ssl.SSLContext | None = None,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.km = km
         self.ssl_context = ssl_context
+        self.max_body_bytes = max_body_bytes
         self._port = port
         self._runner: web.AppRunner | None = None
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=max_body_bytes)
         self.app.add_routes([
             web.get("/api/v1/keys/{sae}/status", self._status),
             web.get("/api/v1/keys/{sae}/enc_keys", self._enc_keys),
@@ -130,7 +147,7 @@ class Etsi014Server:
 
     async def _answer_enc_keys(self, request: web.Request, master: str, slave: str) -> dict:
         if request.method == "POST":
-            body = await _json_object(request, _KEY_REQUEST_FIELDS)
+            body = await _json_object(request, _KEY_REQUEST_FIELDS, self.max_body_bytes)
             number, size = body.get("number", 1), body.get("size")
             for name in ("additional_slave_SAE_IDs", "extension_mandatory"):
                 if body.get(name):
@@ -142,16 +159,20 @@ class Etsi014Server:
 
     async def _answer_dec_keys(self, request: web.Request, slave: str, master: str) -> dict:
         if request.method == "POST":
-            body = await _json_object(request, _KEY_IDS_FIELDS)
+            body = await _json_object(request, _KEY_IDS_FIELDS, self.max_body_bytes)
             entries = body.get("key_IDs")
-            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            if not isinstance(entries, list):
+                raise BadKeyRequest("key_IDs must be a list of objects with a key_ID")
+            _check_count(len(entries), self.km.limits.max_key_per_request)
+            if not all(isinstance(e, dict) for e in entries):
                 raise BadKeyRequest("key_IDs must be a list of objects with a key_ID")
             key_ids = [e.get("key_ID") for e in entries]
         else:
             key_ids = request.query.getall("key_ID", [])
+            _check_count(len(key_ids), self.km.limits.max_key_per_request)
         for key_id in key_ids:
             if not isinstance(key_id, str) or not _is_uuid(key_id):
-                raise BadKeyRequest(f"key_ID must be a UUID, got {key_id!r}")
+                raise BadKeyRequest(f"key_ID must be a UUID, got {shown(key_id)}")
         return _key_container(self.km.dec_keys(slave, master, key_ids))
 
 
@@ -159,16 +180,32 @@ def _key_container(keys: list[Key]) -> dict:
     return {"keys": [{"key_ID": k.key_id, "key": base64.b64encode(k.key).decode()} for k in keys]}
 
 
-async def _json_object(request: web.Request, allowed: set[str]) -> dict:
+def _check_count(count: int, most: int) -> None:
+    if count > most:
+        raise BadKeyRequest(f"at most {most} key_IDs per request, got {count}",
+                            [{"max_key_per_request": most, "key_IDs": count}])
+
+
+async def _json_object(request: web.Request, allowed: set[str], max_bytes: int) -> dict:
+    too_large = BodyTooLarge(f"request body too large: at most {max_bytes} bytes", [{"max_body_bytes": max_bytes}])
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
     try:
-        body = await request.json()
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    try:
+        body = json.loads(raw)  # bytes: UTF-8, -16 or -32, whatever the Content-Type says
+    except RecursionError:
+        raise BadKeyRequest("request body is nested too deeply to be a Key request or Key IDs object") from None
     except ValueError as exc:
-        raise BadKeyRequest(f"request body is not JSON: {exc}") from exc
+        raise BadKeyRequest(f"request body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadKeyRequest("request body must be a JSON object")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise BadKeyRequest(f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
+        raise BadKeyRequest(f"unknown field(s) {', '.join(u[:64] for u in unknown[:5])}"
+                            f"{' and more' if len(unknown) > 5 else ''}; expected {', '.join(sorted(allowed))}")
     return body
 
 
@@ -176,10 +213,9 @@ def _query_int(request: web.Request, name: str, default: int | None) -> int | No
     text = request.query.get(name)
     if text is None:
         return default
-    try:
-        return int(text)
-    except ValueError:
-        raise BadKeyRequest(f"{name} must be an integer, got {text!r}") from None
+    if not _INTEGER.fullmatch(text):
+        raise BadKeyRequest(f"{name} must be an integer, got {text[:64]!r}")
+    return int(text)
 
 
 def _is_uuid(text: str) -> bool:

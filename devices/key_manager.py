@@ -9,16 +9,18 @@ manager at get time; a watcher task sends pool-low, pool-empty and session-state
 when what they describe changes. Actions: flush (a pool, at both ends of its link) and
 restart (a crash for an outage, carried out by the device host through `on_restart`).
 
-Pools and undelivered keys are written under the device's directory (keys/), the
-configuration in its datastores: a restarted key manager resumes its pools and keys from
-disk, and its SAEs, routes and sessions from its startup configuration. A session's time to
+Pools and undelivered keys are written under the device's directory (keys/<km-id>.db, an
+SQLite database: see devices.keystore for what is written when, and the delivery semantics),
+the configuration in its datastores: a restarted key manager resumes its pools and keys from
+disk, and its SAEs, routes and sessions from its startup configuration. A damaged state file
+stops the device from starting with a `KeyStateError` naming the file (the command line prints
+it, without a traceback). A session's time to
 live runs on the network's emulated clock from when the session was configured (or the key
 manager restarted).
 """
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import logging
 import pathlib
@@ -29,8 +31,8 @@ from lxml import etree
 
 from devices.base import Device, NetworkContext, element
 from devices.etsi014 import Etsi014Server
-from devices.keystore import (DEFAULT_POOL_MAX_BITS, DiscardMessage, Key, KeyManager, KeyNetwork, KeyPool,
-                              KeyServiceError, KeyStatus, KeyUnavailable, RelayMessage, Route, UnknownSAE)
+from devices.keystore import (Change, DiscardMessage, Key, KeyLimits, KeyManager, KeyNetwork, KeyServiceError,
+                              KeyStatus, KeyUnavailable, RelayMessage, Route, UnknownSAE)
 from devices.topology import KeyManagerSpec, SaeSpec
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import RPCError
@@ -142,7 +144,8 @@ class AccountedKeyManager(KeyManager):
     and, per key manager, relayed bits, keys it could not relay, and per pair of SAEs the
     keys it passed on to a next hop and those that arrived for its slave SAE."""
 
-    def __init__(self, km_id: str, network: KeyNetwork, state_dir: pathlib.Path | None = None) -> None:
+    def __init__(self, km_id: str, network: KeyNetwork, state_dir: pathlib.Path | None = None,
+                 limits: KeyLimits = KeyLimits()) -> None:
         self.delivered: dict[tuple[str, str], Delivered] = {}
         self.forwarded: dict[tuple[str, str], Delivered] = {}
         self.received: dict[tuple[str, str], Delivered] = {}
@@ -151,24 +154,11 @@ class AccountedKeyManager(KeyManager):
         self.relayed_bits = 0
         self.dropped_keys = 0
         self.last_drop_reason = ""
-        super().__init__(km_id, network, state_dir)
+        super().__init__(km_id, network, state_dir, limits)
 
-    def add_link(self, link_id: str, peer_km: str, max_bits: int = DEFAULT_POOL_MAX_BITS) -> KeyPool:
-        pool = super().add_link(link_id, peer_km, max_bits)
-        self._persist()  # a crash right after must find the pool on disk
-        return pool
-
-    def status(self, master_sae: str, slave_sae: str) -> KeyStatus:
+    def status(self, master_sae: str, slave_sae: str, key_size: int | None = None) -> KeyStatus:
         self._check_expiry(master_sae, slave_sae)
-        status = super().status(master_sae, slave_sae)
-        size = self.key_sizes.get((master_sae, slave_sae), status.key_size)
-        if size == status.key_size:
-            return status
-        hops = self.plan_relay(status.target_km, 0)
-        bucket = self.sessions[(master_sae, slave_sae)].bucket
-        stored = min([h.available_bits for h in hops] + [int(bucket.available())]) // size
-        most = min([h.max_bits for h in hops] + [bucket.burst_bits]) // size
-        return dataclasses.replace(status, key_size=size, stored_key_count=stored, max_key_count=most)
+        return super().status(master_sae, slave_sae, key_size or self.key_sizes.get((master_sae, slave_sae)))
 
     def enc_keys(self, master_sae: str, slave_sae: str, number: int = 1, size: int | None = None) -> list[Key]:
         self._check_expiry(master_sae, slave_sae)
@@ -183,8 +173,9 @@ class AccountedKeyManager(KeyManager):
         _count(self.delivered, master_sae, slave_sae, keys)
         return keys
 
-    def _forward(self, destination_km: str, master_sae: str, slave_sae: str, keys: list[Key]) -> None:
-        super()._forward(destination_km, master_sae, slave_sae, keys)
+    def _forward(self, destination_km: str, master_sae: str, slave_sae: str, keys: list[Key],
+                 incoming: Change | None = None) -> None:
+        super()._forward(destination_km, master_sae, slave_sae, keys, incoming)
         _count(self.forwarded, master_sae, slave_sae, keys)
 
     def _store(self, master_sae: str, slave_sae: str, keys: list[Key]) -> None:
@@ -276,6 +267,7 @@ class KeyManagerDevice(Device):
         await super().stop()
         if self.km is not None:
             self.network.keys.unregister(self.id)
+            self.km.close()
             self.km = None
         self.config = EMPTY_CONFIG
 
@@ -326,9 +318,9 @@ class KeyManagerDevice(Device):
             if session.master_sae not in config.saes and session.slave_sae not in config.saes:
                 raise _invalid(f"session {session.session_id}: neither SAE {session.master_sae} nor SAE "
                                f"{session.slave_sae} is attached to key manager {self.id}", where)
-            if session.master_sae in config.saes and session.slave_sae in config.saes:
-                raise _invalid(f"session {session.session_id}: both SAEs are attached to key manager {self.id}; "
-                               f"a session joins SAEs of two key managers", where)
+            if session.master_sae in config.saes and session.slave_sae in config.saes and session.peer_km != self.id:
+                raise _invalid(f"session {session.session_id}: both SAEs are attached to key manager {self.id}, so "
+                               f"its peer-km-id must be {self.id} (local delivery)", where)
             if not self.km.limits.min_key_size <= session.key_size <= self.km.limits.max_key_size:
                 raise _invalid(f"session {session.session_id}: key-size {session.key_size} is outside what this "
                                f"key manager delivers ({self.km.limits.min_key_size} to "
@@ -455,6 +447,8 @@ class KeyManagerDevice(Device):
             hops = source.plan_relay(destination, session.key_size)
         except KeyUnavailable as error:
             return "starved", error.message[:REASON_MAX]
+        if not hops:
+            return "active", f"both SAEs are attached to key manager {self.id}: it delivers the keys itself"
         rate, link = min((keys.stream(h.link_id).rate_bps, h.link_id) for h in hops)
         if rate < session.rate_bps:
             return "starved", f"link {link} distils {rate:.0f} b/s of key; the session needs {session.rate_bps} b/s"

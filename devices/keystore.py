@@ -11,10 +11,42 @@ key relay and the ETSI GS QKD 014 key-delivery semantics. No NETCONF and no HTTP
   the directory of which key manager serves which SAE, and the links' key streams.
 - `KeyManager.enc_keys` makes fresh random keys for a master SAE and relays them to the
   slave SAE's key manager, hop by hop by XOR with each hop's link key. Capacity is checked on
-  every hop, and in the session's token bucket, before anything is consumed: a request is
-  served whole or not at all. `dec_keys` hands each key to the slave SAE once and deletes it.
-- With a `state_dir`, a key manager writes its pools and undelivered keys there after every
-  change (json, atomic replace) and a new `KeyManager` with the same id resumes from it.
+  every hop, in the session's token bucket and in the room the slave's key manager has left
+  for the SAE pair, before anything is consumed: a request is served whole or not at all.
+  `dec_keys` hands each key to the slave SAE once and deletes it.
+
+Persistence. With a `state_dir`, a key manager keeps its pools and undelivered keys in
+`<state_dir>/<km_id>.db`, an SQLite database in WAL mode, written by one small transaction per
+operation (the pool rows it changed, the keys it inserted or deleted), each synced to disk
+before the operation goes on; a new `KeyManager` with the same id resumes from it. Without a
+`state_dir` the same store lives in memory. A state file of the former JSON format
+(`<km_id>.json`) is migrated into the database on first start and renamed `<km_id>.json.migrated`.
+A state file that cannot be used (damaged, of another key manager, of an unknown format) raises
+`KeyStateError`, naming the file and what is wrong.
+
+No one-time pad is used twice, whatever the point at which a key manager crashes, by a rule
+local to each key manager:
+- write ahead: a sender records on disk the advanced tail of a link's pool before any
+  ciphertext (or discard notice) under those bits leaves it;
+- a receiver records the bits it received (and, relaying, the bits it takes on the next hop,
+  in the same transaction) before it passes the keys on or stores them, and refuses bits
+  below its own tail;
+- after a restart, a sender starts a link's key at the larger of its tail and the peer's
+  (`not_before=peer.pool_tail(link)`), so bits either end used are never offered again.
+Keys in flight when a key manager crashes are lost (the master SAE gets an error, or keys
+already stored for the slave SAE wait unclaimed until they expire), never sent again.
+
+Delivery is at most once: `dec_keys` deletes the keys in the transaction that precedes its
+answer, so a crash (or a lost reply) between that commit and the answer reaching the slave SAE
+loses those keys; they are never served twice. Likewise `enc_keys` answers the master SAE only
+after the keys are stored at the slave's key manager.
+
+Keys waiting for their slave SAE expire `KeyLimits.max_key_age_s` seconds of the network's
+emulated clock after they arrived (a whole network restarted from disk has a new clock: ages
+carry on from the newest waiting key's, the time from its arrival to the restart not counted).
+At most `KeyLimits.max_stored_keys` wait per SAE pair: beyond that, `enc_keys` is refused with
+503 (KeyUnavailable) before anything is consumed, until the slave SAE fetches keys or they expire.
+`dec_keys` takes at most `KeyLimits.max_key_per_request` key IDs.
 
 Key bytes are never logged. Not thread-safe: drive one network from one thread (its event loop).
 """
@@ -23,16 +55,41 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import pathlib
+import reprlib
 import secrets
+import sqlite3
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from devices.twin import Clock
 
 DEFAULT_POOL_MAX_BITS = 10_000_000
+DEFAULT_MAX_STORED_KEYS = 10_000  # per SAE pair, waiting at the slave's key manager
+DEFAULT_MAX_KEY_AGE_S = 3600.0  # emulated seconds a key waits for its slave SAE
 _BLOCK_BYTES = 64  # one blake2b output
+STATE_FORMAT = "qstrata-key-manager"
+STATE_VERSION = 1
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def shown(value: object) -> str:
+    """repr() of a value from a request, cut short (long strings, deep or long containers)."""
+    return _REPR.repr(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class KeyServiceError(Exception):
@@ -62,6 +119,16 @@ class KeyUnavailable(KeyServiceError):
     http_status = 503
 
 
+class StateWriteError(KeyUnavailable):
+    """The key manager could not write its state (disk full, I/O error): nothing changed."""
+
+
+class KeyStateError(ValueError, OSError):
+    """A key manager's state file cannot be used: damaged, of another key manager or of an
+    unknown format. The message starts with the file's path. An OSError too, so that the
+    command line reports it like other trouble with the state directory, without a traceback."""
+
+
 @dataclass(frozen=True)
 class Key:
     key_id: str
@@ -73,7 +140,18 @@ class KeyLimits:
     default_key_size: int = 256
     min_key_size: int = 64
     max_key_size: int = 8192
-    max_key_per_request: int = 128
+    max_key_per_request: int = 128  # enc_keys number, and key_IDs of one dec_keys
+    max_stored_keys: int = DEFAULT_MAX_STORED_KEYS  # undelivered keys per SAE pair, at the slave's key manager
+    max_key_age_s: float = DEFAULT_MAX_KEY_AGE_S  # emulated seconds before an undelivered key expires
+
+    def __post_init__(self) -> None:
+        for name in ("default_key_size", "min_key_size", "max_key_size", "max_key_per_request", "max_stored_keys"):
+            value = getattr(self, name)
+            if not _is_int(value) or value <= 0:
+                raise ValueError(f"key limits: {name} must be a positive integer, got {value!r}")
+        age = self.max_key_age_s
+        if not (isinstance(age, (int, float)) and not isinstance(age, bool) and math.isfinite(age) and age > 0):
+            raise ValueError(f"key limits: max_key_age_s must be > 0, got {self.max_key_age_s!r}")
 
 
 class KeyStream:
@@ -154,22 +232,36 @@ class KeyPool:
         both ends still hold are counted."""
         return max(0, self.stream.produced_bits() - self._start(not_before))
 
-    def take(self, bits: int, not_before: int = 0) -> int:
-        """Use `bits` from the oldest bits both ends hold; returns their offset."""
+    def reserve(self, bits: int, not_before: int = 0) -> int:
+        """The offset of the oldest `bits` both ends hold; changes nothing (see `advance`)."""
         offset = self._start(not_before)
         if self.stream.produced_bits() - offset < bits:
             raise KeyUnavailable(f"link {self.link_id}: pool holds {self.available_bits(not_before)} bits, "
                                  f"{bits} needed")
-        self.tail = offset + bits
+        return offset
+
+    def check_at(self, offset: int, bits: int) -> None:
+        """Raise KeyUnavailable unless the peer's bits [offset, offset + bits) are still
+        unused here: bits below the tail were used, and are never used again."""
+        if offset < self.tail or offset + bits > self.stream.produced_bits():
+            raise KeyUnavailable(f"link {self.link_id}: bits [{offset}, {offset + bits}) are not in the pool")
+
+    def advance(self, offset: int, bits: int) -> None:
+        """Bits [offset, offset + bits) are used (their use is on disk already)."""
+        self.tail = max(self.tail, offset + bits)
         self.consumed_bits += bits
+
+    def take(self, bits: int, not_before: int = 0) -> int:
+        """Use `bits` from the oldest bits both ends hold; returns their offset (in memory
+        only: the key manager writes the tail ahead of using the bits)."""
+        offset = self.reserve(bits, not_before)
+        self.advance(offset, bits)
         return offset
 
     def take_at(self, offset: int, bits: int) -> None:
-        """Use the bits the peer took at `offset`."""
-        if offset < self.tail or offset + bits > self.stream.produced_bits():
-            raise KeyUnavailable(f"link {self.link_id}: bits [{offset}, {offset + bits}) are not in the pool")
-        self.tail = offset + bits
-        self.consumed_bits += bits
+        """Use the bits the peer took at `offset` (in memory only)."""
+        self.check_at(offset, bits)
+        self.advance(offset, bits)
 
     def snapshot(self) -> dict:
         return {"peer_km": self.peer_km, "max_bits": self.max_bits, "tail": self.tail,
@@ -280,6 +372,307 @@ class KeyManagerStats:
     keys_served: int = 0  # to master SAEs by enc_keys
     keys_delivered: int = 0  # to slave SAEs by dec_keys
     keys_relayed: int = 0  # passed on as an intermediate trusted node
+    keys_expired: int = 0  # waited here longer than max_key_age_s, deleted undelivered
+
+
+# -- the persistent store ------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE pools (link_id TEXT PRIMARY KEY, peer_km TEXT NOT NULL, max_bits INTEGER NOT NULL,
+                    tail INTEGER NOT NULL, consumed_bits INTEGER NOT NULL, retired INTEGER NOT NULL,
+                    secret TEXT NOT NULL, produced_bits INTEGER NOT NULL, rate_bps REAL NOT NULL);
+CREATE TABLE keys (key_id TEXT PRIMARY KEY, master_sae TEXT NOT NULL, slave_sae TEXT NOT NULL,
+                   key BLOB NOT NULL, stored_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX keys_by_age ON keys (stored_at);
+"""
+_TABLES = {"meta", "pools", "keys"}
+_POOL_COLUMNS = "link_id, peer_km, max_bits, tail, consumed_bits, retired, secret, produced_bits, rate_bps"
+_CHUNK = 500  # host parameters per statement
+
+
+@dataclass(frozen=True)
+class PoolRecord:
+    """One row of the pools table: a pool (retired: removed by configuration; its tail is
+    kept so that a pool added again for the link's same key stream resumes from it)."""
+
+    link_id: str
+    peer_km: str
+    max_bits: int
+    tail: int
+    consumed_bits: int
+    retired: bool
+    stream: dict = field(repr=False)  # KeyStream.snapshot()
+
+    @classmethod
+    def of(cls, pool: KeyPool, tail: int, consumed_bits: int, retired: bool = False) -> PoolRecord:
+        return cls(pool.link_id, pool.peer_km, pool.max_bits, tail, consumed_bits, retired, pool.stream.snapshot())
+
+    def row(self) -> tuple:
+        s = self.stream
+        return (self.link_id, self.peer_km, self.max_bits, self.tail, self.consumed_bits, int(self.retired),
+                s["secret"], s["produced_bits"], s["rate_bps"])
+
+
+class StateStore:
+    """The persistent state of one key manager: an SQLite database in WAL mode (in memory
+    without a path). `commit` is the only write: one transaction, synced to disk (synchronous
+    FULL) before it returns."""
+
+    def __init__(self, path: pathlib.Path | None, km_id: str, now: float = 0.0) -> None:
+        self.path = path
+        self.km_id = km_id
+        self._name = str(path) if path is not None else f"key manager {km_id} (in memory)"
+        if path is None:
+            self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            self._create()
+            return
+        legacy = path.with_suffix(".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() and legacy.exists():
+            _migrate_json(legacy, path, km_id, now)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # SQLite gives -wal and -shm the same mode
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise KeyStateError(f"{path}: cannot open the key manager state database ({exc})") from None
+        try:
+            self._open(legacy)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _fail(self, what: str) -> KeyStateError:
+        return KeyStateError(f"{self._name}: {what}")
+
+    def _open(self, legacy: pathlib.Path) -> None:
+        db = self._db
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            db.execute("PRAGMA synchronous=FULL")
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                self._create()
+                tables = set(_TABLES)
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_CORRUPT"):
+                raise self._fail(f"the database is damaged: {exc}") from None
+            raise self._fail(f"cannot use it as a key manager state database: {exc}") from None
+        try:
+            problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if mode != "wal":
+            raise self._fail(f"cannot use write-ahead logging (journal mode {mode})")
+        if problems != ["ok"]:
+            raise self._fail(f"the database is damaged: {'; '.join(problems)}")
+        if not _TABLES <= tables:
+            raise self._fail(f"not a key manager state database (tables {', '.join(sorted(tables))}; "
+                             f"expected {', '.join(sorted(_TABLES))})")
+        try:
+            meta = dict(db.execute("SELECT name, value FROM meta"))
+            columns = {table: [r[1] for r in db.execute(f"PRAGMA table_info({table})")] for table in ("pools", "keys")}
+        except sqlite3.DatabaseError as exc:
+            raise self._fail(f"not a key manager state database: {exc}") from None
+        if meta.get("format") != STATE_FORMAT:
+            raise self._fail(f"not a key manager state database (format {meta.get('format')!r})")
+        if meta.get("version") != str(STATE_VERSION):
+            raise self._fail(f"state format version {meta.get('version')!r}; this key manager reads version "
+                             f"{STATE_VERSION}")
+        if meta.get("km_id") != self.km_id:
+            raise self._fail(f"the state of key manager {meta.get('km_id')!r}, not of {self.km_id!r}")
+        if columns["pools"] != [c.strip() for c in _POOL_COLUMNS.split(",")] or \
+                columns["keys"] != ["key_id", "master_sae", "slave_sae", "key", "stored_at"]:
+            raise self._fail("not a key manager state database (unexpected columns)")
+        if legacy.exists():
+            digest = hashlib.sha256(legacy.read_bytes()).hexdigest()
+            if meta.get("migrated_from") != digest:
+                raise KeyStateError(f"{legacy}: a key manager state file of the former JSON format next to "
+                                    f"{self.path}, which was not migrated from it: remove one of the two")
+            legacy.rename(legacy.with_suffix(".json.migrated"))  # a migration cut short after its database
+
+    def _create(self) -> None:
+        _create_schema(self._db, self.km_id)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- reads --------------------------------------------------------------------------
+
+    def pools(self) -> list[PoolRecord]:
+        try:
+            rows = self._db.execute(f"SELECT {_POOL_COLUMNS} FROM pools ORDER BY link_id").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._fail(f"the database is damaged: {exc}") from None
+        return [_pool_record(self._name, *row) for row in rows]
+
+    def waiting(self) -> dict[tuple[str, str], int]:
+        """Keys waiting per (master SAE, slave SAE), each row checked (one scan)."""
+        damaged = ("typeof(key_id) != 'text' OR typeof(master_sae) != 'text' OR typeof(slave_sae) != 'text' "
+                   "OR typeof(key) != 'blob' OR length(key) = 0 OR typeof(stored_at) NOT IN ('real', 'integer')")
+        try:
+            rows = self._db.execute(f"SELECT master_sae, slave_sae, COUNT(*), SUM({damaged}) FROM keys "
+                                    f"GROUP BY master_sae, slave_sae").fetchall()
+            if any(bad for *_, bad in rows):
+                key_id = self._db.execute(f"SELECT key_id FROM keys WHERE {damaged} LIMIT 1").fetchone()[0]
+                raise self._fail(f"stored key {key_id!r} is damaged (wrong types or no key bytes)")
+        except sqlite3.DatabaseError as exc:
+            raise self._fail(f"the database is damaged: {exc}") from None
+        return {(m, s): n for m, s, n, _ in rows}
+
+    def oldest(self) -> float | None:
+        return self._db.execute("SELECT MIN(stored_at) FROM keys").fetchone()[0]
+
+    def newest(self) -> float | None:
+        return self._db.execute("SELECT MAX(stored_at) FROM keys").fetchone()[0]
+
+    def fetch(self, key_ids: Iterable[str]) -> dict[str, StoredKey]:
+        ids, found = list(key_ids), {}
+        for at in range(0, len(ids), _CHUNK):
+            chunk = ids[at:at + _CHUNK]
+            for key_id, master, slave, key in self._db.execute(
+                    f"SELECT key_id, master_sae, slave_sae, key FROM keys WHERE key_id IN "
+                    f"({', '.join('?' * len(chunk))})", chunk):
+                found[key_id] = StoredKey(master, slave, bytes(key))
+        return found
+
+    # -- the write -------------------------------------------------------------------------
+
+    def commit(self, pools: Sequence[PoolRecord] = (), insert: Sequence[tuple[str, str, str, bytes, float]] = (),
+               delete: Sequence[str] = (), expire_before: float | None = None) -> dict[tuple[str, str], int]:
+        """One transaction: write pool rows, insert keys (key_id, master, slave, key,
+        stored_at), delete keys by id, and delete the keys stored at or before
+        `expire_before`; returns how many expired per (master SAE, slave SAE). On any error
+        nothing is written."""
+        db = self._db
+        expired: dict[tuple[str, str], int] = {}
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if pools:
+                    db.executemany(f"INSERT OR REPLACE INTO pools ({_POOL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                   [p.row() for p in pools])
+                if insert:
+                    db.executemany("INSERT INTO keys VALUES (?, ?, ?, ?, ?)", insert)
+                if delete:
+                    db.executemany("DELETE FROM keys WHERE key_id = ?", [(k,) for k in delete])
+                if expire_before is not None:
+                    expired = {(m, s): n for m, s, n in db.execute(
+                        "SELECT master_sae, slave_sae, COUNT(*) FROM keys WHERE stored_at <= ? "
+                        "GROUP BY master_sae, slave_sae", (expire_before,))}
+                    db.execute("DELETE FROM keys WHERE stored_at <= ?", (expire_before,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError as exc:
+            raise StateWriteError(f"key manager {self.km_id}: a key ID is stored already ({exc})") from None
+        except sqlite3.Error as exc:
+            raise StateWriteError(f"key manager {self.km_id} cannot write its state to {self._name}: {exc}") from None
+        return expired
+
+
+def _pool_record(where: str, link_id, peer_km, max_bits, tail, consumed_bits, retired, secret, produced_bits,
+                 rate_bps) -> PoolRecord:
+    """A checked pool row (from the database or a JSON state file)."""
+    def bad(what: str) -> KeyStateError:
+        return KeyStateError(f"{where}: pool of link {link_id!r}: {what}")
+
+    if not isinstance(link_id, str) or not link_id:
+        raise KeyStateError(f"{where}: a pool has no link id ({link_id!r})")
+    if not isinstance(peer_km, str) or not peer_km:
+        raise bad(f"peer key manager must be a name, got {peer_km!r}")
+    if not _is_int(max_bits) or max_bits <= 0 or max_bits % 8:
+        raise bad(f"max_bits must be a positive multiple of 8, got {max_bits!r}")
+    for name, value in (("tail", tail), ("consumed_bits", consumed_bits), ("produced_bits", produced_bits)):
+        if not _is_int(value) or value < 0 or value % 8:
+            raise bad(f"{name} must be a non-negative multiple of 8, got {value!r}")
+    if retired not in (0, 1, False, True):
+        raise bad(f"retired must be 0 or 1, got {retired!r}")
+    try:
+        if len(bytes.fromhex(secret)) < 16:
+            raise ValueError("shorter than 16 bytes")
+    except (TypeError, ValueError) as exc:
+        raise bad(f"the key stream's secret is not hex of at least 16 bytes ({exc})") from None
+    if not isinstance(rate_bps, (int, float)) or isinstance(rate_bps, bool) or not math.isfinite(rate_bps) \
+            or rate_bps < 0:
+        raise bad(f"rate_bps must be a finite number >= 0, got {rate_bps!r}")
+    stream = {"link_id": link_id, "secret": secret, "produced_bits": produced_bits, "rate_bps": float(rate_bps)}
+    return PoolRecord(link_id, peer_km, max_bits, tail, consumed_bits, bool(retired), stream)
+
+
+def _migrate_json(legacy: pathlib.Path, path: pathlib.Path, km_id: str, now: float) -> None:
+    """Move a state file of the former JSON format into a new database at `path`: built
+    under another name, then renamed, so that `path` appears complete or not at all."""
+    raw = legacy.read_bytes()
+    try:
+        state = json.loads(raw)
+        if not isinstance(state, dict) or not isinstance(state.get("pools"), dict) \
+                or not isinstance(state.get("stored_keys"), dict):
+            raise ValueError("expected an object with objects 'pools' and 'stored_keys'")
+        if state.get("km_id", km_id) != km_id:
+            raise ValueError(f"the state of key manager {state.get('km_id')!r}, not of {km_id!r}")
+        pools = []
+        for link_id, p in state["pools"].items():
+            s = p["stream"]
+            if s["link_id"] != link_id:
+                raise ValueError(f"pool {link_id!r} holds the stream of link {s['link_id']!r}")
+            pools.append(_pool_record(str(legacy), link_id, p["peer_km"], p["max_bits"], p["tail"], p["consumed_bits"],
+                                      0, s["secret"], s["produced_bits"], s["rate_bps"]))
+        keys = []
+        for key_id, k in state["stored_keys"].items():
+            key = base64.b64decode(k["key"], validate=True)
+            if not (isinstance(k["master_sae"], str) and isinstance(k["slave_sae"], str) and key):
+                raise ValueError(f"stored key {key_id!r} is damaged")
+            keys.append((key_id, k["master_sae"], k["slave_sae"], key, now))
+    except KeyStateError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise KeyStateError(f"{legacy}: not a key manager state file ({type(exc).__name__}: {exc})") from None
+    building = path.with_name(path.name + ".migrating")
+    for leftover in (building, building.with_name(building.name + "-wal"), building.with_name(building.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    os.close(os.open(building, os.O_WRONLY | os.O_CREAT, 0o600))
+    db = sqlite3.connect(building, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        _create_schema(db, km_id, {"migrated_from": hashlib.sha256(raw).hexdigest()}, commit=False)
+        db.executemany(f"INSERT INTO pools ({_POOL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [p.row() for p in pools])
+        db.executemany("INSERT INTO keys VALUES (?, ?, ?, ?, ?)", keys)
+        db.execute("COMMIT")
+    finally:
+        db.close()  # checkpoints the WAL into the database file
+    with open(building, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(building, path)
+    _fsync_dir(path.parent)
+    legacy.rename(legacy.with_suffix(".json.migrated"))
+    _fsync_dir(path.parent)
+
+
+def _create_schema(db: sqlite3.Connection, km_id: str, meta: dict[str, str] | None = None,
+                   commit: bool = True) -> None:
+    """The tables and their meta rows, in one transaction (left open unless `commit`)."""
+    db.execute("BEGIN")
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.executemany("INSERT INTO meta VALUES (?, ?)", [("format", STATE_FORMAT), ("version", str(STATE_VERSION)),
+                                                       ("km_id", km_id), *(meta or {}).items()])
+    if commit:
+        db.execute("COMMIT")
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class KeyNetwork:
@@ -342,6 +735,9 @@ class KeyNetwork:
         self._streams.pop(link_id, None)
 
 
+Change = tuple[KeyPool, int, int]  # (pool, offset, bits): bits of the pool's link this end uses
+
+
 class KeyManager:
     """One key manager (KME). Configuration is applied by method calls; its state is in plain
     attributes: `pools`, `routes`, `sessions`, `saes`, `stats`, `stored_key_count`."""
@@ -351,33 +747,71 @@ class KeyManager:
         self.id = km_id
         self.network = network
         self.limits = limits
-        self.state_file = state_dir / f"{km_id}.json" if state_dir is not None else None
+        self.state_file = state_dir / f"{km_id}.db" if state_dir is not None else None
         self.pools: dict[str, KeyPool] = {}
         self.routes: dict[str, Route] = {}
         self.sessions: dict[tuple[str, str], Session] = {}
         self.saes: set[str] = set()
         self.stats = KeyManagerStats()
-        self._stored: dict[str, StoredKey] = {}
-        if self.state_file is not None and self.state_file.exists():
-            self._load()
-        network.register(self)
+        if network.is_up(km_id):
+            raise ValueError(f"key manager {km_id!r} is already running")
+        self.store = StateStore(self.state_file, km_id, network.clock.now())
+        try:
+            self._retired: dict[str, PoolRecord] = {}  # pools removed by configuration: their tails
+            for record in self.store.pools():
+                if record.retired:
+                    self._retired[record.link_id] = record
+                    continue
+                stream = network.adopt_stream(record.stream)
+                self.pools[record.link_id] = KeyPool(stream, record.peer_km, record.max_bits, record.tail,
+                                                     record.consumed_bits)
+            self._waiting = self.store.waiting()  # (master SAE, slave SAE) -> keys stored here
+            self._oldest = self.store.oldest()  # stored_at of the oldest waiting key, or less
+            # Keys are stamped on the network's clock; a network restarted from disk has a new
+            # clock, from 0: the stamps carry on from the newest key's, so that the time the
+            # network was down does not count towards the age of waiting keys.
+            self._stamp_offset = max(0.0, (self.store.newest() or 0.0) - network.clock.now())
+            network.register(self)
+        except BaseException:
+            self.store.close()
+            raise
+
+    def close(self) -> None:
+        """Stop using the state store (everything is on disk already)."""
+        self.store.close()
 
     # -- configuration -------------------------------------------------------------------
 
     def add_link(self, link_id: str, peer_km: str, max_bits: int = DEFAULT_POOL_MAX_BITS) -> KeyPool:
-        """A pool for a QKD link to `peer_km`; a pool restored from disk is kept."""
+        """A pool for a QKD link to `peer_km`; a pool restored from disk is kept, and a pool
+        removed before resumes its tail (if the link's key stream is the same)."""
         pool = self.pools.get(link_id)
         if pool is not None:
             if pool.peer_km != peer_km:
                 raise ValueError(f"key manager {self.id}: link {link_id!r} goes to {pool.peer_km!r}, not {peer_km!r}")
-            pool.max_bits = max_bits
+            if pool.max_bits != max_bits:
+                if not _is_int(max_bits) or max_bits <= 0 or max_bits % 8:
+                    raise ValueError(f"link {link_id}: max_bits must be a positive multiple of 8")
+                pool.max_bits = max_bits
+                self._apply([(pool, pool.tail, 0)])
             return pool
-        pool = self.pools[link_id] = KeyPool(self.network.stream(link_id), peer_km, max_bits)
+        stream = self.network.stream(link_id)
+        retired = self._retired.get(link_id)
+        tail = retired.tail if retired is not None and retired.stream["secret"] == stream.snapshot()["secret"] else 0
+        pool = KeyPool(stream, peer_km, max_bits, tail)
+        self._apply([(pool, tail, 0)])  # on disk before anything uses it
+        self._retired.pop(link_id, None)
+        self.pools[link_id] = pool
         return pool
 
     def remove_link(self, link_id: str) -> None:
-        self.pools.pop(link_id, None)
-        self._persist()
+        pool = self.pools.get(link_id)
+        if pool is None:
+            return
+        record = PoolRecord.of(pool, pool.tail, pool.consumed_bits, retired=True)
+        self.store.commit(pools=[record])
+        del self.pools[link_id]
+        self._retired[link_id] = record
 
     def set_route(self, destination_km: str, next_hop_km: str, link_id: str) -> None:
         pool = self.pools.get(link_id)
@@ -408,70 +842,136 @@ class KeyManager:
     def close_session(self, master_sae: str, slave_sae: str) -> None:
         self.sessions.pop((master_sae, slave_sae), None)
 
+    # -- keys waiting here for their slave SAE ---------------------------------------------
+
     @property
     def stored_key_count(self) -> int:
-        """Keys relayed here and waiting for their slave SAE."""
-        return len(self._stored)
+        """Keys relayed here and waiting for their slave SAE (expired keys are not)."""
+        self._expire()
+        return sum(self._waiting.values())
+
+    def waiting_keys(self, master_sae: str, slave_sae: str) -> int:
+        """Keys from `master_sae` waiting here for `slave_sae`."""
+        self._expire()
+        return self._waiting.get((master_sae, slave_sae), 0)
+
+    def room(self, master_sae: str, slave_sae: str) -> int:
+        """How many more keys from `master_sae` for `slave_sae` this key manager takes now."""
+        return max(0, self.limits.max_stored_keys - self.waiting_keys(master_sae, slave_sae))
+
+    def check_room(self, master_sae: str, slave_sae: str, number: int) -> None:
+        """Raise KeyUnavailable unless `number` more keys for the pair fit here."""
+        waiting = self.waiting_keys(master_sae, slave_sae)
+        cap = self.limits.max_stored_keys
+        if waiting + number > cap:
+            raise KeyUnavailable(
+                f"key manager {self.id} holds {waiting} undelivered keys from SAE {master_sae} for SAE {slave_sae} "
+                f"(at most {cap}): SAE {slave_sae} must fetch keys (dec_keys) or let them expire",
+                [{"km": self.id, "stored_keys": waiting, "max_stored_keys": cap, "requested_keys": number}])
+
+    def _expire(self) -> None:
+        """Delete the keys that waited `max_key_age_s` or more (one transaction)."""
+        if self._oldest is None:
+            return
+        cutoff = self._stamp() - self.limits.max_key_age_s
+        if self._oldest > cutoff:
+            return
+        self._oldest = self.store.oldest()  # the bound may be stale: keys were delivered since
+        if self._oldest is None or self._oldest > cutoff:
+            return
+        expired = self.store.commit(expire_before=cutoff)
+        for pair, n in expired.items():
+            left = self._waiting.get(pair, 0) - n
+            if left > 0:
+                self._waiting[pair] = left
+            else:
+                self._waiting.pop(pair, None)
+        self.stats.keys_expired += sum(expired.values())
+        self._oldest = self.store.oldest()
 
     # -- ETSI 014 ------------------------------------------------------------------------
 
-    def status(self, master_sae: str, slave_sae: str) -> KeyStatus:
+    def status(self, master_sae: str, slave_sae: str, key_size: int | None = None) -> KeyStatus:
+        """What `master_sae` can get for `slave_sae` now, in keys of `key_size` bits (the
+        default size unless given): the weakest hop, the session's bucket and the room left
+        at the slave's key manager for keys of this pair not fetched yet."""
         session, destination = self._authorise(master_sae, slave_sae)
         hops = self.plan_relay(destination, 0)
-        size = self.limits.default_key_size
+        size = self.limits.default_key_size if key_size is None else key_size
+        target = self.network.km(destination)
         stored = min([h.available_bits for h in hops] + [int(session.bucket.available())]) // size
         most = min([h.max_bits for h in hops] + [session.bucket.burst_bits]) // size
+        stored = min(stored, target.room(master_sae, slave_sae))
+        most = min(most, target.limits.max_stored_keys)
         return KeyStatus(self.id, destination, master_sae, slave_sae, size, stored, most,
                          self.limits.max_key_per_request, self.limits.max_key_size, self.limits.min_key_size)
 
     def enc_keys(self, master_sae: str, slave_sae: str, number: int = 1, size: int | None = None) -> list[Key]:
-        """Fresh keys for `master_sae`, delivered to `slave_sae`'s key manager; all or nothing."""
+        """Fresh keys for `master_sae`, delivered to `slave_sae`'s key manager; all or nothing.
+        The keys are returned once they are stored (on disk) at the slave's key manager."""
         size = self.limits.default_key_size if size is None else size
         self._check_request(number, size)
         session, destination = self._authorise(master_sae, slave_sae)
         bits = number * size
         session.bucket.check(bits)
         self.plan_relay(destination, bits)
+        self.network.km(destination).check_room(master_sae, slave_sae, number)
         session.bucket.take(bits)
         keys = [Key(str(uuid.uuid4()), secrets.token_bytes(size // 8)) for _ in range(number)]
         if destination == self.id:
-            self._store(master_sae, slave_sae, keys)
+            self._store_keys(master_sae, slave_sae, keys)
         else:
             self._forward(destination, master_sae, slave_sae, keys)
         self.stats.keys_served += number
-        self._persist()
         return keys
 
     def dec_keys(self, slave_sae: str, master_sae: str, key_ids: list[str]) -> list[Key]:
-        """The keys `master_sae` obtained for `slave_sae`, each handed out once, then deleted."""
+        """The keys `master_sae` obtained for `slave_sae`, each handed out once: they are
+        deleted (on disk) before they are returned; all or nothing."""
         if slave_sae not in self.saes:
             raise UnknownSAE(f"SAE {slave_sae} is not served by key manager {self.id}")
         if not key_ids:
             raise BadKeyRequest("no key_ID given")
-        problems = []
-        for i, key_id in enumerate(key_ids):
-            stored = self._stored.get(key_id)
-            if key_ids.index(key_id) != i:
+        most = self.limits.max_key_per_request
+        if len(key_ids) > most:
+            raise BadKeyRequest(f"at most {most} key_IDs per request, got {len(key_ids)}",
+                                [{"max_key_per_request": most, "key_IDs": len(key_ids)}])
+        self._expire()
+        found = self.store.fetch(set(key_ids))
+        problems, seen = [], set()
+        for key_id in key_ids:
+            stored = found.get(key_id)
+            if key_id in seen:
                 problems.append({"key_ID": key_id, "reason": "listed twice"})
             elif stored is None or (stored.master_sae, stored.slave_sae) != (master_sae, slave_sae):
-                problems.append({"key_ID": key_id, "reason": f"no key with this ID for SAE {slave_sae} "
-                                                              f"from SAE {master_sae} (unknown or already delivered)"})
+                problems.append({"key_ID": key_id, "reason": f"no key with this ID for SAE {slave_sae} from SAE "
+                                                              f"{master_sae} (unknown, expired or already delivered)"})
+            seen.add(key_id)
         if problems:
-            reasons = "; ".join(f"{p['key_ID']}: {p['reason']}" for p in problems)
-            raise BadKeyRequest(f"{len(problems)} of {len(key_ids)} key_IDs cannot be delivered: {reasons}",
+            shown = "; ".join(f"{p['key_ID']}: {p['reason']}" for p in problems[:5])
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise BadKeyRequest(f"{len(problems)} of {len(key_ids)} key_IDs cannot be delivered: {shown}{more}",
                                 problems)
-        keys = [Key(key_id, self._stored.pop(key_id).key) for key_id in key_ids]
-        self.stats.keys_delivered += len(keys)
-        self._persist()
-        return keys
+        self.store.commit(delete=key_ids)
+        pair = (master_sae, slave_sae)
+        left = self._waiting.get(pair, 0) - len(key_ids)
+        if left > 0:
+            self._waiting[pair] = left
+        else:
+            self._waiting.pop(pair, None)
+        if not self._waiting:
+            self._oldest = None
+        self.stats.keys_delivered += len(key_ids)
+        return [Key(key_id, found[key_id].key) for key_id in key_ids]
 
     def _check_request(self, number: int, size: int) -> None:
         limits = self.limits
         if not _is_int(number) or not 1 <= number <= limits.max_key_per_request:
-            raise BadKeyRequest(f"number must be an integer from 1 to {limits.max_key_per_request}, got {number!r}")
+            raise BadKeyRequest(f"number must be an integer from 1 to {limits.max_key_per_request}, "
+                                f"got {shown(number)}")
         if not _is_int(size) or not limits.min_key_size <= size <= limits.max_key_size or size % 8:
             raise BadKeyRequest(f"size must be a multiple of 8 from {limits.min_key_size} to "
-                                f"{limits.max_key_size} bits, got {size!r}")
+                                f"{limits.max_key_size} bits, got {shown(size)}")
 
     def _authorise(self, master_sae: str, slave_sae: str) -> tuple[Session, str]:
         if master_sae not in self.saes:
@@ -495,7 +995,7 @@ class KeyManager:
         route = self.routes.get(destination_km)
         if route is None:
             raise KeyUnavailable(f"key manager {self.id} has no route to key manager {destination_km}")
-        pool = self.pools[route.link_id]
+        pool = self._route_pool(route)
         peer = self.network.km(route.next_hop_km)
         available = pool.available_bits(not_before=peer.pool_tail(route.link_id))
         if available < bits:
@@ -506,6 +1006,12 @@ class KeyManager:
         hop = Hop(self.id, peer.id, route.link_id, available, pool.max_bits)
         return [hop] + peer.plan_relay(destination_km, bits, visited + (self.id,))
 
+    def _route_pool(self, route: Route) -> KeyPool:
+        pool = self.pools.get(route.link_id)
+        if pool is None:
+            raise KeyUnavailable(f"key manager {self.id} has no pool for link {route.link_id}")
+        return pool
+
     def pool_tail(self, link_id: str) -> int:
         """Where this end's pool of the link starts: the peer never offers bits below it."""
         pool = self.pools.get(link_id)
@@ -514,37 +1020,52 @@ class KeyManager:
         return pool.tail
 
     def receive(self, message: RelayMessage | DiscardMessage) -> None:
-        """A message from a peer over the classical channel."""
+        """A message from a peer over the classical channel. The bits it used are recorded
+        here (on disk) before anything else happens; bits below this end's tail are refused."""
         pool = self.pools.get(message.link_id)
         if pool is None:
             raise KeyUnavailable(f"key manager {self.id} has no pool for link {message.link_id}")
         if isinstance(message, DiscardMessage):
-            pool.take_at(message.offset, message.bits)
+            pool.check_at(message.offset, message.bits)
+            self._apply([(pool, message.offset, message.bits)])
         else:
             self._receive_relay(pool, message)
-        self._persist()
 
     def _receive_relay(self, pool: KeyPool, message: RelayMessage) -> None:
         """Decrypt a hop's keys with this link's key, then store them or pass them on."""
         bits = 8 * sum(len(c) for c in message.ciphertexts)
-        pool.take_at(message.offset, bits)
+        pool.check_at(message.offset, bits)
         pad = pool.stream.bits(message.offset, bits)
         keys, at = [], 0
         for key_id, ciphertext in zip(message.key_ids, message.ciphertexts):
             keys.append(Key(key_id, _xor(ciphertext, pad[at:at + len(ciphertext)])))
             at += len(ciphertext)
+        incoming = (pool, message.offset, bits)
         if message.destination_km == self.id:
-            self._store(message.master_sae, message.slave_sae, keys)
+            self._store_keys(message.master_sae, message.slave_sae, keys, incoming)
         else:
-            self._forward(message.destination_km, message.master_sae, message.slave_sae, keys)
+            self._forward(message.destination_km, message.master_sae, message.slave_sae, keys, incoming)
             self.stats.keys_relayed += len(keys)
 
-    def _forward(self, destination_km: str, master_sae: str, slave_sae: str, keys: list[Key]) -> None:
-        route = self.routes[destination_km]
-        peer = self.network.km(route.next_hop_km)
-        bits = 8 * sum(len(k.key) for k in keys)
-        offset = self.pools[route.link_id].take(bits, not_before=peer.pool_tail(route.link_id))
-        pad = self.pools[route.link_id].stream.bits(offset, bits)
+    def _forward(self, destination_km: str, master_sae: str, slave_sae: str, keys: list[Key],
+                 incoming: Change | None = None) -> None:
+        """Encrypt `keys` with the next hop's link key and send them: the bits are recorded
+        on disk (with `incoming`, the bits they arrived under) before the message leaves."""
+        received = [incoming] if incoming is not None else []
+        try:
+            route = self.routes.get(destination_km)
+            if route is None:
+                raise KeyUnavailable(f"key manager {self.id} has no route to key manager {destination_km}")
+            pool = self._route_pool(route)
+            peer = self.network.km(route.next_hop_km)
+            bits = 8 * sum(len(k.key) for k in keys)
+            offset = pool.reserve(bits, not_before=peer.pool_tail(route.link_id))
+        except KeyUnavailable:
+            if received:
+                self._apply(received)  # those bits are spent all the same
+            raise
+        self._apply(received + [(pool, offset, bits)])
+        pad = pool.stream.bits(offset, bits)
         ciphertexts, at = [], 0
         for k in keys:
             ciphertexts.append(_xor(k.key, pad[at:at + len(k.key)]))
@@ -552,9 +1073,42 @@ class KeyManager:
         self.network.deliver(peer.id, RelayMessage(route.link_id, offset, destination_km, master_sae, slave_sae,
                                                    tuple(k.key_id for k in keys), tuple(ciphertexts)))
 
+    def _store_keys(self, master_sae: str, slave_sae: str, keys: list[Key], incoming: Change | None = None) -> None:
+        """Keep `keys` for `slave_sae` (with `incoming`, the bits they arrived under), in one
+        transaction; refused, beyond the pair's cap, with the bits recorded all the same."""
+        try:
+            self.check_room(master_sae, slave_sae, len(keys))
+        except KeyUnavailable:
+            if incoming is not None:
+                self._apply([incoming])
+            raise
+        now = self._stamp()
+        self._apply([incoming] if incoming is not None else [],
+                    insert=[(k.key_id, master_sae, slave_sae, k.key, now) for k in keys])
+        pair = (master_sae, slave_sae)
+        self._waiting[pair] = self._waiting.get(pair, 0) + len(keys)
+        if self._oldest is None:
+            self._oldest = now
+        self._store(master_sae, slave_sae, keys)
+
     def _store(self, master_sae: str, slave_sae: str, keys: list[Key]) -> None:
-        for k in keys:
-            self._stored[k.key_id] = StoredKey(master_sae, slave_sae, k.key)
+        """Called once `keys` are stored for `slave_sae` (a hook for subclasses)."""
+
+    def _stamp(self) -> float:
+        """Now, as stored keys are stamped (see __init__)."""
+        return self.network.clock.now() + self._stamp_offset
+
+    def _apply(self, changes: Sequence[Change], insert: Sequence[tuple[str, str, str, bytes, float]] = ()) -> None:
+        """Write the pools' advanced tails (and `insert`) in one transaction, then advance
+        the pools in memory: memory never runs ahead of the disk."""
+        after: dict[str, list] = {}
+        for pool, offset, bits in changes:
+            tail, consumed = after.get(pool.link_id, (pool, pool.tail, pool.consumed_bits))[1:]
+            after[pool.link_id] = [pool, max(tail, offset + bits), consumed + bits]
+        self.store.commit(pools=[PoolRecord.of(pool, tail, consumed) for pool, tail, consumed in after.values()],
+                           insert=insert)
+        for pool, offset, bits in changes:
+            pool.advance(offset, bits)
 
     # -- faults --------------------------------------------------------------------------
 
@@ -575,48 +1129,7 @@ class KeyManager:
         peer = self.network.km(pool.peer_km) if self.network.is_up(pool.peer_km) else None
         not_before = peer.pool_tail(link_id) if peer is not None else 0
         amount = pool.available_bits(not_before) if bits is None else bits
-        offset = pool.take(amount, not_before)
+        offset = pool.reserve(amount, not_before)
+        self._apply([(pool, offset, amount)])
         if peer is not None:
             self.network.deliver(peer.id, DiscardMessage(link_id, offset, amount))
-        self._persist()
-
-    # -- persistence ---------------------------------------------------------------------
-
-    def _persist(self) -> None:
-        if self.state_file is None:
-            return
-        state = {
-            "km_id": self.id,
-            "pools": {link_id: pool.snapshot() for link_id, pool in self.pools.items()},
-            "stored_keys": {key_id: {"master_sae": k.master_sae, "slave_sae": k.slave_sae,
-                                     "key": base64.b64encode(k.key).decode()}
-                            for key_id, k in self._stored.items()},
-        }
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.state_file.with_suffix(".json.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(state, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, self.state_file)
-
-    def _load(self) -> None:
-        assert self.state_file is not None
-        try:
-            state = json.loads(self.state_file.read_text())
-            for link_id, p in state["pools"].items():
-                stream = self.network.adopt_stream(p["stream"])
-                self.pools[link_id] = KeyPool(stream, p["peer_km"], p["max_bits"], p["tail"], p["consumed_bits"])
-            for key_id, k in state["stored_keys"].items():
-                self._stored[key_id] = StoredKey(k["master_sae"], k["slave_sae"], base64.b64decode(k["key"]))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"{self.state_file}: not a key manager state file ({exc})") from exc
-
-
-def _xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import pathlib
+import subprocess
+import sys
 import uuid
 
 import aiohttp
@@ -16,12 +19,13 @@ from device_checks import next_notification, validated_get
 from devices.base import NetworkContext
 from devices.etsi014 import SAE_HEADER
 from devices.key_manager import NS, KeyManagerDevice
-from devices.keystore import KeyNetwork
+from devices.keystore import KeyNetwork, KeyStateError
 from devices.topology import KeyManagerSpec, SaeSpec
 from devices.twin import Clock, Twin
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 AB, BC = str(uuid.UUID(int=0xAB)), str(uuid.UUID(int=0xBC))
 YANG_ACTION_NS = "urn:ietf:params:xml:ns:yang:1"
 
@@ -355,3 +359,32 @@ def test_a_crashed_key_manager_comes_back_with_its_startup_config_pools_and_keys
                                  "sae-c")
         assert status == 200 and got["keys"][0]["key"] == key["key"]
     run(tmp_path, test)
+
+
+def test_a_damaged_key_state_stops_the_device_with_an_error_naming_the_file(tmp_path):
+    state = tmp_path / "km-a" / "keys" / "km-a.db"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"not a database" * 100)
+
+    async def main():
+        network = Network(tmp_path)
+        device = network.make("a")
+        with pytest.raises(KeyStateError, match=f"^{state}: cannot use it as a key manager state database: "
+                                                f"file is not a database$"):
+            await device.start()
+        assert device.km is None and not network.context.keys.is_up("km-a")
+        state.unlink()  # repaired (here: started afresh), the same device starts
+        await device.start()
+        await device.stop()
+    asyncio.run(main())
+
+
+def test_qstrata_devices_up_prints_a_damaged_key_state_without_a_traceback(tmp_path):
+    state = tmp_path / "state" / "km-quintin" / "keys" / "km-quintin.db"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"not a database" * 100)
+    command = [sys.executable, "-m", "tools.cli", "devices", "up", "--state-dir", str(tmp_path / "state")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"qstrata devices up: {state}: cannot use it as a key manager state database: "
+                                     f"file is not a database")

@@ -1,11 +1,16 @@
-"""Key-manager core: pools in step, hop-by-hop relay, ETSI 014 semantics, persistence."""
+"""Key-manager core: pools in step, hop-by-hop relay, ETSI 014 semantics, persistence
+(SQLite, written ahead of every use of a link's key), expiry and caps of undelivered keys."""
 import base64
+import contextlib
+import json
+import sqlite3
 import stat
+import time as wall
 
 import pytest
 
-from devices.keystore import (BadKeyRequest, DiscardMessage, Key, KeyManager, KeyNetwork, KeyUnavailable,
-                              RelayMessage, UnknownSAE)
+from devices.keystore import (BadKeyRequest, DiscardMessage, Key, KeyLimits, KeyManager, KeyNetwork, KeyStateError,
+                              KeyUnavailable, RelayMessage, UnknownSAE)
 from devices.twin import Clock
 
 LINKS = {"ab": ("A", "B"), "bc": ("B", "C"), "cd": ("C", "D")}
@@ -31,10 +36,10 @@ class RecordingNetwork(KeyNetwork):
         super().deliver(km_id, message)
 
 
-def start_chain(network, state_dir=None, max_bits=1_000_000, rate_bps=100_000.0):
+def start_chain(network, state_dir=None, max_bits=1_000_000, rate_bps=100_000.0, limits=KeyLimits()):
     """A - B - C - D over links ab, bc, cd; SAE sa at A, sd at D; a session each way.
     Configuration is not persisted, so a restarted key manager gets it again from here."""
-    kms = {name: KeyManager(name, network, state_dir) for name in "ABCD"}
+    kms = {name: KeyManager(name, network, state_dir, limits) for name in "ABCD"}
     for link, (x, y) in LINKS.items():
         kms[x].add_link(link, y, max_bits)
         kms[y].add_link(link, x, max_bits)
@@ -122,12 +127,12 @@ def test_a_key_is_delivered_once(kms):
     key = kms["A"].enc_keys("sa", "sd")[0]
     with pytest.raises(BadKeyRequest) as wrong_master:
         kms["D"].dec_keys("sd", "someone-else", [key.key_id])
-    assert "unknown or already delivered" in wrong_master.value.details[0]["reason"]
+    assert "unknown, expired or already delivered" in wrong_master.value.details[0]["reason"]
     assert kms["D"].dec_keys("sd", "sa", [key.key_id]) == [key]
     with pytest.raises(BadKeyRequest, match="1 of 1 key_IDs cannot be delivered") as again:
         kms["D"].dec_keys("sd", "sa", [key.key_id])
     assert again.value.details == [{"key_ID": key.key_id, "reason": "no key with this ID for SAE sd from "
-                                                                     "SAE sa (unknown or already delivered)"}]
+                                                                     "SAE sa (unknown, expired or already delivered)"}]
     assert again.value.http_status == 400
 
 
@@ -275,9 +280,9 @@ def test_crashed_key_manager_comes_back_with_its_pools_and_undelivered_keys(netw
     kms = start_chain(network, state_dir=tmp_path)
     time.t += 1.0
     keys = kms["A"].enc_keys("sa", "sd", number=2)
-    state_file = tmp_path / "D.json"
-    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
-    assert not list(tmp_path.glob("*.tmp"))
+    for name in ("D.db", "D.db-wal", "D.db-shm"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
+    assert not list(tmp_path.glob("*.json*")) and not list(tmp_path.glob("*.tmp"))
     tail_before = kms["D"].pools["cd"].tail
 
     network.unregister("D")  # crash: the object and its memory are gone
@@ -311,14 +316,310 @@ def test_whole_network_restarts_from_disk_with_the_same_link_keys(tmp_path):
     assert kms["D"].dec_keys("sd", "sa", [fresh[0].key_id]) == fresh
 
 
-def test_a_damaged_state_file_is_reported(network, tmp_path):
-    (tmp_path / "A.json").write_text('{"pools": 3}')
-    with pytest.raises(ValueError, match=r"A.json: not a key manager state file"):
-        KeyManager("A", network, tmp_path)
-
-
-def test_stored_keys_are_base64_on_disk(network, time, tmp_path):
+def test_undelivered_keys_are_rows_of_the_state_database(network, time, tmp_path):
     kms = start_chain(network, state_dir=tmp_path)
     time.t += 1.0
     key = kms["A"].enc_keys("sa", "sd")[0]
-    assert base64.b64encode(key.key).decode() in (tmp_path / "D.json").read_text()
+    with sqlite3.connect(tmp_path / "D.db") as db:
+        assert db.execute("SELECT key_id, master_sae, slave_sae, key FROM keys").fetchall() == \
+            [(key.key_id, "sa", "sd", key.key)]
+        assert db.execute("SELECT tail FROM pools WHERE link_id = 'cd'").fetchone() == (256,)
+    kms["D"].dec_keys("sd", "sa", [key.key_id])
+    with sqlite3.connect(tmp_path / "D.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM keys").fetchone() == (0,)
+
+
+# -- write ahead: a link's key is on disk as used before any ciphertext under it leaves --------
+
+def test_every_key_manager_writes_its_tails_before_it_sends_and_receivers_before_they_pass_on(time, tmp_path):
+    seen = []
+
+    class Watching(KeyNetwork):
+        def deliver(self, km_id, message):
+            sender = next(p.peer_km for p in self.km(km_id).pools.values() if p.link_id == message.link_id)
+            with sqlite3.connect(tmp_path / f"{sender}.db") as db:  # what a crash right now would leave
+                tails = dict(db.execute("SELECT link_id, tail FROM pools"))
+            seen.append((sender, message.link_id, message.offset, tails))
+            super().deliver(km_id, message)
+
+    network = Watching(Clock(source=time))
+    kms = start_chain(network, state_dir=tmp_path)
+    time.t += 1.0
+    kms["A"].enc_keys("sa", "sd", number=2)
+    assert seen == [("A", "ab", 0, {"ab": 512}), ("B", "bc", 0, {"ab": 512, "bc": 512}),
+                    ("C", "cd", 0, {"bc": 512, "cd": 512})]
+    with sqlite3.connect(tmp_path / "D.db") as db:
+        assert dict(db.execute("SELECT link_id, tail FROM pools")) == {"cd": 512}
+        assert db.execute("SELECT COUNT(*) FROM keys").fetchone() == (2,)
+    seen.clear()
+    kms["C"].drain("bc", 800)
+    assert seen == [("C", "bc", 512, {"bc": 1312, "cd": 512})]
+
+
+def test_a_receiver_refuses_bits_it_already_used(kms, network):
+    kms["A"].enc_keys("sa", "sd")
+    replay = next(m for _, m in network.messages if isinstance(m, RelayMessage) and m.link_id == "bc")
+    with pytest.raises(KeyUnavailable, match=r"link bc: bits \[0, 256\) are not in the pool"):
+        kms["C"].receive(replay)
+    assert kms["D"].stored_key_count == 1
+
+
+def test_a_peer_that_fell_behind_is_caught_up_by_the_senders_tail(kms, network):
+    """A crash can leave the receiver of a link behind its sender: the next use of the link,
+    from either end, starts after the larger tail."""
+    kms["A"].enc_keys("sa", "sd")
+    kms["B"].pools["ab"].tail = 0  # as if B had crashed before writing what it received
+    kms["B"].pools["bc"].tail = 0
+    kms["D"].enc_keys("sd", "sa")  # B sends on ab towards A, C... towards B on bc
+    relayed = [(m.link_id, m.offset) for _, m in network.messages if isinstance(m, RelayMessage)]
+    assert relayed[3:] == [("cd", 256), ("bc", 256), ("ab", 256)]
+
+
+def test_a_pool_removed_and_added_again_resumes_its_tail(kms, network, time, tmp_path):
+    kms["A"].enc_keys("sa", "sd", number=4)
+    for end in ("A", "B"):
+        kms[end].remove_link("ab")
+    kms["A"].add_link("ab", "B")
+    kms["B"].add_link("ab", "A")
+    kms["A"].set_route("D", "B", "ab")
+    assert kms["A"].pools["ab"].tail == kms["B"].pools["ab"].tail == 1024
+    assert kms["A"].pools["ab"].consumed_bits == 0  # a new pool: its own counters
+    kms["A"].enc_keys("sa", "sd")
+    assert [m.offset for _, m in network.messages if isinstance(m, RelayMessage) and m.link_id == "ab"] == [0, 1024]
+
+
+# -- undelivered keys: expiry, cap, what Status counts ---------------------------------------
+
+def test_undelivered_keys_expire_after_their_max_age(network, time, tmp_path):
+    kms = start_chain(network, state_dir=tmp_path, limits=KeyLimits(max_key_age_s=60.0))
+    time.t += 1.0
+    old = kms["A"].enc_keys("sa", "sd", number=2)
+    time.t += 30.0
+    young = kms["A"].enc_keys("sa", "sd")
+    assert kms["D"].stored_key_count == 3
+    time.t += 30.0  # the first two are 60 s old
+    assert kms["D"].stored_key_count == 1 and kms["D"].stats.keys_expired == 2
+    with pytest.raises(BadKeyRequest, match="unknown, expired or already delivered"):
+        kms["D"].dec_keys("sd", "sa", [old[0].key_id])
+    network.unregister("D")  # the ages are on disk
+    d = KeyManager("D", network, tmp_path, KeyLimits(max_key_age_s=60.0))
+    d.attach_sae("sd")
+    assert d.stored_key_count == 1
+    time.t += 29.0
+    assert d.dec_keys("sd", "sa", [young[0].key_id]) == young
+    with sqlite3.connect(tmp_path / "D.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM keys").fetchone() == (0,)
+
+
+def test_a_whole_network_restarted_keeps_the_ages_of_waiting_keys(tmp_path):
+    time, limits = ManualTime(), KeyLimits(max_key_age_s=60.0)
+    kms = start_chain(KeyNetwork(Clock(source=time)), state_dir=tmp_path, limits=limits)
+    time.t += 10.0
+    older = kms["A"].enc_keys("sa", "sd")
+    time.t += 30.0
+    newer = kms["A"].enc_keys("sa", "sd")
+    time.t += 1000.0  # the network stops: its clock goes with it
+    again = KeyNetwork(Clock(source=time))  # from 0
+    d = start_chain(again, state_dir=tmp_path, limits=limits)["D"]
+    time.t += 29.0
+    assert d.stored_key_count == 2
+    time.t += 1.0  # 30 s + 30 s since the older one arrived
+    assert d.stored_key_count == 1 and d.dec_keys("sd", "sa", [newer[0].key_id]) == newer
+    with pytest.raises(BadKeyRequest, match="expired"):
+        d.dec_keys("sd", "sa", [older[0].key_id])
+
+
+def test_keys_waiting_per_sae_pair_are_capped_and_enc_keys_beyond_is_503_consuming_nothing(network, time):
+    kms = start_chain(network, limits=KeyLimits(max_stored_keys=4))
+    time.t += 1.0
+    first = kms["A"].enc_keys("sa", "sd", number=3)
+    status = kms["A"].status("sa", "sd")
+    assert (status.stored_key_count, status.max_key_count) == (1, 4)  # room for one more at D
+    before, tokens = tails(kms), kms["A"].sessions[("sa", "sd")].bucket.available()
+    with pytest.raises(KeyUnavailable, match="key manager D holds 3 undelivered keys from SAE sa for SAE sd "
+                                             r"\(at most 4\): SAE sd must fetch keys") as refused:
+        kms["A"].enc_keys("sa", "sd", number=2)
+    assert refused.value.http_status == 503
+    assert refused.value.details == [{"km": "D", "stored_keys": 3, "max_stored_keys": 4, "requested_keys": 2}]
+    assert tails(kms) == before and kms["A"].sessions[("sa", "sd")].bucket.available() == tokens
+    assert kms["D"].waiting_keys("sa", "sd") == 3 and kms["D"].waiting_keys("sd", "sa") == 0
+    kms["D"].dec_keys("sd", "sa", [k.key_id for k in first[:2]])
+    assert kms["A"].status("sa", "sd").stored_key_count == 3
+    assert len(kms["A"].enc_keys("sa", "sd", number=3)) == 3
+    assert kms["D"].stored_key_count == 4 and kms["A"].status("sa", "sd").stored_key_count == 0
+    assert len(kms["D"].enc_keys("sd", "sa", number=4)) == 4  # the other direction has its own cap
+
+
+@pytest.mark.parametrize("limits, message", [
+    (dict(max_stored_keys=0), "max_stored_keys must be a positive integer"),
+    (dict(max_key_age_s=0), "max_key_age_s must be > 0"),
+    (dict(max_key_per_request=True), "max_key_per_request must be a positive integer"),
+])
+def test_key_limits_are_checked(limits, message):
+    with pytest.raises(ValueError, match=message):
+        KeyLimits(**limits)
+
+
+# -- dec_keys: bounded, linear --------------------------------------------------------------
+
+def test_dec_keys_takes_at_most_max_key_per_request_ids(kms):
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(129)]
+    with pytest.raises(BadKeyRequest, match="at most 128 key_IDs per request, got 129") as refused:
+        kms["D"].dec_keys("sd", "sa", ids)
+    assert refused.value.details == [{"max_key_per_request": 128, "key_IDs": 129}]
+
+
+def test_dec_keys_checks_18000_ids_in_linear_time_with_a_bounded_message(network, time):
+    kms = start_chain(network, limits=KeyLimits(max_key_per_request=20_000))
+    time.t += 1.0
+    key = kms["A"].enc_keys("sa", "sd")[0]
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(17_999)] + [key.key_id, key.key_id]
+    started = wall.perf_counter()
+    with pytest.raises(BadKeyRequest) as refused:
+        kms["D"].dec_keys("sd", "sa", ids)
+    assert wall.perf_counter() - started < 2.0  # a quadratic check took 10 s
+    assert refused.value.message.startswith("18000 of 18001 key_IDs cannot be delivered: 00000000-0000-4000-8000-"
+                                            "000000000000: no key with this ID")
+    assert refused.value.message.endswith("; and 17995 more") and len(refused.value.message) < 1500
+    assert refused.value.details[-1] == {"key_ID": key.key_id, "reason": "listed twice"}
+    assert kms["D"].dec_keys("sd", "sa", [key.key_id]) == [key]
+
+
+def test_each_operation_writes_only_what_it_changed(network, time, tmp_path):
+    """One small transaction per operation, whatever is stored: not a rewrite of the state."""
+    kms = start_chain(network, state_dir=tmp_path, limits=KeyLimits(max_stored_keys=10_000))
+    time.t += 1.0
+    for _ in range(40):
+        kms["A"].enc_keys("sa", "sd", number=100, size=64)  # 4,000 keys waiting at D
+        time.t += 1.0
+    statements = []
+    kms["D"].store._db.set_trace_callback(statements.append)
+    keys = kms["A"].enc_keys("sa", "sd", number=2)
+    kms["D"].dec_keys("sd", "sa", [k.key_id for k in keys])
+    writes = [s for s in statements if s.split()[0] in ("INSERT", "DELETE", "UPDATE", "BEGIN", "COMMIT")]
+    assert [s.split("(")[0].split(" VALUES")[0].strip() for s in writes] == [
+        "BEGIN IMMEDIATE", "INSERT OR REPLACE INTO pools", "INSERT INTO keys", "INSERT INTO keys", "COMMIT",
+        "BEGIN IMMEDIATE", "DELETE FROM keys WHERE key_id = '" + keys[0].key_id + "'",
+        "DELETE FROM keys WHERE key_id = '" + keys[1].key_id + "'", "COMMIT"]
+    assert kms["D"].stored_key_count == 4_000
+
+
+# -- damaged, foreign and former state files -------------------------------------------------
+
+def _damage(tmp_path, how):
+    """A's state file, damaged `how`; returns what the error must say."""
+    network = KeyNetwork(Clock(source=ManualTime()))
+    a = KeyManager("A", network, tmp_path)
+    a.add_link("ab", "B")
+    a.close()
+    path = tmp_path / "A.db"
+    if how == "garbage":
+        path.write_bytes(b"this is not a database" * 200)
+        return "cannot use it as a key manager state database: file is not a database"
+    if how == "truncated":
+        with contextlib.closing(sqlite3.connect(path)) as db:  # a few pages (closing: in the file, not the WAL)
+            db.executemany("INSERT INTO keys VALUES (?, 'sa', 'sb', ?, 0)", [(str(i), b"k" * 500) for i in range(40)])
+            db.commit()
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.truncate(size - 4096 - 100)
+        return "the database is damaged"
+    if how == "scribbled":
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.executemany("INSERT INTO keys VALUES (?, 'sa', 'sb', ?, 0)", [(str(i), b"k" * 500) for i in range(40)])
+            db.commit()
+        raw = bytearray(path.read_bytes())
+        raw[4096 + 8:4096 + 1000] = b"\xff" * 992  # the second page: a b-tree page
+        path.write_bytes(bytes(raw))
+        return "the database is damaged"
+    if how == "foreign":
+        path.unlink()
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE notes (text)")
+        return r"not a key manager state database \(tables notes; expected keys, meta, pools\)"
+    if how == "other-km":
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE meta SET value = 'B' WHERE name = 'km_id'")
+        return "the state of key manager 'B', not of 'A'"
+    if how == "newer":
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE meta SET value = '7' WHERE name = 'version'")
+        return "state format version '7'; this key manager reads version 1"
+    if how == "bad-tail":
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE pools SET tail = -8")
+        return "pool of link 'ab': tail must be a non-negative multiple of 8, got -8"
+    if how == "bad-key":
+        with sqlite3.connect(path) as db:
+            db.execute("INSERT INTO keys VALUES ('k1', 'sa', 'sb', 'text, not bytes', 0)")
+        return "stored key 'k1' is damaged"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "scribbled", "foreign", "other-km", "newer", "bad-tail",
+                                 "bad-key"])
+def test_a_damaged_or_foreign_state_database_is_a_clear_error_naming_the_file(tmp_path, how):
+    message = _damage(tmp_path, how)
+    network = KeyNetwork(Clock(source=ManualTime()))
+    with pytest.raises(KeyStateError, match=f"^{tmp_path / 'A.db'}: ({message})") as error:
+        KeyManager("A", network, tmp_path)
+    assert isinstance(error.value, ValueError) and isinstance(error.value, OSError)
+    assert error.value.__cause__ is None
+    assert not network.is_up("A")
+
+
+def _old_state(tmp_path, network, time):
+    """A - B - C - D run by the former JSON persistence: B.json and D.json as it wrote them."""
+    time.t += 1.0
+    secret = "11" * 32
+    keys = {"6f1d3a5e-0000-4000-8000-000000000001": base64.b64encode(b"k" * 32).decode()}
+    stream = {"link_id": "cd", "secret": secret, "produced_bits": 100_000, "rate_bps": 100_000.0}
+    state = {"km_id": "D", "pools": {"cd": {"peer_km": "C", "max_bits": 1_000_000, "tail": 256, "consumed_bits": 256,
+                                            "stream": stream}},
+             "stored_keys": {key_id: {"master_sae": "sa", "slave_sae": "sd", "key": key}
+                             for key_id, key in keys.items()}}
+    (tmp_path / "D.json").write_text(json.dumps(state))
+    return state
+
+
+def test_a_state_file_of_the_former_json_format_is_migrated_once(network, time, tmp_path):
+    state = _old_state(tmp_path, network, time)
+    d = KeyManager("D", network, tmp_path)
+    assert d.pools["cd"].tail == 256 and d.pools["cd"].consumed_bits == 256
+    assert network.stream("cd").snapshot()["secret"] == "11" * 32
+    assert not (tmp_path / "D.json").exists()
+    assert json.loads((tmp_path / "D.json.migrated").read_text()) == state
+    d.attach_sae("sd")
+    key_id = next(iter(state["stored_keys"]))
+    network.unregister("D")
+    d.close()
+    again = KeyManager("D", network, tmp_path)  # from the database now
+    again.attach_sae("sd")
+    assert again.dec_keys("sd", "sa", [key_id]) == [Key(key_id, b"k" * 32)]
+
+
+def test_a_migration_cut_short_after_its_database_is_finished_and_a_stray_json_file_refused(network, time, tmp_path):
+    _old_state(tmp_path, network, time)
+    KeyManager("D", network, tmp_path).close()
+    network.unregister("D")
+    (tmp_path / "D.json.migrated").rename(tmp_path / "D.json")  # as if killed before the rename
+    KeyManager("D", network, tmp_path).close()
+    network.unregister("D")
+    assert not (tmp_path / "D.json").exists() and (tmp_path / "D.json.migrated").exists()
+    (tmp_path / "D.json").write_text('{"pools": {}, "stored_keys": {}}')  # not the one migrated
+    with pytest.raises(KeyStateError, match=f"^{tmp_path / 'D.json'}: a key manager state file of the former JSON "
+                                            f"format next to {tmp_path / 'D.db'}, which was not migrated from it"):
+        KeyManager("D", network, tmp_path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"pools": 3}', "expected an object with objects 'pools' and 'stored_keys'"),
+    ("{not json", "JSONDecodeError"),
+    ('{"pools": {"ab": {"peer_km": "B"}}, "stored_keys": {}}', "KeyError: 'stream'"),
+    ('{"km_id": "Z", "pools": {}, "stored_keys": {}}', "the state of key manager 'Z', not of 'A'"),
+])
+def test_a_damaged_state_file_of_the_former_format_is_a_clear_error(network, tmp_path, text, message):
+    (tmp_path / "A.json").write_text(text)
+    with pytest.raises(KeyStateError, match=f"^{tmp_path / 'A.json'}: not a key manager state file .*{message}"):
+        KeyManager("A", network, tmp_path)
+    assert (tmp_path / "A.json").read_text() == text and not (tmp_path / "A.db").exists()

@@ -1,6 +1,7 @@
 """`qstrata bench`: benchmarks. `netconf` compares our NETCONF server with netconfd; `devices`
 measures how many emulated devices one process hosts; `controllers` times device sync and
-session re-plans; `orchestrator` times intents from commit to active and back after a cut."""
+session re-plans; `orchestrator` times intents from commit to active and back after a cut;
+`keys` times ETSI 014 enc_keys and dec_keys while undelivered keys pile up."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,12 @@ def register(subparsers) -> None:
     orchestrator.add_argument("--nodes", type=int, default=100, help="nodes of the generated network (default 100)")
     orchestrator.add_argument("--runs", type=int, default=3, help="runs per network (default 3)")
     orchestrator.set_defaults(func=run_orchestrator)
+    keys = targets.add_parser("keys", help="ETSI 014 enc_keys and dec_keys latency with 0, 10,000 and 100,000 "
+                                           "undelivered keys waiting")
+    from tools import bench_keys  # light: it imports the key manager only when it runs
+
+    bench_keys.add_arguments(keys)
+    keys.set_defaults(func=bench_keys.run)
 
 
 def run_netconf(args: argparse.Namespace) -> int:
