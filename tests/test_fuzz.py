@@ -169,6 +169,33 @@ def test_garbage_bytes_do_no_harm(server: ServedProcess, baseline, garbage: byte
     assert_unharmed(server, baseline)
 
 
+@FUZZ
+@given(cuts=st.lists(st.integers(1, len(GET_CONFIG) - 1), max_size=40, unique=True),
+       write_size=st.integers(1, 64))
+def test_any_chunking_and_write_split_of_a_request_is_answered(server: ServedProcess, baseline, cuts: list[int],
+                                                               write_size: int) -> None:
+    """One request cut into any chunks (down to one byte each), written in pieces of any size:
+    the reply is the same <data> as for one chunk."""
+    message = GET_CONFIG.encode()
+    bounds = [0, *sorted(cuts), len(message)]
+    framed = b"".join(b"\n#%d\n" % (b - a) + message[a:b] for a, b in zip(bounds, bounds[1:])) + b"\n##\n"
+
+    async def scenario() -> bytes:
+        channel = await Channel.open(server)
+        try:
+            for i in range(0, len(framed), write_size):
+                channel.send(framed[i : i + write_size])
+            reply = await channel.read()
+            assert reply is not None, "the session was closed instead of answered"
+            data = reply.find(f"{{{NC}}}data")
+            assert data is not None, etree.tostring(reply)
+            return etree.tostring(data, method="c14n")
+        finally:
+            channel.close()
+    assert run(scenario()) == baseline[0]
+    assert server.process.poll() is None
+
+
 # --- XML ----------------------------------------------------------------------------------
 
 def not_well_formed(text: str) -> bool:
