@@ -97,15 +97,78 @@ def _copy_kept(schema: Schema, node: etree._Element, whole: set, keep: set) -> e
     return out
 
 
-def xpath(schema: Schema, data: etree._Element, select: str, nsmap: dict[str, str]) -> etree._Element:
+# Node visits an xpath filter may be expected to cost: libyang makes some 7 million a second,
+# so an expression within the budget is answered in a second or two at most.
+XPATH_BUDGET = 10_000_000
+XPATH_COST_APP_TAG = "xpath-cost-exceeded"
+_SCAN = re.compile(r"//|\b(?:descendant|descendant-or-self|following|preceding)::")
+
+
+def xpath(schema: Schema, data: etree._Element, select: str, nsmap: dict[str, str],
+          budget: int = XPATH_BUDGET) -> etree._Element:
     """Nodes selected by an XPath 1.0 expression, with their ancestors and list keys.
     Evaluated by libyang over the whole tree; the expression's prefixes come from the
-    filter element's namespace declarations (RFC 6241 section 8.9)."""
-    expression = _to_module_prefixes(select, nsmap, schema)
-    dnode = schema.parse(data, config_only=False, validate=False)
-    out_root = etree.Element(data.tag, nsmap=data.nsmap)
+    filter element's namespace declarations (RFC 6241 section 8.9). The expression is
+    refused (too-big) when its estimated cost (`xpath_cost`) exceeds `budget`."""
+    expression = xpath_expression(schema, data, select, nsmap, budget)
+    return xpath_tree(data, xpath_select(schema, b"".join(etree.tostring(c) for c in data), expression, select))
+
+
+def xpath_expression(schema: Schema, data: etree._Element, select: str, nsmap: dict[str, str],
+                     budget: int = XPATH_BUDGET) -> str:
+    """The filter's expression with module-name prefixes, once its cost over `data` is
+    known to be within `budget`; RPCError otherwise."""
+    nodes = sum(1 for _ in data.iter())
+    scans, cost = xpath_cost(select, nodes)
+    if cost > budget:
+        raise RPCError("too-big", f"xpath filter refused: {scans} nested descendant scans over {nodes} nodes "
+                       f"may cost {nodes}^{scans} node visits, more than this server's budget of {budget}; "
+                       "use fewer '//' nested in predicates, or a subtree filter",
+                       app_tag=XPATH_COST_APP_TAG, info={"bad-element": "filter"})
+    return _to_module_prefixes(select, nsmap, schema)
+
+
+def xpath_cost(select: str, nodes: int) -> tuple[int, int]:
+    """A static upper estimate of the work of an xpath expression over `nodes` nodes: the
+    greatest number of descendant scans ('//', descendant, following, preceding axes) nested
+    one in another's predicate, and nodes to that power. A predicate runs once per node of
+    its context, which may be every node: a scan in a predicate of a scan costs n x n, and
+    the xpath bomb //*[count(//*[count(//*) > 0]) > 0] n x n x n. A scanning predicate with no
+    scan above it counts its context as one more scan (a list may hold every node)."""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "''", select)  # brackets in literals are not predicates
+    deepest = 0
+    frames = [[0, False]]  # the expression, then each open predicate: scans above it, whether it scans
+
+    def close(predicate: bool) -> None:
+        nonlocal deepest
+        above, scans = frames.pop()
+        if scans:
+            deepest = max(deepest, above + 1 + (1 if predicate and above == 0 else 0))
+
+    for match in re.finditer(r"\[|\]|" + _SCAN.pattern, text):
+        token = match.group()
+        if token == "[":
+            above, scans = frames[-1]
+            frames.append([above + (1 if scans else 0), False])
+        elif token == "]":
+            if len(frames) > 1:
+                close(predicate=True)
+        else:
+            frames[-1][1] = True
+    while len(frames) > 1:  # unbalanced: libyang will refuse it, but not before this estimate
+        close(predicate=True)
+    close(predicate=False)
+    deepest = max(deepest, 1)
+    return deepest, nodes ** deepest
+
+
+def xpath_select(schema: Schema, xml: bytes, expression: str, select: str) -> str:
+    """The nodes `expression` selects in the document `xml` (top-level data nodes), with their
+    ancestors and list keys, as libyang prints them. libyang only, no lxml: this may run in a
+    worker thread (libyang's calls release the GIL)."""
+    dnode = schema.parse_xml(xml, config_only=False, validate=False)
     if dnode is None:
-        return out_root
+        return ""
     result = ffi.new("struct lyd_node **")
     found = ffi.new("struct ly_set **")
     try:
@@ -127,14 +190,18 @@ def xpath(schema: Schema, data: etree._Element, select: str, nsmap: dict[str, st
             else:
                 result[0] = top
         lib.ly_set_free(found[0], ffi.NULL)
-        if result[0]:
-            text = print_xml(_Wrapped(result[0]))
-            wrapper = etree.fromstring(f"<w>{text}</w>")
-            out_root.extend(list(wrapper))
+        return print_xml(_Wrapped(result[0])) if result[0] else ""
     finally:
         if result[0]:
             lib.lyd_free_all(result[0])
         free_tree(dnode)
+
+
+def xpath_tree(data: etree._Element, selected_xml: str) -> etree._Element:
+    """The reply's <data> (the root of `data`) holding what `xpath_select` printed."""
+    out_root = etree.Element(data.tag, nsmap=data.nsmap)
+    if selected_xml:
+        out_root.extend(list(etree.fromstring(f"<w>{selected_xml}</w>")))
     return out_root
 
 

@@ -6,12 +6,15 @@ libyang's errors to rpc-errors (RFC 6241 Appendix A, RFC 7950 section 15).
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
 import hashlib
 import pathlib
 import re
+import sys
 import threading
+import weakref
 from dataclasses import dataclass
 
 import libyang
@@ -165,7 +168,13 @@ class Schema:
     def parse(self, root: etree._Element, *, config_only: bool, validate: bool = True) -> libyang.DNode | None:
         """Parse the children of `root`, as one document, into a libyang tree. Raises RPCError
         naming the offending node. The caller frees the returned tree (`free_tree`)."""
-        return self._parse_whole(b"".join(etree.tostring(child) for child in root), config_only, validate)
+        return self.parse_xml(b"".join(etree.tostring(child) for child in root), config_only=config_only,
+                              validate=validate)
+
+    def parse_xml(self, xml: bytes, *, config_only: bool, validate: bool = True) -> libyang.DNode | None:
+        """`parse` of top-level data nodes already serialised: libyang only, so that it may run
+        in a worker thread (libyang's calls release the GIL)."""
+        return self._parse_whole(xml, config_only, validate)
 
     def _parse_whole(self, xml: bytes, config_only: bool, validate: bool) -> libyang.DNode | None:
         if not xml:
@@ -344,6 +353,8 @@ class _ParsedSubtrees:
         self._trees: collections.OrderedDict[tuple[int, bytes], _Parsed] = collections.OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._closed = False
+        _LIVE_CACHES.add(self)
 
     def parse(self, xml: bytes, parse_flags: int, validate_flags: int = 0):
         """A new tree of `xml` (the caller frees it), or NULL for no data; RPCError if invalid."""
@@ -362,7 +373,7 @@ class _ParsedSubtrees:
             entry = self._trees.get(key)
             if entry is None:
                 tree = self.parse(xml, parse_flags)
-                if not tree or len(xml) > self.MAX_BYTES:
+                if not tree or len(xml) > self.MAX_BYTES or self._closed:
                     return tree, None
                 entry = self._trees[key] = _Parsed(tree)
                 self._bytes += len(xml)
@@ -377,10 +388,30 @@ class _ParsedSubtrees:
                 raise RPCError("operation-failed", "cannot copy a data tree")
         return dup[0], entry
 
+    def close(self) -> None:
+        """Free the cached trees and cache no more."""
+        with self._lock:
+            self._closed = True
+            for entry in self._trees.values():
+                lib.lyd_free_all(entry.tree)
+            self._trees.clear()
+            self._bytes = 0
+
     def __del__(self) -> None:
-        for entry in self._trees.values():
-            lib.lyd_free_all(entry.tree)
-        self._trees.clear()
+        # While the interpreter shuts down, the context may already be destroyed (objects go
+        # in no set order then): freeing a tree of it would crash. `_close_caches` ran before.
+        if not sys.is_finalizing():
+            self.close()
+
+
+_LIVE_CACHES: weakref.WeakSet[_ParsedSubtrees] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_caches() -> None:
+    """Free every cache's trees at exit, while every libyang context is still alive."""
+    for cache in list(_LIVE_CACHES):
+        cache.close()
 
 
 def _prints_as_pieces(dnode: libyang.DNode, root: etree._Element, pieces: list[bytes],

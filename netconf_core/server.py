@@ -17,6 +17,10 @@ import copy
 import hmac
 import logging
 import pathlib
+import socket
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -26,12 +30,12 @@ from _libyang import ffi, lib
 from lxml import etree
 
 from . import filters
-from .datastore import DATASTORES, Datastores, empty_tree, merge_state
+from .datastore import DATASTORES, Datastores, PendingRecord, empty_tree, merge_state
 from .errors import BASE_NS, RPCError
 from .nacm import Nacm, NacmConfigError, NacmCounters
 from .notifications import ReplayBuffer, Event, now
 from .schema import WD_FLAGS, Schema
-from .ssh import SERVER_OPTIONS, NetconfSubsystemChannel
+from .ssh import SERVER_OPTIONS, Listener, NetconfSubsystemChannel, TransportLimits
 from .session import BASE_10, BASE_11, MONITORING_NS, WD_NS, Session, q
 
 log = logging.getLogger(__name__)
@@ -142,17 +146,34 @@ def standard_nacm(read_write: list[str], read_only: list[str],
 
 @dataclass
 class PendingConfirm:
-    backup: etree._Element
-    session_id: int
+    """A confirmed commit waiting for its confirmation (RFC 6241 section 8.4)."""
+
+    backup: etree._Element  # the running configuration to go back to
+    deadline: float  # wall-clock (time.time()): it survives a restart
+    session_id: int  # the session that owns it; 0 for one left by the server's last run
     persist: str | None
     timer: asyncio.TimerHandle | None = None
+    reverting: bool = False
+
+    def record(self) -> PendingRecord:
+        return PendingRecord(self.backup, self.deadline, self.persist, self.session_id)
+
+
+# A revert that a change handler refused is tried again after this many seconds.
+REVERT_RETRY = 5.0
+# Worker threads per server for work that may take long (xpath filters); one per user at a time.
+EXPENSIVE_WORKERS = 2
 
 
 class NetconfServer:
     def __init__(self, schema: Schema, users: dict[str, User], *, host: str = "127.0.0.1", port: int = 0,
                  host_key: asyncssh.SSHKey | None = None, datastore_dir: pathlib.Path | str | None = None,
-                 nacm: etree._Element | None = None, replay_size: int = 1000, name: str = "netconf"):
+                 nacm: etree._Element | None = None, replay_size: int = 1000, name: str = "netconf",
+                 limits: TransportLimits | None = None):
+        """`limits`: what clients are granted (connections, sessions per user, login time,
+        message size, unsent output); see netconf_core.ssh.TransportLimits for the defaults."""
         self.schema = schema
+        self.limits = limits or TransportLimits()
         self.users = users
         self.host = host
         self.port = port
@@ -166,16 +187,26 @@ class NetconfServer:
             self.datastores.set("candidate", self.datastores["running"])
         self.sessions: dict[int, Session] = {}
         self.locks: dict[str, int] = {}
-        self.candidate_dirty_by: int | None = None
+        # Changes saved in the candidate by an earlier run belong to no session (0).
+        self.candidate_dirty_by: int | None = 0 if self.datastores.candidate_changed() else None
         self.pending: PendingConfirm | None = None
+        self._left_pending = self.datastores.load_pending()  # resumed by start(): handlers are registered then
+        self.xpath_budget = filters.XPATH_BUDGET
+        self._workers: ThreadPoolExecutor | None = None
+        self._worker_turns: dict[str, asyncio.Lock] = {}
         self.replay = ReplayBuffer(replay_size)
         self._change_handlers: list[ChangeHandler] = []
         self._state_providers: list[StateProvider] = []
         self._rpcs: dict[str, RpcHandler] = {}
         self._commit_lock = asyncio.Lock()
         self._next_session_id = 1
-        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._listener: Listener | None = None
+        self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
+        self._connections: set[asyncio.Task] = set()  # one per accepted TCP connection
+        self._user_channels: Counter[str] = Counter()  # open netconf channels per user
         self.stats = {"in-sessions": 0, "dropped-sessions": 0, "in-bad-hellos": 0}
+        # Per-session counters of the sessions that ended, so that the statistics only grow.
+        self._ended_totals = {"in-rpcs": 0, "in-bad-rpcs": 0, "out-rpc-errors": 0, "out-notifications": 0}
         self.started = now()
         self.nacm_counters = NacmCounters()
         self.nacm = self._build_nacm(self.datastores["running"])
@@ -205,19 +236,27 @@ class NetconfServer:
     # --- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        self._acceptor = await asyncssh.create_server(
-            lambda: _SSHServer(self), self.host, self.port, server_host_keys=[self.host_key], **SERVER_OPTIONS)
-        self.port = self._acceptor.sockets[0].getsockname()[1]
+        limits = self.limits
+        self._ssh_options = await asyncssh.SSHServerConnectionOptions.construct(
+            server_factory=lambda: _SSHServer(self), server_host_keys=[self.host_key],
+            **{**SERVER_OPTIONS, "login_timeout": limits.login_timeout,
+               "keepalive_interval": limits.keepalive_interval, "keepalive_count_max": 4})
+        self._listener = Listener(self.host, self.port, limits, self._accepted, self.name)
+        self.port = self._listener.port
+        self._resume_pending()
 
     async def stop(self) -> None:
         if self.pending and self.pending.timer:
             self.pending.timer.cancel()
         for session in list(self.sessions.values()):
             session.terminate()
-        if self._acceptor is not None:
-            self._acceptor.close()
-            await self._acceptor.wait_closed()
-            self._acceptor = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        connections = list(self._connections)
+        for task in connections:
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
 
     async def __aenter__(self) -> "NetconfServer":
         await self.start()
@@ -226,13 +265,38 @@ class NetconfServer:
     async def __aexit__(self, *exc) -> None:
         await self.stop()
 
+    def _accepted(self, sock: socket.socket) -> None:
+        """A TCP connection the listener admitted: SSH runs on it in a task of its own."""
+        task = asyncio.get_running_loop().create_task(self._serve_connection(sock))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _serve_connection(self, sock: socket.socket) -> None:
+        assert self._listener is not None and self._ssh_options is not None
+        listener, authenticated = self._listener, False
+        try:
+            conn = await asyncssh.run_server(sock, options=self._ssh_options)
+            authenticated = True
+            listener.authenticated()
+            try:
+                await conn.wait_closed()
+            except asyncio.CancelledError:  # stop()
+                conn.abort()
+                raise
+        except Exception as err:  # handshake or authentication failed, or the login timeout expired
+            log.debug("%s: connection ended before authentication: %r", self.name, err)
+        finally:
+            sock.close()  # asyncssh has closed it already, except when it failed before taking it
+            listener.release(authenticated)
+
     def _open_session(self, chan: asyncssh.SSHServerChannel) -> Session:
         """A new NETCONF session on an SSH channel whose netconf subsystem has started."""
         session_id = self._next_session_id
         self._next_session_id += 1
         peer = chan.get_extra_info("peername") or ("", 0)
-        session = Session(self, session_id, chan.get_extra_info("username"), chan.write, chan.close,
-                          peer=str(peer[0]))
+        chan.set_write_buffer_limits(high=self.limits.output_high_water)
+        session = Session(self, session_id, chan.get_extra_info("username"), chan, peer=str(peer[0]),
+                          limits=self.limits)
         self.sessions[session_id] = session
         self.stats["in-sessions"] += 1
         session.start()
@@ -245,14 +309,16 @@ class NetconfServer:
 
     def session_ended(self, session: Session) -> None:
         """Release what a closed or dropped session held (RFC 6241 sections 7.5, 8.3.5.2, 8.4.1)."""
-        self.sessions.pop(session.id, None)
+        if self.sessions.pop(session.id, None) is not None:
+            for key in self._ended_totals:
+                self._ended_totals[key] += getattr(session, key.replace("-", "_"))
         for datastore, owner in list(self.locks.items()):
             if owner == session.id:
                 del self.locks[datastore]
                 if datastore == "candidate" and self.candidate_dirty_by is not None:
                     self.discard_changes()
         if self.pending and self.pending.persist is None and self.pending.session_id == session.id:
-            asyncio.get_running_loop().create_task(self._rollback("the session that started it ended"))
+            self._arm(self.pending, 0, "the session that started it ended")
 
     def hello_message(self, session_id: int) -> bytes:
         hello = etree.Element(q("hello"), nsmap={None: BASE_NS})
@@ -305,9 +371,12 @@ class NetconfServer:
         try:
             if flt.get("type") == "xpath":
                 selected = filters.xpath(self.schema, root, flt.get("select", ""),
-                                         {k: v for k, v in flt.nsmap.items() if k})
+                                         {k: v for k, v in flt.nsmap.items() if k}, self.xpath_budget)
             else:
                 selected = filters.subtree(self.schema, root, list(flt))
+        except RPCError as err:  # a bad or too costly filter: this subscriber misses the event, not the others
+            log.info("%s: subscription filter not applied to %s: %s", self.name, event.name, err)
+            return False
         finally:
             root.remove(event.content)
         return len(selected) > 0
@@ -348,19 +417,25 @@ class NetconfServer:
         it; returns the running configuration it replaced."""
         return await self.edit_running(lambda before: tree, session)
 
-    async def edit_running(self, edit: Callable[[etree._Element], etree._Element],
-                           session: Session | None) -> etree._Element:
+    async def edit_running(self, edit: Callable[[etree._Element], etree._Element], session: Session | None,
+                           next_pending: Callable[[etree._Element], PendingConfirm | None] | None = None,
+                           ) -> etree._Element:
         """Make `edit(running)` (a validated tree) the running configuration, after every change
         handler accepted it; returns the running configuration it replaced. The edit is made
         under the commit lock, from running as it is then: an edit that waited while another
-        client's commit ran applies to that commit's result instead of undoing it."""
+        client's commit ran applies to that commit's result instead of undoing it. With
+        `next_pending` (commit, rollback), `next_pending(running)` is the pending confirmed
+        commit from then on, installed with the new running."""
         async with self._commit_lock:
             before = self.datastores["running"]
             tree = edit(before)
             nacm = self._nacm_for(tree)
             for handler in self._change_handlers:
                 await handler(before, tree)
-            self._install_running(tree, nacm)
+            if next_pending is None:
+                self._install_running(tree, nacm)
+            else:
+                self._install_with_pending(tree, nacm, next_pending(before))
         await self._config_change_notification(session)
         return before
 
@@ -396,6 +471,21 @@ class NetconfServer:
         if self.candidate_dirty_by is None:
             self.datastores.set("candidate", tree)
 
+    def _install_with_pending(self, tree: etree._Element, nacm: Nacm, pending: PendingConfirm | None) -> None:
+        """Running and the pending confirmed commit change together. On disk a new pending
+        commit is written before running and an old one removed after it: a crash in between
+        leaves a revert to do, never an unconfirmed configuration that nothing reverts."""
+        if pending is not None:
+            self.datastores.save_pending(pending.record())
+        self._install_running(tree, nacm)
+        if pending is None:
+            self.datastores.clear_pending()
+        old, self.pending = self.pending, pending
+        if old is not None and old.timer is not None:
+            old.timer.cancel()
+        if pending is not None:
+            self._arm(pending, pending.deadline - time.time(), "the confirm-timeout expired")
+
     async def _config_change_notification(self, session: Session | None) -> None:
         change = etree.Element(f"{{{NC_NOTIF_NS}}}netconf-config-change", nsmap={None: NC_NOTIF_NS})
         by = etree.SubElement(change, f"{{{NC_NOTIF_NS}}}changed-by")
@@ -420,19 +510,20 @@ class NetconfServer:
                 raise RPCError("invalid-value", "a persistent confirmed commit is pending: give its persist-id",
                                type="protocol", info={"bad-element": "persist-id"})
             if pending.session_id != session.id:
-                raise RPCError("in-use", f"a confirmed commit of session {pending.session_id} is pending",
+                raise RPCError("in-use", f"a confirmed commit of {_owner(pending)} is pending",
                                type="protocol", info={"session-id": str(pending.session_id)})
-        candidate = self.schema.canonical(self.datastores["candidate"], config_only=True)
-        replaced = await self.commit_running(candidate, session)
-        backup = pending.backup if pending else replaced
-        self.candidate_dirty_by = None
-        if pending and pending.timer:
-            pending.timer.cancel()
-        self.pending = None
-        if confirmed:
-            self.pending = PendingConfirm(backup, session.id, persist)
-            self.pending.timer = asyncio.get_running_loop().call_later(
-                timeout, lambda: asyncio.ensure_future(self._rollback("the confirm-timeout expired")))
+        source = self.datastores["candidate"]
+        candidate = self.schema.canonical(source, config_only=True)
+
+        def next_pending(before: etree._Element) -> PendingConfirm | None:
+            if not confirmed:
+                return None
+            # A confirmed commit that follows one still pending keeps the first one's backup.
+            backup = self.pending.backup if self.pending else before
+            return PendingConfirm(backup, time.time() + timeout, session.id, persist)
+        await self.edit_running(lambda before: candidate, session, next_pending)
+        if self.datastores["candidate"] is source:  # no edit of the candidate came in meanwhile
+            self.discard_changes()
 
     async def cancel_commit(self, session: Session, persist_id: str | None) -> None:
         pending = self.pending
@@ -442,19 +533,73 @@ class NetconfServer:
             raise RPCError("invalid-value", "cancel-commit needs the persist-id of the pending commit",
                            type="protocol", info={"bad-element": "persist-id"})
         if pending.persist is None and pending.session_id != session.id:
-            raise RPCError("in-use", f"the pending confirmed commit belongs to session {pending.session_id}",
+            raise RPCError("in-use", f"the pending confirmed commit belongs to {_owner(pending)}",
                            type="protocol", info={"session-id": str(pending.session_id)})
         await self._rollback("cancel-commit")
 
-    async def _rollback(self, why: str) -> None:
-        pending, self.pending = self.pending, None
-        if pending is None:
+    def _resume_pending(self) -> None:
+        """The confirmed commit left pending by the server's last run (RFC 6241 section 8.4.1):
+        a persistent one waits again for its persist-id until its deadline, which may have
+        passed already; a non-persistent one is reverted at once, its session being gone."""
+        record, self._left_pending = self._left_pending, None
+        if record is None:
             return
-        if pending.timer:
+        self.pending = PendingConfirm(record.backup, record.deadline, 0, record.persist)
+        if record.persist is None:
+            self._arm(self.pending, 0, f"session {record.session_id}, which started it, ended with the last run")
+        else:
+            self._arm(self.pending, record.deadline - time.time(), "the confirm-timeout expired")
+
+    def _arm(self, pending: PendingConfirm, delay: float, why: str) -> None:
+        """Revert `pending` after `delay` seconds, unless it is confirmed or cancelled before."""
+        if pending.timer is not None:
             pending.timer.cancel()
+        pending.timer = asyncio.get_running_loop().call_later(
+            max(delay, 0.0), lambda: asyncio.ensure_future(self._revert(pending, why)))
+
+    async def _revert(self, pending: PendingConfirm, why: str) -> None:
+        """The timer's revert. One that a change handler refused is tried again later: the
+        unconfirmed configuration must not stay."""
+        if self.pending is not pending:
+            return
+        try:
+            await self._rollback(why)
+        except Exception as err:  # RPCError from a handler, or a bug: the revert is still owed
+            log.error("%s: cannot roll back the confirmed commit (%s), trying again in %.0f s: %s",
+                      self.name, why, REVERT_RETRY, err)
+            if self.pending is pending:
+                self._arm(pending, REVERT_RETRY, why)
+
+    async def _rollback(self, why: str) -> None:
+        """Put the backup of the pending confirmed commit back in running, through the change
+        handlers; on failure (a handler refused it) nothing changes and the commit stays pending."""
+        pending = self.pending
+        if pending is None or pending.reverting:
+            return
+        def backup(before: etree._Element) -> etree._Element:
+            if self.pending is not pending:  # confirmed (or reverted) while this waited for the lock
+                raise _Superseded
+            return pending.backup
         log.info("%s: rolling back the confirmed commit: %s", self.name, why)
-        await self.commit_running(pending.backup, None)
+        pending.reverting = True
+        try:
+            await self.edit_running(backup, None, lambda before: None)
+        except _Superseded:
+            return
+        finally:
+            pending.reverting = False
         self.discard_changes()
+
+    async def run_expensive(self, session: Session, work: Callable, *args):
+        """`work(*args)` in a worker thread of this server, for libyang work that may take long
+        (its calls release the GIL): the event loop, which carries every server of the
+        process, serves the other sessions meanwhile. A few workers per server, and one turn
+        at a time per user, so that one user cannot occupy them all."""
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(EXPENSIVE_WORKERS, thread_name_prefix=f"{self.name}-work")
+        turn = self._worker_turns.setdefault(session.username, asyncio.Lock())
+        async with turn:
+            return await asyncio.get_running_loop().run_in_executor(self._workers, work, *args)
 
     # --- get --------------------------------------------------------------
 
@@ -536,7 +681,7 @@ class NetconfServer:
         etree.SubElement(stats, m("netconf-start-time")).text = self.started.isoformat()
         for tag in ("in-bad-hellos", "in-sessions", "dropped-sessions"):
             etree.SubElement(stats, m(tag)).text = str(self.stats[tag])
-        totals = {"in-rpcs": 0, "in-bad-rpcs": 0, "out-rpc-errors": 0, "out-notifications": 0}
+        totals = dict(self._ended_totals)
         for s in self.sessions.values():
             for key in totals:
                 totals[key] += getattr(s, key.replace("-", "_"))
@@ -652,16 +797,27 @@ class NetconfServer:
         return current
 
 
+class _Superseded(Exception):
+    """A rollback found its confirmed commit no longer pending once its turn came."""
+
+
+def _owner(pending: PendingConfirm) -> str:
+    return f"session {pending.session_id}" if pending.session_id else "the server's last run"
+
+
 def _is_key(info, element: etree._Element) -> bool:
     return etree.QName(element).localname in info.keys
 
 
 class _NetconfChannel(NetconfSubsystemChannel):
-    """One netconf subsystem channel: its bytes go to a session."""
+    """One netconf subsystem channel: its bytes go to a session, and the channel's flow control
+    (its write buffer's high-water mark) holds the session's requests back."""
 
-    def __init__(self, server: NetconfServer):
+    def __init__(self, server: NetconfServer, username: str):
         self.server = server
+        self.username = username
         self.session: Session | None = None
+        server._user_channels[username] += 1
 
     def session_started(self) -> None:
         assert self.chan is not None
@@ -674,9 +830,22 @@ class _NetconfChannel(NetconfSubsystemChannel):
     def eof_received(self) -> bool:
         return False  # the client is done: close the channel
 
+    def pause_writing(self) -> None:
+        if self.session is not None:
+            self.session.pause_output()
+
+    def resume_writing(self) -> None:
+        if self.session is not None:
+            self.session.resume_output()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        channels = self.server._user_channels
+        channels[self.username] -= 1
+        if channels[self.username] <= 0:
+            del channels[self.username]
         if self.session is not None:
             self.server._channel_lost(self.session)
+            self.session = None  # nothing of the session outlives its channel here
 
 
 class _SSHServer(asyncssh.SSHServer):
@@ -705,4 +874,11 @@ class _SSHServer(asyncssh.SSHServer):
         return True
 
     def session_requested(self) -> _NetconfChannel:
-        return _NetconfChannel(self.server)
+        assert self.conn is not None
+        username = self.conn.get_extra_info("username")
+        limit = self.server.limits.max_sessions_per_user
+        if self.server._user_channels[username] >= limit:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"user '{username}' already has {limit} NETCONF sessions on this server, its limit")
+        return _NetconfChannel(self.server, username)

@@ -1,11 +1,11 @@
 """One NETCONF session: hello, framing, and the protocol operations of RFC 6241,
 RFC 5277, RFC 6022 and RFC 6243. Transport-agnostic: it is fed bytes and given a
-function to write bytes and one to close the transport."""
+Transport to write to, close, and hold back (flow control)."""
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Protocol
 
 from lxml import etree
 
@@ -15,6 +15,7 @@ from .edit import apply_edit
 from .errors import BASE_NS, RPCError, RPCErrorList
 from .framing import FrameReader, FramingError, encode
 from .schema import qualified_path
+from .ssh import TransportLimits
 from .notifications import NOTIF_NS, STREAM, Subscription, control_event, now, parse_time
 
 if TYPE_CHECKING:
@@ -34,16 +35,27 @@ def q(tag: str) -> str:
     return f"{{{BASE_NS}}}{tag}"
 
 
+class Transport(Protocol):
+    """What a session needs of its transport (an asyncssh channel has all of it)."""
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...  # after the buffered output is sent
+    def abort(self) -> None: ...  # at once, buffered output dropped
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+
+
 class Session:
-    def __init__(self, server: "NetconfServer", session_id: int, username: str,
-                 write: Callable[[bytes], None], close: Callable[[], None], peer: str = ""):
+    def __init__(self, server: "NetconfServer", session_id: int, username: str, transport: Transport,
+                 peer: str = "", limits: TransportLimits = TransportLimits()):
         self.server = server
         self.id = session_id
         self.username = username
         self.peer = peer
-        self._write = write
-        self._close = close
-        self.reader = FrameReader()
+        self.limits = limits
+        self._transport = transport
+        self.reader = FrameReader(limits.max_message, limits.max_chunks)
         self.hello_done = False
         self.chunked = False
         self.closed = False
@@ -54,9 +66,20 @@ class Session:
         self.out_rpc_errors = 0
         self.out_notifications = 0
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._reading_paused = False
+        self._output_open = asyncio.Event()  # cleared while the client does not read its replies
+        self._output_open.set()
+        self._stall_check: asyncio.TimerHandle | None = None
         self._worker = asyncio.get_running_loop().create_task(self._work())
 
     # --- transport side ---------------------------------------------------
+    #
+    # Flow control both ways: requests wait while the transport holds more than
+    # output_high_water unsent bytes (the transport calls pause_output/resume_output), and
+    # reading pauses while max_queued_requests wait, so that a client that sends and does not
+    # read is held back by SSH flow control instead of growing the process. A session whose
+    # unsent output passes output_hard_limit, or makes no progress for output_stall_timeout
+    # while paused, is dropped.
 
     def start(self) -> None:
         self.send(self.server.hello_message(self.id))
@@ -69,26 +92,80 @@ class Session:
             while (message := self.reader.next_message()) is not None:
                 if not self.hello_done:
                     self._receive_hello(message)
+                    if self.closed:
+                        return
                 else:
                     self._queue.put_nowait(message)
         except FramingError as err:
-            log.info("session %d: framing error, closing: %s", self.id, err)
-            self.terminate()
+            self.in_bad_rpcs += 1
+            self.drop(f"framing error: {err}")
+            return
+        if not self._reading_paused and self._queue.qsize() >= self.limits.max_queued_requests:
+            self._reading_paused = True
+            self._transport.pause_reading()
 
     def connection_lost(self) -> None:
         if not self.closed:
             self.closed = True
+            self.reader.clear()
+            while not self._queue.empty():  # nobody is left to answer them: free them now
+                self._queue.get_nowait()
             self._queue.put_nowait(None)
+            self._output_open.set()
+            if self._stall_check is not None:
+                self._stall_check.cancel()
+                self._stall_check = None
             self.server.session_ended(self)
 
     def terminate(self) -> None:
         """Close the session from the server side (close-session, kill-session, fatal errors)."""
         self.connection_lost()
-        self._close()
+        self._transport.close()
+
+    def drop(self, why: str) -> None:
+        """End the session abnormally (broken framing, a client that does not read): one log
+        line, counted in dropped-sessions, unsent output discarded."""
+        if self.closed:
+            return
+        log.info("session %d (%s): %s; closing", self.id, self.username, why)
+        self.server.stats["dropped-sessions"] += 1
+        self.connection_lost()
+        self._transport.abort()
 
     def send(self, message: bytes) -> None:
-        if not self.closed:
-            self._write(encode(message, self.chunked))
+        if self.closed:
+            return
+        unsent = self._transport.get_write_buffer_size()
+        if unsent > self.limits.output_hard_limit:
+            self.drop(f"the client does not read: {unsent} bytes unsent")
+            return
+        self._transport.write(encode(message, self.chunked))
+
+    def pause_output(self) -> None:
+        """The transport's buffer passed its high-water mark: the client is not reading."""
+        self._output_open.clear()
+        if self._stall_check is None and not self.closed:
+            self._schedule_stall_check(self._transport.get_write_buffer_size())
+
+    def resume_output(self) -> None:
+        self._output_open.set()
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+            self._stall_check = None
+
+    def _schedule_stall_check(self, unsent: int) -> None:
+        self._stall_check = asyncio.get_running_loop().call_later(
+            self.limits.output_stall_timeout, self._check_stall, unsent)
+
+    def _check_stall(self, unsent_before: int) -> None:
+        self._stall_check = None
+        if self.closed or self._output_open.is_set():
+            return
+        unsent = self._transport.get_write_buffer_size()
+        if unsent >= unsent_before:
+            self.drop(f"the client read nothing for {self.limits.output_stall_timeout:.0f} s, {unsent} bytes unsent")
+        else:
+            self._schedule_stall_check(unsent)
 
     def _receive_hello(self, message: bytes) -> None:
         try:
@@ -109,10 +186,20 @@ class Session:
             self.reader.switch_to_chunked()
 
     async def _work(self) -> None:
-        while (message := await self._queue.get()) is not None:
+        # Requests still queued when the session closes are dropped: no one is left to answer.
+        while (message := await self._queue.get()) is not None and not self.closed:
+            if self._reading_paused and self._queue.qsize() <= self.limits.max_queued_requests // 2:
+                self._reading_paused = False
+                self._transport.resume_reading()
+            await self._output_open.wait()  # back-pressure: no new reply while the client lags
+            if self.closed:
+                return
             try:
                 reply = await self._handle(message)
-            except Exception:  # a bug must not take the process down: answer and go on
+            except Exception as err:  # a bug must not take the process down: answer and go on
+                if self.closed:  # the session ended under the handler (a server stopping)
+                    log.debug("session %d: request abandoned as the session closed: %r", self.id, err)
+                    return
                 log.exception("session %d: internal error", self.id)
                 reply = self._error_reply(None, RPCError("operation-failed", "internal server error"))
             if reply is not None:
@@ -146,6 +233,8 @@ class Session:
         except RPCError as err:
             self.in_bad_rpcs += 1
             return self._error_reply(rpc, err)
+        except ConnectionError as err:  # a server this one relies on went away (e.g. a stack stopping)
+            return self._error_reply(rpc, RPCError("operation-failed", str(err)))
         reply = self._reply(rpc)
         if body is None:
             etree.SubElement(reply, q("ok"))
@@ -240,8 +329,10 @@ class Session:
                            info={"bad-element": "with-defaults"})
         return mode
 
-    def _filtered(self, operation: etree._Element, tree: etree._Element, config_only: bool) -> etree._Element | bytes:
-        """The reply's <data>: an element, or already serialised (a subtree filter's)."""
+    async def _filtered(self, operation: etree._Element, tree: etree._Element,
+                        config_only: bool) -> etree._Element | bytes:
+        """The reply's <data>: an element, or already serialised (a subtree filter's). An xpath
+        filter over budget is refused; one within it is evaluated in a worker thread."""
         server = self.server
         tree = server.nacm_prune(self, tree)
         tree = server.with_defaults(tree, self._with_defaults(operation), config_only)
@@ -256,7 +347,11 @@ class Session:
             if select is None:
                 raise RPCError("missing-attribute", "an xpath filter needs a select attribute", type="protocol",
                                info={"bad-attribute": "select", "bad-element": "filter"})
-            return filters.xpath(server.schema, tree, select, {k: v for k, v in flt.nsmap.items() if k})
+            expression = filters.xpath_expression(server.schema, tree, select,
+                                                  {k: v for k, v in flt.nsmap.items() if k}, server.xpath_budget)
+            xml = b"".join(etree.tostring(child) for child in tree)
+            selected = await server.run_expensive(self, filters.xpath_select, server.schema, xml, expression, select)
+            return filters.xpath_tree(tree, selected)
         raise RPCError("bad-attribute", f"filter type '{kind}' is neither subtree nor xpath", type="protocol",
                        info={"bad-attribute": "type", "bad-element": "filter"})
 
@@ -335,13 +430,13 @@ async def op_get(s: Session, op):
     if flt is not None and flt.get("type", "subtree") == "subtree":
         namespaces = {etree.QName(c).namespace for c in flt if isinstance(c.tag, str)}
         namespaces = None if "" in namespaces or None in namespaces else namespaces
-    return s._filtered(op, await s.server.operational_tree(namespaces), config_only=False)
+    return await s._filtered(op, await s.server.operational_tree(namespaces), config_only=False)
 
 
 async def op_get_config(s: Session, op):
     source = s._datastore(op, "source")
     s.server.require_datastore(source)
-    return s._filtered(op, s.server.datastores[source], config_only=True)  # NACM pruning copies it
+    return await s._filtered(op, s.server.datastores[source], config_only=True)  # NACM pruning copies it
 
 
 async def op_edit_config(s: Session, op):

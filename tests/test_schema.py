@@ -100,3 +100,42 @@ def test_what_comes_out_is_what_a_whole_parse_prints(schema, children):
     for _ in range(2):  # the second time, every piece is a copy
         out = schema.canonical(tree(*children), config_only=True)
         assert b"".join(etree.tostring(c) for c in out) == whole_document_print(schema, tree(*children))
+
+
+def test_a_closed_cache_frees_its_trees_and_validation_goes_on(tmp_path):
+    """What the exit hook does before libyang's contexts go: after it, nothing is cached and
+    nothing is freed twice."""
+    (tmp_path / "qs-schema-cache.yang").write_text(MODULE)
+    own = Schema(["qs-schema-cache"], [tmp_path])
+    own.canonical(tree(POOLS_AB, POLICY_B), config_only=True)
+    assert own._subtrees._trees
+    own._subtrees.close()
+    assert not own._subtrees._trees
+    out = own.canonical(tree(POOLS_AB, POLICY_B), config_only=True)
+    assert b"".join(etree.tostring(c) for c in out) == whole_document_print(own, tree(POOLS_AB, POLICY_B))
+    assert not own._subtrees._trees
+    with pytest.raises(RPCError):
+        own.canonical(tree(POOLS_A, "<policy<sc>><default-pool>b</default-pool></policy>"), config_only=True)
+
+
+def test_a_server_failing_at_start_up_exits_cleanly(tmp_path):
+    """Parsed trees were cached (a valid running) when start-up fails (a damaged startup):
+    the process exits with its error, never a crash while the interpreter shuts down."""
+    import subprocess
+    import sys
+
+    from conftest import ENGINE_NS, TEST_YANG
+    base = "urn:ietf:params:xml:ns:netconf:base:1.0"
+    (tmp_path / "running.xml").write_text(f'<data xmlns="{base}"><system xmlns="{ENGINE_NS}">'
+                                          "<hostname>cached</hostname></system></data>")
+    (tmp_path / "startup.xml").write_text(f'<data xmlns="{base}"><system xmlns="{ENGINE_NS}"><mtu>5</mtu>'
+                                          "</system></data>")
+    qstrata = str(pathlib.Path(sys.executable).with_name("qstrata"))
+    codes = []
+    for _ in range(12):
+        result = subprocess.run([qstrata, "serve", "--yang", str(TEST_YANG), "--module", "qs-engine-test",
+                                 "--port", "0", "--password=x", "--datastore-dir", str(tmp_path)],
+                                capture_output=True, text=True, timeout=60)
+        codes.append(result.returncode)
+    assert codes == [2] * 12, codes
+    assert "startup.xml: invalid startup configuration" in result.stderr and "Traceback" not in result.stderr

@@ -4,10 +4,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import pathlib
+import re
 import secrets
+import sys
 
+import libyang
+
+from netconf_core.datastore import DatastoreError
 from netconf_core.schema import Schema
 from netconf_core.server import NetconfServer, User, standard_nacm
+from netconf_core.yangdirs import SEARCH_DIRS
 from tools.running import until_stopped
 
 
@@ -36,10 +42,29 @@ def run(args: argparse.Namespace) -> int:
         name, _, secret = spec.partition(":")
         users[name] = User(password=secret)
         readers.append(name)
-    schema = Schema(args.module, [pathlib.Path(d) for d in args.yang])
-    server = NetconfServer(schema, users, host=args.host, port=args.port, datastore_dir=args.datastore_dir,
-                           nacm=standard_nacm([args.user], readers), name="qstrata-serve")
+    yang_dirs = [pathlib.Path(d) for d in args.yang]
+    try:
+        schema = Schema(args.module, yang_dirs)
+    except libyang.LibyangError as err:
+        print(f"qstrata serve: {_load_error(err, [*yang_dirs, *SEARCH_DIRS])}", file=sys.stderr)
+        return 2
+    try:
+        server = NetconfServer(schema, users, host=args.host, port=args.port, datastore_dir=args.datastore_dir,
+                               nacm=standard_nacm([args.user], readers), name="qstrata-serve")
+    except DatastoreError as err:  # a damaged file in --datastore-dir: its name and what is wrong
+        print(f"qstrata serve: {err}", file=sys.stderr)
+        return 2
     return asyncio.run(_serve(server, args.user, password))
+
+
+def _load_error(err: libyang.LibyangError, dirs: list[pathlib.Path]) -> str:
+    """What went wrong loading the modules: the module libyang did not find (one asked for, or
+    one they import) and where it looked, or libyang's own message."""
+    missing = re.search(r'Data model "([^"]+)" not found', str(err))
+    if missing is None:
+        return f"cannot load the modules: {err}"
+    return (f"module {missing.group(1)} not found; looked in {', '.join(str(d) for d in dirs)} "
+            "(add its directory with --yang DIR)")
 
 
 async def _serve(server: NetconfServer, user: str, password: str) -> int:
