@@ -1,5 +1,5 @@
 # make demo: set up (venv, system packages) and run the demo on the embedded default network.
-# make test: set up and run the whole test suite.
+# make test: set up, check the import fence between the levels (lint-imports), run the whole test suite.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 APT_PKGS := libyang2-dev libyang2-tools yangcli netconfd openssh-server gcc python3-venv bsdutils
@@ -30,6 +30,7 @@ demo: system-packages $(STAMP)
 	$(VENV)/bin/qstrata demo
 
 test: system-packages $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -10,10 +10,8 @@ from typing import Callable, ClassVar
 
 from lxml import etree
 
-from controller.southbound import DeviceLink, Endpoint, transaction
-from devices.base import schema_for
-from netconf_core.errors import RPCError
-from netconf_core.server import NetconfServer, User, standard_nacm
+from netconf_core import (DeviceLink, Endpoint, NetconfServer, RPCError, User, schema_for, standard_nacm,
+                         transaction)
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +116,7 @@ class Controller:
             log.warning("%s: the discovered topology does not fit the configured requests: %s", self.name, err)
 
     async def transaction(self, edits: dict[str, etree._Element], confirm_timeout: int = 30) -> None:
-        """One change over several devices, by device name (see southbound.transaction)."""
+        """One change over several devices, by device name (see netconf_core.link.transaction)."""
         await transaction({self.links[name]: config for name, config in edits.items()}, confirm_timeout)
 
     # --- hooks for the stratum controllers ---------------------------------------------

@@ -44,11 +44,11 @@ from dataclasses import dataclass, field
 import networkx as nx
 from lxml import etree
 
+from controller.alarms import LINK_NS, AlarmList, AlarmType, link_resource, resource_link
 from controller.base import Controller, qname as _q, same_content, sub_element as _sub
-from controller.southbound import (DeviceLink, Endpoint, IncompatibleDevice, TransactionError,
-                                   implemented_modules)
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.link import DeviceLink, Endpoint, IncompatibleDevice, TransactionError, implemented_modules
 from netconf_core.server import User
 
 log = logging.getLogger(__name__)
@@ -460,11 +460,19 @@ class Placement:
     reason: str
 
 
+SPAN_ALARMS = {  # identities of qi-alarms
+    "span-cut": AlarmType("span-cut", "urn:qstrata:yang:qi-alarms", "qi-al", "A fibre span is cut."),
+    "span-tapped": AlarmType("span-tapped", "urn:qstrata:yang:qi-alarms", "qi-al",
+                             "An eavesdropper intercepts pulses on a fibre span.", ("critical",)),
+}
+
+
 # --- the controller ---------------------------------------------------------------------------
 
 class ConnectivityController(Controller):
     kind = "connectivity-controller"
-    modules = ("qi-connectivity", "qi-types")  # qi-types implemented: its fault identities are used
+    # qi-types implemented: its fault identities are used; ietf-alarms and qi-alarms: the alarm list
+    modules = ("qi-connectivity", "qi-types", "ietf-alarms", "qi-alarms")
     device_modules = ()  # the plant needs qi-fibre-plant, a switch qi-optical-switch: checked on connect
 
     def __init__(self, name: str, devices: list[Endpoint], users: dict[str, User], **kwargs):
@@ -477,6 +485,7 @@ class ConnectivityController(Controller):
         self._deleted: set[str] = set()  # deleted paths: an unreachable switch may still hold their cross-connects
         self._lock = asyncio.Lock()  # placements; switch writes and switch reads
         self.synced = asyncio.Event()  # every device read and the topology in running
+        self.alarm_list = AlarmList(list(SPAN_ALARMS.values()), LINK_NS, self.server.notify)
         for action, handler in (("cut", self._cut), ("repair", self._repair),
                                 ("attach-eavesdropper", self._attach_eavesdropper),
                                 ("remove-eavesdropper", self._remove_eavesdropper)):
@@ -497,6 +506,7 @@ class ConnectivityController(Controller):
         elif SWITCH_MODULE not in modules:
             raise IncompatibleDevice(f"device {link.name} implements neither {PLANT_MODULE} nor {SWITCH_MODULE}")
         await self._read_device(link)
+        await self._update_alarms()
         await self._publish_topology()
         await self.reconcile()
 
@@ -512,6 +522,7 @@ class ConnectivityController(Controller):
             was_up = span.up
             span.up = event.findtext(_q(FP, "status")) != "cut"
             span.eavesdropper = float(event.findtext(_q(FP, "eavesdropper-fraction")) or 0.0)
+            await self._update_alarms()
             await self._span_changed(span, was_up)
         elif event.tag == _q(OSW, "port-status-change"):
             switch = self.fibre.switches.get(event.findtext(_q(OSW, "switch-id")) or "")
@@ -526,6 +537,7 @@ class ConnectivityController(Controller):
         for link in self.links.values():
             if link.status == "connected" and link.name in self._synced:
                 await self._read_device(link)
+        await self._update_alarms()
         await self._publish_topology()
         await self.reconcile()
 
@@ -761,10 +773,30 @@ class ConnectivityController(Controller):
 
     # --- northbound state ---------------------------------------------------------------------
 
+    async def _update_alarms(self) -> None:
+        """The alarm list says which spans are cut or tapped now (RFC 8632: alarms are state)."""
+        raised = {}
+        for span in self.fibre.spans.values():
+            resource = link_resource(NETWORK_ID, span.id)
+            if not span.up:
+                raised[(resource, "span-cut")] = ("major", f"span {span.id} is cut")
+            if span.eavesdropper > 0:
+                raised[(resource, "span-tapped")] = (
+                    "critical", f"span {span.id} is tapped: {span.eavesdropper:.3f} of the pulses intercepted")
+
+        def cleared(alarm) -> str:
+            span_id = resource_link(alarm.resource)
+            if span_id not in self.fibre.spans:
+                return f"span {span_id} is no longer in the fibre plant"
+            repaired = alarm.alarm_type.identity == "span-cut"
+            return f"span {span_id} " + ("is repaired" if repaired else "is no longer tapped")
+        await self.alarm_list.update(raised, cleared)
+
     async def state(self) -> etree._Element | None:
-        if _fibre_network(self.server.datastores["running"]) is None:
-            return None
         data = empty_tree()
+        data.append(self.alarm_list.state())
+        if _fibre_network(self.server.datastores["running"]) is None:
+            return data
         network = _sub(_sub(data, NW, "networks"), NW, "network")
         _sub(network, NW, "network-id", NETWORK_ID)
         usable = self._usable_switches()

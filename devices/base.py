@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import pathlib
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -17,23 +16,11 @@ from lxml import etree
 
 from devices.keystore import KeyNetwork
 from devices.twin import PlantChange, Twin
+from netconf_core import NetconfServer, Schema, User, schema_for, standard_nacm
 from netconf_core.datastore import empty_tree
-from netconf_core.schema import Schema
-from netconf_core.server import NetconfServer, User, standard_nacm
 
 ADMIN_USER = "admin"
 MONITOR_USER = "monitor"
-
-
-# Identity values are only valid when the module defining the identity is implemented.
-IDENTITY_MODULES = ("qi-types", "etsi-qkd-node-types")
-
-
-@functools.lru_cache(maxsize=None)
-def schema_for(modules: tuple[str, ...]) -> Schema:
-    """One libyang context per set of modules, shared by every device and controller that
-    serves that set."""
-    return Schema(list(dict.fromkeys(IDENTITY_MODULES + modules)))
 
 
 @dataclass

@@ -36,9 +36,9 @@ from typing import Awaitable, Callable
 import asyncssh
 from lxml import etree
 
-from controller.southbound import DeviceLink, Endpoint
 from netconf_core.client import SessionClosedError
 from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.link import DeviceLink, Endpoint
 from orchestrator.federation import SEGMENT_TIMEOUT, Segment, SegmentReply
 from orchestrator.federation_agent import Advertisement, DomainResources, ExternalLink, FederationAgent, Node, Sae
 from orchestrator.intents import INT_NS, IntentSpec, intent_elements

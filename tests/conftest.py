@@ -16,11 +16,9 @@ from dataclasses import dataclass
 import pytest
 from ncclient import manager
 
-from controller.southbound import Endpoint
 from devices.host import DeviceHost
 from devices.topology import Topology
-from netconf_core.schema import Schema
-from netconf_core.server import NetconfServer, User, standard_nacm
+from netconf_core import Endpoint, NetconfServer, Schema, User, standard_nacm
 
 TEST_YANG = pathlib.Path(__file__).parent / "yang"
 ENGINE_NS = "urn:qstrata:yang:qs-engine-test"

@@ -1,12 +1,14 @@
 """The asyncio NETCONF client against a third-party server: yuma123 netconfd behind OpenSSH.
 
 One netconfd (candidate target) serves the module tests; tests that freeze, kill or
-reconfigure the server start their own. Each test uses its own list entries, so the
-order of tests does not matter.
+reconfigure the server start their own. Each test uses its own list entries, and the
+netconfd fixture discards whatever the previous test left in the candidate (or pending as
+a confirmed commit), so the order of tests does not matter.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Coroutine, Iterator
@@ -27,6 +29,7 @@ YANG_DIR = Path(__file__).parent / "yang"
 QST = "urn:qstrata:test"
 NC_NOTIFICATIONS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
 SETTINGS = f'<settings xmlns="{QST}"/>'
+PERSIST_ID = "qs-cc"   # the persistent confirmed commit of one test
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -58,9 +61,46 @@ async def commit_items(nc: NetconfClient, **values: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def netconfd() -> Iterator[NetconfdServer]:
+def shared_netconfd() -> Iterator[NetconfdServer]:
     with NetconfdServer(modules=["qs-test"], yang_dirs=[YANG_DIR]) as srv:
         yield srv
+
+
+async def leave_nothing_pending(netconfd: NetconfdServer) -> None:
+    """Undo what a test that failed or timed out half-way may have left behind: an edited
+    candidate (netconfd then refuses to lock it, and the next commit would take the edit
+    along) or its persistent confirmed commit."""
+    async with await connect(netconfd) as nc:
+        with contextlib.suppress(RPCError):   # none pending: the usual case
+            await nc.cancel_commit(persist_id=PERSIST_ID)
+        await nc.discard_changes()
+
+
+@pytest.fixture
+def netconfd(shared_netconfd: NetconfdServer) -> NetconfdServer:
+    """The module's netconfd with nothing pending from the previous test."""
+    run(leave_nothing_pending(shared_netconfd))
+    return shared_netconfd
+
+
+def test_what_a_broken_off_test_leaves_pending_is_undone_for_the_next(netconfd: NetconfdServer) -> None:
+    async def scenario() -> None:
+        async with await connect(netconfd) as nc:   # a test cut short after these two steps
+            await nc.edit_config(f'<settings xmlns="{QST}"><item><name>cc</name></item></settings>',
+                                 target="candidate")
+            await nc.commit(confirmed=True, timeout=120, persist=PERSIST_ID)
+            await nc.edit_config(f'<settings xmlns="{QST}"><item><name>left</name></item></settings>',
+                                 target="candidate")
+        async with await connect(netconfd) as nc:
+            with pytest.raises(RPCError, match="discard-changes needed"):
+                await nc.lock("candidate")
+        await leave_nothing_pending(netconfd)
+        async with await connect(netconfd) as nc:
+            await nc.lock("candidate")
+            await nc.unlock("candidate")
+            assert items(await nc.get_config(filter=item_filter("cc"))) == {}
+            assert items(await nc.get_config("candidate", filter=item_filter("left"))) == {}
+    run(scenario())
 
 
 def test_hello_negotiates_base11_and_reads_capabilities(netconfd: NetconfdServer) -> None:
@@ -136,9 +176,9 @@ def test_confirmed_commit_cancelled_rolls_running_back(netconfd: NetconfdServer)
         async with await connect(netconfd) as nc:
             await nc.edit_config(f'<settings xmlns="{QST}"><item><name>cc</name></item></settings>',
                                  target="candidate")
-            await nc.commit(confirmed=True, timeout=120, persist="qs-cc")
+            await nc.commit(confirmed=True, timeout=120, persist=PERSIST_ID)
             assert items(await nc.get_config(filter=item_filter("cc"))) == {"cc": None}
-            await nc.cancel_commit(persist_id="qs-cc")
+            await nc.cancel_commit(persist_id=PERSIST_ID)
             assert items(await nc.get_config(filter=item_filter("cc"))) == {}
     run(scenario())
 

@@ -154,9 +154,9 @@ def _config(body: str) -> str:
     return f'<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">{body}</config>'
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def madrid():
-    stack = Stack(default_topology())
+    stack = Stack(default_topology())   # one per test: a failed test leaves nothing behind
     yield stack
     stack.close()
 
@@ -305,9 +305,9 @@ TWO_ROUTES = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def two_routes():
-    stack = Stack(parse_topology(TWO_ROUTES, "two-routes"))
+    stack = Stack(parse_topology(TWO_ROUTES, "two-routes"))   # one per test: a failed test leaves nothing behind
     yield stack
     stack.close()
 

@@ -6,7 +6,8 @@ PHYS link asked with ncclient that becomes an optical path, cross-connects and A
 with key on both QKD nodes; a VIRT link over two PHYS hops; a node that refuses (another
 session holds its lock) leaving every device as it was; link-status-change and qber-alarm
 from a cut and an eavesdropper; drift repaired after a node restarts with another
-configuration; a link configured by hand on two nodes discovered.
+configuration; a link configured by hand on two nodes discovered. Each test starts its own
+stack, and the PHYS link q-d when it builds on one (the q_d fixture).
 """
 from __future__ import annotations
 
@@ -20,12 +21,10 @@ from ncclient.operations.rpc import RPCError as NcRPCError
 from conftest import HostedDevices
 from controller.connectivity import ConnectivityController
 from controller.forwarding import ForwardingController, LinkRequest, virt_chain
-from controller.southbound import Endpoint
 from device_checks import yanglint
 from devices.qkd_node import node_uuid
 from devices.topology import default_topology
-from netconf_core.client import NetconfClient
-from netconf_core.server import User
+from netconf_core import Endpoint, NetconfClient, User
 
 NW = "urn:ietf:params:xml:ns:yang:ietf-network"
 NT = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
@@ -155,11 +154,24 @@ async def _events(nc: NetconfClient, tag: str, count: int) -> list[etree._Elemen
 QD = _link("q-d", ("qkd-quintin", 1), ("qkd-distrito", 2), _uuid(1))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def stack():
+    """A stack of its own for each test: nothing one test configures or breaks reaches another."""
     running = Stack()
     yield running
     running.close()
+
+
+@pytest.fixture
+def q_d(stack: Stack) -> None:
+    """The PHYS link q-d asked of the controller and ACTIVE with key on both of its QKD nodes."""
+    async def configure() -> None:
+        async with await stack.client() as nc:
+            await nc.edit_config(QD, target="candidate")
+            await nc.commit()
+        for node in ("qkd-quintin", "qkd-distrito"):
+            await stack.until(lambda: stack.active_on(node, _uuid(1)))
+    stack.run(configure())
 
 
 def test_nodes_are_discovered_with_site_key_manager_and_interfaces(stack: Stack, tmp_path) -> None:
@@ -211,6 +223,7 @@ def test_phys_link_request_goes_through_connectivity_to_active_links(stack: Stac
     assert float(state.findtext("f:channel-loss", namespaces=NS)) == pytest.approx((4.1 + 15.3) * 0.2 + 1.0)
 
 
+@pytest.mark.usefixtures("q_d")
 def test_virt_link_is_configured_along_its_relay_path(stack: Stack) -> None:
     hops = _link("q-a", ("qkd-quintin", 2), ("qkd-almagro", 2), _uuid(2)) + \
         _link("a-n", ("qkd-almagro", 3), ("qkd-norte", 1), _uuid(3))
@@ -235,6 +248,7 @@ def test_virt_link_is_configured_along_its_relay_path(stack: Stack) -> None:
     assert stack.run(stack.cross_connects("sw-norte")) == []
 
 
+@pytest.mark.usefixtures("q_d")
 def test_a_node_that_refuses_leaves_every_device_as_it_was(stack: Stack) -> None:
     async def lock() -> NetconfClient:
         holder = await stack.client("qkd-almagro")
@@ -261,6 +275,7 @@ def test_a_node_that_refuses_leaves_every_device_as_it_was(stack: Stack) -> None
     assert stack.run(stack.link_state("c-a")) is None
 
 
+@pytest.mark.usefixtures("q_d")
 def test_cut_and_eavesdropper_become_link_status_change_and_qber_alarm(stack: Stack, tmp_path) -> None:
     async def scenario():
         async with await stack.client() as nc:
@@ -286,6 +301,7 @@ def test_cut_and_eavesdropper_become_link_status_change_and_qber_alarm(stack: St
     yanglint("notif", [raised], tmp_path)
 
 
+@pytest.mark.usefixtures("q_d")
 def test_drift_is_noticed_and_repaired(stack: Stack) -> None:
     # qkd-distrito restarted with another configuration: its saved datastores are gone.
     stack.run(stack.host.crash("qkd-distrito"))
@@ -304,6 +320,7 @@ def test_drift_is_noticed_and_repaired(stack: Stack) -> None:
     stack.run(stack.until(lambda: stack.active_on("qkd-quintin", _uuid(1))))
 
 
+@pytest.mark.usefixtures("q_d")
 def test_links_configured_by_hand_are_discovered_and_deleting_cleans_up(stack: Stack) -> None:
     async def configure_by_hand():
         for node, local, remote, role in (("qkd-almagro", 4, 1, "TRANSMITTER"), ("qkd-montegancedo", 1, 4, "RECEIVER")):

@@ -2,11 +2,12 @@
 
 Planning and key-manager edits on their own (no network), then the controller inside the
 full stack (tools.stack) on the Madrid topology, over real NETCONF sessions and the key
-managers' ETSI 014 HTTP API. The stack tests run in order on one stack and one session, s1:
+managers' ETSI 014 HTTP API, each test on a stack of its own, around one session, s1:
 installed on every key manager of its path with matching keys at both ends; re-planned on
 the other route after a fibre cut; impossible sessions failing with the missing resource
 named, and a key manager's refusal refusing the whole commit; moved off a link an
-eavesdropper sits on.
+eavesdropper sits on. A test that builds on s1 gets it from a fixture (on route A, or moved
+to route B by a cut and a repair).
 """
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ from lxml import etree
 from conftest import LoopThread
 from controller.service import (KM, SVC, ForwardingView, KmConfig, KmSession, KmView, NoPath, Planner, QkdLink,
                                 QkdNode, Request, km_edit, read_sessions)
-from devices.base import schema_for
 from devices.etsi014 import SAE_HEADER
 from devices.topology import default_topology
 from netconf_core.client import NetconfClient
 from netconf_core.datastore import empty_tree
 from netconf_core.edit import apply_edit
 from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.schema_cache import schema_for
 from tools.stack import Stack
 
 INSTANCES = pathlib.Path(__file__).parent / "instances"
@@ -293,8 +294,9 @@ async def _events(nc: NetconfClient, session: str, until_status: str) -> list[tu
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def running():
+    """A stack of its own for each test, with the QKD links of both routes ACTIVE."""
     stack = Running()
 
     async def add_links() -> None:
@@ -314,6 +316,35 @@ def running():
         yield stack
     finally:
         stack.close()
+
+
+async def _s1_is(running: Running, path: str) -> bool:
+    s1 = (await running.sessions()).get("s1", {})
+    return (s1.get("status"), s1.get("path")) == ("active", path)
+
+
+@pytest.fixture
+def s1_on_route_a(running: Running) -> None:
+    """Session s1 (sae-quintin to sae-distrito) active on route A, the shorter one."""
+    async def install() -> None:
+        async with await running.client("service") as nc:
+            await nc.edit_config(_session("s1", "sae-quintin", "sae-distrito", 1000), target="candidate")
+            await nc.commit()
+        await _until(lambda: _s1_is(running, ROUTE_A))
+    running.run(install())
+
+
+@pytest.fixture
+def s1_on_route_b(running: Running, s1_on_route_a: None) -> None:
+    """s1 moved to route B by a cut of concepcion-distrito, then the span repaired: s1 stays on B."""
+    async def move() -> None:
+        await running.plant("cut-span", "concepcion-distrito")
+        try:
+            await _until(lambda: _s1_is(running, ROUTE_B))
+        finally:
+            await running.plant("repair-span", "concepcion-distrito")
+        await _until(running.links_active)
+    running.run(move())
 
 
 def test_session_is_installed_on_every_key_manager_of_its_path_and_keys_match(running: Running) -> None:
@@ -342,6 +373,7 @@ def test_session_is_installed_on_every_key_manager_of_its_path_and_keys_match(ru
     assert len(keys) == 2 and after["s1"]["delivered-keys"] == "2"
 
 
+@pytest.mark.usefixtures("s1_on_route_a")
 def test_fibre_cut_on_the_path_replans_the_session_on_the_other_route(running: Running) -> None:
     async def scenario():
         async with await running.client("service") as nc:
@@ -405,6 +437,7 @@ def test_impossible_sessions_fail_naming_what_is_missing_and_a_refusal_changes_n
     assert "refused" not in running.run(running.sessions())
 
 
+@pytest.mark.usefixtures("s1_on_route_b")
 def test_eavesdropper_on_the_path_moves_the_session_off_the_alarmed_link(running: Running) -> None:
     async def scenario():
         await _until(running.links_active)            # c-d is back since the repair

@@ -22,8 +22,8 @@ from netconf_core.errors import RPCError
 from orchestrator.federation import FED_NS
 from orchestrator.views import NW_NS, ForwardingView
 from test_demo import check_summary
-from tools.cmd_demo import exchange_keys
 from tools.demo_federation import service_state
+from tools.demo_steps import exchange_keys
 from tools.federated_stack import (ADMIN, PLATFORM_USER, PRICE_PER_KBIT, FederatedStack, service_request,
                                   service_user)
 

@@ -16,10 +16,8 @@ import pytest
 from lxml import etree
 from ncclient import manager
 
-from controller.southbound import Endpoint
-from devices.base import schema_for
 from devices.topology import default_topology
-from netconf_core.client import NetconfClient
+from netconf_core import Endpoint, NetconfClient, schema_for
 from orchestrator import lifecycle
 from orchestrator.intents import Orchestrator
 from orchestrator.planner import Demand, Infeasible, Network, Planner, candidate_links

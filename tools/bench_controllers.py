@@ -59,8 +59,7 @@ async def serve_devices(nodes: int) -> None:
 
 async def bench_sync(nodes: int) -> dict:
     from controller.service import ServiceController
-    from controller.southbound import Endpoint
-    from netconf_core.server import User
+    from netconf_core import Endpoint, User
 
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tools.bench_controllers", "--serve-devices", str(nodes),

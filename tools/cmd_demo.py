@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Callable
 
 from lxml import etree
+
+from tools.demo_steps import STEP_TIMEOUT_S, StepFailed, Steps, exchange_keys
 
 INT_NS = "urn:qstrata:yang:qi-intent"
 FWD_NS = "urn:qstrata:yang:qi-forwarding"
@@ -23,8 +23,6 @@ CONN_NS = "urn:qstrata:yang:qi-connectivity"
 NW_NS = "urn:ietf:params:xml:ns:yang:ietf-network"
 NT_NS = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
 ACTION_NS = "urn:ietf:params:xml:ns:yang:1"
-SAE_HEADER = "X-SAE-ID"   # the emulator's plain-HTTP stand-in for a TLS client certificate
-STEP_TIMEOUT_S = 30.0
 INTENT = {"name": "quintin-distrito", "source": "sae-quintin", "destination": "sae-distrito", "min-rate": 20000}
 EAVESDROPPER_FRACTION = "0.5"
 
@@ -46,10 +44,6 @@ def run(args: argparse.Namespace) -> int:
 
         return asyncio.run(FederationDemo(args.timeout).run())
     return asyncio.run(Demo(args.timeout).run())
-
-
-class StepFailed(Exception):
-    pass
 
 
 # --- an operator's view of a running stack, over NETCONF and ETSI 014 ----------------------
@@ -190,32 +184,6 @@ class Operator:
                                    number, size, self.timeout)
 
 
-async def exchange_keys(http, master: tuple[str, str], slave: tuple[str, str], number: int = 4, size: int = 256,
-                        timeout: float = STEP_TIMEOUT_S) -> tuple[list[str], bool]:
-    """enc_keys for the master SAE at its key manager's ETSI 014 API, dec_keys for the slave
-    SAE at its own (each given as (API URL, SAE id)); retried while the key pools fill.
-    Returns the key IDs and whether both ends got the same keys."""
-    (master_api, master_sae), (slave_api, slave_sae) = master, slave
-    deadline = time.monotonic() + timeout
-    while True:
-        async with http.get(f"{master_api}/api/v1/keys/{slave_sae}/enc_keys", headers={SAE_HEADER: master_sae},
-                            params={"number": str(number), "size": str(size)}) as reply:
-            body = await reply.json()
-        if reply.status == 200:
-            break
-        if reply.status != 503 or time.monotonic() > deadline:
-            raise StepFailed(f"enc_keys answered {reply.status}: {body.get('message')}")
-        await asyncio.sleep(0.1)
-    sent = {k["key_ID"]: k["key"] for k in body["keys"]}
-    async with http.post(f"{slave_api}/api/v1/keys/{master_sae}/dec_keys", headers={SAE_HEADER: slave_sae},
-                         json={"key_IDs": [{"key_ID": i} for i in sent]}) as reply:
-        body = await reply.json()
-        if reply.status != 200:
-            raise StepFailed(f"dec_keys answered {reply.status}: {body.get('message')}")
-    received = {k["key_ID"]: k["key"] for k in body["keys"]}
-    return list(sent), received == sent
-
-
 def _text(element: etree._Element, ns: str, tag: str) -> str:
     return (element.findtext(f"{{{ns}}}{tag}") or "").strip()
 
@@ -230,36 +198,8 @@ def path_of(intent: dict) -> tuple[list[str], list[str]]:
 
 # --- the demo -------------------------------------------------------------------------------
 
-@dataclass
-class Result:
-    title: str
-    ok: bool
-    detail: str
-    seconds: float
-
-
-@dataclass
-class Demo:
-    timeout: float = STEP_TIMEOUT_S
-    results: list[Result] = field(default_factory=list)
-
-    def say(self, text: str) -> None:
-        print(f"      {text}", flush=True)
-
-    async def step(self, title: str, action: Callable[[], Awaitable[str]]) -> bool:
-        number = len(self.results) + 1
-        print(f"[{number}] {title} ...", flush=True)
-        started = time.monotonic()
-        try:
-            detail, ok = await action(), True
-        except (StepFailed, OSError, TimeoutError) as error:
-            detail, ok = str(error) or type(error).__name__, False
-        except Exception as error:  # a demo step must report, not crash the shutdown
-            detail, ok = f"{type(error).__name__}: {error}", False
-        seconds = time.monotonic() - started
-        self.results.append(Result(title, ok, detail, seconds))
-        print(f"    {'ok' if ok else 'FAILED'} ({seconds:.1f} s): {detail}", flush=True)
-        return ok
+class Demo(Steps):
+    """The Madrid story (see the module's docstring)."""
 
     async def run(self) -> int:
         from devices.topology import default_topology
@@ -358,14 +298,3 @@ class Demo:
                 ("Keys still match after the re-route", keys)):
             if not await self.step(title, action):
                 break
-
-    def summary(self) -> int:
-        print("\nSUMMARY", flush=True)
-        for number, result in enumerate(self.results, 1):
-            print(f"  [{'ok' if result.ok else 'FAILED'}] {number}. {result.title} ({result.seconds:.1f} s)")
-        failed = [r for r in self.results if not r.ok]
-        if failed:
-            print(f"{len(failed)} step(s) failed: {failed[0].title}: {failed[0].detail}", flush=True)
-            return 1
-        print(f"all {len(self.results)} steps succeeded", flush=True)
-        return 0

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from lxml import etree
 
-from tools.cmd_demo import Demo, StepFailed, exchange_keys
+from tools.demo_steps import StepFailed, Steps, exchange_keys
 
 FED_NS = "urn:qstrata:yang:qi-federation"
 PLANT_NS = "urn:qstrata:yang:qi-fibre-plant"
@@ -42,7 +42,7 @@ def service_state(data: etree._Element | None, service_id: str = SERVICE_ID) -> 
                          for segment in service.iterfind("f:segments/f:segment", NS)]}
 
 
-class FederationDemo(Demo):
+class FederationDemo(Steps):
     async def run(self) -> int:
         from devices.topology import embedded_topology
         from tools.federated_stack import FederatedStack

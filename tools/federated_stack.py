@@ -21,11 +21,9 @@ import secrets
 
 import asyncssh
 
-from controller.southbound import Endpoint
 from devices.host import DeviceHost
 from devices.topology import Topology
-from netconf_core.client import NetconfClient
-from netconf_core.server import User
+from netconf_core import Endpoint, NetconfClient, User
 from orchestrator.federation import ENROL_USER, FED_NS, AgentEndpoint, FederationPlatform
 from orchestrator.federation_agent import FederationAgent, PlatformEndpoint, Sae, SharingPolicy
 from orchestrator.federation_domain import BorderLink, FederatedDomain, IntentSegments

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from controller.connectivity import ConnectivityController
 from controller.forwarding import ForwardingController
 from controller.service import ServiceController
-from controller.southbound import Endpoint
 from devices.base import ADMIN_USER, MONITOR_USER
 from devices.host import PLANT_ID, DeviceHost, plant_of
 from devices.topology import Topology
-from netconf_core.server import User
+from netconf_core import Endpoint, User
 from orchestrator.intents import Orchestrator
 
 CONNECTIVITY_MODULES = {"qi-fibre-plant", "qi-optical-switch"}

@@ -6,8 +6,8 @@ import pytest
 from lxml import etree
 
 from conftest import ENGINE_NS, TEST_YANG
-from controller.southbound import DeviceLink, Endpoint, TransactionError, transaction
 from netconf_core.errors import RPCError
+from netconf_core.link import DeviceLink, Endpoint, TransactionError, transaction
 from netconf_core.schema import Schema
 from netconf_core.server import NetconfServer, User, standard_nacm
 

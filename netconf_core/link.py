@@ -1,9 +1,10 @@
-"""Southbound: one NETCONF session per device, kept up with reconnect and backoff, and a
-multi-device transaction (candidate, validate, confirmed commit, confirm, or roll back all).
+"""A NETCONF client link kept up with reconnect and backoff, and a multi-device transaction
+(candidate, validate, confirmed commit, confirm, or roll back all).
 
-A `DeviceLink` checks on every (re)connection that the device implements the modules the
-controller needs (from its ietf-yang-library), subscribes to its notifications, and calls
-the controller's `on_connect` (a full resync) and `on_notification` hooks.
+A `DeviceLink` checks on every (re)connection that the server implements the modules its
+user needs (from its ietf-yang-library), subscribes to its notifications, and calls the
+user's `on_connect` (a full resync) and `on_notification` hooks. Controllers use it towards
+their devices, orchestrators towards their controllers.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class Endpoint:
 
 
 class IncompatibleDevice(Exception):
-    """The device does not implement a module the controller needs."""
+    """The device does not implement a module its user needs."""
 
 
 class DeviceLink:
@@ -58,7 +59,7 @@ class DeviceLink:
         return self.endpoint.name
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"southbound {self.name}")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"link {self.name}")
 
     async def stop(self) -> None:
         if self._task:

@@ -1,0 +1,81 @@
+"""The fence between the levels: the import-linter contracts of pyproject.toml hold on the
+real tree and catch a deliberate breach in a copy of it; the engine's package exports what the
+levels use and stays cheap to import."""
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import grimp
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGES = ("netconf_core", "devices", "controller", "orchestrator", "tools")
+LINT_IMPORTS = str(pathlib.Path(sys.executable).with_name("lint-imports"))
+
+
+def lint_imports(tree: pathlib.Path) -> subprocess.CompletedProcess:
+    """lint-imports on the packages found in `tree` (it puts its working directory first on
+    sys.path, ahead of the venv's editable install of the real tree)."""
+    return subprocess.run([LINT_IMPORTS, "--no-cache"], cwd=tree, capture_output=True, text=True, timeout=120)
+
+
+def test_the_contracts_hold_on_the_real_tree() -> None:
+    result = lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 4 kept, 0 broken." in result.stdout
+
+
+BREACHES = {
+    "the engine imports a level": ({"netconf_core/_breach.py": "import controller.base\n"},
+                                   "The engine imports no level BROKEN"),
+    "a level imports another": ({"devices/_breach.py": "import orchestrator.store\n"},
+                                "Devices, controllers and orchestrators do not import one another BROKEN"),
+    "a level imports the command line": ({"controller/_breach.py": "import tools.netconfd\n"},
+                                         "Only tools composes the levels: nothing else imports it BROKEN"),
+    "a cycle inside the engine": ({"netconf_core/_cycle_a.py": "from netconf_core import _cycle_b\n",
+                                   "netconf_core/_cycle_b.py": "from netconf_core import _cycle_a\n"},
+                                  "No import cycles between the modules of a package BROKEN"),
+}
+
+
+@pytest.mark.parametrize("breach", list(BREACHES))
+def test_a_breach_in_a_copy_of_the_tree_is_caught(tmp_path: pathlib.Path, breach: str) -> None:
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    files, broken = BREACHES[breach]
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    result = lint_imports(tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert broken in result.stdout
+    assert "Contracts: 3 kept, 1 broken." in result.stdout   # the breach, and nothing else
+
+
+def test_the_session_names_the_server_for_type_checkers_only() -> None:
+    """The one import the cycle contract ignores (session -> server) must not run: at run time
+    the server imports the session, never the other way round."""
+    graph = grimp.build_graph("netconf_core", exclude_type_checking_imports=True, cache_dir=None)
+    assert not graph.chain_exists("netconf_core.session", "netconf_core.server")
+    assert graph.chain_exists("netconf_core.server", "netconf_core.session")
+
+
+def test_the_engine_package_exports_the_levels_api_lazily() -> None:
+    script = ("import sys, netconf_core\n"
+              "assert 'netconf_core.server' not in sys.modules, 'importing the package imported the server'\n"
+              "from netconf_core import DeviceLink, NetconfServer, schema_for\n"
+              "from netconf_core.link import DeviceLink as link_class\n"
+              "from netconf_core.server import NetconfServer as server_class\n"
+              "assert (DeviceLink, NetconfServer) == (link_class, server_class)\n"
+              "missing = [n for n in netconf_core.__all__ if getattr(netconf_core, n, None) is None]\n"
+              "assert not missing, missing\n"
+              "print(len(netconf_core.__all__))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 15
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
+        import netconf_core
+        netconf_core.NoSuchThing  # noqa: B018
