@@ -2,10 +2,15 @@
 yuma123 netconfd serving the same model, so that the suite is known to test the RFCs rather than
 our reading of them: our server passes every check; netconfd passes every check but its
 documented deviations, which are asserted by id so that a change on either side is noticed.
-Every get and get-config reply of our server is validated by yanglint against the models."""
+Every get and get-config reply of our server is validated by yanglint against the models.
+Against a server of other modules (the README's example, qi-optical-switch) the suite runs the
+protocol checks and skips the model's, naming the module they need."""
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,12 +19,14 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from ncclient import manager
 
 from conftest import qstrata_serve
 from tools import conform
 from tools.netconfd import NetconfdServer
 
 QSTRATA = str(Path(sys.executable).with_name("qstrata"))
+ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class Served:
@@ -104,3 +111,70 @@ def test_cli_reports_json_and_exit_codes(ours: Served, netconfd) -> None:
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "FAIL  get-schema-unknown" in bad.stdout and "netconfd deviation: RFC 6022 3.1" in bad.stdout
+
+
+# --- any server: the README's example ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve_optical_switch() -> Iterator[tuple[int, str]]:
+    """The README's `qstrata serve --module qi-optical-switch ... --password ...`, on a free port."""
+    password = secrets.token_urlsafe(12)
+    process = subprocess.Popen([QSTRATA, "serve", "--module", "qi-optical-switch", "--port", "0",
+                                f"--password={password}"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        match = re.search(r"on 127\.0\.0\.1:(\d+) ", banner)
+        assert match, f"no port in {banner!r}"
+        yield int(match.group(1)), password
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+MODEL_CHECKS = {c.id for c in conform.CHECKS if c.modules == conform.MODEL}
+SCRATCH_CHECKS = {c.id for c in conform.CHECKS if c.modules == conform.SCRATCH}
+
+
+def test_any_server_passes_every_check_its_modules_allow_and_names_the_skipped() -> None:
+    with serve_optical_switch() as (port, password):
+        results = conform.Suite("127.0.0.1", port, "admin", password=password).run()
+        cli = subprocess.run([QSTRATA, "conform", "127.0.0.1", str(port), "--user", "admin",
+                              f"--password={password}"], capture_output=True, text=True, timeout=120)
+        with manager.connect(host="127.0.0.1", port=port, username="admin", password=password,
+                             hostkey_verify=False, allow_agent=False, look_for_keys=False, timeout=30) as m:
+            running = m.get_config("running").xml
+    assert [f"{r.id}: {r.reason}" for r in results if r.status == "fail"] == []
+    skipped = {r.id: r for r in results if r.status == "skip"}
+    assert set(skipped) == MODEL_CHECKS  # the protocol's own checks all ran, and those of one value
+    assert len(SCRATCH_CHECKS) == 9 and conform.SCRATCH_GROUP not in running  # ... in a NACM group, removed
+    assert all(r.needs_module == conform.MODULE and f"needs module {conform.MODULE}" in r.reason
+               for r in skipped.values())
+    passed = {r.id for r in results if r.status == "pass"}
+    assert passed == {c.id for c in conform.CHECKS} - MODEL_CHECKS | {"restore"}
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert f"skipped: needs module {conform.MODULE} ({len(MODEL_CHECKS)} checks)" in cli.stdout
+    assert f"0 failed, {len(MODEL_CHECKS)} skipped" in cli.stdout
+
+
+def test_the_suite_ships_its_model_and_reads_nothing_under_tests() -> None:
+    assert conform.MODEL_FILE.is_file() and not conform.MODEL_FILE.is_symlink()
+    assert "tests" not in conform.MODEL_FILE.relative_to(ROOT).parts
+    assert re.search(rf"module {conform.MODULE} {{", conform.MODEL_FILE.read_text())
+    for source in (ROOT / "tools").rglob("*.py"):
+        assert not re.search(r"[\"'/]tests[\"'/]", source.read_text()), f"{source.name} names tests/"
+
+
+def test_serve_of_a_module_not_found_says_which_and_where_it_looked(tmp_path) -> None:
+    run = subprocess.run([QSTRATA, "serve", "--module", "qi-optical-switch", "--module", "no-such-module",
+                          "--yang", str(tmp_path), "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+    assert "module no-such-module not found" in run.stderr
+    assert f"looked in {tmp_path}, " in run.stderr and "--yang DIR" in run.stderr
+    (tmp_path / "broken.yang").write_text("module broken {\n  namespace")
+    run = subprocess.run([QSTRATA, "serve", "--module", "broken", "--yang", str(tmp_path), "--port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.startswith("qstrata serve: cannot load the modules: ") and '"broken"' in run.stderr
