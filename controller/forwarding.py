@@ -44,6 +44,12 @@ A status change is sent north as link-status-change, a QBER crossing the node's
 qber-alarm-threshold (either way) as qber-alarm. The resync also repairs nodes whose links
 differ from running (drift) and re-creates the optical paths it made that the connectivity
 controller lost.
+
+Alarms are state: the controller serves an RFC 8632 alarm list (ietf-alarms, alarm types of
+qi-alarms): qber-above-threshold while a link's QBER is above the threshold, link-down while
+a link that was ACTIVE is not. Each observation says which alarms are raised; any other is
+cleared, also when its link is deleted (with alarm-notification, and qber-alarm raised=false
+for a QBER alarm), so that no level above keeps an alarm of a link that is gone.
 """
 from __future__ import annotations
 
@@ -54,10 +60,11 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from controller.alarms import LINK_NS, Alarm, AlarmList, AlarmType, link_resource, resource_link
 from controller.base import Controller, qname as _q, same_content, sub_element as _sub
-from controller.southbound import DeviceLink, Endpoint, TransactionError, transaction
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.link import DeviceLink, Endpoint, TransactionError, transaction
 from netconf_core.server import User
 
 log = logging.getLogger(__name__)
@@ -69,6 +76,7 @@ CONN = "urn:qstrata:yang:qi-connectivity"
 ETSI = "urn:etsi:qkd:yang:etsi-qkd-node"
 TYPES = "urn:etsi:qkd:yang:etsi-qkd-node-types"
 EXT = "urn:qstrata:yang:qi-qkd-node-ext"
+QI_ALARMS = "urn:qstrata:yang:qi-alarms"
 NETWORK_ID = "qkd"
 DEFAULT_FIBRE_NETWORK = "fibre"
 PANEL_TP = "panel"  # the connectivity controller's tp-id of a site's unnumbered fibre termination
@@ -328,12 +336,30 @@ def virt_chain(request: LinkRequest, requests: dict[str, LinkRequest]) -> list[s
     return chain
 
 
+# --- alarms (RFC 8632) ----------------------------------------------------------------------------
+
+ALARM_TYPES = {  # identities of qi-alarms
+    "qber-above-threshold": AlarmType("qber-above-threshold", QI_ALARMS, "qi-al",
+                                      "The QBER of a PHYS link is above the qber-alarm-threshold of its nodes."),
+    "link-down": AlarmType("link-down", QI_ALARMS, "qi-al", "A QKD link that was ACTIVE no longer is."),
+}
+
+
+def _clear_text(alarm: Alarm, requests: dict[str, LinkRequest]) -> str:
+    link_id = resource_link(alarm.resource)
+    if link_id not in requests:
+        return f"link {link_id} was deleted"
+    if alarm.alarm_type.identity == "link-down":
+        return f"link {link_id} is ACTIVE again"
+    return f"the QBER of link {link_id} is back below the threshold"
+
+
 # --- the controller ----------------------------------------------------------------------------
 
 class ForwardingController(Controller):
     kind = "forwarding-controller"
     # etsi-qkd-node-types and qi-types implemented: their identities are values of our data.
-    modules = ("qi-forwarding", "etsi-qkd-node-types", "qi-types")
+    modules = ("qi-forwarding", "etsi-qkd-node-types", "qi-types", "ietf-alarms", "qi-alarms")
     device_modules = ("etsi-qkd-sdn-node",)
 
     def __init__(self, name: str, devices: list[Endpoint], connectivity: Endpoint, users: dict[str, User], *,
@@ -346,7 +372,10 @@ class ForwardingController(Controller):
         self.nodes: dict[str, NodeView] = {}  # by node-id (device name)
         self.path_loss: dict[str, float] = {}  # optical path name -> total loss at the connectivity controller
         self.observed: dict[str, LinkState] = {}  # by link-id, as last reported north
-        self.alarmed: set[str] = set()  # link-ids whose QBER is above the threshold
+        # link-id whose QBER is above the threshold -> (qkdl-id, qber, threshold), as last reported
+        self.alarmed: dict[str, tuple[str, float, float]] = {}
+        self.was_active: set[str] = set()  # link-ids seen ACTIVE since they were configured
+        self.alarm_list = AlarmList(list(ALARM_TYPES.values()), LINK_NS, self.server.notify)
         self._released: set[str] = set()  # qkdl-ids deleted by clients: removed from nodes wherever found
         self._paths_made: set[str] = set()  # optical paths this controller asked for (re-made if lost)
         self._lock = asyncio.Lock()
@@ -566,6 +595,12 @@ class ForwardingController(Controller):
                     _identity_leaf(qkd, FWD, "technology", iface.technology)
                 if iface.role:
                     _identity_leaf(qkd, FWD, "role", iface.role)
+        # A node not read yet since a restart keeps what running said of it: the links on it
+        # stay valid, and the levels above do not see it vanish and come back.
+        for element in running_network.iterfind(_q(NW, "node")) if running_network is not None else []:
+            node_id = element.findtext(_q(NW, "node-id"))
+            if node_id in self.links and node_id not in self.nodes:
+                network.append(copy.deepcopy(element))
         configured = list(running_network.iterfind(_q(NT, "link"))) if running_network is not None else []
         network.extend(copy.deepcopy(link) for link in configured)
         known = {link.findtext(f"{_q(FWD, 'qkd-link')}/{_q(FWD, 'qkdl-id')}") for link in configured}
@@ -780,11 +815,16 @@ class ForwardingController(Controller):
         return node.qber_threshold if node else None
 
     async def _observe(self, reason: str, requests: dict[str, LinkRequest] | None = None) -> None:
-        """Compare the links' state with what was last reported north; notify the changes."""
+        """Compare the links' state with what was last reported north; notify the changes and
+        bring the alarm list up to date (the alarms of deleted links are cleared)."""
         if requests is None:
             requests = link_requests(self.server.datastores["running"])
         self.observed = {k: v for k, v in self.observed.items() if k in requests}
-        self.alarmed &= set(requests)
+        self.was_active &= set(requests)
+        for link_id in sorted(set(self.alarmed) - set(requests)):
+            qkdl_id, qber, threshold = self.alarmed.pop(link_id)
+            await self._qber_event(link_id, qkdl_id, qber, threshold, raised=False)
+        raised: dict[tuple[str, str], tuple[str, str]] = {}
         for request in requests.values():
             state = self._link_state(request) or LinkState(status="OFF")
             previous = self.observed.get(request.link_id)
@@ -799,24 +839,41 @@ class ForwardingController(Controller):
                     _identity_leaf(event, FWD, "previous-status", previous.status)
                 _sub(event, FWD, "reason", reason[:MAX_REASON])
                 await self.server.notify(event)
+            if state.status == "ACTIVE":
+                self.was_active.add(request.link_id)
+            elif request.link_id in self.was_active:  # the text of an alarm already raised is kept
+                raised[(link_resource(NETWORK_ID, request.link_id), "link-down")] = (
+                    "major", f"link {request.link_id} is {state.status or 'OFF'}: {reason}")
             threshold = self._threshold(request)
             above = state.qber is not None and threshold is not None and state.qber > threshold
+            if above:
+                raised[(link_resource(NETWORK_ID, request.link_id), "qber-above-threshold")] = (
+                    "major", f"QBER {state.qber:.3f} % above the threshold {threshold:.3f} % on link "
+                             f"{request.link_id}")
             if above != (request.link_id in self.alarmed):
-                self.alarmed ^= {request.link_id}
-                event = etree.Element(_q(FWD, "qber-alarm"), nsmap={None: FWD})
-                _sub(event, FWD, "network-id", NETWORK_ID)
-                _sub(event, FWD, "link-id", request.link_id)
-                _sub(event, FWD, "qkdl-id", request.qkdl_id)
-                _sub(event, FWD, "qber", float(state.qber or 0.0))
-                _sub(event, FWD, "threshold", float(threshold or 0.0))
-                _sub(event, FWD, "raised", "true" if above else "false")
-                await self.server.notify(event)
+                if above:
+                    self.alarmed[request.link_id] = (request.qkdl_id, state.qber, threshold)
+                else:
+                    self.alarmed.pop(request.link_id)
+                await self._qber_event(request.link_id, request.qkdl_id, state.qber or 0.0, threshold or 0.0, above)
+        await self.alarm_list.update(raised, lambda alarm: _clear_text(alarm, requests))
+
+    async def _qber_event(self, link_id: str, qkdl_id: str, qber: float, threshold: float, raised: bool) -> None:
+        event = etree.Element(_q(FWD, "qber-alarm"), nsmap={None: FWD})
+        _sub(event, FWD, "network-id", NETWORK_ID)
+        _sub(event, FWD, "link-id", link_id)
+        _sub(event, FWD, "qkdl-id", qkdl_id)
+        _sub(event, FWD, "qber", float(qber))
+        _sub(event, FWD, "threshold", float(threshold))
+        _sub(event, FWD, "raised", "true" if raised else "false")
+        await self.server.notify(event)
 
     async def state(self) -> etree._Element | None:
         running = self.server.datastores["running"]
-        if _qkd_network(running) is None:
-            return None
         data = empty_tree()
+        data.append(self.alarm_list.state())
+        if _qkd_network(running) is None:
+            return data
         network = _sub(_sub(data, NW, "networks"), NW, "network")
         _sub(network, NW, "network-id", NETWORK_ID)
         for node in sorted(self.nodes.values(), key=lambda n: n.name):

@@ -11,6 +11,9 @@ How a session becomes keys:
 3. every key manager on the path gets routes towards both end key managers, and the two end
    key managers the application session with its token bucket, in one transaction.
 
+Two SAEs attached to one key manager need no QKD link: the session's path is that key
+manager's node alone, and the key manager delivers the keys to both SAEs itself.
+
 Routes are per destination key manager, so the paths of all sessions towards one key manager
 must form a tree: a candidate path that would change another session's route is skipped.
 Key pools follow the topology: every PHYS link between QKD nodes of two sites gets a pool on
@@ -23,10 +26,11 @@ only when a link of its path goes down, raises a QBER alarm or breaks its constr
 key manager on it is unreachable; when a link's eskr falls below the rates placed on it,
 its sessions are degraded, not moved. It runs inside
 every northbound commit (a transaction a key manager refuses refuses the commit), and when
-woken by a link-status-change or qber-alarm of the forwarding controller, a key manager
-(re)connecting, or the periodic resync (which also repairs drift on the key managers). Each
-run reads the forwarding topology afresh, so a wake-up that a run started after (a commit's)
-has already seen does not cause another.
+woken by a link-status-change or alarm-notification of the forwarding controller, a key
+manager (re)connecting, or the periodic resync (which also repairs drift on the key
+managers). Each run reads the forwarding topology afresh, with its RFC 8632 alarm list (the
+QBER alarms are state read there, never kept from events), so a wake-up that a run started
+after (a commit's) has already seen does not cause another.
 
 A session that cannot be placed is accepted as configuration; its status is failed, with a
 reason naming what is missing, and it is retried whenever the controller reconciles.
@@ -56,10 +60,11 @@ from typing import Any, Callable
 import networkx as nx
 from lxml import etree
 
+from controller.alarms import AL, resource_link
 from controller.base import Controller
-from controller.southbound import DeviceLink, Endpoint, TransactionError
 from netconf_core.client import NetconfClient
 from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.link import DeviceLink, Endpoint, TransactionError
 from netconf_core.notifications import now
 from netconf_core.server import User
 
@@ -103,6 +108,17 @@ def _sub(parent: etree._Element, ns: str, tag: str, text: object = None) -> etre
 def _identity(value: str | None) -> str:
     """An identityref's name without its prefix."""
     return (value or "").rsplit(":", 1)[-1]
+
+
+def qber_alarms(data: etree._Element | None) -> dict[str, str]:
+    """Link id -> alarm text of the QBER alarms raised now in a forwarding controller's alarm list."""
+    out = {}
+    for alarm in _all(data, AL, "alarms/alarm-list/alarm") if data is not None else []:
+        if _identity(_find(alarm, AL, "alarm-type-id")) == "qber-above-threshold" \
+                and _find(alarm, AL, "is-cleared") == "false":
+            link_id = resource_link(_find(alarm, AL, "resource") or "")
+            out[link_id] = _find(alarm, AL, "alarm-text") or "QBER above the threshold"
+    return out
 
 
 def _listed(items: list[str]) -> str:
@@ -300,6 +316,8 @@ class Planner:
                 raise NoPath(f"key manager {km} has no QKD node in the forwarding topology")
             ends.append(node)
         source, destination = ends
+        if source == destination:  # both SAEs on one key manager: it delivers the keys itself
+            return [Path((source,), (source_km,), (), (), (source_km, destination_km), headroom=request.rate)]
         paths: list[Path] = []
         taken_nodes: set[str] = set()                  # inner nodes of the paths found so far
         taken_edges: set[frozenset[str]] = set()       # direct source-destination link, if used
@@ -543,7 +561,7 @@ class ServiceController(Controller):
         self.kms: dict[str, KmView] = {}            # by device (link) name
         self.sessions: dict[str, Placement] = {}    # by session name
         self.counted_at: dict[str, tuple[str, str]] = {}  # session -> (km, counter) of its last path
-        self.alarms: dict[str, str] = {}            # forwarding link id -> QBER alarm
+        self.alarms: dict[str, str] = {}            # forwarding link id -> its raised QBER alarm, as last read
         self.link_reasons: dict[str, str] = {}      # forwarding link id -> why its status last changed
         self.synced = asyncio.Event()               # every key manager's configuration has been read
         self._lock = asyncio.Lock()                 # one reconcile (or plan) at a time
@@ -635,19 +653,12 @@ class ServiceController(Controller):
         self.wake()
 
     async def _forwarding_notification(self, link: DeviceLink, notification: etree._Element) -> None:
+        """A link's status or an alarm changed: reconcile (which reads the alarm list afresh)."""
         status = notification.find(f"{{{FWD}}}link-status-change")
-        alarm = notification.find(f"{{{FWD}}}qber-alarm")
         if status is not None:
             link_id = _find(status, FWD, "link-id") or ""
             self.link_reasons[link_id] = _find(status, FWD, "reason") or ""
-        elif alarm is not None:
-            link_id = _find(alarm, FWD, "link-id") or ""
-            if _find(alarm, FWD, "raised") == "true":
-                self.alarms[link_id] = (f"QBER {_find(alarm, FWD, 'qber')}% above the threshold "
-                                        f"{_find(alarm, FWD, 'threshold')}%")
-            else:
-                self.alarms.pop(link_id, None)
-        else:
+        elif notification.find(f"{{{AL}}}alarm-notification") is None:
             return
         self.wake()
 
@@ -808,9 +819,6 @@ class ServiceController(Controller):
                              f"segment says")
             else:
                 kms.append(directory[sae])
-        if kms[0] == kms[1]:
-            raise NoPath(f"SAEs {request.source_sae} and {request.destination_sae} are both attached to key "
-                         f"manager {kms[0]}: a session joins two key managers")
         return kms[0], kms[1]
 
     def sae_directory(self) -> dict[str, str]:
@@ -843,9 +851,11 @@ class ServiceController(Controller):
         return wanted
 
     async def _read_forwarding(self) -> ForwardingView:
+        """The forwarding topology, and the QBER alarms raised now (from its alarm list)."""
         nc = await self.forwarding.session(FORWARDING_TIMEOUT_S)
-        data = await nc.get(filter=("subtree", f'<networks xmlns="{NW}"/>'))
+        data = await nc.get(filter=("subtree", f'<networks xmlns="{NW}"/><alarms xmlns="{AL}"><alarm-list/></alarms>'))
         km_by_site = {v.site: v.km_id for v in self.kms.values() if v.site}
+        self.alarms = qber_alarms(data)
         return ForwardingView.from_xml(data, km_by_site)
 
     async def _set_status(self, name: str, placement: Placement, status: str, reason: str) -> None:
@@ -884,7 +894,9 @@ class ServiceController(Controller):
             _sub(entry, SVC, "delivered-keys", keys)
             _sub(entry, SVC, "delivered-bits", bits)
         directory = _sub(data, SVC, "sae-directory")
-        for sae, km in sorted(self.sae_directory().items()):
+        # Listed once every key manager has been read: a partial directory would tell the
+        # levels above that the SAEs of the others are attached nowhere.
+        for sae, km in sorted(self.sae_directory().items() if self.synced.is_set() else ()):
             entry = _sub(directory, SVC, "sae")
             _sub(entry, SVC, "sae-id", sae)
             _sub(entry, SVC, "km-id", km)

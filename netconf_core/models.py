@@ -9,6 +9,7 @@ from netconf_core.yangdirs import SEARCH_DIRS
 
 PROJECT_MODULES: list[str] = [
     "qi-types",
+    "qi-alarms",
     "etsi-qkd-node-types",
     "etsi-qkd-sdn-node",
     "qi-qkd-node-ext",

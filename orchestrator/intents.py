@@ -10,6 +10,12 @@ ones), and asks for what is missing, top-down: QKD links the forwarding stratum 
 (which asks the connectivity stratum for their optical paths), then the service session.
 It is woken by the controllers' notifications, by commits, and by a period.
 
+What each pass knows comes from reading the strata, never from remembering events: the QBER
+alarms are the forwarding controller's alarm list (RFC 8632), and a session is compared
+with what the service stratum holds, and written whole (replacing the entry) when they
+differ. An intent that fails is tried again after a pause that doubles with each failure in
+a row (capped); its history counts a repeated transition instead of growing with each round.
+
 An intent with a `segment` is this domain's part of a cross-domain service (a federation
 platform asks for it): its path runs between the inter-domain links where keys enter and
 leave the domain and the local SAE, and its session is a segment session of the service
@@ -25,18 +31,18 @@ from typing import ClassVar
 
 from lxml import etree
 
-from controller.southbound import DeviceLink, Endpoint
-from devices.base import schema_for
 from netconf_core.client import SessionClosedError
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import RPCError
+from netconf_core.link import DeviceLink, Endpoint
+from netconf_core.schema_cache import schema_for
 from netconf_core.server import NetconfServer, SubtreeWriters, User, standard_nacm
 from orchestrator import lifecycle
 from orchestrator.planner import Demand, Infeasible, Network, Plan, Planner
 from orchestrator.requests import SegmentEnds, SessionRequest, links_config, links_delete
 from orchestrator.store import IntentRecord, IntentStore, timestamp
-from orchestrator.views import (FWD_NS, NW_NS, SVC_NS, FibreView, ForwardingView, Hop, ServiceView,
-                                Session)
+from orchestrator.views import (AL_NS, NW_NS, SVC_NS, FibreView, ForwardingView, Hop, ServiceView, Session,
+                                parse_alarms, qber_alarms)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,10 @@ RETRY_SOON = 0.1      # seconds before the next pass while something is in progr
 RETRY_ERROR = 1.0     # ... after a stratum failed to answer
 DEBOUNCE = 0.01       # notifications come in bursts: one pass for a burst
 LINK_UP_GRACE = 15.0  # seconds a new QKD link may take to come up before it counts as broken
+RETRY_BACKOFF = 0.5   # seconds a failed intent waits before it is tried again, doubled per failure in a row ...
+RETRY_BACKOFF_MAX = 8.0  # ... up to this
 NETWORKS_FILTER = f'<networks xmlns="{NW_NS}"/>'
+FORWARDING_FILTER = NETWORKS_FILTER + f'<alarms xmlns="{AL_NS}"><alarm-list/></alarms>'
 SERVICE_FILTER = f'<sessions xmlns="{SVC_NS}"/><sae-directory xmlns="{SVC_NS}"/>'
 
 
@@ -62,6 +71,10 @@ def _leaf(parent: etree._Element, tag: str, value: object) -> etree._Element:
 
 def _clip(reason: str) -> str:
     return reason if len(reason) <= REASON_MAX else reason[: REASON_MAX - 3] + "..."
+
+
+class NotReady(Exception):
+    """A stratum answers but has not read its own devices yet: nothing is decided on its word."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,11 @@ class IntentSpec:
             segment=SegmentEnds(in_segment("source-km") or "", in_segment("destination-km") or "",
                                 in_segment("ingress-link"), in_segment("egress-link")) if segment is not None else None)
 
+    @property
+    def needs_local_sae(self) -> bool:
+        """Whether an end of the intent is an SAE of this domain (not an inter-domain link)."""
+        return self.segment is None or self.segment.ingress_link is None or self.segment.egress_link is None
+
     def demand(self, saes: dict[str, str]) -> Demand:
         """What the intent asks of the network; a segment's end beyond an inter-domain link
         is that link's far node, and its SAE is another domain's."""
@@ -126,6 +144,30 @@ class IntentSpec:
         return SessionRequest(self.name, self.source_sae, self.destination_sae, self.min_rate, self.key_size,
                               self.ttl, self.max_hops, tuple(sorted(self.avoid_nodes)), avoid, self.qber_ceiling,
                               self.segment)
+
+
+@dataclass
+class LocalPlan(Plan):
+    """Both SAEs on one key manager: a path of its node alone, no QKD link; the key manager
+    delivers the keys to both itself."""
+
+    node: str = ""
+
+    @property
+    def source_node(self) -> str:
+        return self.node
+
+
+def local_plan(demand: Demand, fwd: ForwardingView) -> LocalPlan | None:
+    """The plan of a demand between two SAEs of one key manager; None for any other."""
+    if demand.source_km != demand.destination_km or demand.ingress_link or demand.egress_link:
+        return None
+    node = fwd.node_of_km(demand.source_km)
+    if node is None:
+        raise Infeasible(f"key manager {demand.source_km} has no QKD node in the forwarding topology")
+    if node in demand.avoid_nodes:
+        raise Infeasible(f"QKD node {node} serves both endpoints and cannot be avoided")
+    return LocalPlan(demand, [[]], node)
 
 
 def _local_km(sae: str, saes: dict[str, str]) -> str:
@@ -169,7 +211,6 @@ class Outcome:
     done: bool
     waiting: str = ""
     steer: tuple[str, ...] = field(default_factory=tuple)
-    session_config: str | None = None  # the session configuration last written
 
 
 class Orchestrator:
@@ -186,7 +227,9 @@ class Orchestrator:
         self.period = period
         self.store = IntentStore(store_dir)
         writers = SubtreeWriters(intent_writers, "/qi-intent:intents", {"qi-intent": INT_NS}) if intent_writers else None
+        # Its datastores (and a pending confirmed commit) live by the store; intents come from the store.
         self.server = NetconfServer(schema_for(self.modules), users, host=host, port=port,
+                                    datastore_dir=self.store.directory / "datastores",
                                     nacm=standard_nacm(list(read_write), list(read_only), subtree_writers=writers),
                                     name=name)
         self.server.on_change(self._config_changed)
@@ -198,11 +241,12 @@ class Orchestrator:
             "forwarding": DeviceLink(forwarding, ("qi-forwarding",), self._connected, self._notified),
             "connectivity": DeviceLink(connectivity, ("qi-connectivity",), self._connected, self._notified),
         }
-        self.alarms: dict[str, str] = {}             # QKD link -> its raised QBER alarm
+        self.alarms: dict[str, str] = {}             # QKD link -> its raised QBER alarm, from the last observation
         self.forced: dict[str, tuple[str, bool]] = {}  # intent -> (why re-plan, may keep its path)
         self.refused: dict[str, str] = {}            # candidate link -> why the forwarding stratum refused it
         self.created_at: dict[str, float] = {}       # link this orchestrator created -> when (loop time)
         self.capacity_seen: dict[str, float] = {}    # link -> its eskr when last seen up
+        self.failures: dict[str, tuple[int, float]] = {}  # intent -> (failures since last active, retry after)
         self.passes = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -215,19 +259,27 @@ class Orchestrator:
     def _restore_running(self) -> None:
         """The running configuration is the store's: intents survive a restart."""
         records = [r for r in self.store.intents() if not r.deleted]
-        if not records:
-            return
         tree = self.server.datastores.copy("running")
-        container = etree.SubElement(tree, _i("intents"), nsmap={None: INT_NS})
-        for record in records:
-            container.append(etree.fromstring(record.config))
+        saved = tree.findall(_i("intents"))  # as running was saved: the store's are the truth
+        if not records and not saved:
+            return
+        for container in saved:
+            tree.remove(container)
+        if records:
+            container = etree.SubElement(tree, _i("intents"), nsmap={None: INT_NS})
+            for record in records:
+                container.append(etree.fromstring(record.config))
         tree = self.server.schema.canonical(tree, config_only=True)
         self.server.datastores.set("running", tree)
-        self.server.datastores.set("candidate", self.server.datastores.copy("running"))
+        self.server.datastores.set("candidate", self.server.datastores["running"])
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        # After a restart (perhaps of the whole network) the links made before come up again:
+        # they get the grace of new links, so that an intent keeps its path instead of moving.
+        now = asyncio.get_running_loop().time()
+        self.created_at.update({link_id: now for link_id in self.store.created_links()})
         await self.server.start()
         for link in self.strata.values():
             link.start()
@@ -268,6 +320,9 @@ class Orchestrator:
             except (RPCError, SessionClosedError, OSError, asyncio.TimeoutError) as err:
                 log.warning("%s: reconcile pass stopped: %s", self.name, err)
                 delay = RETRY_ERROR
+            except NotReady as err:
+                log.info("%s: reconcile pass postponed: %s", self.name, err)
+                delay = RETRY_ERROR
             except Exception:  # keep the loop alive; the next pass starts from the observed state again
                 log.exception("%s: reconcile pass failed", self.name)
                 delay = RETRY_ERROR
@@ -280,20 +335,16 @@ class Orchestrator:
         self.wake()
 
     async def _notified(self, link: DeviceLink, notification: etree._Element) -> None:
-        alarm = notification.find(f"{{{FWD_NS}}}qber-alarm")
-        if alarm is not None:
-            link_id = (alarm.findtext(f"{{{FWD_NS}}}link-id") or "").strip()
-            if (alarm.findtext(f"{{{FWD_NS}}}raised") or "").strip() == "true":
-                self.alarms[link_id] = (f"QBER {alarm.findtext(f'{{{FWD_NS}}}qber')} % above "
-                                        f"{alarm.findtext(f'{{{FWD_NS}}}threshold')} %")
-            else:
-                self.alarms.pop(link_id, None)
+        """Something changed below: a pass reads the strata (and the alarm list) afresh."""
         self.wake()
 
     async def observe(self) -> Observation:
+        """The strata as they are, with the alarms raised now (the alarm list is state: an alarm
+        whose link is gone is cleared there, not kept here from an old notification)."""
         fwd, fibre, svc = await asyncio.gather(*(
             self._get(stratum, filter_) for stratum, filter_ in
-            (("forwarding", NETWORKS_FILTER), ("connectivity", NETWORKS_FILTER), ("service", SERVICE_FILTER))))
+            (("forwarding", FORWARDING_FILTER), ("connectivity", NETWORKS_FILTER), ("service", SERVICE_FILTER))))
+        self.alarms = qber_alarms(parse_alarms(fwd))
         return Observation(ForwardingView.parse(fwd), FibreView.parse(fibre), ServiceView.parse(svc))
 
     async def _get(self, stratum: str, subtree: str) -> etree._Element | None:
@@ -370,6 +421,8 @@ class Orchestrator:
             _leaf(entry, "to", transition.to_state)
             _leaf(entry, "time", transition.time)
             _leaf(entry, "reason", _clip(transition.reason))
+            if transition.count > 1:
+                _leaf(entry, "count", transition.count)
         if status.get("session"):
             _leaf(intent, "session", status["session"])
         paths = etree.SubElement(intent, _i("paths"))
@@ -421,7 +474,7 @@ class Orchestrator:
                 elif session is not None and session.links:
                     decision.problem = planner.path_problem(demand, list(session.links)) or ""
                 keep = list(session.links) if session is not None and session.links and may_keep else None
-                decision.plan = planner.plan(demand, keep=keep)
+                decision.plan = local_plan(demand, world.fwd) or planner.plan(demand, keep=keep)
                 network.reserve(decision.plan)
             except Infeasible as why:
                 decision.why = str(why) + (" (no federation platform is configured to look beyond this domain)"
@@ -457,6 +510,10 @@ class Orchestrator:
                 await self._tear_down(record, spec, world, f"its time to live of {spec.ttl} s has passed")
             elif "ended" not in record.status:  # an intent that lived its ttl stays removed until changed
                 live.append((record, spec))
+        if not world.svc.saes and any(spec.needs_local_sae for _, spec in live):
+            # A service controller that has just started: failing intents for SAEs it has not
+            # read yet would tear down their sessions and links, only to make them again.
+            raise NotReady("the service stratum has not read its key managers' SAEs yet")
         decisions = self.allocate(live, world, network)
         for decision in decisions:  # release first: what lower priorities lose, higher ones take
             if decision.plan is None:
@@ -515,12 +572,31 @@ class Orchestrator:
                 record.reason = decision.why
         else:
             await self._transition(record, "failed", decision.why)
+            count = self.failures.get(record.name, (0, 0.0))[0] + 1
+            delay = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2 ** (count - 1))
+            self.failures[record.name] = (count, asyncio.get_running_loop().time() + delay)
+
+    def _backing_off(self, decision: Decision) -> bool:
+        """Whether a failed intent waits before it is tried again (repeated failure backs off:
+        a path that keeps breaking as soon as it is set up is not rebuilt in a tight loop). A
+        re-plan the operator asks for, or a changed configuration, does not wait."""
+        if decision.record.state != "failed" or decision.forced:
+            return False
+        retry_at = self.failures.get(decision.spec.name, (0, 0.0))[1]
+        loop = asyncio.get_running_loop()
+        if loop.time() >= retry_at:
+            return False
+        loop.call_at(retry_at, self._wake.set)
+        return True
 
     async def _advance(self, decision: Decision, world: Observation) -> bool:
         """Move a plannable intent towards active. True while it is in progress."""
         record, plan = decision.record, decision.plan
         assert plan is not None
-        moving = decision.session is not None and list(decision.session.links) != plan.link_ids(0)
+        if self._backing_off(decision):
+            return False
+        session = decision.session
+        moving = session is not None and bool(session.links) and list(session.links) != plan.link_ids(0)
         await self._walk_to_compiling(record)
         if record.state in ("compiling", "failed"):
             if record.state == "failed":
@@ -539,6 +615,8 @@ class Orchestrator:
         elif not outcome.done and record.reason != outcome.waiting and record.state != "active":
             self.store.set_reason(record.name, _clip(outcome.waiting))
             record.reason = outcome.waiting
+        if record.state == "active":
+            self.failures.pop(record.name, None)  # the next failure backs off from the start again
         self._record_status(decision, world, plan, outcome)
         return not outcome.done
 
@@ -562,15 +640,14 @@ class Orchestrator:
                     self.refused[candidate.link_id] = f"the forwarding stratum refused it: {err.message}"
                     self.store.forget_link(candidate.link_id)
                 return Outcome(False, waiting=f"the forwarding stratum refused new links: {err.message}", steer=steer)
-            world.fwd = ForwardingView.parse(await self._get("forwarding", NETWORKS_FILTER))
+            world.fwd = ForwardingView.parse(await self._get("forwarding", FORWARDING_FILTER))
         self.store.claim_links(spec.name, {e.link_id for path in plan.paths for e in path})
         pending = [e.link_id for e in plan.paths[0] if not ((link := world.fwd.links.get(e.link_id)) and link.up)]
         if pending:
             return Outcome(False, waiting="waiting for QKD links " + ", ".join(pending) + " to come up", steer=steer)
         session = world.svc.sessions.get(spec.name)
         request = spec.session_request(steer)
-        written = etree.tostring(request.config()).decode()
-        if session is None or decision.record.status.get("session-config") != written:
+        if session is None or session.config != request.wanted():  # what the stratum holds, read back
             try:
                 await self._edit("service", request.config())
             except RPCError as err:
@@ -579,13 +656,12 @@ class Orchestrator:
             world.svc = ServiceView.parse(await self._get("service", SERVICE_FILTER))
             session = world.svc.sessions.get(spec.name)
         if session is None:
-            return Outcome(False, waiting=f"waiting for session {spec.name}", steer=steer, session_config=written)
+            return Outcome(False, waiting=f"waiting for session {spec.name}", steer=steer)
         if session.status != "active":
             return Outcome(False, waiting=f"waiting for session {spec.name}: {session.status or 'no status yet'}"
-                           + (f", {session.reason}" if session.reason else ""), steer=steer,
-                           session_config=written)
+                           + (f", {session.reason}" if session.reason else ""), steer=steer)
         decision.session = session
-        return Outcome(True, steer=steer, session_config=written)
+        return Outcome(True, steer=steer)
 
     def _steer(self, decision: Decision, world: Observation) -> tuple[str, ...]:
         """Links the service controller must avoid so that the session leaves its current
@@ -628,7 +704,6 @@ class Orchestrator:
         rate = observed_rate(session, world.fwd) if session is not None and session.status == "active" else None
         status = {
             "session": spec.name if session is not None else None,
-            "session-config": (outcome.session_config or previous.get("session-config")) if outcome else None,
             "steer": list(outcome.steer) if outcome else [],
             "paths": paths,
             "observed-rate": rate,

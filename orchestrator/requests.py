@@ -1,7 +1,8 @@
 """What the orchestrator asks of the strata, as NETCONF <config> content: QKD links of the
 forwarding controller (qi-forwarding) and key-delivery sessions of the service controller
 (qi-service). The forwarding controller asks the connectivity controller for the optical
-path a new link needs, so the orchestrator never writes qi-connectivity."""
+path a new link needs, so the orchestrator never writes qi-connectivity. A session is always
+written whole (operation replace): the request states the entire desired session."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from orchestrator.planner import Candidate
-from orchestrator.views import ETSI_TYPES_NS, FWD_NS, NT_NS, NW_NS, SVC_NS
+from orchestrator.views import ETSI_TYPES_NS, FWD_NS, NT_NS, NW_NS, SVC_NS, SessionConfig
 
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 
@@ -48,8 +49,11 @@ class SessionRequest:
     segment: SegmentEnds | None = None
 
     def config(self) -> etree._Element:
-        sessions = etree.Element(f"{{{SVC_NS}}}sessions", nsmap={None: SVC_NS})
+        """The whole session entry, replacing what the service stratum held (a merge would keep
+        avoid-links and avoid-nodes entries the intent no longer asks for)."""
+        sessions = etree.Element(f"{{{SVC_NS}}}sessions", nsmap={None: SVC_NS, "nc": NC_NS})
         session = etree.SubElement(sessions, f"{{{SVC_NS}}}session")
+        session.set(f"{{{NC_NS}}}operation", "replace")
         leaves = [("name", self.name), ("source-sae", self.source_sae), ("destination-sae", self.destination_sae),
                   ("rate", self.rate), ("key-size", self.key_size), ("ttl", self.ttl), ("max-hops", self.max_hops)]
         leaves += [("avoid-nodes", n) for n in self.avoid_nodes] + [("avoid-links", l) for l in self.avoid_links]
@@ -60,6 +64,15 @@ class SessionRequest:
         if self.segment is not None:
             self.segment.append_to(etree.SubElement(session, f"{{{SVC_NS}}}segment"), SVC_NS)
         return sessions
+
+    def wanted(self) -> SessionConfig:
+        """What the service stratum should hold for this session, to compare with what it holds."""
+        segment = self.segment
+        return SessionConfig(self.source_sae, self.destination_sae, self.rate, self.key_size, self.ttl,
+                             self.max_hops, frozenset(self.avoid_nodes), frozenset(self.avoid_links),
+                             round(self.qber_ceiling, 3) if self.qber_ceiling is not None else None,
+                             (segment.source_km, segment.destination_km, segment.ingress_link, segment.egress_link)
+                             if segment is not None else None)
 
     @staticmethod
     def delete(name: str) -> etree._Element:

@@ -2,7 +2,8 @@
 
 It holds what the orchestrator must not forget across a restart: each intent's
 configuration (as the operator committed it), its lifecycle state with the history of
-every transition, what the orchestrator last observed of it (session, paths, conditions),
+its transitions (a transition repeated in a loop is one entry with a count), what the
+orchestrator last observed of it (session, paths, conditions),
 and the QKD links the orchestrator created and which intents use them. Links are recorded
 before they are requested (write-ahead), so that a restart never loses track of a link it
 may have created; the reconcile loop then compares the record with the network.
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS transition (
     to_state   TEXT NOT NULL,
     time       TEXT NOT NULL,
     reason     TEXT NOT NULL,
+    count      INTEGER NOT NULL DEFAULT 1, -- times it happened in a row (see IntentStore.transition)
     PRIMARY KEY (intent, sequence)
 );
 CREATE TABLE IF NOT EXISTS created_link (
@@ -56,6 +58,10 @@ def timestamp(moment: dt.datetime | None = None) -> str:
     return moment.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+SETTLED = ("active", "removed")
+"""States that end a run of transitions: a repeat is only looked for since the last of them."""
+
+
 @dataclass(frozen=True)
 class Transition:
     sequence: int
@@ -63,6 +69,7 @@ class Transition:
     to_state: str
     time: str
     reason: str
+    count: int = 1  # how many times it happened since the intent last settled; time is the latest
 
 
 @dataclass
@@ -88,6 +95,8 @@ class IntentStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        if "count" not in {row["name"] for row in self.db.execute("PRAGMA table_info(transition)")}:
+            self.db.execute("ALTER TABLE transition ADD COLUMN count INTEGER NOT NULL DEFAULT 1")  # an older store
 
     def close(self) -> None:
         self.db.close()
@@ -119,7 +128,8 @@ class IntentStore:
             now = timestamp()
             self.db.execute("INSERT INTO intent (name, config, created, state, state_since, reason)"
                             " VALUES (?, ?, ?, ?, ?, ?)", (name, config, created, initial_state, now, reason))
-            self.db.execute("INSERT INTO transition VALUES (?, 1, NULL, ?, ?, ?)", (name, initial_state, now, reason))
+            self.db.execute("INSERT INTO transition (intent, sequence, from_state, to_state, time, reason)"
+                            " VALUES (?, 1, NULL, ?, ?, ?)", (name, initial_state, now, reason))
             return True
 
     def mark_deleted(self, name: str) -> None:
@@ -133,20 +143,37 @@ class IntentStore:
             self.db.execute("DELETE FROM intent WHERE name = ?", (name,))
 
     def transition(self, name: str, to_state: str, reason: str) -> Transition:
-        """Move an intent to `to_state`, recording the transition in its history."""
+        """Move an intent to `to_state`, recording the transition in its history. A transition
+        that repeats one made since the intent last settled (same states, same reason: a loop
+        such as failed -> compiling -> installing -> failed) is counted in that entry, whose
+        time becomes the latest, instead of making the history grow with every round."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT state FROM intent WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise KeyError(f"no intent {name!r}")
-            sequence = self.db.execute("SELECT COALESCE(MAX(sequence), 0) + 1 FROM transition WHERE intent = ?",
-                                       (name,)).fetchone()[0]
             now = timestamp()
             self.db.execute("UPDATE intent SET state = ?, state_since = ?, reason = ? WHERE name = ?",
                             (to_state, now, reason, name))
-            self.db.execute("INSERT INTO transition VALUES (?, ?, ?, ?, ?, ?)",
+            repeated = self._repeated(name, row["state"], to_state, reason)
+            if repeated is not None:
+                self.db.execute("UPDATE transition SET count = count + 1, time = ? WHERE intent = ? AND sequence = ?",
+                                (now, name, repeated["sequence"]))
+                return Transition(repeated["sequence"], row["state"], to_state, now, reason, repeated["count"] + 1)
+            sequence = self.db.execute("SELECT COALESCE(MAX(sequence), 0) + 1 FROM transition WHERE intent = ?",
+                                       (name,)).fetchone()[0]
+            self.db.execute("INSERT INTO transition (intent, sequence, from_state, to_state, time, reason)"
+                            " VALUES (?, ?, ?, ?, ?, ?)",
                             (name, sequence, row["state"], to_state, now, reason))
         return Transition(sequence, row["state"], to_state, now, reason)
+
+    def _repeated(self, name: str, from_state: str, to_state: str, reason: str) -> sqlite3.Row | None:
+        """The entry of the same transition since the intent last entered a settled state, if any."""
+        since = self.db.execute(f"SELECT COALESCE(MAX(sequence), 0) FROM transition WHERE intent = ? AND to_state IN "
+                                f"({', '.join('?' * len(SETTLED))})", (name, *SETTLED)).fetchone()[0]
+        return self.db.execute("SELECT sequence, count FROM transition WHERE intent = ? AND sequence > ? AND "
+                               "from_state = ? AND to_state = ? AND reason = ?",
+                               (name, since, from_state, to_state, reason)).fetchone()
 
     def set_reason(self, name: str, reason: str) -> None:
         """Update why an intent is in its state, without a transition."""
@@ -154,7 +181,8 @@ class IntentStore:
 
     def history(self, name: str) -> list[Transition]:
         rows = self.db.execute("SELECT * FROM transition WHERE intent = ? ORDER BY sequence", (name,)).fetchall()
-        return [Transition(r["sequence"], r["from_state"], r["to_state"], r["time"], r["reason"]) for r in rows]
+        return [Transition(r["sequence"], r["from_state"], r["to_state"], r["time"], r["reason"], r["count"])
+                for r in rows]
 
     def set_status(self, name: str, status: dict[str, Any]) -> None:
         self.db.execute("UPDATE intent SET status = ? WHERE name = ?", (json.dumps(status, sort_keys=True), name))

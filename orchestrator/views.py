@@ -1,6 +1,7 @@
 """What the orchestrator reads of the three strata, as plain data: the fibre network
 (qi-connectivity), the QKD network (qi-forwarding) and the key-delivery sessions
-(qi-service), each parsed from a controller's <get> reply (RFC 8345 networks)."""
+(qi-service), each parsed from a controller's <get> reply (RFC 8345 networks), and a
+controller's alarm list (RFC 8632 ietf-alarms)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,8 +14,10 @@ FWD_NS = "urn:qstrata:yang:qi-forwarding"
 CONN_NS = "urn:qstrata:yang:qi-connectivity"
 SVC_NS = "urn:qstrata:yang:qi-service"
 ETSI_TYPES_NS = "urn:etsi:qkd:yang:etsi-qkd-node-types"
+AL_NS = "urn:ietf:params:xml:ns:yang:ietf-alarms"
 
 LINK_UP = "ACTIVE"
+DEFAULT_KEY_SIZE = 256  # qi-service key-size default
 
 
 def nw(tag: str) -> str:
@@ -225,6 +228,36 @@ class Hop:
 
 
 @dataclass(frozen=True)
+class SessionConfig:
+    """What a qi-service session asks for (its configuration), in a form two can be compared in:
+    what the orchestrator wants, and what the service stratum holds."""
+
+    source_sae: str
+    destination_sae: str
+    rate: int
+    key_size: int
+    ttl: int | None
+    max_hops: int | None
+    avoid_nodes: frozenset[str]
+    avoid_links: frozenset[str]
+    qber_ceiling: float | None
+    segment: tuple[str | None, ...] | None  # source-km, destination-km, ingress-link, egress-link
+
+    @classmethod
+    def parse(cls, session: etree._Element) -> SessionConfig:
+        s = lambda tag: f"{{{SVC_NS}}}{tag}"
+        number = lambda tag: int(n) if (n := _number(session, s(tag))) is not None else None
+        segment = session.find(s("segment"))
+        return cls(_text(session, s("source-sae"), ""), _text(session, s("destination-sae"), ""),
+                   number("rate") or 0, number("key-size") or DEFAULT_KEY_SIZE, number("ttl"), number("max-hops"),
+                   frozenset((e.text or "").strip() for e in session.iterfind(s("avoid-nodes"))),
+                   frozenset((e.text or "").strip() for e in session.iterfind(s("avoid-links"))),
+                   _number(session, s("qber-ceiling")),
+                   tuple(_text(segment, s(tag)) for tag in ("source-km", "destination-km", "ingress-link",
+                                                            "egress-link")) if segment is not None else None)
+
+
+@dataclass(frozen=True)
 class Session:
     name: str
     source_sae: str
@@ -235,6 +268,7 @@ class Session:
     path: tuple[Hop, ...]
     delivered_keys: int = 0
     delivered_bits: int = 0
+    config: SessionConfig | None = None  # as the service stratum holds it
 
     @property
     def links(self) -> tuple[str, ...]:
@@ -258,10 +292,48 @@ class ServiceView:
                 name, _text(session, s("source-sae"), ""), _text(session, s("destination-sae"), ""),
                 int(_number(session, s("rate")) or 0), _text(session, s("status")), _text(session, s("reason"), ""),
                 parse_hops(session.find(s("path")), SVC_NS), int(_number(session, s("delivered-keys")) or 0),
-                int(_number(session, s("delivered-bits")) or 0))
+                int(_number(session, s("delivered-bits")) or 0), SessionConfig.parse(session))
         for sae in data.iterfind(f"{s('sae-directory')}/{s('sae')}"):
             view.saes[_text(sae, s("sae-id"), "")] = _text(sae, s("km-id"), "")
         return view
+
+
+# --- alarms (RFC 8632) ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Alarm:
+    """An entry of a controller's alarm list (ietf-alarms)."""
+
+    resource: str
+    type_id: str       # the alarm type identity, without its prefix
+    cleared: bool
+    severity: str
+    text: str
+    last_changed: str
+
+    @property
+    def link_id(self) -> str | None:
+        """The link of a QKD or fibre network the resource (an instance-identifier) names."""
+        _, found, tail = self.resource.rpartition("link-id=")
+        quote = tail[:1]
+        return tail[1:].removesuffix("]").removesuffix(quote) if found and quote in ("'", '"') else None
+
+
+def parse_alarms(data: etree._Element | None) -> list[Alarm]:
+    """The alarm list of a <get> reply of /alarms."""
+    a = lambda tag: f"{{{AL_NS}}}{tag}"
+    if data is None:
+        return []
+    return [Alarm(_text(e, a("resource"), ""), _identity(_text(e, a("alarm-type-id"))) or "",
+                  _text(e, a("is-cleared")) == "true", _text(e, a("perceived-severity"), ""),
+                  _text(e, a("alarm-text"), ""), _text(e, a("last-changed"), ""))
+            for e in data.iterfind(f"{a('alarms')}/{a('alarm-list')}/{a('alarm')}")]
+
+
+def qber_alarms(alarms: list[Alarm]) -> dict[str, str]:
+    """Link id -> text of the QBER alarms raised now."""
+    return {alarm.link_id: alarm.text for alarm in alarms
+            if alarm.type_id == "qber-above-threshold" and not alarm.cleared and alarm.link_id}
 
 
 def parse_hops(parent: etree._Element | None, ns: str) -> tuple[Hop, ...]:

@@ -1,7 +1,8 @@
 """`qstrata status`: the intents (orchestrator), the QKD links with their key rates and QBER
-(forwarding controller), and what is alarming now: QBER alarms (replayed from the forwarding
-controller's notification stream), links that are not ACTIVE, and spans that are down or
-tapped (connectivity controller). Read over NETCONF, like any NMS; where each level
+(forwarding controller), and what is alarming now: the alarms raised in the RFC 8632 alarm
+lists of the forwarding controller (QBER above threshold, a link down) and of the
+connectivity controller (a span cut or tapped), links that are not ACTIVE, and spans in
+another abnormal state. Read over NETCONF, like any NMS; where each level
 listens comes from the file `qstrata up` writes."""
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 
 from lxml import etree
 
+from orchestrator.views import Alarm, parse_alarms
 from tools.cmd_intent import format_intents, intent_states, rate, table
 from tools.cmd_up import StackNotFound, add_connection_options, connect, target
 
@@ -18,10 +20,9 @@ NW_NS = "urn:ietf:params:xml:ns:yang:ietf-network"
 NT_NS = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
 FWD_NS = "urn:qstrata:yang:qi-forwarding"
 CONN_NS = "urn:qstrata:yang:qi-connectivity"
-NOTIF_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
-NC_NOTIFICATIONS_NS = "urn:ietf:params:xml:ns:netmod:notification"
-EPOCH = "1970-01-01T00:00:00Z"
-REPLAY_TIMEOUT_S = 10.0
+AL_NS = "urn:ietf:params:xml:ns:yang:ietf-alarms"
+ALARM_NAMES = {"qber-above-threshold": "QBER alarm", "link-down": "link-down alarm",
+               "span-cut": "span-cut alarm", "span-tapped": "eavesdropper alarm"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,14 +50,15 @@ async def status(args: argparse.Namespace) -> str:
     targets = [target(args), target(args, "forwarding"), target(args, "connectivity")]
     orchestrator, forwarding, connectivity = await asyncio.gather(*(connect(t) for t in targets))
     try:
-        intents, links, spans, alarms = await asyncio.gather(
-            intent_states(orchestrator), qkd_links(forwarding), fibre_spans(connectivity), qber_alarms(forwarding))
+        intents, links, spans, link_alarms, span_alarms = await asyncio.gather(
+            intent_states(orchestrator), qkd_links(forwarding), fibre_spans(connectivity), raised_alarms(forwarding),
+            raised_alarms(connectivity))
     finally:
         for session in (orchestrator, forwarding, connectivity):
             session.close()
     return "\n\n".join(["INTENTS\n" + format_intents(intents),
                         "QKD LINKS\n" + format_links(links),
-                        "ALARMS\n" + format_alarms(links, spans, alarms)])
+                        "ALARMS\n" + format_alarms(links, spans, link_alarms, span_alarms)])
 
 
 def _t(element: etree._Element, path: str) -> str:
@@ -94,18 +96,10 @@ async def fibre_spans(nc) -> list[dict[str, str]]:
     return out
 
 
-async def qber_alarms(nc) -> dict[str, etree._Element]:
-    """The last qber-alarm of each link, from the notification replay."""
-    await nc.create_subscription(filter=("subtree", f'<qber-alarm xmlns="{FWD_NS}"/>'), start_time=EPOCH)
-    last: dict[str, etree._Element] = {}
-    async with asyncio.timeout(REPLAY_TIMEOUT_S):
-        async for notification in nc.notifications():
-            if notification.find(f"{{{NC_NOTIFICATIONS_NS}}}replayComplete") is not None:
-                break
-            alarm = notification.find(f"{{{FWD_NS}}}qber-alarm")
-            if alarm is not None:
-                last[_t(alarm, f"{{{FWD_NS}}}link-id")] = alarm
-    return last
+async def raised_alarms(nc) -> list[Alarm]:
+    """The alarms raised now, from the alarm list (state, not a replay of notifications)."""
+    data = await nc.get(filter=("subtree", f'<alarms xmlns="{AL_NS}"><alarm-list/></alarms>'))
+    return [alarm for alarm in parse_alarms(data) if not alarm.cleared]
 
 
 def format_links(links: list[dict[str, str]]) -> str:
@@ -117,14 +111,17 @@ def format_links(links: list[dict[str, str]]) -> str:
     return table(("LINK", "NODES", "TYPE", "STATUS", "SKR", "ESKR", "QBER", "LOSS"), rows)
 
 
-def format_alarms(links: list[dict[str, str]], spans: list[dict[str, str]], alarms: dict[str, etree._Element]) -> str:
-    f = lambda tag: f"{{{FWD_NS}}}{tag}"
-    lines = [f"QBER alarm on link {link_id}: {_t(alarm, f('qber'))} % above the threshold {_t(alarm, f('threshold'))} %"
-             for link_id, alarm in sorted(alarms.items()) if _t(alarm, f("raised")) == "true"]
+def format_alarms(links: list[dict[str, str]], spans: list[dict[str, str]], link_alarms: list[Alarm],
+                  span_alarms: list[Alarm]) -> str:
+    lines = [_alarm_line(a, "link") for a in sorted(link_alarms, key=lambda a: (a.link_id or a.resource, a.type_id))]
+    lines += [_alarm_line(a, "span") for a in sorted(span_alarms, key=lambda a: (a.link_id or a.resource, a.type_id))]
     lines += [f"link {l['id']} ({l['a']} - {l['b']}) is {l['status']}" for l in links if l["status"] != "ACTIVE"]
-    for span in spans:
-        if span["status"] not in ("", "up"):
-            lines.append(f"span {span['id']} is {span['status']}" + (f" ({span['faults']})" if span["faults"] else ""))
-        elif span["eavesdropper"] == "true":
-            lines.append(f"span {span['id']} is tapped by an eavesdropper")
+    lines += [f"span {span['id']} is {span['status']}" + (f" ({span['faults']})" if span["faults"] else "")
+              for span in spans if span["status"] not in ("", "up", "down")]  # a cut span has its alarm
     return "\n".join(lines) if lines else "none"
+
+
+def _alarm_line(alarm: Alarm, noun: str) -> str:
+    where = f"{noun} {alarm.link_id}" if alarm.link_id else alarm.resource
+    return (f"{ALARM_NAMES.get(alarm.type_id, alarm.type_id + ' alarm')} ({alarm.severity}) on {where}: "
+            f"{alarm.text} (since {alarm.last_changed})")

@@ -23,7 +23,7 @@ from netconf_core.yangdirs import SEARCH_DIRS
 
 DEFAULT_OUT_DIR = pathlib.Path(__file__).resolve().parent / "generated"
 
-TYPE_ONLY_MODULES = ("qi-types", "etsi-qkd-node-types")
+TYPE_ONLY_MODULES = ("qi-types", "qi-alarms", "etsi-qkd-node-types")
 """Modules without data nodes: their types are generated into the modules using them."""
 
 AUGMENTED_MODULES: dict[str, list[str]] = {
