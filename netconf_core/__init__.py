@@ -5,7 +5,9 @@ What a level builds on, importable from here:
 
 - serving: `NetconfServer`, `User`, `standard_nacm`, `SubtreeWriters`, `Session` (the
   session an RPC handler is called with), `Schema`, `schema_for` (one shared Schema per set of
-  modules), `empty_tree`;
+  modules), `empty_tree`; `AccessPolicy` and `NacmAccess` (the default one) for
+  `NetconfServer.set_access_policy`; `RestconfServer` (RESTCONF on a NetconfServer);
+- reconciling: `ReconcileLoop` (level-triggered, coalescing, periodic, backing off on failure);
 - talking to a server: `NetconfClient`, `SessionClosedError`, `RPCTimeoutError`, and
   `DeviceLink`/`Endpoint` (a session kept up with reconnect), `transaction` (one change over
   several servers), `TransactionError`, `IncompatibleDevice`;
@@ -21,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 _MODULE_OF = {
     "NetconfServer": "server", "User": "server", "standard_nacm": "server", "SubtreeWriters": "server",
-    "Session": "session",
+    "AccessPolicy": "extension", "NacmAccess": "extension", "ReconcileLoop": "reconcile",
+    "Session": "session", "RestconfServer": "restconf",
     "Schema": "schema", "schema_for": "schema_cache",
     "empty_tree": "datastore",
     "NetconfClient": "client", "SessionClosedError": "client", "RPCTimeoutError": "client",
     "DeviceLink": "link", "Endpoint": "link", "transaction": "link", "TransactionError": "link",
-    "IncompatibleDevice": "link",
+    "IncompatibleDevice": "link", "Watch": "link", "PushSubscription": "client",
     "RPCError": "errors", "RPCErrorList": "errors", "BASE_NS": "errors",
 }
 
@@ -49,8 +52,12 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load l
     from .client import NetconfClient, RPCTimeoutError, SessionClosedError
     from .datastore import empty_tree
     from .errors import BASE_NS, RPCError, RPCErrorList
-    from .link import DeviceLink, Endpoint, IncompatibleDevice, TransactionError, transaction
+    from .extension import AccessPolicy, NacmAccess
+    from .client import PushSubscription
+    from .link import DeviceLink, Endpoint, IncompatibleDevice, TransactionError, Watch, transaction
+    from .reconcile import ReconcileLoop
     from .schema import Schema
     from .schema_cache import schema_for
+    from .restconf import RestconfServer
     from .server import NetconfServer, SubtreeWriters, User, standard_nacm
     from .session import Session

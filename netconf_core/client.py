@@ -3,7 +3,8 @@
 One `NetconfClient` is one NETCONF session. Requests may be pipelined: each `rpc()` call
 gets its own message-id and waits on a future; the SSH channel's receive callback (the
 reader) parses every incoming message and resolves the future whose message-id the reply
-carries. Notifications (RFC 5277) are queued for `notifications()`.
+carries. Notifications (RFC 5277) are queued for `notifications()`; those of a YANG-Push
+subscription (RFC 8639, RFC 8641: they carry its id) go to its `PushSubscription`.
 
 Nothing here logs message contents: configuration may carry key material.
 """
@@ -28,6 +29,11 @@ log = logging.getLogger(__name__)
 NOTIFICATION_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
 WITH_DEFAULTS_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"
 MONITORING_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
+SN_NS = "urn:ietf:params:xml:ns:yang:ietf-subscribed-notifications"
+YP_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-push"
+DS_NS = "urn:ietf:params:xml:ns:yang:ietf-datastores"
+# The notifications after which a subscription sends no more.
+_ENDING = ("subscription-terminated", "subscription-completed")
 BASE_1_0 = "urn:ietf:params:netconf:base:1.0"
 BASE_1_1 = "urn:ietf:params:netconf:base:1.1"
 
@@ -164,6 +170,52 @@ def _data_or_none(reply: etree._Element) -> etree._Element | None:
     return None
 
 
+class PushSubscription:
+    """A YANG-Push subscription of a session: its `id`, and its notifications' contents
+    (<push-update>, <push-change-update>, <subscription-terminated>, ...) as an async iterator,
+    which ends when the subscription or the session ends. `next(timeout)` waits for one."""
+
+    def __init__(self, subscription_id: int):
+        self.id = subscription_id
+        self.queue: asyncio.Queue[etree._Element | None] = asyncio.Queue()
+        self.ended = False
+
+    def _put(self, content: etree._Element | None) -> None:
+        if self.ended:
+            return
+        self.queue.put_nowait(content)
+        if content is None or etree.QName(content).localname in _ENDING:
+            self.ended = True
+            if content is not None:
+                self.queue.put_nowait(None)
+
+    async def next(self, timeout: float | None = None) -> etree._Element | None:
+        """The next notification's content, or None when the subscription has ended."""
+        async with asyncio.timeout(timeout):
+            item = await self.queue.get()
+        if item is None:
+            self.queue.put_nowait(None)
+        return item
+
+    def __aiter__(self) -> "PushSubscription":
+        return self
+
+    async def __anext__(self) -> etree._Element:
+        item = await self.next()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+
+def _subscription_id(notification: etree._Element) -> int | None:
+    """The subscription id a YANG-Push notification carries, None for other notifications."""
+    for child in notification:
+        if isinstance(child.tag, str) and etree.QName(child).namespace in (SN_NS, YP_NS):
+            text = child.findtext(f"{{{etree.QName(child).namespace}}}id")
+            return int(text) if text and text.strip().isdigit() else None
+    return None
+
+
 class _Channel(asyncssh.SSHClientSession[bytes]):
     """Feeds the bytes of the netconf subsystem to the client and tells it when the channel
     ends. After a reconnect the old channel's late callbacks are ignored (generation check)."""
@@ -209,6 +261,9 @@ class NetconfClient:
         self._pending: dict[str, asyncio.Future[etree._Element]] = {}
         self._ids = itertools.count(1)
         self._notifications: asyncio.Queue[etree._Element | None] = asyncio.Queue()
+        self._subscriptions: dict[int, PushSubscription] = {}
+        self._early: dict[int, list[etree._Element]] = {}  # for an id whose reply is still on its way
+        self._establishing = 0
         self._closed_reason: str | None = None
 
     @property
@@ -280,7 +335,15 @@ class NetconfClient:
         elif msg.tag == _q("rpc-reply"):
             self._take_reply(msg)
         elif msg.tag == _q("notification", NOTIFICATION_NS):
-            self._notifications.put_nowait(msg)
+            subscription_id = _subscription_id(msg)
+            subscription = self._subscriptions.get(subscription_id) if subscription_id is not None else None
+            if subscription is not None:
+                subscription._put(next(c for c in msg if isinstance(c.tag, str)
+                                       and etree.QName(c).namespace in (SN_NS, YP_NS)))
+            elif subscription_id is not None and self._establishing:
+                self._early.setdefault(subscription_id, []).append(msg)
+            else:  # not one of establish_subscription's: with the other notifications
+                self._notifications.put_nowait(msg)
         else:
             log.warning("ignoring unexpected message <%s> from %s:%s", msg.tag, self.host, self.port)
 
@@ -324,6 +387,8 @@ class NetconfClient:
                 future.set_exception(error)
         self._pending.clear()
         self._notifications.put_nowait(None)
+        for subscription in self._subscriptions.values():
+            subscription._put(None)
 
     def _closed_error(self) -> SessionClosedError:
         return SessionClosedError(f"NETCONF session to {self.host}:{self.port}: {self._closed_reason or 'not open'}")
@@ -478,6 +543,87 @@ class NetconfClient:
         if stop_time is not None:
             _sub(op, "stopTime", _date_time(stop_time), NOTIFICATION_NS)
         await self._call(op)
+
+    async def establish_subscription(self, datastore: str | None = "running", *, stream: str | None = None,
+                                     xpath: str | None = None, namespaces: dict[str, str] | None = None,
+                                     subtree: Xml | None = None, period: float | None = None,
+                                     anchor_time: datetime.datetime | str | None = None, on_change: bool = False,
+                                     dampening: float | None = None, sync_on_start: bool | None = None,
+                                     excluded_changes: Sequence[str] = (),
+                                     stop_time: datetime.datetime | str | None = None) -> PushSubscription:
+        """A YANG-Push subscription (RFC 8639, RFC 8641) on this session: to a `datastore`
+        (running, candidate, startup, intended, operational), its selection given by `xpath`
+        (prefixes in `namespaces`) or `subtree`, pushed every `period` seconds or
+        `on_change` (with a `dampening` period in seconds); or to a `stream` (NETCONF), whose
+        events then come through `notifications()`. Periods go on the wire in centiseconds."""
+        op = _op("establish-subscription", SN_NS)
+        if stream is not None:
+            _sub(op, "stream", stream, SN_NS)
+            if xpath is not None:
+                etree.SubElement(op, _q("stream-xpath-filter", SN_NS), nsmap=namespaces or {}).text = xpath
+            elif subtree is not None:
+                _sub(op, "stream-subtree-filter", ns=SN_NS).extend(_parse(f"<f>{subtree}</f>") if isinstance(
+                    subtree, str) else [_copy(subtree)])
+        else:
+            if datastore is None:
+                raise ValueError("give a datastore or a stream")
+            etree.SubElement(op, _q("datastore", YP_NS), nsmap={"ds": DS_NS}).text = f"ds:{datastore}"
+            if xpath is not None:
+                etree.SubElement(op, _q("datastore-xpath-filter", YP_NS), nsmap=namespaces or {}).text = xpath
+            elif subtree is not None:
+                _sub(op, "datastore-subtree-filter", ns=YP_NS).extend(_parse(f"<f>{subtree}</f>") if isinstance(
+                    subtree, str) else [_copy(subtree)])
+            if (period is None) == (not on_change):
+                raise ValueError("a datastore subscription is periodic (period=seconds) or on_change=True")
+        if stop_time is not None:
+            _sub(op, "stop-time", _date_time(stop_time), SN_NS)
+        if period is not None:
+            periodic = _sub(op, "periodic", ns=YP_NS)
+            _sub(periodic, "period", str(round(period * 100)), YP_NS)
+            if anchor_time is not None:
+                _sub(periodic, "anchor-time", _date_time(anchor_time), YP_NS)
+        elif on_change:
+            change = _sub(op, "on-change", ns=YP_NS)
+            if dampening is not None:
+                _sub(change, "dampening-period", str(round(dampening * 100)), YP_NS)
+            if sync_on_start is not None:
+                _sub(change, "sync-on-start", "true" if sync_on_start else "false", YP_NS)
+            for kind in excluded_changes:
+                _sub(change, "excluded-change", kind, YP_NS)
+        self._establishing += 1
+        try:
+            reply = await self.rpc(op)
+        finally:
+            self._establishing -= 1
+        subscription_id = int(reply.findtext(_q("id", SN_NS)) or "0")
+        subscription = PushSubscription(subscription_id)
+        self._subscriptions[subscription_id] = subscription
+        early = self._early.pop(subscription_id, [])
+        if not self._establishing:  # what is left belongs to no subscription of ours
+            for msg in [m for ms in self._early.values() for m in ms]:
+                self._notifications.put_nowait(msg)
+            self._early.clear()
+        for msg in early:
+            self._dispatch(msg)
+        return subscription
+
+    async def delete_subscription(self, subscription_id: int) -> None:
+        """End one of this session's subscriptions (RFC 8639 delete-subscription)."""
+        op = _op("delete-subscription", SN_NS)
+        _sub(op, "id", str(subscription_id), SN_NS)
+        await self._call(op)
+        self._end_subscription(subscription_id)
+
+    async def kill_subscription(self, subscription_id: int) -> None:
+        """End any session's subscription (RFC 8639 kill-subscription, for administrators)."""
+        op = _op("kill-subscription", SN_NS)
+        _sub(op, "id", str(subscription_id), SN_NS)
+        await self._call(op)
+
+    def _end_subscription(self, subscription_id: int) -> None:
+        subscription = self._subscriptions.pop(subscription_id, None)
+        if subscription is not None:
+            subscription._put(None)
 
     async def dispatch(self, operation: Xml, timeout: float | None = None) -> etree._Element | None:
         """Any RPC or action of a model: the <rpc-reply> (which holds the output), or None for <ok/>."""

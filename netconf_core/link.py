@@ -4,7 +4,9 @@
 A `DeviceLink` checks on every (re)connection that the server implements the modules its
 user needs (from its ietf-yang-library), subscribes to its notifications, and calls the
 user's `on_connect` (a full resync) and `on_notification` hooks. Controllers use it towards
-their devices, orchestrators towards their controllers.
+their devices, orchestrators towards their controllers. With `watches`, a link to a server
+that offers YANG-Push (ietf-yang-push) also keeps one on-change subscription per `Watch` and
+hands each update to `on_update`; `pushing` says whether the server offers it (if not, poll).
 """
 from __future__ import annotations
 
@@ -36,6 +38,17 @@ class Endpoint:
     client_keys: tuple[str, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Watch:
+    """An on-change YANG-Push subscription (RFC 8641) a DeviceLink keeps on its server: the
+    nodes `xpath` selects (prefixes in `namespaces`, (prefix, namespace) pairs) of `datastore`."""
+
+    xpath: str
+    namespaces: tuple[tuple[str, str], ...]
+    datastore: str = "operational"
+    dampening: float | None = None  # seconds
+
+
 class IncompatibleDevice(Exception):
     """The device does not implement a module its user needs."""
 
@@ -43,8 +56,16 @@ class IncompatibleDevice(Exception):
 class DeviceLink:
     def __init__(self, endpoint: Endpoint, required_modules: tuple[str, ...],
                  on_connect: Callable[["DeviceLink"], Awaitable[None]] | None = None,
-                 on_notification: Callable[["DeviceLink", etree._Element], Awaitable[None]] | None = None):
+                 on_notification: Callable[["DeviceLink", etree._Element], Awaitable[None]] | None = None,
+                 watches: tuple[Watch, ...] = (),
+                 on_update: Callable[["DeviceLink", Watch, etree._Element], Awaitable[None]] | None = None):
+        """`on_update(link, watch, content)` gets each <push-update> (the first, with the
+        selection whole, then after each resubscription) and <push-change-update> of a watch."""
         self.endpoint = endpoint
+        self.watches = watches
+        self.on_update = on_update
+        self.pushing = False
+        self._watch_tasks: list[asyncio.Task] = []
         self.required_modules = required_modules
         self.on_connect = on_connect
         self.on_notification = on_notification
@@ -68,8 +89,14 @@ class DeviceLink:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                 pass
+        self._stop_watches()
         if self.client:
             self.client.close()
+
+    def _stop_watches(self) -> None:
+        for task in self._watch_tasks:
+            task.cancel()
+        self._watch_tasks = []
 
     async def session(self, timeout: float = 10.0) -> NetconfClient:
         """The live session, waiting (bounded) for a reconnection if the device is down."""
@@ -98,6 +125,7 @@ class DeviceLink:
             except Exception as err:  # asyncssh's own errors (auth, protocol) and anything unforeseen
                 self.reason = f"{type(err).__name__}: {err}"
             self.connected.clear()
+            self._stop_watches()
             if self.client:
                 self.client.close()
                 self.client = None
@@ -112,10 +140,19 @@ class DeviceLink:
         client = await NetconfClient.connect(ep.host, ep.port, ep.username, password=ep.password,
                                              client_keys=list(ep.client_keys) if ep.client_keys else None)
         self.client = client
-        missing = set(self.required_modules) - await implemented_modules(client)
+        modules = await implemented_modules(client)
+        missing = set(self.required_modules) - modules
         if missing:
             raise IncompatibleDevice(f"device {self.name} does not implement {', '.join(sorted(missing))}")
         await client.create_subscription()
+        self.pushing = "ietf-yang-push" in modules
+        if self.pushing:
+            for watch in self.watches:
+                subscription = await client.establish_subscription(
+                    watch.datastore, xpath=watch.xpath, namespaces=dict(watch.namespaces), on_change=True,
+                    dampening=watch.dampening)
+                self._watch_tasks.append(asyncio.get_running_loop().create_task(
+                    self._pump_updates(watch, subscription), name=f"link {self.name} watch"))
         self.status, self.reason = "connected", ""
         self.connected.set()
         if self.on_connect:
@@ -129,6 +166,15 @@ class DeviceLink:
                     await self.on_notification(self, notification)
                 except Exception:  # a bad event must not kill the session
                     log.exception("%s: notification handler failed", self.name)
+
+
+    async def _pump_updates(self, watch: Watch, subscription) -> None:
+        async for content in subscription:  # ends with the session
+            if self.on_update:
+                try:
+                    await self.on_update(self, watch, content)
+                except Exception:  # a bad update must not end the watch
+                    log.exception("%s: update handler failed", self.name)
 
 
 async def implemented_modules(client: NetconfClient) -> set[str]:

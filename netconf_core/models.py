@@ -24,10 +24,21 @@ PROJECT_MODULES: list[str] = [
 ]
 """Every module in yang/, each after the project modules it imports."""
 
+# Modules whose features are chosen, not all enabled: what the engine implements. ietf-netconf
+# without :url; RFC 8639 dynamic subscriptions (no configured ones, no QoS, no interface or VRF
+# designation, XML only); RFC 8641 with on-change.
+FEATURES: dict[str, tuple[str, ...]] = {
+    "ietf-netconf": ("writable-running", "candidate", "confirmed-commit", "rollback-on-error", "validate",
+                     "startup", "xpath"),
+    "ietf-subscribed-notifications": ("encode-xml", "replay", "subtree", "xpath"),
+    "ietf-yang-push": ("on-change",),
+}
+
 
 def load_context(modules: Iterable[str] = PROJECT_MODULES,
                  extra_dirs: Iterable[pathlib.Path | str] = ()) -> libyang.Context:
-    """A libyang context with `modules` implemented and all their features enabled.
+    """A libyang context with `modules` implemented and all their features enabled (those
+    of FEATURES: the features named there).
 
     Modules are found in `extra_dirs`, then the project's yang/ and pyang's IETF and IANA
     directories; libyang implements the modules they augment.  Identity
@@ -43,5 +54,12 @@ def load_context(modules: Iterable[str] = PROJECT_MODULES,
     lib.ly_log_options(lib.LY_LOSTORE)
     context = libyang.Context(":".join(str(path) for path in [*extra_dirs, *SEARCH_DIRS]))
     for name in modules:
-        context.load_module(name).feature_enable_all()
+        features = FEATURES.get(name)
+        if features is None:
+            context.load_module(name).feature_enable_all()
+            continue
+        names = [ffi.new("char[]", f.encode()) for f in features]
+        array = ffi.new("char *[]", [*names, ffi.NULL])
+        if lib.ly_ctx_load_module(context.cdata, name.encode(), ffi.NULL, array) == ffi.NULL:
+            raise context.error(f"cannot load module {name}")
     return context

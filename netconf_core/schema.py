@@ -32,6 +32,11 @@ PROTOCOL_MODULES = (
     "ietf-netconf-notifications",
     "ietf-netconf-acm",
     "ietf-yang-library",
+    "notifications",  # RFC 5277's modules: clients (yangcli, netopeer2-cli) look for them
+    "nc-notifications",
+    "ietf-subscribed-notifications",  # RFC 8639/8641 subscriptions (netconf_core/push.py)
+    "ietf-yang-push",
+    "ietf-restconf-monitoring",  # RESTCONF's capabilities and streams (netconf_core/restconf.py)
 )
 
 _LOCATION = re.compile(r'(Data|Schema) location "([^"]+)"')
@@ -319,13 +324,37 @@ def _last_error(ctx: libyang.Context) -> RPCError:
     err = lib.ly_err_first(ctx.cdata)
     if not err:
         return RPCError("operation-failed", "validation failed")
-    message = ffi.string(err.msg).decode() if err.msg else "validation failed"
-    location = ffi.string(err.path).decode() if err.path else ""
-    app_tag = ffi.string(err.apptag).decode() if err.apptag else None
+    item = _ErrorItem(err.vecode, ffi.string(err.msg).decode() if err.msg else "validation failed",
+                      ffi.string(err.path).decode() if err.path else "",
+                      ffi.string(err.apptag).decode() if err.apptag else None)
     lib.ly_err_clean(ctx.cdata, ffi.NULL)
-    match = _LOCATION.search(location)
-    path = match.group(2) if match else None
-    return _error_for(message, path, app_tag)
+    return _error_for(ctx, item)
+
+
+@dataclass(frozen=True)
+class _ErrorItem:
+    """What libyang says of an error (its struct ly_err_item)."""
+
+    vecode: int  # LYVE_*: what kind of validation error
+    message: str
+    location: str  # 'Data location "<path>", line number N.' or 'Schema location "<path>".' or ''
+    app_tag: str | None
+
+    @property
+    def kind(self) -> str | None:
+        """"Data" (a data node's path), "Schema" (a schema node's: no instance), or None."""
+        match = _LOCATION.search(self.location)
+        return match.group(1) if match else None
+
+    @property
+    def path(self) -> str | None:
+        match = _LOCATION.search(self.location)
+        return match.group(2) if match else None
+
+    @property
+    def while_parsing(self) -> bool:
+        """Found while reading the XML (the location names its line), not when validating the whole."""
+        return "line number" in self.location
 
 
 @dataclass
@@ -472,29 +501,99 @@ _APP_TAG_ERRORS = {
 }
 
 
-def _error_for(message: str, path: str | None, app_tag: str | None) -> RPCError:
-    if app_tag in _APP_TAG_ERRORS:
-        tag = _APP_TAG_ERRORS[app_tag]
-    elif app_tag:
+def _error_for(ctx: libyang.Context, err: _ErrorItem) -> RPCError:
+    """The rpc-error of a libyang error, from its app-tag, its code (vecode) and what its
+    location names in the schema (RFC 6241 Appendix A, RFC 7950 section 15)."""
+    path, info = err.path, {}
+    if err.app_tag in _APP_TAG_ERRORS:
+        tag = _APP_TAG_ERRORS[err.app_tag]
+    elif err.app_tag:
         tag = "operation-failed"  # a must with its own error-app-tag
-    elif message.startswith("Mandatory node") or message.startswith("Mandatory choice"):
-        tag = "data-missing"
-    elif "not found as a child" in message or message.startswith("Unexpected data state node"):
-        tag = "unknown-element"
-    elif "Unknown XML prefix" in message or "No module with namespace" in message:
-        tag = "unknown-namespace"
-    elif message.startswith("Data for both cases"):
-        tag = "bad-element"  # RFC 7950 section 8.3.1
-    elif message.startswith("Duplicate instance"):
+    elif err.vecode == lib.LYVE_REFERENCE:  # a node or namespace the schema lacks
+        if err.kind == "Data":
+            tag = "unknown-element"  # a child that the located node does not have
+        elif _unknown_namespace(ctx, err.message):
+            tag = "unknown-namespace"
+        else:
+            tag = "invalid-value"
+    elif err.vecode == lib.LYVE_SYNTAX_XML and (_unknown_namespace(ctx, err.message)
+                                                or _NAME.fullmatch(next(iter(_QUOTED.findall(err.message)), ""))):
+        tag = "unknown-namespace"  # an XML prefix bound to nothing, or to no module
+    elif err.vecode == lib.LYVE_DATA and err.kind == "Schema":
+        # No instance to point at: a mandatory node missing, or a choice with two cases' data
+        # (RFC 7950 section 8.3.1), whose schema path names the choice.
+        tag = "bad-element" if _is_choice(ctx, path or "") else "data-missing"
+    elif err.vecode == lib.LYVE_DATA and err.kind == "Data" and err.while_parsing and _is_state(ctx, path or ""):
+        tag = "unknown-element"  # a config false node where only configuration is read
+        info["bad-element"] = _last_step(path or "")
+    elif err.vecode == lib.LYVE_DATA and err.kind == "Data" and not err.while_parsing and _DUPLICATE.match(err.message):
+        # libyang 2 gives a second instance (of a leaf, or a list entry's keys) no code of its
+        # own, nor a location that tells it from other errors: its message does.
         tag = "data-exists"
+    elif err.vecode == lib.LYVE_DATA and err.kind == "Data" and not err.while_parsing and _is_mandatory(ctx, path or ""):
+        tag = "data-missing"  # a mandatory node of an RPC's input, located by its data path
     else:
         tag = "invalid-value"
-    info = {}
-    if tag == "unknown-element":
-        name = re.search(r'node "([^"]+)"', message)
-        if name:
-            info["bad-element"] = name.group(1)
-    return RPCError(tag, message, path=path, app_tag=app_tag, info=info)
+    return RPCError(tag, err.message, path=path, app_tag=err.app_tag, info=info)
+
+
+_DUPLICATE = re.compile(r"Duplicate instance")
+_PREDICATES = re.compile(r"""\[(?:[^\]'"]|'[^']*'|"[^"]*")*\]""")
+_QUOTED = re.compile(r'"([^"]*)"')
+_NAME = re.compile(r"[A-Za-z_][\w.-]*")
+
+
+def _schema_node(ctx: libyang.Context, path: str):
+    """The compiled schema node (struct lysc_node *) a libyang location names, or NULL; a
+    choice too, which data paths skip."""
+    try:
+        return _find_schema_node(ctx, _PREDICATES.sub("", path))
+    finally:
+        lib.ly_err_clean(ctx.cdata, ffi.NULL)  # what a look-up that found nothing logged
+
+
+def _find_schema_node(ctx: libyang.Context, schema_path: str):
+    node = lib.lys_find_path(ctx.cdata, ffi.NULL, schema_path.encode(), 0) if schema_path else ffi.NULL
+    if node or "/" not in schema_path.strip("/"):
+        return node
+    parent_path, _, name = schema_path.rpartition("/")
+    parent = lib.lys_find_path(ctx.cdata, ffi.NULL, parent_path.encode(), 0)
+    child = ffi.NULL
+    while parent:
+        child = lib.lys_getnext(child, parent, ffi.NULL, lib.LYS_GETNEXT_WITHCHOICE)
+        if not child or ffi.string(child.name).decode() == name.split(":")[-1]:
+            return child
+    return ffi.NULL
+
+
+def _is_choice(ctx: libyang.Context, path: str) -> bool:
+    node = _schema_node(ctx, path)
+    return bool(node) and node.nodetype == lib.LYS_CHOICE
+
+
+def _is_mandatory(ctx: libyang.Context, path: str) -> bool:
+    node = _schema_node(ctx, path)
+    return bool(node) and bool(node.flags & lib.LYS_MAND_TRUE)
+
+
+def _is_state(ctx: libyang.Context, path: str) -> bool:
+    node = _schema_node(ctx, path)
+    return bool(node) and bool(node.flags & lib.LYS_CONFIG_R)
+
+
+def _last_step(path: str) -> str:
+    return _PREDICATES.sub("", path).rstrip("/").rsplit("/", 1)[-1].split(":")[-1]
+
+
+def _unknown_namespace(ctx: libyang.Context, message: str) -> bool:
+    """Whether the error names (first, quoted) a namespace that no module of the context has."""
+    quoted = _QUOTED.findall(message)
+    if not quoted:
+        return False
+    first = quoted[0]
+    if ":" in first:  # node names and prefixes hold no colon; namespaces do
+        return not any(ffi.string(m.cdata.ns).decode() == first for m in ctx)
+    return False
 
 
 def qualified_path(path: str | None, schema: Schema,

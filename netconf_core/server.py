@@ -4,11 +4,19 @@ through which a device or controller plugs in without touching sessions or frami
 
 - `on_change(handler)`: `async handler(before, after)` runs before a new running
   configuration takes effect; raising RPCError vetoes it and nothing changes.
-- `add_state_provider(provider)`: `async provider() -> <data> tree` of config-false
-  nodes, merged into every <get>.
+- `add_state_provider(provider, path=...)`: `async provider() -> <data> tree` of
+  config-false nodes under the top-level nodes `path` names, merged into a <get> whose
+  filter can select them (every <get> without `path`).
+- `running()`, `datastore(name)`: a datastore's tree, to read only; `replace_running(tree)`:
+  a new running configuration through the commit path (change handlers, config-change
+  notification); `update_running(change)`: a change the server makes itself, without the
+  handlers; `save_startup()`: startup becomes a copy of running.
+- `set_access_policy(policy)`: who may read, write and receive what, per session (default:
+  NACM; see netconf_core.extension.AccessPolicy).
 - `add_rpc(path, handler)`: `async handler(session, input, context)` for a YANG RPC
   ("/module:name") or action (its schema path); returns output child elements or None.
-- `notify(element)`: send a YANG notification to the subscribed sessions.
+- `notify(element)`: send a YANG notification to the subscribed sessions (and to the
+  `subscribe_events` listeners: RESTCONF streams).
 """
 from __future__ import annotations
 
@@ -32,11 +40,13 @@ from lxml import etree
 from . import filters
 from .datastore import DATASTORES, Datastores, PendingRecord, empty_tree, merge_state
 from .errors import BASE_NS, RPCError
+from .extension import AccessPolicy, NacmAccess, TopNode, filter_selects, may_select, provider_paths
 from .nacm import Nacm, NacmConfigError, NacmCounters
 from .notifications import ReplayBuffer, Event, now
 from .schema import WD_FLAGS, Schema
 from .ssh import SERVER_OPTIONS, Listener, NetconfSubsystemChannel, TransportLimits
 from .session import BASE_10, BASE_11, MONITORING_NS, WD_NS, Session, q
+from .push import NC_NOTIFICATIONS_NS, SN_NS, PushManager, config_change_edits
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +73,12 @@ CAPABILITIES = [
     "urn:ietf:params:netconf:capability:interleave:1.0",
 ]
 
+# YANG 1.1 modules announced in ietf-yang-library only (see capabilities()): YANG-Push's, and those
+# libyang implements for the leafrefs of ietf-subscribed-notifications (configured subscriptions'
+# source interface and VRF, which the engine does not offer).
+HELLO_HIDDEN_MODULES = frozenset({"ietf-subscribed-notifications", "ietf-yang-push", "ietf-interfaces", "ietf-ip",
+                                  "ietf-network-instance"})
+
 ChangeHandler = Callable[[etree._Element, etree._Element], Awaitable[None]]
 StateProvider = Callable[[], Awaitable[etree._Element | None]]
 RpcHandler = Callable[[Session, etree._Element, etree._Element | None], Awaitable[list | None]]
@@ -78,7 +94,11 @@ class User:
 
 # What a read-only user may run: operations that only read, or end the user's own session.
 READ_ONLY_OPERATIONS = (("ietf-netconf", "get"), ("ietf-netconf", "get-config"), ("ietf-netconf", "close-session"),
-                        ("ietf-netconf-monitoring", "get-schema"), ("notifications", "create-subscription"))
+                        ("ietf-netconf-monitoring", "get-schema"), ("notifications", "create-subscription"),
+                        ("ietf-subscribed-notifications", "establish-subscription"),
+                        ("ietf-subscribed-notifications", "modify-subscription"),
+                        ("ietf-subscribed-notifications", "delete-subscription"),
+                        ("ietf-yang-push", "resync-subscription"))
 
 
 @dataclass(frozen=True)
@@ -195,9 +215,11 @@ class NetconfServer:
         self._workers: ThreadPoolExecutor | None = None
         self._worker_turns: dict[str, asyncio.Lock] = {}
         self.replay = ReplayBuffer(replay_size)
+        self.push = PushManager(self)  # RFC 8639/8641 subscriptions (netconf_core/push.py)
         self._change_handlers: list[ChangeHandler] = []
-        self._state_providers: list[StateProvider] = []
+        self._state_providers: list[tuple[StateProvider, frozenset[TopNode] | None]] = []
         self._rpcs: dict[str, RpcHandler] = {}
+        self._event_listeners: list[Callable[[Event], None]] = []
         self._commit_lock = asyncio.Lock()
         self._next_session_id = 1
         self._listener: Listener | None = None
@@ -210,14 +232,47 @@ class NetconfServer:
         self.started = now()
         self.nacm_counters = NacmCounters()
         self.nacm = self._build_nacm(self.datastores["running"])
+        self.access_policy: AccessPolicy = NacmAccess(lambda: self.nacm)
 
     # --- extension points -------------------------------------------------
 
     def on_change(self, handler: ChangeHandler) -> None:
         self._change_handlers.append(handler)
 
-    def add_state_provider(self, provider: StateProvider) -> None:
-        self._state_providers.append(provider)
+    def add_state_provider(self, provider: StateProvider, path: str | list[str] | None = None) -> None:
+        """`provider` serves the top-level nodes `path` names ("/module:node" or "/module:*",
+        one or a list): it is called only for a <get> whose filter can select one of them
+        (an xpath filter that does not start with /prefix:name can select any). Without
+        `path`, it is called for every <get>."""
+        self._state_providers.append((provider, provider_paths(self.schema, path)))
+
+    def set_access_policy(self, policy: AccessPolicy) -> None:
+        """Replace the per-session access checks (`prune`, `check_write`, `may_notify`; see
+        netconf_core.extension.AccessPolicy). The NACM policy in force is `access_policy`:
+        wrap it to narrow what NACM allows rather than lose it."""
+        self.access_policy = policy
+
+    def running(self) -> etree._Element:
+        """The running configuration. Datastore trees are replaced whole, never changed in
+        place, and may be shared: do not modify it (copy.deepcopy it to build a new one)."""
+        return self.datastores["running"]
+
+    def datastore(self, name: str) -> etree._Element:
+        """The tree of datastore `name` (running, candidate or startup); do not modify it."""
+        if name not in DATASTORES:
+            raise ValueError(f"no datastore {name!r} (one of {', '.join(DATASTORES)})")
+        return self.datastores[name]
+
+    async def replace_running(self, tree: etree._Element) -> etree._Element:
+        """Make `tree` the running configuration as a client's commit would: validated, then
+        offered to every change handler (one raising RPCError refuses it and nothing changes),
+        then a netconf-config-change notification (changed by the server). Returns the
+        running configuration it replaced."""
+        return await self.commit_running(self.schema.canonical(tree, config_only=True), None)
+
+    def save_startup(self) -> None:
+        """Startup becomes a copy of running, as <copy-config> from running to startup."""
+        self.datastores.set("startup", self.datastores.copy("running"))
 
     def add_rpc(self, path: str, handler: RpcHandler) -> None:
         if next(self.schema.ctx.find_path(path), None) is None:
@@ -232,6 +287,14 @@ class NetconfServer:
         self.replay.add(event)
         for session in list(self.sessions.values()):
             session.deliver(event)
+        for listener in list(self._event_listeners):
+            listener(event)
+
+    def subscribe_events(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """`listener(event)` for every notification sent from now on, outside any session (the
+        RESTCONF event streams); returns the function that ends it."""
+        self._event_listeners.append(listener)
+        return lambda: self._event_listeners.remove(listener) if listener in self._event_listeners else None
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -332,9 +395,15 @@ class NetconfServer:
         caps = CAPABILITIES + [f"urn:ietf:params:netconf:capability:yang-library:1.1?revision=2019-01-04"
                                f"&content-id={self.schema.content_id}"]
         # YANG 1.0 modules are announced in the hello (RFC 7950 section 5.6.4); all modules, 1.0
-        # and 1.1, are in ietf-yang-library. Older clients (yangcli) also learn 1.1 modules here.
+        # and 1.1, are in ietf-yang-library. Older clients (yangcli) also learn 1.1 modules here,
+        # except YANG-Push's YANG 1.1 modules, and those libyang implements only as leafref targets
+        # of ietf-subscribed-notifications (no data of theirs is served): yuma123 cannot compile
+        # the first, and the second make it see two top-level `interfaces` where a model has its
+        # own. They are in ietf-yang-library, where YANG 1.1 modules belong.
+        hidden = HELLO_HIDDEN_MODULES - set(self.schema.modules)
         for name, revision, ns in self.schema.module_list:
-            caps.append(f"{ns}?module={name}" + (f"&revision={revision}" if revision else ""))
+            if name not in hidden:
+                caps.append(f"{ns}?module={name}" + (f"&revision={revision}" if revision else ""))
         return caps
 
     # --- access control ---------------------------------------------------
@@ -351,29 +420,24 @@ class NetconfServer:
             raise RPCError("access-denied", f"user '{session.username}' may not run {module}:{name}",
                            type="protocol")
 
+    # The session's checks, by the access policy (see set_access_policy).
+
     def check_write(self, session: Session, before: etree._Element, after: etree._Element) -> None:
-        denied = self.nacm.denied_write_path(session.username, before, after)
-        if denied is not None:
-            raise RPCError("access-denied", f"user '{session.username}' may not write {denied}",
-                           type="application", path=denied)
+        self.access_policy.check_write(session, before, after)
 
     def nacm_prune(self, session: Session, tree: etree._Element) -> etree._Element:
-        return self.nacm.prune(session.username, tree)
+        return self.access_policy.prune(session, tree)
 
     def may_notify(self, session: Session, event: Event) -> bool:
-        if event.module == "nc-notifications":
-            return True
-        return self.nacm.may_notify(session.username, event.module, event.name)
+        return self.access_policy.may_notify(session, event)
 
     def notification_matches(self, event: Event, flt: etree._Element) -> bool:
+        if flt.get("type") == "xpath":
+            return _notification_selected(event, flt.get("select", ""), {k: v for k, v in flt.nsmap.items() if k})
         root = empty_tree()
         root.append(event.content)
         try:
-            if flt.get("type") == "xpath":
-                selected = filters.xpath(self.schema, root, flt.get("select", ""),
-                                         {k: v for k, v in flt.nsmap.items() if k}, self.xpath_budget)
-            else:
-                selected = filters.subtree(self.schema, root, list(flt))
+            selected = filters.subtree(self.schema, root, list(flt))
         except RPCError as err:  # a bad or too costly filter: this subscriber misses the event, not the others
             log.info("%s: subscription filter not applied to %s: %s", self.name, event.name, err)
             return False
@@ -436,7 +500,7 @@ class NetconfServer:
                 self._install_running(tree, nacm)
             else:
                 self._install_with_pending(tree, nacm, next_pending(before))
-        await self._config_change_notification(session)
+        await self._config_change_notification(session, before, tree)
         return before
 
     async def update_running(self, change: Callable[[etree._Element], etree._Element | None]) -> bool:
@@ -446,6 +510,7 @@ class NetconfServer:
         are not called: the new configuration describes what already is. Raises RPCError when
         the result is invalid; then nothing changes."""
         async with self._commit_lock:
+            before = self.datastores["running"]
             tree = change(self.datastores.copy("running"))
             if tree is None:
                 return False
@@ -453,7 +518,7 @@ class NetconfServer:
             if etree.tostring(tree) == etree.tostring(self.datastores["running"]):
                 return False
             self._install_running(tree, self._nacm_for(tree))
-        await self._config_change_notification(None)
+        await self._config_change_notification(None, before, tree)
         return True
 
     def _nacm_for(self, after: etree._Element) -> Nacm:
@@ -486,7 +551,11 @@ class NetconfServer:
         if pending is not None:
             self._arm(pending, pending.deadline - time.time(), "the confirm-timeout expired")
 
-    async def _config_change_notification(self, session: Session | None) -> None:
+    async def _config_change_notification(self, session: Session | None, before: etree._Element,
+                                          after: etree._Element) -> None:
+        """RFC 6470 netconf-config-change, with an <edit> per changed node (what on-change
+        subscriptions of running also see: they are woken here)."""
+        self.push.running_changed(after)
         change = etree.Element(f"{{{NC_NOTIF_NS}}}netconf-config-change", nsmap={None: NC_NOTIF_NS})
         by = etree.SubElement(change, f"{{{NC_NOTIF_NS}}}changed-by")
         if session is None:
@@ -495,6 +564,7 @@ class NetconfServer:
             etree.SubElement(by, f"{{{NC_NOTIF_NS}}}username").text = session.username
             etree.SubElement(by, f"{{{NC_NOTIF_NS}}}session-id").text = str(session.id)
         etree.SubElement(change, f"{{{NC_NOTIF_NS}}}datastore").text = "running"
+        change.extend(config_change_edits(self.schema, before, after))
         await self.notify(change)
 
     async def commit(self, session: Session, confirmed: bool, timeout: int, persist: str | None,
@@ -603,17 +673,23 @@ class NetconfServer:
 
     # --- get --------------------------------------------------------------
 
-    async def operational_tree(self, namespaces: set[str] | None = None) -> etree._Element:
+    async def operational_tree(self, namespaces: set[str] | None = None, *,
+                               flt: etree._Element | None = None) -> etree._Element:
         """Running plus state, not to be changed in place. With `namespaces` (those a subtree
-        filter can select), the protocol's own state (yang-library, netconf-state, nacm
-        counters) is built only when the filter can select it."""
-        protocol = namespaces is None or bool(namespaces & {YANGLIB_NS, MONITORING_NS, NACM_NS})
-        if not protocol and not self._state_providers:
+        filter can select) or the <get>'s filter `flt`, the protocol's own state (yang-library,
+        netconf-state, nacm counters) is built, and a state provider called, only when the
+        filter can select what it gives."""
+        selected = filter_selects(flt) if flt is not None else (
+            None if namespaces is None else frozenset((ns, None) for ns in namespaces))
+        protocol = selected is None or any(ns in (YANGLIB_NS, MONITORING_NS, NACM_NS, NC_NOTIFICATIONS_NS, SN_NS)
+                                           for ns, _ in selected)
+        providers = [p for p, served in self._state_providers if may_select(selected, served)]
+        if not protocol and not providers:
             return self.datastores["running"]  # nothing to merge: callers copy before changing it
         tree = self.datastores.copy("running")
         if protocol:
             merge_state(self.schema, tree, self._protocol_state())
-        for provider in self._state_providers:
+        for provider in providers:
             state = await provider()
             if state is not None:
                 merge_state(self.schema, tree, state)
@@ -639,9 +715,14 @@ class NetconfServer:
         return out
 
     def _protocol_state(self) -> etree._Element:
-        """ietf-yang-library (RFC 8525) and ietf-netconf-monitoring (RFC 6022) state."""
+        """ietf-yang-library (RFC 8525), ietf-netconf-monitoring (RFC 6022), the streams of
+        RFC 5277 and RFC 8639, and the subscriptions (RFC 8639, RFC 8641)."""
         root = etree.fromstring(f'<data xmlns="{BASE_NS}">{self.schema.yang_library_xml}</data>')
+        for tag in ("content-id", "module-set-id"):  # the hello's content-id (libyang leaves them empty)
+            for node in root.iter(f"{{{YANGLIB_NS}}}{tag}"):
+                node.text = self.schema.content_id
         root.append(self._netconf_state())
+        root.extend(self.push.state())
         n = lambda tag: f"{{{NACM_NS}}}{tag}"
         nacm = etree.SubElement(root, n("nacm"), nsmap={None: NACM_NS})
         for tag in ("denied-operations", "denied-data-writes", "denied-notifications"):
@@ -663,7 +744,7 @@ class NetconfServer:
                 etree.SubElement(lock, m("locked-by-session")).text = str(self.locks[name])
                 etree.SubElement(lock, m("locked-time")).text = now().isoformat()
         schemas = etree.SubElement(state, m("schemas"))
-        for name, revision, ns in self.schema.module_list:
+        for name, revision, ns in self._schema_list():
             entry = etree.SubElement(schemas, m("schema"))
             for tag, value in (("identifier", name), ("version", revision), ("format", "ncm:yang"),
                                ("namespace", ns), ("location", "NETCONF")):
@@ -688,6 +769,14 @@ class NetconfServer:
         for tag, value in totals.items():
             etree.SubElement(stats, m(tag)).text = str(value)
         return state
+
+    def _schema_list(self) -> list[tuple[str, str, str]]:
+        """Every module get-schema serves, implemented or only imported (RFC 6022 section 2.1.3)."""
+        out = []
+        for module in self.schema.ctx:
+            revision = next(iter(module.revisions()), None)
+            out.append((module.name(), revision.date() if revision else "", ffi.string(module.cdata.ns).decode()))
+        return sorted(set(out))
 
     def get_schema(self, operation: etree._Element) -> etree._Element:
         m = lambda tag: f"{{{MONITORING_NS}}}{tag}"
@@ -799,6 +888,18 @@ class NetconfServer:
 
 class _Superseded(Exception):
     """A rollback found its confirmed commit no longer pending once its turn came."""
+
+
+def _notification_selected(event: Event, select: str, namespaces: dict[str, str]) -> bool:
+    """An RFC 5277 xpath filter over one notification, its content element being the document
+    (a non-empty result selects it). lxml evaluates it: a notification is no data tree for
+    libyang, and it is small, so the xpath budget of datastore reads is not needed."""
+    try:
+        result = etree.XPath(select, namespaces=namespaces)(etree.ElementTree(copy.deepcopy(event.content)))
+    except (etree.XPathError, TypeError) as err:
+        log.info("subscription xpath filter %r not applied to %s: %s", select, event.name, err)
+        return False
+    return bool(result)
 
 
 def _owner(pending: PendingConfirm) -> str:

@@ -17,6 +17,7 @@ from .framing import FrameReader, FramingError, encode
 from .schema import qualified_path
 from .ssh import TransportLimits
 from .notifications import NOTIF_NS, STREAM, Subscription, control_event, now, parse_time
+from .push import OPERATIONS as PUSH_OPERATIONS, SN_NS, YP_NS
 
 if TYPE_CHECKING:
     from .server import NetconfServer
@@ -44,6 +45,19 @@ class Transport(Protocol):
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
     def get_write_buffer_size(self) -> int: ...
+
+
+def _check_notification_xpath(flt: etree._Element) -> None:
+    """Refuse at create-subscription an xpath filter that could never be evaluated."""
+    select = flt.get("select")
+    if not select:
+        raise RPCError("missing-attribute", "an xpath filter needs a select attribute", type="protocol",
+                       info={"bad-attribute": "select", "bad-element": "filter"})
+    try:
+        etree.XPath(select, namespaces={k: v for k, v in flt.nsmap.items() if k})(etree.ElementTree(etree.Element("probe")))
+    except etree.XPathError as err:
+        raise RPCError("invalid-value", f"filter select '{select}' is not an XPath 1.0 expression with the "
+                       f"prefixes declared on it: {err}", type="protocol", info={"bad-element": "filter"}) from None
 
 
 class Session:
@@ -115,6 +129,7 @@ class Session:
             if self._stall_check is not None:
                 self._stall_check.cancel()
                 self._stall_check = None
+            self.server.push.session_ended(self)
             self.server.session_ended(self)
 
     def terminate(self) -> None:
@@ -139,7 +154,10 @@ class Session:
         if unsent > self.limits.output_hard_limit:
             self.drop(f"the client does not read: {unsent} bytes unsent")
             return
-        self._transport.write(encode(message, self.chunked))
+        try:
+            self._transport.write(encode(message, self.chunked))
+        except ConnectionError:  # the channel closed before its connection_lost reached the session
+            log.debug("session %d: reply dropped, the channel is closed", self.id)
 
     def pause_output(self) -> None:
         """The transport's buffer passed its high-water mark: the client is not reading."""
@@ -216,8 +234,13 @@ class Session:
             return self._error_reply(None, RPCError("malformed-message", f"not well-formed XML: {err}", type="rpc"))
         if rpc.tag != q("rpc"):
             self.in_bad_rpcs += 1
-            return self._error_reply(None, RPCError("malformed-message", f"expected <rpc>, got <{etree.QName(rpc).localname}>",
-                                                    type="rpc"))
+            qname = etree.QName(rpc)
+            if qname.localname == "rpc":
+                got = f"an <rpc> in namespace '{qname.namespace}'" if qname.namespace else "an <rpc> with no namespace"
+                message = f"{got}: a NETCONF <rpc> must be in namespace {BASE_NS} (RFC 6241 section 4.1)"
+            else:
+                message = f"expected <rpc> (namespace {BASE_NS}), got <{qname.localname}>"
+            return self._error_reply(None, RPCError("malformed-message", message, type="rpc"))
         if rpc.get("message-id") is None:
             self.in_bad_rpcs += 1
             return self._error_reply(rpc, RPCError("missing-attribute", "<rpc> has no message-id", type="rpc",
@@ -284,6 +307,10 @@ class Session:
         if qname.namespace == NOTIF_NS and qname.localname == "create-subscription":
             server.check_exec(self, "notifications", "create-subscription")
             return self.create_subscription(operation)
+        if qname.namespace in (SN_NS, YP_NS) and qname.localname in PUSH_OPERATIONS:
+            module = "ietf-subscribed-notifications" if qname.namespace == SN_NS else "ietf-yang-push"
+            server.check_exec(self, module, qname.localname)
+            return await server.push.handle(self, qname.localname, operation)
         if qname.namespace == MONITORING_NS and qname.localname == "get-schema":
             server.check_exec(self, "ietf-netconf-monitoring", "get-schema")
             return server.get_schema(operation)
@@ -384,6 +411,10 @@ class Session:
             raise RPCError("bad-element", "stopTime is before startTime", type="protocol",
                            info={"bad-element": "stopTime"})
         flt = operation.find(f"{{{NOTIF_NS}}}filter")
+        if flt is None:  # ncclient writes the filter in the base namespace: take it too
+            flt = operation.find(q("filter"))
+        if flt is not None and flt.get("type") == "xpath":
+            _check_notification_xpath(flt)
         self.subscription = Subscription(flt, start, stop)
         loop = asyncio.get_running_loop()
         if start is not None:
@@ -409,8 +440,11 @@ class Session:
             self._complete(sub)
 
     def deliver(self, event) -> None:
+        if self.closed:
+            return
+        self.server.push.deliver_event(self, event)  # RFC 8639 subscriptions to the stream
         sub = self.subscription
-        if sub is None or self.closed:
+        if sub is None:
             return
         if sub.stop is not None and event.time > sub.stop:
             return
@@ -425,12 +459,8 @@ class Session:
 # --- protocol operations (RFC 6241 section 7 and 8) ----------------------------
 
 async def op_get(s: Session, op):
-    flt = s._param(op, "filter")
-    namespaces = None
-    if flt is not None and flt.get("type", "subtree") == "subtree":
-        namespaces = {etree.QName(c).namespace for c in flt if isinstance(c.tag, str)}
-        namespaces = None if "" in namespaces or None in namespaces else namespaces
-    return await s._filtered(op, await s.server.operational_tree(namespaces), config_only=False)
+    flt = s._param(op, "filter")  # state providers run only for what it can select
+    return await s._filtered(op, await s.server.operational_tree(flt=flt), config_only=False)
 
 
 async def op_get_config(s: Session, op):

@@ -118,3 +118,28 @@ def test_invalid_edit_is_rejected_with_the_error_text(server: Server, tmp_path: 
     assert etree.tostring(server.running()) == before
     # The candidate keeps the rejected edit (it is shared); clear it for whoever comes next.
     assert yangcli(server, tmp_path, ["discard-changes"]).errors == []
+
+
+def test_create_subscription_receives_the_config_change(server: Server, tmp_path: Path) -> None:
+    """yangcli finds RFC 5277's modules among the server's, subscribes, and prints the
+    netconf-config-change its own commit causes, with the edit (RFC 6470)."""
+    run = yangcli(server, tmp_path, [
+        "create-subscription",
+        "merge /system/hostname value=yc-subscribed",
+        "commit",
+        "xget /system",
+    ])
+    assert "Unrecognized command" not in run.output and "Missing" not in run.output, run.output
+    assert not run.errors, run.output
+    notifications = [etree.fromstring(block) for block in
+                     re.findall(r"<notification\b.*?</notification>", run.output, re.S)]
+    changes = [n.find("{urn:ietf:params:xml:ns:yang:ietf-netconf-notifications}netconf-config-change")
+               for n in notifications]
+    changes = [c for c in changes if c is not None]
+    assert changes, run.output
+    ncn = {"ncn": "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"}
+    edits = [(e.findtext("ncn:operation", namespaces=ncn), e.findtext("ncn:target", namespaces=ncn))
+             for c in changes for e in c.iterfind("ncn:edit", ncn)]
+    assert ("create", "/qs-engine-test:system/qs-engine-test:hostname") in edits \
+        or ("replace", "/qs-engine-test:system/qs-engine-test:hostname") in edits \
+        or ("create", "/qs-engine-test:system") in edits, edits
