@@ -10,8 +10,8 @@ from typing import Callable, ClassVar
 
 from lxml import etree
 
-from netconf_core import (DeviceLink, Endpoint, NetconfServer, RPCError, User, schema_for, standard_nacm,
-                         transaction)
+from netconf_core import (DeviceLink, Endpoint, NetconfServer, ReconcileLoop, RPCError, User, schema_for,
+                          standard_nacm, transaction)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ class Controller:
     modules: ClassVar[tuple[str, ...]] = ()          # served northbound
     device_modules: ClassVar[tuple[str, ...]] = ()   # required of every southbound device
     read_only_rpcs: ClassVar[tuple[tuple[str, str], ...]] = ()  # (module, rpc) a read-only user may run
+    # The top-level nodes `state` serves ("/module:node"): it runs only for a <get> that can
+    # select one of them. None: for every <get>.
+    state_paths: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, name: str, devices: list[Endpoint], users: dict[str, User], *,
                  read_write: tuple[str, ...] = ("admin",), read_only: tuple[str, ...] = ("monitor",),
@@ -61,10 +64,12 @@ class Controller:
                                     datastore_dir=state_dir / "datastores" if state_dir else None,
                                     nacm=standard_nacm(list(read_write), list(read_only), self.read_only_rpcs), name=name)
         self.server.on_change(self.apply)
-        self.server.add_state_provider(self.state)
+        self.server.add_state_provider(self.state, list(self.state_paths) if self.state_paths else None)
         self.links = {ep.name: self.make_link(ep) for ep in devices}
         self.resync_period = resync_period
-        self._resync_task: asyncio.Task | None = None
+        # Periodic only; a failed resync is logged and the next period tries again.
+        self._resync = ReconcileLoop(f"{name} resync", self.resync, period=resync_period, backoff_initial=None,
+                                     logger=log)
 
     def make_link(self, endpoint: Endpoint) -> DeviceLink:
         return DeviceLink(endpoint, self.device_modules, self.device_connected, self.device_notification)
@@ -77,11 +82,10 @@ class Controller:
         await self.server.start()
         for link in self.links.values():
             link.start()
-        self._resync_task = asyncio.get_running_loop().create_task(self._resync_loop())
+        self._resync.start()
 
     async def stop(self) -> None:
-        if self._resync_task:
-            self._resync_task.cancel()
+        await self._resync.stop()
         await asyncio.gather(*(link.stop() for link in self.links.values()))
         await self.server.stop()
 
@@ -89,14 +93,6 @@ class Controller:
         """Wait until every southbound device is connected (or raise asyncio.TimeoutError)."""
         async with asyncio.timeout(timeout):
             await asyncio.gather(*(l.connected.wait() for l in self.links.values()))
-
-    async def _resync_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.resync_period)
-            try:
-                await self.resync()
-            except Exception:  # keep the loop alive; the next period tries again
-                log.exception("%s: resync failed", self.name)
 
     async def publish_networks(self, build: Callable[[etree._Element], etree._Element]) -> None:
         """Write what the controller discovered into its own running configuration: `build`

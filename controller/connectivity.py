@@ -350,6 +350,7 @@ def _topology_xml(fibre: Fibre, paths: etree._Element | None) -> etree._Element:
             _sub(_sub(point, CONN, "fibre-port"), CONN, "insertion-loss", 0.0)
     for switch in sorted(fibre.switches.values(), key=lambda s: s.id):
         node = _node(network, switch.id, "optical-switch", switch.site)
+        _sub(node.find(_q(CONN, "fibre-node")), CONN, "fabric-loss", f"{switch.fabric_loss:.3f}")
         for port in sorted(switch.ports.values(), key=lambda p: p.id):
             point = _sub(node, NT, "termination-point")
             _sub(point, NT, "tp-id", str(port.id))
@@ -474,6 +475,7 @@ class ConnectivityController(Controller):
     # qi-types implemented: its fault identities are used; ietf-alarms and qi-alarms: the alarm list
     modules = ("qi-connectivity", "qi-types", "ietf-alarms", "qi-alarms")
     device_modules = ()  # the plant needs qi-fibre-plant, a switch qi-optical-switch: checked on connect
+    state_paths = ("/ietf-network:networks", "/ietf-alarms:alarms")
 
     def __init__(self, name: str, devices: list[Endpoint], users: dict[str, User], **kwargs):
         super().__init__(name, devices, users, **kwargs)
@@ -682,7 +684,7 @@ class ConnectivityController(Controller):
         read), re-route paths that are down, forget deleted ones, repair cross-connects that
         differ from the routes."""
         async with self._lock:
-            requests = path_requests(self.server.datastores["running"])
+            requests = path_requests(self.server.running())
             self.placements = {n: p for n, p in self.placements.items() if n in requests}
             if self._all_synced():
                 for name in sorted(set(requests) - set(self.placements)):
@@ -795,7 +797,7 @@ class ConnectivityController(Controller):
     async def state(self) -> etree._Element | None:
         data = empty_tree()
         data.append(self.alarm_list.state())
-        if _fibre_network(self.server.datastores["running"]) is None:
+        if _fibre_network(self.server.running()) is None:
             return data
         network = _sub(_sub(data, NW, "networks"), NW, "network")
         _sub(network, NW, "network-id", NETWORK_ID)
@@ -825,7 +827,7 @@ class ConnectivityController(Controller):
             _sub(attributes, CONN, "eavesdropper-present", "true" if span.eavesdropper > 0 else "false")
             if span.eavesdropper > 0:
                 _sub(attributes, CONN, "intercept-fraction", f"{span.eavesdropper:.9f}")
-        configured = path_requests(self.server.datastores["running"])
+        configured = path_requests(self.server.running())
         if configured:
             paths = _sub(network, CONN, "optical-paths")
             for name in sorted(configured):

@@ -62,6 +62,7 @@ from lxml import etree
 
 from controller.alarms import LINK_NS, Alarm, AlarmList, AlarmType, link_resource, resource_link
 from controller.base import Controller, qname as _q, same_content, sub_element as _sub
+from netconf_core import ReconcileLoop
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import BASE_NS, RPCError
 from netconf_core.link import DeviceLink, Endpoint, TransactionError, transaction
@@ -361,6 +362,7 @@ class ForwardingController(Controller):
     # etsi-qkd-node-types and qi-types implemented: their identities are values of our data.
     modules = ("qi-forwarding", "etsi-qkd-node-types", "qi-types", "ietf-alarms", "qi-alarms")
     device_modules = ("etsi-qkd-sdn-node",)
+    state_paths = ("/ietf-network:networks", "/ietf-alarms:alarms")
 
     def __init__(self, name: str, devices: list[Endpoint], connectivity: Endpoint, users: dict[str, User], *,
                  km_by_site: dict[str, str] | None = None, **kwargs):
@@ -379,20 +381,23 @@ class ForwardingController(Controller):
         self._released: set[str] = set()  # qkdl-ids deleted by clients: removed from nodes wherever found
         self._paths_made: set[str] = set()  # optical paths this controller asked for (re-made if lost)
         self._lock = asyncio.Lock()
-        self._settling: asyncio.Task | None = None
+        # Bursts of (re)connections and of path notifications are one pass each; a failed
+        # pass is not retried: the next connection, change or resync tries again.
+        self._settler = ReconcileLoop(f"{name} settle", self._settle_now, backoff_initial=None, logger=log)
         self._unsettled: str | None = None
-        self._path_refresh: asyncio.Task | None = None
+        self._path_refresher = ReconcileLoop(f"{name} paths", self._refresh_stale_paths, backoff_initial=None,
+                                             logger=log)
         self._paths_stale = False
         self.synced = asyncio.Event()  # every node read and the topology in running
 
     async def start(self) -> None:
         await super().start()
+        self._settler.start()
+        self._path_refresher.start()
         self.connectivity.start()
 
     async def stop(self) -> None:
-        for task in (self._settling, self._path_refresh):
-            if task is not None:
-                task.cancel()
+        await asyncio.gather(self._settler.stop(), self._path_refresher.stop())
         await self.connectivity.stop()
         await super().stop()
 
@@ -416,21 +421,18 @@ class ForwardingController(Controller):
         """Publish the nodes, reconcile and report once the current burst of (re)connections
         has been read, not once per node: many nodes connect at once."""
         self._unsettled = reason
-        if self._settling is None or self._settling.done():
-            self._settling = asyncio.get_running_loop().create_task(self._settle_now())
+        self._settler.wake()
 
     async def _settle_now(self) -> None:
-        while self._unsettled:
-            reason, self._unsettled = self._unsettled, None
-            await asyncio.sleep(0)
-            try:
-                await self._publish_topology()
-                await self.reconcile()
-                await self._observe(reason)
-                if all(name in self.nodes for name in self.links):
-                    self.synced.set()
-            except Exception:  # the next connection or resync tries again
-                log.exception("%s: settling after %s failed", self.name, reason)
+        await asyncio.sleep(0)  # let the connections of this burst that are read already come in
+        reason, self._unsettled = self._unsettled, None
+        if not reason:
+            return
+        await self._publish_topology()
+        await self.reconcile()
+        await self._observe(reason)
+        if all(name in self.nodes for name in self.links):
+            self.synced.set()
 
     async def device_notification(self, link: DeviceLink, notification: etree._Element) -> None:
         event = next((c for c in notification if isinstance(c.tag, str) and etree.QName(c).namespace == ETSI), None)
@@ -485,19 +487,14 @@ class ForwardingController(Controller):
         received, not once per notification: a change of many links moves many paths at once,
         and each read is a full one."""
         self._paths_stale = True
-        if self._path_refresh is None or self._path_refresh.done():
-            self._path_refresh = asyncio.get_running_loop().create_task(self._refresh_stale_paths())
+        self._path_refresher.wake()
 
     async def _refresh_stale_paths(self) -> None:
-        while self._paths_stale:
-            await asyncio.sleep(0)
-            try:
-                # After a change being realised, which reads them itself when it is done.
-                async with self._lock:
-                    if self._paths_stale:
-                        await self._refresh_paths()
-            except Exception:  # the next change or resync tries again
-                log.exception("%s: reading the optical paths failed", self.name)
+        await asyncio.sleep(0)
+        # After a change being realised, which reads them itself when it is done.
+        async with self._lock:
+            if self._paths_stale:
+                await self._refresh_paths()
 
     async def _refresh_paths(self) -> None:
         """Losses of the optical paths, from the connectivity controller's state. A read covers
@@ -754,7 +751,7 @@ class ForwardingController(Controller):
         """Repair nodes whose links differ from running (drift), remove links clients deleted,
         and re-create the optical paths it made that the connectivity controller lost."""
         async with self._lock:
-            requests = link_requests(self.server.datastores["running"])
+            requests = link_requests(self.server.running())
             edits: dict[str, list[etree._Element]] = {}
             wanted: dict[str, dict[str, NodeLinkConfig]] = {}
             for request in requests.values():
@@ -818,7 +815,7 @@ class ForwardingController(Controller):
         """Compare the links' state with what was last reported north; notify the changes and
         bring the alarm list up to date (the alarms of deleted links are cleared)."""
         if requests is None:
-            requests = link_requests(self.server.datastores["running"])
+            requests = link_requests(self.server.running())
         self.observed = {k: v for k, v in self.observed.items() if k in requests}
         self.was_active &= set(requests)
         for link_id in sorted(set(self.alarmed) - set(requests)):
@@ -869,7 +866,7 @@ class ForwardingController(Controller):
         await self.server.notify(event)
 
     async def state(self) -> etree._Element | None:
-        running = self.server.datastores["running"]
+        running = self.server.running()
         data = empty_tree()
         data.append(self.alarm_list.state())
         if _qkd_network(running) is None:

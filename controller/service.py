@@ -14,6 +14,11 @@ How a session becomes keys:
 Two SAEs attached to one key manager need no QKD link: the session's path is that key
 manager's node alone, and the key manager delivers the keys to both SAEs itself.
 
+`plan-path` plans the same way without installing anything; with include-buildable it also
+uses the PHYS links that could be built (controller/buildable.py, from the forwarding
+topology and the connectivity controller's fibre network), at the key rate the link model
+expects of them, and names them in its answer.
+
 Routes are per destination key manager, so the paths of all sessions towards one key manager
 must form a tree: a candidate path that would change another session's route is skipped.
 Key pools follow the topology: every PHYS link between QKD nodes of two sites gets a pool on
@@ -62,6 +67,8 @@ from lxml import etree
 
 from controller.alarms import AL, resource_link
 from controller.base import Controller
+from controller.buildable import buildable_links
+from netconf_core import ReconcileLoop
 from netconf_core.client import NetconfClient
 from netconf_core.errors import BASE_NS, RPCError
 from netconf_core.link import DeviceLink, Endpoint, TransactionError
@@ -147,6 +154,7 @@ class QkdLink:
     status: str               # ETSI link status: ACTIVE, PASSIVE, PENDING, OFF
     eskr: int                 # bit/s
     qber: float | None        # percent
+    buildable: bool = False   # not there yet: the forwarding stratum could build it (plan-path only)
 
 
 @dataclass
@@ -362,7 +370,7 @@ class Planner:
              lambda l: all(km in self.reachable_kms for km in kms(l)),
              lambda l: [km for km in kms(l) if km not in self.reachable_kms]),
             ("a QKD link that is not ACTIVE",
-             lambda l: l.status == "ACTIVE", lambda l: [f"{l.link_id} ({l.status})"]),
+             lambda l: l.status == "ACTIVE" or l.buildable, lambda l: [f"{l.link_id} ({l.status})"]),
             ("a QKD link with a raised QBER alarm",
              lambda l: l.link_id not in self.alarms, lambda l: [f"{l.link_id} ({self.alarms[l.link_id]})"]),
             ("a node or link the request avoids",
@@ -553,9 +561,13 @@ class ServiceController(Controller):
     modules = ("qi-service",)
     device_modules = ("qi-key-manager",)
     read_only_rpcs = (("qi-service", "plan-path"),)
+    state_paths = ("/qi-service:sessions", "/qi-service:sae-directory")  # state reads key managers: only when asked
 
-    def __init__(self, name: str, devices: list[Endpoint], forwarding: Endpoint, users: dict[str, User], **kw):
+    def __init__(self, name: str, devices: list[Endpoint], forwarding: Endpoint, users: dict[str, User], *,
+                 connectivity: Endpoint | None = None, **kw):
+        """`connectivity`, when given, is read by plan-path for the links that could be built."""
         super().__init__(name, devices, users, **kw)
+        self.connectivity = connectivity
         self.forwarding = DeviceLink(forwarding, ("qi-forwarding",), self._forwarding_connected,
                                      self._forwarding_notification)
         self.kms: dict[str, KmView] = {}            # by device (link) name
@@ -565,23 +577,22 @@ class ServiceController(Controller):
         self.link_reasons: dict[str, str] = {}      # forwarding link id -> why its status last changed
         self.synced = asyncio.Event()               # every key manager's configuration has been read
         self._lock = asyncio.Lock()                 # one reconcile (or plan) at a time
-        self._wake = asyncio.Event()
         self._wakes = 0                             # wake-ups asked so far
         self._seen = 0                              # ... that the last reconcile started after
-        self._loop_task: asyncio.Task | None = None
+        # No retry of a failed pass: the next wake-up tries again.
+        self._loop = ReconcileLoop(name, self._reconcile_pass, backoff_initial=None, logger=log)
         self.server.add_rpc("/qi-service:plan-path", self._plan_path)
 
     async def start(self) -> None:
         await super().start()
         self.forwarding.start()
-        self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_loop(), name=f"{self.name} reconcile")
+        self._loop.start()
         if not self.links:
             self.synced.set()
         self.wake()
 
     async def stop(self) -> None:
-        if self._loop_task:
-            self._loop_task.cancel()
+        await self._loop.stop()
         await self.forwarding.stop()
         await super().stop()
 
@@ -594,18 +605,12 @@ class ServiceController(Controller):
         """Ask for a reconcile soon; wake-ups that come during one are folded into the next,
         and those that a reconcile started since (a commit's) has seen are dropped."""
         self._wakes += 1
-        self._wake.set()
+        self._loop.wake()
 
-    async def _reconcile_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                async with self._lock:
-                    if self._wakes > self._seen:
-                        await self._reconcile_config()
-            except Exception:  # keep the loop alive; the next wake-up tries again
-                log.exception("%s: reconcile failed", self.name)
+    async def _reconcile_pass(self) -> None:
+        async with self._lock:
+            if self._wakes > self._seen:
+                await self._reconcile_config()
 
     # --- hooks of the Controller base -------------------------------------------------------
 
@@ -674,7 +679,7 @@ class ServiceController(Controller):
         """Reconcile (under the lock); it reads the forwarding topology afresh, so it covers the
         wake-ups asked before it started."""
         wakes = self._wakes
-        running = config if config is not None else self.server.datastores["running"]
+        running = config if config is not None else self.server.running()
         await self._reconcile(self._requests(running), refuse=config is not None)
         self._seen = max(self._seen, wakes)
 
@@ -944,6 +949,8 @@ class ServiceController(Controller):
         async with self._lock:
             try:
                 view = await self._read_forwarding()
+                if _find(operation, SVC, "include-buildable") == "true":
+                    await self._add_buildable(view)
             except (RPCError, OSError, asyncio.TimeoutError) as err:
                 raise RPCError("operation-failed", f"the forwarding topology is unavailable: {err}") from None
             planner = Planner(view, set(self._reachable()), self.alarms)
@@ -960,8 +967,30 @@ class ServiceController(Controller):
             _sub(entry, SVC, "index", index)
             _sub(entry, SVC, "headroom", max(0, path.headroom))
             _path_xml(entry, path)
+            for link_id in path.link_ids:
+                if view.links[link_id].buildable:
+                    _sub(entry, SVC, "buildable-link", link_id)
             out.append(entry)
         return out
+
+    async def _add_buildable(self, view: ForwardingView) -> None:
+        """Add the PHYS links that could be built (controller.buildable) to `view`, from the
+        forwarding topology and the connectivity controller's fibre network."""
+        if self.connectivity is None:
+            raise RPCError("operation-failed", "include-buildable: this service controller reads no connectivity "
+                                               "controller, so it cannot tell which links could be built")
+        networks = ("subtree", f'<networks xmlns="{NW}"/>')
+        forwarding = await (await self.forwarding.session(FORWARDING_TIMEOUT_S)).get(filter=networks)
+        endpoint = self.connectivity
+        async with asyncio.timeout(FORWARDING_TIMEOUT_S):
+            async with await NetconfClient.connect(endpoint.host, endpoint.port, endpoint.username,
+                                                   password=endpoint.password,
+                                                   client_keys=endpoint.client_keys) as nc:
+                fibre = await nc.get(filter=networks)
+        for link in buildable_links(forwarding, fibre):
+            if link.link_id not in view.links and all(n in view.nodes for n in link.ends):
+                view.links[link.link_id] = QkdLink(link.link_id, "", link.ends, "BUILDABLE", link.eskr, link.qber,
+                                                   buildable=True)
 
 
 def _counted_at(path: Path, request: Request) -> tuple[str, str]:

@@ -77,13 +77,13 @@ class Device:
         """Bring the device up with its saved configuration, or its initial one the first time."""
         if self.watches_plant:
             self._unsubscribe_plant = self.network.twin.subscribe(self.plant_changed)
-        running = self.server.datastores["running"]
+        running = self.server.running()
         initial = self.initial_config()
         if initial is not None and not _has_own_config(running, self.modules, self.schema):
             tree = copy.deepcopy(running)
             tree.extend(initial)
-            await self.server.commit_running(self.schema.canonical(tree, config_only=True), None)
-            self.server.datastores.set("startup", self.server.datastores.copy("running"))
+            await self.server.replace_running(tree)
+            self.server.save_startup()
         else:
             await self.apply(empty_tree(), running)
         await self.server.start()

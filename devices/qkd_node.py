@@ -15,7 +15,7 @@ interface), the twin has an optical path between the two interfaces' attachment 
 no span cut, and the QBER is under both ends' qber-alarm-threshold (above it the node stops
 distilling key). Then skr comes from `twin.link_reading` with the device profile and jitter
 of the end with the lower qkdn_id; the registry keeps that reading for a period and both ends
-report it. eskr = skr - authentication (AUTHENTICATION_SHARE of skr), and the link's key
+report it. eskr = skr - authentication (qkd_physics.AUTHENTICATION_SHARE of skr), and the link's key
 stream (`network.keys.stream(qkdl_id)`, shared with the key managers) is set to eskr, or 0
 when the link stops generating.
 
@@ -56,12 +56,13 @@ from lxml import etree
 
 from devices.base import Device, NetworkContext, decimal, element
 from devices.keystore import KeyStream
-from devices.physics import DeviceProfile
 from devices.topology import QkdNodeSpec
 from devices.twin import Endpoint, LinkReading, PlantChange, Twin
+from netconf_core import RestconfServer
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import RPCError
 from netconf_core.session import Session
+from qkd_physics import DeviceProfile, effective_key_rate
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,6 @@ EXT_MODULE = "qi-qkd-node-ext"
 ROOT_PATH = f"/{MODULE}:qkd_node"
 
 PERIOD_S = 1.0
-AUTHENTICATION_SHARE = 0.01  # of the skr, spent authenticating the classical channel
 PERF_UPDATE_SHARE = 0.10
 UINT32_MAX = 2**32 - 1
 REGISTRY = "qkd-nodes"  # its name in NetworkContext.shared
@@ -339,7 +339,7 @@ def _judge(reading: LinkReading, threshold: float, pair: frozenset[str], twin: T
         return PhysReading(False, f"QBER {qber:.2f} % above the {threshold:.2f} % threshold", qber=qber, pair=pair)
     if reading.skr_bps <= 0:
         return PhysReading(False, f"no secret key at {reading.loss_db:.2f} dB", qber=qber, pair=pair)
-    return PhysReading(True, skr=reading.skr_bps, eskr=reading.skr_bps * (1 - AUTHENTICATION_SHARE), qber=qber,
+    return PhysReading(True, skr=reading.skr_bps, eskr=effective_key_rate(reading.skr_bps), qber=qber,
                        pair=pair)
 
 
@@ -372,9 +372,14 @@ class QkdNodeDevice(Device):
     modules = ("etsi-qkd-node-types", MODULE, EXT_MODULE)
     watches_plant = True
 
-    def __init__(self, spec: QkdNodeSpec, network: NetworkContext, port: int = 0):
+    def __init__(self, spec: QkdNodeSpec, network: NetworkContext, port: int = 0, restconf_port: int | None = None):
+        """`restconf_port`: serve the node over RESTCONF too, as ETSI 015 controllers (TeraFlowSDN)
+        drive it: plain HTTP on the network's host, on that port (0: a free one; they expect
+        8080), accepting their departures from RFC 8040 (netconf_core.restconf, `lenient`)."""
         self.spec = spec
         super().__init__(spec.id, network, port)
+        self.restconf = (RestconfServer(self.server, network.host, restconf_port, lenient=True)
+                         if restconf_port is not None else None)
         self.qkdn_id = node_uuid(spec.id)
         self.hardware = {i.id: i.attach for i in spec.interfaces}
         self.registry = QkdNodeRegistry.of(network)
@@ -414,6 +419,8 @@ class QkdNodeDevice(Device):
             raise RuntimeError(f"QKD node {self.id} is already running in this network")
         self.registry.nodes[self.qkdn_id] = self
         await super().start()
+        if self.restconf is not None:
+            await self.restconf.start()
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name=f"{self.id} refresh")
 
     async def stop(self) -> None:
@@ -426,6 +433,8 @@ class QkdNodeDevice(Device):
             self.registry.link_gone(self, link_id)
         self.registry.invalidate()
         self._wake_peers(self.config)
+        if self.restconf is not None:
+            await self.restconf.stop()
         await super().stop()
 
     # -- configuration ------------------------------------------------------------------

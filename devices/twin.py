@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from devices.physics import DeviceProfile, link_performance
+from qkd_physics import DeviceProfile, link_performance
 
 log = logging.getLogger(__name__)
 

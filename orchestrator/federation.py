@@ -18,8 +18,8 @@ name the member's own entries by key: its membership entry, its advertisement (t
 it may write), its service-user list. NACM paths select list entries by their keys only, and
 who may see a service or a charging record depends on other leaves (requesting-member,
 member-id) and on state (the route), so these questions are answered beside NACM, per session
-user, by overriding the engine's per-session checks (nacm_prune, check_write, may_notify) in
-`_PlatformServer`; a state provider is called without the session, so it cannot do this. A
+user, by the server's access policy (`_PlatformAccess`, which narrows what NACM allows:
+see NetconfServer.set_access_policy); a state provider is called without the session, so it cannot do this. A
 user sees the services its member requested (a member's own account also those routed
 through its domain) and their service-status-change notifications, the charging records owed
 to its member or paid by it, and writes only the services its member pays for.
@@ -57,6 +57,7 @@ from typing import Any, Callable, Protocol
 import networkx as nx
 from lxml import etree
 
+from netconf_core import AccessPolicy, ReconcileLoop
 from netconf_core.errors import RPCError
 from netconf_core.notifications import Event, now
 from netconf_core.schema import Schema
@@ -540,22 +541,22 @@ def access_rules(admins: list[str], memberships: dict[str, str], service_users: 
     return nacm
 
 
-class _PlatformServer(NetconfServer):
-    """The engine, asking the platform what NACM cannot express (see the module docstring)."""
+class _PlatformAccess:
+    """NACM, then the platform's questions that NACM cannot express (see the module docstring)."""
 
-    def __init__(self, platform: FederationPlatform, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, platform: FederationPlatform, nacm: AccessPolicy):
         self.platform = platform
+        self.nacm = nacm
 
-    def nacm_prune(self, session: Session, tree: etree._Element) -> etree._Element:
-        return self.platform.hide_others(session.username, super().nacm_prune(session, tree))
+    def prune(self, session: Session, tree: etree._Element) -> etree._Element:
+        return self.platform.hide_others(session.username, self.nacm.prune(session, tree))
 
     def check_write(self, session: Session, before: etree._Element, after: etree._Element) -> None:
-        super().check_write(session, before, after)
+        self.nacm.check_write(session, before, after)
         self.platform.check_service_owners(session.username, before, after)
 
     def may_notify(self, session: Session, event: Event) -> bool:
-        return super().may_notify(session, event) and self.platform.may_receive(session.username, event)
+        return self.nacm.may_notify(session, event) and self.platform.may_receive(session.username, event)
 
 
 class FederationPlatform:
@@ -577,11 +578,12 @@ class FederationPlatform:
         self.memberships: dict[str, Membership] = {}
         self.records: dict[tuple[str, str], ChargingRecord] = {}
         self._load()
-        self.server = _PlatformServer(self, Schema(["qi-types", MODULE]), self.users, host=host, port=port,
-                                      datastore_dir=store / "datastores" if store else None,
-                                      nacm=access_rules([admin], {}, []), name="federation")
+        self.server = NetconfServer(Schema(["qi-types", MODULE]), self.users, host=host, port=port,
+                                    datastore_dir=store / "datastores" if store else None,
+                                    nacm=access_rules([admin], {}, []), name="federation")
+        self.server.set_access_policy(_PlatformAccess(self, self.server.access_policy))
         self.server.on_change(self._check_change)
-        self.server.add_state_provider(self._state)
+        self.server.add_state_provider(self._state, f"/{MODULE}:federation")
         for rpc, handler in (("apply-membership", self._apply), ("admit-member", self._admit),
                              ("suspend-member", self._suspend), ("withdraw", self._withdraw),
                              ("report-delivery", self._report_delivery)):
@@ -592,9 +594,8 @@ class FederationPlatform:
         self._view = DomainView(self.config, {})
         self._ledger = Ledger()
         self._handlers: dict[AgentEndpoint, SegmentHandler | None] = {}
-        self._dirty = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        # No retry of a failed pass: the next change tries again.
+        self._loop = ReconcileLoop("federation", self._pass, backoff_initial=None, logger=log)
         self._wake()
 
     @property
@@ -602,15 +603,12 @@ class FederationPlatform:
         return self.server.port
 
     async def start(self) -> None:
-        self._sync_members(FederationConfig.read(self.server.datastores["running"]))
+        self._sync_members(FederationConfig.read(self.server.running()))
         await self.server.start()
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
         await self.server.stop()
 
     async def __aenter__(self) -> FederationPlatform:
@@ -622,7 +620,7 @@ class FederationPlatform:
 
     async def settled(self) -> None:
         """Wait until the reconcile loop has caught up with every change made so far."""
-        await self._idle.wait()
+        await self._loop.idle()
 
     async def segment_changed(self, service_id: str, domain: str, reply: SegmentReply) -> None:
         """A domain reports its segment's new status (phase 2: from its orchestrator's intent).
@@ -641,22 +639,10 @@ class FederationPlatform:
     # --- the reconcile loop -------------------------------------------------------------
 
     def _wake(self) -> None:
-        self._idle.clear()
-        self._dirty.set()
-
-    async def _loop(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            try:
-                await self._pass()
-            except Exception:  # keep the loop alive: the next change tries again
-                log.exception("federation: reconcile pass failed")
-            if not self._dirty.is_set():
-                self._idle.set()
+        self._loop.wake()
 
     async def _pass(self) -> None:
-        config = FederationConfig.read(self.server.datastores["running"])
+        config = FederationConfig.read(self.server.running())
         self._sync_members(config)
         await self._write_access_rules()
         view = DomainView(config, {m: s.status for m, s in self.memberships.items()})
@@ -935,7 +921,7 @@ class FederationPlatform:
             else:
                 self.memberships[member_id] = previous
             raise
-        self._sync_members(FederationConfig.read(self.server.datastores["running"]))
+        self._sync_members(FederationConfig.read(self.server.running()))
         self._save()
         self._wake()
 
@@ -1066,7 +1052,7 @@ class FederationPlatform:
     # --- operational state ----------------------------------------------------------------
 
     async def _state(self) -> etree._Element:
-        config = FederationConfig.read(self.server.datastores["running"])  # never state for deleted entries
+        config = FederationConfig.read(self.server.running())  # never state for deleted entries
         data = etree.Element("data")
         fed = etree.SubElement(data, _f("federation"), nsmap={None: FED_NS})
         members = etree.SubElement(fed, _f("members"))

@@ -22,6 +22,7 @@ from typing import Any
 import asyncssh
 from lxml import etree
 
+from netconf_core import ReconcileLoop
 from netconf_core.client import NetconfClient, SessionClosedError
 from netconf_core.errors import BASE_NS, RPCError
 
@@ -155,7 +156,13 @@ class FederationAgent:
         self._session: NetconfClient | None = None
         self._admitted = False
         self._lock = asyncio.Lock()
-        self._follower: asyncio.Task | None = None
+        # Keeps the membership subscription up and the advertisement current: woken by each
+        # membership event, and POLL after the platform dropped the session; a failed pass is
+        # tried again after POLL, doubled up to RECONNECT_MAX_S, until the platform answers.
+        self._follower = ReconcileLoop(f"federation agent {member_id}", self._follow, backoff_initial=POLL,
+                                       backoff_cap=RECONNECT_MAX_S, logger=log,
+                                       expected=(OSError, asyncssh.Error, RPCError, SessionClosedError))
+        self._events: asyncio.Task | None = None  # reads the membership events of the live subscription
 
     @property
     def admitted(self) -> bool:
@@ -209,11 +216,8 @@ class FederationAgent:
                     raise PermissionError(f"the platform has no live membership for {self.member_id} ({status})")
                 await asyncio.sleep(POLL)
         self._admitted = True
-        if self._follower is None:
-            nc = await self.session()
-            await nc.create_subscription(filter=MEMBERSHIP_EVENTS)
-            self._follower = asyncio.get_running_loop().create_task(self._follow(nc))
-        await self._advertise()
+        await self._follow()  # its errors are the caller's
+        self._follower.start()
 
     async def update(self, resources: DomainResources) -> None:
         """The domain changed: advertise what the policy allows of it now."""
@@ -276,31 +280,23 @@ class FederationAgent:
         return {text(m, "member-id") or "": (text(m, "status") or "", offers.get(text(m, "member-id")))
                 for m in data.iter(_f("member"))} if data is not None else {}
 
-    async def _follow(self, nc: NetconfClient | None) -> None:
-        """Re-advertise when the federation's membership changes. When the platform drops the
-        session (it restarted), open a new one, subscribe again and re-advertise, retrying
-        with a growing pause until the platform answers; stop once no longer a member."""
-        while nc is not None:
-            async for _ in nc.notifications():
-                try:
-                    await self._advertise()
-                except (RPCError, SessionClosedError) as err:
-                    log.warning("federation agent %s: could not refresh its advertisement: %s", self.member_id, err)
-            nc = await self._resubscribe()
+    async def _follow(self) -> None:
+        """A pass of the follower: subscribed to the federation's membership events on a live
+        session (a new one after the platform dropped it: it restarted), and the advertisement
+        current. Nothing once no longer a member."""
+        if not self._admitted:
+            return
+        if self._events is None or self._events.done():
+            nc = await self.session()
+            await nc.create_subscription(filter=MEMBERSHIP_EVENTS)
+            self._events = asyncio.get_running_loop().create_task(self._read_events(nc))
+        await self._advertise()
 
-    async def _resubscribe(self) -> NetconfClient | None:
-        pause = POLL
-        while self._admitted:
-            await asyncio.sleep(pause)
-            try:
-                nc = await self.session()
-                await nc.create_subscription(filter=MEMBERSHIP_EVENTS)
-                await self._advertise()
-                return nc
-            except (OSError, asyncssh.Error, RPCError, SessionClosedError) as err:
-                log.info("federation agent %s: the platform is unreachable: %s", self.member_id, err)
-                pause = min(pause * 2, RECONNECT_MAX_S)
-        return None
+    async def _read_events(self, nc: NetconfClient) -> None:
+        async for _ in nc.notifications():
+            self._follower.wake()  # the membership changed: re-advertise
+        if self._admitted:
+            self._follower.wake_after(POLL)  # the session ended: subscribe again
 
     async def allow_service_user(self, user: str) -> None:
         """Let a service-layer (Fa) account of the platform request services the member pays for."""
@@ -329,10 +325,11 @@ class FederationAgent:
         await self.close()
 
     async def close(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            await asyncio.gather(self._follower, return_exceptions=True)
-            self._follower = None
+        await self._follower.stop()
+        if self._events is not None:
+            self._events.cancel()
+            await asyncio.gather(self._events, return_exceptions=True)
+            self._events = None
         if self._session is not None:
             session, self._session = self._session, None
             try:

@@ -16,6 +16,12 @@ with what the service stratum holds, and written whole (replacing the entry) whe
 differ. An intent that fails is tried again after a pause that doubles with each failure in
 a row (capped); its history counts a repeated transition instead of growing with each round.
 
+An intent with `disjoint-paths N` is protected: its keys flow on one path while the others
+stand by, built. When a path breaks, the keys stay on (or move to) a surviving one and the
+intent is degraded, its disjointness condition naming the lost path and why; each pass plans
+the lost path again, and the intent is active again once it has N paths. It fails only when no
+path is left.
+
 An intent with a `segment` is this domain's part of a cross-domain service (a federation
 platform asks for it): its path runs between the inter-domain links where keys enter and
 leave the domain and the local SAE, and its session is a segment session of the service
@@ -24,13 +30,17 @@ stratum, which routes keys towards the key managers of the service's two SAEs.
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import logging
 import pathlib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import networkx as nx
 from lxml import etree
 
+from netconf_core import ReconcileLoop
 from netconf_core.client import SessionClosedError
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import RPCError
@@ -38,6 +48,7 @@ from netconf_core.link import DeviceLink, Endpoint
 from netconf_core.schema_cache import schema_for
 from netconf_core.server import NetconfServer, SubtreeWriters, User, standard_nacm
 from orchestrator import lifecycle
+from orchestrator.delivery import DeliveryMeter
 from orchestrator.planner import Demand, Infeasible, Network, Plan, Planner
 from orchestrator.requests import SegmentEnds, SessionRequest, links_config, links_delete
 from orchestrator.store import IntentRecord, IntentStore, timestamp
@@ -202,6 +213,8 @@ class Decision:
     why: str = ""          # why there is no plan
     problem: str = ""      # why the current realisation no longer serves
     forced: str = ""       # why the operator asked for a re-plan
+    shortfall: str = ""    # why the plan has fewer disjoint paths than asked ('' when it has them all)
+    lost: list[dict] = field(default_factory=list)  # paths of the intent no longer planned, and why
 
 
 @dataclass
@@ -233,7 +246,7 @@ class Orchestrator:
                                     nacm=standard_nacm(list(read_write), list(read_only), subtree_writers=writers),
                                     name=name)
         self.server.on_change(self._config_changed)
-        self.server.add_state_provider(self._state)
+        self.server.add_state_provider(self._state, "/qi-intent:intents")
         self.server.add_rpc("/qi-intent:intents/intent/replan", self._replan)
         self.server.add_rpc("/qi-intent:dry-run", self._dry_run)
         self.strata = {
@@ -247,19 +260,23 @@ class Orchestrator:
         self.created_at: dict[str, float] = {}       # link this orchestrator created -> when (loop time)
         self.capacity_seen: dict[str, float] = {}    # link -> its eskr when last seen up
         self.failures: dict[str, tuple[int, float]] = {}  # intent -> (failures since last active, retry after)
+        self.delivery = DeliveryMeter()              # the rate each intent's SAEs draw keys at
         self.passes = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._restore_running()
+        # Woken by commits and the strata (a burst is one pass), and every `period`; a pass
+        # with work in progress is followed by another RETRY_SOON later, a failed one RETRY_ERROR later.
+        self._loop = ReconcileLoop(name, self._pass, period=period, debounce=DEBOUNCE, backoff_initial=RETRY_ERROR,
+                                   backoff_cap=RETRY_ERROR, logger=log,
+                                   expected=(RPCError, SessionClosedError, OSError, asyncio.TimeoutError, NotReady))
 
     @property
     def port(self) -> int:
         return self.server.port
 
-    def _restore_running(self) -> None:
-        """The running configuration is the store's: intents survive a restart."""
+    async def _restore_running(self) -> None:
+        """The running configuration is the store's: intents survive a restart. It is put in
+        place through the commit path, so the change handler sees any difference."""
         records = [r for r in self.store.intents() if not r.deleted]
-        tree = self.server.datastores.copy("running")
+        tree = copy.deepcopy(self.server.running())
         saved = tree.findall(_i("intents"))  # as running was saved: the store's are the truth
         if not records and not saved:
             return
@@ -270,8 +287,8 @@ class Orchestrator:
             for record in records:
                 container.append(etree.fromstring(record.config))
         tree = self.server.schema.canonical(tree, config_only=True)
-        self.server.datastores.set("running", tree)
-        self.server.datastores.set("candidate", self.server.datastores["running"])
+        if etree.tostring(tree) != etree.tostring(self.server.running()):
+            await self.server.replace_running(tree)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -280,19 +297,15 @@ class Orchestrator:
         # they get the grace of new links, so that an intent keeps its path instead of moving.
         now = asyncio.get_running_loop().time()
         self.created_at.update({link_id: now for link_id in self.store.created_links()})
+        await self._restore_running()
         await self.server.start()
         for link in self.strata.values():
             link.start()
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"{self.name} reconcile")
+        self._loop.start()
         self.wake()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._loop.stop()
         await asyncio.gather(*(link.stop() for link in self.strata.values()))
         await self.server.stop()
         self.store.close()
@@ -302,32 +315,10 @@ class Orchestrator:
             await asyncio.gather(*(l.connected.wait() for l in self.strata.values()))
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self.period):
-                    await self._wake.wait()
-                await asyncio.sleep(DEBOUNCE)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            delay = None
-            try:
-                if await self.reconcile_once():
-                    delay = RETRY_SOON
-            except (RPCError, SessionClosedError, OSError, asyncio.TimeoutError) as err:
-                log.warning("%s: reconcile pass stopped: %s", self.name, err)
-                delay = RETRY_ERROR
-            except NotReady as err:
-                log.info("%s: reconcile pass postponed: %s", self.name, err)
-                delay = RETRY_ERROR
-            except Exception:  # keep the loop alive; the next pass starts from the observed state again
-                log.exception("%s: reconcile pass failed", self.name)
-                delay = RETRY_ERROR
-            if delay is not None:
-                asyncio.get_running_loop().call_later(delay, self._wake.set)
+    async def _pass(self) -> float | None:
+        return RETRY_SOON if await self.reconcile_once() else None
 
     # --- the strata ---------------------------------------------------------------------
 
@@ -400,8 +391,9 @@ class Orchestrator:
         _leaf(intent, "state-since", record.state_since)
         _leaf(intent, "reason", _clip(record.reason))
         status = record.status
-        if status.get("observed-rate") is not None:
-            _leaf(intent, "observed-rate", status["observed-rate"])
+        for rate in ("observed-rate", "available-rate"):
+            if status.get(rate) is not None:
+                _leaf(intent, rate, status[rate])
         conditions = etree.SubElement(intent, _i("conditions"))
         for kind, condition in sorted(status.get("conditions", {}).items()):
             entry = etree.SubElement(conditions, _i("condition"))
@@ -474,7 +466,11 @@ class Orchestrator:
                 elif session is not None and session.links:
                     decision.problem = planner.path_problem(demand, list(session.links)) or ""
                 keep = list(session.links) if session is not None and session.links and may_keep else None
-                decision.plan = local_plan(demand, world.fwd) or planner.plan(demand, keep=keep)
+                decision.plan = local_plan(demand, world.fwd)
+                if decision.plan is None:
+                    decision.plan, decision.shortfall = protected_plan(planner, demand, keep)
+                    decision.lost = lost_paths(record.status, decision.plan, planner, demand) if decision.shortfall \
+                        else []
                 network.reserve(decision.plan)
             except Infeasible as why:
                 decision.why = str(why) + (" (no federation platform is configured to look beyond this domain)"
@@ -586,7 +582,7 @@ class Orchestrator:
         loop = asyncio.get_running_loop()
         if loop.time() >= retry_at:
             return False
-        loop.call_at(retry_at, self._wake.set)
+        self._loop.wake_after(retry_at - loop.time())
         return True
 
     async def _advance(self, decision: Decision, world: Observation) -> bool:
@@ -602,20 +598,31 @@ class Orchestrator:
             if record.state == "failed":
                 await self._transition(record, "compiling", "a path is available again")
             await self._transition(record, "installing", describe(plan))
-        if record.state == "active" and (decision.forced or decision.problem or moving):
+        repair = bool(decision.forced or decision.problem or moving)  # the keys' path must change
+        if record.state == "active" and repair:
             if decision.forced:
                 await self._transition(record, "repairing", decision.forced)
             else:
                 await self._transition(record, "degraded", decision.problem or "a better path is available")
-        if record.state == "degraded":
+        elif record.state == "active" and decision.shortfall:  # a standby path is lost: keys keep flowing
+            await self._transition(record, "degraded", protection_lost(decision))
+        if record.state == "degraded" and repair:
             await self._transition(record, "repairing", f"re-planning: {describe(plan)}")
         outcome = await self._realise(decision, world)
-        if outcome.done and record.state in ("installing", "repairing", "degraded"):
-            await self._transition(record, "active", f"keys flow over {describe_path(decision.session, plan)}")
+        keys_flow = f"keys flow over {describe_path(decision.session, plan)}"
+        if outcome.done and decision.shortfall:  # protected by fewer paths than asked
+            reason = f"{keys_flow}; {protection_lost(decision)}"
+            if record.state in ("installing", "repairing"):
+                await self._transition(record, "degraded", reason)
+            elif record.state == "degraded" and record.reason != reason:
+                self.store.set_reason(record.name, _clip(reason))
+                record.reason = reason
+        elif outcome.done and record.state in ("installing", "repairing", "degraded"):
+            await self._transition(record, "active", keys_flow)
         elif not outcome.done and record.reason != outcome.waiting and record.state != "active":
             self.store.set_reason(record.name, _clip(outcome.waiting))
             record.reason = outcome.waiting
-        if record.state == "active":
+        if outcome.done and record.state in lifecycle.REALISED:
             self.failures.pop(record.name, None)  # the next failure backs off from the start again
         self._record_status(decision, world, plan, outcome)
         return not outcome.done
@@ -701,14 +708,21 @@ class Orchestrator:
             paths.append({"in-use": False, "hops": plan_hops(plan, 0, world.fwd)})
         if plan is not None:
             paths += [{"in-use": False, "hops": plan_hops(plan, i, world.fwd)} for i in range(1, len(plan.paths))]
-        rate = observed_rate(session, world.fwd) if session is not None and session.status == "active" else None
+        rate = available_rate(session, world.fwd) if session is not None and session.status == "active" else None
+        if session is None:
+            self.delivery.forget(spec.name)
+        delivered = self.delivery.observe(spec.name, session.delivered_bits, asyncio.get_running_loop().time()) \
+            if session is not None else None
         status = {
             "session": spec.name if session is not None else None,
             "steer": list(outcome.steer) if outcome else [],
             "paths": paths,
-            "observed-rate": rate,
+            "observed-rate": delivered,
+            "available-rate": rate,
             "conditions": conditions(previous.get("conditions", {}), record.state, spec, plan, decision, rate),
         }
+        if decision.lost:
+            status["lost"] = decision.lost
         if status != previous:
             record.status = status
             self.store.set_status(spec.name, status)
@@ -717,8 +731,8 @@ class Orchestrator:
 
     async def _dry_run(self, session, rpc: etree._Element, context) -> list | None:
         """What a commit of the candidate would ask of each stratum; <ok/> when it changes nothing."""
-        running = {n: e for n, e in intent_elements(self.server.datastores["running"]).items()}
-        candidate = {n: e for n, e in intent_elements(self.server.datastores["candidate"]).items()}
+        running = {n: e for n, e in intent_elements(self.server.running()).items()}
+        candidate = {n: e for n, e in intent_elements(self.server.datastore("candidate")).items()}
         records = {r.name: r for r in self.store.intents()}
         changes: dict[str, str] = {}
         for name, element in candidate.items():
@@ -795,7 +809,10 @@ def plan_requests(decision: Decision, world: Observation) -> list[tuple[str, str
         ends = [attach(candidate.a), attach(candidate.b)]
         requests.append(("quantum-forwarding", "create", "qkd-link", candidate.link_id,
                          f"PHYS link {candidate.a[0]} interface {candidate.a[1]} - {candidate.b[0]} interface "
-                         f"{candidate.b[1]}, qkdl-id {candidate.qkdl_id}"))
+                         f"{candidate.b[1]}, qkdl-id {candidate.qkdl_id}, expected eskr about "
+                         f"{int(candidate.eskr)} bit/s"
+                         + (f", bypassing the trusted node at {', '.join(candidate.bypasses)}"
+                            if candidate.bypasses else "")))
         requests.append(("connectivity", "create", "optical-path", candidate.link_id,
                          f"from {':'.join(ends[0] or ('?',))} to {':'.join(ends[1] or ('?',))} over spans "
                          f"{', '.join(candidate.spans)} ({candidate.loss_db:g} dB), asked by the forwarding "
@@ -810,6 +827,72 @@ def plan_requests(decision: Decision, world: Observation) -> list[tuple[str, str
                      f"{spec.source_sae} -> {spec.destination_sae} at {spec.min_rate} bit/s over "
                      f"{' - '.join(plan.nodes(0))}"))
     return requests
+
+
+def protected_plan(planner: Planner, demand: Demand, keep: list[str] | None) -> tuple[Plan, str]:
+    """As many of the demand's node-disjoint paths as the network offers now, and why fewer
+    than asked ('' when it has them all): a protected intent keeps its keys on the paths that
+    survive, and only a demand without any path is infeasible."""
+    try:
+        return planner.plan(demand, keep=keep), ""
+    except Infeasible as short:
+        if demand.paths == 1:
+            raise
+        shortfall = str(short)
+    within = disjoint_only(planner, demand)
+    if within is not None:  # the greedy choice of the first path hid the disjoint ones
+        try:
+            return planner.plan(within, keep=keep), ""
+        except Infeasible:
+            pass
+    for paths in range(demand.paths - 1, 0, -1):
+        try:
+            return planner.plan(dataclasses.replace(demand, paths=paths), keep=keep), shortfall
+        except Infeasible:
+            if paths == 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def disjoint_only(planner: Planner, demand: Demand) -> Demand | None:
+    """The demand confined to a set of node-disjoint paths of the usable graph found by max-flow,
+    when there are as many as asked: planning the cheapest path first, then the next one
+    disjoint from it, can miss them (the first path takes a node every second path needs)."""
+    source, destination = planner.endpoints(demand)
+    graph, _ = planner.network.graph(demand)
+    try:
+        found = list(nx.node_disjoint_paths(graph, source, destination, cutoff=demand.paths))
+    except (nx.NetworkXNoPath, nx.NodeNotFound, nx.NetworkXError):
+        return None
+    if len(found) < demand.paths:
+        return None
+    hops = {frozenset(pair) for path in found for pair in zip(path, path[1:])}
+    kept_nodes = {n for path in found for n in path}
+    others = {data["edge"].link_id for u, v, data in graph.edges(data=True) if frozenset((u, v)) not in hops}
+    return dataclasses.replace(demand, avoid_nodes=demand.avoid_nodes | (set(graph.nodes) - kept_nodes),
+                               avoid_links=demand.avoid_links | others)
+
+
+def lost_paths(status: dict, plan: Plan, planner: Planner, demand: Demand) -> list[dict]:
+    """The intent's paths that the plan no longer has because they broke, each with why: those
+    of its last recorded status, and those lost before and not planned again (with the reason
+    they were lost, not what became of their links since)."""
+    planned = {tuple(plan.link_ids(i)) for i in range(len(plan.paths))}
+    lost = {tuple(p["links"]): p for p in status.get("lost", [])}
+    for path in status.get("paths", []):
+        links = tuple(h["link-id"] for h in path["hops"] if h.get("link-id"))
+        if links and links not in lost and links not in planned:
+            why = planner.path_problem(demand, list(links))
+            if why:
+                lost[links] = {"nodes": [h["node-id"] for h in path["hops"]], "links": list(links), "why": why}
+    return [p for links, p in lost.items() if links not in planned]
+
+
+def protection_lost(decision: Decision) -> str:
+    """Which of a protected intent's paths are lost and why, or why it has too few paths."""
+    if decision.lost:
+        return "; ".join(f"lost path {' - '.join(p['nodes'])}: {p['why']}" for p in decision.lost)
+    return decision.shortfall
 
 
 def describe(plan: Plan | None) -> str:
@@ -840,7 +923,7 @@ def plan_hops(plan: Plan, index: int, fwd: ForwardingView) -> list[dict]:
     return [{"km-id": fwd.km_of(n), "node-id": n, "link-id": l} for n, l in zip(nodes, links)]
 
 
-def observed_rate(session: Session, fwd: ForwardingView) -> int | None:
+def available_rate(session: Session, fwd: ForwardingView) -> int | None:
     """The key rate the session's path can carry now: the smallest eskr along it."""
     rates = [fwd.links[l].eskr for l in session.links if l in fwd.links and fwd.links[l].eskr is not None]
     return int(min(rates)) if rates else None
@@ -867,7 +950,8 @@ def conditions(previous: dict, state: str, spec: IntentSpec, plan: Plan | None, 
                      f"{rate} bit/s available, {spec.min_rate} bit/s asked" if rate is not None
                      else "no key flows"),
         "disjointness-met": (found and len(plan.paths) >= spec.disjoint_paths,
-                             f"{len(plan.paths) if plan else 0} of {spec.disjoint_paths} disjoint path(s)"),
+                             f"{len(plan.paths) if plan else 0} of {spec.disjoint_paths} disjoint path(s)"
+                             + (f"; {protection_lost(decision)}" if found and decision.shortfall else "")),
         "ready": (state == "active", "keys flow as asked" if state == "active" else f"state {state}"),
     }
     out = {}

@@ -5,7 +5,9 @@
 
 A failed intent is compiled again when the network changes (the reconcile loop is
 level-triggered); a removed intent that is enabled again starts over from planned; an
-active intent whose configuration changed, or that is told to re-plan, goes repairing.
+active intent whose configuration changed, or that is told to re-plan, goes repairing. A
+protected intent (several disjoint paths) that lost some of its paths but not all is degraded
+while its keys flow on the others, and active again when its paths are back.
 """
 from __future__ import annotations
 

@@ -5,8 +5,13 @@ network:
 
 - `candidate_links`: QKD links the forwarding stratum could add. Two QKD interfaces are
   candidates when light from one's fibre attachment reaches the other's through spans and
-  optical switches without crossing a site that hosts another QKD node (that node would be
-  bypassed as a trusted relay).
+  optical switches (`qkd_physics.reach`). A route that crosses a switch at the site of
+  another QKD node, past that node, is an optical bypass of its trusted node: a candidate
+  too, offered only between interfaces that no route through trusted nodes joins, and
+  costed so that a path takes it only when the paths through trusted nodes do not meet the
+  demand. Each candidate carries the key rate it is expected to deliver: the eskr of the
+  shared link model (`qkd_physics`, which the QKD nodes run) at the route's loss, for the
+  reference device profile and the default QBER threshold. A span carries one optical path.
 - `Planner.plan`: paths for one demand over the usable existing links and the candidates,
   within its constraints and the key rate left by the demands planned before it
   (the orchestrator plans in priority order); which links must be created; or a precise
@@ -16,7 +21,6 @@ network:
 """
 from __future__ import annotations
 
-import heapq
 import itertools
 import uuid
 from dataclasses import dataclass, field
@@ -24,9 +28,12 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from orchestrator.views import FibreView, ForwardingView, PortRef, QkdLink
+from qkd_physics import expected_eskr
+from qkd_physics.reach import optical_routes
 
 LINK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:qstrata:orchestrator:qkd-link")
 CANDIDATE_COST = 1.5      # a link that must be created costs more than one that exists
+BYPASS_COST = 2.0         # ... and more per trusted node it bypasses than the two new links through that node
 MAX_SIMPLE_PATHS = 200    # paths examined when the shortest one breaks max-hops
 
 
@@ -38,6 +45,8 @@ class Candidate:
     b: PortRef
     spans: tuple[str, ...]
     loss_db: float
+    bypasses: tuple[str, ...] = ()  # sites whose trusted node the light passes by, through their switch
+    eskr: float = 0.0               # expected effective key rate, bit/s (qkd_physics.expected_eskr)
 
     @property
     def link_id(self) -> str:
@@ -50,30 +59,43 @@ class Candidate:
     def nodes(self) -> tuple[str, str]:
         return self.a[0], self.b[0]
 
+    @property
+    def cost(self) -> float:
+        return CANDIDATE_COST + self.loss_db / 100 + BYPASS_COST * len(self.bypasses)
+
+    def describe(self) -> str:
+        """'a new link X-Y (bypassing S) over N dB'"""
+        bypass = f" bypassing {', '.join(self.bypasses)}" if self.bypasses else ""
+        return f"a new link {self.a[0]}-{self.b[0]}{bypass} over {self.loss_db:g} dB"
+
 
 def candidate_links(fwd: ForwardingView, fibre: FibreView) -> list[Candidate]:
-    """Every pair of free QKD interfaces joined by the fibre plant, lowest loss route each."""
-    attach_owner: dict[PortRef, PortRef] = {}  # fibre port -> (QKD node, tp) plugged there
+    """Every pair of free QKD interfaces joined by the fibre plant, lowest loss route each;
+    bypasses of trusted nodes only for pairs that no other route joins (qkd_physics.reach)."""
+    owner: dict[PortRef, PortRef] = {}  # fibre port -> (QKD node, tp) plugged there
     for node in fwd.nodes.values():
         for tp, attach in node.interfaces.items():
             if attach is not None:
-                attach_owner[attach] = (node.id, tp)
+                owner[attach] = (node.id, tp)
     used = fwd.used_interfaces()
-    qkd_sites = {_site_of(fwd, fibre, node.id) for node in fwd.nodes.values()}
+    sites = {attach: _site_of(fwd, fibre, end[0]) for attach, end in owner.items()}
     best: dict[tuple[PortRef, PortRef], Candidate] = {}
-    for attach, owner in attach_owner.items():
-        if owner in used:
+    for route in optical_routes(fibre.nodes.values(), fibre.spans.values(), sites,
+                                starts=[a for a, end in owner.items() if end not in used]):
+        near, far = owner[route.start], owner[route.end]
+        if far in used or far[0] == near[0]:
             continue
-        source_site = _site_of(fwd, fibre, owner[0])
-        for far, spans, loss in _reachable(fibre, attach, source_site, qkd_sites, attach_owner):
-            other = attach_owner[far]
-            if other in used or other[0] == owner[0]:
-                continue
-            a, b = sorted((owner, other))
-            key = (a, b)
-            if key not in best or loss < best[key].loss_db:
-                best[key] = Candidate(a, b, spans, round(loss, 3))
-    return sorted(best.values(), key=lambda c: (c.a, c.b))
+        a, b = sorted((near, far))
+        found = Candidate(a, b, route.spans, round(route.loss_db, 3), route.bypasses)
+        held = best.get((a, b))
+        if held is None or (len(found.bypasses), found.loss_db) < (len(held.bypasses), held.loss_db):
+            best[(a, b)] = found
+    return sorted((_with_rate(c) for c in best.values()), key=lambda c: (c.a, c.b))
+
+
+def _with_rate(candidate: Candidate) -> Candidate:
+    return Candidate(candidate.a, candidate.b, candidate.spans, candidate.loss_db, candidate.bypasses,
+                     expected_eskr(candidate.loss_db))
 
 
 def _site_of(fwd: ForwardingView, fibre: FibreView, node_id: str) -> str:
@@ -83,61 +105,6 @@ def _site_of(fwd: ForwardingView, fibre: FibreView, node_id: str) -> str:
     attach = next((a for a in node.interfaces.values() if a is not None), None)
     fibre_node = fibre.nodes.get(attach[0]) if attach else None
     return fibre_node.site if fibre_node else ""
-
-
-def _reachable(fibre: FibreView, start: PortRef, source_site: str, qkd_sites: set[str],
-               attach_owner: dict[PortRef, PortRef]):
-    """Interfaces' attachment points reachable from the one at `start`, each with the spans
-    crossed and the loss, by a lowest-loss search over (direction, port) states.
-
-    Light 'arrives' at a port from outside the node, or 'leaves' the node by a port into
-    the span or the interface there. A switch passes light from the port it arrives at to
-    any other port, unless it stands at the site of another QKD node (then only to an
-    interface plugged into it); a site passes nothing on: light arriving there ends at the
-    interface attached at that port, or on the site's patch panel (a span-less port).
-    """
-    node = fibre.nodes.get(start[0])
-    if node is None:
-        return
-    if node.kind == "optical-switch":
-        first = [("arrive", start)]
-    elif start in fibre.span_at:
-        first = [("leave", start)]
-    else:  # an interface on a site's patch panel reaches the site's spans
-        first = [("leave", (node.id, p)) for p in node.ports if (node.id, p) in fibre.span_at]
-    counter = itertools.count()
-    queue = [(0.0, next(counter), direction, port, ()) for direction, port in first]
-    settled: set[tuple[str, PortRef]] = set()
-    while queue:
-        loss, _, direction, port, spans = heapq.heappop(queue)
-        if (direction, port) in settled:
-            continue
-        settled.add((direction, port))
-        node = fibre.nodes.get(port[0])
-        if node is None:
-            continue
-        if direction == "leave":
-            span_id = fibre.span_at.get(port)
-            if span_id is not None:
-                span = fibre.spans[span_id]
-                heapq.heappush(queue, (loss + span.loss_db, next(counter), "arrive", span.far_end(port),
-                                       spans + (span_id,)))
-            elif port in attach_owner and port != start:
-                yield port, spans, loss
-        elif node.kind == "optical-switch":
-            passes = node.site not in qkd_sites or node.site == source_site
-            for other in node.ports:
-                target = (node.id, other)
-                if other != port[1] and (passes or target in attach_owner):
-                    crossing = node.insertion_loss.get(port[1], 0.0) + node.insertion_loss.get(other, 0.0)
-                    heapq.heappush(queue, (loss + crossing, next(counter), "leave", target, spans))
-        elif port in attach_owner and port != start:
-            yield port, spans, loss
-        else:
-            for other in node.ports:
-                target = (node.id, other)
-                if target in attach_owner and target not in fibre.span_at and target != start:
-                    yield target, spans, loss
 
 
 # --- planning -----------------------------------------------------------------------------
@@ -211,13 +178,17 @@ class Network:
     candidates: list[Candidate] = field(default_factory=list)
     reserved: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # link -> (demand, rate)
     taken_interfaces: set[PortRef] = field(default_factory=set)
+    taken_spans: dict[str, str] = field(default_factory=dict)  # span -> the optical path or new link holding it
     refused: dict[str, str] = field(default_factory=dict)  # candidate link -> why it cannot be made
     coming_up: set[str] = field(default_factory=set)        # links just created: not up yet, not broken
     capacity_seen: dict[str, float] = field(default_factory=dict)  # link -> eskr when it last existed
 
     @classmethod
     def observe(cls, fwd: ForwardingView, fibre: FibreView, alarms: dict[str, str] | None = None) -> Network:
-        return cls(fwd, fibre, dict(alarms or {}), candidate_links(fwd, fibre))
+        """The network as observed; a span carries one optical path (the connectivity stratum
+        routes none over a span another holds), so those of existing paths are taken."""
+        taken = {span: name for name, route in sorted(fibre.optical_paths.items()) for span in route}
+        return cls(fwd, fibre, dict(alarms or {}), candidate_links(fwd, fibre), taken_spans=taken)
 
     def held(self, link_id: str, by_other_than: str = "") -> int:
         return sum(rate for name, rate in self.reserved.get(link_id, []) if name != by_other_than)
@@ -227,6 +198,7 @@ class Network:
             self.reserved.setdefault(edge.link_id, []).append((plan.demand.name, plan.demand.rate))
         for candidate in plan.new_links:
             self.taken_interfaces.update((candidate.a, candidate.b))
+            self.taken_spans.update({span: candidate.link_id for span in candidate.spans})
 
     # -- why a link cannot carry a demand (None: it can) --------------------------------
 
@@ -259,17 +231,25 @@ class Network:
             return f"link {candidate.link_id} is avoided by the intent"
         if candidate.link_id in self.refused:
             return f"link {candidate.link_id} cannot be made: {self.refused[candidate.link_id]}"
-        if {candidate.a, candidate.b} & self.taken_interfaces:
-            return f"the interfaces of {candidate.link_id} are taken"
-        seen = self.capacity_seen.get(candidate.link_id)
-        if seen is not None and seen - self.held(candidate.link_id, demand.name) < demand.rate:
-            return (f"a new link {candidate.nodes()[0]}-{candidate.nodes()[1]} would carry about {int(seen)} bit/s "
-                    f"of key; {demand.rate} bit/s needed")
+        if candidate.link_id not in self.reserved and {candidate.a, candidate.b} & self.taken_interfaces:
+            return f"the interfaces of {candidate.link_id} are taken"  # (a new link planned before is shared)
+        for span in candidate.spans:
+            if self.taken_spans.get(span, candidate.link_id) != candidate.link_id:
+                return f"{candidate.describe()} needs span {span}, which carries {self.taken_spans[span]}"
         for span in candidate.spans:
             if not self.fibre.healthy(span):
-                return f"a new link {candidate.nodes()[0]}-{candidate.nodes()[1]} needs span {span}, " \
-                       f"which is {self._span_problem(span)}"
+                return f"{candidate.describe()} needs span {span}, which is {self._span_problem(span)}"
+        rate = self.expected_rate(candidate)
+        held = self.held(candidate.link_id, demand.name)
+        if rate - held < demand.rate:
+            taken = f", {held} bit/s of it held by intents of higher or equal priority" if held else ""
+            return (f"{candidate.describe()} would carry about {int(rate)} bit/s of key{taken}; "
+                    f"{demand.rate} bit/s needed")
         return None
+
+    def expected_rate(self, candidate: Candidate) -> float:
+        """What a new link would carry: its eskr when it existed last, otherwise the model's estimate."""
+        return self.capacity_seen.get(candidate.link_id, candidate.eskr)
 
     def _span_problem(self, span_id: str) -> str:
         span = self.fibre.spans[span_id]
@@ -288,8 +268,7 @@ class Network:
                 continue
             options.append((1.0, Edge(link.id, *link.nodes(), existing=link), self.link_problem(link, demand)))
         for candidate in self.candidates:
-            options.append((CANDIDATE_COST + candidate.loss_db / 100, Edge(candidate.link_id, *candidate.nodes(),
-                                                                          candidate=candidate),
+            options.append((candidate.cost, Edge(candidate.link_id, *candidate.nodes(), candidate=candidate),
                             self.candidate_problem(candidate, demand)))
         for cost, edge, problem in sorted(options, key=lambda o: o[0]):
             if edge.u in demand.avoid_nodes or edge.v in demand.avoid_nodes:
@@ -380,6 +359,8 @@ class Planner:
         for _ in range(demand.paths - 1):
             spare.remove_nodes_from({e.v for e in paths[-1][:-1]})
             spare.remove_edges_from([(e.u, e.v) for e in paths[-1]])
+            self._free_resources(spare, demand, {r for path in paths for e in path if e.candidate
+                                                 for r in _resources(e.candidate)})
             try:
                 nodes = nx.shortest_path(spare, source, destination, weight="cost")
             except (nx.NetworkXNoPath, nx.NodeNotFound):
@@ -434,22 +415,43 @@ class Planner:
                     found.append(problem)
         return f"no path between {source} and {destination}: " + "; ".join(found)
 
+    def _free_resources(self, graph: nx.Graph, demand: Demand, taken: set[tuple]) -> None:
+        """Give each new link of `graph` that needs an interface or span a path already takes
+        another candidate between the same nodes, or take it out (a standby path needs its own)."""
+        for u, v, data in list(graph.edges(data=True)):
+            candidate = data["edge"].candidate
+            if candidate is None or not _resources(candidate) & taken:
+                continue
+            spare = self._spare({u, v}, demand, taken)
+            if spare is None:
+                graph.remove_edge(u, v)
+            else:
+                graph.add_edge(u, v, cost=spare.cost, edge=Edge(spare.link_id, *spare.nodes(), candidate=spare))
+
+    def _spare(self, pair: set[str], demand: Demand, taken: set[tuple]) -> Candidate | None:
+        """The cheapest usable candidate between `pair` that needs nothing of `taken`."""
+        return min((c for c in self.network.candidates
+                    if set(c.nodes()) == pair and not _resources(c) & taken
+                    and self.network.candidate_problem(c, demand) is None), key=lambda c: c.cost, default=None)
+
     def _assign_interfaces(self, plan: Plan) -> None:
-        """Two new links of a plan may be the best options through the same interface: give
-        each its own, from the other candidates between the same nodes, or fail."""
-        taken = set(self.network.taken_interfaces)
+        """Two new links of a plan may be the best options through the same interface or span:
+        give each its own, from the other candidates between the same nodes, or fail."""
+        taken: set[tuple] = set()
         for path in plan.paths:
             for i, edge in enumerate(path):
-                if edge.candidate is None or not {edge.candidate.a, edge.candidate.b} & taken:
-                    if edge.candidate is not None:
-                        taken.update((edge.candidate.a, edge.candidate.b))
+                if edge.candidate is None:
                     continue
-                pair = set(edge.candidate.nodes())
-                spare = next((c for c in self.network.candidates
-                              if set(c.nodes()) == pair and not {c.a, c.b} & taken
-                              and self.network.candidate_problem(c, plan.demand) is None), None)
-                if spare is None:
-                    raise Infeasible(f"QKD nodes {' and '.join(sorted(pair))} have no free interfaces for "
-                                     f"another link")
-                taken.update((spare.a, spare.b))
-                path[i] = oriented(Edge(spare.link_id, *spare.nodes(), candidate=spare), edge.u)
+                if _resources(edge.candidate) & taken:
+                    pair = set(edge.candidate.nodes())
+                    spare = self._spare(pair, plan.demand, taken)
+                    if spare is None:
+                        raise Infeasible(f"QKD nodes {' and '.join(sorted(pair))} have no free interfaces or "
+                                         f"fibre for another link")
+                    path[i] = oriented(Edge(spare.link_id, *spare.nodes(), candidate=spare), edge.u)
+                taken |= _resources(path[i].candidate)
+
+
+def _resources(candidate: Candidate) -> set[tuple]:
+    """What a new link holds alone: its two interfaces and the spans of its optical path."""
+    return {("tp", candidate.a), ("tp", candidate.b)} | {("span", span) for span in candidate.spans}

@@ -74,6 +74,7 @@ class FibreNode:
     site: str
     ports: tuple[str, ...]
     insertion_loss: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
+    fabric_loss: float = 0.0  # a switch's, crossed once per cross-connect
 
 
 @dataclass
@@ -103,7 +104,8 @@ class FibreView:
                 if loss is not None:
                     losses[tp_id] = loss
             view.nodes[node_id] = FibreNode(node_id, _text(fibre, c("kind"), "site"),
-                                            _text(fibre, c("site"), node_id), tuple(ports), losses)
+                                            _text(fibre, c("site"), node_id), tuple(ports), losses,
+                                            _number(fibre, c("fabric-loss")) or 0.0)
         for link in network.iterfind(nt("link")):
             span = link.find(c("fibre-span"))
             if span is None:

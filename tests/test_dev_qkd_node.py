@@ -21,14 +21,14 @@ from devices.base import NetworkContext
 from devices.keystore import KeyNetwork
 from devices.optical_switch import NS as SWITCH_NS
 from devices.optical_switch import OpticalSwitchDevice
-from devices.physics import link_performance
 from devices.plant import NS as PLANT_NS
 from devices.plant import FibrePlantDevice
-from devices.qkd_node import AUTHENTICATION_SHARE, EXT_NS, NS, QkdNodeDevice, node_uuid
+from devices.qkd_node import EXT_NS, NS, QkdNodeDevice, node_uuid
 from devices.topology import build_twin, default_topology
 from devices.twin import Clock
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
+from qkd_physics import AUTHENTICATION_SHARE, link_performance
 
 BYPASS = str(uuid.UUID(int=0xB1))  # qkd-quintin if1 -- sw-concepcion 1-4 -- qkd-distrito if2
 QA, AN = str(uuid.UUID(int=0xA1)), str(uuid.UUID(int=0xA2))  # quintin-almagro, almagro -- sw-norte 2-5 -- norte

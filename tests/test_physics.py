@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from devices.physics import DeviceProfile, link_performance
+from qkd_physics import AUTHENTICATION_SHARE, DeviceProfile, effective_key_rate, expected_eskr, link_performance
 
 PROFILE = DeviceProfile()
 
@@ -88,3 +88,11 @@ def test_bad_profile_is_refused():
         DeviceProfile(eta_bob=-0.1)
     with pytest.raises(ValueError, match="DeviceProfile.mu must be > 0"):
         DeviceProfile(mu=0.0)
+
+
+def test_expected_eskr_is_the_skr_less_authentication_and_zero_where_no_key_is_distilled():
+    skr, qber = link_performance(19.0)
+    assert expected_eskr(19.0) == pytest.approx(skr * (1 - AUTHENTICATION_SHARE)) == effective_key_rate(skr)
+    assert expected_eskr(24.0) == 0.0                                   # past the cut-off
+    assert expected_eskr(19.0, qber_threshold=qber * 100 - 0.01) == 0.0  # a node that stops distilling
+    assert expected_eskr(5.0, DeviceProfile(f_rep=100e6)) == pytest.approx(expected_eskr(5.0) / 2, rel=1e-6)

@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from devices.physics import DeviceProfile, link_performance
 from devices.twin import Clock, Endpoint, PlantChange, Twin
+from qkd_physics import DeviceProfile, link_performance
 
 E = Endpoint.parse
 

@@ -1,7 +1,10 @@
-"""`qstrata bench`: benchmarks. `netconf` compares our NETCONF server with netconfd; `devices`
+"""`qstrata bench`: benchmarks. `netconf` compares our NETCONF server with netconfd; `restconf`
+puts RESTCONF and NETCONF on one server side by side; `devices`
 measures how many emulated devices one process hosts; `controllers` times device sync and
 session re-plans; `orchestrator` times intents from commit to active and back after a cut;
-`keys` times ETSI 014 enc_keys and dec_keys while undelivered keys pile up."""
+`keys` times ETSI 014 enc_keys and dec_keys while undelivered keys pile up; `chaos` soaks the
+closed loop in random faults and checks its invariants; `push` times YANG-Push on-change
+notifications from edit-config to subscriber."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +19,11 @@ def register(subparsers) -> None:
     netconf.add_argument("--depth", type=int, default=16, help="pipelined requests in flight (default 16)")
     netconf.add_argument("--rounds", type=int, default=3, help="rounds; each cell is their median (default 3)")
     netconf.set_defaults(func=run_netconf)
+    restconf = targets.add_parser("restconf", help="RESTCONF and NETCONF reads and writes on one server, side by side")
+    restconf.add_argument("--seconds", type=float, default=2.0, help="time per cell and round (default 2)")
+    restconf.add_argument("--depth", type=int, default=16, help="requests in flight in the second row (default 16)")
+    restconf.add_argument("--rounds", type=int, default=3, help="rounds; each cell is their median (default 3)")
+    restconf.set_defaults(func=run_restconf)
     devices = targets.add_parser("devices", help="how many emulated devices one process hosts: memory, start "
                                                  "time, get/s and get latency while all are polled")
     from tools import bench_devices  # light: it imports the device host only in its processes
@@ -35,6 +43,16 @@ def register(subparsers) -> None:
 
     bench_keys.add_arguments(keys)
     keys.set_defaults(func=bench_keys.run)
+    chaos = targets.add_parser("chaos", help="random cuts, eavesdroppers, drains and crashes on a generated "
+                                             "network, checking the closed loop's invariants throughout")
+    from tools import bench_chaos  # light: it imports the stack only when it runs
+
+    bench_chaos.add_arguments(chaos)
+    chaos.set_defaults(func=bench_chaos.run)
+    push = targets.add_parser("push", help="YANG-Push on-change latency, edit-config to push-change-update")
+    from tools import bench_push  # light: it imports the engine only when it runs
+
+    bench_push.add_arguments(push)
 
 
 def run_netconf(args: argparse.Namespace) -> int:
@@ -42,6 +60,12 @@ def run_netconf(args: argparse.Namespace) -> int:
 
     return bench_netconf.main(seconds=args.seconds, sessions=args.sessions, depth=args.depth,
                               rounds=args.rounds)
+
+
+def run_restconf(args: argparse.Namespace) -> int:
+    from tools import bench_restconf
+
+    return bench_restconf.main(seconds=args.seconds, depth=args.depth, rounds=args.rounds)
 
 
 def run_controllers(args: argparse.Namespace) -> int:

@@ -105,7 +105,8 @@ class Stack:
             await self.forwarding.start()
             self.service = ServiceController(
                 "service", self._devices(SERVICE_MODULES), self.endpoint("forwarding", self.forwarding.port),
-                self.users, state_dir=self._state("service"))
+                self.users, connectivity=self.endpoint("connectivity", self.connectivity.port),
+                state_dir=self._state("service"))
             await self.service.start()
             self.orchestrator = Orchestrator(
                 "orchestrator", self.endpoint("service", self.service.port),

@@ -1,8 +1,11 @@
-"""Secret key rate and QBER of an emulated QKD link: asymptotic decoy-state BB84.
+"""Secret key rate and QBER of a QKD link: asymptotic decoy-state BB84.
 
 The model (Lo, Ma, Chen 2005; Ma, Qi, Zhao, Lo 2005) turns the optical loss of a link into
-the secret key rate and the quantum bit error rate for a device profile. It is a pure
-function: noise (jitter) is added by the digital twin, not here.
+the secret key rate and the quantum bit error rate for a device profile. It is pure
+functions, shared by the levels and importing none of them: the emulated QKD nodes derive
+their readings from it (the digital twin adds the noise), and the orchestrator's planner
+estimates the key rate of a link it would build from the same model, so that a dry run's
+verdict agrees with what the link then delivers.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ INTERCEPT_RESEND_ERROR = 0.25  # errors an intercept-resend attack causes on the
 # where dark counts alone make the QBER 1/2 and hide what the link actually shows.
 NOMINAL_MU = 0.5
 GOLDEN = (math.sqrt(5) - 1) / 2
+AUTHENTICATION_SHARE = 0.01  # of the skr, spent authenticating the classical channel: eskr is the rest
+DEFAULT_QBER_THRESHOLD = 5.0  # percent: above it a node stops distilling key (qi-qkd-node-ext default)
 
 
 @dataclass(frozen=True)
@@ -101,3 +106,16 @@ def link_performance(loss_db: float, profile: DeviceProfile = DeviceProfile(),
         qber = _rate_and_qber(eta, NOMINAL_MU, profile, added_error)[1]
     skr = min(max(rate, 0.0) * profile.f_rep, profile.detector_cap_bps, profile.pp_cap_bps)
     return skr, qber
+
+
+def effective_key_rate(skr_bps: float) -> float:
+    """The eskr of a link generating `skr_bps`: what is left after authentication."""
+    return skr_bps * (1 - AUTHENTICATION_SHARE)
+
+
+def expected_eskr(loss_db: float, profile: DeviceProfile = DeviceProfile(),
+                  qber_threshold: float = DEFAULT_QBER_THRESHOLD) -> float:
+    """The eskr (bit/s) a link over an untapped optical path of `loss_db` is expected to
+    carry: 0 when it distils no key or its QBER (percent) is above `qber_threshold`."""
+    skr, qber = link_performance(loss_db, profile)
+    return 0.0 if skr <= 0 or qber * 100 > qber_threshold else effective_key_rate(skr)
