@@ -17,8 +17,10 @@ import pytest
 from ncclient import manager
 
 from devices.host import DeviceHost
-from devices.topology import Topology
+from devices.topology import Topology, default_topology
 from netconf_core import Endpoint, NetconfServer, Schema, User, standard_nacm
+from tools.cmd_demo import Operator
+from tools.stack import Stack
 
 TEST_YANG = pathlib.Path(__file__).parent / "yang"
 ENGINE_NS = "urn:qstrata:yang:qs-engine-test"
@@ -128,12 +130,15 @@ class ServedProcess:
 
 
 @contextlib.contextmanager
-def qstrata_serve() -> Iterator[ServedProcess]:
-    """Run `qstrata serve` with the engine test model on a free port; stop it on exit."""
+def qstrata_serve(datastore_dir: pathlib.Path | None = None, crash_on_exit: bool = False) -> Iterator[ServedProcess]:
+    """Run `qstrata serve` with the engine test model on a free port, its datastores in
+    `datastore_dir` if given; stop it on exit, or kill it (SIGKILL, as a crash) with
+    `crash_on_exit`."""
     password = secrets.token_urlsafe(12)
     qstrata = str(pathlib.Path(sys.executable).with_name("qstrata"))
+    stored = ["--datastore-dir", str(datastore_dir)] if datastore_dir is not None else []
     process = subprocess.Popen([qstrata, "serve", "--yang", str(TEST_YANG), "--module", "qs-engine-test",
-                                "--port", "0", "--user", "admin", f"--password={password}"],
+                                "--port", "0", "--user", "admin", f"--password={password}", *stored],
                                stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -142,5 +147,23 @@ def qstrata_serve() -> Iterator[ServedProcess]:
         assert match, f"no port in {banner!r}"
         yield ServedProcess(process, int(match.group(1)), password)
     finally:
-        process.terminate()
+        if crash_on_exit:
+            process.kill()
+        else:
+            process.terminate()
         process.wait(10)
+
+
+def stack_scenario(tmp_path: pathlib.Path, body, *, wait_s: float, bound_s: float,
+                   topology: Topology | None = None) -> None:
+    """Run `body(stack, operator)` against a fresh stack of `topology` (Madrid by default) whose
+    state lives under tmp_path, then stop everything; the whole within `bound_s` seconds."""
+    async def run() -> None:
+        stack = Stack(topology or default_topology(), state_dir=tmp_path / "stack")
+        await stack.start()
+        try:
+            async with Operator(stack, wait_s) as operator:
+                await body(stack, operator)
+        finally:
+            await stack.stop()
+    asyncio.run(asyncio.wait_for(run(), bound_s))

@@ -22,6 +22,7 @@ from orchestrator.views import AL_NS, NW_NS, SVC_NS, FibreView, ForwardingView, 
 from tools.cmd_demo import Operator, path_of
 from tools.cmd_up import write_state
 from tools.stack import Stack
+from conftest import stack_scenario
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FWD_NS = "urn:qstrata:yang:qi-forwarding"
@@ -34,16 +35,7 @@ CONFIG_CHANGE_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
 
 
 def scenario(tmp_path, body, topology=None) -> None:
-    """Run `body(stack, operator)` against a fresh stack, and stop everything afterwards."""
-    async def run() -> None:
-        stack = Stack(topology or default_topology(), state_dir=tmp_path / "stack")
-        await stack.start()
-        try:
-            async with Operator(stack, WAIT_S) as operator:
-                await body(stack, operator)
-        finally:
-            await stack.stop()
-    asyncio.run(asyncio.wait_for(run(), 180))
+    stack_scenario(tmp_path, body, wait_s=WAIT_S, bound_s=180, topology=topology)
 
 
 async def active(op: Operator, name: str, source: str, destination: str, rate: int = 20000) -> dict:

@@ -5,14 +5,10 @@ after the restart) or when it was not persistent (its session is gone); a persis
 still be confirmed or cancelled with its persist-id. The candidate survives too."""
 from __future__ import annotations
 
-import contextlib
 import pathlib
-import re
-import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 from lxml import etree
@@ -20,7 +16,7 @@ from ncclient import manager
 from ncclient.operations.rpc import RPCError as NcRPCError
 from ncclient.xml_ import to_ele
 
-from conftest import ENGINE_NS, TEST_YANG, ServedProcess
+from conftest import ENGINE_NS, TEST_YANG, ServedProcess, qstrata_serve
 from netconf_core import Endpoint
 from netconf_core.server import User
 from orchestrator.intents import Orchestrator
@@ -31,22 +27,10 @@ NS = {"e": ENGINE_NS}
 INT_NS = "urn:qstrata:yang:qi-intent"
 
 
-@contextlib.contextmanager
-def served(datastore_dir: pathlib.Path) -> Iterator[ServedProcess]:
-    """`qstrata serve` of the engine test model on a free port, its datastores in
-    `datastore_dir`; killed (SIGKILL, as a crash) on exit if still running."""
-    password = secrets.token_urlsafe(12)
-    process = subprocess.Popen([QSTRATA, "serve", "--yang", str(TEST_YANG), "--module", "qs-engine-test",
-                                "--port", "0", f"--password={password}", "--datastore-dir", str(datastore_dir)],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        banner = process.stdout.readline()
-        match = re.search(r"on 127\.0\.0\.1:(\d+) ", banner)
-        assert match, f"no port in {banner!r}"
-        yield ServedProcess(process, int(match.group(1)), password)
-    finally:
-        crash(process)
+def served(datastore_dir: pathlib.Path):
+    """`qstrata serve` of the engine test model with its datastores in `datastore_dir`,
+    killed (SIGKILL, as a crash) on exit if still running."""
+    return qstrata_serve(datastore_dir, crash_on_exit=True)
 
 
 def crash(process: subprocess.Popen) -> None:

@@ -25,7 +25,7 @@ from orchestrator.store import IntentStore
 from orchestrator.views import NT_NS, NW_NS, SVC_NS, FibreView, ForwardingView, ServiceView
 from tools.cmd_demo import Operator, path_of
 from tools.cmd_intent import intent_states
-from tools.stack import Stack
+from conftest import stack_scenario
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -226,16 +226,7 @@ QD = ("qd", "sae-quintin", "sae-distrito")  # an intent between the two ends of 
 
 
 def scenario(tmp_path, body) -> None:
-    """Run `body(stack, operator)` against a fresh stack, and stop everything afterwards."""
-    async def run() -> None:
-        stack = Stack(default_topology(), state_dir=tmp_path / "stack")
-        await stack.start()
-        try:
-            async with Operator(stack, WAIT_S) as operator:
-                await body(stack, operator)
-        finally:
-            await stack.stop()
-    asyncio.run(asyncio.wait_for(run(), 120))
+    stack_scenario(tmp_path, body, wait_s=WAIT_S, bound_s=120)
 
 
 async def strata(op: Operator) -> dict[str, set[str]]:

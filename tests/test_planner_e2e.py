@@ -10,13 +10,13 @@ import time
 
 import pytest
 
-from devices.topology import default_topology, parse_topology
+from devices.topology import parse_topology
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 from orchestrator.views import NW_NS, FibreView, ForwardingView
 from qkd_physics import expected_eskr
 from tools.cmd_demo import Operator, path_of
-from tools.stack import Stack
+from conftest import stack_scenario
 
 INT_NS = "urn:qstrata:yang:qi-intent"
 WAIT_S = 30.0
@@ -36,16 +36,7 @@ LONG_SPAN = parse_topology({
 
 
 def scenario(tmp_path, body, topology=None) -> None:
-    """Run `body(stack, operator)` against a fresh stack, and stop everything afterwards."""
-    async def run() -> None:
-        stack = Stack(topology or default_topology(), state_dir=tmp_path / "stack")
-        await stack.start()
-        try:
-            async with Operator(stack, WAIT_S) as operator:
-                await body(stack, operator)
-        finally:
-            await stack.stop()
-    asyncio.run(asyncio.wait_for(run(), 180))
+    stack_scenario(tmp_path, body, wait_s=WAIT_S, bound_s=180, topology=topology)
 
 
 def intent_xml(name: str, source: str, destination: str, rate: int, extra: str = "") -> str:

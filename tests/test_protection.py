@@ -7,25 +7,17 @@ from __future__ import annotations
 
 import asyncio
 
-from devices.topology import default_topology, parse_topology
+from devices.topology import parse_topology
 from tools.cmd_demo import Operator, path_of
 from tools.demo_steps import SAE_HEADER
-from tools.stack import Stack
+from conftest import stack_scenario
 
 WAIT_S = 30.0
 MASTER, SLAVE = "sae-quintin", "sae-distrito"
 
 
 def scenario(tmp_path, body, topology=None) -> None:
-    async def run() -> None:
-        stack = Stack(topology or default_topology(), state_dir=tmp_path / "stack")
-        await stack.start()
-        try:
-            async with Operator(stack, WAIT_S) as operator:
-                await body(stack, operator)
-        finally:
-            await stack.stop()
-    asyncio.run(asyncio.wait_for(run(), 240))
+    stack_scenario(tmp_path, body, wait_s=WAIT_S, bound_s=240, topology=topology)
 
 
 async def until(check, what: str, timeout: float = WAIT_S, period: float = 0.2):
