@@ -1,5 +1,5 @@
 """Topology files: the sites, fibre spans, optical switches, QKD nodes, key managers and SAEs
-of one emulated network (format: tools/topologies/README.md).
+of one emulated network (format: devices/topologies/README.md).
 
 `load_topology` reads and validates a file and reports every mistake at once, each naming
 the file, the entry and the problem; a topology of several domains (administrative domains,
@@ -156,8 +156,8 @@ def default_topology() -> Topology:
 
 
 def embedded_topology(file_name: str) -> Topology:
-    """A topology shipped in tools/topologies."""
-    resource = importlib.resources.files("tools") / "topologies" / file_name
+    """A topology shipped in devices/topologies."""
+    resource = importlib.resources.files("devices") / "topologies" / file_name
     with importlib.resources.as_file(resource) as path:
         return load_topology(path)
 

@@ -1,5 +1,5 @@
 """Cross-domain key services over the whole federated stack, on 127.0.0.1: four domains of
-tools/topologies/federation.yaml (A, B, C in a line, D a second way from A to C), each with
+devices/topologies/federation.yaml (A, B, C in a line, D a second way from A to C), each with
 its own devices' controllers, orchestrator and federation agent, and the federation platform;
 real SSH sessions throughout, keys fetched through ETSI GS QKD 014 at both ends.
 """

@@ -3,6 +3,7 @@ real tree and catch a deliberate breach in a copy of it; the engine's package ex
 levels use and stays cheap to import."""
 from __future__ import annotations
 
+import ast
 import pathlib
 import shutil
 import subprocess
@@ -55,6 +56,29 @@ def test_a_breach_in_a_copy_of_the_tree_is_caught(tmp_path: pathlib.Path, breach
     assert result.returncode == 1, result.stdout + result.stderr
     assert broken in result.stdout
     assert "Contracts: 4 kept, 1 broken." in result.stdout   # the breach, and nothing else
+
+
+LOADERS = {"files", "import_module", "__import__"}  # importlib.resources.files, importlib.import_module
+
+
+def test_no_level_reaches_another_package_by_name() -> None:
+    """import-linter sees imports only: a level that loads another package's files or modules by
+    name (importlib.resources.files("tools"), import_module("controller.x")) breaks the fence
+    unseen. Only tools, the composition root, may."""
+    breaches = []
+    for package in PACKAGES:
+        if package == "tools":
+            continue
+        for source in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text(), str(source))):
+                if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)):
+                    continue
+                name = getattr(node.func, "attr", getattr(node.func, "id", None))
+                target = node.args[0].value
+                if name in LOADERS and isinstance(target, str) and target.split(".")[0] in PACKAGES \
+                        and target.split(".")[0] != package:
+                    breaches.append(f"{source.relative_to(ROOT)}:{node.lineno} loads {target!r}")
+    assert breaches == []
 
 
 def test_the_session_names_the_server_for_type_checkers_only() -> None:

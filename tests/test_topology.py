@@ -18,7 +18,7 @@ from tools import cmd_topology
 @pytest.fixture(scope="module")
 def madrid_data():
     assert default_topology().name == "madrid"  # the embedded file is found and valid
-    return yaml.safe_load((importlib.resources.files("tools") / "topologies" / "madrid.yaml").read_text())
+    return yaml.safe_load((importlib.resources.files("devices") / "topologies" / "madrid.yaml").read_text())
 
 
 def test_default_topology_is_a_small_metro_network_with_disjoint_routes():

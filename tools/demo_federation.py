@@ -1,6 +1,6 @@
 """`qstrata demo --federation`: a federation of four QKD networks on loopback, in one command.
 
-It starts the plant of tools/topologies/federation.yaml (domains A, B, C, D), each domain's
+It starts the plant of devices/topologies/federation.yaml (domains A, B, C, D), each domain's
 stratum controllers, orchestrator and federation agent, and the federation platform. Then it
 acts as the operators, the federation's administrator and a user of domain A would, over
 NETCONF and ETSI GS QKD 014 only: the domains join and agree transit; the user asks the
