@@ -167,3 +167,14 @@ def stack_scenario(tmp_path: pathlib.Path, body, *, wait_s: float, bound_s: floa
         finally:
             await stack.stop()
     asyncio.run(asyncio.wait_for(run(), bound_s))
+
+
+async def until(check, what: str, timeout: float = 30.0, period: float = 0.2):
+    """Poll the async `check` until it returns something true, and return that; fail naming
+    `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := await check()):
+        assert loop.time() < deadline, f"{what} did not happen within {timeout:g} s"
+        await asyncio.sleep(period)
+    return value

@@ -22,7 +22,7 @@ from orchestrator.views import AL_NS, NW_NS, SVC_NS, FibreView, ForwardingView, 
 from tools.cmd_demo import Operator, path_of
 from tools.cmd_up import write_state
 from tools.stack import Stack
-from conftest import stack_scenario
+from conftest import stack_scenario, until
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FWD_NS = "urn:qstrata:yang:qi-forwarding"
@@ -47,18 +47,6 @@ async def active(op: Operator, name: str, source: str, destination: str, rate: i
 
 async def forwarding_links(op: Operator) -> ForwardingView:
     return ForwardingView.parse(await op.sessions["forwarding"].get(filter=NETWORKS))
-
-
-async def until(check, what: str, timeout: float = WAIT_S, period: float = 0.2):
-    """Poll the async `check` until it returns something true; fail naming `what`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert loop.time() < deadline, f"{what} did not happen within {timeout:g} s"
-        await asyncio.sleep(period)
 
 
 async def transitions_during(op: Operator, name: str, seconds: float) -> list[str]:

@@ -36,7 +36,8 @@ class RecordingNetwork(KeyNetwork):
         super().deliver(km_id, message)
 
 
-def start_chain(network, state_dir=None, max_bits=1_000_000, rate_bps=100_000.0, limits=KeyLimits()):
+def start_chain(network, state_dir=None, max_bits=1_000_000, rate_bps=100_000.0, limits=KeyLimits(),
+                session_rate_bps=1e6, session_burst_bits=100_000):
     """A - B - C - D over links ab, bc, cd; SAE sa at A, sd at D; a session each way.
     Configuration is not persisted, so a restarted key manager gets it again from here."""
     kms = {name: KeyManager(name, network, state_dir, limits) for name in "ABCD"}
@@ -52,8 +53,8 @@ def start_chain(network, state_dir=None, max_bits=1_000_000, rate_bps=100_000.0,
             kms[here].set_route("A", *towards_a)
     kms["A"].attach_sae("sa")
     kms["D"].attach_sae("sd")
-    kms["A"].open_session("sa", "sd", rate_bps=1e6, burst_bits=100_000)
-    kms["D"].open_session("sd", "sa", rate_bps=1e6, burst_bits=100_000)
+    kms["A"].open_session("sa", "sd", rate_bps=session_rate_bps, burst_bits=session_burst_bits)
+    kms["D"].open_session("sd", "sa", rate_bps=session_rate_bps, burst_bits=session_burst_bits)
     return kms
 
 

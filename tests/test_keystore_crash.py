@@ -35,9 +35,9 @@ import pytest
 from devices.keystore import (BadKeyRequest, KeyLimits, KeyManager, KeyNetwork, KeyUnavailable, RelayMessage,
                               StateStore)
 from devices.twin import Clock
+from test_keystore import LINKS, start_chain
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-LINKS = {"ab": ("A", "B"), "bc": ("B", "C"), "cd": ("C", "D")}
 ENDS = {"A": ("sa", "sd"), "D": ("sd", "sa")}  # key manager -> (its SAE, the SAE at the other end)
 MAX_AGE_S = 600.0
 
@@ -98,22 +98,8 @@ class LedgerNetwork(KeyNetwork):
 
 def configure(network: KeyNetwork, state_dir: pathlib.Path, rate_bps: float, max_bits: int) -> dict[str, KeyManager]:
     """The chain's key managers from `state_dir`, configured as at every start."""
-    limits = KeyLimits(max_key_age_s=MAX_AGE_S)
-    kms = {name: KeyManager(name, network, state_dir, limits) for name in "ABCD"}
-    for link, (x, y) in LINKS.items():
-        kms[x].add_link(link, y, max_bits)
-        kms[y].add_link(link, x, max_bits)
-        network.stream(link).set_rate(rate_bps)
-    for here, towards_d, towards_a in (("A", ("B", "ab"), None), ("B", ("C", "bc"), ("A", "ab")),
-                                       ("C", ("D", "cd"), ("B", "bc")), ("D", None, ("C", "cd"))):
-        if towards_d:
-            kms[here].set_route("D", *towards_d)
-        if towards_a:
-            kms[here].set_route("A", *towards_a)
-    for km, (sae, peer) in ENDS.items():
-        kms[km].attach_sae(sae)
-        kms[km].open_session(sae, peer, rate_bps=1e9, burst_bits=10**9)
-    return kms
+    return start_chain(network, state_dir, max_bits, rate_bps, KeyLimits(max_key_age_s=MAX_AGE_S),
+                       session_rate_bps=1e9, session_burst_bits=10**9)
 
 
 def issue(kms, ledger: Ledger, master_km: str, number: int) -> None:

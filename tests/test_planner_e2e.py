@@ -16,7 +16,7 @@ from netconf_core.errors import RPCError
 from orchestrator.views import NW_NS, FibreView, ForwardingView
 from qkd_physics import expected_eskr
 from tools.cmd_demo import Operator, path_of
-from conftest import stack_scenario
+from conftest import stack_scenario, until
 
 INT_NS = "urn:qstrata:yang:qi-intent"
 WAIT_S = 30.0
@@ -66,15 +66,6 @@ async def dry_run(op: Operator, *intents: str) -> dict[str, dict]:
 async def views(op: Operator) -> tuple[ForwardingView, FibreView]:
     return (ForwardingView.parse(await op.sessions["forwarding"].get(filter=NETWORKS)),
             FibreView.parse(await op.sessions["connectivity"].get(filter=NETWORKS)))
-
-
-async def until(check, what: str, timeout: float = WAIT_S, period: float = 0.2):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := await check()):
-        assert loop.time() < deadline, f"{what} did not happen within {timeout:g} s"
-        await asyncio.sleep(period)
-    return value
 
 
 # --- a dry run's verdict on a new link's rate is the outcome ---------------------------------

@@ -10,7 +10,7 @@ import asyncio
 from devices.topology import parse_topology
 from tools.cmd_demo import Operator, path_of
 from tools.demo_steps import SAE_HEADER
-from conftest import stack_scenario
+from conftest import stack_scenario, until
 
 WAIT_S = 30.0
 MASTER, SLAVE = "sae-quintin", "sae-distrito"
@@ -18,17 +18,6 @@ MASTER, SLAVE = "sae-quintin", "sae-distrito"
 
 def scenario(tmp_path, body, topology=None) -> None:
     stack_scenario(tmp_path, body, wait_s=WAIT_S, bound_s=240, topology=topology)
-
-
-async def until(check, what: str, timeout: float = WAIT_S, period: float = 0.2):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert loop.time() < deadline, f"{what} did not happen within {timeout:g} s"
-        await asyncio.sleep(period)
 
 
 async def protected(op: Operator, name: str = "qp") -> dict:
