@@ -15,42 +15,15 @@ from typing import Awaitable, Callable
 
 from lxml import etree
 
-from controller.base import qname as _q, sub_element as _sub
+from models import alarms as model
+from models.alarms import AlarmType
 
-AL = "urn:ietf:params:xml:ns:yang:ietf-alarms"
 MAX_STATUS_CHANGES = 32   # the model's default max-alarm-status-changes
 MAX_CLEARED = 256         # cleared alarms kept in the list
 MAX_TEXT = 1024
 
 
-@dataclass(frozen=True)
-class AlarmType:
-    """An identity derived from al:alarm-type-id, in module namespace `namespace` (prefix `prefix`)."""
-
-    identity: str
-    namespace: str
-    prefix: str
-    description: str
-    severities: tuple[str, ...] = ("major",)
-
-    @property
-    def value(self) -> str:
-        return f"{self.prefix}:{self.identity}"
-
-
 AlarmKey = tuple[str, str]  # (resource, alarm type identity); the qualifier is always ""
-LINK_NS = {"nw": "urn:ietf:params:xml:ns:yang:ietf-network",
-           "nt": "urn:ietf:params:xml:ns:yang:ietf-network-topology"}  # the prefixes of link_resource
-
-
-def link_resource(network_id: str, link_id: str) -> str:
-    """The instance-identifier of a link of an RFC 8345 network, as an alarm's resource."""
-    return f"/nw:networks/nw:network[nw:network-id='{network_id}']/nt:link[nt:link-id='{link_id}']"
-
-
-def resource_link(resource: str) -> str:
-    """The link-id of a link_resource."""
-    return resource.rpartition("[nt:link-id='")[2].removesuffix("']")
 
 
 @dataclass
@@ -124,52 +97,12 @@ class AlarmList:
     async def _changed(self, alarm: Alarm, severity: str) -> None:
         alarm.text = alarm.text[:MAX_TEXT]
         alarm.changes.append((alarm.changed, severity, alarm.text))
-        event = etree.Element(_q(AL, "alarm-notification"), nsmap={None: AL})
-        self._key_leaves(event, alarm)
-        _sub(event, AL, "time", alarm.changed)
-        _sub(event, AL, "perceived-severity", severity)
-        _sub(event, AL, "alarm-text", alarm.text)
-        await self.notify(event)
-
-    def _key_leaves(self, parent: etree._Element, alarm: Alarm) -> None:
-        # The leaves declare their prefixes themselves: the engine merges state leaf by leaf.
-        resource = etree.SubElement(parent, _q(AL, "resource"), nsmap={None: AL, **self.resource_ns})
-        resource.text = alarm.resource
-        kind = etree.SubElement(parent, _q(AL, "alarm-type-id"),
-                                nsmap={None: AL, alarm.alarm_type.prefix: alarm.alarm_type.namespace})
-        kind.text = alarm.alarm_type.value
-        _sub(parent, AL, "alarm-type-qualifier", "")
+        await self.notify(model.alarm_notification(alarm.alarm_type, alarm.resource, alarm.changed, severity,
+                                                   alarm.text, self.resource_ns))
 
     def state(self) -> etree._Element:
         """The <alarms> container: the alarm inventory and the alarm list."""
-        root = etree.Element(_q(AL, "alarms"), nsmap={None: AL})
-        inventory = _sub(root, AL, "alarm-inventory")
-        for alarm_type in self.types.values():
-            entry = _sub(inventory, AL, "alarm-type")
-            kind = etree.SubElement(entry, _q(AL, "alarm-type-id"),
-                                    nsmap={None: AL, alarm_type.prefix: alarm_type.namespace})
-            kind.text = alarm_type.value
-            _sub(entry, AL, "alarm-type-qualifier", "")
-            _sub(entry, AL, "will-clear", "true")
-            for severity in alarm_type.severities:
-                _sub(entry, AL, "severity-level", severity)
-            _sub(entry, AL, "description", alarm_type.description)
-        alarm_list = _sub(root, AL, "alarm-list")
-        _sub(alarm_list, AL, "number-of-alarms", len(self.alarms))
-        if self.last_changed is not None:
-            _sub(alarm_list, AL, "last-changed", self.last_changed)
-        for alarm in sorted(self.alarms.values(), key=lambda a: (a.resource, a.alarm_type.identity)):
-            entry = _sub(alarm_list, AL, "alarm")
-            self._key_leaves(entry, alarm)
-            _sub(entry, AL, "time-created", alarm.created)
-            _sub(entry, AL, "is-cleared", "true" if alarm.cleared else "false")
-            _sub(entry, AL, "last-raised", alarm.raised)
-            _sub(entry, AL, "last-changed", alarm.changed)
-            _sub(entry, AL, "perceived-severity", alarm.severity)
-            _sub(entry, AL, "alarm-text", alarm.text)
-            for time, severity, text in alarm.changes:
-                change = _sub(entry, AL, "status-change")
-                _sub(change, AL, "time", time)
-                _sub(change, AL, "perceived-severity", severity)
-                _sub(change, AL, "alarm-text", text)
-        return root
+        entries = [model.Alarm(a.resource, a.alarm_type.identity, a.cleared, a.severity, a.text, a.changed, a.created,
+                               a.raised, tuple(model.StatusChange(*change) for change in a.changes))
+                   for a in sorted(self.alarms.values(), key=lambda a: (a.resource, a.alarm_type.identity))]
+        return model.alarms_element(self.types.values(), entries, self.last_changed, self.resource_ns)

@@ -8,28 +8,14 @@ import logging
 import pathlib
 from typing import Callable, ClassVar
 
+import asyncssh
 from lxml import etree
 
 from netconf_core import (DeviceLink, Endpoint, NetconfServer, ReconcileLoop, RPCError, User, schema_for,
                           standard_nacm, transaction)
+from models.network import networks_of
 
 log = logging.getLogger(__name__)
-
-NETWORKS = "{urn:ietf:params:xml:ns:yang:ietf-network}networks"
-
-
-def qname(ns: str, tag: str) -> str:
-    return f"{{{ns}}}{tag}"
-
-
-def sub_element(parent: etree._Element, ns: str, tag: str, text: object = None) -> etree._Element:
-    """A child element; a float is written with three decimals (the models' decimal64 leaves)."""
-    child = etree.SubElement(parent, qname(ns, tag),
-                             nsmap={None: ns} if etree.QName(parent).namespace != ns else None)
-    if text is not None:
-        child.text = text if isinstance(text, str) else (f"{text:.3f}" if isinstance(text, float) else str(text))
-    return child
-
 
 def signature(element: etree._Element) -> str:
     """An order-insensitive text form of a subtree: equal for two trees with the same content."""
@@ -58,9 +44,9 @@ class Controller:
     def __init__(self, name: str, devices: list[Endpoint], users: dict[str, User], *,
                  read_write: tuple[str, ...] = ("admin",), read_only: tuple[str, ...] = ("monitor",),
                  host: str = "127.0.0.1", port: int = 0, state_dir: pathlib.Path | None = None,
-                 resync_period: float = 10.0):
+                 resync_period: float = 10.0, host_key: asyncssh.SSHKey | None = None):
         self.name = name
-        self.server = NetconfServer(schema_for(self.modules), users, host=host, port=port,
+        self.server = NetconfServer(schema_for(self.modules), users, host=host, port=port, host_key=host_key,
                                     datastore_dir=state_dir / "datastores" if state_dir else None,
                                     nacm=standard_nacm(list(read_write), list(read_only), self.read_only_rpcs), name=name)
         self.server.on_change(self.apply)
@@ -100,7 +86,7 @@ class Controller:
         of the old one (keeping what clients configured in it)."""
         def change(tree: etree._Element) -> etree._Element:
             new = build(tree)
-            old = tree.find(NETWORKS)
+            old = networks_of(tree)
             if old is not None:
                 tree.replace(old, new)
             else:

@@ -6,17 +6,15 @@ an optical path already, or is down or tapped, carries no new one. Named like th
 orchestrator's new links: 'node.tp-node.tp', the lower end first."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lxml import etree
 
+from models import network as nw
+from models.connectivity import read_fibre_network
+from models.ns import FORWARDING
 from qkd_physics import expected_eskr, link_performance
 from qkd_physics.reach import optical_routes
-
-NW = "urn:ietf:params:xml:ns:yang:ietf-network"
-NT = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
-FWD = "urn:qstrata:yang:qi-forwarding"
-CONN = "urn:qstrata:yang:qi-connectivity"
 
 Port = tuple[str, str]
 
@@ -32,29 +30,12 @@ class BuildableLink:
     bypasses: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class _FibreNode:
-    id: str
-    kind: str
-    site: str
-    ports: tuple[str, ...]
-    insertion_loss: dict[str, float] = field(default_factory=dict)
-    fabric_loss: float = 0.0
-
-
-@dataclass(frozen=True)
-class _Span:
-    id: str
-    a: Port
-    b: Port
-    loss_db: float
-    usable: bool
-
-
 def buildable_links(forwarding: etree._Element | None, fibre: etree._Element | None) -> list[BuildableLink]:
     """The links that could be built, from a qi-forwarding and a qi-connectivity <data> tree."""
     owner, sites, used = _qkd_interfaces(forwarding)
-    nodes, spans, taken = _fibre(fibre)
+    network = read_fibre_network(fibre)
+    taken = {span for route in network.optical_paths.values() for span in route}
+    nodes, spans = list(network.nodes.values()), list(network.spans.values())
     best: dict[tuple[Port, Port], BuildableLink] = {}
     attachments = {attach: sites[end[0]] for attach, end in owner.items()}
     for route in optical_routes(nodes, [s for s in spans if s.usable and s.id not in taken], attachments,
@@ -72,69 +53,18 @@ def buildable_links(forwarding: etree._Element | None, fibre: etree._Element | N
     return sorted(best.values(), key=lambda link: link.link_id)
 
 
-def _network(data: etree._Element | None, kind: str) -> etree._Element | None:
-    for network in data.iter(f"{{{NW}}}network") if data is not None else ():
-        if network.find(f"{{{NW}}}network-types/{kind}") is not None:
-            return network
-    return None
-
-
-def _text(element: etree._Element | None, path: str, default: str = "") -> str:
-    value = element.findtext(path) if element is not None else None
-    return value.strip() if value is not None else default
-
-
 def _qkd_interfaces(data: etree._Element | None) -> tuple[dict[Port, Port], dict[str, str], set[Port]]:
     """Fibre attachment -> (QKD node, tp); each node's site; the interfaces PHYS links use."""
-    network = _network(data, f"{{{FWD}}}qkd-network")
+    network = nw.find_network(data, network_type=FORWARDING("qkd-network"))
     owner, sites, used = {}, {}, set()
-    if network is None:
-        return owner, sites, used
-    for node in network.iterfind(f"{{{NW}}}node"):
-        node_id = _text(node, f"{{{NW}}}node-id")
-        sites[node_id] = _text(node, f"{{{FWD}}}qkd-node/{{{FWD}}}site")
-        for tp in node.iterfind(f"{{{NT}}}termination-point"):
-            support = tp.find(f"{{{NT}}}supporting-termination-point")
+    for node in nw.nodes(network):
+        node_id = nw.node_id(node)
+        sites[node_id] = FORWARDING.text(node, "qkd-node/site", "")
+        for tp in nw.termination_points(node):
+            support = nw.supporting_tp(tp)
             if support is not None:
-                owner[(_text(support, f"{{{NT}}}node-ref"), _text(support, f"{{{NT}}}tp-ref"))] = (
-                    node_id, _text(tp, f"{{{NT}}}tp-id"))
-    for link in network.iterfind(f"{{{NT}}}link"):
-        if _text(link, f"{{{FWD}}}qkd-link/{{{FWD}}}link-type").endswith("PHYS"):
-            used.add((_text(link, f"{{{NT}}}source/{{{NT}}}source-node"), _text(link, f"{{{NT}}}source/{{{NT}}}source-tp")))
-            used.add((_text(link, f"{{{NT}}}destination/{{{NT}}}dest-node"),
-                      _text(link, f"{{{NT}}}destination/{{{NT}}}dest-tp")))
+                owner[support] = (node_id, nw.tp_id(tp))
+    for link in nw.links(network):
+        if FORWARDING.text(link, "qkd-link/link-type", "").endswith("PHYS"):
+            used.update((nw.link_source(link), nw.link_destination(link)))
     return owner, sites, used
-
-
-def _fibre(data: etree._Element | None) -> tuple[list[_FibreNode], list[_Span], set[str]]:
-    """The fibre network's nodes and spans, and the spans optical paths hold."""
-    network = _network(data, f"{{{CONN}}}fibre-network")
-    if network is None:
-        return [], [], set()
-    c = lambda tag: f"{{{CONN}}}{tag}"  # noqa: E731
-    number = lambda element, tag: float(_text(element, c(tag), "0") or 0)  # noqa: E731
-    nodes = []
-    for node in network.iterfind(f"{{{NW}}}node"):
-        fibre = node.find(c("fibre-node"))
-        tps = [(_text(tp, f"{{{NT}}}tp-id"), number(tp.find(c("fibre-port")), "insertion-loss"))
-               for tp in node.iterfind(f"{{{NT}}}termination-point")]
-        node_id = _text(node, f"{{{NW}}}node-id")
-        nodes.append(_FibreNode(node_id, _text(fibre, c("kind"), "site"), _text(fibre, c("site"), node_id),
-                                tuple(tp for tp, _ in tps), dict(tps), number(fibre, "fabric-loss")))
-    spans = []
-    for link in network.iterfind(f"{{{NT}}}link"):
-        span = link.find(c("fibre-span"))
-        if span is None:
-            continue
-        total = _text(span, c("total-loss"))
-        loss = float(total) if total else number(span, "length") * (float(_text(span, c("attenuation"), "0.2"))) \
-            + number(span, "extra-loss")
-        usable = _text(span, c("oper-status"), "up") in ("up", "degraded") and \
-            _text(span, c("eavesdropper-present"), "false") != "true"
-        spans.append(_Span(_text(link, f"{{{NT}}}link-id"),
-                           (_text(link, f"{{{NT}}}source/{{{NT}}}source-node"), _text(link, f"{{{NT}}}source/{{{NT}}}source-tp")),
-                           (_text(link, f"{{{NT}}}destination/{{{NT}}}dest-node"),
-                            _text(link, f"{{{NT}}}destination/{{{NT}}}dest-tp")), loss, usable))
-    taken = {_text(hop, c("span")) for hop in network.iterfind(f"{c('optical-paths')}/{c('optical-path')}/"
-                                                                f"{c('route')}/{c('hop')}")}
-    return nodes, spans, taken

@@ -36,7 +36,6 @@ differ from the placed routes (drift: a switch restarted with another configurat
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime
 import logging
 from dataclasses import dataclass, field
@@ -44,137 +43,36 @@ from dataclasses import dataclass, field
 import networkx as nx
 from lxml import etree
 
-from controller.alarms import LINK_NS, AlarmList, AlarmType, link_resource, resource_link
-from controller.base import Controller, qname as _q, same_content, sub_element as _sub
+from controller.alarms import AlarmList, AlarmType
+from controller.base import Controller, same_content
+from models import connectivity as model
+from models.connectivity import (CrossConnect, Fibre, PathRequest, Span, Switch, SwitchPort,  # noqa: F401 (Switch)
+                                 TermPoint)
+from models.network import RESOURCE_PREFIXES, link_resource, resource_link
+from models.ns import CONNECTIVITY, FIBRE_PLANT, NT, NW, OPTICAL_SWITCH, QI_ALARMS
 from netconf_core.datastore import empty_tree
-from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.errors import RPCError
 from netconf_core.link import DeviceLink, Endpoint, IncompatibleDevice, TransactionError, implemented_modules
 from netconf_core.server import User
 
 log = logging.getLogger(__name__)
 
-NW = "urn:ietf:params:xml:ns:yang:ietf-network"
-NT = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
-CONN = "urn:qstrata:yang:qi-connectivity"
-QIT = "urn:qstrata:yang:qi-types"
-OSW = "urn:qstrata:yang:qi-optical-switch"
-FP = "urn:qstrata:yang:qi-fibre-plant"
 PLANT_MODULE = "qi-fibre-plant"
 SWITCH_MODULE = "qi-optical-switch"
 
 NETWORK_ID = "fibre"
-PANEL_TP = "panel"  # tp-id of a site's one unnumbered termination (a span end without a port)
 DEFAULT_WAVELENGTH = 1
 LINK_SCHEMA = "/ietf-network:networks/network/ietf-network-topology:link"
 PATHS_XPATH = f"/ietf-network:networks/network[network-id='{NETWORK_ID}']/qi-connectivity:optical-paths"
-XPATH_NS = {"ietf-network": NW, "qi-connectivity": CONN}
+XPATH_NS = {"ietf-network": NW, "qi-connectivity": CONNECTIVITY}
 MAX_REASON = 1024
-
-
-
-def _fault_leaf(parent: etree._Element, tag: str, fault: str) -> None:
-    """A leaf holding a qi-types fault identity that declares the prefix itself: state leaves
-    are merged into the running tree one by one, away from their parents' declarations."""
-    leaf = etree.SubElement(parent, _q(CONN, tag), nsmap={None: CONN, "qit": QIT})
-    leaf.text = f"qit:{fault}"
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
-# --- the discovered plant ----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TermPoint:
-    """A termination point of the fibre network: a node (site or switch) and a tp-id."""
-
-    node: str
-    tp: str
-
-    def __str__(self) -> str:
-        return f"{self.node}:{self.tp}"
-
-
-def tp_id(port: int | None) -> str:
-    """The tp-id of a switch port or site panel position (PANEL_TP when it has no number)."""
-    return PANEL_TP if port is None else str(port)
-
-
-@dataclass
-class Span:
-    id: str
-    a: TermPoint
-    b: TermPoint
-    length: float
-    attenuation: float
-    loss: float
-    up: bool = True
-    eavesdropper: float = 0.0
-
-
-@dataclass(frozen=True)
-class SwitchPort:
-    id: int
-    insertion_loss: float = 0.0
-    enabled: bool = True
-    oper_status: str = "up"
-
-
-@dataclass(frozen=True)
-class CrossConnect:
-    name: str
-    in_port: int
-    out_port: int
-    wavelength: int | None = None
-
-
-@dataclass
-class Switch:
-    id: str
-    site: str
-    fabric_loss: float
-    ports: dict[int, SwitchPort]
-    cross_connects: dict[str, CrossConnect] = field(default_factory=dict)
-    from_device: bool = False  # read from the switch itself, not only from the plant's inventory
-
-    def cross_connect_loss(self, xc: CrossConnect) -> float:
-        return self.ports[xc.in_port].insertion_loss + self.ports[xc.out_port].insertion_loss + self.fabric_loss
-
-
-@dataclass
-class Fibre:
-    sites: set[str] = field(default_factory=set)
-    switches: dict[str, Switch] = field(default_factory=dict)
-    spans: dict[str, Span] = field(default_factory=dict)
-
-    def site_tps(self, site: str) -> list[str]:
-        ends = [end for span in self.spans.values() for end in (span.a, span.b) if end.node == site]
-        return sorted({end.tp for end in ends}, key=_tp_order)
-
-    def has(self, point: TermPoint) -> bool:
-        if point.node in self.switches:
-            return point.tp.isdigit() and int(point.tp) in self.switches[point.node].ports
-        return point.node in self.sites and point.tp in self.site_tps(point.node)
-
-
-def _tp_order(tp: str) -> tuple[int, str]:
-    return (int(tp), "") if tp.isdigit() else (-1, tp)
-
-
 # --- routing -----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PathRequest:
-    """An optical path as a client configured it."""
-
-    name: str
-    source: TermPoint
-    destination: TermPoint
-    wavelength: int | None = None
-    max_loss: float | None = None
-    avoid_spans: frozenset[str] = frozenset()
-
 
 @dataclass(frozen=True)
 class Hop:
@@ -296,136 +194,18 @@ def _route_from(nodes: list, graph: nx.Graph, fibre: Fibre, request: PathRequest
     return Route(hops, tuple(xcs), wavelength, round(loss, 3), round(length, 3))
 
 
-# --- reading and writing XML ----------------------------------------------------------------
+# --- the datastore ------------------------------------------------------------------------------
 
 def _fibre_network(tree: etree._Element) -> etree._Element | None:
-    for network in tree.iterfind(f"{_q(NW, 'networks')}/{_q(NW, 'network')}"):
-        if network.findtext(_q(NW, "network-id")) == NETWORK_ID:
-            return network
-    return None
+    return model.fibre_network(tree, NETWORK_ID)
 
 
 def path_requests(tree: etree._Element) -> dict[str, PathRequest]:
     """The optical paths configured in a datastore tree."""
-    network = _fibre_network(tree)
-    if network is None:
-        return {}
-    c = lambda tag: _q(CONN, tag)  # noqa: E731
-    out = {}
-    for path in network.iterfind(f"{c('optical-paths')}/{c('optical-path')}"):
-        name = path.findtext(c("name"))
-        ends = [TermPoint(path.findtext(f"{c(end)}/{c('node')}"), path.findtext(f"{c(end)}/{c('tp')}"))
-                for end in ("source", "destination")]
-        wavelength, max_loss = path.findtext(c("wavelength")), path.findtext(c("max-loss"))
-        out[name] = PathRequest(name, ends[0], ends[1], int(wavelength) if wavelength else None,
-                                float(max_loss) if max_loss else None,
-                                frozenset(e.text for e in path.iterfind(c("avoid-spans"))))
-    return out
+    return model.read_path_requests(_fibre_network(tree))
 
 
-def topology(tree: etree._Element) -> etree._Element | None:
-    """A copy of the networks of a datastore tree without the optical paths: what only the
-    controller may change."""
-    networks = tree.find(_q(NW, "networks"))
-    if networks is None:
-        return None
-    networks = copy.deepcopy(networks)
-    for paths in networks.iter(_q(CONN, "optical-paths")):
-        paths.getparent().remove(paths)
-    return networks
-
-
-def _topology_xml(fibre: Fibre, paths: etree._Element | None) -> etree._Element:
-    """The networks container: the fibre network as discovered, with `paths` (the configured
-    optical-paths element) kept as it is."""
-    networks = etree.Element(_q(NW, "networks"), nsmap={None: NW})
-    network = _sub(networks, NW, "network")
-    _sub(network, NW, "network-id", NETWORK_ID)
-    _sub(_sub(network, NW, "network-types"), CONN, "fibre-network")
-    for site in sorted(fibre.sites):
-        node = _node(network, site, "site", site)
-        for tp in fibre.site_tps(site):
-            point = _sub(node, NT, "termination-point")
-            _sub(point, NT, "tp-id", tp)
-            _sub(_sub(point, CONN, "fibre-port"), CONN, "insertion-loss", 0.0)
-    for switch in sorted(fibre.switches.values(), key=lambda s: s.id):
-        node = _node(network, switch.id, "optical-switch", switch.site)
-        _sub(node.find(_q(CONN, "fibre-node")), CONN, "fabric-loss", f"{switch.fabric_loss:.3f}")
-        for port in sorted(switch.ports.values(), key=lambda p: p.id):
-            point = _sub(node, NT, "termination-point")
-            _sub(point, NT, "tp-id", str(port.id))
-            fibre_port = _sub(point, CONN, "fibre-port")
-            _sub(fibre_port, CONN, "switch-port", port.id)
-            _sub(fibre_port, CONN, "insertion-loss", port.insertion_loss)
-    for span in sorted(fibre.spans.values(), key=lambda s: s.id):
-        link = _sub(network, NT, "link")
-        _sub(link, NT, "link-id", span.id)
-        source = _sub(link, NT, "source")
-        _sub(source, NT, "source-node", span.a.node)
-        _sub(source, NT, "source-tp", span.a.tp)
-        destination = _sub(link, NT, "destination")
-        _sub(destination, NT, "dest-node", span.b.node)
-        _sub(destination, NT, "dest-tp", span.b.tp)
-        attributes = _sub(link, CONN, "fibre-span")
-        _sub(attributes, CONN, "length", span.length)
-        _sub(attributes, CONN, "attenuation", span.attenuation)
-        extra = span.loss - span.length * span.attenuation
-        if extra > 0.0005:
-            _sub(attributes, CONN, "extra-loss", extra)
-    if paths is not None:
-        network.append(copy.deepcopy(paths))
-    return networks
-
-
-def _node(network: etree._Element, node_id: str, kind: str, site: str | None) -> etree._Element:
-    node = _sub(network, NW, "node")
-    _sub(node, NW, "node-id", node_id)
-    attributes = _sub(node, CONN, "fibre-node")
-    _sub(attributes, CONN, "kind", kind)
-    if site:
-        _sub(attributes, CONN, "site", site)
-    return node
-
-
-def _read_plant(plant: etree._Element) -> Fibre:
-    p = lambda tag: _q(FP, tag)  # noqa: E731
-    fibre = Fibre()
-    fibre.sites = {s.findtext(p("site-id")) for s in plant.iterfind(f"{p('sites')}/{p('site')}")}
-    for sw in plant.iterfind(f"{p('switches')}/{p('switch')}"):
-        switch_id = sw.findtext(p("switch-id"))
-        fibre.switches[switch_id] = Switch(switch_id, sw.findtext(p("site")) or "",
-                                           float(sw.findtext(p("insertion-loss")) or 0.0),
-                                           {int(e.text): SwitchPort(int(e.text)) for e in sw.iterfind(p("port"))})
-    for span in plant.iterfind(f"{p('spans')}/{p('span')}"):
-        ends = []
-        for end in ("a-end", "b-end"):
-            port = span.findtext(f"{p(end)}/{p('port')}")
-            ends.append(TermPoint(span.findtext(f"{p(end)}/{p('node')}"), tp_id(int(port) if port else None)))
-        length, attenuation = float(span.findtext(p("length"))), float(span.findtext(p("attenuation")))
-        loss = span.findtext(p("loss"))
-        span_id = span.findtext(p("span-id"))
-        fibre.spans[span_id] = Span(span_id, ends[0], ends[1], length, attenuation,
-                                    float(loss) if loss else length * attenuation,
-                                    up=span.findtext(p("status")) != "cut",
-                                    eavesdropper=float(span.findtext(p("eavesdropper-fraction")) or 0.0))
-    return fibre
-
-
-def _read_switch(root: etree._Element) -> Switch:
-    o = lambda tag: _q(OSW, tag)  # noqa: E731
-    ports = {}
-    for port in root.iterfind(f"{o('ports')}/{o('port')}"):
-        port_id = int(port.findtext(o("port-id")))
-        ports[port_id] = SwitchPort(port_id, float(port.findtext(o("insertion-loss")) or 0.3),
-                                    port.findtext(o("enabled")) != "false", port.findtext(o("oper-status")) or "up")
-    xcs = {}
-    for xc in root.iterfind(f"{o('cross-connects')}/{o('cross-connect')}"):
-        wavelength = xc.findtext(o("wavelength"))
-        name = xc.findtext(o("name"))
-        xcs[name] = CrossConnect(name, int(xc.findtext(o("in-port"))), int(xc.findtext(o("out-port"))),
-                                 int(wavelength) if wavelength else None)
-    return Switch(root.findtext(o("switch-id")), root.findtext(o("site")) or "",
-                  float(root.findtext(o("fabric-loss")) or 0.5), ports, xcs, from_device=True)
+topology = model.without_paths
 
 
 @dataclass
@@ -434,21 +214,7 @@ class SwitchChange:
     put: dict[str, CrossConnect] = field(default_factory=dict)
 
     def config(self) -> etree._Element:
-        config = etree.Element(_q(BASE_NS, "config"), nsmap={None: BASE_NS})
-        xcs = _sub(_sub(config, OSW, "optical-switch"), OSW, "cross-connects")
-        for name in sorted(self.remove):
-            entry = _sub(xcs, OSW, "cross-connect")
-            entry.set(_q(BASE_NS, "operation"), "remove")
-            _sub(entry, OSW, "name", name)
-        for xc in self.put.values():
-            entry = _sub(xcs, OSW, "cross-connect")
-            entry.set(_q(BASE_NS, "operation"), "replace")
-            _sub(entry, OSW, "name", xc.name)
-            _sub(entry, OSW, "in-port", xc.in_port)
-            _sub(entry, OSW, "out-port", xc.out_port)
-            if xc.wavelength is not None:
-                _sub(entry, OSW, "wavelength", xc.wavelength)
-        return config
+        return model.cross_connect_edit(self.remove, list(self.put.values()))
 
 
 @dataclass
@@ -462,8 +228,8 @@ class Placement:
 
 
 SPAN_ALARMS = {  # identities of qi-alarms
-    "span-cut": AlarmType("span-cut", "urn:qstrata:yang:qi-alarms", "qi-al", "A fibre span is cut."),
-    "span-tapped": AlarmType("span-tapped", "urn:qstrata:yang:qi-alarms", "qi-al",
+    "span-cut": AlarmType("span-cut", QI_ALARMS, "qi-al", "A fibre span is cut."),
+    "span-tapped": AlarmType("span-tapped", QI_ALARMS, "qi-al",
                              "An eavesdropper intercepts pulses on a fibre span.", ("critical",)),
 }
 
@@ -487,11 +253,11 @@ class ConnectivityController(Controller):
         self._deleted: set[str] = set()  # deleted paths: an unreachable switch may still hold their cross-connects
         self._lock = asyncio.Lock()  # placements; switch writes and switch reads
         self.synced = asyncio.Event()  # every device read and the topology in running
-        self.alarm_list = AlarmList(list(SPAN_ALARMS.values()), LINK_NS, self.server.notify)
+        self.alarm_list = AlarmList(list(SPAN_ALARMS.values()), RESOURCE_PREFIXES, self.server.notify)
         for action, handler in (("cut", self._cut), ("repair", self._repair),
                                 ("attach-eavesdropper", self._attach_eavesdropper),
                                 ("remove-eavesdropper", self._remove_eavesdropper)):
-            self.server.add_rpc(f"{LINK_SCHEMA}/qi-connectivity:{action}", handler)
+            self.server.add_rpc(f"{LINK_SCHEMA}/qi-connectivity:fibre-span/{action}", handler)
 
     async def wait_synced(self, timeout: float = 30.0) -> None:
         """Wait until every device has been read and the topology written into running."""
@@ -517,22 +283,20 @@ class ConnectivityController(Controller):
                      None)
         if event is None:
             return
-        if event.tag == _q(FP, "span-status-change"):
-            span = self.fibre.spans.get(event.findtext(_q(FP, "span-id")) or "")
+        if (status := model.read_span_status_change(event)) is not None:
+            span = self.fibre.spans.get(status.span_id)
             if span is None:
                 return
             was_up = span.up
-            span.up = event.findtext(_q(FP, "status")) != "cut"
-            span.eavesdropper = float(event.findtext(_q(FP, "eavesdropper-fraction")) or 0.0)
+            span.up, span.eavesdropper = status.up, status.eavesdropper
             await self._update_alarms()
             await self._span_changed(span, was_up)
-        elif event.tag == _q(OSW, "port-status-change"):
-            switch = self.fibre.switches.get(event.findtext(_q(OSW, "switch-id")) or "")
-            port = int(event.findtext(_q(OSW, "port-id")) or 0)
+        elif (port_status := model.read_port_status_change(event)) is not None:
+            switch = self.fibre.switches.get(port_status.switch_id)
+            port = port_status.port_id
             if switch is not None and port in switch.ports:
                 old = switch.ports[port]
-                switch.ports[port] = SwitchPort(old.id, old.insertion_loss, old.enabled,
-                                                event.findtext(_q(OSW, "oper-status")) or "unknown")
+                switch.ports[port] = SwitchPort(old.id, old.insertion_loss, old.enabled, port_status.oper_status)
 
     async def resync(self) -> None:
         """Re-read every device; act on span changes that notifications missed; repair drift."""
@@ -546,23 +310,23 @@ class ConnectivityController(Controller):
     async def _read_device(self, link: DeviceLink) -> None:
         client = await link.session()
         if link.name == self.plant:
-            data = await client.get(filter=("subtree", f'<fibre-plant xmlns="{FP}"/>'))
-            plant = data.find(_q(FP, "fibre-plant")) if data is not None else None
+            data = await client.get(filter=("subtree", f'<fibre-plant xmlns="{FIBRE_PLANT}"/>'))
+            plant = FIBRE_PLANT.find(data, "fibre-plant")
             if plant is None:
                 raise IncompatibleDevice(f"device {link.name} serves no fibre-plant data")
-            await self._plant_read(_read_plant(plant))
+            await self._plant_read(model.read_plant(plant))
         else:
             # Under the lock that every switch write holds: a read must not land between a
             # transaction's confirmed commit and its confirm or cancel-commit, where the switch
             # shows a change that may yet be refused (the view would keep a cross-connect the
             # switch no longer has), nor replace a view that a write updated after the read.
             async with self._lock:
-                data = await client.get(filter=("subtree", f'<optical-switch xmlns="{OSW}"/>'),
+                data = await client.get(filter=("subtree", f'<optical-switch xmlns="{OPTICAL_SWITCH}"/>'),
                                         with_defaults="report-all")
-                root = data.find(_q(OSW, "optical-switch")) if data is not None else None
+                root = OPTICAL_SWITCH.find(data, "optical-switch")
                 if root is None:
                     raise IncompatibleDevice(f"device {link.name} serves no optical-switch data")
-                switch = _read_switch(root)
+                switch = model.read_switch(root)
                 inventory = self.fibre.switches.get(switch.id)
                 switch.site = switch.site or (inventory.site if inventory else "")
                 self.fibre.switches[switch.id] = switch
@@ -596,8 +360,7 @@ class ConnectivityController(Controller):
 
         def build(tree: etree._Element) -> etree._Element:
             network = _fibre_network(tree)
-            paths = network.find(_q(CONN, "optical-paths")) if network is not None else None
-            return _topology_xml(self.fibre, paths)
+            return model.topology_element(NETWORK_ID, self.fibre, CONNECTIVITY.find(network, "optical-paths"))
         await self.publish_networks(build)
 
     async def apply(self, before: etree._Element, after: etree._Element) -> None:
@@ -734,12 +497,8 @@ class ConnectivityController(Controller):
     async def _span_changed(self, span: Span, was_up: bool) -> None:
         if span.up == was_up:
             return
-        event = etree.Element(_q(CONN, "span-up" if span.up else "span-down"), nsmap={None: CONN})
-        _sub(event, CONN, "network-id", NETWORK_ID)
-        _sub(event, CONN, "link-id", span.id)
-        _fault_leaf(event, "cause", "fibre-cut")
-        _sub(event, CONN, "reason", f"span {span.id} was {'repaired' if span.up else 'cut'}")
-        await self.server.notify(event)
+        await self.server.notify(model.span_event(span.up, NETWORK_ID, span.id,
+                                                  f"span {span.id} was {'repaired' if span.up else 'cut'}"))
         async with self._lock:
             over = sorted(n for n, p in self.placements.items() if p.route and span.id in p.route.spans)
             if not span.up:
@@ -763,15 +522,9 @@ class ConnectivityController(Controller):
     async def _notify_path(self, name: str, placement: Placement, previous: Placement | None) -> None:
         if previous is not None and previous.status == placement.status:
             return
-        event = etree.Element(_q(CONN, "optical-path-status-change"), nsmap={None: CONN})
-        _sub(event, CONN, "network-id", NETWORK_ID)
-        _sub(event, CONN, "name", name)
-        _sub(event, CONN, "status", placement.status)
-        if previous is not None:
-            _sub(event, CONN, "previous-status", previous.status)
-        _sub(event, CONN, "reason", placement.reason[:MAX_REASON])
-        _sub(event, CONN, "time", _now())
-        await self.server.notify(event)
+        await self.server.notify(model.optical_path_status_change(
+            NETWORK_ID, name, placement.status, previous.status if previous is not None else None,
+            placement.reason[:MAX_REASON], _now()))
 
     # --- northbound state ---------------------------------------------------------------------
 
@@ -799,81 +552,31 @@ class ConnectivityController(Controller):
         data.append(self.alarm_list.state())
         if _fibre_network(self.server.running()) is None:
             return data
-        network = _sub(_sub(data, NW, "networks"), NW, "network")
-        _sub(network, NW, "network-id", NETWORK_ID)
+        network = model.state_network(data, NETWORK_ID)
         usable = self._usable_switches()
         for site in sorted(self.fibre.sites):
-            node = _sub(network, NW, "node")
-            _sub(node, NW, "node-id", site)
-            _sub(_sub(node, CONN, "fibre-node"), CONN, "oper-status", "up")
-            for tp in self.fibre.site_tps(site):
-                self._tp_state(node, tp, "up")
+            model.add_node_state(network, site, "up", [(tp, "up") for tp in self.fibre.site_tps(site)])
         for switch in sorted(self.fibre.switches.values(), key=lambda s: s.id):
-            node = _sub(network, NW, "node")
-            _sub(node, NW, "node-id", switch.id)
-            _sub(_sub(node, CONN, "fibre-node"), CONN, "oper-status", "up" if switch.id in usable else "unknown")
-            for port in sorted(switch.ports.values(), key=lambda p: p.id):
-                status = port.oper_status if switch.id in usable else "unknown"
-                self._tp_state(node, str(port.id), status if port.enabled else "down")
+            reachable = switch.id in usable
+            model.add_node_state(network, switch.id, "up" if reachable else "unknown", [
+                (str(port.id), (port.oper_status if reachable else "unknown") if port.enabled else "down")
+                for port in sorted(switch.ports.values(), key=lambda p: p.id)])
         for span in sorted(self.fibre.spans.values(), key=lambda s: s.id):
-            link = _sub(network, NT, "link")
-            _sub(link, NT, "link-id", span.id)
-            attributes = _sub(link, CONN, "fibre-span")
-            _sub(attributes, CONN, "total-loss", span.loss)
-            _sub(attributes, CONN, "oper-status", "up" if span.up else "down")
-            for fault, present in (("fibre-cut", not span.up), ("eavesdropper", span.eavesdropper > 0)):
-                if present:
-                    _fault_leaf(attributes, "active-faults", fault)
-            _sub(attributes, CONN, "eavesdropper-present", "true" if span.eavesdropper > 0 else "false")
-            if span.eavesdropper > 0:
-                _sub(attributes, CONN, "intercept-fraction", f"{span.eavesdropper:.9f}")
+            model.add_span_state(network, span)
         configured = path_requests(self.server.running())
         if configured:
-            paths = _sub(network, CONN, "optical-paths")
+            paths = CONNECTIVITY.sub(network, "optical-paths")
             for name in sorted(configured):
-                self._path_state(paths, name, self.placements.get(name))
+                model.add_path_state(paths, name, _path_state(self.placements.get(name)))
         return data
-
-    @staticmethod
-    def _tp_state(node: etree._Element, tp: str, status: str) -> None:
-        point = _sub(node, NT, "termination-point")
-        _sub(point, NT, "tp-id", tp)
-        _sub(_sub(point, CONN, "fibre-port"), CONN, "oper-status", status)
-
-    @staticmethod
-    def _path_state(paths: etree._Element, name: str, placement: Placement | None) -> None:
-        path = _sub(paths, CONN, "optical-path")
-        _sub(path, CONN, "name", name)
-        if placement is None:
-            _sub(path, CONN, "status", "computing")
-            _sub(path, CONN, "reason", "waiting for the devices to be read")
-            return
-        _sub(path, CONN, "status", placement.status)
-        _sub(path, CONN, "reason", placement.reason[:MAX_REASON])
-        route = placement.route
-        if route is None:
-            return
-        _sub(path, CONN, "assigned-wavelength", route.wavelength)
-        _sub(path, CONN, "total-loss", route.loss)
-        _sub(path, CONN, "length", route.length)
-        hops = _sub(path, CONN, "route")
-        for index, hop in enumerate(route.hops):
-            entry = _sub(hops, CONN, "hop")
-            _sub(entry, CONN, "index", index)
-            _sub(entry, CONN, "span", hop.span)
-            _sub(entry, CONN, "from-node", hop.from_node)
-            _sub(entry, CONN, "to-node", hop.to_node)
 
     # --- span actions, relayed to the plant ------------------------------------------------------
 
     async def _plant_rpc(self, context: etree._Element, rpc: str, **leaves: str) -> None:
         if self.plant is None:
             raise RPCError("operation-failed", "the fibre plant is not connected")
-        span_id = context.findtext(_q(NT, "link-id"))
-        operation = etree.Element(_q(FP, rpc), nsmap={None: FP})
-        _sub(operation, FP, "span-id", span_id)
-        for tag, value in leaves.items():
-            _sub(operation, FP, tag, value)
+        span_id = NT.text(context.getparent(), "link-id")  # context: the link's fibre-span
+        operation = model.plant_operation(rpc, span_id, **leaves)
         client = await self.links[self.plant].session()
         try:
             await client.dispatch(operation)
@@ -887,8 +590,18 @@ class ConnectivityController(Controller):
         await self._plant_rpc(context, "repair-span")
 
     async def _attach_eavesdropper(self, session, action: etree._Element, context: etree._Element) -> None:
-        fraction = action.findtext(_q(CONN, "intercept-fraction")) or "1"
+        fraction = CONNECTIVITY.text(action, "intercept-fraction") or "1"
         await self._plant_rpc(context, "attach-eavesdropper", fraction=fraction)
 
     async def _remove_eavesdropper(self, session, action: etree._Element, context: etree._Element) -> None:
         await self._plant_rpc(context, "remove-eavesdropper")
+
+
+def _path_state(placement: Placement | None) -> model.PathState:
+    if placement is None:
+        return model.PathState("computing", "waiting for the devices to be read")
+    route = placement.route
+    if route is None:
+        return model.PathState(placement.status, placement.reason[:MAX_REASON])
+    return model.PathState(placement.status, placement.reason[:MAX_REASON], route.wavelength, route.loss,
+                           route.length, tuple(model.PathHop(h.span, h.from_node, h.to_node) for h in route.hops))

@@ -56,253 +56,39 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from dataclasses import dataclass
 
 from lxml import etree
 
-from controller.alarms import LINK_NS, Alarm, AlarmList, AlarmType, link_resource, resource_link
-from controller.base import Controller, qname as _q, same_content, sub_element as _sub
+from controller.alarms import Alarm, AlarmList, AlarmType
+from controller.base import Controller, same_content
+from models import connectivity as conn_model, forwarding as fwd_model, network as nw
+from models.forwarding import LinkRequest, LinkStatus, NodeStatus
+from models.network import RESOURCE_PREFIXES, link_resource, resource_link
+from models.ns import ETSI_NODE, FORWARDING, NT, NW, QI_ALARMS
+from models.qkd_node import (LinkState, NodeLinkConfig, NodeView, link_removal, node_link_element, node_links_edit,
+                             read_node)
 from netconf_core import ReconcileLoop
 from netconf_core.datastore import empty_tree
-from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.errors import RPCError
 from netconf_core.link import DeviceLink, Endpoint, TransactionError, transaction
 from netconf_core.server import User
 
 log = logging.getLogger(__name__)
 
-NW = "urn:ietf:params:xml:ns:yang:ietf-network"
-NT = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
-FWD = "urn:qstrata:yang:qi-forwarding"
-CONN = "urn:qstrata:yang:qi-connectivity"
-ETSI = "urn:etsi:qkd:yang:etsi-qkd-node"
-TYPES = "urn:etsi:qkd:yang:etsi-qkd-node-types"
-EXT = "urn:qstrata:yang:qi-qkd-node-ext"
-QI_ALARMS = "urn:qstrata:yang:qi-alarms"
 NETWORK_ID = "qkd"
 DEFAULT_FIBRE_NETWORK = "fibre"
-PANEL_TP = "panel"  # the connectivity controller's tp-id of a site's unnumbered fibre termination
+PANEL_TP = conn_model.PANEL_TP  # the connectivity controller's tp-id of a site's unnumbered fibre termination
 LINKS_XPATH = f"/ietf-network:networks/network[network-id='{NETWORK_ID}']/ietf-network-topology:link"
 XPATH_NS = {"ietf-network": NW, "ietf-network-topology": NT}
-MAX_REASON = 1024
-
-
-
-def _identity_leaf(parent: etree._Element, ns: str, tag: str, identity: str) -> None:
-    """A leaf holding an etsi-qkd-node-types identity that declares the prefix itself: state
-    leaves are merged into the running tree one by one, away from their parents' declarations."""
-    leaf = etree.SubElement(parent, _q(ns, tag), nsmap={None: ns, "etsi-qkdn-types": TYPES})
-    leaf.text = f"etsi-qkdn-types:{identity}"
-
-
-def _identity(text: str | None) -> str | None:
-    """The local name of an identityref value ('etsi-qkdn-types:PHYS' -> 'PHYS')."""
-    return text.strip().rpartition(":")[2] if text else None
-
-
-def _float(text: str | None) -> float | None:
-    return float(text) if text else None
-
-
-def _int(text: str | None) -> int | None:
-    return int(text) if text else None
-
-
-# --- what the nodes say -----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Interface:
-    qkdi_id: int
-    att_device: str | None
-    att_port: int | None
-    technology: str | None
-    role: str | None
-    status: str | None
-
-
-@dataclass(frozen=True)
-class NodeLinkConfig:
-    """The part of an ETSI qkd_link entry this controller writes."""
-
-    qkdl_id: str
-    link_type: str  # PHYS or VIRT
-    local_qkdn: str | None
-    local_qkdi: int | None
-    remote_qkdn: str | None
-    remote_qkdi: int | None
-    role: str | None = None
-    wavelength: int | None = None
-    prev_hop: str | None = None
-    next_hops: tuple[str, ...] = ()
-    bandwidth: int | None = None
-
-
-@dataclass(frozen=True)
-class LinkState:
-    status: str | None = None
-    skr: int | None = None
-    eskr: int | None = None
-    expected_consumption: int | None = None
-    qber: float | None = None
-    stored: int | None = None
-
-
-@dataclass
-class NodeView:
-    name: str
-    qkdn_id: str
-    site: str | None
-    status: str | None
-    interfaces: dict[int, Interface]
-    links: dict[str, NodeLinkConfig]  # by qkdl_id
-    states: dict[str, LinkState]  # by qkdl_id
-    qber_threshold: float | None
-
-
-def read_node(name: str, root: etree._Element) -> NodeView:
-    """A NodeView of an ETSI qkd_node element (config and state, defaults reported)."""
-    e = lambda tag: _q(ETSI, tag)  # noqa: E731
-    interfaces = {}
-    for iface in root.iterfind(f"{e('qkd_interfaces')}/{e('qkd_interface')}"):
-        qkdi = int(iface.findtext(e("qkdi_id")))
-        port = iface.findtext(f"{e('qkdi_att_point')}/{e('port')}")
-        interfaces[qkdi] = Interface(qkdi, iface.findtext(f"{e('qkdi_att_point')}/{e('device')}"), _int(port),
-                                     _identity(iface.findtext(e("qkdi_type"))),
-                                     _identity(iface.findtext(f"{e('qkdi_capabilities')}/{e('role_support')}")),
-                                     _identity(iface.findtext(e("qkdi_status"))))
-    links, states = {}, {}
-    for entry in root.iterfind(f"{e('qkd_links')}/{e('qkd_link')}"):
-        qkdl = entry.findtext(e("qkdl_id"))
-        end = lambda side, leaf: entry.findtext(f"{e(side)}/{e(leaf)}")  # noqa: E731
-        links[qkdl] = NodeLinkConfig(
-            qkdl, _identity(entry.findtext(e("qkdl_type"))) or "PHYS",
-            end("qkdl_local", "qkdn_id"), _int(end("qkdl_local", "qkdi_id")),
-            end("qkdl_remote", "qkdn_id"), _int(end("qkdl_remote", "qkdi_id")),
-            _identity(entry.findtext(e("phys_qkd_role"))), _int(entry.findtext(e("phys_wavelength"))),
-            entry.findtext(e("virt_prev_hop")), tuple(h.text for h in entry.iterfind(e("virt_next_hop"))),
-            _int(entry.findtext(e("virt_bandwidth"))))
-        perf = entry.find(e("qkdl_performance"))
-        qber = None
-        if perf is not None:
-            for figure in perf.iterfind(e("phys_perf")):
-                if _identity(figure.findtext(e("perf_type"))) == "QBER":
-                    qber = _float(figure.findtext(e("value")))
-        states[qkdl] = LinkState(
-            _identity(entry.findtext(e("qkdl_status"))),
-            _int(perf.findtext(e("skr"))) if perf is not None else None,
-            _int(perf.findtext(e("eskr"))) if perf is not None else None,
-            _int(perf.findtext(e("expected_consumption"))) if perf is not None else None,
-            qber, _int(entry.findtext(f"{_q(EXT, 'key-pool')}/{_q(EXT, 'stored')}")))
-    return NodeView(name, root.findtext(e("qkdn_id")), root.findtext(e("qkdn_location_id")),
-                    _identity(root.findtext(e("qkdn_status"))), interfaces, links, states,
-                    _float(root.findtext(_q(EXT, "qber-alarm-threshold"))))
-
-
-def _node_link_xml(config: NodeLinkConfig) -> etree._Element:
-    entry = etree.Element(_q(ETSI, "qkd_link"), nsmap={None: ETSI})
-    entry.set(_q(BASE_NS, "operation"), "replace")
-    _sub(entry, ETSI, "qkdl_id", config.qkdl_id)
-    _sub(entry, ETSI, "qkdl_enable", "true")
-    for end, qkdn, qkdi in (("qkdl_local", config.local_qkdn, config.local_qkdi),
-                            ("qkdl_remote", config.remote_qkdn, config.remote_qkdi)):
-        element = _sub(entry, ETSI, end)
-        _sub(element, ETSI, "qkdn_id", qkdn)
-        if qkdi is not None:
-            _sub(element, ETSI, "qkdi_id", qkdi)
-    _identity_leaf(entry, ETSI, "qkdl_type", config.link_type)
-    if config.prev_hop:
-        _sub(entry, ETSI, "virt_prev_hop", config.prev_hop)
-    for hop in config.next_hops:
-        _sub(entry, ETSI, "virt_next_hop", hop)
-    if config.bandwidth is not None:
-        _sub(entry, ETSI, "virt_bandwidth", config.bandwidth)
-    if config.wavelength is not None:
-        _sub(entry, ETSI, "phys_wavelength", str(config.wavelength))
-    if config.role:
-        _identity_leaf(entry, ETSI, "phys_qkd_role", config.role)
-    return entry
-
-
-def _node_edit(entries: list[etree._Element]) -> etree._Element:
-    config = etree.Element(_q(BASE_NS, "config"), nsmap={None: BASE_NS})
-    links = _sub(_sub(config, ETSI, "qkd_node"), ETSI, "qkd_links")
-    links.extend(entries)
-    return config
-
-
-def _remove_entry(qkdl_id: str) -> etree._Element:
-    entry = etree.Element(_q(ETSI, "qkd_link"), nsmap={None: ETSI})
-    entry.set(_q(BASE_NS, "operation"), "remove")
-    _sub(entry, ETSI, "qkdl_id", qkdl_id)
-    return entry
-
-
-# --- what clients ask -----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ExternalPeer:
-    """The far end of an inter-domain link, in another member's domain."""
-
-    member: str
-    qkdn_id: str
-    km_id: str
-
-
-@dataclass(frozen=True)
-class LinkRequest:
-    """A link of the qkd network as configured."""
-
-    link_id: str
-    source: tuple[str, str]  # node-id, tp-id
-    destination: tuple[str, str]
-    qkdl_id: str
-    link_type: str  # PHYS or VIRT
-    optical_path: str | None = None
-    wavelength: int | None = None
-    virt_bandwidth: int | None = None
-    supporting: frozenset[str] = frozenset()
-    external: ExternalPeer | None = None
-
-    @property
-    def has_optical_path(self) -> bool:
-        """PHYS links inside the domain ride on an optical path of the connectivity controller."""
-        return self.link_type == "PHYS" and self.external is None
-
-    @property
-    def path_name(self) -> str:
-        """Name of the optical path of a PHYS link at the connectivity controller."""
-        return self.optical_path or self.link_id
 
 
 def _qkd_network(tree: etree._Element) -> etree._Element | None:
-    for network in tree.iterfind(f"{_q(NW, 'networks')}/{_q(NW, 'network')}"):
-        if network.findtext(_q(NW, "network-id")) == NETWORK_ID:
-            return network
-    return None
+    return nw.find_network(tree, network_id=NETWORK_ID)
 
 
 def link_requests(tree: etree._Element) -> dict[str, LinkRequest]:
-    network = _qkd_network(tree)
-    if network is None:
-        return {}
-    t = lambda tag: _q(NT, tag)  # noqa: E731
-    f = lambda tag: _q(FWD, tag)  # noqa: E731
-    out = {}
-    for link in network.iterfind(t("link")):
-        qkd = link.find(f("qkd-link"))
-        if qkd is None:
-            continue
-        link_id = link.findtext(t("link-id"))
-        end = lambda side, node, tp: tuple(link.findtext(f"{t(side)}/{t(leaf)}") for leaf in (node, tp))  # noqa: E731
-        peer = qkd.find(f("external-peer"))
-        out[link_id] = LinkRequest(
-            link_id, end("source", "source-node", "source-tp"), end("destination", "dest-node", "dest-tp"),
-            qkd.findtext(f("qkdl-id")), _identity(qkd.findtext(f("link-type"))) or "PHYS",
-            qkd.findtext(f("optical-path")), _int(qkd.findtext(f("wavelength"))),
-            _int(qkd.findtext(f("virt-bandwidth"))),
-            frozenset(s.findtext(t("link-ref")) for s in link.iterfind(t("supporting-link"))),
-            ExternalPeer(*(peer.findtext(f(leaf)) for leaf in ("member", "qkdn-id", "km-id")))
-            if peer is not None else None)
-    return out
+    """The links of the qkd network asked for in a datastore tree, by link-id."""
+    return fwd_model.link_requests(tree, NETWORK_ID)
 
 
 def topology(tree: etree._Element) -> etree._Element | None:
@@ -310,9 +96,9 @@ def topology(tree: etree._Element) -> etree._Element | None:
     the controller may change."""
     tree = copy.deepcopy(tree)
     network = _qkd_network(tree)
-    for link in network.findall(_q(NT, "link")) if network is not None else []:
+    for link in nw.links(network):
         network.remove(link)
-    return tree.find(_q(NW, "networks"))
+    return nw.networks_of(tree)
 
 
 def virt_chain(request: LinkRequest, requests: dict[str, LinkRequest]) -> list[str]:
@@ -377,7 +163,7 @@ class ForwardingController(Controller):
         # link-id whose QBER is above the threshold -> (qkdl-id, qber, threshold), as last reported
         self.alarmed: dict[str, tuple[str, float, float]] = {}
         self.was_active: set[str] = set()  # link-ids seen ACTIVE since they were configured
-        self.alarm_list = AlarmList(list(ALARM_TYPES.values()), LINK_NS, self.server.notify)
+        self.alarm_list = AlarmList(list(ALARM_TYPES.values()), RESOURCE_PREFIXES, self.server.notify)
         self._released: set[str] = set()  # qkdl-ids deleted by clients: removed from nodes wherever found
         self._paths_made: set[str] = set()  # optical paths this controller asked for (re-made if lost)
         self._lock = asyncio.Lock()
@@ -435,10 +221,10 @@ class ForwardingController(Controller):
             self.synced.set()
 
     async def device_notification(self, link: DeviceLink, notification: etree._Element) -> None:
-        event = next((c for c in notification if isinstance(c.tag, str) and etree.QName(c).namespace == ETSI), None)
+        event = next((c for c in notification if isinstance(c.tag, str) and etree.QName(c).namespace == ETSI_NODE), None)
         if event is None:
             return
-        reason = event.findtext(f".//{_q(ETSI, 'reason')}") or event.findtext(f".//{_q(ETSI, 'message')}")
+        reason = event.findtext(f".//{ETSI_NODE('reason')}") or event.findtext(f".//{ETSI_NODE('message')}")
         await self._read_node(link)
         await self._observe(reason or f"{etree.QName(event).localname} from {link.name}")
 
@@ -455,8 +241,8 @@ class ForwardingController(Controller):
 
     async def _read_node(self, link: DeviceLink) -> None:
         client = await link.session()
-        data = await client.get(filter=("subtree", f'<qkd_node xmlns="{ETSI}"/>'), with_defaults="report-all")
-        root = data.find(_q(ETSI, "qkd_node")) if data is not None else None
+        data = await client.get(filter=("subtree", f'<qkd_node xmlns="{ETSI_NODE}"/>'), with_defaults="report-all")
+        root = ETSI_NODE.find(data, "qkd_node")
         if root is None:
             log.warning("%s: device %s serves no qkd_node", self.name, link.name)
             return
@@ -469,17 +255,14 @@ class ForwardingController(Controller):
     # --- southbound: the connectivity controller ------------------------------------------------
 
     async def _connectivity_connected(self, link: DeviceLink) -> None:
-        data = await (await link.session()).get(filter=("subtree", f'<networks xmlns="{NW}"><network>'
-                                                        f'<network-id/><network-types/></network></networks>'))
-        for network in data.iterfind(f".//{_q(NW, 'network')}") if data is not None else []:
-            if network.find(f"{_q(NW, 'network-types')}/{_q(CONN, 'fibre-network')}") is not None:
-                self.fibre_network = network.findtext(_q(NW, "network-id"))
+        data = await (await link.session()).get(filter=("subtree", conn_model.fibre_network_filter()))
+        self.fibre_network = conn_model.find_fibre_network_id(data) or self.fibre_network
         await self._refresh_paths()
 
     async def _connectivity_notification(self, link: DeviceLink, notification: etree._Element) -> None:
-        change = notification.find(f".//{_q(CONN, 'optical-path-status-change')}")
+        status = conn_model.read_optical_path_status_change(notification)
         # A path that goes down keeps its route, and so its loss: only the other changes are read.
-        if change is not None and change.findtext(_q(CONN, "status")) != "down":
+        if status is not None and status != "down":
             self._paths_changed()
 
     def _paths_changed(self) -> None:
@@ -503,50 +286,32 @@ class ForwardingController(Controller):
         if self.connectivity.status != "connected":
             return
         client = await self.connectivity.session()
-        data = await client.get(filter=("subtree", f'<networks xmlns="{NW}"><network><network-id>'
-                                                   f'{self.fibre_network}</network-id><optical-paths xmlns="{CONN}"/>'
-                                                   f'</network></networks>'))
-        losses = {}
-        for path in data.iter(_q(CONN, "optical-path")) if data is not None else []:
-            loss = path.findtext(_q(CONN, "total-loss"))
-            if loss:
-                losses[path.findtext(_q(CONN, "name"))] = float(loss)
-        self.path_loss = losses
+        data = await client.get(filter=("subtree", conn_model.optical_paths_filter(self.fibre_network)))
+        self.path_loss = conn_model.read_path_losses(data)
 
     def _optical_path_xml(self, request: LinkRequest) -> etree._Element:
         """The optical-path entry that carries a PHYS link."""
-        path = etree.Element(_q(CONN, "optical-path"), nsmap={None: CONN})
-        path.set(_q(BASE_NS, "operation"), "replace")
-        _sub(path, CONN, "name", request.path_name)
-        for end, (node_id, tp) in (("source", request.source), ("destination", request.destination)):
+        ends = []
+        for node_id, tp in (request.source, request.destination):
             node = self.nodes.get(node_id)
             iface = node.interfaces.get(int(tp)) if node and tp.isdigit() else None
             if iface is None or iface.att_device is None:
                 raise RPCError("operation-failed", f"link {request.link_id}: interface {tp} of {node_id} has no "
                                "known attachment point to the fibre",
                                path=f"{LINKS_XPATH}[link-id='{request.link_id}']", path_nsmap=XPATH_NS)
-            element = _sub(path, CONN, end)
-            _sub(element, CONN, "node", iface.att_device)
-            _sub(element, CONN, "tp", str(iface.att_port) if iface.att_port is not None else PANEL_TP)
-        if request.wavelength is not None:
-            _sub(path, CONN, "wavelength", request.wavelength)
-        return path
+            ends.append(conn_model.TermPoint(iface.att_device, conn_model.tp_id(iface.att_port)))
+        return conn_model.path_request_element(
+            conn_model.PathRequest(request.path_name, ends[0], ends[1], request.wavelength), "replace")
 
     @staticmethod
     def _path_removal(name: str) -> etree._Element:
-        path = etree.Element(_q(CONN, "optical-path"), nsmap={None: CONN})
-        path.set(_q(BASE_NS, "operation"), "remove")
-        _sub(path, CONN, "name", name)
-        return path
+        return conn_model.path_removal(name)
 
     async def _edit_paths(self, entries: list[etree._Element]) -> None:
         """One transaction on the connectivity controller's optical paths."""
         if not entries:
             return
-        config = etree.Element(_q(BASE_NS, "config"), nsmap={None: BASE_NS})
-        network = _sub(_sub(config, NW, "networks"), NW, "network")
-        _sub(network, NW, "network-id", self.fibre_network)
-        _sub(network, CONN, "optical-paths").extend(entries)
+        config = conn_model.optical_paths_edit(self.fibre_network, entries)
         try:
             await transaction({self.connectivity: config})
         except TransactionError as err:
@@ -558,57 +323,23 @@ class ForwardingController(Controller):
     # --- the topology in running ----------------------------------------------------------------
 
     def _topology_xml(self, running_network: etree._Element | None) -> etree._Element:
-        networks = etree.Element(_q(NW, "networks"), nsmap={None: NW})
-        network = _sub(networks, NW, "network")
-        _sub(network, NW, "network-id", NETWORK_ID)
-        _sub(_sub(network, NW, "network-types"), FWD, "qkd-network")
-        # VIRT links ride on this network's PHYS links; QKD interfaces sit on fibre ports.
-        for supporting in (NETWORK_ID, self.fibre_network):
-            _sub(_sub(network, NW, "supporting-network"), NW, "network-ref", supporting)
-        for node in sorted(self.nodes.values(), key=lambda n: n.name):
-            element = _sub(network, NW, "node")
-            _sub(element, NW, "node-id", node.name)
-            for fibre_node in sorted({i.att_device for i in node.interfaces.values() if i.att_device}):
-                supporting = _sub(element, NW, "supporting-node")
-                _sub(supporting, NW, "network-ref", self.fibre_network)
-                _sub(supporting, NW, "node-ref", fibre_node)
-            attributes = _sub(element, FWD, "qkd-node")
-            _sub(attributes, FWD, "qkdn-id", node.qkdn_id)
-            if node.site:
-                _sub(attributes, FWD, "site", node.site)
-                if node.site in self.km_by_site:
-                    _sub(attributes, FWD, "km-id", self.km_by_site[node.site])
-            for iface in sorted(node.interfaces.values(), key=lambda i: i.qkdi_id):
-                point = _sub(element, NT, "termination-point")
-                _sub(point, NT, "tp-id", str(iface.qkdi_id))
-                if iface.att_device:
-                    fibre_port = _sub(point, NT, "supporting-termination-point")
-                    _sub(fibre_port, NT, "network-ref", self.fibre_network)
-                    _sub(fibre_port, NT, "node-ref", iface.att_device)
-                    _sub(fibre_port, NT, "tp-ref", str(iface.att_port) if iface.att_port is not None else PANEL_TP)
-                qkd = _sub(point, FWD, "qkd-interface")
-                _sub(qkd, FWD, "qkdi-id", iface.qkdi_id)
-                if iface.technology:
-                    _identity_leaf(qkd, FWD, "technology", iface.technology)
-                if iface.role:
-                    _identity_leaf(qkd, FWD, "role", iface.role)
+        networks, network = fwd_model.topology_config(NETWORK_ID, self.fibre_network, list(self.nodes.values()),
+                                                      self.km_by_site)
         # A node not read yet since a restart keeps what running said of it: the links on it
         # stay valid, and the levels above do not see it vanish and come back.
-        for element in running_network.iterfind(_q(NW, "node")) if running_network is not None else []:
-            node_id = element.findtext(_q(NW, "node-id"))
+        for element in nw.nodes(running_network):
+            node_id = nw.node_id(element)
             if node_id in self.links and node_id not in self.nodes:
                 network.append(copy.deepcopy(element))
-        configured = list(running_network.iterfind(_q(NT, "link"))) if running_network is not None else []
+        configured = nw.links(running_network)
         network.extend(copy.deepcopy(link) for link in configured)
-        known = {link.findtext(f"{_q(FWD, 'qkd-link')}/{_q(FWD, 'qkdl-id')}") for link in configured}
-        for link in self._discovered_links(known | self._released):
-            network.append(link)
+        known = {FORWARDING.text(link, "qkd-link/qkdl-id") for link in configured}
+        self._add_discovered_links(network, known | self._released)
         return networks
 
-    def _discovered_links(self, known: set[str]) -> list[etree._Element]:
-        """PHYS links configured consistently on two reachable nodes and unknown to running."""
+    def _add_discovered_links(self, network: etree._Element, known: set[str]) -> None:
+        """Add the PHYS links configured consistently on two reachable nodes and unknown to running."""
         by_qkdn = {node.qkdn_id: node for node in self.nodes.values()}
-        found = []
         for node in sorted(self.nodes.values(), key=lambda n: n.name):
             for config in node.links.values():
                 peer = by_qkdn.get(config.remote_qkdn or "")
@@ -621,19 +352,8 @@ class ForwardingController(Controller):
                         or (config.role is None and node.name > peer.name)):
                     continue
                 known.add(config.qkdl_id)
-                link = etree.Element(_q(NT, "link"), nsmap={None: NT})
-                _sub(link, NT, "link-id", config.qkdl_id)
-                source = _sub(link, NT, "source")
-                _sub(source, NT, "source-node", node.name)
-                _sub(source, NT, "source-tp", str(config.local_qkdi))
-                destination = _sub(link, NT, "destination")
-                _sub(destination, NT, "dest-node", peer.name)
-                _sub(destination, NT, "dest-tp", str(config.remote_qkdi))
-                qkd = _sub(link, FWD, "qkd-link")
-                _sub(qkd, FWD, "qkdl-id", config.qkdl_id)
-                _identity_leaf(qkd, FWD, "link-type", "PHYS")
-                found.append(link)
-        return found
+                fwd_model.add_phys_link(network, config.qkdl_id, (node.name, str(config.local_qkdi)),
+                                        (peer.name, str(config.remote_qkdi)), config.qkdl_id)
 
     async def _publish_topology(self) -> None:
         """Write the discovered nodes (and discovered links) into running, keeping the
@@ -741,11 +461,11 @@ class ForwardingController(Controller):
         for request in gone.values():
             holders = {n for n, view in self.nodes.items() if request.qkdl_id in view.links}
             for node in holders | {request.source[0], request.destination[0]}:
-                entries.setdefault(node, {})[request.qkdl_id] = _remove_entry(request.qkdl_id)
+                entries.setdefault(node, {})[request.qkdl_id] = link_removal(request.qkdl_id)
         for request in put.values():
             for node, config in self._node_config(request, requests).items():
-                entries.setdefault(node, {})[config.qkdl_id] = _node_link_xml(config)
-        return {node: _node_edit(list(e.values())) for node, e in entries.items() if node in self.links}
+                entries.setdefault(node, {})[config.qkdl_id] = node_link_element(config)
+        return {node: node_links_edit(list(e.values())) for node, e in entries.items() if node in self.links}
 
     async def reconcile(self) -> None:
         """Repair nodes whose links differ from running (drift), remove links clients deleted,
@@ -766,14 +486,14 @@ class ForwardingController(Controller):
                     continue
                 for qkdl, config in wanted.get(node_id, {}).items():
                     if node.links.get(qkdl) != config:
-                        edits.setdefault(node_id, []).append(_node_link_xml(config))
+                        edits.setdefault(node_id, []).append(node_link_element(config))
                 for qkdl in node.links.keys() & self._released:
-                    edits.setdefault(node_id, []).append(_remove_entry(qkdl))
+                    edits.setdefault(node_id, []).append(link_removal(qkdl))
             if edits:
                 log.warning("%s: links on %s differ from the configuration: repairing",
                             self.name, ", ".join(sorted(edits)))
                 try:
-                    await self.transaction({node: _node_edit(e) for node, e in edits.items()})
+                    await self.transaction({node: node_links_edit(e) for node, e in edits.items()})
                     for node in edits:
                         await self._read_node(self.links[node])
                 except (TransactionError, RPCError) as err:
@@ -784,10 +504,8 @@ class ForwardingController(Controller):
         if self.connectivity.status != "connected":
             return
         client = await self.connectivity.session()
-        data = await client.get_config(filter=("subtree", f'<networks xmlns="{NW}"><network><network-id>'
-                                                          f'{self.fibre_network}</network-id><optical-paths '
-                                                          f'xmlns="{CONN}"/></network></networks>'))
-        present = {e.text for e in data.iter(_q(CONN, "name"))} if data is not None else set()
+        data = await client.get_config(filter=("subtree", conn_model.optical_paths_filter(self.fibre_network)))
+        present = conn_model.read_path_names(data)
         missing = [r for r in requests.values()
                    if r.has_optical_path and r.path_name in self._paths_made and r.path_name not in present]
         if missing:
@@ -827,15 +545,9 @@ class ForwardingController(Controller):
             previous = self.observed.get(request.link_id)
             self.observed[request.link_id] = state
             if previous is None or previous.status != state.status:
-                event = etree.Element(_q(FWD, "link-status-change"), nsmap={None: FWD})
-                _sub(event, FWD, "network-id", NETWORK_ID)
-                _sub(event, FWD, "link-id", request.link_id)
-                _sub(event, FWD, "qkdl-id", request.qkdl_id)
-                _identity_leaf(event, FWD, "status", state.status or 'OFF')
-                if previous is not None and previous.status:
-                    _identity_leaf(event, FWD, "previous-status", previous.status)
-                _sub(event, FWD, "reason", reason[:MAX_REASON])
-                await self.server.notify(event)
+                await self.server.notify(fwd_model.link_status_change(
+                    NETWORK_ID, request.link_id, request.qkdl_id, state.status or "OFF",
+                    previous.status if previous is not None else None, reason))
             if state.status == "ACTIVE":
                 self.was_active.add(request.link_id)
             elif request.link_id in self.was_active:  # the text of an alarm already raised is kept
@@ -856,14 +568,7 @@ class ForwardingController(Controller):
         await self.alarm_list.update(raised, lambda alarm: _clear_text(alarm, requests))
 
     async def _qber_event(self, link_id: str, qkdl_id: str, qber: float, threshold: float, raised: bool) -> None:
-        event = etree.Element(_q(FWD, "qber-alarm"), nsmap={None: FWD})
-        _sub(event, FWD, "network-id", NETWORK_ID)
-        _sub(event, FWD, "link-id", link_id)
-        _sub(event, FWD, "qkdl-id", qkdl_id)
-        _sub(event, FWD, "qber", float(qber))
-        _sub(event, FWD, "threshold", float(threshold))
-        _sub(event, FWD, "raised", "true" if raised else "false")
-        await self.server.notify(event)
+        await self.server.notify(fwd_model.qber_alarm(NETWORK_ID, link_id, qkdl_id, qber, threshold, raised))
 
     async def state(self) -> etree._Element | None:
         running = self.server.running()
@@ -871,33 +576,20 @@ class ForwardingController(Controller):
         data.append(self.alarm_list.state())
         if _qkd_network(running) is None:
             return data
-        network = _sub(_sub(data, NW, "networks"), NW, "network")
-        _sub(network, NW, "network-id", NETWORK_ID)
-        for node in sorted(self.nodes.values(), key=lambda n: n.name):
-            element = _sub(network, NW, "node")
-            _sub(element, NW, "node-id", node.name)
-            status = node.status if self._reachable(node.name) else "FAILURE"
-            if status:
-                attributes = _sub(element, FWD, "qkd-node")
-                _identity_leaf(attributes, FWD, "status", status)
-            for iface in sorted(node.interfaces.values(), key=lambda i: i.qkdi_id):
-                if iface.status:
-                    point = _sub(element, NT, "termination-point")
-                    _sub(point, NT, "tp-id", str(iface.qkdi_id))
-                    qkd = _sub(point, FWD, "qkd-interface")
-                    _identity_leaf(qkd, FWD, "status", iface.status)
-        for request in sorted(link_requests(running).values(), key=lambda r: r.link_id):
-            state = self._link_state(request)
-            link = _sub(network, NT, "link")
-            _sub(link, NT, "link-id", request.link_id)
-            qkd = _sub(link, FWD, "qkd-link")
-            _identity_leaf(qkd, FWD, "status", state.status if state and state.status else 'OFF')
-            for tag, value in (("skr", state.skr if state else None), ("eskr", state.eskr if state else None),
-                               ("expected-consumption", state.expected_consumption if state else None),
-                               ("qber", state.qber if state and request.link_type == "PHYS" else None),
-                               ("channel-loss", self.path_loss.get(request.path_name)
-                                if request.has_optical_path else None),
-                               ("stored-key", state.stored if state else None)):
-                if value is not None:
-                    _sub(qkd, FWD, tag, value)
+        nodes = [NodeStatus(node.name, node.status if self._reachable(node.name) else "FAILURE",
+                            {i.qkdi_id: i.status for i in node.interfaces.values()})
+                 for node in sorted(self.nodes.values(), key=lambda n: n.name)]
+        requests = sorted(link_requests(running).values(), key=lambda r: r.link_id)
+        data.append(fwd_model.forwarding_state(NETWORK_ID, nodes, [self._link_status(r) for r in requests]))
         return data
+
+    def _link_status(self, request: LinkRequest) -> LinkStatus:
+        state = self._link_state(request)
+        if state is None:
+            return LinkStatus(request.link_id, channel_loss=self._channel_loss(request))
+        return LinkStatus(request.link_id, state.status or "OFF", state.skr, state.eskr, state.expected_consumption,
+                          state.qber if request.link_type == "PHYS" else None, self._channel_loss(request),
+                          state.stored)
+
+    def _channel_loss(self, request: LinkRequest) -> float | None:
+        return self.path_loss.get(request.path_name) if request.has_optical_path else None

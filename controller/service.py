@@ -5,9 +5,9 @@ forwarding controller serves (qi-forwarding, read as any NETCONF client would).
 How a session becomes keys:
 
 1. its two SAEs are looked up in the SAE directory (the key managers' SAE lists);
-2. a path of QKD nodes is planned over the forwarding topology: ACTIVE PHYS links without a
-   QBER alarm, within the session's constraints, each with eskr headroom for the session's
-   rate after the rates of the other sessions on it;
+2. a path of QKD nodes is planned over the forwarding topology (controller/key_paths.py):
+   ACTIVE PHYS links without a QBER alarm, within the session's constraints, each with eskr
+   headroom for the session's rate after the rates of the other sessions on it;
 3. every key manager on the path gets routes towards both end key managers, and the two end
    key managers the application session with its token bucket, in one transaction.
 
@@ -60,496 +60,37 @@ import asyncio
 import datetime
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
-import networkx as nx
 from lxml import etree
 
-from controller.alarms import AL, resource_link
 from controller.base import Controller
 from controller.buildable import buildable_links
+from controller.key_paths import NoPath, Path, Planner
+from models.alarms import raised_link_alarms, read_alarms
+from models.forwarding import ForwardingView, QkdLink
+from models.key_manager import COUNTERS_FILTER, CONFIG_FILTER, KmConfig, KmCounters, KmSession, KmView, km_edit
+from models.ns import ALARMS, FORWARDING, KEY_MANAGER, NW, SERVICE
+from models.service import (REASON_LENGTH, Hop, ServiceView, Session, SessionConfig, append_hops,
+                            session_status_change, sessions_of)
 from netconf_core import ReconcileLoop
-from netconf_core.client import NetconfClient
-from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.errors import RPCError
 from netconf_core.link import DeviceLink, Endpoint, TransactionError
 from netconf_core.notifications import now
 from netconf_core.server import User
 
 log = logging.getLogger(__name__)
 
-SVC = "urn:qstrata:yang:qi-service"
-KM = "urn:qstrata:yang:qi-key-manager"
-NW = "urn:ietf:params:xml:ns:yang:ietf-network"
-NT = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
-FWD = "urn:qstrata:yang:qi-forwarding"
-OPERATION = f"{{{BASE_NS}}}operation"
-
-DEFAULT_KEY_SIZE = 256
-MIN_BURST_BITS = 262_144          # the qi-key-manager default token bucket
-MAX_CANDIDATE_PATHS = 32          # simple paths tried per session when routes conflict
-MAX_LISTED = 6                    # culprits named in one reason
-REASON_LENGTH = 1024              # qit:reason
 FORWARDING_TIMEOUT_S = 5.0        # wait for the forwarding controller's session
 STATE_TIMEOUT_S = 2.0             # per key manager, when a <get> asks for delivered keys
-
-
-def _find(element: etree._Element | None, ns: str, path: str) -> str | None:
-    """Stripped text of the descendant at `path` ('a/b', every step in namespace `ns`)."""
-    if element is None:
-        return None
-    value = element.findtext("/".join(f"{{{ns}}}{step}" for step in path.split("/")))
-    return value.strip() if value is not None else None
-
-
-def _all(element: etree._Element, ns: str, path: str) -> list[etree._Element]:
-    return element.findall("/".join(f"{{{ns}}}{step}" for step in path.split("/")))
-
-
-def _sub(parent: etree._Element, ns: str, tag: str, text: object = None) -> etree._Element:
-    child = etree.SubElement(parent, f"{{{ns}}}{tag}")
-    if text is not None:
-        child.text = str(text)
-    return child
-
-
-def _identity(value: str | None) -> str:
-    """An identityref's name without its prefix."""
-    return (value or "").rsplit(":", 1)[-1]
-
-
-def qber_alarms(data: etree._Element | None) -> dict[str, str]:
-    """Link id -> alarm text of the QBER alarms raised now in a forwarding controller's alarm list."""
-    out = {}
-    for alarm in _all(data, AL, "alarms/alarm-list/alarm") if data is not None else []:
-        if _identity(_find(alarm, AL, "alarm-type-id")) == "qber-above-threshold" \
-                and _find(alarm, AL, "is-cleared") == "false":
-            link_id = resource_link(_find(alarm, AL, "resource") or "")
-            out[link_id] = _find(alarm, AL, "alarm-text") or "QBER above the threshold"
-    return out
-
-
-def _listed(items: list[str]) -> str:
-    unique = list(dict.fromkeys(items))
-    more = len(unique) - MAX_LISTED
-    return ", ".join(unique[:MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
-
-
-# -- the forwarding topology, as the planner sees it ------------------------------------------
-
-@dataclass(frozen=True)
-class QkdNode:
-    node_id: str
-    km_id: str | None
-    site: str | None
-    external: bool = False  # another member domain's border node, at the far end of an inter-domain link
-
-
-@dataclass(frozen=True)
-class QkdLink:
-    """A PHYS key-association link (one link for both directions)."""
-
-    link_id: str
-    qkdl_id: str
-    ends: tuple[str, str]     # node ids
-    status: str               # ETSI link status: ACTIVE, PASSIVE, PENDING, OFF
-    eskr: int                 # bit/s
-    qber: float | None        # percent
-    buildable: bool = False   # not there yet: the forwarding stratum could build it (plan-path only)
-
-
-@dataclass
-class ForwardingView:
-    nodes: dict[str, QkdNode]
-    links: dict[str, QkdLink]
-
-    @classmethod
-    def from_xml(cls, data: etree._Element | None, km_by_site: dict[str, str]) -> ForwardingView:
-        """The QKD networks of a qi-forwarding <data> tree. A node without a km-id gets the key
-        manager of its site."""
-        nodes: dict[str, QkdNode] = {}
-        links: dict[str, QkdLink] = {}
-        networks = data.iter(f"{{{NW}}}network") if data is not None else []
-        for network in networks:
-            if network.find(f"{{{NW}}}network-types/{{{FWD}}}qkd-network") is None:
-                continue
-            for node in network.iterfind(f"{{{NW}}}node"):
-                node_id = _find(node, NW, "node-id") or ""
-                qkd = node.find(f"{{{FWD}}}qkd-node")
-                site = _find(qkd, FWD, "site")
-                nodes[node_id] = QkdNode(node_id, _find(qkd, FWD, "km-id") or km_by_site.get(site or ""), site)
-            for link in network.iterfind(f"{{{NT}}}link"):
-                qkd = link.find(f"{{{FWD}}}qkd-link")
-                if qkd is None or _identity(_find(qkd, FWD, "link-type")) != "PHYS":
-                    continue
-                link_id = _find(link, NT, "link-id") or ""
-                qber = _find(qkd, FWD, "qber")
-                ends = (_find(link, NT, "source/source-node") or "", _find(link, NT, "destination/dest-node") or "")
-                links[link_id] = QkdLink(
-                    link_id, _find(qkd, FWD, "qkdl-id") or "", ends,
-                    _identity(_find(qkd, FWD, "status")) or "OFF", int(_find(qkd, FWD, "eskr") or 0),
-                    float(qber) if qber is not None else None)
-                peer = qkd.find(f"{{{FWD}}}external-peer")
-                if peer is not None:
-                    nodes[ends[1]] = QkdNode(ends[1], _find(peer, FWD, "km-id"), None, external=True)
-        return cls(nodes, links)
-
-    def km(self, node_id: str) -> str | None:
-        node = self.nodes.get(node_id)
-        return node.km_id if node else None
-
-    def is_external(self, node_id: str) -> bool:
-        node = self.nodes.get(node_id)
-        return node is not None and node.external
-
-    def node_of_km(self, km_id: str) -> str | None:
-        return next((n.node_id for n in self.nodes.values() if n.km_id == km_id), None)
-
-
-# -- what a session asks for, and where it goes ------------------------------------------------
-
-@dataclass(frozen=True)
-class Segment:
-    """Where a segment session enters and leaves the domain, and the key managers of its SAEs."""
-
-    source_km: str
-    destination_km: str
-    ingress_link: str | None
-    egress_link: str | None
-
-    @classmethod
-    def from_xml(cls, element: etree._Element | None) -> Segment | None:
-        if element is None:
-            return None
-        return cls(_find(element, SVC, "source-km") or "", _find(element, SVC, "destination-km") or "",
-                   _find(element, SVC, "ingress-link"), _find(element, SVC, "egress-link"))
-
-
-@dataclass(frozen=True)
-class Request:
-    source_sae: str
-    destination_sae: str
-    rate: int
-    key_size: int = DEFAULT_KEY_SIZE
-    ttl: int | None = None
-    max_hops: int | None = None
-    avoid_nodes: frozenset[str] = frozenset()
-    avoid_links: frozenset[str] = frozenset()
-    qber_ceiling: float | None = None
-    segment: Segment | None = None
-
-    @classmethod
-    def from_xml(cls, element: etree._Element) -> Request:
-        """From a qi-service session entry or plan-path input (already validated by the engine)."""
-        def number(tag: str, cast: Callable = int):
-            value = _find(element, SVC, tag)
-            return cast(value) if value is not None else None
-
-        return cls(_find(element, SVC, "source-sae") or "", _find(element, SVC, "destination-sae") or "",
-                   number("rate") or 0, number("key-size") or DEFAULT_KEY_SIZE, number("ttl"), number("max-hops"),
-                   frozenset((e.text or "").strip() for e in _all(element, SVC, "avoid-nodes")),
-                   frozenset((e.text or "").strip() for e in _all(element, SVC, "avoid-links")),
-                   number("qber-ceiling", float), Segment.from_xml(element.find(f"{{{SVC}}}segment")))
-
-    @property
-    def border_links(self) -> frozenset[str]:
-        """The inter-domain links a segment may use; no other session uses any."""
-        segment = self.segment
-        return frozenset(l for l in (segment.ingress_link, segment.egress_link) if l) if segment else frozenset()
-
-    @property
-    def burst(self) -> int:
-        """Token bucket size: one second of the rate, at least the model's default bucket."""
-        return max(MIN_BURST_BITS, self.rate, self.key_size)
-
-
-@dataclass(frozen=True)
-class Path:
-    """A route through the QKD network; two paths are equal when they take the same links
-    towards the same key managers. `ends` are the key managers the keys travel between: the
-    path's ends, or for a segment the key managers of the service's SAEs."""
-
-    nodes: tuple[str, ...]
-    kms: tuple[str, ...]
-    link_ids: tuple[str, ...]
-    qkdl_ids: tuple[str, ...]
-    ends: tuple[str, str]
-    headroom: int = field(default=0, compare=False)   # smallest spare eskr, before this session's rate
-
-    def routes(self) -> list[tuple[str, str, str, str]]:
-        """(key manager, destination key manager, next hop, via qkdl-id), both ways."""
-        source, destination = self.ends
-        out = []
-        for i, qkdl_id in enumerate(self.qkdl_ids):
-            out.append((self.kms[i], destination, self.kms[i + 1], qkdl_id))
-            out.append((self.kms[i + 1], source, self.kms[i], qkdl_id))
-        return out
-
-    def __str__(self) -> str:
-        return " - ".join(self.nodes)
-
-
-class NoPath(Exception):
-    """No path meets the request; the message names what is missing."""
-
-
-Claims = dict[tuple[str, str], tuple[str, str, str]]  # (km, destination) -> (next hop, via, session)
-
-
-class Planner:
-    """Paths over one observed topology, around what the placed sessions already hold."""
-
-    def __init__(self, view: ForwardingView, reachable_kms: set[str], alarms: dict[str, str]):
-        self.view = view
-        self.reachable_kms = reachable_kms
-        self.alarms = alarms
-        self.reserved: dict[str, int] = {}   # link id -> rate of the placed sessions
-        self.claims: Claims = {}
-
-    def hold(self, name: str, path: Path, rate: int) -> None:
-        """A placed session: its rate on every link of its path, and its routes."""
-        for link_id in path.link_ids:
-            self.reserved[link_id] = self.reserved.get(link_id, 0) + rate
-        for km, destination, next_hop, via in path.routes():
-            self.claims[(km, destination)] = (next_hop, via, name)
-
-    def headroom(self, link: QkdLink) -> int:
-        return link.eskr - self.reserved.get(link.link_id, 0)
-
-    def plan(self, request: Request, source_km: str, destination_km: str, count: int = 1) -> list[Path]:
-        """Up to `count` node-disjoint paths, best first; NoPath says why there are fewer."""
-        ends = []
-        for km in (source_km, destination_km):
-            node = self.view.node_of_km(km)
-            if node is None:
-                raise NoPath(f"key manager {km} has no QKD node in the forwarding topology")
-            ends.append(node)
-        source, destination = ends
-        if source == destination:  # both SAEs on one key manager: it delivers the keys itself
-            return [Path((source,), (source_km,), (), (), (source_km, destination_km), headroom=request.rate)]
-        paths: list[Path] = []
-        taken_nodes: set[str] = set()                  # inner nodes of the paths found so far
-        taken_edges: set[frozenset[str]] = set()       # direct source-destination link, if used
-        while len(paths) < count:
-            try:
-                graph = self._usable_graph(request, source, destination, taken_nodes, taken_edges)
-                path = self._first_fitting(graph, source, destination, request)
-            except NoPath as err:
-                if not paths:
-                    raise
-                raise NoPath(f"only {len(paths)} node-disjoint path(s) between {source} and {destination}, "
-                             f"{count} asked: {err}") from None
-            paths.append(path)
-            taken_nodes.update(path.nodes[1:-1])
-            if len(path.nodes) == 2:
-                taken_edges.add(frozenset(path.nodes))
-        return paths
-
-    def _graph(self, keep: Callable[[QkdLink], bool], taken_nodes: set[str],
-               taken_edges: set[frozenset[str]]) -> nx.Graph:
-        """Nodes joined by their kept links; of parallel links, the one with most headroom.
-        Nodes and node pairs already taken by another path are left out."""
-        graph = nx.Graph()
-        graph.add_nodes_from(n for n in self.view.nodes if n not in taken_nodes)
-        for link in self.view.links.values():
-            a, b = link.ends
-            if (a == b or not graph.has_node(a) or not graph.has_node(b) or frozenset(link.ends) in taken_edges
-                    or not keep(link)):
-                continue
-            current = graph.get_edge_data(a, b)
-            if current is None or self.headroom(link) > current["headroom"]:
-                graph.add_edge(a, b, link=link, headroom=self.headroom(link))
-        return graph
-
-    def _usable_graph(self, request: Request, source: str, destination: str, taken_nodes: set[str],
-                      taken_edges: set[frozenset[str]]) -> nx.Graph:
-        """The links the request may use; NoPath names the first filter that cuts the two ends apart."""
-        view, ceiling = self.view, request.qber_ceiling
-        kms = lambda link: [view.km(n) or f"{n} (no key manager)" for n in link.ends if not view.is_external(n)]
-        filters: list[tuple[str, Callable[[QkdLink], bool], Callable[[QkdLink], list[str]]]] = [
-            ("a node whose key manager is unreachable",
-             lambda l: all(km in self.reachable_kms for km in kms(l)),
-             lambda l: [km for km in kms(l) if km not in self.reachable_kms]),
-            ("a QKD link that is not ACTIVE",
-             lambda l: l.status == "ACTIVE" or l.buildable, lambda l: [f"{l.link_id} ({l.status})"]),
-            ("a QKD link with a raised QBER alarm",
-             lambda l: l.link_id not in self.alarms, lambda l: [f"{l.link_id} ({self.alarms[l.link_id]})"]),
-            ("a node or link the request avoids",
-             lambda l: l.link_id not in request.avoid_links and not set(l.ends) & request.avoid_nodes,
-             lambda l: [l.link_id] if l.link_id in request.avoid_links else sorted(set(l.ends) & request.avoid_nodes)),
-            (f"a QKD link above the QBER ceiling of {ceiling}%",
-             lambda l: ceiling is None or (l.qber is not None and l.qber <= ceiling),
-             lambda l: [f"{l.link_id} (QBER {'unknown' if l.qber is None else f'{l.qber}%'})"]),
-        ]
-        # Inter-domain links only for the segments that name them.
-        may_use = lambda l: l.link_id in request.border_links or not any(view.is_external(n) for n in l.ends)
-        kept: list[Callable[[QkdLink], bool]] = [may_use]
-        graph_of = lambda keep: self._graph(keep, taken_nodes, taken_edges)
-        graph = graph_of(may_use)
-        if not nx.has_path(graph, source, destination):
-            raise NoPath(f"no chain of PHYS QKD links joins {source} and {destination} in the forwarding topology")
-        for what, keep, culprits in filters:
-            reachable = nx.node_connected_component(graph, source)
-            kept.append(keep)
-            graph = graph_of(lambda l: all(k(l) for k in kept))
-            if not nx.has_path(graph, source, destination):
-                named = [c for l in self.view.links.values()
-                         if set(l.ends) <= reachable and all(k(l) for k in kept[:-1]) and not keep(l)
-                         for c in culprits(l)]
-                raise NoPath(f"every chain of QKD links between {source} and {destination} crosses {what}: "
-                             f"{_listed(named)}")
-        wide = graph_of(lambda l: all(k(l) for k in kept) and self.headroom(l) >= request.rate)
-        if not nx.has_path(wide, source, destination):
-            raise NoPath(self._short_of_rate(graph, source, destination, request.rate))
-        return wide
-
-    def _short_of_rate(self, graph: nx.Graph, source: str, destination: str, rate: int) -> str:
-        """Name the bottleneck of the widest path (the path in a maximum spanning tree)."""
-        tree = nx.maximum_spanning_tree(graph, weight="headroom")
-        nodes = nx.shortest_path(tree, source, destination)
-        bottleneck = min((tree.edges[a, b]["link"] for a, b in zip(nodes, nodes[1:])), key=self.headroom)
-        taken = self.reserved.get(bottleneck.link_id, 0)
-        return (f"not enough effective key rate between {source} and {destination}: {rate} b/s requested, "
-                f"the widest path {' - '.join(nodes)} can spare {max(0, self.headroom(bottleneck))} b/s on link "
-                f"{bottleneck.link_id} (eskr {bottleneck.eskr} b/s, {taken} b/s taken by other sessions)")
-
-    def _first_fitting(self, graph: nx.Graph, source: str, destination: str, request: Request) -> Path:
-        """The fewest-hop path within max-hops that changes no route another session uses."""
-        conflict = ""
-        for i, nodes in enumerate(nx.shortest_simple_paths(graph, source, destination)):
-            hops = len(nodes) - 1
-            if request.max_hops is not None and hops > request.max_hops:
-                if i == 0:
-                    raise NoPath(f"the shortest path between {source} and {destination} with enough key rate has "
-                                 f"{hops} hops, more than max-hops {request.max_hops}")
-                break
-            if i == MAX_CANDIDATE_PATHS:
-                break
-            links = [graph.edges[a, b]["link"] for a, b in zip(nodes, nodes[1:])]
-            kms = tuple(self.view.km(n) or "" for n in nodes)
-            ends = (request.segment.source_km, request.segment.destination_km) if request.segment else (kms[0], kms[-1])
-            path = Path(tuple(nodes), kms, tuple(l.link_id for l in links), tuple(l.qkdl_id for l in links), ends,
-                        min(self.headroom(l) for l in links))
-            conflict = self._conflict(path)
-            if not conflict:
-                return path
-        raise NoPath(f"every path between {source} and {destination} within the constraints would change a "
-                     f"route that another session uses: {conflict}")
-
-    def _conflict(self, path: Path) -> str:
-        for km, destination, next_hop, via in path.routes():
-            claim = self.claims.get((km, destination))
-            if claim is not None and claim[:2] != (next_hop, via):
-                return (f"key manager {km} relays keys for {destination} via {claim[0]} (link {claim[1]}) "
-                        f"for session {claim[2]}")
-        return ""
-
-
-# -- key managers ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class KmSession:
-    master_sae: str
-    slave_sae: str
-    peer_km: str
-    rate: int
-    burst: int
-    key_size: int
-    ttl: int | None
-
-
-@dataclass
-class KmConfig:
-    """What the controller manages on one key manager."""
-
-    pools: dict[str, str] = field(default_factory=dict)                   # qkdl-id -> peer km
-    routes: dict[str, tuple[str, str]] = field(default_factory=dict)      # destination -> (next hop, via)
-    sessions: dict[str, KmSession] = field(default_factory=dict)
-
-
-@dataclass
-class KmView:
-    """A key manager as last read (or written) by the controller."""
-
-    km_id: str
-    site: str | None
-    saes: frozenset[str]
-    config: KmConfig
-
-    @classmethod
-    def from_xml(cls, root: etree._Element) -> KmView:
-        """From a <key-manager> element (qi-key-manager configuration)."""
-        text = lambda el, path: _find(el, KM, path) or ""
-        pools = {text(p, "link-id"): text(p, "peer-km-id") for p in _all(root, KM, "key-pools/key-pool")}
-        routes = {text(r, "destination-km-id"): (text(r, "next-hop-km-id"), text(r, "via-link-id"))
-                  for r in _all(root, KM, "forwarding-table/route")}
-        sessions = {}
-        for s in _all(root, KM, "sessions/session"):
-            ttl = _find(s, KM, "qos/ttl")
-            sessions[text(s, "session-id")] = KmSession(
-                text(s, "master-sae-id"), text(s, "slave-sae-id"), text(s, "peer-km-id"),
-                int(text(s, "qos/rate") or 0), int(_find(s, KM, "qos/burst") or MIN_BURST_BITS),
-                int(_find(s, KM, "qos/key-size") or DEFAULT_KEY_SIZE), int(ttl) if ttl else None)
-        saes = frozenset(text(s, "sae-id") for s in _all(root, KM, "saes/sae"))
-        return cls(text(root, "km-id"), _find(root, KM, "site"), saes, KmConfig(pools, routes, sessions))
-
-
-def km_edit(have: KmConfig, want: KmConfig) -> etree._Element | None:
-    """The edit-config <key-manager> that turns `have` into `want`; None when equal. Pools are
-    only added or changed, never removed: they hold key."""
-    root = etree.Element(f"{{{KM}}}key-manager", nsmap={None: KM})
-    pools = [(link, peer) for link, peer in want.pools.items() if have.pools.get(link) != peer]
-    if pools:
-        container = _sub(root, KM, "key-pools")
-        for link, peer in pools:
-            pool = _sub(container, KM, "key-pool")
-            _sub(pool, KM, "link-id", link)
-            _sub(pool, KM, "peer-km-id", peer)
-    _replace_changed(root, "forwarding-table", "route", "destination-km-id", have.routes, want.routes, _route_leaves)
-    _replace_changed(root, "sessions", "session", "session-id", have.sessions, want.sessions, _session_leaves)
-    return root if len(root) else None
-
-
-def _replace_changed(root: etree._Element, container: str, entry: str, key: str, have: dict, want: dict,
-                     leaves: Callable[[etree._Element, Any], None]) -> None:
-    """Under `container`, the entries of a keyed list whose value differs between `have` and
-    `want`: replaced by `want`'s (its `leaves` written), or removed when `want` has none."""
-    changed = [k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
-    if not changed:
-        return
-    parent = _sub(root, KM, container)
-    for name in changed:
-        element = _sub(parent, KM, entry)
-        _sub(element, KM, key, name)
-        if name in want:
-            element.set(OPERATION, "replace")
-            leaves(element, want[name])
-        else:
-            element.set(OPERATION, "remove")
-
-
-def _route_leaves(route: etree._Element, hop: tuple[str, str]) -> None:
-    next_hop, via = hop
-    _sub(route, KM, "next-hop-km-id", next_hop)
-    _sub(route, KM, "via-link-id", via)
-
-
-def _session_leaves(entry: etree._Element, s: KmSession) -> None:
-    _sub(entry, KM, "master-sae-id", s.master_sae)
-    _sub(entry, KM, "slave-sae-id", s.slave_sae)
-    _sub(entry, KM, "peer-km-id", s.peer_km)
-    qos = _sub(entry, KM, "qos")
-    _sub(qos, KM, "rate", s.rate)
-    _sub(qos, KM, "burst", s.burst)
-    _sub(qos, KM, "key-size", s.key_size)
-    if s.ttl is not None:
-        _sub(qos, KM, "ttl", s.ttl)
+FORWARDING_FILTER = f'<networks xmlns="{NW}"/><alarms xmlns="{ALARMS}"><alarm-list/></alarms>'
+NETWORKS_FILTER = f'<networks xmlns="{NW}"/>'
 
 
 # -- the controller ----------------------------------------------------------------------------
 
 @dataclass
 class Placement:
-    request: Request
+    request: SessionConfig
     path: Path | None
     status: str
     reason: str
@@ -624,15 +165,15 @@ class ServiceController(Controller):
         self.wake()
 
     async def device_notification(self, link: DeviceLink, notification: etree._Element) -> None:
-        change = notification.find(f"{{{KM}}}session-state-change")
-        if change is None or _find(change, KM, "status") != "expired":
+        change = KEY_MANAGER.find(notification, "session-state-change")
+        if change is None or KEY_MANAGER.text(change, "status") != "expired":
             return
-        name = _find(change, KM, "session-id") or ""
+        name = KEY_MANAGER.text(change, "session-id", "")
         async with self._lock:
             placement = self.sessions.get(name)
             if placement is not None and placement.status != "expired":
                 await self._set_status(name, placement, "expired",
-                                       _find(change, KM, "reason") or "the session's time to live has passed")
+                                       KEY_MANAGER.text(change, "reason") or "the session's time to live has passed")
 
     async def resync(self) -> None:
         """Re-read every key manager (what drifted from what was written is rewritten) and reconcile."""
@@ -643,8 +184,8 @@ class ServiceController(Controller):
 
     async def _read_km(self, link: DeviceLink) -> None:
         nc = await link.session()
-        data = await nc.get_config(filter=("subtree", f'<key-manager xmlns="{KM}"/>'))
-        root = data.find(f"{{{KM}}}key-manager") if data is not None else None
+        data = await nc.get_config(filter=("subtree", CONFIG_FILTER))
+        root = KEY_MANAGER.find(data, "key-manager")
         if root is None:
             log.warning("%s: device %s has no key-manager configuration", self.name, link.name)
             return
@@ -659,11 +200,10 @@ class ServiceController(Controller):
 
     async def _forwarding_notification(self, link: DeviceLink, notification: etree._Element) -> None:
         """A link's status or an alarm changed: reconcile (which reads the alarm list afresh)."""
-        status = notification.find(f"{{{FWD}}}link-status-change")
+        status = FORWARDING.find(notification, "link-status-change")
         if status is not None:
-            link_id = _find(status, FWD, "link-id") or ""
-            self.link_reasons[link_id] = _find(status, FWD, "reason") or ""
-        elif notification.find(f"{{{AL}}}alarm-notification") is None:
+            self.link_reasons[FORWARDING.text(status, "link-id", "")] = FORWARDING.text(status, "reason", "")
+        elif ALARMS.find(notification, "alarm-notification") is None:
             return
         self.wake()
 
@@ -684,10 +224,10 @@ class ServiceController(Controller):
         self._seen = max(self._seen, wakes)
 
     @staticmethod
-    def _requests(config: etree._Element) -> dict[str, Request]:
-        return {_find(s, SVC, "name") or "": Request.from_xml(s) for s in _all(config, SVC, "sessions/session")}
+    def _requests(config: etree._Element) -> dict[str, SessionConfig]:
+        return sessions_of(config)
 
-    async def _reconcile(self, requests: dict[str, Request], refuse: bool) -> None:
+    async def _reconcile(self, requests: dict[str, SessionConfig], refuse: bool) -> None:
         try:
             view: ForwardingView | None = await self._read_forwarding()
             unavailable = ""
@@ -712,7 +252,7 @@ class ServiceController(Controller):
                 self.kms[link].config = wanted[link]
         await self._adopt(placements, view)
 
-    async def _place(self, requests: dict[str, Request], view: ForwardingView | None,
+    async def _place(self, requests: dict[str, SessionConfig], view: ForwardingView | None,
                      unavailable: str) -> dict[str, Placement]:
         """Where each session goes: sound placements stay where they are (no flapping); new,
         changed and failed sessions, and those whose path broke, are planned around the rest.
@@ -771,19 +311,19 @@ class ServiceController(Controller):
             elif placement.status == "degraded":
                 await self._set_status(name, placement, "active", "the key rate is back on every link of the path")
 
-    def _path_problem(self, path: Path, request: Request, view: ForwardingView, reachable: set[str]) -> str:
+    def _path_problem(self, path: Path, request: SessionConfig, view: ForwardingView, reachable: set[str]) -> str:
         """Why a placed path is no longer sound, or ''."""
         for link_id in path.link_ids:
             link = view.links.get(link_id)
             if link is None:
                 return f"link {link_id} is gone from the forwarding topology"
             if link.status != "ACTIVE":
-                why = self.link_reasons.get(link.link_id)
-                return f"link {link.link_id} is {link.status}" + (f" ({why})" if why else "")
-            if link.link_id in self.alarms:
-                return f"link {link.link_id} has a QBER alarm ({self.alarms[link.link_id]})"
+                why = self.link_reasons.get(link.id)
+                return f"link {link.id} is {link.status}" + (f" ({why})" if why else "")
+            if link.id in self.alarms:
+                return f"link {link.id} has a QBER alarm ({self.alarms[link.id]})"
             if request.qber_ceiling is not None and (link.qber is None or link.qber > request.qber_ceiling):
-                return f"link {link.link_id} has QBER {link.qber}%, above the ceiling of {request.qber_ceiling}%"
+                return f"link {link.id} has QBER {link.qber}%, above the ceiling of {request.qber_ceiling}%"
         down = [km for node, km in zip(path.nodes, path.kms) if not view.is_external(node) and km not in reachable]
         return f"key manager {down[0]} is unreachable" if down else ""
 
@@ -802,7 +342,7 @@ class ServiceController(Controller):
         """The key managers connected and read: km-id -> device name."""
         return {v.km_id: name for name, v in self.kms.items() if self.links[name].connected.is_set()}
 
-    def _kms_of(self, request: Request, view: ForwardingView) -> tuple[str, str]:
+    def _kms_of(self, request: SessionConfig, view: ForwardingView) -> tuple[str, str]:
         """The key managers at the two ends of the session's path: its SAEs', or for a segment
         the far end of the inter-domain link where keys enter or leave the domain."""
         directory = self.sae_directory()
@@ -813,10 +353,10 @@ class ServiceController(Controller):
         for sae, border_link, sae_km in zip((request.source_sae, request.destination_sae), border_links, sae_kms):
             if border_link is not None:
                 link = view.links.get(border_link)
-                far = next((n for n in link.ends if view.is_external(n)), None) if link else None
+                far = next((n for n in link.nodes() if view.is_external(n)), None) if link else None
                 if far is None:
                     raise NoPath(f"{border_link} is not an inter-domain link of the forwarding topology")
-                kms.append(view.km(far) or "")
+                kms.append(view.km_of(far) or "")
             elif sae not in directory:
                 raise NoPath(f"SAE {sae} is not attached to any key manager")
             elif sae_km is not None and directory[sae] != sae_km:
@@ -834,7 +374,7 @@ class ServiceController(Controller):
         link_of = self._reachable()
         wanted = {name: KmConfig(dict(self.kms[name].config.pools)) for name in link_of.values()}
         for link in (view.links.values() if view else ()):
-            (a, a_far), (b, b_far) = ((view.km(n), view.is_external(n)) for n in link.ends)
+            (a, a_far), (b, b_far) = ((view.km_of(n), view.is_external(n)) for n in link.nodes())
             if a != b and (a in link_of or a_far) and (b in link_of or b_far):  # an inter-domain link: its local end
                 for km, peer in ((a, b), (b, a)):
                     if km in link_of:
@@ -858,10 +398,10 @@ class ServiceController(Controller):
     async def _read_forwarding(self) -> ForwardingView:
         """The forwarding topology, and the QBER alarms raised now (from its alarm list)."""
         nc = await self.forwarding.session(FORWARDING_TIMEOUT_S)
-        data = await nc.get(filter=("subtree", f'<networks xmlns="{NW}"/><alarms xmlns="{AL}"><alarm-list/></alarms>'))
+        data = await nc.get(filter=("subtree", FORWARDING_FILTER))
         km_by_site = {v.site: v.km_id for v in self.kms.values() if v.site}
-        self.alarms = qber_alarms(data)
-        return ForwardingView.from_xml(data, km_by_site)
+        self.alarms = raised_link_alarms(read_alarms(data))
+        return ForwardingView.parse(data).key_paths(km_by_site)
 
     async def _set_status(self, name: str, placement: Placement, status: str, reason: str) -> None:
         """A new reason, and a new status told to subscribers when it is one."""
@@ -871,41 +411,21 @@ class ServiceController(Controller):
             await self._notify(name, status, previous, reason)
 
     async def _notify(self, name: str, status: str, previous: str | None, reason: str) -> None:
-        change = etree.Element(f"{{{SVC}}}session-status-change", nsmap={None: SVC})
-        _sub(change, SVC, "name", name)
-        _sub(change, SVC, "status", status)
-        if previous is not None:
-            _sub(change, SVC, "previous-status", previous)
-        _sub(change, SVC, "reason", reason[:REASON_LENGTH])
-        _sub(change, SVC, "time", now().isoformat())
+        change = session_status_change(name, status, previous, reason, now().isoformat())
         log.info("%s: session %s %s: %s", self.name, name, status, reason)
         await self.server.notify(change)
 
     # --- northbound: state and plan-path ---------------------------------------------------------
 
     async def state(self) -> etree._Element | None:
-        data = etree.Element(f"{{{BASE_NS}}}data", nsmap={None: BASE_NS})
         counters = await self._delivered()
-        sessions = _sub(data, SVC, "sessions")
-        for name, placement in sorted(self.sessions.items()):
-            entry = _sub(sessions, SVC, "session")
-            _sub(entry, SVC, "name", name)
-            _sub(entry, SVC, "status", placement.status)
-            _sub(entry, SVC, "reason", placement.reason[:REASON_LENGTH])
-            _sub(entry, SVC, "status-since", placement.since.isoformat())
-            if placement.path is not None:
-                _path_xml(_sub(entry, SVC, "path"), placement.path)
-            keys, bits = counters.get(name, (0, 0))
-            _sub(entry, SVC, "delivered-keys", keys)
-            _sub(entry, SVC, "delivered-bits", bits)
-        directory = _sub(data, SVC, "sae-directory")
-        # Listed once every key manager has been read: a partial directory would tell the
-        # levels above that the SAEs of the others are attached nowhere.
-        for sae, km in sorted(self.sae_directory().items() if self.synced.is_set() else ()):
-            entry = _sub(directory, SVC, "sae")
-            _sub(entry, SVC, "sae-id", sae)
-            _sub(entry, SVC, "km-id", km)
-        return data
+        sessions = {name: Session(name, p.request.source_sae, p.request.destination_sae, p.request.rate, p.status,
+                                  p.reason, _hops(p.path) if p.path is not None else (), *counters.get(name, (0, 0)),
+                                  since=p.since.isoformat())
+                    for name, p in self.sessions.items()}
+        # The directory is listed once every key manager has been read: a partial directory
+        # would tell the levels above that the SAEs of the others are attached nowhere.
+        return ServiceView(sessions, self.sae_directory() if self.synced.is_set() else {}).state()
 
     async def _delivered(self) -> dict[str, tuple[int, int]]:
         """Keys and bits delivered per session, as the source SAE's key manager counts them
@@ -919,22 +439,16 @@ class ServiceController(Controller):
         async def read(link_name: str) -> dict[str, tuple[int, int]]:
             nc = await self.links[link_name].session(STATE_TIMEOUT_S)
             async with asyncio.timeout(STATE_TIMEOUT_S):
-                data = await nc.get(filter=("subtree", f'<key-manager xmlns="{KM}"><sessions/><relay-statistics/>'
-                                                       "</key-manager>"))
-            sessions = {_find(s, KM, "session-id"): s for s in _all(data, KM, "key-manager/sessions/session")} \
-                if data is not None else {}
-            pairs = {(_find(p, KM, "master-sae-id"), _find(p, KM, "slave-sae-id")): p
-                     for p in _all(data, KM, "key-manager/relay-statistics/sae-pair")} if data is not None else {}
+                data = await nc.get(filter=("subtree", COUNTERS_FILTER))
+            counts = KmCounters.parse(data)
             out = {}
             for name, counter in wanted[link_name]:
                 placement = self.sessions.get(name)  # gone if deleted while the key manager answered
                 if placement is None:
                     continue
-                entry = sessions.get(name) if counter == "delivered" else \
-                    pairs.get((placement.request.source_sae, placement.request.destination_sae))
-                if entry is not None:
-                    keys, bits = (int(_find(entry, KM, f"{counter}-{unit}") or 0) for unit in ("keys", "bits"))
-                    out[name] = (keys, bits)
+                count = counts.count(counter, name, (placement.request.source_sae, placement.request.destination_sae))
+                if count is not None:
+                    out[name] = count
             return out
 
         counters: dict[str, tuple[int, int]] = {}
@@ -944,12 +458,12 @@ class ServiceController(Controller):
         return counters
 
     async def _plan_path(self, session, operation: etree._Element, context) -> list[etree._Element]:
-        request = Request.from_xml(operation)
-        count = int(_find(operation, SVC, "path-count") or 1)
+        request = SessionConfig.parse(operation)
+        count = int(SERVICE.text(operation, "path-count") or 1)
         async with self._lock:
             try:
                 view = await self._read_forwarding()
-                if _find(operation, SVC, "include-buildable") == "true":
+                if SERVICE.text(operation, "include-buildable") == "true":
                     await self._add_buildable(view)
             except (RPCError, OSError, asyncio.TimeoutError) as err:
                 raise RPCError("operation-failed", f"the forwarding topology is unavailable: {err}") from None
@@ -963,13 +477,13 @@ class ServiceController(Controller):
                 raise RPCError("operation-failed", str(err)[:REASON_LENGTH]) from None
         out = []
         for index, path in enumerate(paths):
-            entry = etree.Element(f"{{{SVC}}}path", nsmap={None: SVC})
-            _sub(entry, SVC, "index", index)
-            _sub(entry, SVC, "headroom", max(0, path.headroom))
-            _path_xml(entry, path)
+            entry = SERVICE.element("path")
+            SERVICE.sub(entry, "index", index)
+            SERVICE.sub(entry, "headroom", max(0, path.headroom))
+            append_hops(entry, _hops(path))
             for link_id in path.link_ids:
                 if view.links[link_id].buildable:
-                    _sub(entry, SVC, "buildable-link", link_id)
+                    SERVICE.sub(entry, "buildable-link", link_id)
             out.append(entry)
         return out
 
@@ -979,21 +493,19 @@ class ServiceController(Controller):
         if self.connectivity is None:
             raise RPCError("operation-failed", "include-buildable: this service controller reads no connectivity "
                                                "controller, so it cannot tell which links could be built")
-        networks = ("subtree", f'<networks xmlns="{NW}"/>')
+        networks = ("subtree", NETWORKS_FILTER)
         forwarding = await (await self.forwarding.session(FORWARDING_TIMEOUT_S)).get(filter=networks)
         endpoint = self.connectivity
         async with asyncio.timeout(FORWARDING_TIMEOUT_S):
-            async with await NetconfClient.connect(endpoint.host, endpoint.port, endpoint.username,
-                                                   password=endpoint.password,
-                                                   client_keys=endpoint.client_keys) as nc:
+            async with await endpoint.connect() as nc:
                 fibre = await nc.get(filter=networks)
         for link in buildable_links(forwarding, fibre):
             if link.link_id not in view.links and all(n in view.nodes for n in link.ends):
-                view.links[link.link_id] = QkdLink(link.link_id, "", link.ends, "BUILDABLE", link.eskr, link.qber,
-                                                   buildable=True)
+                view.links[link.link_id] = QkdLink(link.link_id, (link.ends[0], ""), (link.ends[1], ""), "", "PHYS",
+                                                   "BUILDABLE", None, link.eskr, link.qber, None, buildable=True)
 
 
-def _counted_at(path: Path, request: Request) -> tuple[str, str]:
+def _counted_at(path: Path, request: SessionConfig) -> tuple[str, str]:
     """The key manager, and its counter, of a session's delivered keys (see the docstring)."""
     segment = request.segment
     if segment is None:
@@ -1003,25 +515,7 @@ def _counted_at(path: Path, request: Request) -> tuple[str, str]:
     return (path.kms[-1], "received") if segment.egress_link is None else (path.kms[-2], "forwarded")
 
 
-def _path_xml(parent: etree._Element, path: Path) -> None:
-    """qit:key-path hops under `parent`."""
-    for i, (node, km) in enumerate(zip(path.nodes, path.kms)):
-        hop = _sub(parent, SVC, "hop")
-        _sub(hop, SVC, "index", i)
-        _sub(hop, SVC, "km-id", km)
-        _sub(hop, SVC, "node-id", node)
-        if i < len(path.link_ids):
-            _sub(hop, SVC, "link-id", path.link_ids[i])
-
-
-async def read_sessions(nc: NetconfClient) -> dict[str, dict[str, str]]:
-    """Status, reason and path (as 'node - node') of every session on a service controller."""
-    data = await nc.get(filter=("subtree", f'<sessions xmlns="{SVC}"/>'))
-    out = {}
-    for s in _all(data, SVC, "sessions/session") if data is not None else []:
-        hops = sorted(_all(s, SVC, "path/hop"), key=lambda h: int(_find(h, SVC, "index") or 0))
-        out[_find(s, SVC, "name") or ""] = {
-            "status": _find(s, SVC, "status") or "", "reason": _find(s, SVC, "reason") or "",
-            "path": " - ".join(_find(h, SVC, "node-id") or "" for h in hops),
-            "delivered-keys": _find(s, SVC, "delivered-keys") or "0"}
-    return out
+def _hops(path: Path) -> tuple[Hop, ...]:
+    """The key-path hops of a path."""
+    links = path.link_ids + (None,)
+    return tuple(Hop(km, node, link) for node, km, link in zip(path.nodes, path.kms, links))

@@ -44,59 +44,35 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import itertools
 import json
 import logging
 import os
 import pathlib
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Callable, Protocol
 
-import networkx as nx
 from lxml import etree
 
+from models.federation import (Charge, FederationConfig, MemberStatus, SegmentStatus, ServiceRequest, ServiceStatus,
+                               add_member, application_status, federation_state, member_joined, member_left,
+                               service_status_change)
+from models.intent import clip
+from models.ns import FEDERATION
 from netconf_core import AccessPolicy, ReconcileLoop
 from netconf_core.errors import RPCError
 from netconf_core.notifications import Event, now
+from netconf_core.ns import NACM
 from netconf_core.schema import Schema
-from netconf_core.server import NACM_NS, NetconfServer, User
+from netconf_core.server import NetconfServer, User
 from netconf_core.session import Session
+from orchestrator.federation_access import ENROL_USER, LIVE, MODULE, access_rules
+from orchestrator.federation_routes import DomainView, Ledger, Route, Segment, plan_route, route_problem
 
 log = logging.getLogger(__name__)
 
-FED_NS = "urn:qstrata:yang:qi-federation"
-MODULE = "qi-federation"
-ENROL_USER = "enrol"
 SEGMENT_TIMEOUT = 10.0  # seconds a domain may take to answer for one segment
-REASON_MAX = 1024
 MICRO = Decimal("0.000001")
-LIVE = ("applied", "admitted", "suspended")  # statuses whose key authenticates
-
-
-def _f(tag: str) -> str:
-    return f"{{{FED_NS}}}{tag}"
-
-
-def _text(parent: etree._Element | None, tag: str, default: str | None = None) -> str | None:
-    value = parent.findtext(_f(tag)) if parent is not None else None
-    return value.strip() if value is not None else default
-
-
-def _leaf(parent: etree._Element, tag: str, value: object) -> etree._Element:
-    element = etree.SubElement(parent, _f(tag))
-    element.text = str(value)
-    return element
-
-
-def _child(parent: etree._Element, tag: str) -> etree._Element:
-    found = parent.find(_f(tag))
-    return found if found is not None else etree.SubElement(parent, _f(tag))
-
-
-def _clip(reason: str) -> str:
-    return reason if len(reason) <= REASON_MAX else reason[: REASON_MAX - 3] + "..."
 
 
 def _error_path(*steps: str) -> dict[str, Any]:
@@ -104,286 +80,11 @@ def _error_path(*steps: str) -> dict[str, Any]:
     and key; a step is 'name' or "name[key='value']"."""
     qualified = [f"{MODULE}:{name}" + (f"[{MODULE}:{key}" if key else "")
                  for name, _, key in (step.partition("[") for step in steps)]
-    return {"path": "/" + "/".join(qualified), "path_nsmap": {MODULE: FED_NS}}
+    return {"path": "/" + "/".join(qualified), "path_nsmap": {MODULE: FEDERATION}}
 
 
 def _timestamp() -> str:
     return now().isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-# --- the configuration, as read from running ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class MemberEntry:
-    member_id: str
-    name: str
-    role: str
-    ssh_public_key: str
-    agent_address: str | None
-    agent_port: int
-    service_users: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Agreement:
-    agreement_id: str
-    members: frozenset[str]
-    transit_allowed: bool
-    price_per_kbit: Decimal
-    max_rate: int | None
-
-
-@dataclass(frozen=True)
-class Crossing:
-    """An inter-domain link as one of its two domains advertises it."""
-
-    link_id: str
-    local_node: str
-    peer_member: str
-    peer_node: str
-
-
-@dataclass(frozen=True)
-class ServiceRequest:
-    service_id: str
-    requesting_member: str
-    source_sae: str
-    source_domain: str
-    destination_sae: str
-    destination_domain: str
-    rate: int
-
-
-@dataclass
-class FederationConfig:
-    members: dict[str, MemberEntry] = field(default_factory=dict)
-    agreements: dict[frozenset[str], Agreement] = field(default_factory=dict)
-    offers: dict[str, dict[Crossing, int]] = field(default_factory=dict)  # member -> crossing -> capacity
-    services: dict[str, ServiceRequest] = field(default_factory=dict)
-    sae_kms: dict[tuple[str, str], str] = field(default_factory=dict)  # (member, advertised SAE) -> its key manager
-
-    @classmethod
-    def read(cls, tree: etree._Element) -> FederationConfig:
-        config = cls()
-        fed = tree.find(_f("federation"))
-        if fed is None:
-            return config
-        for m in fed.iterfind(f"{_f('members')}/{_f('member')}"):
-            agent = m.find(_f("agent"))
-            entry = MemberEntry(_text(m, "member-id", ""), _text(m, "name", ""), _text(m, "role", "member"),
-                                _text(m, "ssh-public-key", ""), _text(agent, "address"),
-                                int(_text(agent, "port", "830")),
-                                tuple((e.text or "").strip() for e in m.iterfind(_f("service-user"))))
-            config.members[entry.member_id] = entry
-        for a in fed.iterfind(f"{_f('agreements')}/{_f('agreement')}"):
-            max_rate = _text(a, "max-rate")
-            agreement = Agreement(_text(a, "agreement-id", ""),
-                                  frozenset((_text(a, "member-a", ""), _text(a, "member-b", ""))),
-                                  _text(a, "transit-allowed", "false") == "true",
-                                  Decimal(_text(a, "price-per-kbit", "0")), int(max_rate) if max_rate else None)
-            config.agreements[agreement.members] = agreement
-        for ad in fed.iterfind(f"{_f('advertisements')}/{_f('advertisement')}"):
-            member_id = _text(ad, "member-id", "")
-            offers = config.offers.setdefault(member_id, {})
-            for sae in ad.iterfind(_f("sae")):
-                config.sae_kms[(member_id, _text(sae, "sae-id", ""))] = _text(sae, "km-id", "")
-            for link in ad.iterfind(_f("inter-domain-link")):
-                crossing = Crossing(_text(link, "link-id", ""), _text(link, "local-border-node", ""),
-                                    _text(link, "peer-member", ""), _text(link, "peer-border-node", ""))
-                offers[crossing] = int(_text(link, "capacity", "0"))
-        for s in fed.iterfind(f"{_f('services')}/{_f('service')}"):
-            src, dst = s.find(_f("source")), s.find(_f("destination"))
-            request = ServiceRequest(_text(s, "service-id", ""), _text(s, "requesting-member", ""),
-                                     _text(src, "sae-id", ""), _text(src, "domain", ""),
-                                     _text(dst, "sae-id", ""), _text(dst, "domain", ""), int(_text(s, "rate", "0")))
-            config.services[request.service_id] = request
-        return config
-
-
-# --- the domain-level view: links, routes, capacity -----------------------------------------
-
-
-@dataclass(frozen=True)
-class Link:
-    """An inter-domain link both its ends advertise; usable up to the smaller offer."""
-
-    ends: tuple[tuple[str, Crossing], tuple[str, Crossing]]  # ordered by member-id
-    capacity: int
-
-    @property
-    def key(self) -> tuple[str, str, str, str]:
-        (a, at_a), (b, at_b) = self.ends
-        return (a, at_a.local_node, b, at_b.local_node)
-
-    def at(self, member: str) -> Crossing:
-        return next(crossing for m, crossing in self.ends if m == member)
-
-    @property
-    def name(self) -> str:
-        (a, at_a), (b, _) = self.ends
-        return f"{at_a.link_id} ({a}-{b})"
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One domain's part of a cross-domain service: keys enter the domain at `ingress` (from
-    the upstream domain; in the first domain, from the source SAE) and leave it at `egress`
-    (towards the downstream domain; in the last domain, to the destination SAE)."""
-
-    index: int
-    domain: str
-    rate: int
-    source_sae: str | None = None       # the service's SAEs
-    destination_sae: str | None = None
-    ingress: Crossing | None = None
-    egress: Crossing | None = None
-    source_km: str | None = None        # their key managers, when their members advertise them
-    destination_km: str | None = None
-
-
-@dataclass(frozen=True)
-class Route:
-    domains: tuple[str, ...]
-    links: tuple[Link, ...]  # links[i] joins domains[i] and domains[i + 1]
-
-    def segments(self, request: ServiceRequest, sae_kms: dict[tuple[str, str], str]) -> tuple[Segment, ...]:
-        last = len(self.domains) - 1
-        return tuple(Segment(i, domain, request.rate, request.source_sae, request.destination_sae,
-                             self.links[i - 1].at(domain) if i > 0 else None,
-                             self.links[i].at(domain) if i < last else None,
-                             sae_kms.get((request.source_domain, request.source_sae)),
-                             sae_kms.get((request.destination_domain, request.destination_sae)))
-                     for i, domain in enumerate(self.domains))
-
-
-class DomainView:
-    """Admitted members, their agreements and the links both ends advertise, for one pass."""
-
-    def __init__(self, config: FederationConfig, statuses: dict[str, str]):
-        self.config = config
-        self.statuses = statuses
-        self.admitted = sorted(m for m in config.members if statuses.get(m) == "admitted")
-        self.links: dict[tuple[str, str, str, str], Link] = {}
-        for member in self.admitted:
-            for crossing, capacity in config.offers.get(member, {}).items():
-                peer = crossing.peer_member
-                if peer <= member or statuses.get(peer) != "admitted":
-                    continue
-                mirror = Crossing("", crossing.peer_node, member, crossing.local_node)
-                match = next(((c, cap) for c, cap in config.offers.get(peer, {}).items()
-                              if (c.local_node, c.peer_member, c.peer_node) ==
-                              (mirror.local_node, mirror.peer_member, mirror.peer_node)), None)
-                if match is not None:
-                    link = Link(((member, crossing), (peer, match[0])), min(capacity, match[1]))
-                    self.links[link.key] = link
-
-    def describe(self, member: str) -> str:
-        """Why a member takes no part in routing."""
-        status = self.statuses.get(member) if member in self.config.members else None
-        why = {"withdrawn": "withdrew", "suspended": "is suspended", "applied": "is not admitted yet"}
-        return f"member {member} {why.get(status or '', 'is not a member')}"
-
-    def agreement(self, a: str, b: str) -> Agreement | None:
-        return self.config.agreements.get(frozenset((a, b)))
-
-    def links_between(self, a: str, b: str) -> list[Link]:
-        first, second = sorted((a, b))
-        return sorted((l for l in self.links.values() if (l.ends[0][0], l.ends[1][0]) == (first, second)),
-                      key=lambda l: l.key)
-
-    def why_unusable(self, link: Link) -> str:
-        for member, crossing in link.ends:
-            if crossing not in self.config.offers.get(member, {}):
-                return f"{member} withdrew inter-domain link {crossing.link_id} from its advertisement"
-        return f"inter-domain link {link.name} is no longer advertised by both its ends"
-
-
-class Ledger:
-    """Rate taken on each link and under each agreement by the services placed so far."""
-
-    def __init__(self) -> None:
-        self.on_links: Counter[tuple[str, str, str, str]] = Counter()
-        self.on_agreements: Counter[str] = Counter()
-
-    def link_left(self, link: Link) -> int:
-        return link.capacity - self.on_links[link.key]
-
-    def agreement_left(self, agreement: Agreement) -> int | None:
-        return None if agreement.max_rate is None else agreement.max_rate - self.on_agreements[agreement.agreement_id]
-
-    def take(self, route: Route, rate: int, view: DomainView) -> None:
-        for (a, b), link in zip(itertools.pairwise(route.domains), route.links):
-            self.on_links[link.key] += rate
-            agreement = view.agreement(a, b)
-            if agreement is not None:
-                self.on_agreements[agreement.agreement_id] += rate
-
-
-def _member_problem(request: ServiceRequest, domains: tuple[str, ...], view: DomainView) -> str | None:
-    for member in dict.fromkeys((request.requesting_member, *domains)):
-        if view.statuses.get(member) != "admitted":
-            return view.describe(member)
-    return None
-
-
-def route_problem(route: Route, request: ServiceRequest, view: DomainView, ledger: Ledger) -> str | None:
-    """Why a service can no longer stay on its route, or None."""
-    problem = _member_problem(request, route.domains, view)
-    if problem:
-        return problem
-    transit = len(route.domains) > 2
-    for (a, b), link in zip(itertools.pairwise(route.domains), route.links):
-        agreement = view.agreement(a, b)
-        if agreement is None:
-            return f"members {a} and {b} have no agreement any more"
-        if transit and not agreement.transit_allowed:
-            return f"agreement {agreement.agreement_id} between {a} and {b} no longer allows transit"
-        left = ledger.agreement_left(agreement)
-        if left is not None and left < request.rate:
-            return (f"agreement {agreement.agreement_id} between {a} and {b} has {left} bit/s left, "
-                    f"the service needs {request.rate}")
-        current = view.links.get(link.key)
-        if current is None:
-            return view.why_unusable(link)
-        if ledger.link_left(current) < request.rate:
-            return (f"inter-domain link {current.name} has {ledger.link_left(current)} bit/s left of its "
-                    f"{current.capacity} bit/s, the service needs {request.rate}")
-    return None
-
-
-def plan_route(request: ServiceRequest, view: DomainView, ledger: Ledger,
-               avoid: frozenset[str] = frozenset()) -> Route | str:
-    """The best route for the request given what is taken, or why there is none."""
-    source, destination = request.source_domain, request.destination_domain
-    problem = _member_problem(request, (source, destination), view)
-    if problem:
-        return problem
-    if source == destination:
-        return Route((source,), ())
-    graph = nx.Graph()
-    graph.add_nodes_from(m for m in view.admitted if m not in avoid or m in (source, destination))
-    for a, b in itertools.combinations(sorted(graph.nodes), 2):
-        agreement = view.agreement(a, b)
-        left = ledger.agreement_left(agreement) if agreement else None
-        if agreement is None or (left is not None and left < request.rate):
-            continue
-        usable = [l for l in view.links_between(a, b) if ledger.link_left(l) >= request.rate]
-        if usable:
-            link = max(usable, key=lambda l: ledger.link_left(l))
-            graph.add_edge(a, b, link=link, transit=agreement.transit_allowed, price=agreement.price_per_kbit)
-    if graph.has_edge(source, destination):
-        return Route((source, destination), (graph.edges[source, destination]["link"],))
-    transit = graph.edge_subgraph([(a, b) for a, b, t in graph.edges(data="transit") if t])
-    try:
-        paths = list(nx.all_shortest_paths(transit, source, destination))
-    except (nx.NetworkXNoPath, nx.NodeNotFound):
-        avoided = f" (avoiding {', '.join(sorted(avoid))})" if avoid else ""
-        return (f"no route from {source} to {destination} with {request.rate} bit/s left on inter-domain links "
-                f"under agreements that allow it{avoided}: a transit domain needs transit-allowed agreements "
-                "with both its neighbours")
-    best = min(paths, key=lambda p: (sum(graph.edges[a, b]["price"] for a, b in itertools.pairwise(p)), p))
-    return Route(tuple(best), tuple(graph.edges[a, b]["link"] for a, b in itertools.pairwise(best)))
 
 
 # --- the hook towards the domains -------------------------------------------------------------
@@ -470,75 +171,6 @@ def _service_status(segments: list[SegmentState]) -> tuple[str, str]:
                             + (f": {s.reply.reason}" if s.reply.reason else "") for s in bad)
             return {"pending": "establishing"}.get(status, status), why
     return "active", ""
-
-
-def access_rules(admins: list[str], memberships: dict[str, str], service_users: list[str]) -> etree._Element:
-    """The platform's NACM configuration: memberships maps member-id -> status."""
-    n = lambda tag: f"{{{NACM_NS}}}{tag}"
-    nacm = etree.Element(n("nacm"), nsmap={None: NACM_NS})
-    for leaf, value in (("enable-nacm", "true"), ("read-default", "deny"), ("write-default", "deny"),
-                        ("exec-default", "deny")):
-        etree.SubElement(nacm, n(leaf)).text = value
-    live = {m: s for m, s in sorted(memberships.items()) if s in LIVE}
-    groups = {"admin": admins, "member": [m for m, s in live.items() if s == "admitted"],
-              "applicant": [m for m, s in live.items() if s != "admitted"], "service-user": service_users,
-              "enrol": [ENROL_USER], **{f"self-{m}": [m] for m in live}}
-    groups_element = etree.SubElement(nacm, n("groups"))
-    for name, users in groups.items():
-        group = etree.SubElement(groups_element, n("group"))
-        etree.SubElement(group, n("name")).text = name
-        for user in users:
-            etree.SubElement(group, n("user-name")).text = user
-    fed = "/qi-fed:federation"
-
-    def rule_list(name: str, group_names: list[str], rules: list[tuple]) -> None:
-        element = etree.SubElement(nacm, n("rule-list"))
-        etree.SubElement(element, n("name")).text = name
-        for group in group_names:
-            etree.SubElement(element, n("group")).text = group
-        for i, (action, ops, module, kind, value) in enumerate(rules):
-            rule = etree.SubElement(element, n("rule"))
-            etree.SubElement(rule, n("name")).text = f"{name}-{i}"
-            etree.SubElement(rule, n("module-name")).text = module
-            if kind == "path":
-                etree.SubElement(rule, n("path"), nsmap={"qi-fed": FED_NS}).text = value
-            elif kind == "rpc":
-                etree.SubElement(rule, n("rpc-name")).text = value
-            etree.SubElement(rule, n("access-operations")).text = ops
-            etree.SubElement(rule, n("action")).text = action
-
-    rule_list("admin", ["admin"], [("permit", "*", "*", None, None)])
-    for member, status in live.items():
-        own = [("permit", "read", MODULE, "path", f"{fed}/qi-fed:members/qi-fed:member[qi-fed:member-id='{member}']")]
-        if status == "admitted":
-            own += [("permit", "create update delete", MODULE, "path",
-                     f"{fed}/qi-fed:advertisements/qi-fed:advertisement[qi-fed:member-id='{member}']"),
-                    ("permit", "create update delete", MODULE, "path",
-                     f"{fed}/qi-fed:members/qi-fed:member[qi-fed:member-id='{member}']/qi-fed:service-user")]
-        rule_list(f"self-{member}", [f"self-{member}"], own)
-    base_operations = [("permit", "exec", "ietf-netconf", "rpc", op)
-                       for op in ("get", "get-config", "edit-config", "validate", "commit", "close-session")]
-    rule_list("member-operations", ["member"], [("permit", "exec", MODULE, "rpc", "withdraw"),
-                                                ("permit", "exec", MODULE, "rpc", "report-delivery"),
-                                                ("permit", "exec", "notifications", "rpc", "create-subscription")])
-    rule_list("participants", ["member", "service-user"], [
-        ("deny", "exec", MODULE, "rpc", "*"),
-        ("deny", "read", "ietf-netconf-acm", None, None),
-        ("deny", "read", MODULE, "path", f"{fed}/qi-fed:members/qi-fed:member/qi-fed:agent"),
-        ("deny", "read", MODULE, "path", f"{fed}/qi-fed:members/qi-fed:member/qi-fed:service-user"),
-        ("permit", "create update delete", MODULE, "path", f"{fed}/qi-fed:services"),
-        *base_operations,
-        ("permit", "read", "*", None, None),
-    ])
-    rule_list("applicants", ["applicant"], [
-        ("permit", "exec", MODULE, "rpc", "withdraw"),
-        *[("permit", "exec", "ietf-netconf", "rpc", op) for op in ("get", "get-config", "close-session")],
-        *[("deny", "read", MODULE, "path", f"{fed}/qi-fed:{part}")
-          for part in ("members/qi-fed:member", "agreements", "advertisements", "services", "charging")],
-        ("permit", "read", MODULE, "path", fed),
-    ])
-    rule_list("enrol", ["enrol"], [("permit", "exec", MODULE, "rpc", "apply-membership")])
-    return nacm
 
 
 class _PlatformAccess:
@@ -766,15 +398,12 @@ class FederationPlatform:
 
     async def _set_status(self, state: ServiceState, status: str, reason: str) -> None:
         previous = state.status
-        reason = _clip(reason)
+        reason = clip(reason)
         if (previous, state.reason) == (status, reason):
             return
         state.status, state.reason = status, reason
-        event = etree.Element(_f("service-status-change"), nsmap={None: FED_NS})
-        for tag, value in (("service-id", state.request.service_id), ("status", status),
-                           ("previous-status", previous), ("reason", reason), ("time", _timestamp())):
-            _leaf(event, tag, value)
-        await self.server.notify(event)
+        await self.server.notify(service_status_change(state.request.service_id, status, previous, reason,
+                                                       _timestamp()))
 
     # --- charging -----------------------------------------------------------------------
 
@@ -798,13 +427,13 @@ class FederationPlatform:
                                            str(agreement.price_per_kbit if agreement else Decimal(0)), _timestamp())
 
     async def _report_delivery(self, session: Session, op: etree._Element, _context) -> None:
-        service_id = _text(op, "service-id", "")
+        service_id = FEDERATION.text(op, "service-id", "")
         record = self.records.get((session.username, service_id))
         if record is None:
             raise RPCError("invalid-value", f"member {session.username} has no segment of service {service_id}",
                            info={"bad-element": "service-id"})
-        record.keys += int(_text(op, "keys", "0"))
-        record.bits += int(_text(op, "bits", "0"))
+        record.keys += int(FEDERATION.text(op, "keys", "0"))
+        record.bits += int(FEDERATION.text(op, "bits", "0"))
         record.end_time = _timestamp()
         self._save()
         return None
@@ -812,8 +441,8 @@ class FederationPlatform:
     # --- membership ---------------------------------------------------------------------
 
     async def _apply(self, session: Session, op: etree._Element, _context) -> list[etree._Element]:
-        member_id = _text(op, "member-id", "")
-        key = _text(op, "ssh-public-key", "")
+        member_id = FEDERATION.text(op, "member-id", "")
+        key = FEDERATION.text(op, "ssh-public-key", "")
         if member_id in self.accounts:
             raise RPCError("invalid-value", f"member-id '{member_id}' is the name of an account of the platform",
                            info={"bad-element": "member-id"})
@@ -828,21 +457,16 @@ class FederationPlatform:
                            info={"bad-element": "ssh-public-key"})
 
         def add_entry(tree: etree._Element) -> None:
-            members = _child(_child(tree, "federation"), "members")
-            for old in members.iterfind(_f("member")):
-                if _text(old, "member-id") == member_id:
+            members = FEDERATION.child(FEDERATION.child(tree, "federation"), "members")
+            for old in members.iterfind(FEDERATION("member")):
+                if FEDERATION.text(old, "member-id") == member_id:
                     members.remove(old)
-            entry = etree.SubElement(members, _f("member"))
-            for tag in ("member-id", "name", "ssh-public-key"):
-                _leaf(entry, tag, _text(op, tag))
-            agent = etree.SubElement(entry, _f("agent"))
-            _leaf(agent, "address", _text(op, "agent-address"))
-            _leaf(agent, "port", _text(op, "agent-port", "830"))
+            add_member(members, FEDERATION.text(op, "member-id"), FEDERATION.text(op, "name"),
+                       FEDERATION.text(op, "ssh-public-key"), FEDERATION.text(op, "agent-address"),
+                       FEDERATION.text(op, "agent-port", "830"))
 
         await self._change_membership(member_id, Membership("applied"), add_entry)
-        status = etree.Element(_f("status"), nsmap={None: FED_NS})
-        status.text = "applied"
-        return [status]
+        return [application_status("applied")]
 
     async def _admit(self, session: Session, op: etree._Element, _context) -> None:
         member_id = self._known_member(op)
@@ -852,11 +476,7 @@ class FederationPlatform:
                            "member can be admitted", info={"bad-element": "member-id"})
         admitted_at = _timestamp()
         await self._change_membership(member_id, Membership("admitted", admitted_at))
-        event = etree.Element(_f("member-joined"), nsmap={None: FED_NS})
-        for tag, value in (("member-id", member_id), ("name", self.config.members[member_id].name),
-                           ("time", admitted_at)):
-            _leaf(event, tag, value)
-        await self.server.notify(event)
+        await self.server.notify(member_joined(member_id, self.config.members[member_id].name, admitted_at))
 
     async def _suspend(self, session: Session, op: etree._Element, _context) -> None:
         member_id = self._known_member(op)
@@ -876,24 +496,21 @@ class FederationPlatform:
                            info={"bad-element": "member-id"})
 
         def remove_what_it_offered(tree: etree._Element) -> None:
-            fed = _child(tree, "federation")
-            for path, owner in ((f"{_f('advertisements')}/{_f('advertisement')}", "member-id"),
-                                (f"{_f('services')}/{_f('service')}", "requesting-member")):
-                for entry in fed.iterfind(path):
-                    if _text(entry, owner) == member_id:
+            fed = FEDERATION.child(tree, "federation")
+            for path, owner in (("advertisements/advertisement", "member-id"),
+                                ("services/service", "requesting-member")):
+                for entry in FEDERATION.all(fed, path):
+                    if FEDERATION.text(entry, owner) == member_id:
                         entry.getparent().remove(entry)
 
         await self._change_membership(member_id, Membership("withdrawn"), remove_what_it_offered)
-        event = etree.Element(_f("member-left"), nsmap={None: FED_NS})
-        for tag, value in (("member-id", member_id), ("reason", _clip(_text(op, "reason") or "withdrawn")),
-                           ("time", _timestamp())):
-            _leaf(event, tag, value)
-        await self.server.notify(event)
+        await self.server.notify(member_left(member_id, clip(FEDERATION.text(op, "reason") or "withdrawn"),
+                                             _timestamp()))
         # After this reply is sent: the member's key no longer authenticates, its sessions end.
         asyncio.get_running_loop().call_soon(self._end_sessions, member_id)
 
     def _known_member(self, op: etree._Element) -> str:
-        member_id = _text(op, "member-id", "")
+        member_id = FEDERATION.text(op, "member-id", "")
         if member_id not in self.memberships:
             raise RPCError("invalid-value", f"no member {member_id}", info={"bad-element": "member-id"})
         return member_id
@@ -947,7 +564,7 @@ class FederationPlatform:
         admins = [self.admin] + [m for m in admitted if config.members[m].role == "admin"]
         service_users = sorted({u for m in admitted for u in config.members[m].service_users})
         rules = access_rules(admins, {m: self.status_of(m) or "applied" for m in config.members}, service_users)
-        old = tree.find(f"{{{NACM_NS}}}nacm")
+        old = tree.find(NACM("nacm"))
         if old is not None:
             tree.replace(old, rules)
         else:
@@ -1013,17 +630,18 @@ class FederationPlatform:
     def hide_others(self, user: str, tree: etree._Element) -> etree._Element:
         """Remove, from a tree NACM already pruned, the services and charging records that are
         not the user's member's."""
-        if tree.find(_f("federation")) is None or self.is_admin(user):
+        if tree.find(FEDERATION("federation")) is None or self.is_admin(user):
             return tree
         tree = copy.deepcopy(tree)  # NACM may hand back the datastore's own tree
-        fed = tree.find(_f("federation"))
+        fed = tree.find(FEDERATION("federation"))
         member = self.acting_member(user)
-        for service in fed.findall(f"{_f('services')}/{_f('service')}"):
-            if not self.may_see_service(user, _text(service, "service-id", ""), _text(service, "requesting-member")):
+        for service in FEDERATION.all(fed, "services/service"):
+            service_id = FEDERATION.text(service, "service-id", "")
+            if not self.may_see_service(user, service_id, FEDERATION.text(service, "requesting-member")):
                 service.getparent().remove(service)
         by_id = {str(r.record_id): r for r in self.records.values()}
-        for element in fed.findall(f"{_f('charging')}/{_f('record')}"):
-            record = by_id.get(_text(element, "record-id", ""))
+        for element in FEDERATION.all(fed, "charging/record"):
+            record = by_id.get(FEDERATION.text(element, "record-id", ""))
             if record is None or member not in (record.member_id, record.payer):
                 element.getparent().remove(element)
         return tree
@@ -1046,69 +664,37 @@ class FederationPlatform:
 
     def may_receive(self, user: str, event: Event) -> bool:
         if event.module == MODULE and event.name == "service-status-change":
-            return self.may_see_service(user, _text(event.content, "service-id", ""))
+            return self.may_see_service(user, FEDERATION.text(event.content, "service-id", ""))
         return True
 
     # --- operational state ----------------------------------------------------------------
 
     async def _state(self) -> etree._Element:
         config = FederationConfig.read(self.server.running())  # never state for deleted entries
-        data = etree.Element("data")
-        fed = etree.SubElement(data, _f("federation"), nsmap={None: FED_NS})
-        members = etree.SubElement(fed, _f("members"))
-        for member_id in config.members:
-            membership = self.memberships.get(member_id)
-            if membership is None:
-                continue
-            entry = etree.SubElement(members, _f("member"))
-            _leaf(entry, "member-id", member_id)
-            _leaf(entry, "status", membership.status)
-            if membership.admitted_at:
-                _leaf(entry, "admitted-at", membership.admitted_at)
-        ads = etree.SubElement(fed, _f("advertisements"))
+        members = [MemberStatus(member_id, self.memberships[member_id].status, self.memberships[member_id].admitted_at)
+                   for member_id in config.members if member_id in self.memberships]
         usable = {(m, crossing): link for link in self._view.links.values() for m, crossing in link.ends}
-        for member_id, offers in config.offers.items():
-            ad = etree.SubElement(ads, _f("advertisement"))
-            _leaf(ad, "member-id", member_id)
-            for crossing in offers:
-                link = etree.SubElement(ad, _f("inter-domain-link"))
-                _leaf(link, "link-id", crossing.link_id)
-                used = usable.get((member_id, crossing))
-                _leaf(link, "available", max(0, self._ledger.link_left(used)) if used else 0)
-        services = etree.SubElement(fed, _f("services"))
+
+        def left(member_id: str, crossing) -> int:
+            used = usable.get((member_id, crossing))
+            return max(0, self._ledger.link_left(used)) if used else 0
+        available = {member_id: [(crossing.link_id, left(member_id, crossing)) for crossing in offers]
+                     for member_id, offers in config.offers.items()}
+        services = []
         for service_id, state in self.services.items():
             if service_id not in config.services:
                 continue
-            service = etree.SubElement(services, _f("service"))
-            _leaf(service, "service-id", service_id)
-            _leaf(service, "status", state.status)
-            if state.reason:
-                _leaf(service, "reason", state.reason)
-            for domain in state.route.domains if state.route else ():
-                _leaf(service, "domain-route", domain)
-            segments = etree.SubElement(service, _f("segments"))
-            for index, segment_state in sorted(state.segments.items()):
-                segment = segment_state.segment
-                element = etree.SubElement(segments, _f("segment"))
-                _leaf(element, "index", index)
-                _leaf(element, "domain", segment.domain)
-                if segment.ingress:
-                    _leaf(element, "ingress", segment.ingress.local_node)
-                if segment.egress:
-                    _leaf(element, "egress", segment.egress.local_node)
-                if segment_state.reply.intent:
-                    _leaf(element, "intent", segment_state.reply.intent)
-                _leaf(element, "status", segment_state.reply.status)
-        charging = etree.SubElement(fed, _f("charging"))
-        for record in sorted(self.records.values(), key=lambda r: r.record_id):
-            element = etree.SubElement(charging, _f("record"))
-            for tag, value in (("record-id", record.record_id), ("member-id", record.member_id),
-                               ("service-id", record.service_id), ("keys", record.keys), ("bits", record.bits),
-                               ("start-time", record.start_time), ("end-time", record.end_time),
-                               ("agreement", record.agreement), ("price-per-kbit", record.price_per_kbit),
-                               ("amount", record.amount)):
-                if value is not None:
-                    _leaf(element, tag, value)
+            segments = tuple(SegmentStatus(index, s.segment.domain, s.segment.ingress.local_node if s.segment.ingress
+                                           else None, s.segment.egress.local_node if s.segment.egress else None,
+                                           s.reply.intent, s.reply.status)
+                             for index, s in sorted(state.segments.items()))
+            services.append(ServiceStatus(service_id, state.status, state.reason,
+                                          state.route.domains if state.route else (), segments))
+        charges = [Charge(r.record_id, r.member_id, r.service_id, r.keys, r.bits, r.start_time, r.end_time, r.agreement,
+                          Decimal(r.price_per_kbit), r.amount)
+                   for r in sorted(self.records.values(), key=lambda r: r.record_id)]
+        data = etree.Element("data")
+        data.append(federation_state(members, available, services, charges))
         return data
 
     # --- persistence ----------------------------------------------------------------------

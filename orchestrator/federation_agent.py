@@ -20,60 +20,41 @@ from fractions import Fraction
 from typing import Any
 
 import asyncssh
-from lxml import etree
 
-from netconf_core import ReconcileLoop
+from models.federation import Advertisement, ExternalLink, Node, Sae, advertisement_config, read_members
+from models.ns import FEDERATION
+from netconf_core import ReconcileLoop, UnpinnedEndpoint, trusted_host_keys
 from netconf_core.client import NetconfClient, SessionClosedError
-from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.errors import RPCError
 
 log = logging.getLogger(__name__)
 
-FED_NS = "urn:qstrata:yang:qi-federation"
 POLL = 0.05  # seconds between two reads of the membership while waiting for admission
 RECONNECT_MAX_S = 5.0  # longest wait between two attempts to reach a platform that dropped the session
-MEMBERSHIP_EVENTS = ("subtree", f'<member-joined xmlns="{FED_NS}"/><member-left xmlns="{FED_NS}"/>')
-
-
-def _f(tag: str) -> str:
-    return f"{{{FED_NS}}}{tag}"
-
-
-def _int(text: str | None) -> int | None:
-    return int(text) if text is not None else None
-
-
-def _leaf(parent: etree._Element, tag: str, value: object) -> etree._Element:
-    element = etree.SubElement(parent, _f(tag))
-    element.text = str(value)
-    return element
+MEMBERSHIP_EVENTS = ("subtree", f'<member-joined xmlns="{FEDERATION}"/><member-left xmlns="{FEDERATION}"/>')
 
 
 @dataclass(frozen=True)
 class PlatformEndpoint:
-    """How to reach the federation platform. `known_hosts` checks the platform's host key
-    (asyncssh's forms); None accepts any key, which suits loopback emulation only."""
+    """How to reach the federation platform, and how to know it is the platform: `host_key`,
+    its OpenSSH public host key line (NetconfServer.public_host_key), or `known_hosts`, a
+    known_hosts file; one of them is required (a changed or unknown key is refused)."""
 
     host: str
     port: int
     enrol_password: str
     enrol_user: str = "enrol"
     known_hosts: Any = None
+    host_key: str | None = None
 
+    def __post_init__(self) -> None:
+        if not self.host_key and not self.known_hosts:
+            raise UnpinnedEndpoint(f"the federation platform at {self.host}:{self.port} pins no host key: give "
+                                   "host_key or known_hosts")
 
-@dataclass(frozen=True)
-class Node:
-    node_id: str
-    km_id: str
-    site: str | None = None
-    qkdn_id: str | None = None  # ETSI GS QKD 015 qkdn_id: what a neighbour names as its link's remote end
-
-
-@dataclass(frozen=True)
-class Sae:
-    """An SAE of the domain and its key manager (ETSI GS QKD 014 KME)."""
-
-    sae_id: str
-    km_id: str
+    def trusted(self) -> Any:
+        """The `known_hosts` argument of NetconfClient.connect for the platform."""
+        return trusted_host_keys(self.host_key) if self.host_key else self.known_hosts
 
 
 @dataclass(frozen=True)
@@ -86,31 +67,12 @@ class InternalLink:
 
 
 @dataclass(frozen=True)
-class ExternalLink:
-    """A QKD link from a node of the domain to a border node of another member."""
-
-    link_id: str
-    local_node: str
-    peer_member: str
-    peer_node: str
-    capacity: int  # key rate the link can spare for cross-domain services, bit/s
-    local_interface: int | None = None  # qkdi_id of the local node's interface on the link
-
-
-@dataclass(frozen=True)
 class DomainResources:
     """What the domain's orchestrator knows of its network."""
 
     nodes: tuple[Node, ...]
     internal_links: tuple[InternalLink, ...] = ()
     external_links: tuple[ExternalLink, ...] = ()
-    saes: tuple[Sae, ...] = ()
-
-
-@dataclass(frozen=True)
-class Advertisement:
-    border_nodes: tuple[Node, ...]
-    links: tuple[ExternalLink, ...]  # capacity: what is offered
     saes: tuple[Sae, ...] = ()
 
 
@@ -181,14 +143,14 @@ class FederationAgent:
     async def apply(self) -> str:
         """apply-membership through the enrolment account; returns the membership status."""
         p = self.platform
-        op = etree.Element(_f("apply-membership"), nsmap={None: FED_NS})
-        for tag, value in (("member-id", self.member_id), ("name", self.name), ("ssh-public-key", self.public_key),
-                           ("agent-address", self.agent_address), ("agent-port", self.agent_port)):
-            _leaf(op, tag, value)
+        op = FEDERATION.element("apply-membership", leaves={
+            "member-id": self.member_id, "name": self.name, "ssh-public-key": self.public_key,
+            "agent-address": self.agent_address, "agent-port": self.agent_port})
         async with await NetconfClient.connect(p.host, p.port, p.enrol_user, password=p.enrol_password,
-                                               known_hosts=p.known_hosts) as nc:
+                                               known_hosts=p.trusted()) as nc:
             reply = await nc.dispatch(op)
-        return (reply.findtext(f".//{_f('status')}") or "").strip() if reply is not None else ""
+        status = next(reply.iter(FEDERATION("status")), None) if reply is not None else None
+        return (status.text or "").strip() if status is not None else ""
 
     async def session(self) -> NetconfClient:
         """The member's own session on the platform, opened with its key on first use and
@@ -196,16 +158,17 @@ class FederationAgent:
         if self._session is None or self._session.closed:
             p = self.platform
             self._session = await NetconfClient.connect(p.host, p.port, self.member_id, client_keys=[self.key],
-                                                        known_hosts=p.known_hosts)
+                                                        known_hosts=p.trusted())
         return self._session
 
     async def status(self) -> str | None:
         """The membership's status as the platform reports it."""
         nc = await self.session()
-        data = await nc.get(("subtree", f'<federation xmlns="{FED_NS}"><members><member>'
+        data = await nc.get(("subtree", f'<federation xmlns="{FEDERATION}"><members><member>'
                                         f"<member-id>{self.member_id}</member-id></member></members></federation>"))
-        status = data.findtext(f".//{_f('member')}/{_f('status')}") if data is not None else None
-        return status.strip() if status else None
+        members = data.iter(FEDERATION("member")) if data is not None else ()
+        return next((FEDERATION.text(m, "status") for m in members if FEDERATION.find(m, "status") is not None),
+                    None) or None
 
     async def wait_admitted(self, timeout: float = 10.0) -> None:
         """Wait for admission (or raise PermissionError if the membership ended instead, or
@@ -228,57 +191,22 @@ class FederationAgent:
     async def _advertise(self) -> None:
         async with self._lock:
             nc = await self.session()
-            members = await nc.get_config(filter=("subtree", f'<federation xmlns="{FED_NS}"><members><member>'
+            members = await nc.get_config(filter=("subtree", f'<federation xmlns="{FEDERATION}"><members><member>'
                                                             "<member-id/></member></members></federation>"))
-            known = {(e.text or "").strip() for e in members.iter(_f("member-id"))} if members is not None else set()
+            known = {(e.text or "").strip() for e in members.iter(FEDERATION("member-id"))} \
+                if members is not None else set()
             offer = self.policy.advertisement(self.resources)
             offer = replace(offer, links=tuple(l for l in offer.links if l.peer_member in known))
-            await nc.edit_config(self._advertisement_xml(offer))
+            await nc.edit_config(advertisement_config(self.member_id, offer))
             self.advertised = offer
-
-    def _advertisement_xml(self, offer: Advertisement) -> etree._Element:
-        fed = etree.Element(_f("federation"), nsmap={None: FED_NS, "nc": BASE_NS})
-        ad = etree.SubElement(etree.SubElement(fed, _f("advertisements")), _f("advertisement"))
-        ad.set(f"{{{BASE_NS}}}operation", "replace")
-        _leaf(ad, "member-id", self.member_id)
-        for node in offer.border_nodes:
-            element = etree.SubElement(ad, _f("border-node"))
-            for tag, value in (("node-id", node.node_id), ("km-id", node.km_id), ("qkdn-id", node.qkdn_id),
-                               ("site", node.site)):
-                if value:
-                    _leaf(element, tag, value)
-        for sae in offer.saes:
-            element = etree.SubElement(ad, _f("sae"))
-            _leaf(element, "sae-id", sae.sae_id)
-            _leaf(element, "km-id", sae.km_id)
-        for link in offer.links:
-            element = etree.SubElement(ad, _f("inter-domain-link"))
-            for tag, value in (("link-id", link.link_id), ("local-border-node", link.local_node),
-                               ("local-interface", link.local_interface), ("peer-member", link.peer_member),
-                               ("peer-border-node", link.peer_node), ("capacity", link.capacity)):
-                if value is not None:
-                    _leaf(element, tag, value)
-        return fed
 
     async def members(self) -> dict[str, tuple[str, Advertisement | None]]:
         """Every member the platform shows this one, with its membership status and what it
         advertises (links with their capacity as offered)."""
         nc = await self.session()
-        data = await nc.get(("subtree", f'<federation xmlns="{FED_NS}"><members><member><member-id/><status/>'
+        data = await nc.get(("subtree", f'<federation xmlns="{FEDERATION}"><members><member><member-id/><status/>'
                                         "</member></members><advertisements/></federation>"))
-        text = lambda element, tag: (element.findtext(_f(tag)) or "").strip() or None
-        offers = {}
-        for ad in data.iter(_f("advertisement")) if data is not None else ():
-            nodes = tuple(Node(text(n, "node-id") or "", text(n, "km-id") or "", text(n, "site"), text(n, "qkdn-id"))
-                          for n in ad.iterfind(_f("border-node")))
-            links = tuple(ExternalLink(text(l, "link-id") or "", text(l, "local-border-node") or "",
-                                       text(l, "peer-member") or "", text(l, "peer-border-node") or "",
-                                       int(text(l, "capacity") or 0), _int(text(l, "local-interface")))
-                          for l in ad.iterfind(_f("inter-domain-link")))
-            saes = tuple(Sae(text(s, "sae-id") or "", text(s, "km-id") or "") for s in ad.iterfind(_f("sae")))
-            offers[text(ad, "member-id")] = Advertisement(nodes, links, saes)
-        return {text(m, "member-id") or "": (text(m, "status") or "", offers.get(text(m, "member-id")))
-                for m in data.iter(_f("member"))} if data is not None else {}
+        return read_members(data)
 
     async def _follow(self) -> None:
         """A pass of the follower: subscribed to the federation's membership events on a live
@@ -300,25 +228,20 @@ class FederationAgent:
 
     async def allow_service_user(self, user: str) -> None:
         """Let a service-layer (Fa) account of the platform request services the member pays for."""
-        fed = etree.Element(_f("federation"), nsmap={None: FED_NS})
-        member = etree.SubElement(etree.SubElement(fed, _f("members")), _f("member"))
-        _leaf(member, "member-id", self.member_id)
-        _leaf(member, "service-user", user)
+        fed = FEDERATION.element("federation")
+        member = FEDERATION.sub(FEDERATION.sub(fed, "members"), "member")
+        FEDERATION.sub(member, "member-id", self.member_id)
+        FEDERATION.sub(member, "service-user", user)
         await (await self.session()).edit_config(fed)
 
     async def report_delivery(self, service_id: str, keys: int, bits: int) -> None:
         """Key the domain delivered for a service since the previous report."""
-        op = etree.Element(_f("report-delivery"), nsmap={None: FED_NS})
-        for tag, value in (("service-id", service_id), ("keys", keys), ("bits", bits)):
-            _leaf(op, tag, value)
+        op = FEDERATION.element("report-delivery", leaves={"service-id": service_id, "keys": keys, "bits": bits})
         await (await self.session()).dispatch(op)
 
     async def withdraw(self, reason: str = "") -> None:
         """Leave the federation: the platform drops the advertisement and ends the session."""
-        op = etree.Element(_f("withdraw"), nsmap={None: FED_NS})
-        _leaf(op, "member-id", self.member_id)
-        if reason:
-            _leaf(op, "reason", reason)
+        op = FEDERATION.element("withdraw", leaves={"member-id": self.member_id, "reason": reason or None})
         await (await self.session()).dispatch(op)
         self._admitted = False
         self.advertised = None

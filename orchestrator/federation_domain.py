@@ -36,14 +36,17 @@ from typing import Awaitable, Callable
 import asyncssh
 from lxml import etree
 
+from models.forwarding import ExternalLinkRequest, ForwardingView, QkdLink, external_links_config, links_delete
+from models.intent import INTENTS_FILTER, IntentSpec, intent_elements, segment_intent as intent_edit
+from models.ns import INTENT, NW
+from models.service import SESSIONS_FILTER, SegmentEnds, ServiceView
+from netconf_core import ReconcileLoop
 from netconf_core.client import SessionClosedError
-from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.errors import RPCError
 from netconf_core.link import DeviceLink, Endpoint
+from netconf_core.ns import BASE
 from orchestrator.federation import SEGMENT_TIMEOUT, Segment, SegmentReply
 from orchestrator.federation_agent import Advertisement, DomainResources, ExternalLink, FederationAgent, Node, Sae
-from orchestrator.intents import INT_NS, IntentSpec, intent_elements
-from orchestrator.requests import ExternalLinkRequest, SegmentEnds, external_links_config, links_delete
-from orchestrator.views import NW_NS, SVC_NS, ForwardingView, QkdLink, ServiceView
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +60,6 @@ SEGMENT_STATUS = {"active": "active", "degraded": "degraded", "repairing": "degr
 PASS_ERRORS = (RPCError, SessionClosedError, OSError, asyncio.TimeoutError, asyncssh.Error)
 
 
-def _i(tag: str) -> str:
-    return f"{{{INT_NS}}}{tag}"
-
-
 def intent_name(service_id: str) -> str:
     """The intent that carries a service's segment in a domain (a qit:identifier)."""
     name = INTENT_PREFIX + service_id
@@ -70,25 +69,20 @@ def intent_name(service_id: str) -> str:
 def segment_intent(service_id: str, segment: Segment) -> etree._Element:
     """The <intents> edit that makes `segment` the domain's intent for the service."""
     assert segment.source_km is not None and segment.destination_km is not None
-    intents = etree.Element(_i("intents"), nsmap={None: INT_NS, "nc": BASE_NS})
-    intent = etree.SubElement(intents, _i("intent"))
-    intent.set(f"{{{BASE_NS}}}operation", "replace")
-    etree.SubElement(intent, _i("name")).text = intent_name(service_id)
-    endpoints = etree.SubElement(intent, _i("endpoints"))
-    etree.SubElement(endpoints, _i("source-sae")).text = segment.source_sae
-    etree.SubElement(endpoints, _i("destination-sae")).text = segment.destination_sae
-    etree.SubElement(intent, _i("min-rate")).text = str(segment.rate)
-    container = etree.SubElement(intent, _i("segment"))
-    etree.SubElement(container, _i("service")).text = service_id
-    SegmentEnds(segment.source_km, segment.destination_km, segment.ingress.link_id if segment.ingress else None,
-                segment.egress.link_id if segment.egress else None).append_to(container, INT_NS)
-    return intents
+    ends = SegmentEnds(segment.source_km, segment.destination_km, segment.ingress.link_id if segment.ingress else None,
+                       segment.egress.link_id if segment.egress else None)
+    return intent_edit(intent_name(service_id), service_id, segment.source_sae, segment.destination_sae, segment.rate,
+                       ends)
 
 
 def _spec(data: etree._Element | None, name: str) -> IntentSpec | None:
     """The configuration of intent `name` in a <data> reply."""
     element = intent_elements(data).get(name) if data is not None else None
     return IntentSpec.from_xml(element) if element is not None else None
+
+
+def _intent_filter(name: str) -> str:
+    return f'<intents xmlns="{INTENT}"><intent><name>{name}</name></intent></intents>'
 
 
 def _reply(name: str, state: str, reason: str) -> SegmentReply:
@@ -125,12 +119,11 @@ class IntentSegments:
                                                  "knows its key manager")
         name, wanted = intent_name(service_id), segment_intent(service_id, segment)
         nc = await self.link.session()
-        current = await nc.get(("subtree", f'<intents xmlns="{INT_NS}"><intent><name>{name}</name></intent>'
-                                           "</intents>"))
+        current = await nc.get(("subtree", _intent_filter(name)))
         self.services[name] = service_id
         if _spec(current, name) == IntentSpec.from_xml(wanted[0]):
             intent = intent_elements(current)[name]
-            return _reply(name, (intent.findtext(_i("state")) or "").strip(), intent.findtext(_i("reason")) or "")
+            return _reply(name, INTENT.text(intent, "state", ""), INTENT.text(intent, "reason", ""))
         changes = self._waiting[name] = asyncio.Queue()
         try:
             await nc.edit_config(wanted)
@@ -148,21 +141,20 @@ class IntentSegments:
         changed it already: make before break)."""
         name = intent_name(service_id)
         nc = await self.link.session()
-        current = await nc.get_config(filter=("subtree", f'<intents xmlns="{INT_NS}"><intent><name>{name}</name>'
-                                                         "</intent></intents>"))
+        current = await nc.get_config(filter=("subtree", _intent_filter(name)))
         if segment.source_km is None or segment.destination_km is None or \
                 _spec(current, name) != IntentSpec.from_xml(segment_intent(service_id, segment)[0]):
             return
-        await nc.edit_config(f'<intents xmlns="{INT_NS}" xmlns:nc="{BASE_NS}"><intent nc:operation="remove">'
+        await nc.edit_config(f'<intents xmlns="{INTENT}" xmlns:nc="{BASE}"><intent nc:operation="remove">'
                              f"<name>{name}</name></intent></intents>")
         self.services.pop(name, None)
 
     async def _notified(self, link: DeviceLink, notification: etree._Element) -> None:
-        change = notification.find(_i("intent-state-change"))
-        name = (change.findtext(_i("name")) or "").strip() if change is not None else ""
+        change = INTENT.find(notification, "intent-state-change")
+        name = INTENT.text(change, "name", "")
         if name not in self.services:
             return
-        state, reason = (change.findtext(_i("to")) or "").strip(), change.findtext(_i("reason")) or ""
+        state, reason = INTENT.text(change, "to", ""), INTENT.text(change, "reason", "")
         if name in self._waiting:
             self._waiting[name].put_nowait((state, reason))
             return
@@ -222,8 +214,8 @@ class FederatedDomain:
         self.capacity: dict[str, int] = {}             # link -> eskr observed when it came up
         self.reported: dict[str, tuple[int, int]] = {}  # segment intent -> (keys, bits) reported so far
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._loop = ReconcileLoop(f"federated domain {agent.member_id}", self._pass, period=period,
+                                   backoff_initial=None, expected=PASS_ERRORS, logger=log)
 
     @property
     def member_id(self) -> str:
@@ -236,13 +228,10 @@ class FederatedDomain:
         async with asyncio.timeout(timeout):
             await asyncio.gather(*(link.connected.wait() for link in links))
         await self.sync()
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"federated domain {self.member_id}")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
         await self.agent.close()
         await asyncio.gather(*(link.stop() for link in (self.forwarding, self.service, self.orchestrator)))
 
@@ -254,21 +243,13 @@ class FederatedDomain:
         await self.sync()
 
     async def _woken(self, link: DeviceLink, notification: etree._Element) -> None:
-        self._wake.set()
+        self._loop.wake()
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self.period):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                await self.sync()
-                await self.report()
-            except PASS_ERRORS as err:
-                log.warning("federated domain %s: pass stopped: %s", self.member_id, err)
+    async def _pass(self) -> None:
+        """Woken by a notification of the forwarding controller or orchestrator, or the period;
+        a failed pass waits for the next."""
+        await self.sync()
+        await self.report()
 
     # --- inter-domain links and the advertisement --------------------------------------------------
 
@@ -276,7 +257,7 @@ class FederatedDomain:
         """One pass: the domain's ends of the inter-domain links, and the advertisement."""
         async with self._lock:
             forwarding = await self.forwarding.session()
-            fwd = ForwardingView.parse(await forwarding.get(("subtree", f'<networks xmlns="{NW_NS}"/>')))
+            fwd = ForwardingView.parse(await forwarding.get(("subtree", f'<networks xmlns="{NW}"/>')))
             members = await self.agent.members() if self.agent.admitted else {}
             wanted = [r for border in self.border_links if (r := self._link_request(border, fwd, members))]
             stale = [r for r in wanted if not _configured(fwd.links.get(r.link_id), r)]
@@ -329,7 +310,7 @@ class FederatedDomain:
     async def _segments(self) -> dict[str, IntentSpec]:
         """The domain's intents that are segments of cross-domain services, by name."""
         intents = await (await self.orchestrator.session()).get_config(
-            filter=("subtree", f'<intents xmlns="{INT_NS}"/>'))
+            filter=("subtree", INTENTS_FILTER))
         specs = (IntentSpec.from_xml(e) for e in intent_elements(intents).values()) if intents is not None else ()
         return {spec.name: spec for spec in specs if spec.segment is not None}
 
@@ -345,7 +326,7 @@ class FederatedDomain:
         async with self._lock:
             services = {name: spec.service for name, spec in (await self._segments()).items() if spec.service}
             sessions = ServiceView.parse(await (await self.service.session()).get(
-                ("subtree", f'<sessions xmlns="{SVC_NS}"/>'))).sessions
+                ("subtree", SESSIONS_FILTER))).sessions
             self.reported = {name: count for name, count in self.reported.items() if name in services}
             for name, service_id in services.items():
                 session = sessions.get(name)

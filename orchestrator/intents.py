@@ -31,15 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import logging
 import pathlib
-from dataclasses import dataclass, field
 from typing import ClassVar
 
-import networkx as nx
+import asyncssh
 from lxml import etree
 
+from models.alarms import raised_link_alarms, read_alarms
+from models.connectivity import read_fibre_network
+from models.forwarding import ForwardingView, links_config, links_delete
+from models.intent import IntentSpec, clip, dry_run_entry, intent_elements, intent_state, intent_state_change
+from models.ns import ALARMS, INTENT, NW
+from models.service import SERVICE_FILTER, ServiceView, SessionConfig
 from netconf_core import ReconcileLoop
 from netconf_core.client import SessionClosedError
 from netconf_core.datastore import empty_tree
@@ -48,182 +52,23 @@ from netconf_core.link import DeviceLink, Endpoint
 from netconf_core.schema_cache import schema_for
 from netconf_core.server import NetconfServer, SubtreeWriters, User, standard_nacm
 from orchestrator import lifecycle
+from orchestrator.decisions import (Decision, NotReady, Observation, Outcome, available_rate, conditions, demand_of,
+                                    describe, describe_path, hop_entry, local_plan, lost_paths, plan_hops,
+                                    plan_requests, protected_plan, protection_lost)
 from orchestrator.delivery import DeliveryMeter
-from orchestrator.planner import Demand, Infeasible, Network, Plan, Planner
-from orchestrator.requests import SegmentEnds, SessionRequest, links_config, links_delete
-from orchestrator.store import IntentRecord, IntentStore, timestamp
-from orchestrator.views import (AL_NS, NW_NS, SVC_NS, FibreView, ForwardingView, Hop, ServiceView, Session,
-                                parse_alarms, qber_alarms)
+from orchestrator.planner import Infeasible, Network, Plan, Planner
+from orchestrator.store import IntentRecord, IntentStore
 
 log = logging.getLogger(__name__)
 
-INT_NS = "urn:qstrata:yang:qi-intent"
-REASON_MAX = 1024
 RETRY_SOON = 0.1      # seconds before the next pass while something is in progress
 RETRY_ERROR = 1.0     # ... after a stratum failed to answer
 DEBOUNCE = 0.01       # notifications come in bursts: one pass for a burst
 LINK_UP_GRACE = 15.0  # seconds a new QKD link may take to come up before it counts as broken
 RETRY_BACKOFF = 0.5   # seconds a failed intent waits before it is tried again, doubled per failure in a row ...
 RETRY_BACKOFF_MAX = 8.0  # ... up to this
-NETWORKS_FILTER = f'<networks xmlns="{NW_NS}"/>'
-FORWARDING_FILTER = NETWORKS_FILTER + f'<alarms xmlns="{AL_NS}"><alarm-list/></alarms>'
-SERVICE_FILTER = f'<sessions xmlns="{SVC_NS}"/><sae-directory xmlns="{SVC_NS}"/>'
-
-
-def _i(tag: str) -> str:
-    return f"{{{INT_NS}}}{tag}"
-
-
-def _leaf(parent: etree._Element, tag: str, value: object) -> etree._Element:
-    element = etree.SubElement(parent, _i(tag))
-    element.text = str(value)
-    return element
-
-
-def _clip(reason: str) -> str:
-    return reason if len(reason) <= REASON_MAX else reason[: REASON_MAX - 3] + "..."
-
-
-class NotReady(Exception):
-    """A stratum answers but has not read its own devices yet: nothing is decided on its word."""
-
-
-@dataclass(frozen=True)
-class IntentSpec:
-    """An intent's configuration, as committed."""
-
-    name: str
-    source_sae: str
-    destination_sae: str
-    min_rate: int
-    enabled: bool = True
-    key_size: int = 256
-    ttl: int | None = None
-    disjoint_paths: int = 1
-    max_hops: int | None = None
-    avoid_nodes: tuple[str, ...] = ()
-    avoid_links: tuple[str, ...] = ()
-    qber_ceiling: float | None = None
-    priority: int = 100
-    allow_federation: bool = False
-    service: str | None = None          # for a segment: the cross-domain service it is part of
-    segment: SegmentEnds | None = None
-
-    @classmethod
-    def from_xml(cls, intent: etree._Element) -> IntentSpec:
-        text = lambda tag, default=None: (intent.findtext(_i(tag)) or "").strip() or default
-        number = lambda tag: int(text(tag)) if text(tag) is not None else None
-        endpoints = intent.find(_i("endpoints"))
-        segment = intent.find(_i("segment"))
-        in_segment = lambda tag: (segment.findtext(_i(tag)) or "").strip() or None if segment is not None else None
-        return cls(
-            name=text("name", ""),
-            source_sae=(endpoints.findtext(_i("source-sae")) or "").strip() if endpoints is not None else "",
-            destination_sae=(endpoints.findtext(_i("destination-sae")) or "").strip() if endpoints is not None else "",
-            min_rate=number("min-rate") or 0,
-            enabled=text("enabled", "true") == "true",
-            key_size=number("key-size") or 256,
-            ttl=number("ttl"),
-            disjoint_paths=number("disjoint-paths") or 1,
-            max_hops=number("max-hops"),
-            avoid_nodes=tuple((e.text or "").strip() for e in intent.iterfind(_i("avoid-nodes"))),
-            avoid_links=tuple((e.text or "").strip() for e in intent.iterfind(_i("avoid-links"))),
-            qber_ceiling=float(text("qber-ceiling")) if text("qber-ceiling") else None,
-            priority=number("priority") if number("priority") is not None else 100,
-            allow_federation=text("allow-federation", "false") == "true",
-            service=in_segment("service"),
-            segment=SegmentEnds(in_segment("source-km") or "", in_segment("destination-km") or "",
-                                in_segment("ingress-link"), in_segment("egress-link")) if segment is not None else None)
-
-    @property
-    def needs_local_sae(self) -> bool:
-        """Whether an end of the intent is an SAE of this domain (not an inter-domain link)."""
-        return self.segment is None or self.segment.ingress_link is None or self.segment.egress_link is None
-
-    def demand(self, saes: dict[str, str]) -> Demand:
-        """What the intent asks of the network; a segment's end beyond an inter-domain link
-        is that link's far node, and its SAE is another domain's."""
-        ends = self.segment or SegmentEnds("", "", None, None)
-        source = ends.source_km if ends.ingress_link else _local_km(self.source_sae, saes)
-        destination = ends.destination_km if ends.egress_link else _local_km(self.destination_sae, saes)
-        return Demand(self.name, source, destination, self.min_rate, self.priority, self.disjoint_paths,
-                      self.max_hops, frozenset(self.avoid_nodes), frozenset(self.avoid_links), self.qber_ceiling,
-                      ends.ingress_link, ends.egress_link)
-
-    def session_request(self, steer: tuple[str, ...]) -> SessionRequest:
-        avoid = tuple(sorted(set(self.avoid_links) | set(steer)))
-        return SessionRequest(self.name, self.source_sae, self.destination_sae, self.min_rate, self.key_size,
-                              self.ttl, self.max_hops, tuple(sorted(self.avoid_nodes)), avoid, self.qber_ceiling,
-                              self.segment)
-
-
-@dataclass
-class LocalPlan(Plan):
-    """Both SAEs on one key manager: a path of its node alone, no QKD link; the key manager
-    delivers the keys to both itself."""
-
-    node: str = ""
-
-    @property
-    def source_node(self) -> str:
-        return self.node
-
-
-def local_plan(demand: Demand, fwd: ForwardingView) -> LocalPlan | None:
-    """The plan of a demand between two SAEs of one key manager; None for any other."""
-    if demand.source_km != demand.destination_km or demand.ingress_link or demand.egress_link:
-        return None
-    node = fwd.node_of_km(demand.source_km)
-    if node is None:
-        raise Infeasible(f"key manager {demand.source_km} has no QKD node in the forwarding topology")
-    if node in demand.avoid_nodes:
-        raise Infeasible(f"QKD node {node} serves both endpoints and cannot be avoided")
-    return LocalPlan(demand, [[]], node)
-
-
-def _local_km(sae: str, saes: dict[str, str]) -> str:
-    if sae not in saes:
-        raise Infeasible(f"SAE {sae} is not attached to any key manager of the service stratum")
-    return saes[sae]
-
-
-def intent_elements(tree: etree._Element) -> dict[str, etree._Element]:
-    """The intents of a datastore tree, by name."""
-    container = tree.find(_i("intents"))
-    if container is None:
-        return {}
-    return {(e.findtext(_i("name")) or "").strip(): e for e in container.iterfind(_i("intent"))}
-
-
-@dataclass
-class Observation:
-    fwd: ForwardingView
-    fibre: FibreView
-    svc: ServiceView
-
-
-@dataclass
-class Decision:
-    """What one pass concluded for one live intent."""
-
-    record: IntentRecord
-    spec: IntentSpec
-    session: Session | None
-    plan: Plan | None = None
-    why: str = ""          # why there is no plan
-    problem: str = ""      # why the current realisation no longer serves
-    forced: str = ""       # why the operator asked for a re-plan
-    shortfall: str = ""    # why the plan has fewer disjoint paths than asked ('' when it has them all)
-    lost: list[dict] = field(default_factory=list)  # paths of the intent no longer planned, and why
-
-
-@dataclass
-class Outcome:
-    """Result of asking the strata for what a plan needs."""
-
-    done: bool
-    waiting: str = ""
-    steer: tuple[str, ...] = field(default_factory=tuple)
+NETWORKS_FILTER = f'<networks xmlns="{NW}"/>'
+FORWARDING_FILTER = NETWORKS_FILTER + f'<alarms xmlns="{ALARMS}"><alarm-list/></alarms>'
 
 
 class Orchestrator:
@@ -233,15 +78,16 @@ class Orchestrator:
                  users: dict[str, User], store_dir: str | pathlib.Path, *,
                  read_write: tuple[str, ...] = ("admin",), read_only: tuple[str, ...] = ("monitor",),
                  intent_writers: tuple[str, ...] = (), host: str = "127.0.0.1", port: int = 0,
-                 period: float = 5.0):
+                 period: float = 5.0, host_key: asyncssh.SSHKey | None = None):
         """`intent_writers` may read, and create, change and remove intents, nothing else: the
         accounts of those who ask for intents on the operator's behalf (a federation platform)."""
         self.name = name
         self.period = period
         self.store = IntentStore(store_dir)
-        writers = SubtreeWriters(intent_writers, "/qi-intent:intents", {"qi-intent": INT_NS}) if intent_writers else None
+        writers = SubtreeWriters(intent_writers, "/qi-intent:intents", {"qi-intent": INTENT}) \
+            if intent_writers else None
         # Its datastores (and a pending confirmed commit) live by the store; intents come from the store.
-        self.server = NetconfServer(schema_for(self.modules), users, host=host, port=port,
+        self.server = NetconfServer(schema_for(self.modules), users, host=host, port=port, host_key=host_key,
                                     datastore_dir=self.store.directory / "datastores",
                                     nacm=standard_nacm(list(read_write), list(read_only), subtree_writers=writers),
                                     name=name)
@@ -277,13 +123,13 @@ class Orchestrator:
         place through the commit path, so the change handler sees any difference."""
         records = [r for r in self.store.intents() if not r.deleted]
         tree = copy.deepcopy(self.server.running())
-        saved = tree.findall(_i("intents"))  # as running was saved: the store's are the truth
+        saved = tree.findall(INTENT("intents"))  # as running was saved: the store's are the truth
         if not records and not saved:
             return
         for container in saved:
             tree.remove(container)
         if records:
-            container = etree.SubElement(tree, _i("intents"), nsmap={None: INT_NS})
+            container = etree.SubElement(tree, INTENT("intents"), nsmap={None: INTENT})
             for record in records:
                 container.append(etree.fromstring(record.config))
         tree = self.server.schema.canonical(tree, config_only=True)
@@ -335,8 +181,8 @@ class Orchestrator:
         fwd, fibre, svc = await asyncio.gather(*(
             self._get(stratum, filter_) for stratum, filter_ in
             (("forwarding", FORWARDING_FILTER), ("connectivity", NETWORKS_FILTER), ("service", SERVICE_FILTER))))
-        self.alarms = qber_alarms(parse_alarms(fwd))
-        return Observation(ForwardingView.parse(fwd), FibreView.parse(fibre), ServiceView.parse(svc))
+        self.alarms = raised_link_alarms(read_alarms(fwd))
+        return Observation(ForwardingView.parse(fwd), read_fibre_network(fibre), ServiceView.parse(svc))
 
     async def _get(self, stratum: str, subtree: str) -> etree._Element | None:
         session = await self.strata[stratum].session()
@@ -366,84 +212,31 @@ class Orchestrator:
         self.wake()
 
     async def _replan(self, session, action: etree._Element, context: etree._Element | None) -> list:
-        name = (context.findtext(_i("name")) or "").strip() if context is not None else ""
+        name = INTENT.text(context, "name", "")
         record = self.store.get(name)
         if record is None or record.deleted:
             raise RPCError("data-missing", f"no intent {name!r}")
-        reason = (action.findtext(_i("reason")) or "").strip()
+        reason = INTENT.text(action, "reason", "")
         self.forced[name] = (reason or "re-plan asked by the operator", False)
         self.wake()
-        state = etree.Element(_i("state"), nsmap={None: INT_NS})
-        state.text = record.state
-        return [state]
+        return [INTENT.element("state", record.state)]
 
     async def _state(self) -> etree._Element:
         tree = empty_tree()
-        container = etree.SubElement(tree, _i("intents"), nsmap={None: INT_NS})
+        container = etree.SubElement(tree, INTENT("intents"), nsmap={None: INTENT})
         for record in self.store.intents(include_deleted=False):
-            container.append(self._intent_state(record))
+            container.append(intent_state(record, self.store.history(record.name)))
         return tree
-
-    def _intent_state(self, record: IntentRecord) -> etree._Element:
-        intent = etree.Element(_i("intent"))
-        _leaf(intent, "name", record.name)
-        _leaf(intent, "state", record.state)
-        _leaf(intent, "state-since", record.state_since)
-        _leaf(intent, "reason", _clip(record.reason))
-        status = record.status
-        for rate in ("observed-rate", "available-rate"):
-            if status.get(rate) is not None:
-                _leaf(intent, rate, status[rate])
-        conditions = etree.SubElement(intent, _i("conditions"))
-        for kind, condition in sorted(status.get("conditions", {}).items()):
-            entry = etree.SubElement(conditions, _i("condition"))
-            # An identityref of qi-intent without prefix: its namespace is the default one in
-            # effect (RFC 7950, 9.10.3), which survives the engine's merge of state into the
-            # running tree, where lxml drops a prefix declared for the same namespace.
-            _leaf(entry, "type", kind)
-            for key in ("status", "reason", "message", "last-transition-time"):
-                if condition.get(key) is not None:
-                    _leaf(entry, key, _clip(condition[key]) if key == "message" else condition[key])
-        history = etree.SubElement(intent, _i("history"))
-        for transition in self.store.history(record.name):
-            entry = etree.SubElement(history, _i("transition"))
-            _leaf(entry, "sequence", transition.sequence)
-            if transition.from_state:
-                _leaf(entry, "from", transition.from_state)
-            _leaf(entry, "to", transition.to_state)
-            _leaf(entry, "time", transition.time)
-            _leaf(entry, "reason", _clip(transition.reason))
-            if transition.count > 1:
-                _leaf(entry, "count", transition.count)
-        if status.get("session"):
-            _leaf(intent, "session", status["session"])
-        paths = etree.SubElement(intent, _i("paths"))
-        for index, path in enumerate(status.get("paths", [])):
-            entry = etree.SubElement(paths, _i("path"))
-            _leaf(entry, "index", index)
-            _leaf(entry, "in-use", "true" if path["in-use"] else "false")
-            for position, hop in enumerate(path["hops"]):
-                hop_element = etree.SubElement(entry, _i("hop"))
-                _leaf(hop_element, "index", position)
-                for key in ("km-id", "node-id", "link-id"):
-                    if hop.get(key):
-                        _leaf(hop_element, key, hop[key])
-        return intent
 
     async def _transition(self, record: IntentRecord, to_state: str, reason: str) -> None:
         lifecycle.check(record.state, to_state)
-        transition = self.store.transition(record.name, to_state, _clip(reason))
+        transition = self.store.transition(record.name, to_state, clip(reason))
         record.state, record.reason, record.state_since = to_state, transition.reason, transition.time
         log.info("%s: intent %s %s -> %s: %s", self.name, record.name, transition.from_state, to_state, reason)
         await self._announce(record.name, transition)
 
     async def _announce(self, name: str, transition) -> None:
-        change = etree.Element(_i("intent-state-change"), nsmap={None: INT_NS})
-        for tag, value in (("name", name), ("from", transition.from_state), ("to", transition.to_state),
-                           ("time", transition.time), ("reason", transition.reason)):
-            if value is not None:
-                etree.SubElement(change, _i(tag)).text = str(value)
-        await self.server.notify(change)
+        await self.server.notify(intent_state_change(name, transition))
 
     # --- the reconcile loop -------------------------------------------------------------
 
@@ -460,7 +253,7 @@ class Orchestrator:
             forced, may_keep = self.forced.get(spec.name, ("", True))
             decision = Decision(record, spec, session, forced=forced)
             try:
-                demand = spec.demand(world.svc.saes)
+                demand = demand_of(spec, world.svc.saes)
                 if session is not None and session.status in ("failed", "degraded"):
                     decision.problem = f"session {session.name} is {session.status}: {session.reason}".rstrip(": ")
                 elif session is not None and session.links:
@@ -529,7 +322,7 @@ class Orchestrator:
             if record.state != "removing":
                 await self._transition(record, "removing", why)
             if spec.name in world.svc.sessions:
-                await self._edit("service", SessionRequest.delete(spec.name))
+                await self._edit("service", SessionConfig.delete(spec.name))
             self.store.claim_links(spec.name, set())
             self.store.set_status(spec.name, {"ended": why})
             record.status = {"ended": why}
@@ -542,7 +335,7 @@ class Orchestrator:
         """No plan: release what the intent holds and say why."""
         record, spec = decision.record, decision.spec
         if decision.session is not None:
-            await self._edit("service", SessionRequest.delete(spec.name))
+            await self._edit("service", SessionConfig.delete(spec.name))
         self.store.claim_links(spec.name, set())
         await self._walk_to_failed(record, decision)
         self._record_status(decision, world, None)
@@ -564,7 +357,7 @@ class Orchestrator:
             await self._transition(record, "repairing", "re-planning")
         if record.state == "failed":
             if record.reason != decision.why:
-                self.store.set_reason(record.name, _clip(decision.why))
+                self.store.set_reason(record.name, clip(decision.why))
                 record.reason = decision.why
         else:
             await self._transition(record, "failed", decision.why)
@@ -615,12 +408,12 @@ class Orchestrator:
             if record.state in ("installing", "repairing"):
                 await self._transition(record, "degraded", reason)
             elif record.state == "degraded" and record.reason != reason:
-                self.store.set_reason(record.name, _clip(reason))
+                self.store.set_reason(record.name, clip(reason))
                 record.reason = reason
         elif outcome.done and record.state in ("installing", "repairing", "degraded"):
             await self._transition(record, "active", keys_flow)
         elif not outcome.done and record.reason != outcome.waiting and record.state != "active":
-            self.store.set_reason(record.name, _clip(outcome.waiting))
+            self.store.set_reason(record.name, clip(outcome.waiting))
             record.reason = outcome.waiting
         if outcome.done and record.state in lifecycle.REALISED:
             self.failures.pop(record.name, None)  # the next failure backs off from the start again
@@ -653,10 +446,10 @@ class Orchestrator:
         if pending:
             return Outcome(False, waiting="waiting for QKD links " + ", ".join(pending) + " to come up", steer=steer)
         session = world.svc.sessions.get(spec.name)
-        request = spec.session_request(steer)
-        if session is None or session.config != request.wanted():  # what the stratum holds, read back
+        request = spec.session(steer)
+        if session is None or session.config != request:  # what the stratum holds, read back
             try:
-                await self._edit("service", request.config())
+                await self._edit("service", request.config(spec.name))
             except RPCError as err:
                 return Outcome(False, waiting=f"the service stratum refused session {spec.name}: {err.message}",
                                steer=steer)
@@ -703,7 +496,7 @@ class Orchestrator:
         session = world.svc.sessions.get(spec.name) if plan is not None else None
         paths = []
         if session is not None and session.path:
-            paths.append({"in-use": session.status == "active", "hops": [_hop(h) for h in session.path]})
+            paths.append({"in-use": session.status == "active", "hops": [hop_entry(h) for h in session.path]})
         elif plan is not None:
             paths.append({"in-use": False, "hops": plan_hops(plan, 0, world.fwd)})
         if plan is not None:
@@ -757,13 +550,9 @@ class Orchestrator:
         claims = self.store.link_claims()
         out = []
         for name in sorted(changes):
-            entry = etree.Element(_i("intent"), nsmap={None: INT_NS, "qit": "urn:qstrata:yang:qi-types"})
-            etree.SubElement(entry, _i("name")).text = name
-            etree.SubElement(entry, _i("change")).text = changes[name]
             requests: list[tuple[str, str, str, str, str]] = []
             if changes[name] == "remove":
-                etree.SubElement(entry, _i("feasible")).text = "true"
-                etree.SubElement(entry, _i("reason")).text = "the intent would be torn down"
+                feasible, reason, hops = True, "the intent would be torn down", None
                 if name in world.svc.sessions:
                     requests.append(("service", "delete", "session", name, "key-delivery session of the intent"))
                 for link_id, users in sorted(claims.items()):
@@ -773,192 +562,12 @@ class Orchestrator:
             else:
                 decision = decisions[name]
                 feasible = decision.plan is not None
-                etree.SubElement(entry, _i("feasible")).text = "true" if feasible else "false"
-                etree.SubElement(entry, _i("reason")).text = _clip(
-                    describe(decision.plan) if decision.plan else decision.why)
+                reason = describe(decision.plan) if decision.plan else decision.why
+                hops = plan_hops(decision.plan, 0, world.fwd) if decision.plan is not None else None
                 if decision.plan is not None:
-                    path = etree.SubElement(entry, _i("path"))
-                    for index, hop in enumerate(plan_hops(decision.plan, 0, world.fwd)):
-                        element = etree.SubElement(path, _i("hop"))
-                        etree.SubElement(element, _i("index")).text = str(index)
-                        for key in ("km-id", "node-id", "link-id"):
-                            if hop.get(key):
-                                etree.SubElement(element, _i(key)).text = hop[key]
                     requests += plan_requests(decision, world)
-            for index, (stratum, operation, resource, target, detail) in enumerate(requests):
-                request = etree.SubElement(entry, _i("request"))
-                etree.SubElement(request, _i("index")).text = str(index)
-                etree.SubElement(request, _i("stratum")).text = f"qit:{stratum}"
-                etree.SubElement(request, _i("operation")).text = operation
-                etree.SubElement(request, _i("resource")).text = resource
-                etree.SubElement(request, _i("name")).text = target
-                etree.SubElement(request, _i("detail")).text = _clip(detail)
-            out.append(entry)
+            out.append(dry_run_entry(name, changes[name], feasible, reason, hops, requests))
         return out
 
 
 # --- helpers shared by the pass and the dry run --------------------------------------------
-
-def plan_requests(decision: Decision, world: Observation) -> list[tuple[str, str, str, str, str]]:
-    """The requests a plan makes of each stratum, top-down."""
-    plan, spec = decision.plan, decision.spec
-    assert plan is not None
-    requests = []
-    for candidate in plan.new_links:
-        attach = lambda end: world.fwd.nodes[end[0]].interfaces.get(end[1])
-        ends = [attach(candidate.a), attach(candidate.b)]
-        requests.append(("quantum-forwarding", "create", "qkd-link", candidate.link_id,
-                         f"PHYS link {candidate.a[0]} interface {candidate.a[1]} - {candidate.b[0]} interface "
-                         f"{candidate.b[1]}, qkdl-id {candidate.qkdl_id}, expected eskr about "
-                         f"{int(candidate.eskr)} bit/s"
-                         + (f", bypassing the trusted node at {', '.join(candidate.bypasses)}"
-                            if candidate.bypasses else "")))
-        requests.append(("connectivity", "create", "optical-path", candidate.link_id,
-                         f"from {':'.join(ends[0] or ('?',))} to {':'.join(ends[1] or ('?',))} over spans "
-                         f"{', '.join(candidate.spans)} ({candidate.loss_db:g} dB), asked by the forwarding "
-                         f"controller"))
-    for path in plan.paths:
-        for edge in path:
-            if edge.existing is not None:
-                requests.append(("quantum-forwarding", "keep", "qkd-link", edge.link_id,
-                                 f"eskr {int(edge.existing.eskr or 0)} bit/s"))
-    operation = "create" if decision.session is None else "modify"
-    requests.append(("service", operation, "session", spec.name,
-                     f"{spec.source_sae} -> {spec.destination_sae} at {spec.min_rate} bit/s over "
-                     f"{' - '.join(plan.nodes(0))}"))
-    return requests
-
-
-def protected_plan(planner: Planner, demand: Demand, keep: list[str] | None) -> tuple[Plan, str]:
-    """As many of the demand's node-disjoint paths as the network offers now, and why fewer
-    than asked ('' when it has them all): a protected intent keeps its keys on the paths that
-    survive, and only a demand without any path is infeasible."""
-    try:
-        return planner.plan(demand, keep=keep), ""
-    except Infeasible as short:
-        if demand.paths == 1:
-            raise
-        shortfall = str(short)
-    within = disjoint_only(planner, demand)
-    if within is not None:  # the greedy choice of the first path hid the disjoint ones
-        try:
-            return planner.plan(within, keep=keep), ""
-        except Infeasible:
-            pass
-    for paths in range(demand.paths - 1, 0, -1):
-        try:
-            return planner.plan(dataclasses.replace(demand, paths=paths), keep=keep), shortfall
-        except Infeasible:
-            if paths == 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-def disjoint_only(planner: Planner, demand: Demand) -> Demand | None:
-    """The demand confined to a set of node-disjoint paths of the usable graph found by max-flow,
-    when there are as many as asked: planning the cheapest path first, then the next one
-    disjoint from it, can miss them (the first path takes a node every second path needs)."""
-    source, destination = planner.endpoints(demand)
-    graph, _ = planner.network.graph(demand)
-    try:
-        found = list(nx.node_disjoint_paths(graph, source, destination, cutoff=demand.paths))
-    except (nx.NetworkXNoPath, nx.NodeNotFound, nx.NetworkXError):
-        return None
-    if len(found) < demand.paths:
-        return None
-    hops = {frozenset(pair) for path in found for pair in zip(path, path[1:])}
-    kept_nodes = {n for path in found for n in path}
-    others = {data["edge"].link_id for u, v, data in graph.edges(data=True) if frozenset((u, v)) not in hops}
-    return dataclasses.replace(demand, avoid_nodes=demand.avoid_nodes | (set(graph.nodes) - kept_nodes),
-                               avoid_links=demand.avoid_links | others)
-
-
-def lost_paths(status: dict, plan: Plan, planner: Planner, demand: Demand) -> list[dict]:
-    """The intent's paths that the plan no longer has because they broke, each with why: those
-    of its last recorded status, and those lost before and not planned again (with the reason
-    they were lost, not what became of their links since)."""
-    planned = {tuple(plan.link_ids(i)) for i in range(len(plan.paths))}
-    lost = {tuple(p["links"]): p for p in status.get("lost", [])}
-    for path in status.get("paths", []):
-        links = tuple(h["link-id"] for h in path["hops"] if h.get("link-id"))
-        if links and links not in lost and links not in planned:
-            why = planner.path_problem(demand, list(links))
-            if why:
-                lost[links] = {"nodes": [h["node-id"] for h in path["hops"]], "links": list(links), "why": why}
-    return [p for links, p in lost.items() if links not in planned]
-
-
-def protection_lost(decision: Decision) -> str:
-    """Which of a protected intent's paths are lost and why, or why it has too few paths."""
-    if decision.lost:
-        return "; ".join(f"lost path {' - '.join(p['nodes'])}: {p['why']}" for p in decision.lost)
-    return decision.shortfall
-
-
-def describe(plan: Plan | None) -> str:
-    if plan is None:
-        return ""
-    new = plan.new_links
-    text = f"path {' - '.join(plan.nodes(0))}"
-    if len(plan.paths) > 1:
-        text += f" and {len(plan.paths) - 1} standby path(s)"
-    if new:
-        text += f"; new QKD links {', '.join(c.link_id for c in new)}"
-    return text
-
-
-def describe_path(session: Session | None, plan: Plan) -> str:
-    if session is not None and session.path:
-        return " - ".join(h.node_id for h in session.path)
-    return " - ".join(plan.nodes(0))
-
-
-def _hop(hop: Hop) -> dict:
-    return {"km-id": hop.km_id, "node-id": hop.node_id, "link-id": hop.link_id}
-
-
-def plan_hops(plan: Plan, index: int, fwd: ForwardingView) -> list[dict]:
-    nodes = plan.nodes(index)
-    links = plan.link_ids(index) + [None]
-    return [{"km-id": fwd.km_of(n), "node-id": n, "link-id": l} for n, l in zip(nodes, links)]
-
-
-def available_rate(session: Session, fwd: ForwardingView) -> int | None:
-    """The key rate the session's path can carry now: the smallest eskr along it."""
-    rates = [fwd.links[l].eskr for l in session.links if l in fwd.links and fwd.links[l].eskr is not None]
-    return int(min(rates)) if rates else None
-
-
-CONDITION_REASONS = {
-    # type: (reason when true, reason when false)
-    "path-found": ("PathFound", "NoPath"),
-    "installed": ("Installed", "NotInstalled"),
-    "rate-met": ("RateMet", "RateBelowMinimum"),
-    "disjointness-met": ("DisjointPathsFound", "TooFewDisjointPaths"),
-    "ready": ("Ready", "NotReady"),
-}
-
-
-def conditions(previous: dict, state: str, spec: IntentSpec, plan: Plan | None, decision: Decision,
-               rate: int | None) -> dict:
-    """The intent's conditions, keeping each one's last-transition-time while it holds."""
-    found = plan is not None
-    values = {
-        "path-found": (found, describe(plan) if found else decision.why),
-        "installed": (state in lifecycle.REALISED, f"state {state}"),
-        "rate-met": (rate is not None and rate >= spec.min_rate,
-                     f"{rate} bit/s available, {spec.min_rate} bit/s asked" if rate is not None
-                     else "no key flows"),
-        "disjointness-met": (found and len(plan.paths) >= spec.disjoint_paths,
-                             f"{len(plan.paths) if plan else 0} of {spec.disjoint_paths} disjoint path(s)"
-                             + (f"; {protection_lost(decision)}" if found and decision.shortfall else "")),
-        "ready": (state == "active", "keys flow as asked" if state == "active" else f"state {state}"),
-    }
-    out = {}
-    for kind, (holds, message) in values.items():
-        status = "true" if holds else "false"
-        before = previous.get(kind, {})
-        since = before.get("last-transition-time") if before.get("status") == status else timestamp()
-        out[kind] = {"status": status, "reason": CONDITION_REASONS[kind][0 if holds else 1],
-                     "message": message, "last-transition-time": since}
-    return out

@@ -1,7 +1,7 @@
 """Decomposition of a key-service intent over the observed strata.
 
-Pure functions over the views (orchestrator/views.py), so that they are tested without a
-network:
+Pure functions over the views of the strata (models.forwarding, models.connectivity), so that
+they are tested without a network:
 
 - `candidate_links`: QKD links the forwarding stratum could add. Two QKD interfaces are
   candidates when light from one's fibre attachment reaches the other's through spans and
@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from orchestrator.views import FibreView, ForwardingView, PortRef, QkdLink
+from models.forwarding import ForwardingView, PortRef, QkdLink
+from models.connectivity import FibreNetwork
 from qkd_physics import expected_eskr
 from qkd_physics.reach import optical_routes
 
@@ -69,7 +70,7 @@ class Candidate:
         return f"a new link {self.a[0]}-{self.b[0]}{bypass} over {self.loss_db:g} dB"
 
 
-def candidate_links(fwd: ForwardingView, fibre: FibreView) -> list[Candidate]:
+def candidate_links(fwd: ForwardingView, fibre: FibreNetwork) -> list[Candidate]:
     """Every pair of free QKD interfaces joined by the fibre plant, lowest loss route each;
     bypasses of trusted nodes only for pairs that no other route joins (qkd_physics.reach)."""
     owner: dict[PortRef, PortRef] = {}  # fibre port -> (QKD node, tp) plugged there
@@ -98,7 +99,7 @@ def _with_rate(candidate: Candidate) -> Candidate:
                      expected_eskr(candidate.loss_db))
 
 
-def _site_of(fwd: ForwardingView, fibre: FibreView, node_id: str) -> str:
+def _site_of(fwd: ForwardingView, fibre: FibreNetwork, node_id: str) -> str:
     node = fwd.nodes[node_id]
     if node.site:
         return node.site
@@ -173,7 +174,7 @@ class Network:
     """One observation of the strata, and what the demands planned so far hold of it."""
 
     fwd: ForwardingView
-    fibre: FibreView
+    fibre: FibreNetwork
     alarms: dict[str, str] = field(default_factory=dict)  # link-id -> why its QBER alarm is up
     candidates: list[Candidate] = field(default_factory=list)
     reserved: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # link -> (demand, rate)
@@ -184,7 +185,7 @@ class Network:
     capacity_seen: dict[str, float] = field(default_factory=dict)  # link -> eskr when it last existed
 
     @classmethod
-    def observe(cls, fwd: ForwardingView, fibre: FibreView, alarms: dict[str, str] | None = None) -> Network:
+    def observe(cls, fwd: ForwardingView, fibre: FibreNetwork, alarms: dict[str, str] | None = None) -> Network:
         """The network as observed; a span carries one optical path (the connectivity stratum
         routes none over a span another holds), so those of existing paths are taken."""
         taken = {span: name for name, route in sorted(fibre.optical_paths.items()) for span in route}
@@ -214,7 +215,7 @@ class Network:
         if demand.qber_ceiling is not None and link.qber is not None and link.qber > demand.qber_ceiling:
             return f"link {link.id} QBER {link.qber:g} % is above the ceiling {demand.qber_ceiling:g} %"
         for span in self.fibre.optical_paths.get(link.optical_path or link.id, ()):
-            if span in self.fibre.spans and not self.fibre.healthy(span):
+            if span in self.fibre.spans and not self.fibre.spans[span].usable:
                 return f"link {link.id} rides on span {span}, which is {self._span_problem(span)}"
         if link.eskr is not None and link.status == "ACTIVE":
             held = self.held(link.id, demand.name)
@@ -237,7 +238,7 @@ class Network:
             if self.taken_spans.get(span, candidate.link_id) != candidate.link_id:
                 return f"{candidate.describe()} needs span {span}, which carries {self.taken_spans[span]}"
         for span in candidate.spans:
-            if not self.fibre.healthy(span):
+            if span not in self.fibre.spans or not self.fibre.spans[span].usable:
                 return f"{candidate.describe()} needs span {span}, which is {self._span_problem(span)}"
         rate = self.expected_rate(candidate)
         held = self.held(candidate.link_id, demand.name)

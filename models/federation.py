@@ -1,0 +1,371 @@
+"""qi-federation: the federation platform's configuration as the platform reads it
+(`FederationConfig`), and a member's advertisement, written by its federation agent
+(`advertisement_config`) and read back by the platform and by the other members' agents
+(`read_advertisement`, `read_members`). The platform's side is built here too: the member
+entry an application adds, its state (memberships, what is left of each advertised link,
+services, charging records: `federation_state`) and its notifications, each beside the reader
+the agents, the demo and the tests use (`read_members`, `read_service_statuses`, `read_charging`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from lxml import etree
+
+from models.ns import FEDERATION
+from netconf_core.ns import BASE
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None else None
+
+
+# --- what a member advertises ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Node:
+    node_id: str
+    km_id: str
+    site: str | None = None
+    qkdn_id: str | None = None  # ETSI GS QKD 015 qkdn_id: what a neighbour names as its link's remote end
+
+
+@dataclass(frozen=True)
+class Sae:
+    """An SAE of the domain and its key manager (ETSI GS QKD 014 KME)."""
+
+    sae_id: str
+    km_id: str
+
+
+@dataclass(frozen=True)
+class ExternalLink:
+    """A QKD link from a node of the domain to a border node of another member."""
+
+    link_id: str
+    local_node: str
+    peer_member: str
+    peer_node: str
+    capacity: int  # key rate the link can spare for cross-domain services, bit/s
+    local_interface: int | None = None  # qkdi_id of the local node's interface on the link
+
+
+@dataclass(frozen=True)
+class Advertisement:
+    border_nodes: tuple[Node, ...]
+    links: tuple[ExternalLink, ...]  # capacity: what is offered
+    saes: tuple[Sae, ...] = ()
+
+
+def read_advertisement(ad: etree._Element) -> Advertisement:
+    """An <advertisement> entry (its member-id aside)."""
+    text = lambda element, tag: FEDERATION.text(element, tag) or None
+    nodes = tuple(Node(text(n, "node-id") or "", text(n, "km-id") or "", text(n, "site"), text(n, "qkdn-id"))
+                  for n in FEDERATION.all(ad, "border-node"))
+    links = tuple(ExternalLink(text(l, "link-id") or "", text(l, "local-border-node") or "",
+                               text(l, "peer-member") or "", text(l, "peer-border-node") or "",
+                               int(text(l, "capacity") or 0), _int(text(l, "local-interface")))
+                  for l in FEDERATION.all(ad, "inter-domain-link"))
+    saes = tuple(Sae(text(s, "sae-id") or "", text(s, "km-id") or "") for s in FEDERATION.all(ad, "sae"))
+    return Advertisement(nodes, links, saes)
+
+
+def advertisement_config(member_id: str, offer: Advertisement) -> etree._Element:
+    """The <federation> edit that replaces the member's advertisement with `offer`."""
+    fed = etree.Element(FEDERATION("federation"), nsmap={None: FEDERATION, "nc": BASE})
+    ad = FEDERATION.sub(FEDERATION.sub(fed, "advertisements"), "advertisement")
+    ad.set(BASE("operation"), "replace")
+    FEDERATION.sub(ad, "member-id", member_id)
+    for node in offer.border_nodes:
+        element = FEDERATION.sub(ad, "border-node")
+        for tag, value in (("node-id", node.node_id), ("km-id", node.km_id), ("qkdn-id", node.qkdn_id),
+                           ("site", node.site)):
+            if value:
+                FEDERATION.sub(element, tag, value)
+    for sae in offer.saes:
+        element = FEDERATION.sub(ad, "sae")
+        FEDERATION.sub(element, "sae-id", sae.sae_id)
+        FEDERATION.sub(element, "km-id", sae.km_id)
+    for link in offer.links:
+        element = FEDERATION.sub(ad, "inter-domain-link")
+        for tag, value in (("link-id", link.link_id), ("local-border-node", link.local_node),
+                           ("local-interface", link.local_interface), ("peer-member", link.peer_member),
+                           ("peer-border-node", link.peer_node), ("capacity", link.capacity)):
+            if value is not None:
+                FEDERATION.sub(element, tag, value)
+    return fed
+
+
+def read_members(data: etree._Element | None) -> dict[str, tuple[str, Advertisement | None]]:
+    """Every member of a <get> reply with its membership status ('' when not shown) and what it
+    advertises (None when nothing)."""
+    text = lambda element, tag: FEDERATION.text(element, tag) or None
+    offers = {text(ad, "member-id"): read_advertisement(ad) for ad in data.iter(FEDERATION("advertisement"))} \
+        if data is not None else {}
+    return {text(m, "member-id") or "": (text(m, "status") or "", offers.get(text(m, "member-id")))
+            for m in data.iter(FEDERATION("member"))} if data is not None else {}
+
+
+# --- the platform's configuration --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MemberEntry:
+    member_id: str
+    name: str
+    role: str
+    ssh_public_key: str
+    agent_address: str | None
+    agent_port: int
+    service_users: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    agreement_id: str
+    members: frozenset[str]
+    transit_allowed: bool
+    price_per_kbit: Decimal
+    max_rate: int | None
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """An inter-domain link as one of its two domains advertises it."""
+
+    link_id: str
+    local_node: str
+    peer_member: str
+    peer_node: str
+
+
+@dataclass(frozen=True)
+class ServiceRequest:
+    service_id: str
+    requesting_member: str
+    source_sae: str
+    source_domain: str
+    destination_sae: str
+    destination_domain: str
+    rate: int
+
+
+@dataclass
+class FederationConfig:
+    members: dict[str, MemberEntry] = field(default_factory=dict)
+    agreements: dict[frozenset[str], Agreement] = field(default_factory=dict)
+    offers: dict[str, dict[Crossing, int]] = field(default_factory=dict)  # member -> crossing -> capacity
+    services: dict[str, ServiceRequest] = field(default_factory=dict)
+    sae_kms: dict[tuple[str, str], str] = field(default_factory=dict)  # (member, advertised SAE) -> its key manager
+
+    @classmethod
+    def read(cls, tree: etree._Element) -> FederationConfig:
+        """From a datastore (or <data>) tree holding <federation>."""
+        config = cls()
+        fed = FEDERATION.find(tree, "federation")
+        if fed is None:
+            return config
+        text = FEDERATION.text
+        for m in FEDERATION.all(fed, "members/member"):
+            agent = FEDERATION.find(m, "agent")
+            entry = MemberEntry(text(m, "member-id", ""), text(m, "name", ""), text(m, "role", "member"),
+                                text(m, "ssh-public-key", ""), text(agent, "address"), int(text(agent, "port", "830")),
+                                tuple((e.text or "").strip() for e in FEDERATION.all(m, "service-user")))
+            config.members[entry.member_id] = entry
+        for a in FEDERATION.all(fed, "agreements/agreement"):
+            max_rate = text(a, "max-rate")
+            agreement = Agreement(text(a, "agreement-id", ""), frozenset((text(a, "member-a", ""),
+                                                                           text(a, "member-b", ""))),
+                                  text(a, "transit-allowed", "false") == "true",
+                                  Decimal(text(a, "price-per-kbit", "0")), int(max_rate) if max_rate else None)
+            config.agreements[agreement.members] = agreement
+        for ad in FEDERATION.all(fed, "advertisements/advertisement"):
+            member_id = text(ad, "member-id", "")
+            offer = read_advertisement(ad)
+            offers = config.offers.setdefault(member_id, {})
+            for sae in offer.saes:
+                config.sae_kms[(member_id, sae.sae_id)] = sae.km_id
+            for link in offer.links:
+                offers[Crossing(link.link_id, link.local_node, link.peer_member, link.peer_node)] = link.capacity
+        for s in FEDERATION.all(fed, "services/service"):
+            src, dst = FEDERATION.find(s, "source"), FEDERATION.find(s, "destination")
+            request = ServiceRequest(text(s, "service-id", ""), text(s, "requesting-member", ""),
+                                     text(src, "sae-id", ""), text(src, "domain", ""),
+                                     text(dst, "sae-id", ""), text(dst, "domain", ""), int(text(s, "rate", "0")))
+            config.services[request.service_id] = request
+        return config
+
+
+# --- the platform's state of a cross-domain service ------------------------------------------------
+
+@dataclass(frozen=True)
+class SegmentStatus:
+    index: int
+    domain: str
+    ingress: str | None   # the border node where keys enter the domain (none in the first domain)
+    egress: str | None    # ... and where they leave it (none in the last)
+    intent: str | None    # the domain's intent that carries the segment
+    status: str
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    service_id: str
+    status: str
+    reason: str = ""
+    route: tuple[str, ...] = ()
+    segments: tuple[SegmentStatus, ...] = ()
+
+
+def add_service_status(services: etree._Element, service: ServiceStatus) -> etree._Element:
+    """The state of one service, as an entry of <services>."""
+    entry = FEDERATION.sub(services, "service")
+    FEDERATION.sub(entry, "service-id", service.service_id)
+    FEDERATION.sub(entry, "status", service.status)
+    if service.reason:
+        FEDERATION.sub(entry, "reason", service.reason)
+    for domain in service.route:
+        FEDERATION.sub(entry, "domain-route", domain)
+    segments = FEDERATION.sub(entry, "segments")
+    for segment in service.segments:
+        element = FEDERATION.sub(segments, "segment")
+        FEDERATION.sub(element, "index", segment.index)
+        FEDERATION.sub(element, "domain", segment.domain)
+        for tag in ("ingress", "egress", "intent"):
+            if getattr(segment, tag):
+                FEDERATION.sub(element, tag, getattr(segment, tag))
+        FEDERATION.sub(element, "status", segment.status)
+    return entry
+
+
+def read_service_statuses(data: etree._Element | None) -> dict[str, ServiceStatus]:
+    """The services' state in a <get> reply, by service-id."""
+    text = FEDERATION.text
+    out = {}
+    for service in FEDERATION.all(data, "federation/services/service"):
+        segments = tuple(SegmentStatus(int(text(s, "index", "0")), text(s, "domain", ""), text(s, "ingress"),
+                                       text(s, "egress"), text(s, "intent"), text(s, "status", ""))
+                         for s in FEDERATION.all(service, "segments/segment"))
+        status = ServiceStatus(text(service, "service-id", ""), text(service, "status", ""), text(service, "reason", ""),
+                               tuple((e.text or "").strip() for e in FEDERATION.all(service, "domain-route")), segments)
+        out[status.service_id] = status
+    return out
+
+
+# --- what the platform writes: a member's entry, its state and notifications ----------------------
+
+def add_member(members: etree._Element, member_id: str, name: str | None, ssh_public_key: str | None,
+               agent_address: str | None, agent_port: str | int) -> etree._Element:
+    """The configuration entry of an applying member, as a child of <members>."""
+    entry = FEDERATION.sub(members, "member")
+    for tag, value in (("member-id", member_id), ("name", name), ("ssh-public-key", ssh_public_key)):
+        FEDERATION.sub(entry, tag, value)
+    agent = FEDERATION.sub(entry, "agent")
+    FEDERATION.sub(agent, "address", agent_address)
+    FEDERATION.sub(agent, "port", agent_port)
+    return entry
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    member_id: str
+    status: str                     # applied, admitted, suspended, withdrawn
+    admitted_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A charging record: what one member delivered for one service, and what it is owed."""
+
+    record_id: int
+    member_id: str
+    service_id: str
+    keys: int
+    bits: int
+    start_time: str
+    end_time: str | None
+    agreement: str | None
+    price_per_kbit: Decimal
+    amount: Decimal
+
+
+def federation_state(members: list[MemberStatus], available: dict[str, list[tuple[str, int]]],
+                     services: list[ServiceStatus], charges: list[Charge]) -> etree._Element:
+    """The platform's <federation> state: memberships, the rate left on each advertised link
+    (member -> (link-id, bit/s)), services and charging records, in the order given."""
+    fed = FEDERATION.element("federation")
+    container = FEDERATION.sub(fed, "members")
+    for member in members:
+        entry = FEDERATION.sub(container, "member")
+        FEDERATION.sub(entry, "member-id", member.member_id)
+        FEDERATION.sub(entry, "status", member.status)
+        if member.admitted_at:
+            FEDERATION.sub(entry, "admitted-at", member.admitted_at)
+    container = FEDERATION.sub(fed, "advertisements")
+    for member_id, links in available.items():
+        ad = FEDERATION.sub(container, "advertisement")
+        FEDERATION.sub(ad, "member-id", member_id)
+        for link_id, left in links:
+            link = FEDERATION.sub(ad, "inter-domain-link")
+            FEDERATION.sub(link, "link-id", link_id)
+            FEDERATION.sub(link, "available", left)
+    container = FEDERATION.sub(fed, "services")
+    for service in services:
+        add_service_status(container, service)
+    container = FEDERATION.sub(fed, "charging")
+    for charge in charges:
+        element = FEDERATION.sub(container, "record")
+        for tag, value in (("record-id", charge.record_id), ("member-id", charge.member_id),
+                           ("service-id", charge.service_id), ("keys", charge.keys), ("bits", charge.bits),
+                           ("start-time", charge.start_time), ("end-time", charge.end_time),
+                           ("agreement", charge.agreement), ("price-per-kbit", charge.price_per_kbit),
+                           ("amount", charge.amount)):
+            if value is not None:
+                FEDERATION.sub(element, tag, value)
+    return fed
+
+
+def read_charging(data: etree._Element | None) -> dict[tuple[str, str], Charge]:
+    """The charging records of a <get> reply, by (member-id, service-id)."""
+    text = FEDERATION.text
+    out = {}
+    for r in FEDERATION.all(data, "federation/charging/record"):
+        charge = Charge(int(text(r, "record-id", "0")), text(r, "member-id", ""), text(r, "service-id", ""),
+                        int(text(r, "keys", "0")), int(text(r, "bits", "0")), text(r, "start-time", ""),
+                        text(r, "end-time"), text(r, "agreement"), Decimal(text(r, "price-per-kbit", "0")),
+                        Decimal(text(r, "amount", "0")))
+        out[(charge.member_id, charge.service_id)] = charge
+    return out
+
+
+def available_rates(data: etree._Element | None) -> dict[str, dict[str, int]]:
+    """The rate left on each advertised inter-domain link in a <get> reply: member -> link-id -> bit/s."""
+    return {FEDERATION.text(ad, "member-id", ""): {FEDERATION.text(link, "link-id", ""): int(left)
+                                                  for link in FEDERATION.all(ad, "inter-domain-link")
+                                                  for left in (FEDERATION.text(link, "available"),) if left is not None}
+            for ad in FEDERATION.all(data, "federation/advertisements/advertisement")}
+
+
+def _event(tag: str, leaves: tuple[tuple[str, object], ...]) -> etree._Element:
+    event = FEDERATION.element(tag)
+    for name, value in leaves:
+        FEDERATION.sub(event, name, value)
+    return event
+
+
+def service_status_change(service_id: str, status: str, previous_status: str, reason: str,
+                          time: str) -> etree._Element:
+    return _event("service-status-change", (("service-id", service_id), ("status", status),
+                                            ("previous-status", previous_status), ("reason", reason), ("time", time)))
+
+
+def member_joined(member_id: str, name: str, time: str) -> etree._Element:
+    return _event("member-joined", (("member-id", member_id), ("name", name), ("time", time)))
+
+
+def member_left(member_id: str, reason: str, time: str) -> etree._Element:
+    return _event("member-left", (("member-id", member_id), ("reason", reason), ("time", time)))
+
+
+def application_status(status: str) -> etree._Element:
+    """The output of the apply RPC: the applicant's membership status."""
+    return FEDERATION.element("status", status)

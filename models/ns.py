@@ -1,0 +1,30 @@
+"""The namespaces of the data models the levels exchange, each named once (the protocol
+namespaces are in `netconf_core.ns`). Each is a `Namespace`: `NW("node")` is a Clark name,
+`NW.text(e, "node/node-id")` a leaf's text; see netconf_core/ns.py."""
+from __future__ import annotations
+
+from netconf_core.ns import Namespace
+
+NW = Namespace("urn:ietf:params:xml:ns:yang:ietf-network")                      # RFC 8345
+NT = Namespace("urn:ietf:params:xml:ns:yang:ietf-network-topology")             # RFC 8345
+ALARMS = Namespace("urn:ietf:params:xml:ns:yang:ietf-alarms")                   # RFC 8632
+ETSI_NODE = Namespace("urn:etsi:qkd:yang:etsi-qkd-node")                        # ETSI GS QKD 015
+ETSI_TYPES = Namespace("urn:etsi:qkd:yang:etsi-qkd-node-types")
+QI_TYPES = Namespace("urn:qstrata:yang:qi-types")
+QI_ALARMS = Namespace("urn:qstrata:yang:qi-alarms")
+NODE_EXT = Namespace("urn:qstrata:yang:qi-qkd-node-ext")
+KEY_MANAGER = Namespace("urn:qstrata:yang:qi-key-manager")
+OPTICAL_SWITCH = Namespace("urn:qstrata:yang:qi-optical-switch")
+FIBRE_PLANT = Namespace("urn:qstrata:yang:qi-fibre-plant")
+CONNECTIVITY = Namespace("urn:qstrata:yang:qi-connectivity")
+FORWARDING = Namespace("urn:qstrata:yang:qi-forwarding")
+SERVICE = Namespace("urn:qstrata:yang:qi-service")
+INTENT = Namespace("urn:qstrata:yang:qi-intent")
+FEDERATION = Namespace("urn:qstrata:yang:qi-federation")
+
+PREFIXES: dict[str, str] = {
+    "nw": NW, "nt": NT, "al": ALARMS, "etsi-qkdn": ETSI_NODE, "etsi-qkdn-types": ETSI_TYPES, "qit": QI_TYPES,
+    "qi-al": QI_ALARMS, "qi-node": NODE_EXT, "qi-km": KEY_MANAGER, "qi-osw": OPTICAL_SWITCH, "qi-fp": FIBRE_PLANT,
+    "qi-conn": CONNECTIVITY, "qi-fwd": FORWARDING, "qi-svc": SERVICE, "qi-int": INTENT, "qi-fed": FEDERATION,
+}
+"""Each namespace under its YANG module's own prefix, for XPath expressions (filters, watches)."""

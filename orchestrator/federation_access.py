@@ -1,0 +1,80 @@
+"""The federation platform's access rules (NACM, RFC 8341), rewritten into its running
+configuration whenever membership changes (see orchestrator/federation.py)."""
+from __future__ import annotations
+
+from lxml import etree
+
+from models.ns import FEDERATION
+from netconf_core.ns import NACM
+
+MODULE = "qi-federation"
+ENROL_USER = "enrol"
+LIVE = ("applied", "admitted", "suspended")  # statuses whose key authenticates
+
+
+def access_rules(admins: list[str], memberships: dict[str, str], service_users: list[str]) -> etree._Element:
+    """The platform's NACM configuration: memberships maps member-id -> status."""
+    nacm = NACM.element("nacm")
+    for leaf, value in (("enable-nacm", "true"), ("read-default", "deny"), ("write-default", "deny"),
+                        ("exec-default", "deny")):
+        NACM.sub(nacm, leaf, value)
+    live = {m: s for m, s in sorted(memberships.items()) if s in LIVE}
+    groups = {"admin": admins, "member": [m for m, s in live.items() if s == "admitted"],
+              "applicant": [m for m, s in live.items() if s != "admitted"], "service-user": service_users,
+              "enrol": [ENROL_USER], **{f"self-{m}": [m] for m in live}}
+    groups_element = NACM.sub(nacm, "groups")
+    for name, users in groups.items():
+        group = NACM.sub(groups_element, "group")
+        NACM.sub(group, "name", name)
+        for user in users:
+            NACM.sub(group, "user-name", user)
+    fed = "/qi-fed:federation"
+
+    def rule_list(name: str, group_names: list[str], rules: list[tuple]) -> None:
+        element = NACM.sub(nacm, "rule-list")
+        NACM.sub(element, "name", name)
+        for group in group_names:
+            NACM.sub(element, "group", group)
+        for i, (action, ops, module, kind, value) in enumerate(rules):
+            rule = NACM.sub(element, "rule")
+            NACM.sub(rule, "name", f"{name}-{i}")
+            NACM.sub(rule, "module-name", module)
+            if kind == "path":
+                etree.SubElement(rule, NACM("path"), nsmap={"qi-fed": FEDERATION}).text = value
+            elif kind == "rpc":
+                NACM.sub(rule, "rpc-name", value)
+            NACM.sub(rule, "access-operations", ops)
+            NACM.sub(rule, "action", action)
+
+    rule_list("admin", ["admin"], [("permit", "*", "*", None, None)])
+    for member, status in live.items():
+        own = [("permit", "read", MODULE, "path", f"{fed}/qi-fed:members/qi-fed:member[qi-fed:member-id='{member}']")]
+        if status == "admitted":
+            own += [("permit", "create update delete", MODULE, "path",
+                     f"{fed}/qi-fed:advertisements/qi-fed:advertisement[qi-fed:member-id='{member}']"),
+                    ("permit", "create update delete", MODULE, "path",
+                     f"{fed}/qi-fed:members/qi-fed:member[qi-fed:member-id='{member}']/qi-fed:service-user")]
+        rule_list(f"self-{member}", [f"self-{member}"], own)
+    base_operations = [("permit", "exec", "ietf-netconf", "rpc", op)
+                       for op in ("get", "get-config", "edit-config", "validate", "commit", "close-session")]
+    rule_list("member-operations", ["member"], [("permit", "exec", MODULE, "rpc", "withdraw"),
+                                                ("permit", "exec", MODULE, "rpc", "report-delivery"),
+                                                ("permit", "exec", "notifications", "rpc", "create-subscription")])
+    rule_list("participants", ["member", "service-user"], [
+        ("deny", "exec", MODULE, "rpc", "*"),
+        ("deny", "read", "ietf-netconf-acm", None, None),
+        ("deny", "read", MODULE, "path", f"{fed}/qi-fed:members/qi-fed:member/qi-fed:agent"),
+        ("deny", "read", MODULE, "path", f"{fed}/qi-fed:members/qi-fed:member/qi-fed:service-user"),
+        ("permit", "create update delete", MODULE, "path", f"{fed}/qi-fed:services"),
+        *base_operations,
+        ("permit", "read", "*", None, None),
+    ])
+    rule_list("applicants", ["applicant"], [
+        ("permit", "exec", MODULE, "rpc", "withdraw"),
+        *[("permit", "exec", "ietf-netconf", "rpc", op) for op in ("get", "get-config", "close-session")],
+        *[("deny", "read", MODULE, "path", f"{fed}/qi-fed:{part}")
+          for part in ("members/qi-fed:member", "agreements", "advertisements", "services", "charging")],
+        ("permit", "read", MODULE, "path", fed),
+    ])
+    rule_list("enrol", ["enrol"], [("permit", "exec", MODULE, "rpc", "apply-membership")])
+    return nacm
