@@ -10,7 +10,10 @@ What a level builds on, importable from here:
 - reconciling: `ReconcileLoop` (level-triggered, coalescing, periodic, backing off on failure);
 - talking to a server: `NetconfClient`, `SessionClosedError`, `RPCTimeoutError`, and
   `DeviceLink`/`Endpoint` (a session kept up with reconnect), `transaction` (one change over
-  several servers), `TransactionError`, `IncompatibleDevice`;
+  several servers), `TransactionError`, `IncompatibleDevice`; host keys: `Endpoint.host_key`
+  / `known_hosts` (a link refuses an endpoint pinning neither, `UnpinnedEndpoint`, and a server
+  offering another key, `UntrustedHostKey`), `public_key_line` (what to pin; also
+  `NetconfServer.public_host_key`), `trusted_host_keys`, `persistent_host_key`;
 - errors: `RPCError`, `RPCErrorList`, `BASE_NS`.
 
 The names are loaded on first use, so that importing one module of the engine (say
@@ -29,7 +32,8 @@ _MODULE_OF = {
     "empty_tree": "datastore",
     "NetconfClient": "client", "SessionClosedError": "client", "RPCTimeoutError": "client",
     "DeviceLink": "link", "Endpoint": "link", "transaction": "link", "TransactionError": "link",
-    "IncompatibleDevice": "link", "Watch": "link", "PushSubscription": "client",
+    "IncompatibleDevice": "link", "Watch": "link", "UnpinnedEndpoint": "link", "UntrustedHostKey": "client",
+    "public_key_line": "ssh", "trusted_host_keys": "ssh", "persistent_host_key": "ssh", "PushSubscription": "client",
     "RPCError": "errors", "RPCErrorList": "errors", "BASE_NS": "errors",
 }
 
@@ -54,7 +58,9 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load l
     from .errors import BASE_NS, RPCError, RPCErrorList
     from .extension import AccessPolicy, NacmAccess
     from .client import PushSubscription
-    from .link import DeviceLink, Endpoint, IncompatibleDevice, TransactionError, Watch, transaction
+    from .client import UntrustedHostKey
+    from .link import DeviceLink, Endpoint, IncompatibleDevice, TransactionError, UnpinnedEndpoint, Watch, transaction
+    from .ssh import persistent_host_key, public_key_line, trusted_host_keys
     from .reconcile import ReconcileLoop
     from .schema import Schema
     from .schema_cache import schema_for

@@ -20,18 +20,19 @@ from typing import Any, Union
 import asyncssh
 from lxml import etree
 
+from netconf_core import ns
 from netconf_core.errors import BASE_NS, RPCError, RPCErrorList
 from netconf_core.framing import FrameReader, FramingError, encode
-from netconf_core.ssh import ENCRYPTION_ALGS
+from netconf_core.ssh import ENCRYPTION_ALGS, fingerprint
 
 log = logging.getLogger(__name__)
 
-NOTIFICATION_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
-WITH_DEFAULTS_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"
-MONITORING_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
-SN_NS = "urn:ietf:params:xml:ns:yang:ietf-subscribed-notifications"
-YP_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-push"
-DS_NS = "urn:ietf:params:xml:ns:yang:ietf-datastores"
+NOTIFICATION_NS = ns.NOTIFICATION
+WITH_DEFAULTS_NS = ns.WITH_DEFAULTS
+MONITORING_NS = ns.MONITORING
+SN_NS = ns.SUBSCRIBED_NOTIFICATIONS
+YP_NS = ns.YANG_PUSH
+DS_NS = ns.DATASTORES
 # The notifications after which a subscription sends no more.
 _ENDING = ("subscription-terminated", "subscription-completed")
 BASE_1_0 = "urn:ietf:params:netconf:base:1.0"
@@ -55,6 +56,31 @@ class SessionClosedError(ConnectionError):
 
 class RPCTimeoutError(asyncio.TimeoutError):
     """No rpc-reply arrived in time. The session stays usable; a late reply is dropped."""
+
+
+class UntrustedHostKey(ConnectionError):
+    """The server offered a host key that the client does not trust (unknown, or not the one
+    pinned: changed). No session was opened, nothing was authenticated. `offered` is the key
+    (an asyncssh.SSHKey, None if it could not be read), `fingerprint` its SHA256 fingerprint."""
+
+    def __init__(self, host: str, port: int, offered: asyncssh.SSHKey | None):
+        self.host, self.port, self.offered = host, port, offered
+        self.fingerprint = fingerprint(offered) if offered is not None else "unknown"
+        self.algorithm = offered.get_algorithm() if offered is not None else "?"
+        super().__init__(f"the host key of {host}:{port} is not trusted: it offered {self.algorithm} "
+                         f"{self.fingerprint}")
+
+
+class _HostKeyWitness(asyncssh.SSHClient):
+    """Remembers the host key a server offered when it was not among the trusted ones
+    (asyncssh asks `validate_host_public_key` only then), and trusts it no more for that."""
+
+    def __init__(self) -> None:
+        self.offered: asyncssh.SSHKey | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        self.offered = key
+        return False
 
 
 def _q(tag: str, ns: str = BASE_NS) -> str:
@@ -282,9 +308,16 @@ class NetconfClient:
                       timeout: float = 10.0) -> NetconfClient:
         """Open SSH, start the `netconf` subsystem and exchange hellos.
 
-        `client_keys` are private key paths; the user's ~/.ssh keys, agent and ssh config are
-        never used implicitly. `known_hosts=None` accepts any host key: this suits loopback
-        emulation only; give a known_hosts file (or asyncssh's equivalent) for real networks.
+        `client_keys` are private key paths (or asyncssh keys); the user's ~/.ssh keys, agent and
+        ssh config are never used implicitly.
+
+        `known_hosts` is how the server's host key is checked, as asyncssh takes it: a
+        known_hosts file (path), or trusted keys (`netconf_core.ssh.trusted_host_keys(line)`
+        gives them for OpenSSH public lines). A key that is not trusted raises
+        `UntrustedHostKey` (naming host:port and the offered key's SHA256 fingerprint) before
+        anything is authenticated. `known_hosts=None` ACCEPTS ANY HOST KEY, so anyone on the
+        path can pose as the server: it is for tests only. `DeviceLink`s never use it: their
+        `Endpoint` must pin a key or name a known_hosts file.
         `timeout` bounds connect+hello and is the default for every request.
         """
         client = cls(host, port, username, password, client_keys, known_hosts, timeout)
@@ -301,10 +334,15 @@ class NetconfClient:
     async def _open(self) -> None:
         try:
             async with asyncio.timeout(self.timeout):
-                self._conn = await asyncssh.connect(
-                    self.host, self.port, username=self.username, password=self._password,
-                    client_keys=self._client_keys or None, agent_path=None, config=None,
-                    known_hosts=self._known_hosts, encryption_algs=ENCRYPTION_ALGS)
+                witness = _HostKeyWitness()
+                try:
+                    self._conn = await asyncssh.connect(
+                        self.host, self.port, username=self.username, password=self._password,
+                        client_keys=self._client_keys or None, agent_path=None, config=None,
+                        known_hosts=self._known_hosts, encryption_algs=ENCRYPTION_ALGS,
+                        client_factory=lambda: witness)
+                except asyncssh.HostKeyNotVerifiable:
+                    raise UntrustedHostKey(self.host, self.port, witness.offered) from None
                 self._chan, _ = await self._conn.create_session(
                     lambda: _Channel(self, self._generation), subsystem="netconf", encoding=None)
                 self._send_raw(

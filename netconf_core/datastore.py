@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from .errors import BASE_NS, RPCError
+from .errors import RPCError
+from .ns import BASE
 from .schema import Schema
 
 DATASTORES = ("running", "candidate", "startup")
-DATA_TAG = f"{{{BASE_NS}}}data"
+DATA_TAG = BASE("data")
 PENDING_FILE = "confirmed-commit.json"
 _FILE_PARSER = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
 
@@ -46,7 +47,7 @@ class PendingRecord:
 
 
 def empty_tree() -> etree._Element:
-    return etree.Element(DATA_TAG, nsmap={None: BASE_NS})
+    return etree.Element(DATA_TAG, nsmap={None: BASE})
 
 
 class Datastores:
@@ -141,7 +142,7 @@ class Datastores:
             tree = etree.fromstring(path.read_bytes(), _FILE_PARSER)
             if tree.tag != DATA_TAG:
                 raise DatastoreError(f"{path}: not a datastore: its root is <{tree.tag}>, not <data> "
-                                     f"in {BASE_NS}")
+                                     f"in {BASE}")
             return self.schema.canonical(tree, config_only=True, validate=validate)
         except etree.XMLSyntaxError as err:
             raise DatastoreError(f"{path}: not well-formed XML: {err}") from None

@@ -11,14 +11,14 @@ import re
 from lxml import etree
 
 from .datastore import copy_in_scope
-from .errors import BASE_NS, RPCError, RPCErrorList
+from .errors import RPCError, RPCErrorList
+from .ns import BASE, YANG_XML
 from .schema import NodeInfo, Schema
 
-YANG_NS = "urn:ietf:params:xml:ns:yang:1"
-OPERATION_ATTR = f"{{{BASE_NS}}}operation"
-INSERT_ATTR = f"{{{YANG_NS}}}insert"
-KEY_ATTR = f"{{{YANG_NS}}}key"
-VALUE_ATTR = f"{{{YANG_NS}}}value"
+OPERATION_ATTR = BASE("operation")
+INSERT_ATTR = YANG_XML("insert")
+KEY_ATTR = YANG_XML("key")
+VALUE_ATTR = YANG_XML("value")
 EDIT_ATTRS = (OPERATION_ATTR, INSERT_ATTR, KEY_ATTR, VALUE_ATTR)
 OPERATIONS = ("merge", "replace", "create", "delete", "remove", "none")
 _KEY_PREDICATE = re.compile(r"\[\s*(?:[\w.-]+:)?([\w.-]+)\s*=\s*(['\"])(.*?)\2\s*\]")
@@ -157,7 +157,10 @@ class _Editor:
     def build(self, edit: etree._Element, info: NodeInfo, path: str, op: str) -> etree._Element:
         if info.keyword in ("leaf", "leaf-list", "anydata", "anyxml"):
             return clean_copy(edit)
-        new = etree.Element(edit.tag, nsmap=edit.nsmap)
+        # The edit's prefixes stay in scope (values may use them), but not a default namespace
+        # other than the node's own: lxml would let it shadow the node's namespace once placed.
+        own = etree.QName(edit).namespace
+        new = etree.Element(edit.tag, nsmap={p: uri for p, uri in edit.nsmap.items() if p is not None or uri == own})
         for key in info.keys:
             new.append(clean_copy(edit.find(f"{{{info.namespace}}}{key}")))
         self.apply_children(new, info, path, edit, op)

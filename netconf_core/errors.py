@@ -5,7 +5,9 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-BASE_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
+from .ns import BASE
+
+BASE_NS = BASE  # the name levels and older modules import; the namespace is netconf_core.ns.BASE
 
 ERROR_TYPES = ("transport", "rpc", "protocol", "application")
 ERROR_TAGS = (
@@ -15,10 +17,6 @@ ERROR_TAGS = (
     "rollback-failed", "data-exists", "data-missing", "operation-not-supported",
     "operation-failed", "partial-operation", "malformed-message",
 )
-
-
-def _q(tag: str) -> str:
-    return f"{{{BASE_NS}}}{tag}"
 
 
 @dataclass
@@ -47,37 +45,37 @@ class RPCError(Exception):
         # What this server sends must be standard; what a client receives is taken as it is.
         if self.tag not in ERROR_TAGS or self.type not in ERROR_TYPES:
             raise ValueError(f"non-standard rpc-error {self.type}/{self.tag}")
-        err = etree.Element(_q("rpc-error"), nsmap={None: BASE_NS})
-        etree.SubElement(err, _q("error-type")).text = self.type
-        etree.SubElement(err, _q("error-tag")).text = self.tag
-        etree.SubElement(err, _q("error-severity")).text = self.severity
+        err = etree.Element(BASE("rpc-error"), nsmap={None: BASE})
+        etree.SubElement(err, BASE("error-type")).text = self.type
+        etree.SubElement(err, BASE("error-tag")).text = self.tag
+        etree.SubElement(err, BASE("error-severity")).text = self.severity
         if self.app_tag:
-            etree.SubElement(err, _q("error-app-tag")).text = self.app_tag
+            etree.SubElement(err, BASE("error-app-tag")).text = self.app_tag
         if self.path:
-            path = etree.SubElement(err, _q("error-path"), nsmap=self.path_nsmap or None)
+            path = etree.SubElement(err, BASE("error-path"), nsmap=self.path_nsmap or None)
             path.text = self.path
         if self.message:
-            msg = etree.SubElement(err, _q("error-message"))
+            msg = etree.SubElement(err, BASE("error-message"))
             msg.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
             msg.text = self.message
         if self.info:
-            info = etree.SubElement(err, _q("error-info"))
+            info = etree.SubElement(err, BASE("error-info"))
             for name, value in self.info.items():
-                etree.SubElement(info, _q(name)).text = str(value)
+                etree.SubElement(info, BASE(name)).text = str(value)
         return err
 
     @classmethod
     def from_xml(cls, err: etree._Element) -> "RPCError":
         def text(name: str) -> str | None:
-            node = err.find(_q(name))
+            node = err.find(BASE(name))
             return node.text.strip() if node is not None and node.text else None
 
         info: dict[str, str] = {}
-        info_node = err.find(_q("error-info"))
+        info_node = err.find(BASE("error-info"))
         if info_node is not None:
             for child in info_node:
                 info[etree.QName(child).localname] = (child.text or "").strip()
-        path_node = err.find(_q("error-path"))
+        path_node = err.find(BASE("error-path"))
         return cls(
             tag=text("error-tag") or "operation-failed",
             message=text("error-message") or "",

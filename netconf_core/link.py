@@ -13,29 +13,73 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from lxml import etree
 
-from netconf_core.client import NetconfClient, SessionClosedError
+from netconf_core import ns
+from netconf_core.client import NetconfClient, SessionClosedError, UntrustedHostKey
 from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.ssh import fingerprint, trusted_host_keys
 
 log = logging.getLogger(__name__)
 
-YANGLIB_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-library"
+YANGLIB_NS = ns.YANG_LIBRARY
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
+
+
+class UnpinnedEndpoint(ValueError):
+    """An Endpoint that says neither which host key to trust nor where to look it up."""
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where and how to reach a NETCONF server."""
+    """Where and how to reach a NETCONF server, and how to know it is that server.
+
+    A way to check the server's host key is required by `DeviceLink` and `connect()`
+    (`UnpinnedEndpoint` otherwise; `host_key` wins when both are given): `host_key`, the key itself as an OpenSSH public line
+    ("ssh-ed25519 AAAA... [comment]"; several lines trust each of them, for a key rotation),
+    which is trusted whatever name or address the server is reached by; or `known_hosts`, the
+    path of an OpenSSH known_hosts file, whose entries name the host as OpenSSH does
+    (`[127.0.0.1]:8830` for a port other than 22). A server offering another key is refused
+    before anything is authenticated.
+    """
 
     name: str
     host: str
     port: int
     username: str
     password: str | None = None
-    client_keys: tuple[str, ...] | None = None
+    client_keys: tuple[Any, ...] | None = None   # private key paths, or asyncssh keys
+    host_key: str | None = None
+    known_hosts: str | None = None
+
+    def trusted(self) -> Any:
+        """The `known_hosts` argument of `NetconfClient.connect` (asyncssh's) for this endpoint;
+        raises `UnpinnedEndpoint` when it pins nothing."""
+        if self.host_key:
+            return trusted_host_keys(self.host_key)
+        if self.known_hosts:
+            return str(self.known_hosts)
+        raise UnpinnedEndpoint(f"endpoint {self.name} ({self.host}:{self.port}) pins no host key: give it "
+                               "host_key (the server's OpenSSH public key line) or known_hosts (a file)")
+
+    async def connect(self, timeout: float = 10.0) -> NetconfClient:
+        """One NETCONF session to this endpoint (host key checked), outside any DeviceLink."""
+        return await NetconfClient.connect(self.host, self.port, self.username, password=self.password,
+                                           client_keys=list(self.client_keys) if self.client_keys else None,
+                                           known_hosts=self.trusted(), timeout=timeout)
+
+    def refusal(self, error: UntrustedHostKey) -> str:
+        """Why the server's host key was refused, in words naming this endpoint."""
+        where = f"{self.name} at {self.host}:{self.port}"
+        offered = f"{error.algorithm} {error.fingerprint}"
+        if self.host_key:
+            pinned = ", ".join(fingerprint(k) for k in trusted_host_keys(self.host_key)[0])
+            return (f"host key of {where} changed: it offered {offered}, the endpoint pins {pinned}; "
+                    "no session opened")
+        return (f"host key of {where} is unknown or changed: it offered {offered}, which known_hosts file "
+                f"{self.known_hosts} does not list for [{self.host}]:{self.port}; no session opened")
 
 
 @dataclass(frozen=True)
@@ -60,7 +104,11 @@ class DeviceLink:
                  watches: tuple[Watch, ...] = (),
                  on_update: Callable[["DeviceLink", Watch, etree._Element], Awaitable[None]] | None = None):
         """`on_update(link, watch, content)` gets each <push-update> (the first, with the
-        selection whole, then after each resubscription) and <push-change-update> of a watch."""
+        selection whole, then after each resubscription) and <push-change-update> of a watch.
+        The endpoint must pin the server's host key (`UnpinnedEndpoint` otherwise); a server
+        offering another key leaves the link in status "untrusted-host-key", retrying with the
+        longest back-off, its reason naming the endpoint, host:port and the offered key."""
+        self._known_hosts = endpoint.trusted()
         self.endpoint = endpoint
         self.watches = watches
         self.on_update = on_update
@@ -120,6 +168,12 @@ class DeviceLink:
                 self.status, self.reason = "incompatible", str(err)
                 log.warning("%s: %s", self.name, err)
                 backoff = BACKOFF_MAX
+            except UntrustedHostKey as err:
+                reason = self.endpoint.refusal(err)
+                if reason != self.reason or self.status != "untrusted-host-key":
+                    log.error("%s", reason)
+                self.status, self.reason = "untrusted-host-key", reason
+                backoff = BACKOFF_MAX
             except (OSError, SessionClosedError, asyncio.TimeoutError, RPCError) as err:
                 self.reason = f"{type(err).__name__}: {err}"
             except Exception as err:  # asyncssh's own errors (auth, protocol) and anything unforeseen
@@ -129,7 +183,7 @@ class DeviceLink:
             if self.client:
                 self.client.close()
                 self.client = None
-            if self.status != "incompatible":
+            if self.status not in ("incompatible", "untrusted-host-key"):
                 self.status = "disconnected"
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
@@ -138,7 +192,8 @@ class DeviceLink:
         ep = self.endpoint
         self.status = "connecting"
         client = await NetconfClient.connect(ep.host, ep.port, ep.username, password=ep.password,
-                                             client_keys=list(ep.client_keys) if ep.client_keys else None)
+                                             client_keys=list(ep.client_keys) if ep.client_keys else None,
+                                             known_hosts=self._known_hosts)
         self.client = client
         modules = await implemented_modules(client)
         missing = set(self.required_modules) - modules

@@ -16,10 +16,14 @@ PROJECT_MODULES: list[str] = [
     "qi-key-manager",
     "qi-optical-switch",
     "qi-fibre-plant",
+    "qi-quantum-node",
     "qi-connectivity",
     "qi-forwarding",
+    "qi-fabric",
     "qi-service",
+    "qi-entanglement-service",
     "qi-intent",
+    "qi-entanglement-intent",
     "qi-federation",
 ]
 """Every module in yang/, each after the project modules it imports."""

@@ -26,10 +26,9 @@ import libyang
 from libyang.util import c2str
 from lxml import etree
 
-NACM_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-acm"
+from .ns import BASE, NACM, YANG_XML
+
 NACM_MODULE = "ietf-netconf-acm"
-BASE_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
-YANG_NS = "urn:ietf:params:xml:ns:yang:1"
 NETCONF_MODULE = "ietf-netconf"
 
 ACCESS_OPERATIONS = frozenset({"create", "read", "update", "delete", "exec"})
@@ -41,7 +40,7 @@ DEFAULT_DENY_ALL_OPERATIONS = frozenset({(NETCONF_MODULE, "kill-session"), (NETC
 ALWAYS_SENT_NOTIFICATIONS = frozenset({("nc-notifications", "replayComplete"),
                                        ("nc-notifications", "notificationComplete")})
 _DATA_KEYWORDS = frozenset({"container", "list", "leaf", "leaf-list", "anydata", "anyxml"})
-_WRAPPER_NAMESPACES = frozenset({BASE_NS, YANG_NS})
+_WRAPPER_NAMESPACES = frozenset({BASE, YANG_XML})
 
 _NAME = r"[A-Za-z_][\w.-]*"
 _STEP = re.compile(rf"(?P<prefix>{_NAME}):(?P<name>{_NAME})(?P<predicates>.*)", re.S)
@@ -132,9 +131,9 @@ class Nacm:
         # Kept for reporting only: the transport here reports no groups to add.
         self.enable_external_groups = _boolean(config, "enable-external-groups", True)
         self._groups: dict[str, frozenset[str]] = {}
-        for group in _children(config, "groups", "group"):
-            self._groups[_text(group, "name") or ""] = frozenset(_texts(group, "user-name"))
-        self._rule_lists = tuple(_parse_rule_list(element) for element in _children(config, "rule-list"))
+        for group in NACM.all(config, "groups/group"):
+            self._groups[NACM.text(group, "name") or ""] = frozenset(_texts(group, "user-name"))
+        self._rule_lists = tuple(_parse_rule_list(element) for element in NACM.all(config, "rule-list"))
         self._module_of_ns = {c2str(m.cdata.ns): m.name() for m in self.ctx}
         self._schema_cache: dict[tuple[str, ...], _SchemaNode | None] = {}
         self._rules_cache: dict[str, tuple[_Rule, ...]] = {}
@@ -436,27 +435,12 @@ class Nacm:
 # --- reading the configuration ------------------------------------------------
 
 
-def _q(name: str) -> str:
-    return f"{{{NACM_NS}}}{name}"
-
-
-def _children(parent: etree._Element | None, *names: str) -> list[etree._Element]:
-    if parent is None:
-        return []
-    return parent.findall("/".join(_q(n) for n in names))
-
-
-def _text(parent: etree._Element | None, name: str) -> str | None:
-    node = parent.find(_q(name)) if parent is not None else None
-    return node.text.strip() if node is not None and node.text is not None else None
-
-
 def _texts(parent: etree._Element, name: str) -> list[str]:
-    return [(node.text or "").strip() for node in parent.findall(_q(name))]
+    return [(node.text or "").strip() for node in NACM.all(parent, name)]
 
 
 def _boolean(config: etree._Element | None, name: str, default: bool) -> bool:
-    value = _text(config, name)
+    value = NACM.text(config, name)
     if value is None:
         return default
     if value not in ("true", "false"):
@@ -466,35 +450,35 @@ def _boolean(config: etree._Element | None, name: str, default: bool) -> bool:
 
 def _action(config: etree._Element | None, name: str, default: str) -> bool:
     """An action-type leaf as 'is permitted'."""
-    value = _text(config, name) or default
+    value = NACM.text(config, name) or default
     if value not in ("permit", "deny"):
         raise NacmConfigError(f"nacm/{name} must be permit or deny, not {value!r}")
     return value == "permit"
 
 
 def _parse_rule_list(element: etree._Element) -> _RuleList:
-    name = _text(element, "name") or ""
-    rules = tuple(_parse_rule(name, rule) for rule in _children(element, "rule"))
+    name = NACM.text(element, "name") or ""
+    rules = tuple(_parse_rule(name, rule) for rule in NACM.all(element, "rule"))
     return _RuleList(name, frozenset(_texts(element, "group")), rules)
 
 
 def _parse_rule(rule_list: str, element: etree._Element) -> _Rule:
-    name = _text(element, "name") or ""
+    name = NACM.text(element, "name") or ""
     where = f"rule-list {rule_list!r} rule {name!r}"
-    action = _text(element, "action")
+    action = NACM.text(element, "action")
     if action not in ("permit", "deny"):
         raise NacmConfigError(f"{where}: action must be permit or deny, not {action!r}")
-    operations_text = _text(element, "access-operations") or "*"
+    operations_text = NACM.text(element, "access-operations") or "*"
     operations = ACCESS_OPERATIONS if operations_text == "*" else frozenset(operations_text.split())
     if not operations or not operations <= ACCESS_OPERATIONS:
         raise NacmConfigError(f"{where}: access-operations {operations_text!r} is neither '*' nor a set of "
                               f"{', '.join(sorted(ACCESS_OPERATIONS))}")
-    path_element = element.find(_q("path"))
+    path_element = element.find(NACM("path"))
     return _Rule(
         name=name,
-        module=_text(element, "module-name") or "*",
-        rpc_name=_text(element, "rpc-name"),
-        notification_name=_text(element, "notification-name"),
+        module=NACM.text(element, "module-name") or "*",
+        rpc_name=NACM.text(element, "rpc-name"),
+        notification_name=NACM.text(element, "notification-name"),
         path=_parse_path(where, path_element) if path_element is not None else None,
         operations=operations,
         permit=action == "permit",

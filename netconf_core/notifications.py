@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from lxml import etree
 
 from .errors import RPCError
+from .ns import NETMOD_NOTIFICATION, NOTIFICATION
 
-NOTIF_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
-NC_NOTIFICATIONS_NS = "urn:ietf:params:xml:ns:netmod:notification"
 STREAM = "NETCONF"
 
 
@@ -38,8 +37,8 @@ class Event:
     content: etree._Element  # the notification's top element, as the model defines it
 
     def to_xml(self) -> bytes:
-        notification = etree.Element(f"{{{NOTIF_NS}}}notification", nsmap={None: NOTIF_NS})
-        etree.SubElement(notification, f"{{{NOTIF_NS}}}eventTime").text = self.time.isoformat()
+        notification = etree.Element(NOTIFICATION("notification"), nsmap={None: NOTIFICATION})
+        etree.SubElement(notification, NOTIFICATION("eventTime")).text = self.time.isoformat()
         notification.append(self.content)
         try:
             return etree.tostring(notification)
@@ -49,7 +48,7 @@ class Event:
 
 def control_event(name: str) -> Event:
     """replayComplete / notificationComplete (RFC 5277 section 2.1.2 and 3.3)."""
-    return Event(now(), "nc-notifications", name, etree.Element(f"{{{NC_NOTIFICATIONS_NS}}}{name}"))
+    return Event(now(), "nc-notifications", name, etree.Element(NETMOD_NOTIFICATION(name)))
 
 
 class ReplayBuffer:

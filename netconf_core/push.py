@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from . import filters
-from .datastore import empty_tree
+from . import filters, ns
 from .errors import RPCError
 from .notifications import STREAM, Event, now, parse_time
 
@@ -40,11 +39,11 @@ if TYPE_CHECKING:  # the server and its sessions use this module: no import of t
 
 log = logging.getLogger(__name__)
 
-SN_NS = "urn:ietf:params:xml:ns:yang:ietf-subscribed-notifications"
-YP_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-push"
-DS_NS = "urn:ietf:params:xml:ns:yang:ietf-datastores"
-NC_NOTIFICATIONS_NS = "urn:ietf:params:xml:ns:netmod:notification"
-NC_NOTIF_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
+SN_NS = ns.SUBSCRIBED_NOTIFICATIONS
+YP_NS = ns.YANG_PUSH
+DS_NS = ns.DATASTORES
+NC_NOTIFICATIONS_NS = ns.NETMOD_NOTIFICATION
+NC_NOTIF_NS = ns.NC_NOTIFICATIONS
 
 # Operational (and candidate, startup) on-change subscriptions look for changes this often.
 ON_CHANGE_POLL = 0.25

@@ -47,7 +47,9 @@ Users authenticate with HTTP Basic against the server's users and passwords (401
 with wrong credentials); NACM applies per user as on NETCONF (403 access-denied). RESTCONF
 has no sessions: the engine sees each request as a session of that user with session-id 0
 (the config-change notification's session-id-or-zero). Plain HTTP is refused on a
-non-loopback address unless `insecure_http=True`.
+non-loopback address unless `insecure_http=True`. No client can exhaust the server
+(`limits=HttpLimits(...)`): connections, requests in progress, body and header sizes, idle
+keep-alive and TLS handshake times, and event streams per user are capped.
 
 `lenient=True` accepts what clients of ETSI GS QKD 015 nodes (TeraFlowSDN's QKD driver) send
 where it departs from RFC 8040 and RFC 7951, and nothing that would weaken validation (the
@@ -91,8 +93,11 @@ from typing import TYPE_CHECKING, Callable
 
 import libyang
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 from lxml import etree
 
+from . import ns
 from .datastore import empty_tree
 from .edit import INSERT_ATTR, KEY_ATTR, OPERATION_ATTR, VALUE_ATTR, apply_edit
 from .errors import BASE_NS, RPCError, RPCErrorList
@@ -103,6 +108,7 @@ from .restconf_codec import (JSON, RESTCONF_NS, XML, Body, bare_top_member, cano
                              parse_body, parse_patch, patch_status, path_config, qualify_members, select_fields,
                              text_value, xml_root)
 from .restconf_path import Step, bad_path, data_path, parse_fields, resolve, uri_path
+from .ssh import RateLimitedLog
 
 if TYPE_CHECKING:
     from .server import NetconfServer
@@ -116,9 +122,10 @@ YANG_PATCH_JSON = "application/yang-patch+json"
 YANG_PATCH_XML = "application/yang-patch+xml"
 MEDIA = {JSON: YANG_DATA_JSON, XML: YANG_DATA_XML}
 YANG_LIBRARY_VERSION = "2019-01-04"
-MONITORING_NS = "urn:ietf:params:xml:ns:yang:ietf-restconf-monitoring"
+MONITORING_NS = ns.RESTCONF_MONITORING
 MONITORING_MODULE = "ietf-restconf-monitoring"
 MAX_BODY = 16 * 1024 * 1024  # as a NETCONF message (TransportLimits.max_message)
+RETRY_AFTER_S = "1"  # what a client over a server-wide limit is told to wait
 STREAM_BACKLOG = 1000  # events a stream's client may lag behind before its stream is ended
 CAPABILITIES = (
     "urn:ietf:params:restconf:capability:defaults:1.0?basic-mode=explicit",
@@ -172,6 +179,25 @@ class RestconfSession:
         """Nothing to end: the request ends with its reply."""
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one RESTCONF server grants its HTTP clients: the HTTP side of the SSH transport's
+    netconf_core.ssh.TransportLimits. Over a server-wide limit a client gets 503 with
+    Retry-After (the server is busy, not the request wrong); over its own, 409 resource-denied
+    (RFC 8040 section 7), a body too large 413 too-big, a header too large 431 (RFC 6585);
+    each as ietf-restconf:errors, and the others are served meanwhile."""
+
+    max_connections: int = 256  # TCP connections at once; one more is answered 503 and closed
+    max_requests: int = 64  # requests being handled at once (event streams aside): 503
+    max_body: int = MAX_BODY  # bytes of a request body: 413
+    max_header_line: int = 8190  # bytes of the request line or of one header: 431
+    max_headers: int = 128  # header fields of a request: 431
+    keepalive_timeout: float = 15.0  # seconds an idle keep-alive connection stays open
+    handshake_timeout: float = 10.0  # seconds to finish a TLS handshake
+    max_streams_per_user: int = 8  # event streams (SSE) one user holds open at once: 409
+    stream_heartbeat: float = 15.0  # seconds between SSE comments on a quiet stream: a client gone is seen
+
+
 @dataclass
 class _Entity:
     """A configuration datastore's entity tag and last change, for one tree of it."""
@@ -203,7 +229,7 @@ class RestconfServer:
 
     def __init__(self, netconf: NetconfServer, host: str = "127.0.0.1", port: int = 0, *,
                  ssl_context: ssl.SSLContext | None = None, insecure_http: bool = False, lenient: bool = False,
-                 max_body: int = MAX_BODY):
+                 limits: HttpLimits = HttpLimits()):
         if ssl_context is None and not insecure_http and not _is_loopback(host):
             raise ValueError(f"plain HTTP on {host}, which is not a loopback address: give an ssl_context "
                              "(HTTPS), or insecure_http=True")
@@ -213,12 +239,17 @@ class RestconfServer:
         self.port = port
         self.ssl_context = ssl_context
         self.lenient = lenient
+        self.limits = limits
+        self._in_flight = 0  # requests being handled, event streams aside
+        self._user_streams: dict[str, int] = {}
+        self._listener: asyncio.AbstractServer | None = None
+        self._overload_log = RateLimitedLog()
         self._entities: dict[str, _Entity] = {}
         self._np: dict[str, bool] = {}
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Queue] = set()
         self._serving = False
-        self.app = web.Application(client_max_size=max_body)
+        self.app = web.Application(client_max_size=limits.max_body)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
         if self.schema.namespace_of_module(MONITORING_MODULE) is not None:
             netconf.add_state_provider(self._restconf_state, path=f"/{MONITORING_MODULE}:restconf-state")
@@ -233,9 +264,10 @@ class RestconfServer:
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._listener = await asyncio.get_running_loop().create_server(
+            self._accept, self.host, self.port, ssl=self.ssl_context,
+            ssl_handshake_timeout=self.limits.handshake_timeout if self.ssl_context else None)
+        self.port = self._listener.sockets[0].getsockname()[1]
         self._serving = True
         self._unsubscribe = self.netconf.subscribe_events(self._event)
 
@@ -246,6 +278,9 @@ class RestconfServer:
             self._unsubscribe = None
         for queue in list(self._streams):
             queue.put_nowait(None)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -257,9 +292,47 @@ class RestconfServer:
     async def __aexit__(self, *exc) -> None:
         await self.stop()
 
+    # --- connections and limits -------------------------------------------------------------------
+
+    def _accept(self) -> asyncio.Protocol:
+        """A protocol for a new connection: aiohttp's, with the limits and RESTCONF errors, or
+        over max_connections one that answers 503 and closes."""
+        server = self._runner.server
+        if len(server.connections) >= self.limits.max_connections:
+            self._overload_log.warning("%s: RESTCONF connection refused: %d open, the limit", self.netconf.name,
+                                       self.limits.max_connections)
+            return _Refusal(self._overload_reply(f"{self.limits.max_connections} connections are open, this "
+                                                 "server's limit"))
+        return _Handler(self, server, loop=asyncio.get_running_loop(), access_log=None,
+                        keepalive_timeout=self.limits.keepalive_timeout, max_line_size=self.limits.max_header_line,
+                        max_field_size=self.limits.max_header_line, max_headers=self.limits.max_headers)
+
+    def _overload_reply(self, message: str) -> bytes:
+        body = error_body(self.schema, [RPCError("resource-denied", f"{message}; try again later",
+                                                 type="transport")], JSON)
+        return (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {YANG_DATA_JSON}\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER_S}\r\nConnection: close\r\n\r\n"
+                ).encode() + body
+
     # --- the request ----------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.rel_url.raw_path.startswith(f"{ROOT}/streams/"):
+            return await self._handle_one(request)  # streams have their own, per-user limit
+        if self._in_flight >= self.limits.max_requests:
+            self._overload_log.warning("%s: RESTCONF request refused: %d in progress, the limit", self.netconf.name,
+                                       self.limits.max_requests)
+            fmt = XML if YANG_DATA_XML in request.headers.get("Accept", "") else JSON
+            return self._error_response(request, 503, [RPCError(
+                "resource-denied", f"{self.limits.max_requests} requests are in progress, this server's limit; try "
+                "again later", type="transport")], fmt, {"Retry-After": RETRY_AFTER_S})
+        self._in_flight += 1
+        try:
+            return await self._handle_one(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _handle_one(self, request: web.Request) -> web.StreamResponse:
         fmt, bare = JSON, False
         try:
             raw = request.rel_url.raw_path
@@ -565,7 +638,7 @@ class RestconfServer:
 
     def _data_body(self, content: bytes, fmt: str) -> Body:
         """A PUT or PATCH body of a whole datastore: {"ietf-restconf:data": {...}} or
-        <data xmlns="urn:ietf:params:xml:ns:yang:ietf-restconf">."""
+        <data> in the ietf-restconf namespace."""
         if fmt == JSON:
             members = json_members(content)
             if set(members) != {"ietf-restconf:data"} or not isinstance(members["ietf-restconf:data"], dict):
@@ -759,8 +832,8 @@ class RestconfServer:
         if fmt == JSON:
             return json.dumps({"ietf-restconf:operations": {f"{m}:{n}": [None] for m, n, _ in rpcs}}).encode()
         root = etree.Element(f"{{{RESTCONF_NS}}}operations", nsmap={None: RESTCONF_NS})
-        for _, name, ns in rpcs:
-            etree.SubElement(root, f"{{{ns}}}{name}", nsmap={None: ns})
+        for _, name, uri in rpcs:
+            etree.SubElement(root, f"{{{uri}}}{name}", nsmap={None: uri})
         return etree.tostring(root)
 
     async def _invoke(self, req: _Request, steps: tuple[Step, ...], info) -> web.Response:
@@ -817,6 +890,11 @@ class RestconfServer:
         if start is not None and start > now():
             raise bad_path("start-time is in the future")
         flt = self._stream_filter(params["filter"]) if "filter" in params else None
+        user = req.session.username
+        if self._user_streams.get(user, 0) >= self.limits.max_streams_per_user:
+            raise RPCError("resource-denied", f"user '{user}' has {self.limits.max_streams_per_user} event streams "
+                           "open, this server's limit per user; close one first", type="application")
+        self._user_streams[user] = self._user_streams.get(user, 0) + 1
         queue: asyncio.Queue = asyncio.Queue(STREAM_BACKLOG)
         self._streams.add(queue)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -828,14 +906,20 @@ class RestconfServer:
                 await self._send_event(response, req, event, encoding, flt)
             replayed = {id(event) for event in backlog}  # those that came while the stream started
             while self._serving:
-                timeout = (stop - now()).total_seconds() if stop is not None else None
-                if timeout is not None and timeout <= 0:
-                    break
+                timeout = self.limits.stream_heartbeat
+                if stop is not None:
+                    timeout = min(timeout, (stop - now()).total_seconds())
+                    if timeout <= 0:
+                        break
                 try:
                     async with asyncio.timeout(timeout):
                         event = await queue.get()
-                except TimeoutError:
-                    break
+                except TimeoutError:  # the stop-time, or a heartbeat: is the client still there?
+                    transport = req.http.transport
+                    if (stop is not None and now() >= stop) or transport is None or transport.is_closing():
+                        break
+                    await response.write(b": heartbeat\n\n")
+                    continue
                 if event is None:
                     break
                 if stop is not None and event.time > stop:
@@ -847,6 +931,9 @@ class RestconfServer:
             pass
         finally:
             self._streams.discard(queue)
+            self._user_streams[user] -= 1
+            if not self._user_streams[user]:
+                del self._user_streams[user]
         return response
 
     def _stream_filter(self, select: str) -> etree.XPath:
@@ -1040,6 +1127,52 @@ class RestconfServer:
         if unmodified is not None and entity.modified > unmodified:
             raise HttpError(412, "operation-failed", f"the {datastore} datastore changed after "
                             f"{email.utils.format_datetime(unmodified, usegmt=True)}")
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, answering a request it cannot parse as RESTCONF does:
+    ietf-restconf:errors, 431 for a header over the limits (RFC 6585 section 5), 400
+    malformed-message for the rest, logged once per interval rather than with a traceback."""
+
+    def __init__(self, restconf: RestconfServer, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.restconf = restconf
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, BadHttpMessage):
+            return super().handle_error(request, status, exc, message)
+        too_big = isinstance(exc, LineTooLong) or "Too many headers" in str(exc)
+        self.restconf._overload_log.warning("%s: RESTCONF request not parsed: %s", self.restconf.netconf.name,
+                                            "header over the limits" if too_big else exc.message)
+        limits = self.restconf.limits
+        text = (f"the request's header is over this server's limits ({limits.max_header_line} bytes a line, "
+                f"{limits.max_headers} fields)" if too_big else f"not an HTTP request: {exc.message}")
+        body = error_body(self.restconf.schema, [RPCError("too-big" if too_big else "malformed-message", text,
+                                                          type="transport")], JSON)
+        response = web.Response(status=431 if too_big else 400, body=body, headers={"Content-Type": YANG_DATA_JSON})
+        response.force_close()  # what follows on the connection cannot be told apart
+        return response
+
+
+class _Refusal(asyncio.Protocol):
+    """A connection over the limit: the 503 reply, then closed (after the client's own close,
+    or a second, so that it reads the reply rather than a reset)."""
+
+    def __init__(self, reply: bytes):
+        self.reply = reply
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.reply)
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(1.0, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        """What the client sent is not read."""
+
+    def eof_received(self) -> bool:
+        return False  # close
 
 
 class _NotModified(HttpError):

@@ -21,17 +21,18 @@ from dataclasses import dataclass, field
 from _libyang import ffi, lib
 from lxml import etree
 
+from . import ns
 from .datastore import copy_in_scope
 from .errors import BASE_NS, RPCError
 from .restconf_path import DATA_KEYWORDS, Step, data_path
 from .schema import Schema, _steps, qualified_path
 
 JSON, XML = "json", "xml"
-RESTCONF_NS = "urn:ietf:params:xml:ns:yang:ietf-restconf"
-YANG_PATCH_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-patch"
-WD_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"  # the metadata libyang reads
-WD_ATTR_NS = "urn:ietf:params:xml:ns:netconf:default:1.0"  # RFC 6243 section 6, as the server tags
-YANG_ACTION = "{urn:ietf:params:xml:ns:yang:1}action"
+RESTCONF_NS = ns.RESTCONF
+YANG_PATCH_NS = ns.YANG_PATCH
+WD_NS = ns.WITH_DEFAULTS  # the metadata libyang reads
+WD_ATTR_NS = ns.DEFAULT_ATTR  # RFC 6243 section 6, as the server tags
+YANG_ACTION = ns.YANG_XML("action")
 CONFIG_TAG = f"{{{BASE_NS}}}config"
 FORMATS = {JSON: lib.LYD_JSON, XML: lib.LYD_XML}
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True, huge_tree=False)

@@ -23,6 +23,7 @@ from lxml import etree
 
 from .errors import RPCError
 from .models import load_context
+from .ns import BASE
 
 # The NETCONF protocol's own modules, loaded into every server's context.
 PROTOCOL_MODULES = (
@@ -426,10 +427,11 @@ class _ParsedSubtrees:
             self._trees.clear()
             self._bytes = 0
 
-    def __del__(self) -> None:
+    def __del__(self, _is_finalizing=sys.is_finalizing) -> None:
         # While the interpreter shuts down, the context may already be destroyed (objects go
         # in no set order then): freeing a tree of it would crash. `_close_caches` ran before.
-        if not sys.is_finalizing():
+        # (`sys` itself may be gone by then, hence the bound default.)
+        if not _is_finalizing():
             self.close()
 
 
@@ -486,7 +488,7 @@ def free_tree(dnode: libyang.DNode | None) -> None:
 
 
 def _is_root(element: etree._Element) -> bool:
-    return etree.QName(element).namespace == "urn:ietf:params:xml:ns:netconf:base:1.0"
+    return etree.QName(element).namespace == BASE
 
 
 # RFC 7950 section 15 app-tags and the error-tags they go with.

@@ -39,21 +39,21 @@ from lxml import etree
 
 from . import filters
 from .datastore import DATASTORES, Datastores, PendingRecord, empty_tree, merge_state
-from .errors import BASE_NS, RPCError
+from .errors import RPCError
 from .extension import AccessPolicy, NacmAccess, TopNode, filter_selects, may_select, provider_paths
 from .nacm import Nacm, NacmConfigError, NacmCounters
 from .notifications import ReplayBuffer, Event, now
 from .schema import WD_FLAGS, Schema
-from .ssh import SERVER_OPTIONS, Listener, NetconfSubsystemChannel, TransportLimits
-from .session import BASE_10, BASE_11, MONITORING_NS, WD_NS, Session, q
-from .push import NC_NOTIFICATIONS_NS, SN_NS, PushManager, config_change_edits
+from .ssh import (SERVER_OPTIONS, Listener, NetconfSubsystemChannel, TransportLimits, persistent_host_key,
+                  public_key_line)
+from .session import BASE_10, BASE_11, Session
+from .ns import (BASE, DEFAULT_ATTR, MONITORING, NACM, NC_NOTIFICATIONS, NETMOD_NOTIFICATION, SUBSCRIBED_NOTIFICATIONS,
+                 WITH_DEFAULTS, YANG_LIBRARY)
+from .push import PushManager, config_change_edits
 
 log = logging.getLogger(__name__)
 
-NACM_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-acm"
-NC_NOTIF_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
-YANGLIB_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-library"
-WD_ATTR_NS = "urn:ietf:params:xml:ns:netconf:default:1.0"
+NACM_NS = NACM  # the name orchestrator/federation.py imports; the namespace is netconf_core.ns.NACM
 
 CAPABILITIES = [
     BASE_10,
@@ -118,8 +118,8 @@ def standard_nacm(read_write: list[str], read_only: list[str],
     read, subscribe and fetch schemas, and run the model RPCs named in `read_only_rpcs`
     ((module, rpc) pairs that change nothing), but not write, run other RPCs nor actions.
     With `subtree_writers`, a third group `subtree-writers` (see SubtreeWriters)."""
-    n = lambda tag: f"{{{NACM_NS}}}{tag}"
-    nacm = etree.Element(n("nacm"), nsmap={None: NACM_NS})
+    n = lambda tag: f"{{{NACM}}}{tag}"
+    nacm = etree.Element(n("nacm"), nsmap={None: NACM})
     etree.SubElement(nacm, n("enable-nacm")).text = "true"
     groups = etree.SubElement(nacm, n("groups"))
     members = [("read-write", read_write), ("read-only", read_only)]
@@ -181,6 +181,8 @@ class PendingConfirm:
 
 # A revert that a change handler refused is tried again after this many seconds.
 REVERT_RETRY = 5.0
+# The host key a server without one given keeps in its datastore directory (mode 0600).
+HOST_KEY_FILE = "ssh_host_ed25519_key"
 # Worker threads per server for work that may take long (xpath filters); one per user at a time.
 EXPENSIVE_WORKERS = 2
 
@@ -198,9 +200,11 @@ class NetconfServer:
         self.host = host
         self.port = port
         self.name = name
-        self.host_key = host_key or asyncssh.generate_private_key("ssh-ed25519")
+        # Without a key given: the one kept beside the datastores (a restart keeps it), or a new one.
+        self.host_key = host_key or (persistent_host_key(pathlib.Path(datastore_dir) / HOST_KEY_FILE) if datastore_dir
+                                     else asyncssh.generate_private_key("ssh-ed25519"))
         self.datastores = Datastores(schema, datastore_dir)
-        if nacm is not None and self.datastores["running"].find(f"{{{NACM_NS}}}nacm") is None:
+        if nacm is not None and self.datastores["running"].find(f"{{{NACM}}}nacm") is None:
             seeded = self.datastores.copy("running")
             seeded.append(nacm)
             self.datastores.set("running", schema.canonical(seeded, config_only=True))
@@ -235,6 +239,12 @@ class NetconfServer:
         self.access_policy: AccessPolicy = NacmAccess(lambda: self.nacm)
 
     # --- extension points -------------------------------------------------
+
+    @property
+    def public_host_key(self) -> str:
+        """The OpenSSH public line of this server's host key: what a client pins
+        (`Endpoint(..., host_key=server.public_host_key)`)."""
+        return public_key_line(self.host_key)
 
     def on_change(self, handler: ChangeHandler) -> None:
         self._change_handlers.append(handler)
@@ -384,11 +394,11 @@ class NetconfServer:
             self._arm(self.pending, 0, "the session that started it ended")
 
     def hello_message(self, session_id: int) -> bytes:
-        hello = etree.Element(q("hello"), nsmap={None: BASE_NS})
-        caps = etree.SubElement(hello, q("capabilities"))
+        hello = etree.Element(BASE("hello"), nsmap={None: BASE})
+        caps = etree.SubElement(hello, BASE("capabilities"))
         for uri in self.capabilities():
-            etree.SubElement(caps, q("capability")).text = uri
-        etree.SubElement(hello, q("session-id")).text = str(session_id)
+            etree.SubElement(caps, BASE("capability")).text = uri
+        etree.SubElement(hello, BASE("session-id")).text = str(session_id)
         return etree.tostring(hello)
 
     def capabilities(self) -> list[str]:
@@ -410,7 +420,7 @@ class NetconfServer:
 
     def _build_nacm(self, running: etree._Element) -> Nacm:
         try:
-            return Nacm(self.schema.ctx, running.find(f"{{{NACM_NS}}}nacm"), counters=self.nacm_counters)
+            return Nacm(self.schema.ctx, running.find(f"{{{NACM}}}nacm"), counters=self.nacm_counters)
         except NacmConfigError as err:
             raise RPCError("invalid-value", f"the NACM rules cannot be enforced: {err}",
                            path="/ietf-netconf-acm:nacm") from None
@@ -523,7 +533,7 @@ class NetconfServer:
 
     def _nacm_for(self, after: etree._Element) -> Nacm:
         """The access rules of a new running configuration (rebuilt only when they changed)."""
-        new = after.find(f"{{{NACM_NS}}}nacm")
+        new = after.find(f"{{{NACM}}}nacm")
         if (etree.tostring(new) if new is not None else b"") == self.nacm.source:
             return self.nacm
         return self._build_nacm(after)
@@ -556,14 +566,14 @@ class NetconfServer:
         """RFC 6470 netconf-config-change, with an <edit> per changed node (what on-change
         subscriptions of running also see: they are woken here)."""
         self.push.running_changed(after)
-        change = etree.Element(f"{{{NC_NOTIF_NS}}}netconf-config-change", nsmap={None: NC_NOTIF_NS})
-        by = etree.SubElement(change, f"{{{NC_NOTIF_NS}}}changed-by")
+        change = etree.Element(f"{{{NC_NOTIFICATIONS}}}netconf-config-change", nsmap={None: NC_NOTIFICATIONS})
+        by = etree.SubElement(change, f"{{{NC_NOTIFICATIONS}}}changed-by")
         if session is None:
-            etree.SubElement(by, f"{{{NC_NOTIF_NS}}}server")
+            etree.SubElement(by, f"{{{NC_NOTIFICATIONS}}}server")
         else:
-            etree.SubElement(by, f"{{{NC_NOTIF_NS}}}username").text = session.username
-            etree.SubElement(by, f"{{{NC_NOTIF_NS}}}session-id").text = str(session.id)
-        etree.SubElement(change, f"{{{NC_NOTIF_NS}}}datastore").text = "running"
+            etree.SubElement(by, f"{{{NC_NOTIFICATIONS}}}username").text = session.username
+            etree.SubElement(by, f"{{{NC_NOTIFICATIONS}}}session-id").text = str(session.id)
+        etree.SubElement(change, f"{{{NC_NOTIFICATIONS}}}datastore").text = "running"
         change.extend(config_change_edits(self.schema, before, after))
         await self.notify(change)
 
@@ -681,7 +691,7 @@ class NetconfServer:
         filter can select what it gives."""
         selected = filter_selects(flt) if flt is not None else (
             None if namespaces is None else frozenset((ns, None) for ns in namespaces))
-        protocol = selected is None or any(ns in (YANGLIB_NS, MONITORING_NS, NACM_NS, NC_NOTIFICATIONS_NS, SN_NS)
+        protocol = selected is None or any(ns in (YANG_LIBRARY, MONITORING, NACM, NETMOD_NOTIFICATION, SUBSCRIBED_NOTIFICATIONS)
                                            for ns, _ in selected)
         providers = [p for p, served in self._state_providers if may_select(selected, served)]
         if not protocol and not providers:
@@ -708,30 +718,37 @@ class NetconfServer:
         if mode == "report-all-tagged":
             # libyang tags with the YANG module's namespace; RFC 6243 section 6 names another.
             for element in out.iter():
-                value = element.attrib.pop(f"{{{WD_NS}}}default", None)
+                value = element.attrib.pop(f"{{{WITH_DEFAULTS}}}default", None)
                 if value is not None:
-                    element.set(f"{{{WD_ATTR_NS}}}default", value)
+                    element.set(f"{{{DEFAULT_ATTR}}}default", value)
             etree.cleanup_namespaces(out)
         return out
 
     def _protocol_state(self) -> etree._Element:
         """ietf-yang-library (RFC 8525), ietf-netconf-monitoring (RFC 6022), the streams of
         RFC 5277 and RFC 8639, and the subscriptions (RFC 8639, RFC 8641)."""
-        root = etree.fromstring(f'<data xmlns="{BASE_NS}">{self.schema.yang_library_xml}</data>')
+        root = etree.fromstring(f'<data xmlns="{BASE}">{self.schema.yang_library_xml}</data>')
         for tag in ("content-id", "module-set-id"):  # the hello's content-id (libyang leaves them empty)
-            for node in root.iter(f"{{{YANGLIB_NS}}}{tag}"):
+            for node in root.iter(f"{{{YANG_LIBRARY}}}{tag}"):
                 node.text = self.schema.content_id
+        # libyang names the files it loaded (file:///...): a path of this host, which no client
+        # can fetch. Both leaves are optional (RFC 8525 location, RFC 7895 schema); clients get
+        # the text by get-schema (netconf-state/schemas says so: location NETCONF).
+        leaks = root.xpath("//yl:location | yl:modules-state/yl:module/yl:schema"
+                           " | yl:modules-state/yl:module/yl:submodule/yl:schema", namespaces={"yl": YANG_LIBRARY})
+        for node in leaks:
+            node.getparent().remove(node)
         root.append(self._netconf_state())
         root.extend(self.push.state())
-        n = lambda tag: f"{{{NACM_NS}}}{tag}"
-        nacm = etree.SubElement(root, n("nacm"), nsmap={None: NACM_NS})
+        n = lambda tag: f"{{{NACM}}}{tag}"
+        nacm = etree.SubElement(root, n("nacm"), nsmap={None: NACM})
         for tag in ("denied-operations", "denied-data-writes", "denied-notifications"):
             etree.SubElement(nacm, n(tag)).text = str(getattr(self.nacm_counters, tag.replace("-", "_")))
         return root
 
     def _netconf_state(self) -> etree._Element:
-        m = lambda tag: f"{{{MONITORING_NS}}}{tag}"
-        state = etree.Element(m("netconf-state"), nsmap={None: MONITORING_NS, "ncm": MONITORING_NS})
+        m = lambda tag: f"{{{MONITORING}}}{tag}"
+        state = etree.Element(m("netconf-state"), nsmap={None: MONITORING, "ncm": MONITORING})
         caps = etree.SubElement(state, m("capabilities"))
         for uri in self.capabilities():
             etree.SubElement(caps, m("capability")).text = uri
@@ -779,7 +796,7 @@ class NetconfServer:
         return sorted(set(out))
 
     def get_schema(self, operation: etree._Element) -> etree._Element:
-        m = lambda tag: f"{{{MONITORING_NS}}}{tag}"
+        m = lambda tag: f"{{{MONITORING}}}{tag}"
         identifier = operation.findtext(m("identifier"))
         if not identifier:
             raise RPCError("missing-element", "<get-schema> needs <identifier>", type="protocol",
@@ -800,7 +817,7 @@ class NetconfServer:
                            info={"bad-element": "identifier"})
         path = module.filepath() if hasattr(module, "filepath") else None
         text = pathlib.Path(path).read_text() if fmt == "yang" and path else module.print_mem(fmt)
-        data = etree.Element(m("data"), nsmap={None: MONITORING_NS})
+        data = etree.Element(m("data"), nsmap={None: MONITORING})
         data.text = text
         return data
 
@@ -858,7 +875,7 @@ class NetconfServer:
         return await handler(session, path_nodes[-1], context)
 
     def _validate_operation(self, operation: etree._Element, data: etree._Element | None = None) -> None:
-        rpc = etree.Element(q("rpc"), nsmap={None: BASE_NS})
+        rpc = etree.Element(BASE("rpc"), nsmap={None: BASE})
         rpc.set("message-id", "0")
         rpc.append(copy.deepcopy(operation))
         self.schema.validate_operation(etree.tostring(rpc), data)

@@ -12,12 +12,13 @@ from lxml import etree
 from . import filters
 from .datastore import DATASTORES, empty_tree
 from .edit import apply_edit
-from .errors import BASE_NS, RPCError, RPCErrorList
+from .errors import RPCError, RPCErrorList
 from .framing import FrameReader, FramingError, encode
 from .schema import qualified_path
 from .ssh import TransportLimits
-from .notifications import NOTIF_NS, STREAM, Subscription, control_event, now, parse_time
-from .push import OPERATIONS as PUSH_OPERATIONS, SN_NS, YP_NS
+from .notifications import STREAM, Subscription, control_event, now, parse_time
+from .ns import BASE, MONITORING, NOTIFICATION, SUBSCRIBED_NOTIFICATIONS, WITH_DEFAULTS, YANG_PUSH, YANG_XML
+from .push import OPERATIONS as PUSH_OPERATIONS
 
 if TYPE_CHECKING:
     from .server import NetconfServer
@@ -26,14 +27,8 @@ log = logging.getLogger(__name__)
 
 BASE_10 = "urn:ietf:params:netconf:base:1.0"
 BASE_11 = "urn:ietf:params:netconf:base:1.1"
-WD_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"
-MONITORING_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
-YANG_ACTION = "{urn:ietf:params:xml:ns:yang:1}action"
+YANG_ACTION = YANG_XML("action")
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True, huge_tree=False)
-
-
-def q(tag: str) -> str:
-    return f"{{{BASE_NS}}}{tag}"
 
 
 class Transport(Protocol):
@@ -191,8 +186,8 @@ class Session:
         except etree.XMLSyntaxError:
             hello = None
         caps = set()
-        if hello is not None and hello.tag == q("hello") and hello.find(q("session-id")) is None:
-            caps = {(c.text or "").strip() for c in hello.iterfind(f"{q('capabilities')}/{q('capability')}")}
+        if hello is not None and hello.tag == BASE("hello") and hello.find(BASE("session-id")) is None:
+            caps = {(c.text or "").strip() for c in hello.iterfind(f"{BASE('capabilities')}/{BASE('capability')}")}
         if not caps & {BASE_10, BASE_11}:
             log.info("session %d: bad or missing hello, closing", self.id)
             self.server.stats["in-bad-hellos"] += 1
@@ -232,14 +227,14 @@ class Session:
         except etree.XMLSyntaxError as err:
             self.in_bad_rpcs += 1
             return self._error_reply(None, RPCError("malformed-message", f"not well-formed XML: {err}", type="rpc"))
-        if rpc.tag != q("rpc"):
+        if rpc.tag != BASE("rpc"):
             self.in_bad_rpcs += 1
             qname = etree.QName(rpc)
             if qname.localname == "rpc":
                 got = f"an <rpc> in namespace '{qname.namespace}'" if qname.namespace else "an <rpc> with no namespace"
-                message = f"{got}: a NETCONF <rpc> must be in namespace {BASE_NS} (RFC 6241 section 4.1)"
+                message = f"{got}: a NETCONF <rpc> must be in namespace {BASE} (RFC 6241 section 4.1)"
             else:
-                message = f"expected <rpc> (namespace {BASE_NS}), got <{qname.localname}>"
+                message = f"expected <rpc> (namespace {BASE}), got <{qname.localname}>"
             return self._error_reply(None, RPCError("malformed-message", message, type="rpc"))
         if rpc.get("message-id") is None:
             self.in_bad_rpcs += 1
@@ -260,7 +255,7 @@ class Session:
             return self._error_reply(rpc, RPCError("operation-failed", str(err)))
         reply = self._reply(rpc)
         if body is None:
-            etree.SubElement(reply, q("ok"))
+            etree.SubElement(reply, BASE("ok"))
             out = etree.tostring(reply)
         else:
             # Serialised around the body rather than moving the body into the reply.
@@ -271,14 +266,14 @@ class Session:
             else:
                 parts = [etree.tostring(b) for b in (body if isinstance(body, list) else [body])]
             out = b"".join([head[:-2], b">", *parts, b"</rpc-reply>"])
-        if operation.tag == q("close-session"):
+        if operation.tag == BASE("close-session"):
             self.send(out)
             self.terminate()
             return None
         return out
 
     def _reply(self, rpc: etree._Element | None) -> etree._Element:
-        reply = etree.Element(q("rpc-reply"), nsmap={None: BASE_NS})
+        reply = etree.Element(BASE("rpc-reply"), nsmap={None: BASE})
         if rpc is not None:
             for name, value in rpc.attrib.items():
                 reply.set(name, value)
@@ -297,21 +292,21 @@ class Session:
     async def _dispatch(self, operation: etree._Element):
         qname = etree.QName(operation)
         server = self.server
-        if qname.namespace == BASE_NS:
+        if qname.namespace == BASE:
             handler = _BASE_OPERATIONS.get(qname.localname)
             if handler is None:
                 raise RPCError("operation-not-supported", f"<{qname.localname}> is not a NETCONF operation",
                                type="protocol", info={"bad-element": qname.localname})
             server.check_exec(self, "ietf-netconf", qname.localname)
             return await handler(self, operation)
-        if qname.namespace == NOTIF_NS and qname.localname == "create-subscription":
+        if qname.namespace == NOTIFICATION and qname.localname == "create-subscription":
             server.check_exec(self, "notifications", "create-subscription")
             return self.create_subscription(operation)
-        if qname.namespace in (SN_NS, YP_NS) and qname.localname in PUSH_OPERATIONS:
-            module = "ietf-subscribed-notifications" if qname.namespace == SN_NS else "ietf-yang-push"
+        if qname.namespace in (SUBSCRIBED_NOTIFICATIONS, YANG_PUSH) and qname.localname in PUSH_OPERATIONS:
+            module = "ietf-subscribed-notifications" if qname.namespace == SUBSCRIBED_NOTIFICATIONS else "ietf-yang-push"
             server.check_exec(self, module, qname.localname)
             return await server.push.handle(self, qname.localname, operation)
-        if qname.namespace == MONITORING_NS and qname.localname == "get-schema":
+        if qname.namespace == MONITORING and qname.localname == "get-schema":
             server.check_exec(self, "ietf-netconf-monitoring", "get-schema")
             return server.get_schema(operation)
         if operation.tag == YANG_ACTION:
@@ -321,7 +316,7 @@ class Session:
     # --- helpers ----------------------------------------------------------
 
     def _param(self, operation: etree._Element, name: str, required: bool = False) -> etree._Element | None:
-        node = operation.find(q(name))
+        node = operation.find(BASE(name))
         if node is None and required:
             raise RPCError("missing-element", f"<{etree.QName(operation).localname}> needs <{name}>",
                            type="protocol", info={"bad-element": name})
@@ -336,18 +331,18 @@ class Session:
                            f"<{param}> must name exactly one datastore", type="protocol", info={"bad-element": param})
         choice = choices[0]
         name = etree.QName(choice).localname
-        if choice.tag == q("config") and inline_ok:
+        if choice.tag == BASE("config") and inline_ok:
             return choice
-        if choice.tag == q("url"):
+        if choice.tag == BASE("url"):
             raise RPCError("operation-not-supported", "the :url capability is not supported", type="protocol",
                            info={"bad-element": "url"})
-        if etree.QName(choice).namespace != BASE_NS or name not in allowed:
+        if etree.QName(choice).namespace != BASE or name not in allowed:
             raise RPCError("invalid-value", f"<{param}> cannot be '{name}' here (allowed: {', '.join(allowed)})",
                            type="protocol", info={"bad-element": name})
         return name
 
     def _with_defaults(self, operation: etree._Element) -> str:
-        node = operation.find(f"{{{WD_NS}}}with-defaults")
+        node = operation.find(WITH_DEFAULTS("with-defaults"))
         if node is None:
             return "explicit"
         mode = (node.text or "").strip()
@@ -393,12 +388,12 @@ class Session:
     def create_subscription(self, operation: etree._Element) -> None:
         if self.subscription is not None:
             raise RPCError("in-use", "this session already has a subscription", type="protocol")
-        stream = operation.findtext(f"{{{NOTIF_NS}}}stream")
+        stream = operation.findtext(NOTIFICATION("stream"))
         if stream is not None and stream.strip() != STREAM:
             raise RPCError("invalid-value", f"no stream '{stream.strip()}'; this server has '{STREAM}'",
                            type="protocol", info={"bad-element": "stream"})
-        start_text = operation.findtext(f"{{{NOTIF_NS}}}startTime")
-        stop_text = operation.findtext(f"{{{NOTIF_NS}}}stopTime")
+        start_text = operation.findtext(NOTIFICATION("startTime"))
+        stop_text = operation.findtext(NOTIFICATION("stopTime"))
         start = parse_time(start_text, "startTime") if start_text else None
         stop = parse_time(stop_text, "stopTime") if stop_text else None
         if stop and not start:
@@ -410,9 +405,9 @@ class Session:
         if start and stop and stop < start:
             raise RPCError("bad-element", "stopTime is before startTime", type="protocol",
                            info={"bad-element": "stopTime"})
-        flt = operation.find(f"{{{NOTIF_NS}}}filter")
+        flt = operation.find(NOTIFICATION("filter"))
         if flt is None:  # ncclient writes the filter in the base namespace: take it too
-            flt = operation.find(q("filter"))
+            flt = operation.find(BASE("filter"))
         if flt is not None and flt.get("type") == "xpath":
             _check_notification_xpath(flt)
         self.subscription = Subscription(flt, start, stop)
@@ -474,21 +469,21 @@ async def op_edit_config(s: Session, op):
     target = s._datastore(op, "target", allowed=("running", "candidate"))
     server.require_datastore(target)
     s._check_not_locked(target)
-    default_op = (op.findtext(q("default-operation")) or "merge").strip()
+    default_op = (op.findtext(BASE("default-operation")) or "merge").strip()
     if default_op not in ("merge", "replace", "none"):
         raise RPCError("invalid-value", f"default-operation '{default_op}' must be merge, replace or none",
                        type="protocol", info={"bad-element": "default-operation"})
-    test_option = (op.findtext(q("test-option")) or "test-then-set").strip()
+    test_option = (op.findtext(BASE("test-option")) or "test-then-set").strip()
     if test_option not in ("test-then-set", "set", "test-only"):
         raise RPCError("invalid-value", f"test-option '{test_option}' must be test-then-set, set or test-only",
                        type="protocol", info={"bad-element": "test-option"})
-    error_option = (op.findtext(q("error-option")) or "stop-on-error").strip()
+    error_option = (op.findtext(BASE("error-option")) or "stop-on-error").strip()
     if error_option not in ("stop-on-error", "continue-on-error", "rollback-on-error"):
         raise RPCError("invalid-value", f"error-option '{error_option}' is not an error-option",
                        type="protocol", info={"bad-element": "error-option"})
     config = s._param(op, "config")
     if config is None:
-        if op.find(q("url")) is not None:
+        if op.find(BASE("url")) is not None:
             raise RPCError("operation-not-supported", "the :url capability is not supported", type="protocol",
                            info={"bad-element": "url"})
         raise RPCError("missing-element", "<edit-config> needs <config>", type="protocol",
@@ -586,10 +581,10 @@ async def op_commit(s: Session, op):
     server = s.server
     server.require_datastore("candidate")
     s._check_not_locked("running")
-    confirmed = op.find(q("confirmed")) is not None
-    timeout_text = op.findtext(q("confirm-timeout"))
-    persist = op.findtext(q("persist"))
-    persist_id = op.findtext(q("persist-id"))
+    confirmed = op.find(BASE("confirmed")) is not None
+    timeout_text = op.findtext(BASE("confirm-timeout"))
+    persist = op.findtext(BASE("persist"))
+    persist_id = op.findtext(BASE("persist-id"))
     timeout = 600
     if timeout_text is not None:
         if not timeout_text.strip().isdigit() or int(timeout_text) == 0:
@@ -602,7 +597,7 @@ async def op_commit(s: Session, op):
 
 
 async def op_cancel_commit(s: Session, op):
-    persist_id = op.findtext(q("persist-id"))
+    persist_id = op.findtext(BASE("persist-id"))
     await s.server.cancel_commit(s, persist_id.strip() if persist_id is not None else None)
     return None
 

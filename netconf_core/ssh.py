@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import pathlib
 import resource
 import socket
 import time
@@ -29,6 +31,44 @@ ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20
 # from TransportLimits.
 SERVER_OPTIONS = {"encoding": None, "allow_scp": False, "line_editor": False, "keepalive_interval": 0,
                   "encryption_algs": ENCRYPTION_ALGS}
+
+
+def public_key_line(key: asyncssh.SSHKey) -> str:
+    """The OpenSSH public line of a key ("ssh-ed25519 AAAA..."), what `Endpoint.host_key` pins."""
+    return key.export_public_key("openssh").decode().split("\n")[0].strip()
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    """A key's SHA256 fingerprint as OpenSSH prints it ("SHA256:...")."""
+    return key.get_fingerprint("sha256")
+
+
+def trusted_host_keys(*lines: str) -> tuple[list[asyncssh.SSHKey], list, list]:
+    """The `known_hosts` argument of asyncssh.connect that trusts exactly the keys given as
+    OpenSSH public lines (several lines in one string also do), whatever the host name."""
+    keys = [asyncssh.import_public_key(line.strip()) for text in lines for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        raise ValueError("no host key to trust")
+    return keys, [], []
+
+
+def persistent_host_key(path: pathlib.Path | str) -> asyncssh.SSHKey:
+    """The private host key kept in `path` (OpenSSH format, mode 0600), made the first time:
+    a level that restarts on the same state directory keeps its host key."""
+    path = pathlib.Path(path)
+    try:
+        return asyncssh.read_private_key(str(path))
+    except FileNotFoundError:
+        pass
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(key.export_private_key("openssh"))
+    os.replace(scratch, path)
+    return key
 
 
 @dataclass(frozen=True)
