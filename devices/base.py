@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import pathlib
+import ssl
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -18,9 +19,18 @@ from devices.keystore import KeyNetwork
 from devices.twin import PlantChange, Twin
 from netconf_core import NetconfServer, Schema, User, schema_for, standard_nacm
 from netconf_core.datastore import empty_tree
+from netconf_core.ns import Namespace
 
 ADMIN_USER = "admin"
 MONITOR_USER = "monitor"
+# Fixed passwords, for tests and the README's examples only: a stack generates its own.
+DEMO_PASSWORDS = {ADMIN_USER: "admin", MONITOR_USER: "monitor"}
+
+
+def network_users(passwords: dict[str, str]) -> dict[str, User]:
+    """The accounts of an emulated network's devices: `admin` (read-write) and `monitor`
+    (read-only), with the passwords given."""
+    return {user: User(password=passwords[user]) for user in (ADMIN_USER, MONITOR_USER)}
 
 
 @dataclass
@@ -29,13 +39,17 @@ class NetworkContext:
 
     twin: Twin
     keys: KeyNetwork
-    users: dict[str, User] = field(default_factory=lambda: {ADMIN_USER: User(password="admin"),
-                                                             MONITOR_USER: User(password="monitor")})
+    users: dict[str, User] = field(default_factory=lambda: network_users(DEMO_PASSWORDS))
     read_write: tuple[str, ...] = (ADMIN_USER,)
     read_only: tuple[str, ...] = (MONITOR_USER,)
     host: str = "127.0.0.1"
     state_dir: pathlib.Path | None = None
     host_key: asyncssh.SSHKey = field(default_factory=lambda: asyncssh.generate_private_key("ssh-ed25519"))
+    # ETSI 014 of the key managers: a TLS context requiring client certificates, made per key
+    # manager id (the standard's way: the SAE is its certificate's common name); or, only with
+    # insecure_sae_header, plain HTTP where the caller names itself in an X-SAE-ID header.
+    etsi014_tls: Callable[[str], ssl.SSLContext] | None = None
+    insecure_sae_header: bool = False
     # Objects the devices of one kind share within this network, by name (the QKD nodes'
     # registry, with which the two ends of a link find each other).
     shared: dict[str, Any] = field(default_factory=dict)
@@ -51,6 +65,9 @@ class Device:
     kind: ClassVar[str] = "device"
     modules: ClassVar[tuple[str, ...]] = ()
     watches_plant: ClassVar[bool] = False  # subscribe `plant_changed` to the twin while running
+    # The top-level nodes `state` serves ("/module:node"): it runs only for a <get> whose filter
+    # can select one of them. None: for every <get>.
+    state_paths: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, device_id: str, network: NetworkContext, port: int = 0):
         self.id = device_id
@@ -61,7 +78,7 @@ class Device:
             host_key=network.host_key, datastore_dir=directory / "datastores" if directory else None,
             nacm=standard_nacm(list(network.read_write), list(network.read_only)), name=device_id)
         self.server.on_change(self.apply)
-        self.server.add_state_provider(self.state)
+        self.server.add_state_provider(self.state, list(self.state_paths) if self.state_paths else None)
         self._tasks: set[asyncio.Task] = set()
         self._unsubscribe_plant: Callable[[], None] | None = None
 
@@ -128,24 +145,6 @@ def _has_own_config(running: etree._Element, modules: tuple[str, ...], schema: S
 
 
 def element(ns: str, tag: str, text: object = None, leaves: dict[str, object] | None = None) -> etree._Element:
-    """<tag>text</tag> in namespace `ns`, with one leaf child per entry of `leaves` that is not None."""
-    el = etree.Element(f"{{{ns}}}{tag}", nsmap={None: ns})
-    if text is not None:
-        el.text = _text(text)
-    for name, value in (leaves or {}).items():
-        if value is not None:
-            etree.SubElement(el, f"{{{ns}}}{name}").text = _text(value)
-    return el
-
-
-def decimal(value: float, fraction_digits: int) -> str:
-    """A YANG decimal64 value in canonical form: rounded to its fraction digits, trailing zeros
-    dropped but one ('0.2', '50.0')."""
-    text = f"{value:.{fraction_digits}f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    """<tag>text</tag> in namespace `ns`, with one leaf child per entry of `leaves` that is not None
+    (`Namespace.element`, for the callers that hold a namespace as a string)."""
+    return Namespace(ns).element(tag, text, leaves=leaves)

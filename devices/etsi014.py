@@ -15,10 +15,13 @@ dec_keys deletes the keys it answers with before the answer is sent: a crash, or
 on its way, loses those keys; they are never served twice (see devices.keystore).
 
 Who is calling: the standard takes the calling SAE_ID from the client certificate of a
-mutually authenticated TLS connection, and so does this server when it is given an SSL
-context (`server_ssl_context`): the SAE_ID is the certificate's subject common name. Without
-TLS (plain HTTP, for tests and demos on loopback only) the caller names itself in the
-`X-SAE-ID` request header, which is an extension of this emulator and not part of ETSI 014.
+mutually authenticated TLS connection, and so does this server, given an SSL context that
+requires client certificates (`server_ssl_context`): the SAE_ID is the certificate's subject
+common name, and a client without a certificate of the CA cannot connect. Only when asked
+with `insecure_sae_header=True` does it serve plain HTTP (on loopback), where the caller names
+itself in the `X-SAE-ID` request header: anyone can then pose as any SAE. That mode is an
+extension of this emulator for tests, not part of ETSI 014; a server given neither refuses to
+be built.
 """
 from __future__ import annotations
 
@@ -59,7 +62,14 @@ class Etsi014Server:
     bodies over `max_body_bytes` are refused with 413."""
 
     def __init__(self, km: KeyManager, port: int = 0, ssl_context: ssl.SSLContext | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, *, insecure_sae_header: bool = False) -> None:
+        if ssl_context is None and not insecure_sae_header:
+            raise ValueError(f"key manager {km.id}: ETSI 014 needs a TLS context requiring client certificates "
+                             f"(the SAE is its certificate's name); plain HTTP with the {SAE_HEADER} header only "
+                             "with insecure_sae_header=True")
+        if ssl_context is not None and ssl_context.verify_mode != ssl.CERT_REQUIRED:
+            raise ValueError(f"key manager {km.id}: the TLS context must require client certificates "
+                             "(verify_mode CERT_REQUIRED): the SAE is named by its certificate")
         self.km = km
         self.ssl_context = ssl_context
         self.max_body_bytes = max_body_bytes

@@ -9,7 +9,13 @@ that shows only that domain's own fibre. Each device listens on its own free por
 `crash` stops a device as a crash would (its key state and datastores stay on disk);
 `restart` builds it again from disk, on the same ports, so a client reconnects where it was.
 Without a `state_dir` the host keeps its devices' state in a temporary directory, removed by
-`stop`.
+`stop`. The devices share one SSH host key, kept in the state directory (0600) unless one is
+given (`host_key=`); `table()` gives its public line per device, for clients to pin.
+
+The key managers serve ETSI 014 over TLS with client certificates: give `etsi014_tls`, a
+function of a key manager's id returning its server TLS context (requiring client
+certificates of the SAEs' CA; tools/pki.py makes them). Plain HTTP, where the caller names
+itself in an `X-SAE-ID` header, only with `insecure_sae_header=True`.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import pathlib
 import random
 import tempfile
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from devices.base import Device, NetworkContext
 from devices.key_manager import KeyManagerDevice
@@ -30,6 +36,8 @@ from devices.plant import DEVICE_ID as PLANT_ID, FibrePlantDevice
 from devices.qkd_node import QkdNodeDevice
 from devices.topology import Topology, build_twin
 from devices.twin import Clock
+from netconf_core import persistent_host_key, public_key_line
+from netconf_core.server import HOST_KEY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -50,33 +58,54 @@ class DeviceRow:
     modules: tuple[str, ...]
     etsi014_url: str | None
     up: bool
+    host_key: str | None = None   # the OpenSSH public line of its SSH host key, to pin
+    restconf_url: str | None = None  # a QKD node's RESTCONF (ETSI GS QKD 015), when the host serves it
+
+
+def device_builders(topology: Topology, network: NetworkContext | None) -> list[tuple[str, functools.partial]]:
+    """Every device of the topology, by id, as a builder taking its ports (`port=`, and
+    `etsi014_port=` for a key manager); a builder's `func` is the device's class (its kind and
+    modules), so that the list can be read without a network (`network=None`)."""
+    saes = {km.id: [s for s in topology.saes if s.km == km.id] for km in topology.key_managers}
+    return ([(PLANT_ID, functools.partial(FibrePlantDevice, topology, network))]
+            + [(plant_of(d), functools.partial(FibrePlantDevice, topology.domain_part(d), network, device_id=plant_of(d)))
+               for d in topology.domains]
+            + [(s.id, functools.partial(OpticalSwitchDevice, s, network)) for s in topology.switches]
+            + [(n.id, functools.partial(QkdNodeDevice, n, network)) for n in topology.qkd_nodes]
+            + [(km.id, functools.partial(KeyManagerDevice, km, saes[km.id], network)) for km in topology.key_managers])
 
 
 class DeviceHost:
     def __init__(self, topology: Topology, state_dir: pathlib.Path | str | None = None, speed: float = 1.0,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, *, ports: dict[str, dict[str, int]] | None = None, restconf: bool = False,
+                 **network: Any) -> None:
+        """`ports`: by device id, the ports to listen on (`port`, and `etsi014_port` for a key
+        manager), free ones otherwise; `restconf`: every QKD node serves RESTCONF too (on its
+        `restconf_port` of `ports`, or a free one); `network`: further NetworkContext fields
+        (users, host, host_key...)."""
         self.topology = topology
         self._scratch = tempfile.TemporaryDirectory(prefix="qstrata-devices-") if state_dir is None else None
         clock = Clock(speed)
         self.network = NetworkContext(build_twin(topology, clock, random.Random(seed)), KeyNetwork(clock),
-                                      state_dir=pathlib.Path(state_dir if state_dir is not None else self._scratch.name))
+                                      state_dir=pathlib.Path(state_dir if state_dir is not None else self._scratch.name),
+                                      **network)
+        if "host_key" not in network:   # kept in the state directory (0600): a restart keeps it
+            self.network.host_key = persistent_host_key(self.network.state_dir / HOST_KEY_FILE)
+        if topology.key_managers and self.network.etsi014_tls is None and not self.network.insecure_sae_header:
+            raise ValueError("the key managers serve ETSI 014 over TLS with client certificates: give etsi014_tls "
+                             "(a TLS context per key manager id), or insecure_sae_header=True for plain HTTP")
         self.devices: dict[str, Device] = {}
         self._builders: dict[str, Callable[..., Device]] = {}
         self._down: set[str] = set()
         self._outages: set[asyncio.Task] = set()
-        saes = {km.id: [s for s in topology.saes if s.km == km.id] for km in topology.key_managers}
-        for build in ([functools.partial(FibrePlantDevice, topology, self.network)]
-                      + [functools.partial(FibrePlantDevice, topology.domain_part(d), self.network,
-                                           device_id=plant_of(d)) for d in topology.domains]
-                      + [functools.partial(OpticalSwitchDevice, s, self.network) for s in topology.switches]
-                      + [functools.partial(QkdNodeDevice, n, self.network) for n in topology.qkd_nodes]
-                      + [functools.partial(KeyManagerDevice, km, saes[km.id], self.network)
-                         for km in topology.key_managers]):
-            device = self._prepare(build())
-            if device.id in self.devices:
-                raise ValueError(f"two devices of topology {topology.name} are called {device.id}")
-            self.devices[device.id] = device
-            self._builders[device.id] = build
+        for device_id, build in device_builders(topology, self.network):
+            if device_id in self.devices:
+                raise ValueError(f"two devices of topology {topology.name} are called {device_id}")
+            build = functools.partial(build, **(ports or {}).get(device_id, {}))
+            if restconf and build.func is QkdNodeDevice and "restconf_port" not in build.keywords:
+                build = functools.partial(build, restconf_port=0)
+            self.devices[device_id] = self._prepare(build())
+            self._builders[device_id] = build
 
     @property
     def clock(self) -> Clock:
@@ -120,8 +149,15 @@ class DeviceHost:
 
     def table(self) -> list[DeviceRow]:
         return [DeviceRow(d.id, d.kind, self.network.host, d.port, d.modules,
-                          d.etsi014_url if isinstance(d, KeyManagerDevice) else None, d.id not in self._down)
+                          d.etsi014_url if isinstance(d, KeyManagerDevice) else None, d.id not in self._down,
+                          d.server.public_host_key,
+                          d.restconf.url if isinstance(d, QkdNodeDevice) and d.restconf is not None else None)
                 for d in self.devices.values()]
+
+    @property
+    def public_host_key(self) -> str:
+        """The OpenSSH public line of the host key every device of this host serves with."""
+        return public_key_line(self.network.host_key)
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -143,6 +179,8 @@ class DeviceHost:
         ports = {"port": old.port}
         if isinstance(old, KeyManagerDevice):
             ports["etsi014_port"] = old.etsi014_port
+        if isinstance(old, QkdNodeDevice) and old.restconf is not None:
+            ports["restconf_port"] = old.restconf.port
         device = self._prepare(self._builders[device_id](**ports))
         await device.start()
         self.devices[device_id] = device

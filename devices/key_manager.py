@@ -29,18 +29,20 @@ from typing import Callable
 
 from lxml import etree
 
-from devices.base import Device, NetworkContext, element
+from devices.base import Device, NetworkContext
 from devices.etsi014 import Etsi014Server
 from devices.keystore import (Change, DiscardMessage, Key, KeyLimits, KeyManager, KeyNetwork, KeyServiceError,
                               KeyStatus, KeyUnavailable, RelayMessage, Route, UnknownSAE)
 from devices.topology import KeyManagerSpec, SaeSpec
+from models.key_manager import (KmConfig, KmCounters, KmSession, KmView, PoolState, RelayTotals, SessionState,
+                                km_state, pool_empty, pool_low, session_state_change)
+from models.ns import KEY_MANAGER as KM
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import RPCError
 from netconf_core.session import Session
 
 log = logging.getLogger(__name__)
 
-NS = "urn:qstrata:yang:qi-key-manager"
 MODULE = "qi-key-manager"
 ROOT_PATH = f"/{MODULE}:key-manager"
 FLUSH_PATH = f"{ROOT_PATH}/key-pools/key-pool/flush"
@@ -49,85 +51,9 @@ WATCH_PERIOD_S = 1.0
 REASON_MAX = 1024  # qit:reason length
 
 
-def _q(tag: str) -> str:
-    return f"{{{NS}}}{tag}"
+# -- configuration: read with models.key_manager (KmView), as the service controller reads it ----
 
-
-def _sub(parent: etree._Element, tag: str, text: object = None) -> etree._Element:
-    child = etree.SubElement(parent, _q(tag))
-    if text is not None:
-        child.text = str(text)
-    return child
-
-
-# -- configuration, as read from a running datastore ------------------------------------------
-
-@dataclass(frozen=True)
-class PoolConfig:
-    link_id: str
-    peer_km: str
-    low_watermark: int
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    session_id: str
-    master_sae: str
-    slave_sae: str
-    peer_km: str
-    rate_bps: int
-    burst_bits: int
-    key_size: int
-    ttl_s: int | None
-
-    @property
-    def pair(self) -> tuple[str, str]:
-        return self.master_sae, self.slave_sae
-
-
-@dataclass(frozen=True)
-class KmConfig:
-    km_id: str
-    saes: frozenset[str]
-    pools: dict[str, PoolConfig]
-    routes: dict[str, Route]
-    sessions: dict[str, SessionConfig]
-
-    def is_master_end(self, session: SessionConfig) -> bool:
-        return session.master_sae in self.saes
-
-
-EMPTY_CONFIG = KmConfig("", frozenset(), {}, {}, {})
-
-
-def read_config(running: etree._Element, defaults: dict[str, int]) -> KmConfig | None:
-    """The key-manager container of a running tree, with `defaults` (leaf name -> value) for
-    absent leaves; None when there is no key-manager container."""
-    root = running.find(_q("key-manager"))
-    if root is None:
-        return None
-
-    def text(node: etree._Element, path: str) -> str:
-        return (node.findtext("/".join(_q(step) for step in path.split("/"))) or "").strip()
-
-    def number(node: etree._Element, path: str) -> int | None:
-        value = text(node, path)
-        return int(value) if value else defaults.get(path.rsplit("/", 1)[-1])
-
-    pools = {}
-    for p in root.iterfind(f"{_q('key-pools')}/{_q('key-pool')}"):
-        pools[text(p, "link-id")] = PoolConfig(text(p, "link-id"), text(p, "peer-km-id"),
-                                               number(p, "low-watermark") or 0)
-    routes = {text(r, "destination-km-id"): Route(text(r, "next-hop-km-id"), text(r, "via-link-id"))
-              for r in root.iterfind(f"{_q('forwarding-table')}/{_q('route')}")}
-    sessions = {}
-    for s in root.iterfind(f"{_q('sessions')}/{_q('session')}"):
-        sessions[text(s, "session-id")] = SessionConfig(
-            text(s, "session-id"), text(s, "master-sae-id"), text(s, "slave-sae-id"), text(s, "peer-km-id"),
-            number(s, "qos/rate") or 0, number(s, "qos/burst") or 0, number(s, "qos/key-size") or 0,
-            number(s, "qos/ttl"))
-    saes = frozenset(text(s, "sae-id") for s in root.iterfind(f"{_q('saes')}/{_q('sae')}"))
-    return KmConfig(text(root, "km-id"), saes, pools, routes, sessions)
+EMPTY_CONFIG = KmView("", None, frozenset(), KmConfig())
 
 
 # -- the key manager, with the accounting the device reports ---------------------------------
@@ -227,11 +153,7 @@ class KeyManagerDevice(Device):
         self.km: AccountedKeyManager | None = None
         self.etsi014: Etsi014Server | None = None
         self.config = EMPTY_CONFIG
-        self._defaults = {name: next(self.schema.ctx.find_path(f"{ROOT_PATH}/{path}")).default()
-                          for name, path in (("low-watermark", "key-pools/key-pool/low-watermark"),
-                                             ("burst", "sessions/session/qos/burst"),
-                                             ("key-size", "sessions/session/qos/key-size"),
-                                             ("outage", "restart/outage"))}
+        self._default_outage = next(self.schema.ctx.find_path(f"{ROOT_PATH}/restart/outage")).default()
         self._pool_flags: dict[str, tuple[bool, bool]] = {}  # link -> (below low watermark, empty)
         self._session_states: dict[str, str] = {}  # last status notified
         # Set by the device host: crash this device now, start it again from disk after the
@@ -251,7 +173,9 @@ class KeyManagerDevice(Device):
         self.km = AccountedKeyManager(self.id, self.network.keys, directory / "keys" if directory else None)
         try:
             await super().start()
-            self.etsi014 = Etsi014Server(self.km, port=self.etsi014_port)
+            tls = self.network.etsi014_tls
+            self.etsi014 = Etsi014Server(self.km, port=self.etsi014_port, ssl_context=tls(self.id) if tls else None,
+                                         insecure_sae_header=self.network.insecure_sae_header)
             await self.etsi014.start()
         except BaseException:
             await self.stop()
@@ -272,25 +196,26 @@ class KeyManagerDevice(Device):
         self.config = EMPTY_CONFIG
 
     def initial_config(self) -> list[etree._Element]:
-        root = element(NS, "key-manager", leaves={"km-id": self.id, "site": self.spec.site or None})
+        root = KM.element("key-manager", leaves={"km-id": self.id, "site": self.spec.site or None})
         if self.sae_ids:
-            saes = _sub(root, "saes")
+            saes = KM.sub(root, "saes")
             for sae in self.sae_ids:
-                _sub(_sub(saes, "sae"), "sae-id", sae)
+                KM.sub(KM.sub(saes, "sae"), "sae-id", sae)
         return [root]
 
     # -- configuration ---------------------------------------------------------------------
 
     async def apply(self, before: etree._Element, after: etree._Element) -> None:
-        config = read_config(after, self._defaults)
-        if config is None:
+        root = KM.find(after, "key-manager")
+        if root is None:
             raise _invalid("the key-manager container cannot be removed: it is this device's configuration",
                            ROOT_PATH)
+        config = KmView.from_xml(root)
         self._check(config)
         self._reconcile(config)
         self.config = config
 
-    def _check(self, config: KmConfig) -> None:
+    def _check(self, config: KmView) -> None:
         """Refuse what the key manager cannot do, before anything changes."""
         assert self.km is not None
         keys = self.network.keys
@@ -302,31 +227,31 @@ class KeyManagerDevice(Device):
             if owner not in (None, self.id):
                 raise _invalid(f"SAE {sae} is already attached to key manager {owner}",
                                f"{ROOT_PATH}/saes/sae[sae-id='{sae}']")
-        for link, pool in config.pools.items():
+        for link, peer_km in config.config.pools.items():
             where = f"{ROOT_PATH}/key-pools/key-pool[link-id='{link}']/peer-km-id"
             existing = self.km.pools.get(link)
-            if existing is not None and existing.peer_km != pool.peer_km:
-                raise _invalid(f"link {link} leads to key manager {existing.peer_km}, not {pool.peer_km}: "
+            if existing is not None and existing.peer_km != peer_km:
+                raise _invalid(f"link {link} leads to key manager {existing.peer_km}, not {peer_km}: "
                                f"delete the pool first to pair the link with another key manager", where)
-            if keys.is_up(pool.peer_km):
-                theirs = keys.km(pool.peer_km).pools.get(link)
+            if keys.is_up(peer_km):
+                theirs = keys.km(peer_km).pools.get(link)
                 if theirs is not None and theirs.peer_km != self.id:
-                    raise _invalid(f"link {link} already joins key managers {pool.peer_km} and {theirs.peer_km}",
+                    raise _invalid(f"link {link} already joins key managers {peer_km} and {theirs.peer_km}",
                                    where)
-        for session in config.sessions.values():
-            where = f"{ROOT_PATH}/sessions/session[session-id='{session.session_id}']"
+        for session_id, session in config.config.sessions.items():
+            where = f"{ROOT_PATH}/sessions/session[session-id='{session_id}']"
             if session.master_sae not in config.saes and session.slave_sae not in config.saes:
-                raise _invalid(f"session {session.session_id}: neither SAE {session.master_sae} nor SAE "
+                raise _invalid(f"session {session_id}: neither SAE {session.master_sae} nor SAE "
                                f"{session.slave_sae} is attached to key manager {self.id}", where)
             if session.master_sae in config.saes and session.slave_sae in config.saes and session.peer_km != self.id:
-                raise _invalid(f"session {session.session_id}: both SAEs are attached to key manager {self.id}, so "
+                raise _invalid(f"session {session_id}: both SAEs are attached to key manager {self.id}, so "
                                f"its peer-km-id must be {self.id} (local delivery)", where)
             if not self.km.limits.min_key_size <= session.key_size <= self.km.limits.max_key_size:
-                raise _invalid(f"session {session.session_id}: key-size {session.key_size} is outside what this "
+                raise _invalid(f"session {session_id}: key-size {session.key_size} is outside what this "
                                f"key manager delivers ({self.km.limits.min_key_size} to "
                                f"{self.km.limits.max_key_size} bits)", f"{where}/qos/key-size")
 
-    def _reconcile(self, config: KmConfig) -> None:
+    def _reconcile(self, config: KmView) -> None:
         """Make the key manager do what `config` says; idempotent."""
         km = self.km
         assert km is not None
@@ -335,35 +260,36 @@ class KeyManagerDevice(Device):
             km.detach_sae(sae)
         for sae in config.saes - km.saes:
             km.attach_sae(sae)
-        local = {s.pair: s for s in config.sessions.values()}
+        local = {s.pair: s for s in config.config.sessions.values()}
         masters = {pair: s for pair, s in local.items() if config.is_master_end(s)}
         for pair in set(km.sessions) - set(masters):
             km.close_session(*pair)
         for table in (km.key_sizes, km.expiry, km.delivered):
             for pair in set(table) - set(local):
                 del table[pair]
-        for destination in set(km.routes) - set(config.routes):
+        routes = {destination: Route(*hop) for destination, hop in config.config.routes.items()}
+        for destination in set(km.routes) - set(routes):
             km.remove_route(destination)
-        for link in set(self.config.pools) - set(config.pools):
+        for link in set(self.config.config.pools) - set(config.config.pools):
             km.remove_link(link)  # pools restored from disk but not configured stay, unused, until they are
             self._pool_flags.pop(link, None)
-        for link, pool in config.pools.items():
+        for link, peer_km in config.config.pools.items():
             if link not in km.pools:
-                km.add_link(link, pool.peer_km)
-        for destination, route in config.routes.items():
+                km.add_link(link, peer_km)
+        for destination, route in routes.items():
             if km.routes.get(destination) != route:
                 km.set_route(destination, route.next_hop_km, route.link_id)
-        previous = {s.pair: s for s in self.config.sessions.values()}
+        previous = {s.pair: s for s in self.config.config.sessions.values()}
         for pair, session in local.items():
             old = previous.get(pair)
             if pair in masters and (pair not in km.sessions or old is None
-                                    or (old.rate_bps, old.burst_bits) != (session.rate_bps, session.burst_bits)):
-                km.open_session(session.master_sae, session.slave_sae, session.rate_bps, session.burst_bits)
+                                    or (old.rate, old.burst) != (session.rate, session.burst)):
+                km.open_session(session.master_sae, session.slave_sae, session.rate, session.burst)
             km.key_sizes[pair] = session.key_size
-            if session.ttl_s is None:
+            if session.ttl is None:
                 km.expiry.pop(pair, None)
-            elif pair not in km.expiry or old is None or old.ttl_s != session.ttl_s:
-                km.expiry[pair] = now + session.ttl_s
+            elif pair not in km.expiry or old is None or old.ttl != session.ttl:
+                km.expiry[pair] = now + session.ttl
 
     # -- state -----------------------------------------------------------------------------
 
@@ -371,58 +297,33 @@ class KeyManagerDevice(Device):
         km = self.km
         if km is None:
             return None
-        root = element(NS, "key-manager")
-        if self.etsi014 is not None:
-            _sub(_sub(root, "etsi014"), "url", self.etsi014.url)
-        pools = etree.Element(_q("key-pools"))
-        for link in self.config.pools:
+        pools = []
+        for link in self.config.config.pools:
             pool = km.pools[link]
-            stored = pool.available_bits()
-            entry = _sub(pools, "key-pool")
-            _sub(entry, "link-id", link)
-            _sub(entry, "stored", stored)
-            _sub(entry, "capacity", pool.max_bits)
-            _sub(entry, "generated", pool.stream.produced_bits())
-            _sub(entry, "consumed", pool.consumed_bits)
-            _sub(entry, "next-key-index", pool.stream.produced_bits() - stored)
-        sessions = etree.Element(_q("sessions"))
+            pools.append(PoolState(link, pool.available_bits(), pool.max_bits, pool.stream.produced_bits(),
+                                   pool.consumed_bits))
+        sessions = {}
         clock = self.network.keys.clock
-        for session in self.config.sessions.values():
+        for session_id, session in self.config.config.sessions.items():
             status, reason = self._session_status(session)
-            delivered = km.delivered.get(session.pair, Delivered())
-            entry = _sub(sessions, "session")
-            _sub(entry, "session-id", session.session_id)
-            _sub(entry, "status", status)
-            _sub(entry, "reason", reason)
-            _sub(entry, "delivered-keys", delivered.keys)
-            _sub(entry, "delivered-bits", delivered.bits)
-            if session.pair in km.sessions:
-                _sub(entry, "tokens", int(km.sessions[session.pair].bucket.available()))
-            expires = km.expiry.get(session.pair)
+            tokens = int(km.sessions[session.pair].bucket.available()) if session.pair in km.sessions else None
+            expires, expires_at = km.expiry.get(session.pair), None
             if expires is not None:
                 wall = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
                     seconds=(expires - clock.now()) / clock.speed)
-                _sub(entry, "expires-at", wall.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        root.extend(container for container in (pools, sessions) if len(container))
-        relay = _sub(root, "relay-statistics")
-        _sub(relay, "relayed-keys", km.stats.keys_relayed)
-        _sub(relay, "relayed-bits", km.relayed_bits)
-        _sub(relay, "dropped-keys", km.dropped_keys)
-        if km.last_drop_reason:
-            _sub(relay, "last-drop-reason", km.last_drop_reason)
-        for master, slave in sorted(km.forwarded.keys() | km.received.keys()):
-            pair = _sub(relay, "sae-pair")
-            _sub(pair, "master-sae-id", master)
-            _sub(pair, "slave-sae-id", slave)
-            for kind, table in (("forwarded", km.forwarded), ("received", km.received)):
-                counter = table.get((master, slave), Delivered())
-                _sub(pair, f"{kind}-keys", counter.keys)
-                _sub(pair, f"{kind}-bits", counter.bits)
+                expires_at = wall.strftime("%Y-%m-%dT%H:%M:%SZ")
+            sessions[session_id] = SessionState(status, reason, tokens, expires_at)
+        delivered = {session_id: (km.delivered[s.pair].keys, km.delivered[s.pair].bits)
+                     for session_id, s in self.config.config.sessions.items() if s.pair in km.delivered}
+        counters = KmCounters(delivered, *({pair: (d.keys, d.bits) for pair, d in table.items()}
+                                           for table in (km.forwarded, km.received)))
+        relay = RelayTotals(km.stats.keys_relayed, km.relayed_bits, km.dropped_keys, km.last_drop_reason)
         data = empty_tree()
-        data.append(root)
+        data.append(km_state(self.etsi014.url if self.etsi014 is not None else None, pools, sessions, counters,
+                             relay))
         return data
 
-    def _session_status(self, session: SessionConfig) -> tuple[str, str]:
+    def _session_status(self, session: KmSession) -> tuple[str, str]:
         """(status, reason) of a session seen from this end: the path from the master's key
         manager to the slave's must be complete, hold one key on every hop and keep up with
         the session's rate."""
@@ -430,7 +331,7 @@ class KeyManagerDevice(Device):
         keys = self.network.keys
         expires = self.km.expiry.get(session.pair)
         if expires is not None and keys.clock.now() >= expires:
-            return "expired", f"the time to live of {session.ttl_s} s has passed"
+            return "expired", f"the time to live of {session.ttl} s has passed"
         master_end = self.config.is_master_end(session)
         remote_sae = session.slave_sae if master_end else session.master_sae
         located = keys.locate_sae(remote_sae)
@@ -450,8 +351,8 @@ class KeyManagerDevice(Device):
         if not hops:
             return "active", f"both SAEs are attached to key manager {self.id}: it delivers the keys itself"
         rate, link = min((keys.stream(h.link_id).rate_bps, h.link_id) for h in hops)
-        if rate < session.rate_bps:
-            return "starved", f"link {link} distils {rate:.0f} b/s of key; the session needs {session.rate_bps} b/s"
+        if rate < session.rate:
+            return "starved", f"link {link} distils {rate:.0f} b/s of key; the session needs {session.rate} b/s"
         return "active", f"{len(hops)} hop(s) from key manager {source.id} to key manager {destination}"
 
     # -- notifications ---------------------------------------------------------------------
@@ -468,56 +369,51 @@ class KeyManagerDevice(Device):
         """Compare pools and sessions with what was last reported; notify the changes."""
         if self.km is None:
             return
-        for pool in self.config.pools.values():
-            await self._pool_level(pool, self.km.pools[pool.link_id].available_bits())
-        for session in self.config.sessions.values():
+        for link in self.config.config.pools:
+            await self._pool_level(link, self.km.pools[link].available_bits())
+        for session_id, session in self.config.config.sessions.items():
             status, reason = self._session_status(session)
-            previous = self._session_states.get(session.session_id, "pending")
-            self._session_states[session.session_id] = status
+            previous = self._session_states.get(session_id, "pending")
+            self._session_states[session_id] = status
             if status != previous:
-                await self.notify(element(NS, "session-state-change", leaves={
-                    "session-id": session.session_id, "status": status, "previous-status": previous,
-                    "reason": reason}))
-        for gone in set(self._session_states) - set(self.config.sessions):
+                await self.notify(session_state_change(session_id, status, previous, reason))
+        for gone in set(self._session_states) - set(self.config.config.sessions):
             del self._session_states[gone]
 
-    async def _pool_level(self, pool: PoolConfig, stored: int) -> None:
+    async def _pool_level(self, link: str, stored: int) -> None:
         """Notify pool-low and pool-empty on the way down; a new pool counts as empty."""
         assert self.km is not None
-        low, empty = stored < pool.low_watermark, stored < self.km.limits.min_key_size
-        was_low, was_empty = self._pool_flags.get(pool.link_id, (True, True))
-        self._pool_flags[pool.link_id] = (low, empty)
+        peer_km, low_watermark = self.config.config.pools[link], self.config.low_watermarks[link]
+        low, empty = stored < low_watermark, stored < self.km.limits.min_key_size
+        was_low, was_empty = self._pool_flags.get(link, (True, True))
+        self._pool_flags[link] = (low, empty)
         if low and not was_low:
-            await self.notify(element(NS, "pool-low", leaves={
-                "link-id": pool.link_id, "peer-km-id": pool.peer_km, "stored": stored,
-                "low-watermark": pool.low_watermark}))
+            await self.notify(pool_low(link, peer_km, stored, low_watermark))
         if empty and not was_empty:
-            await self.notify(element(NS, "pool-empty", leaves={"link-id": pool.link_id,
-                                                                "peer-km-id": pool.peer_km}))
+            await self.notify(pool_empty(link, peer_km))
 
     # -- actions ---------------------------------------------------------------------------
 
     async def _flush(self, session: Session, action: etree._Element, context: etree._Element | None) -> list:
-        link = (context.findtext(_q("link-id")) or "").strip() if context is not None else ""
-        pool_config = self.config.pools.get(link)
-        if self.km is None or pool_config is None:
+        link = KM.text(context, "link-id", "")
+        if self.km is None or link not in self.config.config.pools:
             raise RPCError("data-missing", f"key manager {self.id} has no pool for link {link}")
         pool = self.km.pools[link]
         consumed = pool.consumed_bits
-        await self._pool_level(pool_config, pool.available_bits())  # the level the flush falls from
+        await self._pool_level(link, pool.available_bits())  # the level the flush falls from
         try:
             self.km.flush(link)
         except (KeyServiceError, ValueError) as error:
             raise RPCError("operation-failed", f"flushing the pool of link {link} failed: {error}") from None
-        await self._pool_level(pool_config, 0)
-        return [element(NS, "discarded", pool.consumed_bits - consumed)]
+        await self._pool_level(link, 0)
+        return [KM.element("discarded", pool.consumed_bits - consumed)]
 
     async def _restart(self, session: Session, action: etree._Element, context: etree._Element | None) -> None:
         if self.on_restart is None:
             raise RPCError("operation-not-supported", f"key manager {self.id} runs outside a device host: "
                                                       f"nothing would start it again")
-        outage = (action.findtext(_q("outage")) or "").strip()
-        self.on_restart(float(outage or self._defaults["outage"]))
+        outage = KM.text(action, "outage", "")
+        self.on_restart(float(outage or self._default_outage))
 
 
 def _path_problem(keys: KeyNetwork, source: KeyManager, destination: str) -> tuple[str, str] | None:
@@ -540,4 +436,4 @@ def _path_problem(keys: KeyNetwork, source: KeyManager, destination: str) -> tup
 
 
 def _invalid(message: str, path: str) -> RPCError:
-    return RPCError("invalid-value", message, path=path, path_nsmap={MODULE: NS})
+    return RPCError("invalid-value", message, path=path, path_nsmap={MODULE: KM})

@@ -30,19 +30,17 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from devices.base import Device, NetworkContext, decimal, element
+from devices.base import Device, NetworkContext
 from devices.topology import SwitchSpec
 from devices.twin import PlantChange
 from netconf_core.datastore import empty_tree
+from models.connectivity import switch_state
+from models.ns import OPTICAL_SWITCH as NS
 from netconf_core.errors import RPCError
+from netconf_core.ns import decimal
 
-NS = "urn:qstrata:yang:qi-optical-switch"
 MODULE = "qi-optical-switch"
 ROOT_PATH = f"/{MODULE}:optical-switch"
-
-
-def _q(tag: str) -> str:
-    return f"{{{NS}}}{tag}"
 
 
 @dataclass(frozen=True)
@@ -74,20 +72,18 @@ class SwitchConfig:
     @classmethod
     def read(cls, tree: etree._Element) -> SwitchConfig | None:
         """The switch's configuration in a datastore tree whose defaults are filled in."""
-        root = tree.find(_q("optical-switch"))
+        root = NS.find(tree, "optical-switch")
         if root is None:
             return None
         ports = {}
-        for port in root.iterfind(f"{_q('ports')}/{_q('port')}"):
-            port_id = int(port.findtext(_q("port-id")))
-            ports[port_id] = PortConfig(port_id, float(port.findtext(_q("insertion-loss"))),
-                                        port.findtext(_q("enabled")) == "true")
+        for port in NS.all(root, "ports/port"):
+            port_id = int(NS.text(port, "port-id"))
+            ports[port_id] = PortConfig(port_id, float(NS.text(port, "insertion-loss")), NS.text(port, "enabled") == "true")
         cross_connects = tuple(
-            CrossConnectConfig(xc.findtext(_q("name")), int(xc.findtext(_q("in-port"))),
-                               int(xc.findtext(_q("out-port"))),
-                               int(xc.findtext(_q("wavelength"))) if xc.find(_q("wavelength")) is not None else None)
-            for xc in root.iterfind(f"{_q('cross-connects')}/{_q('cross-connect')}"))
-        return cls(root.findtext(_q("switch-id")), float(root.findtext(_q("fabric-loss"))), ports, cross_connects)
+            CrossConnectConfig(NS.text(xc, "name"), int(NS.text(xc, "in-port")), int(NS.text(xc, "out-port")),
+                               int(NS.text(xc, "wavelength")) if NS.find(xc, "wavelength") is not None else None)
+            for xc in NS.all(root, "cross-connects/cross-connect"))
+        return cls(NS.text(root, "switch-id"), float(NS.text(root, "fabric-loss")), ports, cross_connects)
 
     def loss_db(self, xc: CrossConnectConfig) -> float:
         ports = self.ports[xc.in_port], self.ports[xc.out_port]
@@ -102,6 +98,7 @@ class OpticalSwitchDevice(Device):
     kind = "optical-switch"
     modules = (MODULE,)
     watches_plant = True
+    state_paths = (ROOT_PATH,)
 
     def __init__(self, spec: SwitchSpec, network: NetworkContext, port: int = 0):
         self.spec = spec
@@ -117,11 +114,11 @@ class OpticalSwitchDevice(Device):
     def initial_config(self) -> list[etree._Element]:
         """Every port of the hardware, with the span it carries; the topology's insertion loss
         is the fabric's, connectors adding nothing. No cross-connects."""
-        root = element(NS, "optical-switch", leaves={"switch-id": self.id, "site": self.spec.site,
+        root = NS.element("optical-switch", leaves={"switch-id": self.id, "site": self.spec.site,
                                                      "fabric-loss": decimal(self.spec.insertion_loss_db, 3)})
-        ports = etree.SubElement(root, _q("ports"))
+        ports = NS.sub(root, "ports")
         for port_id in self.spec.ports:
-            ports.append(element(NS, "port", leaves={"port-id": port_id, "span": self.spans.get(port_id),
+            ports.append(NS.element("port", leaves={"port-id": port_id, "span": self.spans.get(port_id),
                                                      "insertion-loss": decimal(0, 3)}))
         return [root]
 
@@ -193,14 +190,8 @@ class OpticalSwitchDevice(Device):
         if self.config is None:
             return None
         port_status, xc_status = self._statuses()
-        root = etree.Element(_q("optical-switch"), nsmap={None: NS})
-        ports = etree.SubElement(root, _q("ports"))
-        for port, status in port_status.items():
-            ports.append(element(NS, "port", leaves={"port-id": port, "oper-status": status}))
-        xcs = etree.SubElement(root, _q("cross-connects")) if self.config.cross_connects else None
-        for xc in self.config.cross_connects:
-            xcs.append(element(NS, "cross-connect", leaves={"name": xc.name, "oper-status": xc_status[xc.name],
-                                                            "insertion-loss": decimal(self.config.loss_db(xc), 3)}))
+        root = switch_state(port_status, [(xc.name, xc_status[xc.name], self.config.loss_db(xc))
+                                          for xc in self.config.cross_connects])
         data = empty_tree()
         data.append(root)
         return data
@@ -210,11 +201,11 @@ class OpticalSwitchDevice(Device):
         port_status, xc_status = self._statuses()
         for port, status in port_status.items():
             if self.port_status.get(port, "up") != status:
-                await self.notify(element(NS, "port-status-change", leaves={
+                await self.notify(NS.element("port-status-change", leaves={
                     "switch-id": self.id, "port-id": port, "oper-status": status, "reason": reason}))
         for name, status in xc_status.items():
             if self.xc_status.get(name, "down") != status:
-                await self.notify(element(NS, "cross-connect-status-change", leaves={
+                await self.notify(NS.element("cross-connect-status-change", leaves={
                     "switch-id": self.id, "name": name, "oper-status": status, "reason": reason}))
         self.port_status, self.xc_status = port_status, xc_status
 

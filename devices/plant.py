@@ -15,14 +15,16 @@ from __future__ import annotations
 
 from lxml import etree
 
-from devices.base import Device, NetworkContext, decimal, element
+from devices.base import Device, NetworkContext
 from devices.topology import Topology
 from devices.twin import Endpoint, PlantChange
 from netconf_core.datastore import empty_tree
+from models.connectivity import Span, Switch, SwitchPort, TermPoint, plant_state, tp_id
+from models.ns import FIBRE_PLANT as NS
 from netconf_core.errors import RPCError
+from netconf_core.ns import decimal, localname
 from netconf_core.session import Session
 
-NS = "urn:qstrata:yang:qi-fibre-plant"
 MODULE = "qi-fibre-plant"
 DEVICE_ID = "fibre-plant"
 # twin change kind -> the model's plant-change
@@ -30,14 +32,11 @@ CHANGES = {"span-cut": "cut", "span-repaired": "repaired",
            "eavesdropper-attached": "eavesdropper-attached", "eavesdropper-removed": "eavesdropper-removed"}
 
 
-def _q(tag: str) -> str:
-    return f"{{{NS}}}{tag}"
-
-
 class FibrePlantDevice(Device):
     kind = "fibre-plant"
     modules = (MODULE,)
     watches_plant = True
+    state_paths = (f"/{MODULE}:fibre-plant",)
 
     def __init__(self, topology: Topology, network: NetworkContext, port: int = 0, device_id: str = DEVICE_ID):
         self.topology = topology
@@ -50,54 +49,34 @@ class FibrePlantDevice(Device):
 
     def initial_config(self) -> list[etree._Element]:
         """The clock runs at the speed the network was built with."""
-        plant = element(NS, "fibre-plant")
-        plant.append(element(NS, "clock", leaves={"speed": decimal(self.network.twin.clock.speed, 3)}))
+        plant = NS.element("fibre-plant")
+        plant.append(NS.element("clock", leaves={"speed": decimal(self.network.twin.clock.speed, 3)}))
         return [plant]
 
     async def apply(self, before: etree._Element, after: etree._Element) -> None:
         config = self.server.with_defaults(after, "report-all", config_only=True)
-        speed = float(config.findtext(f"{_q('fibre-plant')}/{_q('clock')}/{_q('speed')}"))
+        speed = float(NS.text(config, "fibre-plant/clock/speed"))
         clock = self.network.twin.clock
         if decimal(speed, 3) != decimal(clock.speed, 3):
             clock.set_speed(speed)
 
     async def state(self) -> etree._Element:
         twin = self.network.twin
-        plant = element(NS, "fibre-plant", leaves={"network": self.topology.name})
-        plant.append(element(NS, "clock", leaves={"emulated-time": decimal(twin.clock.now(), 3)}))
-        sites = etree.SubElement(plant, _q("sites"))
-        for site in self.topology.sites:
-            sites.append(element(NS, "site", leaves={"site-id": site.id, "name": site.name}))
-        if self.topology.switches:
-            switches = etree.SubElement(plant, _q("switches"))
-            for switch in self.topology.switches:
-                entry = element(NS, "switch", leaves={"switch-id": switch.id, "site": switch.site})
-                for port in switch.ports:
-                    etree.SubElement(entry, _q("port")).text = str(port)
-                etree.SubElement(entry, _q("insertion-loss")).text = decimal(switch.insertion_loss_db, 3)
-                switches.append(entry)
-        if self.span_ids:
-            spans = etree.SubElement(plant, _q("spans"))
-            for span in (s for s in twin.spans.values() if s.id in self.span_ids):
-                entry = element(NS, "span", leaves={"span-id": span.id})
-                entry.append(_endpoint("a-end", span.a))
-                entry.append(_endpoint("b-end", span.b))
-                for tag, value in (("length", decimal(span.length_km, 3)),
-                                   ("attenuation", decimal(span.attenuation_db_per_km, 3)),
-                                   ("loss", decimal(span.loss_db, 3)), ("status", "cut" if span.cut else "up"),
-                                   ("eavesdropper-fraction", decimal(span.eavesdrop_fraction, 9))):
-                    etree.SubElement(entry, _q(tag)).text = value
-                spans.append(entry)
+        switches = [Switch(s.id, s.site, s.insertion_loss_db, {port: SwitchPort(port) for port in s.ports})
+                    for s in self.topology.switches]
+        spans = [Span(s.id, _point(s.a), _point(s.b), s.length_km, s.attenuation_db_per_km, s.loss_db, not s.cut,
+                      s.eavesdrop_fraction) for s in twin.spans.values() if s.id in self.span_ids]
         data = empty_tree()
-        data.append(plant)
+        data.append(plant_state(self.topology.name, twin.clock.now(), [(s.id, s.name) for s in self.topology.sites],
+                                switches, spans))
         return data
 
     # -- faults ------------------------------------------------------------------------------
 
     def _span_id(self, operation: etree._Element) -> str:
-        span_id = operation.findtext(_q("span-id"))
+        span_id = operation.findtext(NS("span-id"))
         if span_id not in self.span_ids:
-            name = etree.QName(operation).localname
+            name = localname(operation)
             raise RPCError("invalid-value", f"network {self.topology.name!r} has no span {span_id!r}",
                            path=f"/{MODULE}:{name}/span-id", path_nsmap={MODULE: NS},
                            info={"bad-element": "span-id"})
@@ -110,7 +89,7 @@ class FibrePlantDevice(Device):
         self.network.twin.repair_span(self._span_id(operation))
 
     async def _attach(self, session: Session, operation: etree._Element, context: etree._Element | None) -> None:
-        self.network.twin.attach_eavesdropper(self._span_id(operation), float(operation.findtext(_q("fraction"))))
+        self.network.twin.attach_eavesdropper(self._span_id(operation), float(NS.text(operation, "fraction")))
 
     async def _remove(self, session: Session, operation: etree._Element, context: etree._Element | None) -> None:
         self.network.twin.remove_eavesdropper(self._span_id(operation))
@@ -119,10 +98,10 @@ class FibrePlantDevice(Device):
         if change.kind not in CHANGES or change.element not in self.span_ids:
             return  # cross-connects are the switches' to report; other plants report their spans
         span = self.network.twin.spans[change.element]
-        self.spawn(self.notify(element(NS, "span-status-change", leaves={
+        self.spawn(self.notify(NS.element("span-status-change", leaves={
             "span-id": span.id, "change": CHANGES[change.kind], "status": "cut" if span.cut else "up",
             "eavesdropper-fraction": decimal(span.eavesdrop_fraction, 9)})))
 
 
-def _endpoint(tag: str, end: Endpoint) -> etree._Element:
-    return element(NS, tag, leaves={"node": end.node, "port": end.port})
+def _point(end: Endpoint) -> TermPoint:
+    return TermPoint(end.node, tp_id(end.port))

@@ -54,21 +54,20 @@ from typing import Callable
 
 from lxml import etree
 
-from devices.base import Device, NetworkContext, decimal, element
+from devices.base import Device, NetworkContext
 from devices.keystore import KeyStream
 from devices.topology import QkdNodeSpec
 from devices.twin import Endpoint, LinkReading, PlantChange, Twin
 from netconf_core import RestconfServer
 from netconf_core.datastore import empty_tree
+from models import qkd_node as model
+from models.ns import ETSI_NODE, NODE_EXT
 from netconf_core.errors import RPCError
 from netconf_core.session import Session
 from qkd_physics import DeviceProfile, effective_key_rate
 
 log = logging.getLogger(__name__)
 
-NS = "urn:etsi:qkd:yang:etsi-qkd-node"
-TYPES_NS = "urn:etsi:qkd:yang:etsi-qkd-node-types"
-EXT_NS = "urn:qstrata:yang:qi-qkd-node-ext"
 MODULE = "etsi-qkd-sdn-node"
 EXT_MODULE = "qi-qkd-node-ext"
 ROOT_PATH = f"/{MODULE}:qkd_node"
@@ -85,16 +84,12 @@ def node_uuid(node_id: str) -> str:
     return str(uuid.uuid5(_NODE_NAMESPACE, node_id))
 
 
-def _q(tag: str, ns: str = NS) -> str:
-    return f"{{{ns}}}{tag}"
-
-
 def _path(*steps: str) -> str:
     return "/".join((ROOT_PATH,) + steps)
 
 
 def _refused(message: str, path: str) -> RPCError:
-    return RPCError("invalid-value", message, path=path, path_nsmap={MODULE: NS})
+    return RPCError("invalid-value", message, path=path, path_nsmap={MODULE: ETSI_NODE})
 
 
 # -- configuration, as read from a running datastore with its defaults ---------------------
@@ -137,60 +132,42 @@ class NodeConfig:
 
     @classmethod
     def read(cls, tree: etree._Element, hardware: dict[int, Endpoint]) -> NodeConfig | None:
-        node = tree.find(_q("qkd_node"))
+        E = ETSI_NODE
+        node = E.find(tree, "qkd_node")
         if node is None:
             return None
-        att_points = {int(i.findtext(_q("qkdi_id"))): (i.findtext(_path_q("qkdi_att_point", "device")),
-                                                       _int(i.findtext(_path_q("qkdi_att_point", "port"))))
-                      for i in node.iterfind(_path_q("qkd_interfaces", "qkd_interface"))}
-        links = [_read_link(link) for link in node.iterfind(_path_q("qkd_links", "qkd_link"))]
-        apps = {app.findtext(_q("app_id")): int(app.findtext(_path_q("app_qos", "max_bandwidth"))
-                                                or app.findtext(_path_q("app_qos", "min_bandwidth")) or 0)
-                for app in node.iterfind(_path_q("qkd_applications", "qkd_app"))}
-        profile = node.find(_q("device-profile", EXT_NS))
-        number = lambda tag: float(profile.findtext(_q(tag, EXT_NS)))
-        mu = profile.findtext(_q("mean-photon-number", EXT_NS))
-        return cls(node.findtext(_q("qkdn_id")), {i: hardware[i] for i in att_points if i in hardware}, att_points,
+        att_points = {int(E.text(i, "qkdi_id")): (E.text(i, "qkdi_att_point/device"),
+                                                  _int(E.text(i, "qkdi_att_point/port")))
+                      for i in E.all(node, "qkd_interfaces/qkd_interface")}
+        links = [_read_link(link) for link in E.all(node, "qkd_links/qkd_link")]
+        apps = {E.text(app, "app_id"): int(E.text(app, "app_qos/max_bandwidth")
+                                           or E.text(app, "app_qos/min_bandwidth") or 0)
+                for app in E.all(node, "qkd_applications/qkd_app")}
+        profile = NODE_EXT.find(node, "device-profile")
+        number = lambda tag: float(NODE_EXT.text(profile, tag))  # noqa: E731
+        mu = NODE_EXT.text(profile, "mean-photon-number")
+        return cls(E.text(node, "qkdn_id"), {i: hardware[i] for i in att_points if i in hardware}, att_points,
                    {link.link_id: link for link in links}, apps,
                    DeviceProfile(alpha_db_per_km=number("alpha"), eta_bob=number("eta-bob"), y0=number("y0"),
                                  e_det=number("e-det") / 100, f_ec=number("f-ec"), f_rep=number("f-rep"),
                                  detector_cap_bps=number("detector-cap"), pp_cap_bps=number("detector-cap"),
                                  mu=float(mu) if mu is not None else None),
-                   number("rate-jitter") / 100, float(node.findtext(_q("qber-alarm-threshold", EXT_NS))))
+                   number("rate-jitter") / 100, float(NODE_EXT.text(node, "qber-alarm-threshold")))
 
 
 def _read_link(link: etree._Element) -> LinkConfig:
+    E = ETSI_NODE
     return LinkConfig(
-        link.findtext(_q("qkdl_id")), _identity(link.find(_q("qkdl_type"))), link.findtext(_q("qkdl_enable")) == "true",
-        link.findtext(_path_q("qkdl_local", "qkdn_id")), _int(link.findtext(_path_q("qkdl_local", "qkdi_id"))),
-        link.findtext(_path_q("qkdl_remote", "qkdn_id")), _int(link.findtext(_path_q("qkdl_remote", "qkdi_id"))),
-        tuple(app.text for app in link.iterfind(_q("qkdl_applications"))),
-        link.findtext(_q("virt_prev_hop")), tuple(hop.text for hop in link.iterfind(_q("virt_next_hop"))),
-        _int(link.findtext(_q("virt_bandwidth"))))
-
-
-def _path_q(*tags: str) -> str:
-    """An ElementPath through ETSI nodes: 'qkdl_local', 'qkdi_id' -> '{ns}qkdl_local/{ns}qkdi_id'."""
-    return "/".join(_q(tag) for tag in tags)
+        E.text(link, "qkdl_id"), model.types_identity(E.find(link, "qkdl_type")), E.text(link, "qkdl_enable") == "true",
+        E.text(link, "qkdl_local/qkdn_id"), _int(E.text(link, "qkdl_local/qkdi_id")),
+        E.text(link, "qkdl_remote/qkdn_id"), _int(E.text(link, "qkdl_remote/qkdi_id")),
+        tuple(app.text for app in E.all(link, "qkdl_applications")),
+        E.text(link, "virt_prev_hop"), tuple(hop.text for hop in E.all(link, "virt_next_hop")),
+        _int(E.text(link, "virt_bandwidth")))
 
 
 def _int(text: str | None) -> int | None:
     return int(text) if text is not None else None
-
-
-def _identity_leaf(parent: etree._Element, tag: str, identity: str) -> None:
-    """A leaf holding an etsi-qkd-node-types identity, declaring the prefix it uses (a leaf may be
-    merged into another tree alone)."""
-    leaf = etree.SubElement(parent, _q(tag), nsmap={"etsi-qkdn-types": TYPES_NS})
-    leaf.text = f"etsi-qkdn-types:{identity}"
-
-
-def _identity(leaf: etree._Element | None) -> str | None:
-    """The name of an etsi-qkd-node-types identity held by `leaf`, whatever prefix it uses."""
-    if leaf is None or not leaf.text:
-        return None
-    prefix, _, name = leaf.text.strip().rpartition(":")
-    return name if leaf.nsmap.get(prefix or None) == TYPES_NS else None
 
 
 # -- what the two ends of a link share -----------------------------------------------------
@@ -371,6 +348,7 @@ class QkdNodeDevice(Device):
     kind = "qkd-node"
     modules = ("etsi-qkd-node-types", MODULE, EXT_MODULE)
     watches_plant = True
+    state_paths = (ROOT_PATH,)
 
     def __init__(self, spec: QkdNodeSpec, network: NetworkContext, port: int = 0, restconf_port: int | None = None):
         """`restconf_port`: serve the node over RESTCONF too, as ETSI 015 controllers (TeraFlowSDN)
@@ -394,22 +372,22 @@ class QkdNodeDevice(Device):
         actions = {"restart": self._restart_action, "inject-failure": self._inject_failure,
                    "clear-failure": self._clear_failure}
         for name, handler in actions.items():
-            self.server.add_rpc(f"{ROOT_PATH}/{EXT_MODULE}:{name}", handler)
+            self.server.add_rpc(f"/{EXT_MODULE}:{name}", handler)  # RPCs: the node is the device
 
     @property
     def up(self) -> bool:
         return self.down_reason is None and self.config is not None
 
     def initial_config(self) -> list[etree._Element]:
-        node = element(NS, "qkd_node", leaves={"qkdn_id": self.qkdn_id, "qkdn_location_id": self.spec.site})
-        interfaces = etree.SubElement(node, _q("qkd_interfaces"))
+        E = ETSI_NODE
+        node = E.element("qkd_node", leaves={"qkdn_id": self.qkdn_id, "qkdn_location_id": self.spec.site})
+        interfaces = E.sub(node, "qkd_interfaces")
         for spec in self.spec.interfaces:
-            interface = etree.SubElement(interfaces, _q("qkd_interface"))
-            etree.SubElement(interface, _q("qkdi_id")).text = str(spec.id)
-            interface.append(element(NS, "qkdi_att_point",
-                                     leaves={"device": spec.attach.node, "port": spec.attach.port}))
+            interface = E.sub(interfaces, "qkd_interface")
+            E.sub(interface, "qkdi_id", spec.id)
+            interface.append(E.element("qkdi_att_point", leaves={"device": spec.attach.node, "port": spec.attach.port}))
             on_switch = spec.attach.node in self.network.twin.switches
-            interface.append(element(EXT_NS, "fibre-attachment", leaves={
+            interface.append(NODE_EXT.element("fibre-attachment", leaves={
                 "site": self.spec.site, "switch": spec.attach.node if on_switch else None,
                 "port": spec.attach.port if on_switch else None}))
         return [node]
@@ -575,52 +553,28 @@ class QkdNodeDevice(Device):
 
     def _link_element(self, kind: str, link_id: str, view: LinkView | None = None, reason: str | None = None,
                       with_qber: bool = True) -> etree._Element:
-        root = etree.Element(_q(kind), nsmap={None: NS})
-        link = etree.SubElement(root, _q("qkd_link"))
-        etree.SubElement(link, _q("qkdl_id")).text = link_id
-        if reason is not None:
-            etree.SubElement(link, _q("reason")).text = reason[:1024]
-        if view is not None:
-            link.append(_performance("performance", view, with_qber))
-        return root
+        return model.link_event(kind, link_id, reason,
+                                _performance("performance", view, with_qber) if view is not None else None)
 
     def _status_element(self, kind: str, about: str, keys: dict[str, object], status_leaf: str, status: str,
                         message: str, severity: str) -> etree._Element:
-        root = etree.Element(_q(kind), nsmap={None: NS})
-        entry = etree.SubElement(root, _q(about))
-        for name, value in keys.items():
-            etree.SubElement(entry, _q(name)).text = str(value)
-        _identity_leaf(entry, status_leaf, status)
-        etree.SubElement(entry, _q("message")).text = message
-        _identity_leaf(entry, "severity", severity)
-        return root
+        return model.status_event(kind, about, keys, status_leaf, status, message, severity)
 
     # -- state --------------------------------------------------------------------------
 
     async def state(self) -> etree._Element | None:
         if self.config is None:
             return None
-        node = etree.Element(_q("qkd_node"), nsmap={None: NS})
-        _identity_leaf(node, "qkdn_status", "OPERATING" if self.up else "DOWN")
-        if self.config.attach:
-            interfaces = etree.SubElement(node, _q("qkd_interfaces"))
-            status = "ENABLED" if self.up else "FAILED" if self.failed else "DISABLED"
-            for qkdi_id in self.config.attach:
-                interface = etree.SubElement(interfaces, _q("qkd_interface"))
-                etree.SubElement(interface, _q("qkdi_id")).text = str(qkdi_id)
-                _identity_leaf(interface, "qkdi_status", status)
-        views = self.views()
-        if views:
-            links = etree.SubElement(node, _q("qkd_links"))
-            for link_id, view in views.items():
-                link = etree.SubElement(links, _q("qkd_link"))
-                etree.SubElement(link, _q("qkdl_id")).text = link_id
-                _identity_leaf(link, "qkdl_status", view.status)
-                link.append(_performance("qkdl_performance", view, with_qber=True))
-                if link_id in self.config.phys():
-                    generated = self.network.keys.stream(link_id).produced_bits() - self.baseline.get(link_id, 0)
-                    link.append(element(EXT_NS, "key-pool", leaves={"stored": 0, "generated": generated,
-                                                                    "consumed": generated}))
+        status = "ENABLED" if self.up else "FAILED" if self.failed else "DISABLED"
+        links = []
+        for link_id, view in self.views().items():
+            pool = None
+            if link_id in self.config.phys():
+                generated = self.network.keys.stream(link_id).produced_bits() - self.baseline.get(link_id, 0)
+                pool = model.KeyPool(stored=0, generated=generated, consumed=generated)
+            links.append((link_id, view.status, _performance("qkdl_performance", view, with_qber=True), pool))
+        node = model.node_state("OPERATING" if self.up else "DOWN", {qkdi_id: status for qkdi_id in self.config.attach},
+                                links)
         data = empty_tree()
         data.append(node)
         return data
@@ -642,8 +596,8 @@ class QkdNodeDevice(Device):
     async def _restart_action(self, session: Session, action: etree._Element, context: etree._Element | None) -> None:
         if self.failed:
             raise RPCError("operation-failed", f"{self.id} has failed ({self.down_reason}): clear-failure first",
-                           path=_path(f"{EXT_MODULE}:restart"), path_nsmap={MODULE: NS, EXT_MODULE: EXT_NS})
-        outage = float(action.findtext(_q("outage", EXT_NS)) or 1)
+                           path=f"/{EXT_MODULE}:restart", path_nsmap={EXT_MODULE: NODE_EXT})
+        outage = float(NODE_EXT.text(action, "outage") or 1)
         if self._restart is not None:
             self._restart.cancel()
         await self._go_down("restarting")
@@ -655,7 +609,7 @@ class QkdNodeDevice(Device):
         await self._come_up()
 
     async def _inject_failure(self, session: Session, action: etree._Element, context: etree._Element | None) -> None:
-        reason = action.findtext(_q("reason", EXT_NS)) or "injected failure"
+        reason = NODE_EXT.text(action, "reason") or "injected failure"
         if self._restart is not None:
             self._restart.cancel()
             self._restart = None
@@ -675,9 +629,4 @@ class QkdNodeDevice(Device):
 
 
 def _performance(tag: str, view: LinkView, with_qber: bool) -> etree._Element:
-    performance = element(NS, tag, leaves={"expected_consumption": view.expected, "skr": view.skr, "eskr": view.eskr})
-    if with_qber and view.qber is not None:
-        perf = etree.SubElement(performance, _q("phys_perf"))
-        _identity_leaf(perf, "perf_type", "QBER")
-        etree.SubElement(perf, _q("value")).text = decimal(view.qber, 3)
-    return performance
+    return model.performance_element(tag, view.expected, view.skr, view.eskr, view.qber if with_qber else None)
