@@ -30,6 +30,8 @@ AUGMENTED_MODULES: dict[str, list[str]] = {
     "qi-qkd-node-ext": ["etsi-qkd-sdn-node"],
     "qi-connectivity": ["ietf-network", "ietf-network-topology"],
     "qi-forwarding": ["ietf-network", "ietf-network-topology"],
+    "qi-fabric": ["ietf-network", "ietf-network-topology"],
+    "qi-entanglement-intent": ["qi-intent"],
 }
 """For each module that augments others, the modules whose trees it extends."""
 
