@@ -33,12 +33,15 @@ import networkx as nx
 
 from devices.topology import Topology, generate_topology, parse_topology
 from netconf_core.client import NetconfClient
+from netconf_core.ssh import trusted_host_keys
 from netconf_core.errors import RPCError
-from orchestrator.views import ForwardingView, parse_alarms
-from tools.cmd_demo import INT_NS, NW_NS, Operator
+from models.alarms import read_alarms
+from models.forwarding import ForwardingView
+from models.ns import ALARMS as ALARMS_NS, INTENT, NW
+from tools.cmd_demo import Operator
 from tools.cmd_fault import FaultError, _drain_pool, _plant_rpc, _restart
 from tools.cmd_intent import intent_states
-from tools.demo_steps import SAE_HEADER, StepFailed
+from tools.demo_steps import StepFailed
 
 RATE = 500                  # bit/s per intent: feasible on any generated span
 RECOVERY_BOUND_S = 30.0     # an intent with a feasible path is active again within this
@@ -50,7 +53,7 @@ POLL_S = 0.5
 SETTLE_S = 1.5              # recovered: right, and no transition for this long
 MAX_FAULTS_IN_FORCE = 2
 FAULT_KINDS = ("cut", "repair", "eavesdrop", "clear", "drain", "crash")
-ALARMS = ("subtree", '<alarms xmlns="urn:ietf:params:xml:ns:yang:ietf-alarms"/>')
+ALARMS = ("subtree", f'<alarms xmlns="{ALARMS_NS}"/>')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,7 +175,8 @@ class Chaos:
 
     async def device(self, name: str, act, **args) -> str:
         row = self.rows[name]
-        async with await NetconfClient.connect(row.host, row.port, *row.read_write) as nc:
+        async with await NetconfClient.connect(row.host, row.port, *row.read_write,
+                                               known_hosts=trusted_host_keys(row.host_key)) as nc:
             return await act(nc, argparse.Namespace(**args))
 
     async def plant_rpc(self, rpc: str, span: str, **args) -> None:
@@ -230,7 +234,7 @@ class Chaos:
 
     async def drain(self, links: list[str]) -> str:
         fwd = ForwardingView.parse(await self.op.sessions["forwarding"].get(filter=("subtree",
-                                                                                   f'<networks xmlns="{NW_NS}"/>')))
+                                                                                   f'<networks xmlns="{NW}"/>')))
         known = [fwd.links[l] for l in links if l in fwd.links] or list(fwd.links.values())
         if not known:
             return "nothing to drain"
@@ -291,8 +295,8 @@ class Chaos:
         queue = self.op.events["orchestrator"]
         while not queue.empty():
             event = queue.get_nowait()
-            name = event.findtext(f"{{{INT_NS}}}name")
-            if event.tag == f"{{{INT_NS}}}intent-state-change" and name in self.counts:
+            name = INTENT.text(event, "name")
+            if event.tag == INTENT("intent-state-change") and name in self.counts:
                 self.counts[name] += 1
                 self.last_change = time.monotonic()
 
@@ -339,7 +343,7 @@ class Chaos:
             if not same:
                 self.report.violations.append(f"after '{what}': keys of {intent.name} differ at the two ends")
             async with self.op.http.post(f"{self.op.key_api(intent.destination)}/api/v1/keys/{intent.source}"
-                                         f"/dec_keys", headers={SAE_HEADER: intent.destination},
+                                         f"/dec_keys", **self.op.as_sae(intent.destination),
                                          json={"key_IDs": [{"key_ID": i} for i in ids]}) as reply:
                 if reply.status == 200:
                     self.report.violations.append(f"after '{what}': keys {', '.join(ids)} of {intent.name} "
@@ -350,7 +354,7 @@ class Chaos:
         down_sites = {self.site_of[d] for d in self.down}  # down, or back since the last fault
         stale = []
         for level in ("connectivity", "forwarding"):
-            for alarm in parse_alarms(await self.op.sessions[level].get(filter=ALARMS)):
+            for alarm in read_alarms(await self.op.sessions[level].get(filter=ALARMS)):
                 if alarm.cleared or alarm.link_id is None:
                     continue
                 if alarm.type_id == "span-cut":

@@ -1,6 +1,6 @@
 """Controller benchmarks (issue 5).
 
-    python -m tools.bench_controllers [--sizes 100 1000] [--replans 6]
+    qstrata bench controllers [--sizes 100 1000] [--replans 6] [--against REVISION [--rounds 3]]
 
 1. Discovery and sync: the devices of a generated topology of N sites run in a child process
    (a DeviceHost, so that they have their own CPU); the service controller starts with the
@@ -31,6 +31,8 @@ import time
 
 from lxml import etree
 
+from models.ns import ETSI_TYPES, FIBRE_PLANT as PLANT, FORWARDING as FWD, NT, NW
+
 SYNC_TARGET_S = {1000: 10.0}
 REPLAN_TARGET_S = 0.5
 WAIT_S = 60.0
@@ -47,8 +49,9 @@ async def serve_devices(nodes: int) -> None:
 
     topology = parse_topology(generate_topology(nodes), f"generated-{nodes}")
     started = time.perf_counter()
-    async with DeviceHost(topology) as host:
-        rows = [{"id": r.id, "host": r.host, "port": r.port} for r in host.table() if "qi-key-manager" in r.modules]
+    async with DeviceHost(topology, insecure_sae_header=True) as host:   # no ETSI 014 call is measured
+        rows = [{"id": r.id, "host": r.host, "port": r.port, "host_key": r.host_key}
+                for r in host.table() if "qi-key-manager" in r.modules]
         print(json.dumps({"key_managers": rows, "devices": len(host.devices), "user": ADMIN_USER,
                           "password": host.network.users[ADMIN_USER].password,
                           "start_s": time.perf_counter() - started}), flush=True)
@@ -71,9 +74,11 @@ async def bench_sync(nodes: int) -> dict:
             raise RuntimeError(f"the device process for {nodes} sites ended before serving")
         devices = json.loads(line)
         user, password = devices["user"], devices["password"]
-        kms = [Endpoint(r["id"], r["host"], r["port"], user, password) for r in devices["key_managers"]]
+        kms = [Endpoint(r["id"], r["host"], r["port"], user, password, host_key=r["host_key"])
+               for r in devices["key_managers"]]
         # The forwarding controller is not part of this measure: a closed port stands for it.
-        controller = ServiceController("service", kms, Endpoint("forwarding", "127.0.0.1", 9, user, password),
+        controller = ServiceController("service", kms, Endpoint("forwarding", "127.0.0.1", 9, user, password,
+                                                                host_key=kms[0].host_key),
                                        {user: User(password=password)}, resync_period=3600)
         started, cpu = time.perf_counter(), time.process_time()
         await controller.start()
@@ -93,11 +98,6 @@ async def bench_sync(nodes: int) -> dict:
 
 # -- 2. re-plan after a link goes down ----------------------------------------------------------
 
-NW = "urn:ietf:params:xml:ns:yang:ietf-network"
-NT = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
-FWD = "urn:qstrata:yang:qi-forwarding"
-ETSI_TYPES = "urn:etsi:qkd:yang:etsi-qkd-node-types"
-PLANT = "urn:qstrata:yang:qi-fibre-plant"
 # The two disjoint routes between Quintin and Distrito, as QKD links (source, destination
 # interface) and the spans under them.
 LINKS = {"q-c": (("qkd-quintin", 1), ("qkd-concepcion", 1)), "c-d": (("qkd-concepcion", 2), ("qkd-distrito", 2)),
@@ -131,7 +131,8 @@ async def _all_links_active(nc) -> None:
 
 
 async def bench_replan(cuts: int) -> dict:
-    from controller.service import SVC, read_sessions
+    from models.ns import SERVICE as SVC
+    from models.service import SESSIONS_FILTER, ServiceView
     from devices.topology import default_topology
     from tools.stack import Stack
 
@@ -155,9 +156,9 @@ async def bench_replan(cuts: int) -> dict:
                 await _next_event(svc, "session-status-change", lambda e: _leaf(e, "status") == "active")
             times = []
             for i in range(cuts):
-                sessions = await read_sessions(svc)
-                path = sessions["bench-1"]["path"]
-                if any(s["status"] != "active" or set(s["path"].split(" - ")) != set(path.split(" - "))
+                sessions = ServiceView.parse(await svc.get(filter=("subtree", SESSIONS_FILTER))).sessions
+                path = " - ".join(h.node_id for h in sessions["bench-1"].path)
+                if any(s.status != "active" or {h.node_id for h in s.path} != set(path.split(" - "))
                        for s in sessions.values()):
                     raise RuntimeError(f"the bench sessions are not active on one path: {sessions}")
                 spans = ROUTES[path]
@@ -178,9 +179,11 @@ async def bench_replan(cuts: int) -> dict:
 
 async def _connect(row):
     from netconf_core.client import NetconfClient
+    from netconf_core.ssh import trusted_host_keys
 
     user, password = row.read_write
-    return await NetconfClient.connect(row.host, row.port, user, password=password)
+    return await NetconfClient.connect(row.host, row.port, user, password=password,
+                                       known_hosts=trusted_host_keys(row.host_key))
 
 
 async def _next_event(nc, name: str, accept) -> tuple[float, etree._Element]:
@@ -202,15 +205,22 @@ def _leaf(event: etree._Element, tag: str) -> str:
 
 # -- report -----------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_controllers", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="sites of the generated networks")
     parser.add_argument("--replans", type=int, default=6, help="fibre cuts to re-plan around (default 6)")
+    parser.add_argument("--against", metavar="REVISION",
+                        help="also measure this git revision (in a temporary worktree) and print both side by side")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --against: measurements per implementation, taking turns (default 3)")
     parser.add_argument("--serve-devices", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     if args.serve_devices:
         asyncio.run(serve_devices(args.serve_devices))
         return 0
+    if args.against:
+        return compare(args.against, args.sizes, args.replans, args.rounds)
     missed = 0
     for nodes in args.sizes:
         result = asyncio.run(bench_sync(nodes))
@@ -230,6 +240,43 @@ def main(argv: list[str] | None = None) -> int:
               f"{REPLAN_TARGET_S * 1000:.0f} ms: {'met' if worst < REPLAN_TARGET_S else 'MISSED'})")
     return 1 if missed else 0
 
+
+def compare(revision: str, sizes: list[int], replans: int, rounds: int) -> int:
+    """The sync and re-plan figures of `revision` and of this checkout, side by side (medians
+    of `rounds` measurements each, the two taking turns)."""
+    from tools.bench_compare import CURRENT, alternate, revision_label, revision_tree
+
+    with revision_tree(revision) as before:
+        trees = {"before": before, "after": CURRENT}
+        print(f"controllers: before = {revision_label(revision)}, after = this checkout; "
+              f"median of {rounds} (each in a fresh process, taking turns)")
+        print(f"{'':34}{'before':>12}{'after':>12}{'after/before':>14}")
+        for nodes in sizes:
+            runs = alternate(trees, "import asyncio\nfrom tools.bench_controllers import bench_sync\n"
+                                    f"result = asyncio.run(bench_sync({nodes}))", rounds)
+            for key, label in (("sync_s", f"sync {nodes} key managers (s)"),
+                               ("controller_cpu_s", "  controller CPU (s)")):
+                _row(label, [r[key] for r in runs["before"]], [r[key] for r in runs["after"]])
+        if replans:
+            runs = alternate(trees, "import asyncio\nfrom tools.bench_controllers import bench_replan\n"
+                                    f"result = asyncio.run(bench_replan({replans}))", rounds)
+            _row(f"replan median of {replans} cuts (ms)",
+                 [statistics.median(r["replan_s"]) * 1000 for r in runs["before"]],
+                 [statistics.median(r["replan_s"]) * 1000 for r in runs["after"]])
+            _row(f"replan max of {replans} cuts (ms)", [max(r["replan_s"]) * 1000 for r in runs["before"]],
+                 [max(r["replan_s"]) * 1000 for r in runs["after"]])
+    return 0
+
+
+def _row(label: str, before: list[float], after: list[float]) -> None:
+    b, a = statistics.median(before), statistics.median(after)
+    print(f"{label:34}{b:12.3f}{a:12.3f}{a / b if b else float('nan'):14.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_controllers", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 if __name__ == "__main__":
     sys.exit(main())

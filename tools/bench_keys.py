@@ -57,7 +57,8 @@ async def bench(levels: list[int], samples: int, state_dir: pathlib.Path) -> lis
     a.open_session("sa", "sb", rate_bps=1e12, burst_bits=2**40)
     await asyncio.sleep(0.01)
     rows = []
-    async with Etsi014Server(a) as server_a, Etsi014Server(b) as server_b, aiohttp.ClientSession() as http:
+    async with Etsi014Server(a, insecure_sae_header=True) as server_a, \
+            Etsi014Server(b, insecure_sae_header=True) as server_b, aiohttp.ClientSession() as http:
         enc_url = f"{server_a.url}/api/v1/keys/sb/enc_keys"
         dec_url = f"{server_b.url}/api/v1/keys/sa/dec_keys"
         for level in sorted(levels):

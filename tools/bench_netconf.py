@@ -36,7 +36,8 @@ import asyncssh
 from lxml import etree
 
 from netconf_core.client import NetconfClient
-from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.errors import RPCError
+from netconf_core.ns import BASE
 from netconf_core.framing import FrameReader, FramingError, encode
 from netconf_core.ssh import SERVER_OPTIONS, NetconfSubsystemChannel
 from tools import conform
@@ -290,7 +291,7 @@ class _FloorChannel(NetconfSubsystemChannel):
 
     def session_started(self) -> None:
         assert self.chan is not None
-        self.chan.write(encode(f'<hello xmlns="{BASE_NS}"><capabilities><capability>urn:ietf:params:netconf:base:1.0'
+        self.chan.write(encode(f'<hello xmlns="{BASE}"><capabilities><capability>urn:ietf:params:netconf:base:1.0'
                                "</capability><capability>urn:ietf:params:netconf:base:1.1</capability>"
                                "</capabilities><session-id>1</session-id></hello>".encode(), chunked=False))
 
@@ -305,7 +306,7 @@ class _FloorChannel(NetconfSubsystemChannel):
                 match = re.search(rb'message-id="([^"]*)"', message)
                 body = self.get_reply if b"<get>" in message or b"<get " in message else b"<ok/>"
                 self.chan.write(encode(b'<rpc-reply xmlns="%s" message-id="%s">%s</rpc-reply>'
-                                       % (BASE_NS.encode(), match.group(1) if match else b"", body), chunked=True))
+                                       % (BASE.encode(), match.group(1) if match else b"", body), chunked=True))
                 if b"close-session" in message:
                     self.chan.close()
         except FramingError:

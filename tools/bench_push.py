@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import pathlib
 import secrets
-import statistics
 import time
 
-MODEL_DIR = pathlib.Path(__file__).parent / "yang"
-NS = "urn:qstrata:yang:qs-engine-test"
+from tools.engine_test_model import MODEL_DIR, NS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

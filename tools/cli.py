@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "tools.cmd_devices",
     "tools.cmd_fault",
     "tools.cmd_up",
+    "tools.cmd_run",
     "tools.cmd_intent",
     "tools.cmd_status",
     "tools.cmd_demo",

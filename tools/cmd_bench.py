@@ -4,7 +4,8 @@ measures how many emulated devices one process hosts; `controllers` times device
 session re-plans; `orchestrator` times intents from commit to active and back after a cut;
 `keys` times ETSI 014 enc_keys and dec_keys while undelivered keys pile up; `chaos` soaks the
 closed loop in random faults and checks its invariants; `push` times YANG-Push on-change
-notifications from edit-config to subscriber."""
+notifications from edit-config to subscriber; `fabric` times the fidelity-aware entanglement
+planner."""
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,17 @@ def register(subparsers) -> None:
     bench_devices.add_arguments(devices)
     devices.set_defaults(func=bench_devices.run)
     controllers = targets.add_parser("controllers", help="device discovery and sync time, re-plan after link down")
-    controllers.add_argument("args", nargs=argparse.REMAINDER, help="options of tools.bench_controllers")
-    controllers.set_defaults(func=run_controllers)
+    from tools import bench_controllers  # light: it imports the levels only when it runs
+
+    bench_controllers.add_arguments(controllers)
+    controllers.set_defaults(func=bench_controllers.run)
     orchestrator = targets.add_parser("orchestrator", help="intent commit to active, fibre cut to active again")
     orchestrator.add_argument("--nodes", type=int, default=100, help="nodes of the generated network (default 100)")
     orchestrator.add_argument("--runs", type=int, default=3, help="runs per network (default 3)")
+    orchestrator.add_argument("--against", metavar="REVISION",
+                              help="also measure this git revision (in a temporary worktree), side by side")
+    orchestrator.add_argument("--processes", action="store_true",
+                              help="one process and one process per level (as `qstrata up` runs), side by side")
     orchestrator.set_defaults(func=run_orchestrator)
     keys = targets.add_parser("keys", help="ETSI 014 enc_keys and dec_keys latency with 0, 10,000 and 100,000 "
                                            "undelivered keys waiting")
@@ -53,6 +60,11 @@ def register(subparsers) -> None:
     from tools import bench_push  # light: it imports the engine only when it runs
 
     bench_push.add_arguments(push)
+    fabric = targets.add_parser("fabric", help="fidelity-aware entanglement planning on generated networks of "
+                                               "100 and 1,000 nodes")
+    from tools import bench_fabric  # light: it imports the planner only when it runs
+
+    bench_fabric.add_arguments(fabric)
 
 
 def run_netconf(args: argparse.Namespace) -> int:
@@ -68,13 +80,7 @@ def run_restconf(args: argparse.Namespace) -> int:
     return bench_restconf.main(seconds=args.seconds, depth=args.depth, rounds=args.rounds)
 
 
-def run_controllers(args: argparse.Namespace) -> int:
-    from tools import bench_controllers
-
-    return bench_controllers.main(args.args)
-
-
 def run_orchestrator(args: argparse.Namespace) -> int:
     from tools import bench_orchestrator
 
-    return bench_orchestrator.main(nodes=args.nodes, runs=args.runs)
+    return bench_orchestrator.main(nodes=args.nodes, runs=args.runs, against=args.against, processes=args.processes)

@@ -15,14 +15,10 @@ from typing import Callable
 
 from lxml import etree
 
-from tools.demo_steps import STEP_TIMEOUT_S, StepFailed, Steps, exchange_keys
+from models.ns import CONNECTIVITY, FORWARDING, INTENT as INTENT_NS, NT, NW
+from netconf_core.ns import YANG_XML
+from tools.demo_steps import STEP_TIMEOUT_S, StepFailed, Steps, as_sae, exchange_keys
 
-INT_NS = "urn:qstrata:yang:qi-intent"
-FWD_NS = "urn:qstrata:yang:qi-forwarding"
-CONN_NS = "urn:qstrata:yang:qi-connectivity"
-NW_NS = "urn:ietf:params:xml:ns:yang:ietf-network"
-NT_NS = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
-ACTION_NS = "urn:ietf:params:xml:ns:yang:1"
 INTENT = {"name": "quintin-distrito", "source": "sae-quintin", "destination": "sae-distrito", "min-rate": 20000}
 EAVESDROPPER_FRACTION = "0.5"
 
@@ -72,13 +68,14 @@ class Operator:
 
     async def connect(self, level: str) -> None:
         """(Re)open the session to a level and subscribe to its notifications."""
-        from netconf_core.client import NetconfClient
+        from netconf_core import NetconfClient, trusted_host_keys
 
         row = next(r for r in self.stack.table() if r.level == level)
         user, password = row.read_write
         if level in self.sessions:
             self.sessions[level].close()
-        nc = await NetconfClient.connect(row.host, row.port, user, password=password)
+        nc = await NetconfClient.connect(row.host, row.port, user, password=password,
+                                         known_hosts=trusted_host_keys(row.host_key))
         await nc.create_subscription()
         self.sessions[level] = nc
         self._pumps.append(asyncio.get_running_loop().create_task(self._pump(level, nc)))
@@ -115,7 +112,7 @@ class Operator:
         extra = "".join(f"<{k}>{v}</{k}>" for k, v in leaves.items())
         nc = self.sessions["orchestrator"]
         await nc.edit_config(
-            f'<intents xmlns="{INT_NS}"><intent><name>{name}</name><endpoints><source-sae>{source}</source-sae>'
+            f'<intents xmlns="{INTENT_NS}"><intent><name>{name}</name><endpoints><source-sae>{source}</source-sae>'
             f"<destination-sae>{destination}</destination-sae></endpoints><min-rate>{min_rate}</min-rate>{extra}"
             f"</intent></intents>", target="candidate")
         await nc.commit()
@@ -133,12 +130,12 @@ class Operator:
         """Wait for an intent-state-change of `name` into one of `wanted`, showing the others.
         Returns the intent as read afterwards, with the transition that matched as 'reached'."""
         def is_it(event: etree._Element) -> bool:
-            if event.tag != f"{{{INT_NS}}}intent-state-change" or _text(event, INT_NS, "name") != name:
+            if event.tag != INTENT_NS("intent-state-change") or INTENT_NS.text(event, "name", "") != name:
                 return False
             if show is not None:
-                show(f"{_text(event, INT_NS, 'from') or '-'} -> {_text(event, INT_NS, 'to')}: "
-                     f"{_text(event, INT_NS, 'reason')}")
-            return _text(event, INT_NS, "to") in wanted
+                show(f"{INTENT_NS.text(event, 'from', '') or '-'} -> {INTENT_NS.text(event, 'to', '')}: "
+                     f"{INTENT_NS.text(event, 'reason', '')}")
+            return INTENT_NS.text(event, "to", "") in wanted
         try:
             event = await self.wait_event("orchestrator", is_it, timeout)
         except TimeoutError:
@@ -148,18 +145,20 @@ class Operator:
         from tools.cmd_intent import intent_states
 
         intent = (await intent_states(self.sessions["orchestrator"])).get(name, {"name": name})  # gone once deleted
-        intent["reached"] = {"state": _text(event, INT_NS, "to"), "reason": _text(event, INT_NS, "reason")}
+        intent["reached"] = {"state": INTENT_NS.text(event, "to", ""),
+                             "reason": INTENT_NS.text(event, "reason", "")}
         return intent
 
     # -- the network --
 
     async def spans_of(self, link_ids: list[str]) -> list[str]:
         """The fibre spans under QKD links, from the forwarding and connectivity controllers."""
-        from orchestrator.views import FibreView, ForwardingView
+        from models.connectivity import read_fibre_network
+        from models.forwarding import ForwardingView
 
-        networks = ("subtree", f'<networks xmlns="{NW_NS}"/>')
+        networks = ("subtree", f'<networks xmlns="{NW}"/>')
         fwd = ForwardingView.parse(await self.sessions["forwarding"].get(filter=networks))
-        fibre = FibreView.parse(await self.sessions["connectivity"].get(filter=networks))
+        fibre = read_fibre_network(await self.sessions["connectivity"].get(filter=networks))
         spans: list[str] = []
         for link_id in link_ids:
             link = fwd.links.get(link_id)
@@ -170,22 +169,25 @@ class Operator:
     async def span_action(self, span: str, action: str, **leaves: str) -> None:
         inner = "".join(f"<{k}>{v}</{k}>" for k, v in leaves.items())
         await self.sessions["connectivity"].dispatch(
-            f'<action xmlns="{ACTION_NS}"><networks xmlns="{NW_NS}" xmlns:nt="{NT_NS}"><network>'
+            f'<action xmlns="{YANG_XML}"><networks xmlns="{NW}" xmlns:nt="{NT}"><network>'
             f"<network-id>fibre</network-id><nt:link><nt:link-id>{span}</nt:link-id>"
-            f'<{action} xmlns="{CONN_NS}">{inner}</{action}></nt:link></network></networks></action>')
+            f'<fibre-span xmlns="{CONNECTIVITY}"><{action}>{inner}</{action}></fibre-span></nt:link></network>'
+            "</networks>"
+            "</action>")
 
     def key_api(self, sae: str) -> str:
         """The ETSI 014 base URL of the key manager that serves `sae`."""
         km = next(s.km for s in self.stack.topology.saes if s.id == sae)
         return next(r.etsi014_url for r in self.stack.table() if r.name == km)
 
+    def as_sae(self, sae: str) -> dict:
+        """Request options of an ETSI 014 call made by SAE `sae`: its client certificate (or,
+        in a stack's insecure header mode, the X-SAE-ID header)."""
+        return as_sae(sae, self.stack.sae_ssl)
+
     async def fetch_keys(self, master: str, slave: str, number: int = 4, size: int = 256) -> tuple[list[str], bool]:
         return await exchange_keys(self.http, (self.key_api(master), master), (self.key_api(slave), slave),
-                                   number, size, self.timeout)
-
-
-def _text(element: etree._Element, ns: str, tag: str) -> str:
-    return (element.findtext(f"{{{ns}}}{tag}") or "").strip()
+                                   number, size, self.timeout, tls=self.stack.sae_ssl)
 
 
 def path_of(intent: dict) -> tuple[list[str], list[str]]:
@@ -270,10 +272,11 @@ class Demo(Steps):
             inner = [s for s in state["spans"] if not ends[s] & end_sites] or state["spans"]
             state["tapped"] = inner[0]
             await op.span_action(state["tapped"], "attach-eavesdropper", **{"intercept-fraction": EAVESDROPPER_FRACTION})
-            alarm = await op.wait_event("forwarding", lambda e: e.tag == f"{{{FWD_NS}}}qber-alarm"
-                                        and _text(e, FWD_NS, "raised") == "true")
-            return (f"eavesdropper on span {state['tapped']}; QBER alarm on link {_text(alarm, FWD_NS, 'link-id')}: "
-                    f"{_text(alarm, FWD_NS, 'qber')} % above {_text(alarm, FWD_NS, 'threshold')} %")
+            alarm = await op.wait_event("forwarding", lambda e: e.tag == FORWARDING("qber-alarm")
+                                        and FORWARDING.text(e, "raised", "") == "true")
+            return (f"eavesdropper on span {state['tapped']}; QBER alarm on link "
+                    f"{FORWARDING.text(alarm, 'link-id', '')}: "
+                    f"{FORWARDING.text(alarm, 'qber', '')} % above {FORWARDING.text(alarm, 'threshold', '')} %")
 
         async def reroute() -> str:
             await op.wait_state(name, {"degraded", "failed"}, self.say)

@@ -9,26 +9,29 @@ would, through the device at --host/--port:
                                                      (none for restart), then back from disk
 
 DEVICE and KM name the device at --host/--port (a QKD node by its topology id or its
-qkdn_id); the command refuses to act on another one.
+qkdn_id); the command refuses to act on another one. The device's host key is checked
+against the one `qstrata up` wrote in its stack file (--stack-file, by host and port), or a
+known_hosts file (--known-hosts); the user and password default to that file's read-write
+account. A device found in neither is refused unless --no-host-key-check is given.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import pathlib
 import sys
 from dataclasses import dataclass
 
 import asyncssh
-from lxml import etree
 
+from models.ns import ETSI_NODE, FIBRE_PLANT, KEY_MANAGER, NODE_EXT
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
+from netconf_core.ns import YANG_XML
+from netconf_core.ssh import trusted_host_keys
+from tools.cmd_up import STATE_FILE
 
-PLANT_NS = "urn:qstrata:yang:qi-fibre-plant"
-KM_NS = "urn:qstrata:yang:qi-key-manager"
-NODE_NS = "urn:etsi:qkd:yang:etsi-qkd-node"
-NODE_EXT_NS = "urn:qstrata:yang:qi-qkd-node-ext"
-ACTION_NS = "urn:ietf:params:xml:ns:yang:1"
 DEFAULT_CRASH_OUTAGE_S = 30
 
 
@@ -36,8 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--host", default="127.0.0.1", help="device address (default 127.0.0.1)")
     connection.add_argument("--port", type=int, required=True, help="the device's NETCONF port")
-    connection.add_argument("--user", default="admin", help="NETCONF user (default admin)")
-    connection.add_argument("--password", default="admin", help="its password (default admin)")
+    connection.add_argument("--user", help="NETCONF user (default: from the stack file, else admin)")
+    connection.add_argument("--password", help="its password (default: from the stack file, else admin)")
+    connection.add_argument("--stack-file", type=pathlib.Path, default=pathlib.Path(STATE_FILE),
+                            help=f"the file `qstrata up` wrote, for the device's host key (default ./{STATE_FILE})")
+    connection.add_argument("--known-hosts", type=pathlib.Path,
+                            help="an OpenSSH known_hosts file to check the device's host key against instead")
+    connection.add_argument("--no-host-key-check", action="store_true",
+                            help="accept any host key (anyone on the path can pose as the device): tests only")
     parser = subparsers.add_parser("fault", help="inject faults over NETCONF", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="fault", required=True)
@@ -79,10 +88,36 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _login(args: argparse.Namespace) -> tuple[str, str, object]:
+    """(user, password, known_hosts) for the device at --host/--port."""
+    row = None
+    if args.stack_file.exists():
+        try:
+            rows = json.loads(args.stack_file.read_text())["levels"]
+            row = next((r for r in rows if (r["host"], r["port"]) == (args.host, args.port)), None)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise FaultError(f"{args.stack_file} is not a file written by `qstrata up`: {error}") from None
+    user = args.user or (row["read_write"][0] if row else "admin")
+    password = args.password or (row["read_write"][1] if row else "admin")
+    if args.known_hosts:
+        return user, password, str(args.known_hosts)
+    if row is not None and row.get("host_key"):
+        return user, password, trusted_host_keys(row["host_key"])
+    if args.no_host_key_check:
+        return user, password, None
+    raise FaultError(f"no host key for {args.host}:{args.port}: not in {args.stack_file} (run this where `qstrata up` "
+                     "runs, or give --stack-file or --known-hosts)")
+
+
 async def _act(args: argparse.Namespace, run) -> int:
     where = f"{args.host}:{args.port}"
     try:
-        nc = await NetconfClient.connect(args.host, args.port, args.user, args.password)
+        user, password, known_hosts = _login(args)
+    except FaultError as error:
+        print(f"qstrata fault: {error}", file=sys.stderr)
+        return 2
+    try:
+        nc = await NetconfClient.connect(args.host, args.port, user, password, known_hosts=known_hosts)
     except (OSError, asyncio.TimeoutError) as error:
         print(f"qstrata fault: cannot open a NETCONF session to {where}: {error}", file=sys.stderr)
         return 2
@@ -106,11 +141,9 @@ class FaultError(Exception):
 
 def _plant_rpc(rpc: str, done: str):
     async def run(nc: NetconfClient, args: argparse.Namespace) -> str:
-        op = etree.Element(f"{{{PLANT_NS}}}{rpc}", nsmap={None: PLANT_NS})
-        etree.SubElement(op, f"{{{PLANT_NS}}}span-id").text = args.span
-        if getattr(args, "fraction", None) is not None:
-            etree.SubElement(op, f"{{{PLANT_NS}}}fraction").text = f"{args.fraction:.9f}"
-        await nc.dispatch(op)
+        fraction = getattr(args, "fraction", None)
+        await nc.dispatch(FIBRE_PLANT.element(rpc, leaves={
+            "span-id": args.span, "fraction": f"{fraction:.9f}" if fraction is not None else None}))
         return f"span {args.span} {done}"
     return run
 
@@ -124,15 +157,15 @@ class Identity:
 
 
 async def _identify(nc: NetconfClient) -> Identity:
-    data = await nc.get(("subtree", f'<key-manager xmlns="{KM_NS}"><km-id/></key-manager>'
-                                    f'<qkd_node xmlns="{NODE_NS}"><qkdn_id/></qkd_node>'))
+    data = await nc.get(("subtree", f'<key-manager xmlns="{KEY_MANAGER}"><km-id/></key-manager>'
+                                    f'<qkd_node xmlns="{ETSI_NODE}"><qkdn_id/></qkd_node>'))
     if data is not None:
-        km_id = data.findtext(f"{{{KM_NS}}}key-manager/{{{KM_NS}}}km-id")
+        km_id = KEY_MANAGER.text(data, "key-manager/km-id")
         if km_id:
-            return Identity("key-manager", frozenset({km_id.strip()}))
-        qkdn_id = data.findtext(f"{{{NODE_NS}}}qkd_node/{{{NODE_NS}}}qkdn_id")
+            return Identity("key-manager", frozenset({km_id}))
+        qkdn_id = ETSI_NODE.text(data, "qkd_node/qkdn_id")
         if qkdn_id:
-            return Identity("qkd-node", frozenset({qkdn_id.strip()}))
+            return Identity("qkd-node", frozenset({qkdn_id}))
     raise FaultError("the device is neither a key manager nor a QKD node")
 
 
@@ -149,24 +182,23 @@ async def _expect(nc: NetconfClient, name: str, kinds: tuple[str, ...]) -> Ident
 
 async def _drain_pool(nc: NetconfClient, args: argparse.Namespace) -> str:
     await _expect(nc, args.km, ("key-manager",))
-    reply = await nc.dispatch(
-        f'<action xmlns="{ACTION_NS}"><key-manager xmlns="{KM_NS}"><key-pools><key-pool>'
-        f"<link-id>{_xml_text(args.link)}</link-id><flush/></key-pool></key-pools></key-manager></action>")
-    discarded = reply.findtext(f"{{{KM_NS}}}discarded") if reply is not None else None
+    action = YANG_XML.element("action")
+    pool = KEY_MANAGER.sub(KEY_MANAGER.sub(KEY_MANAGER.sub(action, "key-manager"), "key-pools"), "key-pool")
+    KEY_MANAGER.sub(pool, "link-id", args.link)
+    KEY_MANAGER.sub(pool, "flush")
+    reply = await nc.dispatch(action)
+    discarded = KEY_MANAGER.text(reply, "discarded")
     return f"key manager {args.km}: pool of link {args.link} drained at both ends ({discarded or 0} bits discarded)"
 
 
 async def _restart(nc: NetconfClient, args: argparse.Namespace) -> str:
     identity = await _expect(nc, args.device, ("key-manager", "qkd-node"))
-    outage = f"<outage>{args.outage}</outage>"
     if identity.kind == "key-manager":
-        body = f'<key-manager xmlns="{KM_NS}"><restart>{outage}</restart></key-manager>'
-    else:
-        body = f'<qkd_node xmlns="{NODE_NS}"><restart xmlns="{NODE_EXT_NS}">{outage}</restart></qkd_node>'
-    await nc.dispatch(f'<action xmlns="{ACTION_NS}">{body}</action>')
+        action = YANG_XML.element("action")
+        KEY_MANAGER.sub(KEY_MANAGER.sub(KEY_MANAGER.sub(action, "key-manager"), "restart"), "outage", args.outage)
+    else:  # a QKD node's restart is an RPC of its device
+        action = NODE_EXT.element("restart", leaves={"outage": args.outage})
+    await nc.dispatch(action)
     return (f"{identity.kind} {args.device} restarting" if args.outage == 0
             else f"{identity.kind} {args.device} down for {args.outage} s, then back from disk")
 
-
-def _xml_text(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

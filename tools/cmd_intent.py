@@ -30,10 +30,11 @@ import sys
 import yaml
 from lxml import etree
 
+from models.intent import INTENTS_FILTER, read_intents
+from models.ns import INTENT
+from netconf_core.ns import BASE
 from tools.cmd_up import StackNotFound, add_connection_options, connect, target
 
-INT_NS = "urn:qstrata:yang:qi-intent"
-NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 LEAVES = {"name": str, "description": str, "enabled": bool, "min-rate": int, "key-size": int, "ttl": int,
           "disjoint-paths": int, "max-hops": int, "avoid-nodes": list, "avoid-links": list, "qber-ceiling": float,
           "priority": int, "allow-federation": bool}
@@ -122,12 +123,11 @@ def intent_xml(entry: object, where: str) -> etree._Element:
     endpoints = entry["endpoints"]
     if not isinstance(endpoints, dict) or set(endpoints) != set(ENDPOINTS):
         raise IntentFileError(f"{where}: endpoints must hold exactly source-sae and destination-sae")
-    intent = etree.Element(f"{{{INT_NS}}}intent", nsmap={None: INT_NS})
-    q = lambda tag: f"{{{INT_NS}}}{tag}"
-    etree.SubElement(intent, q("name")).text = _value(where, "name", entry["name"], str)
-    ends = etree.SubElement(intent, q("endpoints"))
+    intent = INTENT.element("intent")
+    INTENT.sub(intent, "name", _value(where, "name", entry["name"], str))
+    ends = INTENT.sub(intent, "endpoints")
     for leaf in ENDPOINTS:
-        etree.SubElement(ends, q(leaf)).text = _value(where, leaf, endpoints[leaf], str)
+        INTENT.sub(ends, leaf, _value(where, leaf, endpoints[leaf], str))
     for leaf, kind in LEAVES.items():
         if leaf == "name" or leaf not in entry:
             continue
@@ -136,9 +136,9 @@ def intent_xml(entry: object, where: str) -> etree._Element:
             if not isinstance(value, list):
                 raise IntentFileError(f"{where}: {leaf} must be a list, got {value!r}")
             for item in value:
-                etree.SubElement(intent, q(leaf)).text = _value(where, leaf, item, str)
+                INTENT.sub(intent, leaf, _value(where, leaf, item, str))
         else:
-            etree.SubElement(intent, q(leaf)).text = _value(where, leaf, value, kind)
+            INTENT.sub(intent, leaf, _value(where, leaf, value, kind))
     return intent
 
 
@@ -163,14 +163,14 @@ def _xml_intents(path: pathlib.Path, text: str) -> list[etree._Element]:
         root = etree.fromstring(text.encode(), parser)
     except etree.XMLSyntaxError as error:
         raise IntentFileError(f"{path}: not well-formed XML: {error}") from None
-    if root.tag == f"{{{NC_NS}}}config" and len(root) == 1:
+    if root.tag == BASE("config") and len(root) == 1:
         root = root[0]
-    if root.tag == f"{{{INT_NS}}}intents":
-        intents = list(root.iterfind(f"{{{INT_NS}}}intent"))
-    elif root.tag == f"{{{INT_NS}}}intent":
+    if root.tag == INTENT("intents"):
+        intents = INTENT.all(root, "intent")
+    elif root.tag == INTENT("intent"):
         intents = [root]
     else:
-        raise IntentFileError(f"{path}: the root element must be <intents> or <intent> in namespace {INT_NS}, "
+        raise IntentFileError(f"{path}: the root element must be <intents> or <intent> in namespace {INTENT}, "
                               f"not <{root.tag}>")
     if not intents:
         raise IntentFileError(f"{path}: no intent in the file")
@@ -178,26 +178,26 @@ def _xml_intents(path: pathlib.Path, text: str) -> list[etree._Element]:
 
 
 def _names(intents: list[etree._Element]) -> list[str]:
-    return [(i.findtext(f"{{{INT_NS}}}name") or "").strip() for i in intents]
+    return [INTENT.text(i, "name", "") for i in intents]
 
 
 # --- commands -------------------------------------------------------------------------------
 
 async def _apply(args: argparse.Namespace) -> int:
     intents = load_intents(args.file)
-    config = etree.Element(f"{{{INT_NS}}}intents", nsmap={None: INT_NS})
+    config = INTENT.element("intents")
     config.extend(intents)
     async with await connect(target(args)) as nc:
         await nc.lock("candidate")
         try:
             await nc.edit_config(config, target="candidate")
             if args.dry_run:
-                reply = await nc.dispatch(f'<dry-run xmlns="{INT_NS}"/>', timeout=60)
+                reply = await nc.dispatch(f'<dry-run xmlns="{INTENT}"/>', timeout=60)
                 print(format_dry_run(reply))
                 return 0
             changed = await _changed(nc, _names(intents))
             if not args.no_wait and changed:
-                await nc.create_subscription(filter=("subtree", f'<intent-state-change xmlns="{INT_NS}"/>'))
+                await nc.create_subscription(filter=("subtree", f'<intent-state-change xmlns="{INTENT}"/>'))
             await nc.commit()
         finally:
             await nc.discard_changes()
@@ -214,10 +214,9 @@ async def _changed(nc, names: list[str]) -> list[str]:
     """The intents among `names` whose candidate configuration differs from running."""
     configs = []
     for datastore in ("candidate", "running"):
-        data = await nc.get_config(datastore, filter=("subtree", f'<intents xmlns="{INT_NS}"/>'))
-        intents = data.iterfind(f"{{{INT_NS}}}intents/{{{INT_NS}}}intent") if data is not None else []
-        configs.append({(i.findtext(f"{{{INT_NS}}}name") or "").strip(): etree.tostring(i, method="c14n")
-                        for i in intents})
+        data = await nc.get_config(datastore, filter=("subtree", INTENTS_FILTER))
+        configs.append({INTENT.text(i, "name", ""): etree.tostring(i, method="c14n")
+                        for i in INTENT.all(data, "intents/intent")})
     return [n for n in names if configs[0].get(n) != configs[1].get(n)]
 
 
@@ -236,13 +235,13 @@ async def follow(nc, names: set[str], timeout: float) -> int:
                 print(f"  {name}: still {state.get(name, {}).get('state', 'unknown')} after {timeout:g} s: "
                       f"{state.get(name, {}).get('reason', '')}")
             return 1
-        change = notification.find(f"{{{INT_NS}}}intent-state-change")
-        name = (change.findtext(f"{{{INT_NS}}}name") or "") if change is not None else ""
+        change = INTENT.find(notification, "intent-state-change")
+        name = INTENT.text(change, "name", "")
         if name not in names:
             continue
-        to = change.findtext(f"{{{INT_NS}}}to") or ""
-        print(f"  {name}: {change.findtext(f'{{{INT_NS}}}from') or '-'} -> {to}: "
-              f"{change.findtext(f'{{{INT_NS}}}reason') or ''}", flush=True)
+        to = INTENT.text(change, "to", "")
+        print(f"  {name}: {INTENT.text(change, 'from') or '-'} -> {to}: {INTENT.text(change, 'reason', '')}",
+              flush=True)
         if to in SETTLED:
             final[name] = to
         else:
@@ -252,26 +251,7 @@ async def follow(nc, names: set[str], timeout: float) -> int:
 
 async def intent_states(nc) -> dict[str, dict]:
     """Every intent of the orchestrator as a dict of its leaves (config and state)."""
-    data = await nc.get(filter=("subtree", f'<intents xmlns="{INT_NS}"/>'))
-    q = lambda tag: f"{{{INT_NS}}}{tag}"
-    out = {}
-    for intent in data.iterfind(f"{q('intents')}/{q('intent')}") if data is not None else []:
-        entry = {child.tag.split("}")[1]: (child.text or "").strip() for child in intent if len(child) == 0}
-        paths = []
-        for path in intent.iterfind(f"{q('paths')}/{q('path')}"):
-            hops = sorted(path.iterfind(q("hop")), key=lambda h: int(h.findtext(q("index")) or 0))
-            paths.append({"in-use": path.findtext(q("in-use")) == "true",
-                          "nodes": [h.findtext(q("node-id")) or "" for h in hops],
-                          "links": [h.findtext(q("link-id")) for h in hops if h.findtext(q("link-id"))]})
-        entry["paths"] = paths
-        entry["source-sae"] = intent.findtext(f"{q('endpoints')}/{q('source-sae')}") or ""
-        entry["destination-sae"] = intent.findtext(f"{q('endpoints')}/{q('destination-sae')}") or ""
-        entry["conditions"] = [{c.tag.split("}")[1]: (c.text or "").strip() for c in condition}
-                               for condition in intent.iterfind(f"{q('conditions')}/{q('condition')}")]
-        entry["history"] = [{c.tag.split("}")[1]: (c.text or "").strip() for c in transition}
-                            for transition in intent.iterfind(f"{q('history')}/{q('transition')}")]
-        out[entry.get("name", "")] = entry
-    return out
+    return read_intents(await nc.get(filter=("subtree", INTENTS_FILTER)))
 
 
 async def _list(args: argparse.Namespace) -> int:
@@ -307,7 +287,7 @@ async def _delete(args: argparse.Namespace) -> int:
         if args.name not in await intent_states(nc):
             print(f"qstrata intent: no intent {args.name!r}", file=sys.stderr)
             return 1
-        await nc.edit_config(f'<intents xmlns="{INT_NS}" xmlns:nc="{NC_NS}"><intent nc:operation="delete">'
+        await nc.edit_config(f'<intents xmlns="{INTENT}" xmlns:nc="{BASE}"><intent nc:operation="delete">'
                              f'<name>{args.name}</name></intent></intents>', target="candidate")
         await nc.commit()
     print(f"deleted intent {args.name}; the orchestrator tears it down")
@@ -347,18 +327,18 @@ def format_intents(intents: dict[str, dict]) -> str:
 
 
 def format_dry_run(reply: etree._Element | None) -> str:
-    q = lambda tag: f"{{{INT_NS}}}{tag}"
-    intents = list(reply.iterfind(q("intent"))) if reply is not None else []
+    intents = INTENT.all(reply, "intent")
     if not intents:
         return "the commit would change nothing"
     lines = []
     for intent in intents:
-        feasible = intent.findtext(q("feasible")) == "true"
-        lines.append(f"intent {intent.findtext(q('name'))}: {intent.findtext(q('change'))}, "
-                     f"{'feasible' if feasible else 'NOT feasible'}: {intent.findtext(q('reason'))}")
-        for request in intent.iterfind(q("request")):
-            lines.append(f"  {(request.findtext(q('stratum')) or '').split(':')[-1]:<18} "
-                         f"{request.findtext(q('operation')):<7} {request.findtext(q('resource')):<12} "
-                         f"{request.findtext(q('name'))}: {request.findtext(q('detail'))}")
+        text = lambda element, tag: INTENT.text(element, tag)
+        feasible = text(intent, "feasible") == "true"
+        lines.append(f"intent {text(intent, 'name')}: {text(intent, 'change')}, "
+                     f"{'feasible' if feasible else 'NOT feasible'}: {text(intent, 'reason')}")
+        for request in INTENT.all(intent, "request"):
+            lines.append(f"  {(text(request, 'stratum') or '').split(':')[-1]:<18} "
+                         f"{text(request, 'operation'):<7} {text(request, 'resource'):<12} "
+                         f"{text(request, 'name')}: {text(request, 'detail')}")
     lines.append("(dry run: nothing was changed)")
     return "\n".join(lines)

@@ -10,17 +10,15 @@ import argparse
 import asyncio
 import sys
 
-from lxml import etree
-
-from orchestrator.views import Alarm, parse_alarms
+from models import network as network_model
+from models.alarms import Alarm, read_alarms
+from models.forwarding import ForwardingView, QkdLink
+from models.ns import ALARMS, CONNECTIVITY, NW
+from netconf_core.ns import identity
 from tools.cmd_intent import format_intents, intent_states, rate, table
 from tools.cmd_up import StackNotFound, add_connection_options, connect, target
 
-NW_NS = "urn:ietf:params:xml:ns:yang:ietf-network"
-NT_NS = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
-FWD_NS = "urn:qstrata:yang:qi-forwarding"
-CONN_NS = "urn:qstrata:yang:qi-connectivity"
-AL_NS = "urn:ietf:params:xml:ns:yang:ietf-alarms"
+NETWORKS = ("subtree", f'<networks xmlns="{NW}"/>')
 ALARM_NAMES = {"qber-above-threshold": "QBER alarm", "link-down": "link-down alarm",
                "span-cut": "span-cut alarm", "span-tapped": "eavesdropper alarm"}
 
@@ -61,61 +59,46 @@ async def status(args: argparse.Namespace) -> str:
                         "ALARMS\n" + format_alarms(links, spans, link_alarms, span_alarms)])
 
 
-def _t(element: etree._Element, path: str) -> str:
-    return (element.findtext(path) or "").strip()
-
-
-async def qkd_links(nc) -> list[dict[str, str]]:
-    data = await nc.get(filter=("subtree", f'<networks xmlns="{NW_NS}"/>'))
-    f = lambda tag: f"{{{FWD_NS}}}{tag}"
-    t = lambda tag: f"{{{NT_NS}}}{tag}"
-    out = []
-    for link in data.iter(t("link")) if data is not None else []:
-        qkd = link.find(f("qkd-link"))
-        if qkd is None:
-            continue
-        out.append({"id": _t(link, t("link-id")), "a": _t(link, f"{t('source')}/{t('source-node')}"),
-                    "b": _t(link, f"{t('destination')}/{t('dest-node')}"),
-                    "type": _t(qkd, f("link-type")).split(":")[-1], "status": _t(qkd, f("status")).split(":")[-1],
-                    "skr": _t(qkd, f("skr")), "eskr": _t(qkd, f("eskr")), "qber": _t(qkd, f("qber")),
-                    "loss": _t(qkd, f("channel-loss"))})
-    return sorted(out, key=lambda l: l["id"])
+async def qkd_links(nc) -> list[QkdLink]:
+    links = ForwardingView.parse(await nc.get(filter=NETWORKS)).links
+    return [links[link_id] for link_id in sorted(links)]
 
 
 async def fibre_spans(nc) -> list[dict[str, str]]:
-    data = await nc.get(filter=("subtree", f'<networks xmlns="{NW_NS}"/>'))
-    c = lambda tag: f"{{{CONN_NS}}}{tag}"
+    network = network_model.find_network(await nc.get(filter=NETWORKS),
+                                         network_type=CONNECTIVITY("fibre-network"))
     out = []
-    for link in data.iter(f"{{{NT_NS}}}link") if data is not None else []:
-        span = link.find(c("fibre-span"))
+    for link in network_model.links(network):
+        span = CONNECTIVITY.find(link, "fibre-span")
         if span is None:
             continue
-        out.append({"id": _t(link, f"{{{NT_NS}}}link-id"), "status": _t(span, c("oper-status")),
-                    "faults": ", ".join((e.text or "").split(":")[-1] for e in span.iterfind(c("active-faults"))),
-                    "eavesdropper": _t(span, c("eavesdropper-present"))})
+        out.append({"id": network_model.link_id(link), "status": CONNECTIVITY.text(span, "oper-status", ""),
+                    "faults": ", ".join(identity(e.text or "") for e in CONNECTIVITY.all(span, "active-faults")),
+                    "eavesdropper": CONNECTIVITY.text(span, "eavesdropper-present", "")})
     return out
 
 
 async def raised_alarms(nc) -> list[Alarm]:
     """The alarms raised now, from the alarm list (state, not a replay of notifications)."""
-    data = await nc.get(filter=("subtree", f'<alarms xmlns="{AL_NS}"><alarm-list/></alarms>'))
-    return [alarm for alarm in parse_alarms(data) if not alarm.cleared]
+    data = await nc.get(filter=("subtree", f'<alarms xmlns="{ALARMS}"><alarm-list/></alarms>'))
+    return [alarm for alarm in read_alarms(data) if not alarm.cleared]
 
 
-def format_links(links: list[dict[str, str]]) -> str:
+def format_links(links: list[QkdLink]) -> str:
     if not links:
         return "no QKD links"
-    rows = [(l["id"], f"{l['a']} - {l['b']}", l["type"], l["status"], rate(l["skr"]), rate(l["eskr"]),
-             f"{float(l['qber']):.2f} %" if l["qber"] else "-", f"{float(l['loss']):.1f} dB" if l["loss"] else "-")
+    rows = [(l.id, f"{l.a[0]} - {l.b[0]}", l.link_type, l.status or "", rate(l.skr), rate(l.eskr),
+             f"{l.qber:.2f} %" if l.qber is not None else "-",
+             f"{l.channel_loss:.1f} dB" if l.channel_loss is not None else "-")
             for l in links]
     return table(("LINK", "NODES", "TYPE", "STATUS", "SKR", "ESKR", "QBER", "LOSS"), rows)
 
 
-def format_alarms(links: list[dict[str, str]], spans: list[dict[str, str]], link_alarms: list[Alarm],
+def format_alarms(links: list[QkdLink], spans: list[dict[str, str]], link_alarms: list[Alarm],
                   span_alarms: list[Alarm]) -> str:
     lines = [_alarm_line(a, "link") for a in sorted(link_alarms, key=lambda a: (a.link_id or a.resource, a.type_id))]
     lines += [_alarm_line(a, "span") for a in sorted(span_alarms, key=lambda a: (a.link_id or a.resource, a.type_id))]
-    lines += [f"link {l['id']} ({l['a']} - {l['b']}) is {l['status']}" for l in links if l["status"] != "ACTIVE"]
+    lines += [f"link {l.id} ({l.a[0]} - {l.b[0]}) is {l.status or ''}" for l in links if not l.up]
     lines += [f"span {span['id']} is {span['status']}" + (f" ({span['faults']})" if span["faults"] else "")
               for span in spans if span["status"] not in ("", "up", "down")]  # a cut span has its alarm
     return "\n".join(lines) if lines else "none"

@@ -1,10 +1,18 @@
-"""`qstrata up [TOPOLOGY]`: run the whole stack (devices, the three stratum controllers and
-the orchestrator) in this process until Ctrl-C or SIGTERM, print the address, port and
-credentials of every level, and write them to `qstrata-stack.json` in the working
-directory, where `qstrata intent` and `qstrata status` find them.
+"""`qstrata up [TOPOLOGY]`: run the whole stack, every level its own OS process (`qstrata run
+LEVEL --config FILE`): the emulated devices, the three stratum controllers and the
+orchestrator. Print the address, port and credentials of every level, and write them to
+`qstrata-stack.json` in the working directory, where `qstrata intent`, `status` and `fault`
+find them. Ctrl-C or SIGTERM stops every process.
+
+In the state directory (a temporary one without --state-dir) it keeps what a restart reuses:
+`deployments/LEVEL.yaml` (each level's deployment file, 0600), `ports.json` (every port),
+`credentials.json` (generated passwords, 0600), each level's SSH host key (0600; every
+deployment pins the host keys of its peers), `pki/` (the local CA and the ETSI 014
+certificates) and `logs/LEVEL.log` (each process's log). A level that dies is started again
+after a short back-off (tools/supervisor.py), with a line saying so.
 
 The orchestrator listens on port 8830 unless --port says otherwise; the other levels take
-free ports of 127.0.0.1.
+free ports of 127.0.0.1 the first time, and keep them.
 """
 from __future__ import annotations
 
@@ -14,7 +22,10 @@ import dataclasses
 import json
 import os
 import pathlib
+import random
+import socket
 import sys
+import tempfile
 
 from devices.topology import Topology
 from tools.running import topology_argument, until_stopped
@@ -23,19 +34,28 @@ STATE_FILE = "qstrata-stack.json"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_ORCHESTRATOR_PORT = 8830
 DEFAULT_USER = ("admin", "admin")
+LEVEL_ORDER = ("devices", "connectivity", "forwarding", "service", "orchestrator")
+PORTS_FILE = "ports.json"
+READY_TIMEOUT_S = 180.0
+PORT_POOL_START = 20000   # ports handed to the levels are taken from here up to the ephemeral range
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("up", help="run devices, controllers and orchestrator; print every level",
+    from tools.stack import add_security_options
+
+    parser = subparsers.add_parser("up", help="run devices, controllers and orchestrator, each its own process; "
+                                              "print every level",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("topology", nargs="?", type=pathlib.Path,
                         help="topology file (default: the embedded Madrid network)")
     parser.add_argument("--port", type=int, default=DEFAULT_ORCHESTRATOR_PORT,
-                        help=f"the orchestrator's NETCONF port (default {DEFAULT_ORCHESTRATOR_PORT}; 0: any free port)")
+                        help=f"the orchestrator's NETCONF port (default {DEFAULT_ORCHESTRATOR_PORT}; 0: the one kept "
+                             f"in the state directory, else any free port)")
     parser.add_argument("--state-dir", type=pathlib.Path,
-                        help="keep datastores, key pools and the intent store here across runs "
-                             "(default: a temporary directory)")
+                        help="keep deployments, ports, credentials, host keys, certificates, datastores, key pools "
+                             "and the intent store here across runs (default: a temporary directory)")
     parser.add_argument("--speed", type=float, default=1.0, help="emulated seconds per real second (default 1)")
+    add_security_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -43,34 +63,306 @@ def run(args: argparse.Namespace) -> int:
     topology = topology_argument(args.topology, args.speed, "up")
     if isinstance(topology, int):
         return topology
-    return asyncio.run(_run(topology, args.state_dir, args.speed, args.port))
+    if not 0 <= args.port <= 65535:
+        print(f"qstrata up: --port must be within 0..65535, got {args.port}", file=sys.stderr)
+        return 2
+    return asyncio.run(_run(topology, args))
 
 
-async def _run(topology: Topology, state_dir: pathlib.Path | None, speed: float, port: int) -> int:
-    from tools.stack import Stack  # imported here: it loads asyncssh, libyang and aiohttp
+async def _run(topology: Topology, args: argparse.Namespace) -> int:
+    from tools.supervisor import SupervisorError
 
-    stack = Stack(topology, state_dir=state_dir, speed=speed, orchestrator_port=port)
-    print(f"starting network {topology.name} ...", flush=True)
-    try:
-        await stack.start()
-    except OSError as error:
-        print(f"qstrata up: cannot start the stack: {error}", file=sys.stderr)
-        return 1
+    stack = ProcessStack(topology, args.topology.absolute() if args.topology else None, args.state_dir, args.speed,
+                         args.port, demo_credentials=args.demo_credentials,
+                         insecure_sae_header=args.insecure_sae_header, say=lambda line: print(line, flush=True))
+    stopped = asyncio.get_running_loop().create_task(until_stopped())
     state_file = pathlib.Path.cwd() / STATE_FILE
+    wrote = False
     try:
+        print(f"starting network {topology.name}: {len(LEVEL_ORDER)} processes ...", flush=True)
+        starting = asyncio.get_running_loop().create_task(stack.start())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():   # a signal while starting
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return 0
+        try:
+            starting.result()
+        except (SupervisorError, OSError) as error:
+            print(f"qstrata up: cannot start the stack: {error}", file=sys.stderr)
+            return 1
         rows = stack.table()
         print(format_levels(rows))
         write_state(state_file, topology.name, rows)
+        wrote = True
         user, password = rows[-1].read_write
         reader, reader_password = rows[-1].read_only
-        print(f"\nnetwork {topology.name}: {len(rows)} NETCONF servers on {DEFAULT_HOST}; users {user}/{password} "
-              f"(read-write), {reader}/{reader_password} (read-only). Wrote {STATE_FILE}. Ctrl-C stops.", flush=True)
-        await until_stopped()
+        print(f"\nnetwork {topology.name}: {len(rows)} NETCONF servers in {len(LEVEL_ORDER)} processes on "
+              f"{DEFAULT_HOST}; users {user}/{password} (read-write), {reader}/{reader_password} (read-only). "
+              f"Deployments in {stack.plan.deployments_dir}, logs in {stack.plan.logs_dir}. Wrote {STATE_FILE}.",
+              flush=True)
+        if stack.plan.curl:
+            print(f"ETSI 014 over HTTPS with a client certificate per SAE, for example:\n  {stack.plan.curl}",
+                  flush=True)
+        print("Ctrl-C stops.", flush=True)
+        await stopped
     finally:
-        state_file.unlink(missing_ok=True)
+        stopped.cancel()
+        if wrote:
+            state_file.unlink(missing_ok=True)
         await stack.stop()
     print("stopped", flush=True)
     return 0
+
+
+class ProcessStack:
+    """The stack of `qstrata up`: a deployment per level written into `state_dir` (a temporary
+    directory without one, removed by `stop`), every level its own OS process under a
+    Supervisor. It offers an operator what the in-process tools.stack.Stack does:
+    `start()`, `stop()`, `table()`, `topology`, `sae_ssl(sae_id)`. `say` gets the supervisor's
+    lines and the levels' output (None: dropped)."""
+
+    def __init__(self, topology: Topology, topology_file: pathlib.Path | None = None,
+                 state_dir: pathlib.Path | None = None, speed: float = 1.0, orchestrator_port: int = 0, *,
+                 demo_credentials: bool = False, insecure_sae_header: bool = False,
+                 say=None, ready_timeout: float = READY_TIMEOUT_S):
+        self.topology = topology
+        self.topology_file = topology_file
+        self.state_dir = state_dir
+        self.speed = speed
+        self.orchestrator_port = orchestrator_port
+        self.demo_credentials, self.insecure_sae_header = demo_credentials, insecure_sae_header
+        self.say = say or (lambda line: None)
+        self.ready_timeout = ready_timeout
+        self.plan: StackPlan | None = None
+        self.supervisor = None
+        self._scratch: tempfile.TemporaryDirectory | None = None
+
+    async def start(self) -> None:
+        """Write the deployments and start every level; when they are not all ready in time
+        (or one fails before it is), stop what started and raise SupervisorError."""
+        from tools.supervisor import Supervisor
+
+        if self.state_dir is None and self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="qstrata-up-")
+        state = pathlib.Path(self._scratch.name if self._scratch else self.state_dir).absolute()
+        try:
+            self.plan = plan_stack(self.topology, self.topology_file, state, self.speed, self.orchestrator_port,
+                                   self.demo_credentials, self.insecure_sae_header)
+            self.supervisor = Supervisor(self.plan.programs(), say=self.say)
+            await self.supervisor.start(self.ready_timeout)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop every level (safe to call twice, or after a failed start)."""
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+            self.supervisor = None
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+    async def __aenter__(self) -> ProcessStack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def table(self) -> list:
+        """Every NETCONF server: devices first, then the controllers bottom-up (tools.stack.Level rows)."""
+        return self.plan.rows if self.plan else []
+
+    def sae_ssl(self, sae_id: str):
+        """A TLS context presenting SAE `sae_id`'s certificate (None in the insecure header mode)."""
+        from tools.pki import client_context
+
+        return client_context(self.plan.pki.sae(sae_id)) if self.plan and self.plan.pki else None
+
+
+# --- the stack as deployments --------------------------------------------------------------
+
+@dataclasses.dataclass
+class StackPlan:
+    """The deployment of each level (written under `deployments_dir`) and the rows of the stack file."""
+
+    deployments_dir: pathlib.Path
+    logs_dir: pathlib.Path
+    rows: list
+    curl: str | None = None
+    pki: object = None            # the stack's KeyDeliveryPki (None in the insecure header mode)
+
+    def config(self, level: str) -> pathlib.Path:
+        return self.deployments_dir / f"{level}.yaml"
+
+    def programs(self) -> list:
+        """One `qstrata run LEVEL --config FILE` per level, bottom-up."""
+        from tools.cmd_run import READY
+        from tools.supervisor import Program
+
+        return [Program(level, (sys.executable, "-m", "tools.cli", "run", level, "--config", str(self.config(level)),
+                                "--parent-pid", str(os.getpid())),
+                        ready=READY, log_file=self.logs_dir / f"{level}.log") for level in LEVEL_ORDER]
+
+
+def plan_stack(topology: Topology, topology_file: pathlib.Path | None, state_dir: pathlib.Path, speed: float,
+               orchestrator_port: int, demo_credentials: bool, insecure_sae_header: bool) -> StackPlan:
+    """Write every level's deployment into `state_dir` (ports, credentials, host keys and
+    certificates kept there and reused) and return the plan."""
+    from devices.base import ADMIN_USER, MONITOR_USER
+    from devices.host import device_builders
+    from devices.key_manager import KeyManagerDevice
+    from netconf_core import persistent_host_key, public_key_line
+    from netconf_core.server import HOST_KEY_FILE
+    from tools.deployment import (READ_ONLY, READ_WRITE, DevicePorts, DevicesPart, Deployment, Etsi014,
+                                  ForwardingPart, KeyManagerTls, Listen, Login, OrchestratorPart, Peer, ServicePart,
+                                  write_deployment)
+    from tools.stack import (CONNECTIVITY_MODULES, FORWARDING_MODULES, PKI_DIR, SERVICE_MODULES, KeyDeliveryPki,
+                             Level, demo_passwords, sae_curl, stack_passwords)
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    devices = [(device_id, build.func) for device_id, build in device_builders(topology, None)]
+    key_managers = [d for d, cls in devices if issubclass(cls, KeyManagerDevice)]
+    ports = _ports(state_dir / PORTS_FILE, [d for d, _ in devices], key_managers, orchestrator_port)
+    passwords = demo_passwords(demo_credentials) or stack_passwords(state_dir)
+    users = (Login(ADMIN_USER, READ_WRITE, password=passwords[ADMIN_USER]),
+             Login(MONITOR_USER, READ_ONLY, password=passwords[MONITOR_USER]))
+    # The host key files are where the in-process Stack keeps them: either shape runs on one state directory.
+    key_files = {"devices": state_dir / "devices" / HOST_KEY_FILE,
+                 **{level: state_dir / level / "datastores" / HOST_KEY_FILE for level in LEVEL_ORDER[1:]}}
+    public = {level: public_key_line(persistent_host_key(path)) for level, path in key_files.items()}
+
+    def peer(name: str, port: int, level: str) -> Peer:
+        return Peer(name, DEFAULT_HOST, port, ADMIN_USER, password=passwords[ADMIN_USER], host_key=public[level])
+
+    def device_peers(modules: set[str]) -> tuple[Peer, ...]:
+        return tuple(peer(d, ports["devices"][d]["port"], "devices") for d, cls in devices
+                     if modules & set(cls.modules))
+
+    def controller(level: str) -> Peer:
+        return peer(level, ports["levels"][level], level)
+
+    def listen(level: str) -> Listen:
+        return Listen(DEFAULT_HOST, key_files[level], None if level == "devices" else ports["levels"][level])
+
+    pki = None if insecure_sae_header else KeyDeliveryPki(state_dir / PKI_DIR)
+    if pki is None:
+        etsi014 = Etsi014(insecure_http=True)
+    else:
+        credentials = {km: pki.ca.server(km) for km in key_managers}
+        etsi014 = Etsi014(False, pki.ca.ca_file, {km: KeyManagerTls(c.cert_file, c.key_file)
+                                                  for km, c in credentials.items()})
+        for sae in topology.saes:
+            pki.sae(sae.id)
+    deployments = {
+        "devices": Deployment("devices", "devices", listen("devices"), users, (), state_dir / "devices", DevicesPart(
+            etsi014, topology_file, speed,
+            {d: DevicePorts(p["port"], p.get("etsi014_port")) for d, p in ports["devices"].items()})),
+        "connectivity": Deployment("connectivity", "connectivity", listen("connectivity"), users,
+                                   device_peers(CONNECTIVITY_MODULES), state_dir / "connectivity"),
+        "forwarding": Deployment("forwarding", "forwarding", listen("forwarding"), users,
+                                 device_peers(FORWARDING_MODULES) + (controller("connectivity"),),
+                                 state_dir / "forwarding",
+                                 ForwardingPart("connectivity", {km.site: km.id for km in topology.key_managers})),
+        "service": Deployment("service", "service", listen("service"), users,
+                              device_peers(SERVICE_MODULES) + (controller("forwarding"), controller("connectivity")),
+                              state_dir / "service", ServicePart("forwarding", "connectivity")),
+        "orchestrator": Deployment("orchestrator", "orchestrator", listen("orchestrator"), users,
+                                   tuple(controller(level) for level in ("service", "forwarding", "connectivity")),
+                                   None, OrchestratorPart("service", "forwarding", "connectivity",
+                                                          state_dir / "orchestrator")),
+    }
+    plan = StackPlan(state_dir / "deployments", state_dir / "logs", [], pki=pki)
+    for level, deployment in deployments.items():
+        write_deployment(plan.config(level), deployment)
+    read_write = (ADMIN_USER, passwords[ADMIN_USER])
+    read_only = (MONITOR_USER, passwords[MONITOR_USER])
+    scheme = "http" if pki is None else "https"
+    urls = {km: f"{scheme}://{DEFAULT_HOST}:{ports['devices'][km]['etsi014_port']}" for km in key_managers}
+    plan.rows = [Level(cls.kind, d, DEFAULT_HOST, ports["devices"][d]["port"], read_write, read_only, urls.get(d),
+                       public["devices"]) for d, cls in devices]
+    plan.rows += [Level(level, level, DEFAULT_HOST, ports["levels"][level], read_write, read_only,
+                        host_key=public[level]) for level in LEVEL_ORDER[1:]]
+    if pki is not None and len(topology.saes) >= 2:
+        master, slave = topology.saes[0], topology.saes[1]
+        url = next(r.etsi014_url for r in plan.rows if r.name == master.km)
+        plan.curl = sae_curl(pki, master.id, slave.id, url)
+    return plan
+
+
+def _ports(path: pathlib.Path, devices: list[str], key_managers: list[str], orchestrator_port: int) -> dict:
+    """Every port of the stack: those kept in `path`, free ones of 127.0.0.1 for the others
+    (then kept there too); the orchestrator's is `orchestrator_port` unless it is 0."""
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        kept = {}
+    levels = {k: v for k, v in (kept.get("levels") or {}).items() if isinstance(v, int) and v > 0}
+    known = {k: v for k, v in (kept.get("devices") or {}).items() if isinstance(v, dict)}
+    if orchestrator_port:
+        levels["orchestrator"] = orchestrator_port
+    wanted = [("levels", level, None) for level in LEVEL_ORDER[1:] if level not in levels]
+    for device in devices:
+        entry = known.setdefault(device, {})
+        for key in ("port", "etsi014_port") if device in key_managers else ("port",):
+            if not isinstance(entry.get(key), int) or entry[key] <= 0:
+                wanted.append(("devices", device, key))
+    taken = set(levels.values()) | {p for e in known.values() for p in e.values() if isinstance(p, int)}
+    free = _free_ports(len(wanted), taken | {DEFAULT_ORCHESTRATOR_PORT})
+    for (table, name, key), port in zip(wanted, free):
+        if table == "levels":
+            levels[name] = port
+        else:
+            known[name][key] = port
+    ports = {"levels": levels, "devices": {d: known[d] for d in devices}}
+    path.write_text(json.dumps(ports, indent=1))
+    return ports
+
+
+def _free_ports(count: int, avoid: set[int]) -> list[int]:
+    """`count` distinct ports of 127.0.0.1 that are free now, none of `avoid`, taken below the
+    kernel's ephemeral range when it leaves room: the levels bind them seconds later, and a
+    port of that range may meanwhile become the local end of some outgoing connection."""
+    low, _ = _ephemeral_range()
+    pool = list(range(PORT_POOL_START, low)) if low - PORT_POOL_START >= 4 * count else []
+    random.shuffle(pool)
+    ports: list[int] = []
+    for port in pool:
+        if len(ports) == count:
+            break
+        if port not in avoid and _bindable(port):
+            ports.append(port)
+    sockets: list[socket.socket] = []
+    try:   # too few below the range: free ones the kernel picks, held together so they differ
+        while len(ports) < count:
+            s = socket.socket()
+            sockets.append(s)
+            s.bind((DEFAULT_HOST, 0))
+            if s.getsockname()[1] not in avoid and s.getsockname()[1] not in ports:
+                ports.append(s.getsockname()[1])
+    finally:
+        for s in sockets:
+            s.close()
+    return ports
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 49152, 65535   # the IANA dynamic range
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((DEFAULT_HOST, port))
+        except OSError:
+            return False
+    return True
 
 
 def format_levels(rows: list) -> str:
@@ -102,6 +394,8 @@ class Target:
     port: int
     user: str
     password: str
+    host_key: str | None = None   # its OpenSSH public host key line, pinned when known
+    known_hosts: str | None = None  # or a known_hosts file to check it against
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +406,9 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--password", help=f"its password (default: from {STATE_FILE}, else {DEFAULT_USER[1]})")
     parser.add_argument("--stack-file", type=pathlib.Path, default=pathlib.Path(STATE_FILE),
                         help=f"the file `qstrata up` wrote (default ./{STATE_FILE})")
+    parser.add_argument("--known-hosts", type=pathlib.Path,
+                        help=f"an OpenSSH known_hosts file to check the orchestrator's host key against "
+                             f"(needed when --host/--port name a server {STATE_FILE} does not)")
 
 
 class StackNotFound(Exception):
@@ -139,20 +436,33 @@ def target(args: argparse.Namespace, level: str = "orchestrator") -> Target:
     if level == "orchestrator":
         user = args.user or (row["read_write"][0] if row else DEFAULT_USER[0])
         password = args.password or (row["read_write"][1] if row else DEFAULT_USER[1])
-        return Target(level, args.host or (row["host"] if row else DEFAULT_HOST),
-                      args.port or (row["port"] if row else DEFAULT_ORCHESTRATOR_PORT), user, password)
+        host, port = args.host or (row["host"] if row else DEFAULT_HOST), \
+            args.port or (row["port"] if row else DEFAULT_ORCHESTRATOR_PORT)
+        same = row is not None and (host, port) == (row["host"], row["port"])
+        known_hosts = str(args.known_hosts) if getattr(args, "known_hosts", None) else None
+        return Target(level, host, port, user, password, row.get("host_key") if same else None, known_hosts)
     if row is None:
         raise StackNotFound(f"no {level} level in {args.stack_file}: run `qstrata up` in this directory "
                             f"or give --stack-file")
     return Target(level, row["host"], row["port"], args.user or row["read_only"][0],
-                  args.password or row["read_only"][1])
+                  args.password or row["read_only"][1], row.get("host_key"))
 
 
 async def connect(t: Target):
     from netconf_core.client import NetconfClient
+    from netconf_core.ssh import trusted_host_keys
 
+    # The host key `qstrata up` wrote is pinned, or the known_hosts file given; nothing else is trusted.
+    if t.known_hosts:
+        known_hosts = t.known_hosts
+    elif t.host_key:
+        known_hosts = trusted_host_keys(t.host_key)
+    else:
+        raise StackNotFound(f"no host key to check the {t.level} at {t.host}:{t.port} against: it is not the one "
+                            f"in {STATE_FILE}; give --known-hosts")
     try:
-        return await NetconfClient.connect(t.host, t.port, t.user, password=t.password, timeout=10)
+        return await NetconfClient.connect(t.host, t.port, t.user, password=t.password, known_hosts=known_hosts,
+                                           timeout=10)
     except (OSError, asyncio.TimeoutError) as error:
         raise StackNotFound(f"cannot reach the {t.level} at {t.host}:{t.port}: {error or type(error).__name__}; "
                             f"is `qstrata up` running?") from None

@@ -1,5 +1,6 @@
 """A NETCONF conformance suite (RFC 6241, 6242, 5277, 6243, 6022, 6470 and the error rules of
-RFC 7950) that takes any server address and speaks through ncclient, a third-party client.
+RFC 7950), with RESTCONF (RFC 8040, 8072) and YANG-Push (RFC 8639, 8640, 8641) sections, that
+takes any server address and speaks through ncclient, a third-party client, and urllib for HTTP.
 
 The suite first learns the server's modules (hello capabilities and ietf-yang-library). Checks
 of the protocol alone (hello, locks, sessions, malformed requests, startup, monitoring) run
@@ -15,19 +16,34 @@ names it, so it grants nothing). The configuration found at the start is put bac
 announce are skipped with the reason. Edits go to running when the server announces
 :writable-running, otherwise to the candidate followed by a commit.
 
+The RESTCONF checks run against the address given (`restconf`), or the one the server's
+ietf-restconf-monitoring restconf-state names; the RESTCONF root comes from host-meta. Without
+RESTCONF they are skipped, saying so. Those of data resources use the test model too, read back
+over NETCONF to see what RESTCONF wrote. The YANG-Push checks need the server to advertise
+ietf-yang-push (or ietf-subscribed-notifications for the stream's): they subscribe to the
+scratch value's subtree of running, periodically (0.2 s) or on change.
+
 Where netconfd (yuma123) is known to depart from the RFCs, its failures carry a note
 "netconfd deviation: ..." quoting the RFC text it departs from (NETCONFD_DEVIATIONS).
 """
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime as dt
+import http.client
+import json
 import pathlib
 import queue
 import re
 import secrets
+import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -36,30 +52,32 @@ from ncclient import manager
 from ncclient.operations import RaiseMode
 from ncclient.transport import session as ncclient_session
 
+from netconf_core import ns
 from netconf_core.errors import RPCError
 from netconf_core.yangdirs import IANA_YANG_DIR, IETF_YANG_DIR
+from tools.engine_test_model import MODEL_DIR, MODEL_FILE, MODULE, NS
 
-# The engine test model, package data of the tools (the tests load it from here too).
-MODEL_DIR = pathlib.Path(__file__).resolve().parent / "yang"
-MODEL_FILE = MODEL_DIR / "qs-engine-test.yang"
-
-MODULE = "qs-engine-test"
 MODEL = (MODULE,)  # what a check of edits, filters, errors or defaults needs the server to serve
 NACM_MODULE = "ietf-netconf-acm"
 SCRATCH = (MODULE, NACM_MODULE)  # a check that needs one value to change needs one of these
 SCRATCH_GROUP = "qstrata-conform"
 INITIAL = "conform"  # the scratch value at the start of each check
-NS = "urn:qstrata:yang:qs-engine-test"
-NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
-YANG = "urn:ietf:params:xml:ns:yang:1"
-WD = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"
-WD_ATTR = "{urn:ietf:params:xml:ns:netconf:default:1.0}default"
-NOTIF = "urn:ietf:params:xml:ns:netconf:notification:1.0"
-NC_NOTIF = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
-MON = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
-YANGLIB = "urn:ietf:params:xml:ns:yang:ietf-yang-library"
-NACM = "urn:ietf:params:xml:ns:yang:ietf-netconf-acm"
+NC = ns.BASE
+YANG = ns.YANG_XML
+WD = ns.WITH_DEFAULTS
+WD_ATTR = ns.DEFAULT_ATTR("default")
+NOTIF = ns.NOTIFICATION
+NC_NOTIF = ns.NC_NOTIFICATIONS
+MON = ns.MONITORING
+YANGLIB = ns.YANG_LIBRARY
+NACM = ns.NACM
 BASE_11 = "urn:ietf:params:netconf:base:1.1"
+RC = ns.RESTCONF
+RC_MON = ns.RESTCONF_MONITORING
+SN = ns.SUBSCRIBED_NOTIFICATIONS
+YP = ns.YANG_PUSH
+DS = ns.DATASTORES
+XRD = "http://docs.oasis-open.org/ns/xri/xrd-1.0"
 XP = {"q": NS, "nc": NC, "mon": MON, "yl": YANGLIB, "n": NACM}
 
 # ncclient's session thread only looks at its send queue between waits of TICK seconds on the
@@ -158,14 +176,16 @@ class Check:
     needs: tuple[str, ...]  # capability URIs (prefix match), all required
     modules: tuple[str, ...]  # the server must advertise one of these modules (none: any server)
     run: Callable[["Suite"], None]
+    restconf: bool = False  # a RESTCONF check: skipped when the server offers no RESTCONF
 
 
 CHECKS: list[Check] = []
 
 
-def check(id: str, section: str, title: str, needs: tuple[str, ...] = (), modules: tuple[str, ...] = ()):
+def check(id: str, section: str, title: str, needs: tuple[str, ...] = (), modules: tuple[str, ...] = (),
+          restconf: bool = False):
     def register(fn: Callable[["Suite"], None]) -> Callable[["Suite"], None]:
-        CHECKS.append(Check(id, section, title, needs, modules, fn))
+        CHECKS.append(Check(id, section, title, needs, modules, fn, restconf))
         return fn
     return register
 
@@ -357,6 +377,10 @@ class Suite:
     password: str | None = None
     key_file: str | None = None
     on_data: DataHook | None = None
+    # RESTCONF: the server's address (scheme://host:port); None: as its ietf-restconf-monitoring
+    # names it, if it does. ssl_context: to verify an HTTPS server's certificate.
+    restconf: str | None = None
+    restconf_ssl: ssl.SSLContext | None = None
     results: list[Result] = field(default_factory=list)
     # Set by run(): the main session, what the server announced, where edits go, and the
     # configuration found at the start.
@@ -367,6 +391,8 @@ class Suite:
     snapshot: etree._Element = field(init=False)
     startup: etree._Element | None = field(init=False, default=None)
     scratch_group_used: bool = field(init=False, default=False)
+    http: "Http | None" = field(init=False, default=None)  # the RESTCONF client, when there is RESTCONF
+    no_restconf: str = field(init=False, default="")  # why there is none
 
     def __post_init__(self) -> None:
         if (self.password is None) == (self.key_file is None):
@@ -428,6 +454,33 @@ class Suite:
             with contextlib.suppress(Failed):  # not readable by this user: the hello is all we know
                 names |= set(self.library_modules())
         return names
+
+    def discover_restconf(self) -> tuple["Http | None", str]:
+        """The RESTCONF client, or None and why: the address given, or the one the server's
+        restconf-state names (a stream's location), then its root from host-meta (RFC 8040
+        section 3.1)."""
+        base = self.restconf
+        if self.password is None:
+            return None, "RESTCONF logs in with a password (HTTP Basic), and the suite was given a key"
+        if base is None:
+            if "ietf-restconf-monitoring" not in self.modules:
+                return None, ("the server offers no RESTCONF: it does not advertise ietf-restconf-monitoring "
+                              "(give its address with --restconf URL)")
+            with contextlib.suppress(Failed):
+                data = self.nc.get(subtree(f'<restconf-state xmlns="{RC_MON}"/>'))
+                locations = data.xpath("//m:location/text()", namespaces={"m": RC_MON})
+                if locations:
+                    parts = urllib.parse.urlsplit(str(locations[0]).strip())
+                    base = f"{parts.scheme}://{parts.netloc}"
+            if base is None:
+                return None, ("the server offers no RESTCONF: its restconf-state names no RESTCONF address "
+                              "(give it with --restconf URL)")
+        http = Http(base.rstrip("/"), self.user, self.password, self.restconf_ssl)
+        try:
+            http.discover_root()
+        except (Failed, OSError) as err:
+            return None, f"no RESTCONF at {base}: {err}"
+        return http, ""
 
     @property
     def probe_module(self) -> str:
@@ -530,6 +583,7 @@ class Suite:
             self.target = ("running" if self.has(cap("writable-running:1.0"))
                            else "candidate" if self.has(cap("candidate:1.0")) else "")
             self.modules = self.discover_modules()
+            self.http, self.no_restconf = self.discover_restconf()
             self.snapshot = self.running()
             self.startup = self.nc.get_config("startup") if self.has(cap("startup:1.0")) else None
             try:
@@ -546,6 +600,8 @@ class Suite:
         result = Result(c.id, c.section, c.title, "pass")
         started = time.monotonic()
         try:
+            if c.restconf and self.http is None:
+                raise Skipped(self.no_restconf)
             if c.modules and not self.modules & set(c.modules):
                 raise MissingModule(" or ".join(c.modules))
             for uri in c.needs:
@@ -1255,6 +1311,528 @@ def _yang_library(suite: Suite) -> None:
            f"announced in the hello but not listed: {', '.join(sorted(suite.hello_modules() - listed))}")
 
 
+# --- RESTCONF (RFC 8040, RFC 8072) ------------------------------------------------------------
+
+YANG_JSON = "application/yang-data+json"
+YANG_XML = "application/yang-data+xml"
+PATCH_JSON = "application/yang-patch+json"
+
+
+@dataclass
+class HttpReply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    @property
+    def ctype(self) -> str:
+        return (self.headers.get("Content-Type") or "").split(";")[0].strip()
+
+    def json(self, what: str):
+        expect(self.ctype == YANG_JSON, f"{what}: Content-Type {self.ctype!r}, expected {YANG_JSON}")
+        try:
+            return json.loads(self.body)
+        except ValueError as err:
+            raise Failed(f"{what}: the body is not JSON ({err}): {self.body[:200]!r}") from None
+
+    def xml(self, what: str) -> etree._Element:
+        try:
+            return etree.fromstring(self.body)
+        except etree.XMLSyntaxError as err:
+            raise Failed(f"{what}: the body is not XML ({err}): {self.body[:200]!r}") from None
+
+    def describe(self) -> str:
+        return f"{self.status} {self.body[:300].decode(errors='replace')}"
+
+    def errors(self, what: str) -> list[dict[str, str]]:
+        """The ietf-restconf:errors of the body (RFC 8040 section 7.1), JSON or XML."""
+        if self.ctype == YANG_XML:
+            root = self.xml(what)
+            expect(root.tag == f"{{{RC}}}errors", f"{what}: the body is not <errors xmlns=\"{RC}\">: {self.describe()}")
+            return [{**{etree.QName(c).localname: (c.text or "").strip() for c in e}, "_nsmap": e.nsmap}
+                    for e in root.iterfind(f"{{{RC}}}error")]
+        doc = self.json(what)
+        expect(isinstance(doc, dict) and "ietf-restconf:errors" in doc,
+               f"{what}: the body is not ietf-restconf:errors: {self.describe()}")
+        return list(doc["ietf-restconf:errors"].get("error", []))
+
+
+class Http:
+    """A RESTCONF client (urllib): HTTP Basic as the suite's user, one request at a time."""
+
+    def __init__(self, base: str, user: str, password: str | None, context: ssl.SSLContext | None):
+        self.base = base
+        self.root = ""
+        self.context = context
+        token = f"{user}:{password or ''}".encode()
+        self.authorization = "Basic " + base64.b64encode(token).decode()
+
+    def discover_root(self) -> None:
+        reply = self.request("GET", "/.well-known/host-meta", auth=False, accept=None)
+        expect(reply.status == 200, f"GET /.well-known/host-meta: {reply.describe()}")
+        link = reply.xml("host-meta").find(f"{{{XRD}}}Link[@rel='restconf']")
+        expect(link is not None and bool(link.get("href")), "host-meta has no Link rel='restconf'")
+        self.root = link.get("href").rstrip("/")
+
+    def request(self, method: str, path: str, body: bytes | str | dict | None = None, *, ctype: str | None = None,
+                accept: str | None = YANG_JSON, headers: dict[str, str] | None = None, auth: bool = True,
+                under_root: bool = False) -> HttpReply:
+        out = dict(headers or {})
+        if auth:
+            out["Authorization"] = self.authorization
+        if accept:
+            out["Accept"] = accept
+        if isinstance(body, dict):
+            body, ctype = json.dumps(body), ctype or YANG_JSON
+        if isinstance(body, str):
+            body = body.encode()
+        if body is not None:
+            out["Content-Type"] = ctype or YANG_JSON
+        url = path if path.startswith(("http://", "https://")) else self.base + (self.root if under_root else "") + path
+        req = urllib.request.Request(url, data=body, method=method, headers=out)
+        try:
+            with urllib.request.urlopen(req, timeout=WAIT_SECONDS, context=self.context) as r:
+                return HttpReply(r.status, r.headers, r.read())
+        except urllib.error.HTTPError as err:
+            return HttpReply(err.code, err.headers, err.read())
+
+    def __call__(self, method: str, path: str, body: bytes | str | dict | None = None, **kw) -> HttpReply:
+        """A request to a resource under the RESTCONF root ({+restconf}/path)."""
+        return self.request(method, path, body, under_root=True, **kw)
+
+
+def rest(suite: Suite) -> Http:
+    assert suite.http is not None  # _run_one skips RESTCONF checks without it
+    return suite.http
+
+
+def expect_status(reply: HttpReply, what: str, *statuses: int) -> HttpReply:
+    expect(reply.status in statuses, f"{what}: expected {' or '.join(map(str, statuses))}, got {reply.describe()}")
+    return reply
+
+
+def expect_rc_error(reply: HttpReply, what: str, statuses: tuple[int, ...], tag: str,
+                    path_end: str | None = None) -> dict[str, str]:
+    """The reply has one of `statuses` and an ietf-restconf:errors whose first error has `tag`
+    (and an error-path whose last step is `path_end`)."""
+    expect_status(reply, what, *statuses)
+    errors = reply.errors(what)
+    expect(bool(errors), f"{what}: ietf-restconf:errors holds no error")
+    err = errors[0]
+    expect(err.get("error-tag") == tag, f"{what}: expected error-tag {tag}, got {err.get('error-tag')}")
+    expect(err.get("error-type") in ("transport", "rpc", "protocol", "application"),
+           f"{what}: error-type {err.get('error-type')!r}")
+    if path_end is not None:
+        path = err.get("error-path") or ""
+        last = [s for s in _PREDICATE.sub("", path).split("/") if s][-1:] or [""]
+        expect(last[0].rpartition(":")[2] == path_end, f"{what}: error-path {path!r} does not end at {path_end}")
+    return err
+
+
+IFS = "/data/qs-engine-test:interfaces"
+SYSTEM = "/data/qs-engine-test:system"
+
+
+def rc_interfaces(suite: Suite) -> dict[str, dict]:
+    """The interfaces, read over RESTCONF (JSON), by name."""
+    doc = expect_status(rest(suite)("GET", IFS), f"GET {IFS}", 200).json(f"GET {IFS}")
+    return {e["name"]: e for e in doc.get("qs-engine-test:interfaces", {}).get("interface", [])}
+
+
+def nc_vlans(suite: Suite) -> dict[str, str]:
+    """Interface name -> vlan, read over NETCONF: what RESTCONF wrote is in the datastore."""
+    tree = suite.running(subtree(f'<interfaces xmlns="{NS}"/>'))
+    return {e.findtext(f"{{{NS}}}name"): e.findtext(f"{{{NS}}}vlan") or ""
+            for e in tree.iterfind(f"{{{NS}}}interfaces/{{{NS}}}interface")}
+
+
+@check("restconf-discovery", "RFC 8040 3.1, 3.3", "host-meta names the RESTCONF root; the root resource and "
+       "yang-library-version", restconf=True)
+def _restconf_discovery(suite: Suite) -> None:
+    api = rest(suite)
+    root = expect_status(api("GET", ""), "GET {+restconf}", 200).json("GET {+restconf}")
+    body = root.get("ietf-restconf:restconf")
+    expect(isinstance(body, dict) and {"data", "operations", "yang-library-version"} <= set(body),
+           f"the root resource lacks data, operations or yang-library-version: {root}")
+    version = api("GET", "/yang-library-version").json("GET yang-library-version")
+    expect(version.get("ietf-restconf:yang-library-version") == "2019-01-04",
+           f"yang-library-version is {version}, expected 2019-01-04 (RFC 8525)")
+
+
+@check("restconf-get-json", "RFC 8040 3.5, 4.3, RFC 7951", "GET of a data resource in JSON", modules=MODEL,
+       restconf=True)
+def _restconf_get_json(suite: Suite) -> None:
+    found = rc_interfaces(suite)
+    expect(found.get("eth0", {}).get("vlan") == 10 and found.get("eth1", {}).get("speed-mbps") == 1000,
+           f"expected eth0 vlan 10 and eth1 speed-mbps 1000 (uint16 and uint32: JSON numbers), got {found}")
+    entry = expect_status(rest(suite)("GET", IFS + "/interface=eth1"), "GET interface=eth1", 200).json("eth1")
+    expect(list(entry) == ["qs-engine-test:interface"] and entry["qs-engine-test:interface"][0]["vlan"] == 11,
+           f"GET interface=eth1: {entry}")
+
+
+@check("restconf-get-xml", "RFC 8040 3.5, 4.3", "GET of a data resource in XML", modules=MODEL, restconf=True)
+def _restconf_get_xml(suite: Suite) -> None:
+    reply = expect_status(rest(suite)("GET", IFS, accept=YANG_XML), "GET (XML)", 200)
+    expect(reply.ctype == YANG_XML, f"Content-Type {reply.ctype!r}, expected {YANG_XML}")
+    root = reply.xml("GET (XML)")
+    expect(root.tag == f"{{{NS}}}interfaces", f"the root element is {root.tag}, expected interfaces in {NS}")
+    expect(texts(root, "q:interface/q:name") == ["eth0", "eth1"], f"names {texts(root, 'q:interface/q:name')}")
+    whole = rest(suite)("GET", "/data", accept=YANG_XML)
+    expect(expect_status(whole, "GET /data (XML)", 200).xml("GET /data").tag == f"{{{RC}}}data",
+           "the datastore resource is not <data> in the ietf-restconf namespace")
+
+
+@check("restconf-depth", "RFC 8040 4.8.2", "depth limits the levels of the reply", modules=MODEL, restconf=True)
+def _restconf_depth(suite: Suite) -> None:
+    api = rest(suite)
+    shallow = expect_status(api("GET", IFS + "?depth=1"), "depth=1", 200).json("depth=1")
+    expect(shallow.get("qs-engine-test:interfaces") in ({}, None) and list(shallow) == ["qs-engine-test:interfaces"],
+           f"depth=1 of interfaces holds its children: {shallow}")
+    deep = api("GET", IFS + "?depth=3").json("depth=3")
+    names = sorted(e.get("name") for e in deep.get("qs-engine-test:interfaces", {}).get("interface", []))
+    expect(names == ["eth0", "eth1"], f"depth=3 lacks the interfaces' leaves: {deep}")
+    expect_rc_error(api("GET", IFS + "?depth=0"), "depth=0", (400,), "invalid-value")
+
+
+@check("restconf-fields", "RFC 8040 4.8.3", "fields selects descendants", modules=MODEL, restconf=True)
+def _restconf_fields(suite: Suite) -> None:
+    doc = expect_status(rest(suite)("GET", IFS + "?fields=interface(name)"), "fields", 200).json("fields")
+    entries = doc.get("qs-engine-test:interfaces", {}).get("interface", [])
+    expect([sorted(e) for e in entries] == [["name"], ["name"]], f"fields=interface(name) gave {entries}")
+
+
+@check("restconf-content", "RFC 8040 4.8.1", "content=config and nonconfig", modules=MODEL, restconf=True)
+def _restconf_content(suite: Suite) -> None:
+    api = rest(suite)
+    config = api("GET", SYSTEM + "?content=config").json("content=config")
+    expect(config.get("qs-engine-test:system", {}).get("hostname") == INITIAL, f"content=config: {config}")
+    nonconfig = api("GET", SYSTEM + "?content=nonconfig")
+    expect(nonconfig.status == 404 or (nonconfig.status == 200 and "hostname" not in
+                                       nonconfig.json("nonconfig").get("qs-engine-test:system", {})),
+           f"content=nonconfig holds configuration: {nonconfig.describe()}")
+    expect_rc_error(api("GET", SYSTEM + "?content=everything"), "content=everything", (400,), "invalid-value")
+
+
+@check("restconf-with-defaults", "RFC 8040 4.8.9, RFC 6243", "with-defaults report-all and trim", modules=MODEL,
+       restconf=True)
+def _restconf_with_defaults(suite: Suite) -> None:
+    api = rest(suite)
+    full = api("GET", SYSTEM + "?with-defaults=report-all").json("report-all")
+    expect(full.get("qs-engine-test:system", {}).get("mtu") == 1500, f"report-all lacks mtu 1500: {full}")
+    trimmed = api("GET", SYSTEM + "?with-defaults=trim").json("trim")
+    expect("mtu" not in trimmed.get("qs-engine-test:system", {}), f"trim reports the default mtu: {trimmed}")
+
+
+@check("restconf-post", "RFC 8040 4.4.1", "POST creates a child (201, Location); again: 409", modules=MODEL,
+       restconf=True)
+def _restconf_post(suite: Suite) -> None:
+    api = rest(suite)
+    body = {"qs-engine-test:interface": [{"name": "eth9", "vlan": 99}]}
+    created = expect_status(api("POST", IFS, body), "POST interface eth9", 201)
+    location = created.headers.get("Location") or ""
+    expect(location.endswith("/interface=eth9"), f"Location {location!r} is not the new resource")
+    expect(api.request("GET", location).status == 200,
+           f"GET of the Location {location} fails")
+    expect(nc_vlans(suite).get("eth9") == "99", "NETCONF does not see the interface POST created")
+    expect_rc_error(api("POST", IFS, body), "POST of an existing resource", (409,), "resource-denied")
+
+
+@check("restconf-put", "RFC 8040 4.5", "PUT creates (201) or replaces (204) its target", modules=MODEL,
+       restconf=True)
+def _restconf_put(suite: Suite) -> None:
+    api = rest(suite)
+    target = IFS + "/interface=eth8"
+    expect_status(api("PUT", target, {"qs-engine-test:interface": [{"name": "eth8", "vlan": 80}]}), "PUT new", 201)
+    expect_status(api("PUT", target, {"qs-engine-test:interface": [{"name": "eth8", "vlan": 81}]}), "PUT again", 204)
+    expect(rc_interfaces(suite)["eth8"] == {"name": "eth8", "vlan": 81}, "PUT did not replace the entry")
+    mismatch = api("PUT", target, {"qs-engine-test:interface": [{"name": "eth7", "vlan": 70}]})
+    expect_rc_error(mismatch, "PUT with a key other than the path's", (400,), "invalid-value")
+    expect("eth7" not in rc_interfaces(suite), "a refused PUT created eth7")
+
+
+@check("restconf-patch", "RFC 8040 4.6.1", "plain PATCH merges into an existing target only", modules=MODEL,
+       restconf=True)
+def _restconf_patch(suite: Suite) -> None:
+    api = rest(suite)
+    merged = api("PATCH", IFS + "/interface=eth0", {"qs-engine-test:interface": [{"name": "eth0", "speed-mbps": 100}]})
+    expect_status(merged, "PATCH eth0", 200, 204)
+    expect(rc_interfaces(suite)["eth0"].get("vlan") == 10 and rc_interfaces(suite)["eth0"].get("speed-mbps") == 100,
+           "PATCH did not merge (vlan kept, speed-mbps set)")
+    missing = api("PATCH", IFS + "/interface=nope", {"qs-engine-test:interface": [{"name": "nope", "vlan": 5}]})
+    expect(400 <= missing.status < 500, f"PATCH of a missing resource: expected 4xx, got {missing.describe()}")
+    expect("nope" not in rc_interfaces(suite), "PATCH created the missing resource")
+
+
+@check("restconf-delete", "RFC 8040 4.7", "DELETE removes its target (204); a missing one is an error",
+       modules=MODEL, restconf=True)
+def _restconf_delete(suite: Suite) -> None:
+    api = rest(suite)
+    expect_status(api("DELETE", IFS + "/interface=eth1"), "DELETE eth1", 204)
+    expect_status(api("GET", IFS + "/interface=eth1"), "GET of the deleted eth1", 404)
+    expect("eth1" not in nc_vlans(suite), "NETCONF still sees eth1")
+    again = api("DELETE", IFS + "/interface=eth1")
+    expect(again.status in (404, 409) and again.errors("DELETE again"), f"DELETE of a missing resource: {again.describe()}")
+
+
+@check("restconf-yang-patch", "RFC 8072 2", "a YANG Patch applies all its edits or none", modules=MODEL,
+       restconf=True)
+def _restconf_yang_patch(suite: Suite) -> None:
+    api = rest(suite)
+
+    def patch(patch_id: str, *edits: dict) -> HttpReply:
+        return api("PATCH", IFS, {"ietf-yang-patch:yang-patch": {"patch-id": patch_id, "edit": list(edits)}},
+                    ctype=PATCH_JSON)
+    create = lambda edit_id, name, vlan: {"edit-id": edit_id, "operation": "create", "target": f"/interface={name}",
+                                          "value": {"qs-engine-test:interface": [{"name": name, "vlan": vlan}]}}
+    ok = expect_status(patch("both", create("1", "eth5", 55), {"edit-id": "2", "operation": "merge",
+                       "target": "/interface=eth0", "value": {"qs-engine-test:interface": [{"name": "eth0", "vlan": 20}]}}),
+                       "a valid YANG Patch", 200).json("yang-patch-status")
+    status = ok.get("ietf-yang-patch:yang-patch-status", {})
+    expect(status.get("patch-id") == "both" and "ok" in status, f"yang-patch-status: {ok}")
+    expect(nc_vlans(suite).get("eth5") == "55" and nc_vlans(suite).get("eth0") == "20", "the edits are not applied")
+    failing = patch("none", create("1", "eth6", 66), create("2", "eth0", 30))
+    expect(400 <= failing.status < 500, f"a YANG Patch whose second edit fails: {failing.describe()}")
+    status = failing.json("yang-patch-status").get("ietf-yang-patch:yang-patch-status", {})
+    edits = status.get("edit-status", {}).get("edit", [])
+    expect([e.get("edit-id") for e in edits if "errors" in e] == ["2"], f"edit 2 is not named as failed: {status}")
+    vlans = nc_vlans(suite)
+    expect("eth6" not in vlans and vlans.get("eth0") == "20", f"a failed YANG Patch applied an edit: {vlans}")
+
+
+@check("restconf-errors", "RFC 8040 7, 7.1", "an invalid value: 400 ietf-restconf:errors with error-path, in "
+       "JSON and XML; nothing changed", modules=MODEL, restconf=True)
+def _restconf_errors(suite: Suite) -> None:
+    api = rest(suite)
+    bad = {"qs-engine-test:interface": [{"name": "eth0", "vlan": 5000}]}
+    expect_rc_error(api("PUT", IFS + "/interface=eth0", bad), "vlan 5000 (JSON)", (400,), "invalid-value", "vlan")
+    xml = (f'<interface xmlns="{NS}"><name>eth0</name><vlan>5000</vlan></interface>')
+    reply = api("PUT", IFS + "/interface=eth0", xml, ctype=YANG_XML, accept=YANG_XML)
+    expect(reply.ctype == YANG_XML, f"an XML request's error is {reply.ctype}, expected {YANG_XML}")
+    expect_rc_error(reply, "vlan 5000 (XML)", (400,), "invalid-value", "vlan")
+    expect(nc_vlans(suite).get("eth0") == "10", "a refused PUT changed vlan")
+    expect_status(api("GET", "/data/qs-engine-test:no-such-node"), "an unknown resource", 400, 404)
+    expect_status(api("PUT", IFS + "/interface=eth0", "vlan=5", ctype="text/plain"), "text/plain", 415)
+    expect_status(api("GET", IFS, accept="text/html"), "Accept text/html", 406)
+
+
+@check("restconf-auth", "RFC 8040 2.5", "a request without credentials is refused (401)", restconf=True)
+def _restconf_auth(suite: Suite) -> None:
+    reply = rest(suite)("GET", "/data", auth=False)
+    expect_status(reply, "GET without credentials", 401)
+    expect("WWW-Authenticate" in reply.headers, "401 without WWW-Authenticate")
+
+
+@check("restconf-etag", "RFC 8040 3.4.1, 3.5.2", "ETag; If-None-Match answers 304, a stale If-Match 412",
+       modules=MODEL, restconf=True)
+def _restconf_etag(suite: Suite) -> None:
+    api = rest(suite)
+    first = expect_status(api("GET", SYSTEM), "GET system", 200)
+    etag = first.headers.get("ETag")
+    expect(bool(etag), "no ETag on a configuration resource")
+    expect_status(api("GET", SYSTEM, headers={"If-None-Match": etag}), "If-None-Match with the ETag", 304)
+    body = {"qs-engine-test:system": {"hostname": "etag"}}
+    stale = api("PATCH", SYSTEM, body, headers={"If-Match": '"not-the-etag"'})
+    expect_status(stale, "If-Match with another entity tag", 412)
+    expect(hostname(suite) == INITIAL, "a PATCH refused with 412 changed hostname")
+    expect_status(api("PATCH", SYSTEM, body, headers={"If-Match": etag}), "If-Match with the ETag", 200, 204)
+    expect(hostname(suite) == "etag", "the PATCH with a matching If-Match was not applied")
+    after = api("GET", SYSTEM).headers.get("ETag")
+    expect(after != etag, "the ETag did not change with the resource")
+
+
+@check("restconf-options-head", "RFC 8040 4.1, 4.2", "OPTIONS lists the methods; HEAD is GET without a body",
+       modules=MODEL, restconf=True)
+def _restconf_options_head(suite: Suite) -> None:
+    api = rest(suite)
+    options = api("OPTIONS", IFS)
+    expect(200 <= options.status < 300, f"OPTIONS: {options.describe()}")
+    allowed = {m.strip() for m in (options.headers.get("Allow") or "").split(",")}
+    expect({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} <= allowed, f"Allow: {sorted(allowed)}")
+    accept_patch = options.headers.get("Accept-Patch") or ""
+    expect(YANG_JSON in accept_patch and PATCH_JSON in accept_patch, f"Accept-Patch: {accept_patch!r}")
+    get, head = api("GET", IFS), api("HEAD", IFS)
+    expect(head.status == 200 and head.body == b"", f"HEAD: {head.describe()}")
+    for name in ("Content-Type", "ETag"):
+        expect(head.headers.get(name) == get.headers.get(name), f"HEAD's {name} differs from GET's")
+
+
+# --- YANG-Push (RFC 8639, RFC 8640, RFC 8641) ------------------------------------------------
+
+PUSH = ("ietf-yang-push",)
+PERIOD_CS = 20  # a periodic subscription's period in the checks: 0.2 s
+
+
+def push_filter(suite: Suite) -> str:
+    """A datastore-xpath-filter selecting the scratch value's subtree."""
+    if suite.on_scratch_group:
+        return (f'<yp:datastore-xpath-filter xmlns:n="{NACM}">/n:nacm/n:groups/n:group[n:name=\'{SCRATCH_GROUP}\']'
+                "</yp:datastore-xpath-filter>")
+    return f'<yp:datastore-xpath-filter xmlns:q="{NS}">/q:system</yp:datastore-xpath-filter>'
+
+
+def establish(s: Session, suite: Suite, policy: str) -> str:
+    """establish-subscription to running, the scratch subtree; its id."""
+    reply = s.call(f'<establish-subscription xmlns="{SN}" xmlns:yp="{YP}" xmlns:ds="{DS}">'
+                   f"<yp:datastore>ds:running</yp:datastore>{push_filter(suite)}{policy}</establish-subscription>")
+    reply.expect_ok("establish-subscription")
+    sub_id = reply.root.findtext(f"{{{SN}}}id")
+    expect(bool(sub_id) and sub_id.strip().isdigit(), f"establish-subscription returned no id: {describe(reply)}")
+    return sub_id.strip()
+
+
+def periodic(period_cs: int = PERIOD_CS) -> str:
+    return f"<yp:periodic><yp:period>{period_cs}</yp:period></yp:periodic>"
+
+
+def subscription_rpc(s: Session, name: str, sub_id: str) -> Reply:
+    return s.call(f'<{name} xmlns="{SN}"><id>{sub_id}</id></{name}>')
+
+
+@dataclass
+class Received:
+    """One notification: its content element and when it arrived (monotonic)."""
+
+    content: etree._Element
+    at: float
+
+
+def receive(s: Session, seconds: float, until: Callable[[etree._Element], bool] | None = None) -> list[Received]:
+    """The notifications of the session during `seconds` (or until one satisfies `until`)."""
+    out: list[Received] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        notification = s.m.take_notification(block=True, timeout=min(left, 0.5))
+        if notification is None:
+            continue
+        root = etree.fromstring(notification.notification_xml.encode())
+        content = next((c for c in root if isinstance(c.tag, str) and c.tag != f"{{{NOTIF}}}eventTime"), None)
+        expect(content is not None, "a notification without content")
+        out.append(Received(content, time.monotonic()))
+        if until is not None and until(content):
+            break
+    return out
+
+
+def named(received: list[Received], namespace: str, name: str, sub_id: str | None = None) -> list[Received]:
+    return [r for r in received if r.content.tag == f"{{{namespace}}}{name}"
+            and (sub_id is None or (r.content.findtext(f"{{{namespace}}}id") or "").strip() == sub_id)]
+
+
+@check("push-periodic", "RFC 8641 3.1, 4.2.1", "a periodic subscription sends push-update at its period",
+       modules=PUSH)
+def _push_periodic(suite: Suite) -> None:
+    with suite.session() as s:
+        sub_id = establish(s, suite, periodic())
+        updates = named(receive(s, 1.6), YP, "push-update", sub_id)
+        subscription_rpc(s, "delete-subscription", sub_id).expect_ok("delete-subscription")
+    expect(len(updates) >= 4, f"{len(updates)} push-update in 1.6 s at a period of {PERIOD_CS} cs")
+    gaps = [b.at - a.at for a, b in zip(updates, updates[1:])]
+    mean = sum(gaps) / len(gaps)
+    expect(0.5 * PERIOD_CS / 100 <= mean <= 2 * PERIOD_CS / 100,
+           f"push-update every {mean:.3f} s on average, the period is {PERIOD_CS / 100} s")
+    for update in updates:
+        contents = update.content.find(f"{{{YP}}}datastore-contents")
+        expect(contents is not None and INITIAL in "".join(contents.itertext()),
+               "a push-update's datastore-contents lack the selected value")
+
+
+@check("push-on-change", "RFC 8641 3.3, 4.2.2", "on-change: a push-update on start, then one "
+       "push-change-update per change", modules=PUSH)
+def _push_on_change(suite: Suite) -> None:
+    with suite.session() as s:
+        sub_id = establish(s, suite, "<yp:on-change/>")
+        start = named(receive(s, WAIT_SECONDS, until=lambda c: c.tag == f"{{{YP}}}push-update"), YP, "push-update")
+        expect(len(start) == 1 and INITIAL in "".join(start[0].content.itertext()),
+               "no push-update with the selection at the start (sync-on-start defaults to true)")
+        for value in ("change-1", "change-2", "change-3"):
+            suite.edit(scratch_edit(suite, value)).expect_ok(f"edit to {value}")
+            got = receive(s, WAIT_SECONDS, until=lambda c: c.tag == f"{{{YP}}}push-change-update")
+            changes = named(got, YP, "push-change-update", sub_id)
+            expect(len(changes) == 1, f"no push-change-update within {WAIT_SECONDS} s of the change to {value}")
+            patch = changes[0].content.find(f"{{{YP}}}datastore-changes/{{{YP}}}yang-patch")
+            expect(patch is not None and value in "".join(patch.itertext()),
+                   f"the push-change-update's yang-patch does not hold {value}")
+        extra = named(receive(s, 0.8), YP, "push-change-update", sub_id)
+        expect(not extra, f"{len(extra)} more push-change-update without a change")
+        subscription_rpc(s, "delete-subscription", sub_id).expect_ok("delete-subscription")
+
+
+@check("push-modify", "RFC 8639 2.4.2, RFC 8641 4.4.2", "modify-subscription changes the period; an unknown id "
+       "is refused", modules=PUSH)
+def _push_modify(suite: Suite) -> None:
+    with suite.session() as s:
+        sub_id = establish(s, suite, periodic(1000))
+        s.call(f'<modify-subscription xmlns="{SN}" xmlns:yp="{YP}" xmlns:ds="{DS}"><id>{sub_id}</id>'
+               f"<yp:datastore>ds:running</yp:datastore>{push_filter(suite)}{periodic()}</modify-subscription>").expect_ok("modify-subscription to a period of 0.2 s")
+        updates = named(receive(s, 1.5), YP, "push-update", sub_id)
+        expect(len(updates) >= 3, f"{len(updates)} push-update in 1.5 s after the period became 0.2 s (was 10 s)")
+        err = s.call(f'<modify-subscription xmlns="{SN}" xmlns:yp="{YP}" xmlns:ds="{DS}"><id>999999</id>'
+                     f"<yp:datastore>ds:running</yp:datastore>{push_filter(suite)}{periodic()}</modify-subscription>").expect_error("modify of an unknown id", "invalid-value")
+        expect((err.app_tag or "").endswith("no-such-subscription"), f"error-app-tag {err.app_tag!r}")
+        subscription_rpc(s, "delete-subscription", sub_id).expect_ok("delete-subscription")
+
+
+@check("push-delete", "RFC 8639 2.4.3", "delete-subscription stops the updates; only its own session may",
+       modules=PUSH)
+def _push_delete(suite: Suite) -> None:
+    with suite.session() as s, suite.session() as other:
+        sub_id = establish(s, suite, periodic())
+        expect(bool(named(receive(s, WAIT_SECONDS, until=lambda c: c.tag == f"{{{YP}}}push-update"),
+                          YP, "push-update")), "no push-update")
+        err = subscription_rpc(other, "delete-subscription", sub_id).expect_error("delete from another session",
+                                                                                  "invalid-value")
+        expect((err.app_tag or "").endswith("no-such-subscription"), f"error-app-tag {err.app_tag!r}")
+        subscription_rpc(s, "delete-subscription", sub_id).expect_ok("delete-subscription")
+        receive(s, 0.3)  # those already on their way
+        late = named(receive(s, 0.8), YP, "push-update", sub_id)
+        expect(not late, f"{len(late)} push-update after delete-subscription")
+        subscription_rpc(s, "delete-subscription", sub_id).expect_error("delete of a deleted subscription",
+                                                                        "invalid-value")
+
+
+@check("push-kill", "RFC 8639 2.4.4, 2.7.3", "kill-subscription from another session: subscription-terminated, "
+       "then nothing", modules=PUSH)
+def _push_kill(suite: Suite) -> None:
+    with suite.session() as s, suite.session() as other:
+        sub_id = establish(s, suite, periodic())
+        subscription_rpc(other, "kill-subscription", sub_id).expect_ok("kill-subscription")
+        got = receive(s, WAIT_SECONDS, until=lambda c: c.tag == f"{{{SN}}}subscription-terminated")
+        terminated = named(got, SN, "subscription-terminated", sub_id)
+        expect(len(terminated) == 1, f"no subscription-terminated for {sub_id} within {WAIT_SECONDS} s")
+        expect(bool((terminated[0].content.findtext(f"{{{SN}}}reason") or "").strip()),
+               "subscription-terminated has no reason")
+        late = named(receive(s, 0.8), YP, "push-update", sub_id)
+        expect(not late, f"{len(late)} push-update after subscription-terminated")
+
+
+@check("push-stream-completed", "RFC 8639 2.4.2.1, 2.7.5", "a stream subscription with a stop-time ends with "
+       "subscription-completed", modules=("ietf-subscribed-notifications",))
+def _push_stream_completed(suite: Suite) -> None:
+    stop = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)).isoformat()
+    with suite.session() as s:
+        reply = s.call(f'<establish-subscription xmlns="{SN}"><stream>NETCONF</stream><stop-time>{stop}</stop-time>'
+                       "</establish-subscription>").expect_ok("establish-subscription to NETCONF")
+        sub_id = (reply.root.findtext(f"{{{SN}}}id") or "").strip()
+        got = receive(s, WAIT_SECONDS, until=lambda c: c.tag == f"{{{SN}}}subscription-completed")
+        expect(len(named(got, SN, "subscription-completed", sub_id)) == 1,
+               f"no subscription-completed for {sub_id} within {WAIT_SECONDS} s of its stop-time")
+        subscription_rpc(s, "delete-subscription", sub_id).expect_error("delete of a completed subscription",
+                                                                        "invalid-value")
+
+
+@check("push-bad-request", "RFC 8639 2.4.6, RFC 8641 4.4.1", "an establish-subscription the server cannot "
+       "serve is refused with an error", modules=PUSH)
+def _push_bad_request(suite: Suite) -> None:
+    with suite.session() as s:
+        s.call(f'<establish-subscription xmlns="{SN}" xmlns:yp="{YP}" xmlns:ds="{DS}">'
+               "<yp:datastore>ds:running</yp:datastore></establish-subscription>").expect_error(
+            "neither periodic nor on-change", "missing-element")
+        s.call(f'<establish-subscription xmlns="{SN}" xmlns:yp="{YP}" xmlns:ds="{DS}">'
+               "<yp:datastore>ds:running</yp:datastore><yp:datastore-xpath-filter>/no:such[</yp:datastore-xpath-filter>"
+               f"{periodic()}</establish-subscription>").expect_error("a broken xpath filter", "invalid-value")
+
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -1282,6 +1860,10 @@ def as_table(results: list[Result]) -> str:
     for module in sorted({r.needs_module for r in results if r.needs_module}):
         ids = [r.id for r in results if r.needs_module == module]
         lines.append(f"skipped: needs module {module} ({len(ids)} checks)")
+    no_restconf = [r for r in results if r.status == "skip" and r.id.startswith("restconf-")
+                   and r.reason.startswith(("the server offers no RESTCONF", "no RESTCONF at"))]
+    if no_restconf:
+        lines.append(f"skipped: {no_restconf[0].reason} ({len(no_restconf)} checks)")
     if any(r.needs_module == MODULE for r in results):
         lines.append(f"to run them, serve the engine test model too: qstrata serve --yang {MODEL_DIR} "
                      f"--module {MODULE} ...")
@@ -1313,7 +1895,7 @@ def without_actions(yang: str) -> str:
     return yang
 
 
-WD_METADATA = "{urn:ietf:params:xml:ns:netconf:default:1.0}default"
+WD_METADATA = WD_ATTR
 _YANGLINT_MODULES = ("ietf-netconf-acm", "ietf-netconf-monitoring", "ietf-yang-library", "ietf-netconf-with-defaults")
 
 

@@ -16,11 +16,11 @@ from decimal import Decimal
 
 from lxml import etree
 
+from models.federation import read_service_statuses
+from models.ns import FEDERATION, FIBRE_PLANT
 from tools.demo_steps import StepFailed, Steps, exchange_keys
 
-FED_NS = "urn:qstrata:yang:qi-federation"
-PLANT_NS = "urn:qstrata:yang:qi-fibre-plant"
-NS = {"f": FED_NS}
+NS = {"f": FEDERATION}
 TOPOLOGY = "federation.yaml"
 SERVICE_ID, PAYER, RATE = "a-to-c", "A", 10000
 SOURCE, DESTINATION = ("sae-a", "A"), ("sae-c", "C")
@@ -31,15 +31,11 @@ POLL_S = 0.2
 def service_state(data: etree._Element | None, service_id: str = SERVICE_ID) -> dict:
     """Status, reason, route and segments (domain, ingress, egress, intent, status) of a
     cross-domain service in a qi-federation reply; {} when it is not there."""
-    found = data.xpath(f"//f:service[f:service-id='{service_id}']", namespaces=NS) if data is not None else []
-    if not found:
+    service = read_service_statuses(data).get(service_id)
+    if service is None:
         return {}
-    service = found[0]
-    return {"status": service.findtext("f:status", namespaces=NS), "reason": service.findtext("f:reason", "", NS),
-            "route": service.xpath("f:domain-route/text()", namespaces=NS),
-            "segments": [tuple(segment.findtext(f"f:{tag}", namespaces=NS)
-                               for tag in ("domain", "ingress", "egress", "intent", "status"))
-                         for segment in service.iterfind("f:segments/f:segment", NS)]}
+    return {"status": service.status, "reason": service.reason, "route": list(service.route),
+            "segments": [(s.domain, s.ingress, s.egress, s.intent, s.status) for s in service.segments]}
 
 
 class FederationDemo(Steps):
@@ -67,7 +63,6 @@ class FederationDemo(Steps):
         import aiohttp
 
         from devices.host import PLANT_ID
-        from netconf_core.client import NetconfClient
         from tools.federated_stack import ADMIN, service_request, service_user
 
         user = await fed.connect(service_user(PAYER))
@@ -90,7 +85,7 @@ class FederationDemo(Steps):
         async def routed(avoid: str | None = None) -> str:
             async with asyncio.timeout(self.timeout):
                 while True:
-                    state = service_state(await user.get(("subtree", f'<federation xmlns="{FED_NS}"><services/>'
+                    state = service_state(await user.get(("subtree", f'<federation xmlns="{FEDERATION}"><services/>'
                                                                      "</federation>")))
                     if state.get("status") != seen.get("status") or state.get("route") != seen.get("route"):
                         self.say(f"{state.get('status')} {' - '.join(state.get('route') or [])}: {state.get('reason')}")
@@ -102,7 +97,8 @@ class FederationDemo(Steps):
         async def keys() -> str:
             async with aiohttp.ClientSession() as http:
                 ids, same = await exchange_keys(http, (urls[km[SOURCE[0]]], SOURCE[0]),
-                                                (urls[km[DESTINATION[0]]], DESTINATION[0]), timeout=self.timeout)
+                                                (urls[km[DESTINATION[0]]], DESTINATION[0]), timeout=self.timeout,
+                                                tls=fed.sae_ssl)
             if not same:
                 raise StepFailed("the two ends got different keys")
             delivered.append(len(ids))
@@ -112,16 +108,15 @@ class FederationDemo(Steps):
         async def cut() -> str:
             plant = next(row for row in fed.host.table() if row.id == PLANT_ID)
             where = fed.stacks[PAYER].endpoint(plant.id, plant.port)
-            async with await NetconfClient.connect(where.host, where.port, where.username,
-                                                   password=where.password) as nc:
-                await nc.dispatch(f'<cut-span xmlns="{PLANT_NS}"><span-id>{CUT_SPAN}</span-id></cut-span>')
+            async with await where.connect() as nc:
+                await nc.dispatch(f'<cut-span xmlns="{FIBRE_PLANT}"><span-id>{CUT_SPAN}</span-id></cut-span>')
             return f"fibre {CUT_SPAN} between domains A and B cut (cut-span of the emulated plant)"
 
         async def charging() -> str:
             for member in fed.members.values():
                 await member.report()
             async with await fed.connect(ADMIN) as admin:
-                data = await admin.get(("subtree", f'<federation xmlns="{FED_NS}"><charging/></federation>'))
+                data = await admin.get(("subtree", f'<federation xmlns="{FEDERATION}"><charging/></federation>'))
             records = {r.findtext("f:member-id", namespaces=NS): r for r in data.iterfind(".//f:record", NS)
                        if r.findtext("f:service-id", namespaces=NS) == SERVICE_ID} if data is not None else {}
             keys = {member: int(r.findtext("f:keys", "0", NS)) for member, r in records.items()}

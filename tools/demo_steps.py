@@ -3,11 +3,12 @@ exit code, and the ETSI GS QKD 014 key exchange between two applications' key ma
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-SAE_HEADER = "X-SAE-ID"   # the emulator's plain-HTTP stand-in for a TLS client certificate
+SAE_HEADER = "X-SAE-ID"   # the emulator's plain-HTTP stand-in for a TLS client certificate (insecure mode)
 STEP_TIMEOUT_S = 30.0
 
 
@@ -61,15 +62,25 @@ class Steps:
         return 0
 
 
+def as_sae(sae: str, tls: Callable[[str], ssl.SSLContext | None] | None) -> dict:
+    """The request options that make an ETSI 014 call SAE `sae`'s: its client certificate
+    (`tls(sae)`, a TLS context presenting it: the standard's way), or, when there is none (a
+    stack in the insecure header mode), the X-SAE-ID header."""
+    context = tls(sae) if tls is not None else None
+    return {"ssl": context} if context is not None else {"headers": {SAE_HEADER: sae}}
+
+
 async def exchange_keys(http, master: tuple[str, str], slave: tuple[str, str], number: int = 4, size: int = 256,
-                        timeout: float = STEP_TIMEOUT_S) -> tuple[list[str], bool]:
+                        timeout: float = STEP_TIMEOUT_S,
+                        tls: Callable[[str], ssl.SSLContext | None] | None = None) -> tuple[list[str], bool]:
     """enc_keys for the master SAE at its key manager's ETSI 014 API, dec_keys for the slave
-    SAE at its own (each given as (API URL, SAE id)); retried while the key pools fill.
+    SAE at its own (each given as (API URL, SAE id)); retried while the key pools fill. Each
+    SAE calls with its own client certificate, `tls(sae)` (a stack's `sae_ssl`), over HTTPS.
     Returns the key IDs and whether both ends got the same keys."""
     (master_api, master_sae), (slave_api, slave_sae) = master, slave
     deadline = time.monotonic() + timeout
     while True:
-        async with http.get(f"{master_api}/api/v1/keys/{slave_sae}/enc_keys", headers={SAE_HEADER: master_sae},
+        async with http.get(f"{master_api}/api/v1/keys/{slave_sae}/enc_keys", **as_sae(master_sae, tls),
                             params={"number": str(number), "size": str(size)}) as reply:
             body = await reply.json()
         if reply.status == 200:
@@ -78,7 +89,7 @@ async def exchange_keys(http, master: tuple[str, str], slave: tuple[str, str], n
             raise StepFailed(f"enc_keys answered {reply.status}: {body.get('message')}")
         await asyncio.sleep(0.1)
     sent = {k["key_ID"]: k["key"] for k in body["keys"]}
-    async with http.post(f"{slave_api}/api/v1/keys/{master_sae}/dec_keys", headers={SAE_HEADER: slave_sae},
+    async with http.post(f"{slave_api}/api/v1/keys/{master_sae}/dec_keys", **as_sae(slave_sae, tls),
                          json={"key_IDs": [{"key_ID": i} for i in sent]}) as reply:
         body = await reply.json()
         if reply.status != 200:

@@ -23,17 +23,19 @@ import asyncssh
 
 from devices.host import DeviceHost
 from devices.topology import Topology
-from netconf_core import Endpoint, NetconfClient, User
-from orchestrator.federation import ENROL_USER, FED_NS, AgentEndpoint, FederationPlatform
+from devices.base import network_users
+from netconf_core import Endpoint, NetconfClient, User, trusted_host_keys
+from models.ns import FEDERATION
+from orchestrator.federation import ENROL_USER, AgentEndpoint, FederationPlatform
 from orchestrator.federation_agent import FederationAgent, PlatformEndpoint, Sae, SharingPolicy
 from orchestrator.federation_domain import BorderLink, FederatedDomain, IntentSegments
-from tools.stack import READY_TIMEOUT_S, Stack
+from tools.stack import PKI_DIR, READY_TIMEOUT_S, KeyDeliveryPki, Stack, stack_passwords
 
 ADMIN = "admin"
 PLATFORM_USER = "federation"  # the platform's account on each domain's orchestrator
 PRICE_PER_KBIT = "0.001"
 POLL_S = 0.2
-NS = {"f": FED_NS}
+NS = {"f": FEDERATION}
 
 
 def service_user(domain: str) -> str:
@@ -47,7 +49,7 @@ def service_request(service_id: str, payer: str, source: tuple[str, str], destin
     are (SAE, member domain)."""
     ends = "".join(f"<{end}><sae-id>{sae}</sae-id><domain>{domain}</domain></{end}>"
                    for end, (sae, domain) in (("source", source), ("destination", destination)))
-    return (f'<federation xmlns="{FED_NS}"><services><service><service-id>{service_id}</service-id>'
+    return (f'<federation xmlns="{FEDERATION}"><services><service><service-id>{service_id}</service-id>'
             f"<requesting-member>{payer}</requesting-member>{ends}<rate>{rate}</rate></service></services>"
             "</federation>")
 
@@ -64,17 +66,24 @@ def border_links(topology: Topology, domain: str) -> tuple[BorderLink, ...]:
 
 
 class FederatedStack:
-    def __init__(self, topology: Topology, state_dir: pathlib.Path | str | None = None, speed: float = 1.0):
+    def __init__(self, topology: Topology, state_dir: pathlib.Path | str | None = None, speed: float = 1.0, *,
+                 passwords: dict[str, str] | None = None, insecure_sae_header: bool = False):
+        """`passwords`, `insecure_sae_header`: as for a Stack (random passwords per federation,
+        ETSI 014 over TLS with client certificates of one local CA, by default)."""
         if len(topology.domains) < 2:
             raise ValueError(f"topology {topology.name} has {len(topology.domains)} domain(s): a federation needs two "
                              "or more (give each site a domain)")
         self.topology = topology
         state = pathlib.Path(state_dir) if state_dir is not None else None
-        self.host = DeviceHost(topology, state_dir=state / "devices" if state else None, speed=speed)
+        self.pki = None if insecure_sae_header else KeyDeliveryPki(state / PKI_DIR if state else None)
+        users = network_users(passwords if passwords is not None else stack_passwords(state))
+        self.host = DeviceHost(topology, state_dir=state / "devices" if state else None, speed=speed, users=users,
+                               etsi014_tls=self.pki.server_tls if self.pki else None,
+                               insecure_sae_header=insecure_sae_header)
         self.platform_key = asyncssh.generate_private_key("ssh-ed25519")
         platform_account = {PLATFORM_USER: User(authorized_keys=[self.platform_key.export_public_key().decode()])}
         self.stacks = {d: Stack(topology, state / d if state else None, host=self.host, domain=d,
-                                orchestrator_users=platform_account) for d in topology.domains}
+                                orchestrator_users=platform_account, pki=self.pki) for d in topology.domains}
         self.passwords = {user: secrets.token_urlsafe(12)
                           for user in (ADMIN, ENROL_USER, *map(service_user, topology.domains))}
         self.platform = FederationPlatform({u: User(password=p) for u, p in self.passwords.items()}, ADMIN,
@@ -86,8 +95,12 @@ class FederatedStack:
         """The platform's way to a member's orchestrator, where the member's agent said it is."""
         if agent.address is None:
             return None
+        stack = self.stacks.get(agent.member_id)
+        if stack is None or stack.orchestrator is None:
+            return None   # not one of this federation's domains: no host key to pin
         handler = IntentSegments(agent.member_id, Endpoint(f"orchestrator of {agent.member_id}", agent.address,
-                                                           agent.port, PLATFORM_USER, client_keys=(self.platform_key,)),
+                                                           agent.port, PLATFORM_USER, client_keys=(self.platform_key,),
+                                                           host_key=stack.orchestrator.server.public_host_key),
                                  self.platform.segment_changed)
         handler.start()
         self._handlers.append(handler)
@@ -100,7 +113,8 @@ class FederatedStack:
             await self.host.start()
             await asyncio.gather(*(stack.start(timeout) for stack in self.stacks.values()))
             await self.platform.start()
-            platform = PlatformEndpoint(self.host.network.host, self.platform.port, self.passwords[ENROL_USER])
+            platform = PlatformEndpoint(self.host.network.host, self.platform.port, self.passwords[ENROL_USER],
+                                        host_key=self.platform.server.public_host_key)
             for domain, stack in self.stacks.items():
                 assert stack.orchestrator and stack.forwarding and stack.service
                 borders = border_links(self.topology, domain)
@@ -130,6 +144,8 @@ class FederatedStack:
         for stack in self.stacks.values():
             await stack.stop()
         await self.host.stop()
+        if self.pki is not None:
+            self.pki.cleanup()
 
     async def __aenter__(self) -> FederatedStack:
         await self.start()
@@ -138,10 +154,16 @@ class FederatedStack:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def sae_ssl(self, sae_id: str):
+        """A TLS context presenting SAE `sae_id`'s client certificate (None in the insecure
+        header mode)."""
+        return self.stacks[next(iter(self.stacks))].sae_ssl(sae_id)
+
     async def connect(self, user: str) -> NetconfClient:
         """A NETCONF session to the platform as one of its own accounts."""
         return await NetconfClient.connect(self.host.network.host, self.platform.port, user,
-                                           password=self.passwords[user])
+                                           password=self.passwords[user],
+                                           known_hosts=trusted_host_keys(self.platform.server.public_host_key))
 
     async def federate(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Every domain joins and is admitted; neighbours agree transit; returns once every
@@ -150,12 +172,13 @@ class FederatedStack:
             for member in self.members.values():
                 await member.agent.apply()
             for domain in self.members:
-                await admin.dispatch(f'<admit-member xmlns="{FED_NS}"><member-id>{domain}</member-id></admit-member>')
+                await admin.dispatch(f'<admit-member xmlns="{FEDERATION}"><member-id>{domain}</member-id>'
+                                     "</admit-member>")
             for domain, member in self.members.items():
                 await member.agent.wait_admitted(timeout)
                 await member.agent.allow_service_user(service_user(domain))
             pairs = sorted({tuple(sorted((b.peer_member, d))) for d, m in self.members.items() for b in m.border_links})
-            await admin.edit_config(f'<federation xmlns="{FED_NS}"><agreements>' + "".join(
+            await admin.edit_config(f'<federation xmlns="{FEDERATION}"><agreements>' + "".join(
                 f"<agreement><agreement-id>{a}-{b}</agreement-id><member-a>{a}</member-a><member-b>{b}</member-b>"
                 f"<transit-allowed>true</transit-allowed><price-per-kbit>{PRICE_PER_KBIT}</price-per-kbit>"
                 "</agreement>" for a, b in pairs) + "</agreements></federation>")
@@ -164,7 +187,7 @@ class FederatedStack:
                     await asyncio.sleep(POLL_S)
 
     async def _links_usable(self, admin: NetconfClient) -> bool:
-        data = await admin.get(("subtree", f'<federation xmlns="{FED_NS}"><advertisements/></federation>'))
+        data = await admin.get(("subtree", f'<federation xmlns="{FEDERATION}"><advertisements/></federation>'))
         available = {(ad.findtext("f:member-id", namespaces=NS), link.findtext("f:link-id", namespaces=NS)):
                      int(link.findtext("f:available", "0", namespaces=NS))
                      for ad in (data.iterfind(".//f:advertisement", NS) if data is not None else ())

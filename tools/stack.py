@@ -13,26 +13,108 @@ three controllers, with its intent store under state_dir (or in a temporary dire
 A stack can also be one domain's of a multi-domain topology (tools/federated_stack.py): over a
 device host that runs the whole plant and that it neither starts nor stops, its controllers
 see only the domain's own devices and its own view of the fibre plant.
+
+Security of the emulation, as a real deployment would have it:
+- every client link pins the host key of the server it calls (the devices' shared key, each
+  controller's own), and every host key is kept in the state directory (0600), so a restart
+  with the same state_dir keeps them;
+- the users admin (read-write) and monitor (read-only) get random passwords per stack, kept
+  in `<state_dir>/credentials.json` (0600) and reused on restart; `passwords=DEMO_PASSWORDS`
+  (devices.base) keeps admin/admin and monitor/monitor, for tests and the README;
+- the key managers serve ETSI 014 over TLS with client certificates of a local CA under
+  `<state_dir>/pki` (tools/pki.py; a temporary directory without state_dir), one certificate
+  per key manager and per SAE, whose common name is the SAE_ID (`sae_credential`);
+  `insecure_sae_header=True` serves plain HTTP with the X-SAE-ID header instead.
 """
 from __future__ import annotations
 
+import json
+import os
 import pathlib
+import secrets
+import ssl
 import tempfile
 from dataclasses import dataclass
 
 from controller.connectivity import ConnectivityController
 from controller.forwarding import ForwardingController
 from controller.service import ServiceController
-from devices.base import ADMIN_USER, MONITOR_USER
+from devices.base import ADMIN_USER, MONITOR_USER, network_users
 from devices.host import PLANT_ID, DeviceHost, plant_of
 from devices.topology import Topology
 from netconf_core import Endpoint, User
 from orchestrator.intents import Orchestrator
+from tools.pki import Credential, LocalCA, client_context, curl_command, server_context
 
 CONNECTIVITY_MODULES = {"qi-fibre-plant", "qi-optical-switch"}
 FORWARDING_MODULES = {"etsi-qkd-sdn-node"}
 SERVICE_MODULES = {"qi-key-manager"}
 READY_TIMEOUT_S = 60.0
+CREDENTIALS_FILE = "credentials.json"
+PKI_DIR = "pki"
+
+
+def stack_passwords(state_dir: pathlib.Path | None) -> dict[str, str]:
+    """A random password per user of the network (admin, monitor), kept in
+    `<state_dir>/credentials.json` (mode 0600) and reused from there on restart; without a
+    state directory, new ones each time."""
+    path = state_dir / CREDENTIALS_FILE if state_dir is not None else None
+    if path is not None and path.exists():
+        stored = json.loads(path.read_text())
+        if isinstance(stored, dict) and all(isinstance(stored.get(u), str) for u in (ADMIN_USER, MONITOR_USER)):
+            return {u: stored[u] for u in (ADMIN_USER, MONITOR_USER)}
+    passwords = {user: secrets.token_urlsafe(12) for user in (ADMIN_USER, MONITOR_USER)}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with os.fdopen(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            json.dump(passwords, out, indent=1)
+        os.replace(scratch, path)
+    return passwords
+
+
+def add_security_options(parser) -> None:
+    """The flags of `qstrata up` and `qstrata devices up` that weaken the defaults, for demos."""
+    parser.add_argument("--demo-credentials", action="store_true",
+                        help="fixed users admin/admin and monitor/monitor instead of random passwords per stack "
+                             f"(kept in <state-dir>/{CREDENTIALS_FILE})")
+    parser.add_argument("--insecure-sae-header", action="store_true",
+                        help="serve ETSI 014 over plain HTTP, the caller named by an X-SAE-ID header (anyone may pose "
+                             "as any SAE), instead of HTTPS with a client certificate per SAE")
+
+
+def demo_passwords(demo: bool) -> dict[str, str] | None:
+    """`passwords` of a Stack for --demo-credentials (None: generated)."""
+    from devices.base import DEMO_PASSWORDS
+
+    return dict(DEMO_PASSWORDS) if demo else None
+
+
+def sae_curl(pki: KeyDeliveryPki, master: str, slave: str, url: str) -> str:
+    """A working curl command line: SAE `master` asks its key manager (ETSI 014 at `url`) for
+    the status of its keys with `slave`, with its client certificate."""
+    return curl_command(pki.sae(master), f"{url}/api/v1/keys/{slave}/status")
+
+
+class KeyDeliveryPki:
+    """The local CA of a stack's ETSI 014 APIs: a server certificate per key manager, a client
+    certificate per SAE (CN = SAE_ID), under `directory` (a temporary one when None)."""
+
+    def __init__(self, directory: pathlib.Path | None) -> None:
+        self._scratch = tempfile.TemporaryDirectory(prefix="qstrata-pki-") if directory is None else None
+        self.ca = LocalCA(directory if directory is not None else pathlib.Path(self._scratch.name))
+
+    def server_tls(self, km_id: str) -> ssl.SSLContext:
+        """The TLS context of key manager `km_id`'s ETSI 014 API (DeviceHost's `etsi014_tls`)."""
+        return server_context(self.ca.server(km_id))
+
+    def sae(self, sae_id: str) -> Credential:
+        return self.ca.client(sae_id)
+
+    def cleanup(self) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
 
 @dataclass(frozen=True)
@@ -46,21 +128,37 @@ class Level:
     read_write: tuple[str, str]    # (username, password)
     read_only: tuple[str, str]
     etsi014_url: str | None = None
+    host_key: str | None = None    # the OpenSSH public line of its SSH host key: what clients pin
 
 
 class Stack:
     """The levels of one network. With `host` and `domain`, those of one domain of the host's
     multi-domain topology; `orchestrator_users` are further accounts of the orchestrator that
-    may manage intents and nothing else (a federation platform's)."""
+    may manage intents and nothing else (a federation platform's).
+
+    `passwords` (user -> password, for admin and monitor): fixed ones (tests, the README's
+    demo); by default random ones per stack (`stack_passwords`). `insecure_sae_header`: ETSI
+    014 over plain HTTP with the X-SAE-ID header instead of TLS with client certificates.
+    Over a given `host`, its users, key managers and CA (`pki`) are the host's owner's."""
 
     def __init__(self, topology: Topology, state_dir: pathlib.Path | str | None = None, speed: float = 1.0,
                  orchestrator_port: int = 0, *, host: DeviceHost | None = None, domain: str | None = None,
-                 orchestrator_users: dict[str, User] | None = None):
+                 orchestrator_users: dict[str, User] | None = None, passwords: dict[str, str] | None = None,
+                 insecure_sae_header: bool = False, pki: KeyDeliveryPki | None = None):
         self.topology = topology.domain_part(domain) if domain else topology
         self.state_dir = pathlib.Path(state_dir) if state_dir is not None else None
         self.owns_host = host is None
-        self.host = host or DeviceHost(topology, state_dir=self.state_dir / "devices" if self.state_dir else None,
-                                       speed=speed)
+        self.pki = pki
+        self._owns_pki = False
+        if host is None:
+            if self.pki is None and not insecure_sae_header:
+                self.pki = KeyDeliveryPki(self.state_dir / PKI_DIR if self.state_dir else None)
+                self._owns_pki = True
+            users = network_users(passwords if passwords is not None else stack_passwords(self.state_dir))
+            host = DeviceHost(topology, state_dir=self.state_dir / "devices" if self.state_dir else None, speed=speed,
+                              users=users, etsi014_tls=self.pki.server_tls if self.pki else None,
+                              insecure_sae_header=insecure_sae_header)
+        self.host = host
         self.users = self.host.network.users
         self.orchestrator_users = dict(orchestrator_users or {})
         self.devices = {plant_of(domain) if domain else PLANT_ID} | {
@@ -77,14 +175,36 @@ class Stack:
         assert password is not None
         return user, password
 
-    def endpoint(self, name: str, port: int) -> Endpoint:
-        """How the levels (and the federation glue) reach a server of this stack as its administrator."""
+    def endpoint(self, name: str, port: int, host_key: str | None = None) -> Endpoint:
+        """How the levels (and the federation glue) reach a server of this stack as its
+        administrator, pinning its host key: `host_key`, or that of the level or device `name`."""
         user, password = self._credentials(ADMIN_USER)
-        return Endpoint(name, self.host.network.host, port, user, password)
+        return Endpoint(name, self.host.network.host, port, user, password,
+                        host_key=host_key or self.host_key_of(name))
+
+    def host_key_of(self, name: str) -> str:
+        """The OpenSSH public host key line of a controller, the orchestrator, or a device."""
+        level = {"connectivity": self.connectivity, "forwarding": self.forwarding, "service": self.service,
+                 "orchestrator": self.orchestrator}.get(name)
+        if level is not None:
+            return level.server.public_host_key
+        if name in self.host.devices:
+            return self.host.public_host_key
+        raise ValueError(f"no level or device {name!r} in this stack (is it started?)")
 
     def _devices(self, modules: set[str]) -> list[Endpoint]:
-        return [self.endpoint(row.id, row.port) for row in self.host.table()
+        return [self.endpoint(row.id, row.port, row.host_key) for row in self.host.table()
                 if row.id in self.devices and modules & set(row.modules)]
+
+    def sae_credential(self, sae_id: str) -> Credential | None:
+        """The client certificate of SAE `sae_id` for ETSI 014 (None in the insecure header mode)."""
+        return self.pki.sae(sae_id) if self.pki is not None else None
+
+    def sae_ssl(self, sae_id: str) -> ssl.SSLContext | None:
+        """A TLS context presenting SAE `sae_id`'s certificate to its key manager (None in the
+        insecure header mode, where the SAE names itself in the X-SAE-ID header)."""
+        credential = self.sae_credential(sae_id)
+        return client_context(credential) if credential is not None else None
 
     def _state(self, name: str) -> pathlib.Path | None:
         return self.state_dir / name if self.state_dir else None
@@ -134,6 +254,8 @@ class Stack:
         if self._intent_scratch is not None:
             self._intent_scratch.cleanup()
             self._intent_scratch = None
+        if self._owns_pki and self.pki is not None:
+            self.pki.cleanup()
 
     def _intent_store(self) -> pathlib.Path:
         """The orchestrator's intent store: under state_dir, or a temporary directory."""
@@ -152,10 +274,11 @@ class Stack:
     def table(self) -> list[Level]:
         """Every NETCONF server of the stack: devices first, then the controllers bottom-up."""
         read_write, read_only = self._credentials(ADMIN_USER), self._credentials(MONITOR_USER)
-        rows = [Level(row.kind, row.id, row.host, row.port, read_write, read_only, row.etsi014_url)
+        rows = [Level(row.kind, row.id, row.host, row.port, read_write, read_only, row.etsi014_url, row.host_key)
                 for row in self.host.table() if row.id in self.devices]
         for level, server in (("connectivity", self.connectivity), ("forwarding", self.forwarding),
                               ("service", self.service), ("orchestrator", self.orchestrator)):
             if server is not None:
-                rows.append(Level(level, server.name, self.host.network.host, server.port, read_write, read_only))
+                rows.append(Level(level, server.name, self.host.network.host, server.port, read_write, read_only,
+                                  host_key=server.server.public_host_key))
         return rows

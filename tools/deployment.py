@@ -1,0 +1,626 @@
+"""Deployment files: what one level's process needs to run alone (`qstrata run LEVEL --config
+FILE`), as YAML. docs/deployment.md describes the format with a full example.
+
+    level: forwarding                  # devices | connectivity | forwarding | service | orchestrator
+    name: forwarding                   # the server's name (default: the level)
+    listen: {address: 127.0.0.1, port: 8832, host_key_file: keys/forwarding.key}
+    users:                             # who may log in
+      - {name: admin, access: read-write, password: ...}
+      - {name: monitor, access: read-only, authorized_keys: ["ssh-ed25519 AAAA..."]}
+    state_dir: forwarding              # datastores (default: none kept)
+    peers:                             # the southbound servers this level is a client of
+      - {name: qkd-quintin, address: 127.0.0.1, port: 8301, user: admin, password: ...,
+         host_key: "ssh-ed25519 AAAA..."}
+    forwarding: {connectivity: connectivity, km_by_site: {quintin: km-quintin}}
+
+Relative paths are taken from the directory of the file. `load_deployment` checks everything
+(types, unknown keys, ports, that files are readable and keys parse, that named peers exist)
+and raises one `DeploymentError` listing each problem as `FILE: KEY.PATH: what is wrong`.
+`write_deployment` writes the same form back (mode 0600: it may hold passwords).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+import yaml
+
+LEVELS = ("devices", "connectivity", "forwarding", "service", "orchestrator")
+CONTROLLERS = ("connectivity", "forwarding", "service")
+READ_WRITE, READ_ONLY, INTENT_WRITER = "read-write", "read-only", "intent-writer"
+
+
+class DeploymentError(ValueError):
+    """Every problem of one deployment file; `problems` holds them one by one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Listen:
+    address: str
+    host_key_file: pathlib.Path
+    port: int | None = None      # None for the devices, whose ports are under devices.ports
+
+
+@dataclass(frozen=True)
+class Login:
+    """A user who may log in, and what they may do (read-write, read-only, or for the
+    orchestrator intent-writer: manage intents and nothing else)."""
+
+    name: str
+    access: str
+    password: str | None = None
+    password_file: pathlib.Path | None = None
+    authorized_keys: tuple[str, ...] = ()
+    authorized_keys_file: pathlib.Path | None = None
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A southbound NETCONF server, how to log in to it and how to know it is that server."""
+
+    name: str
+    address: str
+    port: int
+    user: str
+    password: str | None = None
+    password_file: pathlib.Path | None = None
+    private_key_file: pathlib.Path | None = None
+    host_key: str | None = None          # its public host key, OpenSSH one-line form
+    known_hosts: pathlib.Path | None = None
+
+
+@dataclass(frozen=True)
+class DevicePorts:
+    netconf: int
+    etsi014: int | None = None
+
+
+@dataclass(frozen=True)
+class KeyManagerTls:
+    cert_file: pathlib.Path
+    key_file: pathlib.Path
+
+
+@dataclass(frozen=True)
+class Etsi014:
+    """How the key managers serve ETSI GS QKD 014: HTTPS with client certificates (`ca_file`
+    and a certificate per key manager), or plain HTTP with the X-SAE-ID header when
+    `insecure_http` (loopback tests only)."""
+
+    insecure_http: bool = False
+    ca_file: pathlib.Path | None = None
+    key_managers: dict[str, KeyManagerTls] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DevicesPart:
+    etsi014: Etsi014
+    topology: pathlib.Path | None = None   # None: the embedded Madrid network
+    speed: float = 1.0
+    ports: dict[str, DevicePorts] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ForwardingPart:
+    connectivity: str                      # the peer that is the connectivity controller
+    km_by_site: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServicePart:
+    forwarding: str
+    connectivity: str | None = None        # read by plan-path for the links that could be built
+
+
+@dataclass(frozen=True)
+class OrchestratorPart:
+    service: str
+    forwarding: str
+    connectivity: str
+    intent_store: pathlib.Path
+
+
+Part = DevicesPart | ForwardingPart | ServicePart | OrchestratorPart
+
+
+@dataclass(frozen=True)
+class Deployment:
+    level: str
+    name: str
+    listen: Listen
+    users: tuple[Login, ...]
+    peers: tuple[Peer, ...] = ()
+    state_dir: pathlib.Path | None = None
+    part: Part | None = None               # the section named after the level
+
+    def peer(self, name: str) -> Peer:
+        return next(p for p in self.peers if p.name == name)
+
+    def role_peers(self) -> set[str]:
+        """The peers the level section names (the other peers are the level's devices)."""
+        return {value for key, value in dataclasses.asdict(self.part).items()
+                if key in ("connectivity", "forwarding", "service") and value} if self.part else set()
+
+    def device_peers(self) -> list[Peer]:
+        roles = self.role_peers()
+        return [p for p in self.peers if p.name not in roles]
+
+    def access(self, kind: str) -> tuple[str, ...]:
+        return tuple(u.name for u in self.users if u.access == kind)
+
+
+_PART_TYPES = {"devices": DevicesPart, "forwarding": ForwardingPart, "service": ServicePart,
+               "orchestrator": OrchestratorPart}
+
+
+# --- reading --------------------------------------------------------------------------------
+
+class _Reader:
+    """Walks the parsed YAML, collecting every problem with its key path."""
+
+    def __init__(self, source: pathlib.Path) -> None:
+        self.source = source
+        self.base = source.parent
+        self.problems: list[str] = []
+
+    def fail(self, path: str, what: str) -> None:
+        self.problems.append(f"{self.source}: {path}: {what}")
+
+    def mapping(self, value: Any, path: str, required: tuple[str, ...], optional: tuple[str, ...]) -> dict | None:
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping, got {_kind(value)}")
+            return None
+        for key in value:
+            if key not in required and key not in optional:
+                self.fail(_join(path, key), f"unknown key (expected: {', '.join(required + optional)})")
+        for key in required:
+            if key not in value:
+                self.fail(_join(path, key), "missing")
+        return value
+
+    def string(self, parent: dict, key: str, path: str) -> str | None:
+        if key not in parent:
+            return None
+        value = parent[key]
+        if not isinstance(value, str) or not value.strip():
+            self.fail(_join(path, key), f"must be a non-empty string, got {_kind(value)}")
+            return None
+        return value
+
+    def port(self, parent: dict, key: str, path: str, allow_zero: bool = False) -> int | None:
+        if key not in parent:
+            return None
+        value = parent[key]
+        low = 0 if allow_zero else 1
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(_join(path, key), f"must be a port number, got {_kind(value)}")
+        elif not low <= value <= 65535:
+            self.fail(_join(path, key), f"bad port {value}: must be within {low}..65535")
+        else:
+            return value
+        return None
+
+    def file(self, parent: dict, key: str, path: str) -> pathlib.Path | None:
+        """A readable file (a relative path is taken from the deployment file's directory)."""
+        where = self.path(parent, key, path)
+        if where is None:
+            return None
+        if not where.is_file():
+            self.fail(_join(path, key), f"no such file: {where}")
+        elif not os.access(where, os.R_OK):
+            self.fail(_join(path, key), f"unreadable file: {where}")
+        else:
+            return where
+        return None
+
+    def path(self, parent: dict, key: str, path: str) -> pathlib.Path | None:
+        text = self.string(parent, key, path)
+        return None if text is None else pathlib.Path(os.path.normpath(self.base / text))
+
+    def public_key(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, str):
+            self.fail(path, f"must be an OpenSSH public key line, got {_kind(value)}")
+            return None
+        try:
+            asyncssh.import_public_key(value.strip())
+        except (asyncssh.KeyImportError, ValueError) as error:
+            self.fail(path, f"not an OpenSSH public key line ('ssh-ed25519 AAAA...'): {error}")
+            return None
+        return value.strip()
+
+    def private_key_file(self, parent: dict, key: str, path: str) -> pathlib.Path | None:
+        where = self.file(parent, key, path)
+        if where is not None:
+            try:
+                asyncssh.read_private_key(str(where))
+            except (asyncssh.KeyImportError, ValueError, OSError) as error:
+                self.fail(_join(path, key), f"not an OpenSSH private key ({where}): {error}")
+                return None
+        return where
+
+    def names(self, items: list, path: str, kind: str) -> None:
+        seen: set[str] = set()
+        for index, item in enumerate(items):
+            name = getattr(item, "name", None)
+            if name in seen:
+                self.fail(f"{path}[{index}].name", f"{kind} {name!r} appears twice")
+            seen.add(name)
+
+
+def load_deployment(path: pathlib.Path | str) -> Deployment:
+    """The deployment in `path`, checked; DeploymentError lists every problem."""
+    source = pathlib.Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as error:
+        raise DeploymentError([f"{source}: cannot read: {error.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise DeploymentError([f"{source}: not valid YAML: {error}"]) from None
+    reader = _Reader(source)
+    deployment = _deployment(reader, data)
+    if reader.problems or deployment is None:
+        raise DeploymentError(reader.problems or [f"{source}: not a deployment"])
+    return deployment
+
+
+def _deployment(r: _Reader, data: Any) -> Deployment | None:
+    if not isinstance(data, dict):
+        r.fail("(top)", f"must be a mapping with level, listen and users, got {_kind(data)}")
+        return None
+    level = data.get("level")
+    if level not in LEVELS:
+        r.fail("level", "missing" if level is None else f"must be one of {', '.join(LEVELS)}, got {level!r}")
+        return None
+    # The orchestrator keeps its datastores with its intent store (orchestrator.intent_store).
+    optional = ("name",) + (() if level == "orchestrator" else ("state_dir",)) \
+        + (() if level == "devices" else ("peers",))
+    required: tuple[str, ...] = ("level", "listen", "users")
+    if level in _PART_TYPES:
+        if level == "devices":
+            optional += ("devices",)
+        else:
+            required += (level,)
+    else:
+        optional += (level,)
+    r.mapping(data, "(top)", required, optional)
+    name = r.string(data, "name", "") or level
+    listen = _listen(r, data.get("listen"), level) if "listen" in data else None
+    users = _users(r, data.get("users"), level) if "users" in data else ()
+    peers = _peers(r, data.get("peers", [])) if level != "devices" else ()
+    state_dir = r.path(data, "state_dir", "")
+    raw_peers = data.get("peers", [])
+    named = {item["name"] for item in raw_peers if isinstance(item, dict) and isinstance(item.get("name"), str)} \
+        if isinstance(raw_peers, list) else set()
+    part = _part(r, level, data.get(level, {} if level == "devices" else None), peers, named) \
+        if level in _PART_TYPES and (level == "devices" or level in data) else None
+    if level == "connectivity" and data.get("connectivity") not in (None, {}):
+        r.fail("connectivity", "the connectivity controller has no settings of its own: its peers are its devices")
+    if listen is None or r.problems:
+        return None
+    return Deployment(level, name, listen, users, peers, state_dir, part)
+
+
+def _listen(r: _Reader, value: Any, level: str) -> Listen | None:
+    devices = level == "devices"
+    m = r.mapping(value, "listen", ("address", "host_key_file") + (() if devices else ("port",)),
+                  ("port",) if devices else ())
+    if m is None:
+        return None
+    if devices and "port" in m:
+        r.fail("listen.port", "not used by the devices level: each device's ports are under devices.ports")
+    address = r.string(m, "address", "listen")
+    port = None if devices else r.port(m, "port", "listen", allow_zero=True)
+    key = r.private_key_file(m, "host_key_file", "listen")
+    if address is None or key is None or (not devices and port is None):
+        return None
+    return Listen(address, key, port)
+
+
+def _users(r: _Reader, value: Any, level: str) -> tuple[Login, ...]:
+    if not isinstance(value, list) or not value:
+        r.fail("users", f"must be a non-empty list of users, got {_kind(value)}")
+        return ()
+    allowed = (READ_WRITE, READ_ONLY) + ((INTENT_WRITER,) if level == "orchestrator" else ())
+    users = []
+    for index, item in enumerate(value):
+        path = f"users[{index}]"
+        m = r.mapping(item, path, ("name", "access"),
+                      ("password", "password_file", "authorized_keys", "authorized_keys_file"))
+        if m is None:
+            continue
+        name = r.string(m, "name", path)
+        access = m.get("access")
+        if "access" in m and access not in allowed:
+            r.fail(f"{path}.access", f"must be one of {', '.join(allowed)}, got {access!r}")
+        password = r.string(m, "password", path)
+        password_file = r.file(m, "password_file", path)
+        keys: list[str] = []
+        if "authorized_keys" in m:
+            if not isinstance(m["authorized_keys"], list):
+                r.fail(f"{path}.authorized_keys", f"must be a list of OpenSSH public key lines, "
+                                                  f"got {_kind(m['authorized_keys'])}")
+            else:
+                keys = [k for i, line in enumerate(m["authorized_keys"])
+                        if (k := r.public_key(line, f"{path}.authorized_keys[{i}]")) is not None]
+        keys_file = r.file(m, "authorized_keys_file", path)
+        if not any(k in m for k in ("password", "password_file", "authorized_keys", "authorized_keys_file")):
+            r.fail(path, "no way to log in: give password, password_file, authorized_keys or authorized_keys_file")
+        if name is not None and access in allowed:
+            users.append(Login(name, access, password, password_file, tuple(keys), keys_file))
+    r.names(users, "users", "user")
+    return tuple(users)
+
+
+def _peers(r: _Reader, value: Any) -> tuple[Peer, ...]:
+    if not isinstance(value, list):
+        r.fail("peers", f"must be a list of peers, got {_kind(value)}")
+        return ()
+    peers = []
+    for index, item in enumerate(value):
+        path = f"peers[{index}]"
+        m = r.mapping(item, path, ("name", "address", "port", "user"),
+                      ("password", "password_file", "private_key_file", "host_key", "known_hosts"))
+        if m is None:
+            continue
+        name, address, user = (r.string(m, key, path) for key in ("name", "address", "user"))
+        port = r.port(m, "port", path)
+        password = r.string(m, "password", path)
+        password_file = r.file(m, "password_file", path)
+        private_key_file = r.private_key_file(m, "private_key_file", path)
+        if not any(k in m for k in ("password", "password_file", "private_key_file")):
+            r.fail(path, "no way to log in: give password, password_file or private_key_file")
+        host_key = r.public_key(m["host_key"], f"{path}.host_key") if "host_key" in m else None
+        known_hosts = r.file(m, "known_hosts", path)
+        pins = [k for k in ("host_key", "known_hosts") if k in m]
+        if not pins:
+            r.fail(path, "its host key is not pinned: give host_key (its OpenSSH public key line) "
+                         "or known_hosts (a file)")
+        elif len(pins) == 2:
+            r.fail(path, "give host_key or known_hosts, not both")
+        if None not in (name, address, user, port):
+            peers.append(Peer(name, address, port, user, password, password_file, private_key_file, host_key,
+                              known_hosts))
+    r.names(peers, "peers", "peer")
+    return tuple(peers)
+
+
+def _part(r: _Reader, level: str, value: Any, peers: tuple[Peer, ...], names: set[str]) -> Part | None:
+    """The level's own section; `names`: those of every entry of peers, complete or not."""
+    if level == "devices":
+        return _devices_part(r, {} if value is None else value)
+
+    def role(m: dict, key: str) -> str | None:
+        name = r.string(m, key, level)
+        if name is not None and name not in names:
+            r.fail(f"{level}.{key}", f"no peer named {name!r} in peers (peers: {', '.join(sorted(names)) or 'none'})")
+        return name
+
+    if level == "forwarding":
+        m = r.mapping(value, level, ("connectivity",), ("km_by_site",))
+        if m is None:
+            return None
+        km_by_site = m.get("km_by_site", {})
+        if not isinstance(km_by_site, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in km_by_site.items()):
+            r.fail(f"{level}.km_by_site", "must map each site (a string) to its key manager's id (a string)")
+            km_by_site = {}
+        connectivity = role(m, "connectivity")
+        return ForwardingPart(connectivity, dict(km_by_site)) if connectivity else None
+    if level == "service":
+        m = r.mapping(value, level, ("forwarding",), ("connectivity",))
+        if m is None:
+            return None
+        forwarding, connectivity = role(m, "forwarding"), role(m, "connectivity")
+        return ServicePart(forwarding, connectivity) if forwarding else None
+    m = r.mapping(value, level, ("service", "forwarding", "connectivity", "intent_store"), ())
+    if m is None:
+        return None
+    strata = [role(m, key) for key in ("service", "forwarding", "connectivity")]
+    for index, peer in enumerate(peers):
+        if peer.name not in strata:
+            r.fail(f"peers[{index}]", f"the orchestrator's peers are its three controllers; {peer.name!r} is "
+                                      f"none of orchestrator.service, .forwarding, .connectivity")
+    store = r.path(m, "intent_store", level)
+    if None in strata or store is None:
+        return None
+    return OrchestratorPart(*strata, store)
+
+
+def _devices_part(r: _Reader, value: Any) -> DevicesPart | None:
+    m = r.mapping(value, "devices", ("etsi014",), ("topology", "speed", "ports"))
+    if m is None:
+        return None
+    topology = r.file(m, "topology", "devices")
+    speed = m.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed > 0:
+        r.fail("devices.speed", f"must be a number > 0, got {speed!r}")
+        speed = 1.0
+    ports: dict[str, DevicePorts] = {}
+    if not isinstance(m.get("ports", {}), dict):
+        r.fail("devices.ports", f"must map device ids to their ports, got {_kind(m['ports'])}")
+    else:
+        for device, entry in m.get("ports", {}).items():
+            path = f"devices.ports.{device}"
+            e = r.mapping(entry, path, ("netconf",), ("etsi014",))
+            if e is None:
+                continue
+            netconf, etsi014 = r.port(e, "netconf", path, allow_zero=True), r.port(e, "etsi014", path, allow_zero=True)
+            if netconf is not None:
+                ports[str(device)] = DevicePorts(netconf, etsi014)
+    etsi = _etsi014(r, m["etsi014"]) if "etsi014" in m else None
+    if r.problems or etsi is None:
+        return None
+    if topology is not None or "topology" not in m:
+        _check_device_ids(r, topology, ports, etsi)
+    return DevicesPart(etsi, topology, float(speed), ports)
+
+
+def _etsi014(r: _Reader, value: Any) -> Etsi014 | None:
+    path = "devices.etsi014"
+    m = r.mapping(value, path, (), ("insecure_http", "ca_file", "key_managers"))
+    if m is None:
+        return None
+    insecure = m.get("insecure_http", False)
+    if not isinstance(insecure, bool):
+        r.fail(f"{path}.insecure_http", f"must be true or false, got {_kind(insecure)}")
+        return None
+    if insecure:
+        for key in ("ca_file", "key_managers"):
+            if key in m:
+                r.fail(f"{path}.{key}", "not used with insecure_http: true (plain HTTP)")
+        return Etsi014(insecure_http=True)
+    if "ca_file" not in m and "key_managers" not in m:
+        r.fail(path, "say how ETSI 014 is served: ca_file and key_managers (HTTPS with client certificates), "
+                     "or insecure_http: true (plain HTTP with the X-SAE-ID header, loopback tests only)")
+        return None
+    for key in ("ca_file", "key_managers"):
+        if key not in m:
+            r.fail(f"{path}.{key}", "missing")
+    ca = r.file(m, "ca_file", path)
+    managers: dict[str, KeyManagerTls] = {}
+    if "key_managers" in m and not isinstance(m["key_managers"], dict):
+        r.fail(f"{path}.key_managers", f"must map key manager ids to their cert_file and key_file, "
+                                       f"got {_kind(m['key_managers'])}")
+    else:
+        for km, entry in m.get("key_managers", {}).items():
+            where = f"{path}.key_managers.{km}"
+            e = r.mapping(entry, where, ("cert_file", "key_file"), ())
+            if e is not None:
+                cert, key = r.file(e, "cert_file", where), r.file(e, "key_file", where)
+                if cert and key:
+                    managers[str(km)] = KeyManagerTls(cert, key)
+    return Etsi014(False, ca, managers)
+
+
+def _check_device_ids(r: _Reader, topology_file: pathlib.Path | None, ports: dict[str, DevicePorts],
+                      etsi: Etsi014) -> None:
+    """Every device named under devices.ports and devices.etsi014 is one of the topology's."""
+    from devices.host import device_builders
+    from devices.key_manager import KeyManagerDevice
+    from devices.topology import TopologyError, default_topology, load_topology
+
+    try:
+        topology = load_topology(topology_file) if topology_file else default_topology()
+    except TopologyError as error:
+        r.fail("devices.topology", f"not a valid topology: {error.problems[0]}")
+        return
+    kinds = {device_id: build.func for device_id, build in device_builders(topology, None)}
+    managers = sorted(d for d, cls in kinds.items() if issubclass(cls, KeyManagerDevice))
+    for device, entry in ports.items():
+        if device not in kinds:
+            r.fail(f"devices.ports.{device}", f"no such device in topology {topology.name}")
+        elif entry.etsi014 is not None and not issubclass(kinds[device], KeyManagerDevice):
+            r.fail(f"devices.ports.{device}.etsi014", "only a key manager serves ETSI 014")
+    if not etsi.insecure_http:
+        for km in managers:
+            if km not in etsi.key_managers:
+                r.fail(f"devices.etsi014.key_managers.{km}", "missing: every key manager needs a certificate")
+        for km in etsi.key_managers:
+            if km not in managers:
+                r.fail(f"devices.etsi014.key_managers.{km}", f"no such key manager in topology {topology.name}")
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path and path != "(top)" else str(key)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: f"the string {value!r}", bool: f"{value}".lower(),
+            int: f"the number {value}", float: f"the number {value}"}.get(type(value), type(value).__name__)
+
+
+# --- writing --------------------------------------------------------------------------------
+
+def deployment_data(deployment: Deployment, base: pathlib.Path) -> dict:
+    """The YAML form of a deployment; paths under `base` or its parent are written relative to `base`."""
+    def clean(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: clean(getattr(value, f.name)) for f in dataclasses.fields(value)
+                    if not _is_default(getattr(value, f.name), f)}
+        if isinstance(value, pathlib.Path):
+            # relative when beside the file (in its directory or the one above), so that the
+            # whole tree may move
+            return os.path.relpath(value, base) if value.is_relative_to(base.parent) else str(value)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (tuple, list)):
+            return [clean(v) for v in value]
+        return value
+
+    data: dict[str, Any] = {"level": deployment.level, "name": deployment.name,
+                            "listen": clean(deployment.listen), "users": clean(deployment.users)}
+    if deployment.state_dir is not None:
+        data["state_dir"] = clean(deployment.state_dir)
+    if deployment.level != "devices":
+        data["peers"] = clean(deployment.peers)
+    if deployment.part is not None:
+        data[deployment.level] = clean(deployment.part)
+    return data
+
+
+def _is_default(value: Any, f: dataclasses.Field) -> bool:
+    """Left out of the YAML: an unset optional field (a field without a default is always written)."""
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        return False
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return type(value) is type(default) and value == default
+
+
+def write_deployment(path: pathlib.Path, deployment: Deployment) -> None:
+    """Write atomically, readable by this user only (a deployment may hold passwords)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(deployment_data(deployment, path.parent), sort_keys=False, width=120)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(f"# qstrata deployment of the {deployment.level} level (docs/deployment.md)\n{text}")
+    os.replace(scratch, path)
+
+
+# --- what a level is given -------------------------------------------------------------------
+
+def secret(value: str | None, file: pathlib.Path | None) -> str | None:
+    """A password given inline or as the first line of a file."""
+    if file is not None:
+        return file.read_text(encoding="utf-8").splitlines()[0].strip() if file.stat().st_size else ""
+    return value
+
+
+def netconf_users(deployment: Deployment) -> dict:
+    """The level's NETCONF users (netconf_core.User), by name."""
+    from netconf_core import User
+
+    users = {}
+    for login in deployment.users:
+        keys = list(login.authorized_keys)
+        if login.authorized_keys_file is not None:
+            keys += [line.strip() for line in login.authorized_keys_file.read_text(encoding="utf-8").splitlines()
+                     if line.strip() and not line.lstrip().startswith("#")]
+        users[login.name] = User(password=secret(login.password, login.password_file), authorized_keys=keys)
+    return users
+
+
+def endpoint(peer: Peer):
+    """The netconf_core Endpoint of a peer, its host key pinned."""
+    from netconf_core import Endpoint
+
+    return Endpoint(peer.name, peer.address, peer.port, peer.user,
+                    password=secret(peer.password, peer.password_file),
+                    client_keys=(str(peer.private_key_file),) if peer.private_key_file else None,
+                    host_key=peer.host_key, known_hosts=str(peer.known_hosts) if peer.known_hosts else None)
+
+
+def host_key(deployment: Deployment):
+    return asyncssh.read_private_key(str(deployment.listen.host_key_file))
