@@ -10,14 +10,16 @@ import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
 from ncclient import manager
 
+from devices.base import DEMO_PASSWORDS
 from devices.host import DeviceHost
 from devices.topology import Topology, default_topology
+from models.service import SESSIONS_FILTER, ServiceView
 from netconf_core import Endpoint, NetconfServer, Schema, User, standard_nacm
 from tools.cmd_demo import Operator
 from tools.stack import Stack
@@ -66,10 +68,11 @@ class HostedDevices:
     def __init__(self, topology: Topology) -> None:
         self.loop = LoopThread()
         self.topology = topology
-        self.host = DeviceHost(topology, seed=1)
+        self.host = DeviceHost(topology, seed=1, insecure_sae_header=True)   # controller tests: no ETSI 014 call
         self.run(self.host.start())
         self.twin = self.host.network.twin
-        self.devices = {row.id: Endpoint(row.id, row.host, row.port, "admin", "admin") for row in self.host.table()}
+        self.devices = {row.id: Endpoint(row.id, row.host, row.port, "admin", "admin", host_key=row.host_key)
+                        for row in self.host.table()}
         self.kinds = {row.id: row.kind for row in self.host.table()}
 
     def of_kind(self, *kinds: str) -> list[Endpoint]:
@@ -122,23 +125,26 @@ def engine(loop_thread, engine_schema, tmp_path):
 
 @dataclass
 class ServedProcess:
-    """`qstrata serve` of the engine test model, as a subprocess."""
+    """`qstrata serve` (of the engine test model unless told otherwise), as a subprocess."""
 
     process: subprocess.Popen
     port: int
     password: str
 
 
+ENGINE_TEST_SERVE = ("--yang", str(TEST_YANG), "--module", "qs-engine-test", "--user", "admin")
+
+
 @contextlib.contextmanager
-def qstrata_serve(datastore_dir: pathlib.Path | None = None, crash_on_exit: bool = False) -> Iterator[ServedProcess]:
-    """Run `qstrata serve` with the engine test model on a free port, its datastores in
-    `datastore_dir` if given; stop it on exit, or kill it (SIGKILL, as a crash) with
-    `crash_on_exit`."""
+def qstrata_serve(datastore_dir: pathlib.Path | None = None, crash_on_exit: bool = False,
+                  serve_args: Sequence[str] = ENGINE_TEST_SERVE) -> Iterator[ServedProcess]:
+    """Run `qstrata serve SERVE_ARGS` (the engine test model by default) on a free port, with a
+    fresh password, its datastores in `datastore_dir` if given; stop it on exit, or kill it
+    (SIGKILL, as a crash) with `crash_on_exit`."""
     password = secrets.token_urlsafe(12)
     qstrata = str(pathlib.Path(sys.executable).with_name("qstrata"))
     stored = ["--datastore-dir", str(datastore_dir)] if datastore_dir is not None else []
-    process = subprocess.Popen([qstrata, "serve", "--yang", str(TEST_YANG), "--module", "qs-engine-test",
-                                "--port", "0", "--user", "admin", f"--password={password}", *stored],
+    process = subprocess.Popen([qstrata, "serve", *serve_args, "--port", "0", f"--password={password}", *stored],
                                stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -159,7 +165,7 @@ def stack_scenario(tmp_path: pathlib.Path, body, *, wait_s: float, bound_s: floa
     """Run `body(stack, operator)` against a fresh stack of `topology` (Madrid by default) whose
     state lives under tmp_path, then stop everything; the whole within `bound_s` seconds."""
     async def run() -> None:
-        stack = Stack(topology or default_topology(), state_dir=tmp_path / "stack")
+        stack = Stack(topology or default_topology(), state_dir=tmp_path / "stack", passwords=DEMO_PASSWORDS)
         await stack.start()
         try:
             async with Operator(stack, wait_s) as operator:
@@ -178,3 +184,11 @@ async def until(check, what: str, timeout: float = 30.0, period: float = 0.2):
         assert loop.time() < deadline, f"{what} did not happen within {timeout:g} s"
         await asyncio.sleep(period)
     return value
+
+
+async def read_sessions(nc) -> dict[str, dict[str, str]]:
+    """Status, reason, path (as 'node - node') and delivered keys of every session on a service controller."""
+    data = await nc.get(filter=("subtree", SESSIONS_FILTER))
+    return {name: {"status": s.status or "", "reason": s.reason, "path": " - ".join(h.node_id for h in s.path),
+                   "delivered-keys": str(s.delivered_keys)}
+            for name, s in ServiceView.parse(data).sessions.items()}

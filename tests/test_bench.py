@@ -21,3 +21,17 @@ def test_netconf_benchmark_reports_every_row_for_the_three_servers():
         row = next(line for line in lines if line.startswith(title))
         figures = re.findall(r"(\d+(?:\.\d+)?)(?: ms)?", row[42:])
         assert len(figures) == 4 and all(float(f) > 0 for f in figures), row
+
+
+def test_controllers_benchmark_takes_its_options_and_compares_with_a_revision():
+    """`qstrata bench controllers` passes its options through (a small network, no re-plans)
+    and with --against measures HEAD in a worktree beside this checkout, one row per figure."""
+    result = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "controllers", "--sizes", "8", "--replans",
+                             "0", "--against", "HEAD", "--rounds", "1"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("sync 8 key managers"))
+    before, after, ratio = (float(x) for x in row.split()[-3:])
+    assert before > 0 and after > 0 and abs(ratio - after / before) < 0.01
+    worktrees = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "qstrata-bench-" not in worktrees

@@ -12,17 +12,18 @@ import sys
 
 from lxml import etree
 
-from controller.service import read_sessions
 from devices.topology import SaeSpec, default_topology
 from netconf_core.client import NetconfClient
 from orchestrator.planner import candidate_links
-from orchestrator.requests import links_config, links_delete
+from models.alarms import read_alarms
+from models.forwarding import ForwardingView, links_config, links_delete
+from models.ns import ALARMS as AL_NS, NW as NW_NS, SERVICE as SVC_NS
 from orchestrator.store import IntentStore
-from orchestrator.views import AL_NS, NW_NS, SVC_NS, FibreView, ForwardingView, parse_alarms
+from models.connectivity import read_fibre_network
 from tools.cmd_demo import Operator, path_of
 from tools.cmd_up import write_state
 from tools.stack import Stack
-from conftest import stack_scenario, until
+from conftest import read_sessions, stack_scenario, until
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FWD_NS = "urn:qstrata:yang:qi-forwarding"
@@ -86,7 +87,7 @@ def test_alarm_of_a_deleted_link_is_cleared_and_a_later_cut_converges(tmp_path):
                                       and "qber-above-threshold" in e.findtext(f"{{{AL_NS}}}alarm-type-id")
                                       and direct in e.findtext(f"{{{AL_NS}}}resource"))
         assert f"link {direct} was deleted" == cleared.findtext(f"{{{AL_NS}}}alarm-text")
-        alarms = parse_alarms(await op.sessions["forwarding"].get(filter=ALARMS))
+        alarms = read_alarms(await op.sessions["forwarding"].get(filter=ALARMS))
         assert not raised_on(alarms, direct)
         assert {a.type_id for a in alarms if a.link_id == direct} == {"qber-above-threshold", "link-down"}
         await op.span_action(span, "remove-eavesdropper")
@@ -156,7 +157,7 @@ async def _passes_since(stack: Stack, passes: int, count: int) -> bool:
 def test_alarm_list_raises_clears_on_deletion_and_status_shows_it(tmp_path):
     async def body(stack, op):
         fwd = await forwarding_links(op)
-        fibre = FibreView.parse(await op.sessions["connectivity"].get(filter=NETWORKS))
+        fibre = read_fibre_network(await op.sessions["connectivity"].get(filter=NETWORKS))
         [link] = [c for c in candidate_links(fwd, fibre) if c.spans == ("quintin-almagro",)]
         nc = op.sessions["forwarding"]
         await nc.edit_config(links_config(fwd.network_id, [link]), target="running")  # an operator's own link
@@ -164,7 +165,7 @@ def test_alarm_list_raises_clears_on_deletion_and_status_shows_it(tmp_path):
         await op.span_action("quintin-almagro", "attach-eavesdropper", **{"intercept-fraction": "0.5"})
 
         async def raised():
-            return raised_on(parse_alarms(await nc.get(filter=ALARMS)), link.link_id)
+            return raised_on(read_alarms(await nc.get(filter=ALARMS)), link.link_id)
         kinds = {a.type_id for a in await until(raised, "a QBER alarm")}
         assert "qber-above-threshold" in kinds
         data = await nc.get(filter=ALARMS)
@@ -189,7 +190,7 @@ def test_alarm_list_raises_clears_on_deletion_and_status_shows_it(tmp_path):
         qber = await op.wait_event("forwarding", lambda e: e.tag == f"{{{FWD_NS}}}qber-alarm"
                                    and e.findtext(f"{{{FWD_NS}}}raised") == "false")
         assert qber.findtext(f"{{{FWD_NS}}}link-id") == link.link_id
-        alarms = [a for a in parse_alarms(await nc.get(filter=ALARMS)) if a.link_id == link.link_id]
+        alarms = [a for a in read_alarms(await nc.get(filter=ALARMS)) if a.link_id == link.link_id]
         assert alarms and all(a.cleared and a.text == f"link {link.link_id} was deleted" for a in alarms)
         assert all(a.severity == "major" for a in alarms)  # the severity it had; 'cleared' is in status-change
         status = await qstrata_status(stack_file)
@@ -197,7 +198,7 @@ def test_alarm_list_raises_clears_on_deletion_and_status_shows_it(tmp_path):
         await op.span_action("quintin-almagro", "remove-eavesdropper")
 
         async def span_alarms_cleared():  # the connectivity controller's list
-            alarms = [a for a in parse_alarms(await op.sessions["connectivity"].get(filter=ALARMS))
+            alarms = [a for a in read_alarms(await op.sessions["connectivity"].get(filter=ALARMS))
                       if a.link_id == "quintin-almagro"]
             return alarms if alarms and all(a.cleared for a in alarms) else None
         [tapped] = await until(span_alarms_cleared, "the span alarm cleared")
@@ -231,8 +232,8 @@ def test_a_path_that_breaks_whenever_it_is_made_backs_off_and_is_counted(tmp_pat
         # plannable again, and so on for ever.
         almagro = next(row for row in stack.table() if row.name == "qkd-almagro")
         async with await NetconfClient.connect(almagro.host, almagro.port, *almagro.read_write) as nc:
-            await nc.edit_config(f"<qkd_node xmlns='urn:etsi:qkd:yang:etsi-qkd-node'><qber-alarm-threshold "
-                                 f"xmlns='urn:qstrata:yang:qi-qkd-node-ext'>0.010</qber-alarm-threshold></qkd_node>",
+            await nc.edit_config("<qkd_node xmlns='urn:etsi:qkd:yang:etsi-qkd-node'><qber-alarm-threshold "
+                                 "xmlns='urn:qstrata:yang:qi-qkd-node-ext'>0.010</qber-alarm-threshold></qkd_node>",
                                  target="running")
         # Montegancedo's one span ends at Almagro: no other way (through a trusted node, or an
         # optical bypass of one) joins them.

@@ -10,14 +10,14 @@ import subprocess
 import sys
 import time
 
+import asyncssh
 import pytest
-from lxml import etree
 from ncclient import manager
 from ncclient.operations.rpc import RPCError as NcRPCError
 from ncclient.xml_ import to_ele
 
 from conftest import ENGINE_NS, TEST_YANG, ServedProcess, qstrata_serve
-from netconf_core import Endpoint
+from netconf_core import Endpoint, public_key_line
 from netconf_core.server import User
 from orchestrator.intents import Orchestrator
 from orchestrator.store import IntentStore
@@ -180,7 +180,8 @@ def test_orchestrator_reverts_a_confirmed_intent_left_by_its_last_run(tmp_path, 
     confirmed commit whose timeout passed while it was down is reverted through its change
     handler, so the store forgets the unconfirmed intent too. (Its strata are unreachable here:
     taking in a configuration needs only the store.)"""
-    nowhere = Endpoint("nowhere", "127.0.0.1", 9, "admin", "admin")
+    nowhere = Endpoint("nowhere", "127.0.0.1", 9, "admin", "admin",
+                       host_key=public_key_line(asyncssh.generate_private_key("ssh-ed25519")))  # never reached
     users = {"admin": User(password="admin-pw")}
 
     async def started() -> Orchestrator:

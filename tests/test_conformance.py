@@ -4,13 +4,15 @@ our reading of them: our server passes every check; netconfd passes every check 
 documented deviations, which are asserted by id so that a change on either side is noticed.
 Every get and get-config reply of our server is validated by yanglint against the models.
 Against a server of other modules (the README's example, qi-optical-switch) the suite runs the
-protocol checks and skips the model's, naming the module they need."""
+protocol checks and skips the model's, naming the module they need. The RESTCONF section runs
+against our RestconfServer on a server of the test model (urllib; netconfd and `qstrata serve`
+offer no RESTCONF, and the section is skipped there, saying so); the YANG-Push section runs
+wherever ietf-yang-push is advertised (ours, not netconfd)."""
 from __future__ import annotations
 
 import contextlib
 import json
 import re
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +23,8 @@ import pytest
 from lxml import etree
 from ncclient import manager
 
-from conftest import qstrata_serve
+from conftest import LoopThread, qstrata_serve, start_server
+from netconf_core.restconf import RestconfServer
 from tools import conform
 from tools.netconfd import NetconfdServer
 
@@ -57,15 +60,70 @@ def netconfd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Netconf
         yield server, suite.run()
 
 
+RESTCONF_CHECKS = {c.id for c in conform.CHECKS if c.restconf}
+PUSH_CHECKS = {c.id for c in conform.CHECKS if c.id.startswith("push-")}
+
+
+@dataclass
+class RestconfServed:
+    url: str
+    port: int  # NETCONF
+    results: list[conform.Result]
+
+
+@pytest.fixture(scope="module")
+def ours_restconf(engine_schema) -> Iterator[RestconfServed]:
+    """Our NETCONF server of the test model with RESTCONF on, and the RESTCONF section's results
+    against it (the address found by the suite in restconf-state)."""
+    loop = LoopThread()
+    running = start_server(loop, engine_schema)
+    restconf = RestconfServer(running.server, "127.0.0.1", 0)
+    loop.run(restconf.start())
+    try:
+        suite = conform.Suite("127.0.0.1", running.port, "admin", password="admin-pw")
+        yield RestconfServed(restconf.url, running.port, suite.run(RESTCONF_CHECKS))
+    finally:
+        loop.run(restconf.stop())
+        loop.run(running.server.stop())
+        loop.close()
+
+
 def by_id(results: list[conform.Result]) -> dict[str, conform.Result]:
     return {r.id: r for r in results}
 
 
 @pytest.mark.parametrize("check_id", [
     c for c in [c.id for c in conform.CHECKS] + ["restore"]])
-def test_our_server_passes(ours: Served, check_id: str) -> None:
-    result = by_id(ours.results)[check_id]
+def test_our_server_passes(request, check_id: str) -> None:
+    served = request.getfixturevalue("ours_restconf" if check_id in RESTCONF_CHECKS else "ours")
+    result = by_id(served.results)[check_id]
     assert result.status == "pass", f"{result.id} ({result.section}): {result.status}: {result.reason}"
+
+
+def test_the_restconf_section_ran_with_the_address_restconf_state_names(ours_restconf) -> None:
+    assert {r.id for r in ours_restconf.results} == RESTCONF_CHECKS | {"restore"} and len(RESTCONF_CHECKS) >= 15
+
+
+def test_the_restconf_checks_fail_against_a_server_of_other_data(engine_schema) -> None:
+    """The RESTCONF section can fail: pointed at the RESTCONF of a second server (its own
+    datastore), the data checks see neither the fixture the suite wrote over NETCONF nor,
+    over NETCONF, what they wrote; the protocol-only ones still pass."""
+    loop = LoopThread()
+    first, second = start_server(loop, engine_schema), start_server(loop, engine_schema)
+    restconf = RestconfServer(second.server, "127.0.0.1", 0)
+    loop.run(restconf.start())
+    try:
+        results = conform.Suite("127.0.0.1", first.port, "admin", password="admin-pw",
+                                restconf=restconf.url).run(RESTCONF_CHECKS)
+    finally:
+        loop.run(restconf.stop())
+        for running in (first, second):
+            loop.run(running.server.stop())
+        loop.close()
+    status = {r.id: r.status for r in results}
+    assert {"restconf-get-json", "restconf-post", "restconf-yang-patch", "restconf-etag"} <= {
+        i for i, s in status.items() if s == "fail"}
+    assert status["restconf-discovery"] == status["restconf-auth"] == "pass"
 
 
 def test_our_get_replies_are_valid_per_yanglint(ours: Served) -> None:
@@ -89,7 +147,10 @@ def test_netconfd_fails_exactly_its_documented_deviations(netconfd) -> None:
     assert set(failed) == set(conform.NETCONFD_DEVIATIONS), "\n".join(
         f"{r.id}: {r.reason}" for r in failed.values() if r.id not in conform.NETCONFD_DEVIATIONS)
     assert all(r.deviation.startswith("netconfd deviation: ") for r in failed.values())
-    assert [r.id for r in results if r.status == "skip"] == []
+    skipped = {r.id: r for r in results if r.status == "skip"}  # no RESTCONF, no YANG-Push: nothing else
+    assert set(skipped) == RESTCONF_CHECKS | PUSH_CHECKS
+    assert all("RESTCONF" in skipped[i].reason for i in RESTCONF_CHECKS)
+    assert all(skipped[i].reason.startswith("needs module ietf-") for i in PUSH_CHECKS)
 
 
 def test_every_deviation_names_a_check() -> None:
@@ -113,27 +174,30 @@ def test_cli_reports_json_and_exit_codes(ours: Served, netconfd) -> None:
     assert "FAIL  get-schema-unknown" in bad.stdout and "netconfd deviation: RFC 6022 3.1" in bad.stdout
 
 
+def test_cli_runs_the_restconf_checks_at_the_address_given(ours_restconf) -> None:
+    run = subprocess.run([QSTRATA, "conform", "127.0.0.1", str(ours_restconf.port), "--user", "admin",
+                          "--password=admin-pw", "--restconf", ours_restconf.url, "--check", "restconf-etag",
+                          "--check", "push-on-change"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "PASS  restconf-etag" in run.stdout and "PASS  push-on-change" in run.stdout
+    nowhere = subprocess.run([QSTRATA, "conform", "127.0.0.1", str(ours_restconf.port), "--user", "admin",
+                              "--password=admin-pw", "--restconf", "http://127.0.0.1:9", "--check", "restconf-etag"],
+                             capture_output=True, text=True, timeout=120)
+    assert nowhere.returncode == 0, nowhere.stdout + nowhere.stderr
+    assert "SKIP  restconf-etag" in nowhere.stdout and "no RESTCONF at http://127.0.0.1:9" in nowhere.stdout
+
+
 # --- any server: the README's example ----------------------------------------------------
 
 
 @contextlib.contextmanager
 def serve_optical_switch() -> Iterator[tuple[int, str]]:
     """The README's `qstrata serve --module qi-optical-switch ... --password ...`, on a free port."""
-    password = secrets.token_urlsafe(12)
-    process = subprocess.Popen([QSTRATA, "serve", "--module", "qi-optical-switch", "--port", "0",
-                                f"--password={password}"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        banner = process.stdout.readline()
-        match = re.search(r"on 127\.0\.0\.1:(\d+) ", banner)
-        assert match, f"no port in {banner!r}"
-        yield int(match.group(1)), password
-    finally:
-        process.terminate()
-        process.wait(10)
+    with qstrata_serve(serve_args=("--module", "qi-optical-switch")) as served:
+        yield served.port, served.password
 
 
-MODEL_CHECKS = {c.id for c in conform.CHECKS if c.modules == conform.MODEL}
+MODEL_CHECKS = {c.id for c in conform.CHECKS if c.modules == conform.MODEL and not c.restconf}
 SCRATCH_CHECKS = {c.id for c in conform.CHECKS if c.modules == conform.SCRATCH}
 
 
@@ -147,15 +211,21 @@ def test_any_server_passes_every_check_its_modules_allow_and_names_the_skipped()
             running = m.get_config("running").xml
     assert [f"{r.id}: {r.reason}" for r in results if r.status == "fail"] == []
     skipped = {r.id: r for r in results if r.status == "skip"}
-    assert set(skipped) == MODEL_CHECKS  # the protocol's own checks all ran, and those of one value
-    assert len(SCRATCH_CHECKS) == 9 and conform.SCRATCH_GROUP not in running  # ... in a NACM group, removed
+    # the protocol's own checks all ran, those of one value and YANG-Push's on a NACM group;
+    # `qstrata serve` has no RESTCONF
+    assert set(skipped) == MODEL_CHECKS | RESTCONF_CHECKS
+    assert len(SCRATCH_CHECKS) == 9 and conform.SCRATCH_GROUP not in running  # ... removed at the end
     assert all(r.needs_module == conform.MODULE and f"needs module {conform.MODULE}" in r.reason
-               for r in skipped.values())
+               for i, r in skipped.items() if i in MODEL_CHECKS)
+    assert all(r.reason.startswith("the server offers no RESTCONF: its restconf-state names no RESTCONF address")
+               for i, r in skipped.items() if i in RESTCONF_CHECKS)
     passed = {r.id for r in results if r.status == "pass"}
-    assert passed == {c.id for c in conform.CHECKS} - MODEL_CHECKS | {"restore"}
+    assert passed == {c.id for c in conform.CHECKS} - MODEL_CHECKS - RESTCONF_CHECKS | {"restore"}
+    assert PUSH_CHECKS <= passed and len(PUSH_CHECKS) == 7
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert f"skipped: needs module {conform.MODULE} ({len(MODEL_CHECKS)} checks)" in cli.stdout
-    assert f"0 failed, {len(MODEL_CHECKS)} skipped" in cli.stdout
+    assert "skipped: the server offers no RESTCONF" in cli.stdout and f"({len(RESTCONF_CHECKS)} checks)" in cli.stdout
+    assert f"0 failed, {len(MODEL_CHECKS) + len(RESTCONF_CHECKS)} skipped" in cli.stdout
 
 
 def test_the_suite_ships_its_model_and_reads_nothing_under_tests() -> None:

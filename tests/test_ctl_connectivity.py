@@ -314,7 +314,8 @@ def two_routes():
 
 def _action(span: str, body: str) -> str:
     return (f'<action xmlns="urn:ietf:params:xml:ns:yang:1"><networks xmlns="{NW}"><network>'
-            f'<network-id>fibre</network-id><link xmlns="{NT}"><link-id>{span}</link-id>{body}</link>'
+            f'<network-id>fibre</network-id><link xmlns="{NT}"><link-id>{span}</link-id>'
+            f'<fibre-span xmlns="{CONN}">{body}</fibre-span></link>'
             f'</network></networks></action>')
 
 

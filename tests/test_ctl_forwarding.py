@@ -68,7 +68,8 @@ class Stack(HostedDevices):
         self.run(self.connectivity.start())
         self.ctl = ForwardingController(
             "forwarding", self.of_kind("qkd-node"),
-            Endpoint("connectivity", "127.0.0.1", self.connectivity.port, "admin", "admin"), USERS,
+            Endpoint("connectivity", "127.0.0.1", self.connectivity.port, "admin", "admin",
+                     host_key=self.connectivity.server.public_host_key), USERS,
             km_by_site={km.site: km.id for km in self.topology.key_managers}, resync_period=3600)
         self.run(self.ctl.start())
         self.run(self.connectivity.wait_synced())

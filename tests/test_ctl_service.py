@@ -18,10 +18,11 @@ import aiohttp
 import pytest
 from lxml import etree
 
-from conftest import LoopThread
-from controller.service import (KM, SVC, ForwardingView, KmConfig, KmSession, KmView, NoPath, Planner, QkdLink,
-                                QkdNode, Request, km_edit, read_sessions)
-from devices.etsi014 import SAE_HEADER
+from conftest import LoopThread, read_sessions
+from controller.key_paths import NoPath, Planner
+from models.forwarding import ForwardingView, QkdLink, QkdNode
+from models.key_manager import KmConfig, KmSession, KmView, km_edit
+from models.service import SessionConfig as Request
 from devices.topology import default_topology
 from netconf_core.client import NetconfClient
 from netconf_core.datastore import empty_tree
@@ -50,9 +51,10 @@ def _view(**changes: dict) -> ForwardingView:
     for n, (link_id, a, b) in enumerate([("ab", "a", "b"), ("bd", "b", "d"), ("ac", "a", "c"),
                                          ("cd", "c", "d"), ("ce", "c", "e")]):
         fields = {"status": "ACTIVE", "eskr": 10_000, "qber": 2.0} | changes.get(link_id, {})
-        links[link_id] = QkdLink(link_id, _uuid(n), (a, b), fields["status"], fields["eskr"], fields["qber"])
+        links[link_id] = QkdLink(link_id, (a, ""), (b, ""), _uuid(n), "PHYS", fields["status"], None, fields["eskr"],
+                                 fields["qber"], None)
     nodes = {n: QkdNode(n, f"km-{n}", f"site-{n}") for n in "abcde"}
-    return ForwardingView(nodes, links)
+    return ForwardingView("", nodes, links)
 
 
 def _planner(view: ForwardingView | None = None, alarms: dict[str, str] | None = None,
@@ -137,10 +139,10 @@ def test_forwarding_view_reads_phys_links_of_the_qkd_network() -> None:
     data = etree.parse(str(INSTANCES / "qi-forwarding" / "valid-data.xml")).getroot()
     root = empty_tree()
     root.append(data)
-    view = ForwardingView.from_xml(root, {})
+    view = ForwardingView.parse(root).key_paths({})
     assert sorted(view.links) == ["alice-bob", "bob-carol"]       # the VIRT link is not planned over
     ab = view.links["alice-bob"]
-    assert (ab.ends, ab.status, ab.eskr, ab.qber) == (("alice", "bob"), "ACTIVE", 770_000, 1.21)
+    assert (ab.nodes(), ab.status, ab.eskr, ab.qber) == (("alice", "bob"), "ACTIVE", 770_000, 1.21)
     assert view.links["bob-carol"].status == "PASSIVE"
 
 
@@ -192,6 +194,8 @@ LINKS = {"q-c": (("qkd-quintin", 1), ("qkd-concepcion", 1)), "c-d": (("qkd-conce
          "n-d": (("qkd-norte", 2), ("qkd-distrito", 1))}
 QKDL = {name: _uuid(100 + i) for i, name in enumerate(LINKS)}
 ROUTE_A = "qkd-quintin - qkd-concepcion - qkd-distrito"
+KM = "urn:qstrata:yang:qi-key-manager"
+SVC = "urn:qstrata:yang:qi-service"
 ROUTE_B = "qkd-quintin - qkd-almagro - qkd-norte - qkd-distrito"
 NW = "urn:ietf:params:xml:ns:yang:ietf-network"
 NT = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
@@ -260,7 +264,7 @@ class Running:
         async with aiohttp.ClientSession() as http:
             for _ in range(50):   # the pools may still be filling
                 async with http.get(f"{master_url}/api/v1/keys/sae-{destination}/enc_keys",
-                                    params={"number": str(number)}, headers={SAE_HEADER: f"sae-{source}"}) as r:
+                                    params={"number": str(number)}, ssl=self.stack.sae_ssl(f"sae-{source}")) as r:
                     body = await r.json()
                     if r.status != 503:
                         break
@@ -268,7 +272,7 @@ class Running:
             assert r.status == 200, body
             ids = {"key_IDs": [{"key_ID": k["key_ID"]} for k in body["keys"]]}
             async with http.post(f"{slave_url}/api/v1/keys/sae-{source}/dec_keys", json=ids,
-                                 headers={SAE_HEADER: f"sae-{destination}"}) as r:
+                                 ssl=self.stack.sae_ssl(f"sae-{destination}")) as r:
                 assert r.status == 200, await r.text()
                 fetched = await r.json()
         assert fetched["keys"] == body["keys"] and len(body["keys"]) == number

@@ -12,15 +12,18 @@ import sys
 import time
 
 import aiohttp
+import asyncssh
 import pytest
 from lxml import etree
 
 from device_checks import validated_get
 from devices.host import DeviceHost
-from devices.key_manager import NS as KM_NS
+from models.ns import KEY_MANAGER as KM_NS
 from devices.plant import NS as PLANT_NS
-from devices.qkd_node import NS as NODE_NS, node_uuid
+from devices.qkd_node import node_uuid
+from models.ns import ETSI_NODE as NODE_NS
 from devices.topology import default_topology
+from netconf_core import public_key_line
 from netconf_core.client import NetconfClient
 from tools import cli
 
@@ -31,7 +34,8 @@ SPEED = 20.0  # emulated seconds per real second: outages pass quickly
 @pytest.fixture
 def host(loop_thread, tmp_path):
     """The Madrid network running in a background event loop, state under tmp_path."""
-    running = DeviceHost(default_topology(), state_dir=tmp_path / "state", speed=SPEED, seed=1)
+    running = DeviceHost(default_topology(), state_dir=tmp_path / "state", speed=SPEED, seed=1,
+                         insecure_sae_header=True)
     loop_thread.run(running.start())
     yield running
     loop_thread.run(running.stop())
@@ -116,6 +120,26 @@ def test_a_crashed_key_manager_is_unreachable_then_restarts_on_its_ports_from_di
         loop_thread.run(host.restart("km-atocha"))
 
 
+def pinned(row, tmp_path) -> list[str]:
+    """`qstrata fault` options reaching the device of `row`, its host key in a known_hosts file."""
+    known = tmp_path / f"known_hosts-{row.id}"
+    known.write_text(f"[{row.host}]:{row.port} {row.host_key}\n")
+    return ["--port", str(row.port), "--known-hosts", str(known), "--stack-file", str(tmp_path / "none.json")]
+
+
+def test_fault_commands_refuse_a_device_whose_host_key_is_not_the_known_one(host, tmp_path, capsys):
+    plant = next(r for r in host.table() if r.kind == "fibre-plant")
+    other = public_key_line(asyncssh.generate_private_key("ssh-ed25519"))
+    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{plant.port} {other}\n")
+    assert cli.main(["fault", "cut-span", "norte-distrito", "--port", str(plant.port),
+                     "--known-hosts", str(tmp_path / "known_hosts")]) == 2
+    assert f"host key of 127.0.0.1:{plant.port} is not trusted" in capsys.readouterr().err
+    # with no stack file and no known_hosts file, there is nothing to check the key against
+    assert cli.main(["fault", "cut-span", "norte-distrito", "--port", str(plant.port),
+                     "--stack-file", str(tmp_path / "none.json")]) == 2
+    assert "no host key for" in capsys.readouterr().err
+
+
 def test_fault_commands_act_on_the_plant_over_netconf(host, loop_thread, tmp_path, capsys):
     plant = next(r for r in host.table() if r.kind == "fibre-plant")
     span = "norte-distrito"
@@ -127,7 +151,7 @@ def test_fault_commands_act_on_the_plant_over_netconf(host, loop_thread, tmp_pat
             return entry.findtext(f"{{{PLANT_NS}}}status"), entry.findtext(f"{{{PLANT_NS}}}eavesdropper-fraction")
         return nc_call(loop_thread, plant.port, work)
 
-    port = ["--port", str(plant.port)]
+    port = pinned(plant, tmp_path)
     assert cli.main(["fault", "cut-span", span] + port) == 0
     assert status() == ("cut", "0.0")
     assert cli.main(["fault", "repair-span", span] + port) == 0
@@ -141,7 +165,7 @@ def test_fault_commands_act_on_the_plant_over_netconf(host, loop_thread, tmp_pat
     assert "network 'madrid' has no span 'atocha-sol'" in capsys.readouterr().err
 
 
-def test_fault_commands_drain_and_restart_a_key_manager_and_refuse_the_wrong_device(host, loop_thread, capsys):
+def test_fault_commands_drain_and_restart_a_key_manager_and_refuse_the_wrong_device(host, loop_thread, tmp_path, capsys):
     km = next(r for r in host.table() if r.id == "km-quintin")
     link = "00000000-0000-4000-8000-0000000000a1"
     peer = next(r for r in host.table() if r.id == "km-almagro")
@@ -151,7 +175,7 @@ def test_fault_commands_drain_and_restart_a_key_manager_and_refuse_the_wrong_dev
                                  f"<peer-km-id>{there.id}</peer-km-id></key-pool></key-pools></key-manager>")
             await nc.copy_config("running", "startup")
         nc_call(loop_thread, here.port, configure)
-    port = ["--port", str(km.port)]
+    port = pinned(km, tmp_path)
     assert cli.main(["fault", "drain-pool", "km-quintin", link] + port) == 0
     assert f"key manager km-quintin: pool of link {link} drained at both ends" in capsys.readouterr().out
 
@@ -168,9 +192,9 @@ def test_fault_commands_drain_and_restart_a_key_manager_and_refuse_the_wrong_dev
     assert km_leaf(pools, "key-manager/key-pools/key-pool/link-id") == link
 
 
-def test_fault_commands_crash_a_qkd_node_named_by_its_topology_id(host, loop_thread, capsys):
+def test_fault_commands_crash_a_qkd_node_named_by_its_topology_id(host, loop_thread, tmp_path, capsys):
     node = next(r for r in host.table() if r.id == "qkd-norte")
-    port = ["--port", str(node.port)]
+    port = pinned(node, tmp_path)
 
     def status() -> str:
         async def work(nc):
@@ -193,7 +217,7 @@ def test_fault_commands_crash_a_qkd_node_named_by_its_topology_id(host, loop_thr
 
 def test_devices_up_prints_who_listens_where_and_stops_on_sigint(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "tools.cli", "devices", "up", "--speed", "5",
-                                "--state-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                "--state-dir", str(tmp_path), "--demo-credentials"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         lines = []
@@ -233,7 +257,7 @@ def test_devices_up_reports_a_bad_topology_file(tmp_path, capsys):
 
 
 def test_without_a_state_dir_the_host_cleans_up_after_itself(loop_thread):
-    host = DeviceHost(default_topology())
+    host = DeviceHost(default_topology(), insecure_sae_header=True)
     state_dir = host.network.state_dir
     loop_thread.run(host.start())
     assert (state_dir / "km-quintin" / "datastores").is_dir()

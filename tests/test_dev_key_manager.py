@@ -18,7 +18,8 @@ from lxml import etree
 from device_checks import next_notification, validated_get
 from devices.base import NetworkContext
 from devices.etsi014 import SAE_HEADER
-from devices.key_manager import NS, KeyManagerDevice
+from devices.key_manager import KeyManagerDevice
+from models.ns import KEY_MANAGER as NS
 from devices.keystore import KeyNetwork, KeyStateError
 from devices.topology import KeyManagerSpec, SaeSpec
 from devices.twin import Clock, Twin
@@ -46,7 +47,7 @@ class Network:
         self.checks = state_dir / "checks"  # what yanglint is given
         self.time = ManualTime()
         clock = Clock(source=self.time)
-        self.context = NetworkContext(Twin(clock), KeyNetwork(clock), state_dir=state_dir)
+        self.context = NetworkContext(Twin(clock), KeyNetwork(clock), state_dir=state_dir, insecure_sae_header=True)
         self.devices: dict[str, KeyManagerDevice] = {}
 
     def make(self, name: str, port: int = 0, etsi014_port: int = 0) -> KeyManagerDevice:

@@ -15,6 +15,7 @@ from devices.topology import build_twin, default_topology
 from devices.twin import Clock
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
+from netconf_core.ns import MONITORING
 
 PLANT = f'<fibre-plant xmlns="{NS}"/>'
 CHANGE = f"{{{NS}}}span-status-change"
@@ -139,3 +140,36 @@ def test_the_clock_speed_is_configuration(tmp_path):
         later = float((await validated_get(nc, PLANT, tmp_path)).findtext(f"{q('clock')}/{q('emulated-time')}"))
         assert later - start >= 2000 * 0.05
     run(test, speed=50.0)
+
+
+class CountingPlant(FibrePlantDevice):
+    """The plant, counting the runs of its state provider."""
+
+    state_runs = 0
+
+    async def state(self):
+        self.state_runs += 1
+        return await super().state()
+
+
+def test_the_plant_state_runs_only_for_a_get_that_can_select_it():
+    async def main():
+        topology = default_topology()
+        twin = build_twin(topology, Clock(1.0), random.Random(1))
+        device = CountingPlant(topology, NetworkContext(twin, KeyNetwork(twin.clock)))
+        await device.start()
+        try:
+            async with await NetconfClient.connect("127.0.0.1", device.port, "admin", "admin") as nc:
+                monitoring = await nc.get(("subtree", f'<netconf-state xmlns="{MONITORING}"><sessions/></netconf-state>'))
+                runs_elsewhere = device.state_runs
+                plant = await nc.get(("subtree", PLANT))
+                runs_for_plant = device.state_runs
+                await nc.get()
+                return monitoring, runs_elsewhere, plant, runs_for_plant, device.state_runs
+        finally:
+            await device.stop()
+    monitoring, runs_elsewhere, plant, runs_for_plant, runs_for_all = asyncio.run(asyncio.wait_for(main(), 30))
+    assert monitoring.find(f"{{{MONITORING}}}netconf-state") is not None
+    assert runs_elsewhere == 0
+    assert plant.find(f"{{{NS}}}fibre-plant/{{{NS}}}spans") is not None
+    assert (runs_for_plant, runs_for_all) == (1, 2)

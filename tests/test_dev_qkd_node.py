@@ -23,7 +23,8 @@ from devices.optical_switch import NS as SWITCH_NS
 from devices.optical_switch import OpticalSwitchDevice
 from devices.plant import NS as PLANT_NS
 from devices.plant import FibrePlantDevice
-from devices.qkd_node import EXT_NS, NS, QkdNodeDevice, node_uuid
+from devices.qkd_node import QkdNodeDevice, node_uuid
+from models.ns import ETSI_NODE as NS, NODE_EXT as EXT_NS
 from devices.topology import build_twin, default_topology
 from devices.twin import Clock
 from netconf_core.client import NetconfClient
@@ -272,7 +273,7 @@ def test_restart_and_failure_take_the_node_down_then_back(tmp_path):
         distrito, quintin = network.sessions["qkd-distrito"], network.sessions["qkd-quintin"]
         await distrito.create_subscription()
         await quintin.create_subscription()
-        action = (f'<action xmlns="urn:ietf:params:xml:ns:yang:1"><qkd_node xmlns="{NS}">{{}}</qkd_node></action>')
+        action = "{}"  # the node's fault injection: RPCs of qi-qkd-node-ext
 
         await quintin.dispatch(action.format(f'<restart xmlns="{EXT_NS}"><outage>2</outage></restart>'))
         down = await network.notification("qkd-distrito", "sdqkdn_link_down")

@@ -17,8 +17,9 @@ from ncclient import manager
 from device_checks import yanglint
 from devices.etsi014 import SAE_HEADER
 from devices.host import DeviceHost
-from devices.key_manager import NS as KM
-from devices.qkd_node import NS as NODE, TYPES_NS, node_uuid
+from models.ns import KEY_MANAGER as KM
+from devices.qkd_node import node_uuid
+from models.ns import ETSI_NODE as NODE, ETSI_TYPES as TYPES_NS
 from devices.optical_switch import NS as SWITCH
 from devices.topology import default_topology
 
@@ -37,7 +38,8 @@ SESSION_BURST = 2048  # bits: eight 256-bit keys; the rate (1 b/s) never refills
 
 @pytest.fixture
 def madrid(loop_thread, tmp_path):
-    host = DeviceHost(default_topology(), state_dir=tmp_path / "state", speed=5.0, seed=7)
+    host = DeviceHost(default_topology(), state_dir=tmp_path / "state", speed=5.0, seed=7,
+                      insecure_sae_header=True)   # ETSI 014 over TLS: tests/test_etsi014_tls.py
     loop_thread.run(host.start())
     yield host
     loop_thread.run(host.stop())

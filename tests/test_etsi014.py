@@ -75,8 +75,9 @@ def kms(time, limits):
 def scenario(kms, test, ssl_context=None, client_ssl=None, **server):
     """Serve A and D over HTTP (or A over HTTPS), run `test(a_url, d_url, http)`, stop."""
     async def main():
-        async with Etsi014Server(kms["A"], ssl_context=ssl_context, **server) as a, \
-                Etsi014Server(kms["D"], **server) as d:
+        async with Etsi014Server(kms["A"], ssl_context=ssl_context, insecure_sae_header=ssl_context is None,
+                                 **server) as a, \
+                Etsi014Server(kms["D"], insecure_sae_header=True, **server) as d:
             connector = aiohttp.TCPConnector(ssl=client_ssl) if client_ssl else None
             async with aiohttp.ClientSession(connector=connector) as http:
                 await test(f"{a.url}/api/v1/keys", f"{d.url}/api/v1/keys", http)
@@ -91,7 +92,8 @@ async def call(http, method, url, sae=None, headers=None, **kw):
 
 def test_servers_listen_on_loopback_ports_of_their_own(kms):
     async def main():
-        async with Etsi014Server(kms["A"]) as a, Etsi014Server(kms["D"]) as d:
+        async with Etsi014Server(kms["A"], insecure_sae_header=True) as a, \
+                Etsi014Server(kms["D"], insecure_sae_header=True) as d:
             assert a.url.startswith("http://127.0.0.1:") and a.port != d.port and a.port > 0
     asyncio.run(main())
 
@@ -508,7 +510,7 @@ def test_property_random_requests_never_answer_500_and_change_nothing_unless_ser
 
 
 async def _start(km):
-    server = Etsi014Server(km)
+    server = Etsi014Server(km, insecure_sae_header=True)
     await server.start()
     return server
 

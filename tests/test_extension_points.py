@@ -235,9 +235,12 @@ def test_datastores_are_read_through_named_calls():
 def test_the_orchestrator_restores_intents_through_the_commit_path(tmp_path):
     """Intents in the store but not in the saved running (say the datastore was lost) come
     back through the commit path: the change handler runs and a config-change is sent."""
-    from orchestrator.intents import INT_NS, Orchestrator
+    from models.ns import INTENT as INT_NS
+    from orchestrator.intents import Orchestrator
     from orchestrator.store import IntentStore
-    from netconf_core import Endpoint
+    import asyncssh
+
+    from netconf_core import Endpoint, public_key_line
 
     intent = (f"<intent xmlns='{INT_NS}'><name>kept</name><endpoints><source-sae>sae-a</source-sae>"
               f"<destination-sae>sae-b</destination-sae></endpoints><min-rate>1000</min-rate></intent>")
@@ -246,7 +249,8 @@ def test_the_orchestrator_restores_intents_through_the_commit_path(tmp_path):
     store.close()
 
     async def scenario():
-        nowhere = lambda name: Endpoint(name, "127.0.0.1", 9, "admin", "admin-pw")  # never reached
+        nowhere = lambda name: Endpoint(name, "127.0.0.1", 9, "admin", "admin-pw",  # never reached
+                                        host_key=public_key_line(asyncssh.generate_private_key("ssh-ed25519")))
         orchestrator = Orchestrator("orchestrator", nowhere("service"), nowhere("forwarding"),
                                     nowhere("connectivity"), USERS, tmp_path)
         started = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=5)

@@ -21,7 +21,9 @@ from lxml import etree
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 from netconf_core.server import User
-from orchestrator.federation import ENROL_USER, FED_NS, FederationPlatform, Segment, SegmentReply
+from models.federation import advertisement_config
+from models.ns import FEDERATION as FED_NS
+from orchestrator.federation import ENROL_USER, FederationPlatform, Segment, SegmentReply
 from orchestrator.federation_agent import (DomainResources, ExternalLink, FederationAgent, InternalLink, Node,
                                            PlatformEndpoint, SharingPolicy)
 
@@ -104,7 +106,8 @@ class Federation:
     async def __aenter__(self) -> Federation:
         self.platform = self._platform()
         await self.platform.start()
-        self.endpoint = PlatformEndpoint("127.0.0.1", self.platform.port, ENROL_PW)
+        self.endpoint = PlatformEndpoint("127.0.0.1", self.platform.port, ENROL_PW,
+                                         host_key=self.platform.server.public_host_key)
         for member in BORDERS:
             policy = SharingPolicy(frozenset(BORDERS[member]), peers=frozenset(BORDERS) - {member},
                                    capacity_share=Fraction(1, 2) if member == "D" else Fraction(1))
@@ -230,7 +233,7 @@ def test_join_admission_and_what_an_applicant_may_do():
         await a.update(resources("A"))  # kept until admission
         assert a.advertised is None
         with pytest.raises(RPCError) as err:
-            await applicant.edit_config(a._advertisement_xml(a.policy.advertisement(resources("A"))))
+            await applicant.edit_config(advertisement_config(a.member_id, a.policy.advertisement(resources("A"))))
         assert err.value.tag == "access-denied"
         with pytest.raises(RPCError) as err:
             await applicant.dispatch(f'<admit-member xmlns="{FED_NS}"><member-id>A</member-id></admit-member>')
@@ -282,7 +285,7 @@ def test_advertisements_show_what_the_policy_allows_and_only_their_owner_writes_
         assert nacm is None or len(nacm) == 0
         # A may not write B's advertisement; B's stays as it was.
         a = await fed.agents["A"].session()
-        forged = fed.agents["A"]._advertisement_xml(fed.agents["B"].policy.advertisement(resources("B")))
+        forged = advertisement_config(fed.agents["A"].member_id, fed.agents["B"].policy.advertisement(resources("B")))
         forged.find(".//f:member-id", NS).text = "B"
         for link in forged.iterfind(".//f:capacity", NS):
             link.text = "1"

@@ -19,8 +19,9 @@ from lxml import etree
 from devices.topology import embedded_topology
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
-from orchestrator.federation import FED_NS
-from orchestrator.views import NW_NS, ForwardingView
+from models.ns import FEDERATION as FED_NS
+from models.forwarding import ForwardingView
+from models.ns import NW as NW_NS
 from test_demo import check_summary
 from tools.demo_federation import service_state
 from tools.demo_steps import exchange_keys
@@ -84,26 +85,26 @@ async def keys_match(fed: FederatedStack, number: int) -> int:
     urls = {row.id: row.etsi014_url for row in fed.host.table()}
     async with aiohttp.ClientSession() as http:
         ids, same = await exchange_keys(http, (urls["km-a1"], "sae-a"), (urls["km-c3"], "sae-c"), number,
-                                        timeout=WAIT_S)
+                                        timeout=WAIT_S, tls=fed.sae_ssl)
     assert same and len(ids) == number
     return number
 
 
-async def level(fed: FederatedStack, name: str, port: int) -> NetconfClient:
-    """A session to a device or controller of the plant, as its administrator."""
-    where = fed.stacks["A"].endpoint(name, port)
-    return await NetconfClient.connect(where.host, where.port, where.username, password=where.password)
+async def level(fed: FederatedStack, name: str, port: int, domain: str = "A") -> NetconfClient:
+    """A session to a device of the plant or a level of `domain`, as its administrator (its
+    host key pinned)."""
+    return await fed.stacks[domain].endpoint(name, port).connect()
 
 
 async def intents(fed: FederatedStack, domain: str) -> dict[str, etree._Element]:
     orchestrator = fed.stacks[domain].orchestrator
-    async with await level(fed, "orchestrator", orchestrator.port) as nc:
+    async with await level(fed, "orchestrator", orchestrator.port, domain) as nc:
         data = await nc.get(("subtree", f'<intents xmlns="{INT_NS}"/>'))
     return {i.findtext(f"{{{INT_NS}}}name"): i for i in data.iter(f"{{{INT_NS}}}intent")} if data is not None else {}
 
 
 async def forwarding(fed: FederatedStack, domain: str) -> ForwardingView:
-    async with await level(fed, "forwarding", fed.stacks[domain].forwarding.port) as nc:
+    async with await level(fed, "forwarding", fed.stacks[domain].forwarding.port, domain) as nc:
         return ForwardingView.parse(await nc.get(("subtree", f'<networks xmlns="{NW_NS}"/>')))
 
 

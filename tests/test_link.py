@@ -42,7 +42,8 @@ def test_a_refusal_at_any_step_leaves_every_device_as_it_was(refusal):
             await server.start()
             await server.update_running(lambda tree: tree.extend(config("before", root="data")) or tree)
         servers[1].on_change(refuse)
-        links = [DeviceLink(Endpoint(s.name, "127.0.0.1", s.port, "admin", "pw"), ("qs-engine-test",))
+        links = [DeviceLink(Endpoint(s.name, "127.0.0.1", s.port, "admin", "pw", host_key=s.public_host_key),
+                            ("qs-engine-test",))
                  for s in servers]
         for link in links:
             link.start()

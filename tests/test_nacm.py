@@ -6,7 +6,8 @@ import libyang
 import pytest
 from lxml import etree
 
-from netconf_core.nacm import BASE_NS, NACM_NS, YANG_NS, Nacm, NacmConfigError, NacmCounters
+from netconf_core.nacm import Nacm, NacmConfigError, NacmCounters
+from netconf_core.ns import BASE as BASE_NS, NACM as NACM_NS, YANG_XML as YANG_NS
 from netconf_core.yangdirs import SEARCH_DIRS
 
 TEST_YANG_DIR = pathlib.Path(__file__).parent / "yang"

@@ -17,12 +17,15 @@ from lxml import etree
 from ncclient import manager
 
 from devices.topology import default_topology
-from netconf_core import Endpoint, NetconfClient, schema_for
+from netconf_core import NetconfClient, schema_for
 from orchestrator import lifecycle
 from orchestrator.intents import Orchestrator
 from orchestrator.planner import Demand, Infeasible, Network, Planner, candidate_links
 from orchestrator.store import IntentStore
-from orchestrator.views import NT_NS, NW_NS, SVC_NS, FibreView, ForwardingView, ServiceView
+from models.forwarding import ForwardingView
+from models.ns import NT as NT_NS, NW as NW_NS, SERVICE as SVC_NS
+from models.service import ServiceView
+from models.connectivity import read_fibre_network
 from tools.cmd_demo import Operator, path_of
 from tools.cmd_intent import intent_states
 from conftest import stack_scenario
@@ -149,7 +152,7 @@ def madrid():
 
 def test_candidate_links_join_neighbouring_trusted_nodes_and_bypass_others_through_switches(madrid):
     fwd = ForwardingView.parse(_forwarding_xml(madrid, []))
-    fibre = FibreView.parse(_fibre_xml(madrid))
+    fibre = read_fibre_network(_fibre_xml(madrid))
     pairs = {tuple(sorted(c.nodes())) for c in candidate_links(fwd, fibre) if not c.bypasses}
     assert pairs == {("qkd-concepcion", "qkd-quintin"), ("qkd-almagro", "qkd-concepcion"),
                      ("qkd-concepcion", "qkd-norte"), ("qkd-concepcion", "qkd-distrito"),
@@ -166,7 +169,7 @@ def test_candidate_links_join_neighbouring_trusted_nodes_and_bypass_others_throu
 def test_plan_asks_only_for_missing_links(madrid):
     existing = [("q-c", "qkd-quintin", "1", "qkd-concepcion", "1", 900000)]
     network = Network.observe(ForwardingView.parse(_forwarding_xml(madrid, existing)),
-                              FibreView.parse(_fibre_xml(madrid)))
+                              read_fibre_network(_fibre_xml(madrid)))
     plan = Planner(network).plan(Demand("i", "km-quintin", "km-distrito", 10000))
     assert plan.nodes() == ["qkd-quintin", "qkd-concepcion", "qkd-distrito"]
     assert plan.link_ids()[0] == "q-c"
@@ -177,7 +180,7 @@ def test_plan_asks_only_for_missing_links(madrid):
 
 def test_plan_avoids_a_cut_span_and_names_it_when_nothing_else_works(madrid):
     network = Network.observe(ForwardingView.parse(_forwarding_xml(madrid, [])),
-                              FibreView.parse(_fibre_xml(madrid, cut=("quintin-concepcion",))))
+                              read_fibre_network(_fibre_xml(madrid, cut=("quintin-concepcion",))))
     plan = Planner(network).plan(Demand("i", "km-quintin", "km-distrito", 10000))
     assert plan.nodes() == ["qkd-quintin", "qkd-almagro", "qkd-norte", "qkd-distrito"]
     with pytest.raises(Infeasible, match="needs span quintin-concepcion, which is cut"):
@@ -185,7 +188,7 @@ def test_plan_avoids_a_cut_span_and_names_it_when_nothing_else_works(madrid):
 
 
 def test_plan_gives_two_node_disjoint_paths_with_their_own_interfaces(madrid):
-    network = Network.observe(ForwardingView.parse(_forwarding_xml(madrid, [])), FibreView.parse(_fibre_xml(madrid)))
+    network = Network.observe(ForwardingView.parse(_forwarding_xml(madrid, [])), read_fibre_network(_fibre_xml(madrid)))
     plan = Planner(network).plan(Demand("i", "km-quintin", "km-distrito", 10000, paths=2))
     inner = [set(plan.nodes(i)[1:-1]) for i in range(2)]
     assert not inner[0] & inner[1]
@@ -198,7 +201,7 @@ def test_plan_gives_two_node_disjoint_paths_with_their_own_interfaces(madrid):
 def test_priority_order_decides_who_holds_a_scarce_link(madrid):
     existing = [("a-m", "qkd-almagro", "4", "qkd-montegancedo", "1", 700000)]
     network = Network.observe(ForwardingView.parse(_forwarding_xml(madrid, existing)),
-                              FibreView.parse(_fibre_xml(madrid)))
+                              read_fibre_network(_fibre_xml(madrid)))
     planner = Planner(network)
     high = planner.plan(Demand("high", "km-quintin", "km-montegancedo", 500000, priority=200))
     network.reserve(high)
@@ -208,7 +211,7 @@ def test_priority_order_decides_who_holds_a_scarce_link(madrid):
 
 
 def test_plan_explains_hops_and_unknown_key_managers(madrid):
-    network = Network.observe(ForwardingView.parse(_forwarding_xml(madrid, [])), FibreView.parse(_fibre_xml(madrid)))
+    network = Network.observe(ForwardingView.parse(_forwarding_xml(madrid, [])), read_fibre_network(_fibre_xml(madrid)))
     with pytest.raises(Infeasible, match="within max-hops 1: the shortest usable one has 2 hops"):
         Planner(network).plan(Demand("i", "km-quintin", "km-montegancedo", 1, max_hops=1))
     with pytest.raises(Infeasible, match="key manager km-mars has no QKD node"):
@@ -233,7 +236,7 @@ async def strata(op: Operator) -> dict[str, set[str]]:
     """What the strata hold: QKD links, optical paths, sessions."""
     networks = ("subtree", f"<networks xmlns='{NW_NS}'/>")
     fwd = ForwardingView.parse(await op.sessions["forwarding"].get(filter=networks))
-    fibre = FibreView.parse(await op.sessions["connectivity"].get(filter=networks))
+    fibre = read_fibre_network(await op.sessions["connectivity"].get(filter=networks))
     service = next(row for row in op.stack.table() if row.level == "service")
     async with await NetconfClient.connect(service.host, service.port, *service.read_write) as nc:
         svc = ServiceView.parse(await nc.get(filter=("subtree", f"<sessions xmlns='{SVC_NS}'/>")))
@@ -468,7 +471,7 @@ def test_orchestrator_restarted_mid_change_ends_consistent_and_serves_each_key_o
         assert asked and record.state == "installing"
         created = (await strata(op))["links"]
         assert {l.split("=")[0] for l in created} <= asked
-        endpoint = lambda level, server: Endpoint(level, "127.0.0.1", server.port, "admin", "admin")
+        endpoint = lambda level, server: stack.endpoint(level, server.port)
         stack.orchestrator = Orchestrator("orchestrator", endpoint("service", stack.service),
                                           endpoint("forwarding", stack.forwarding),
                                           endpoint("connectivity", stack.connectivity), stack.users,
@@ -491,7 +494,7 @@ def test_orchestrator_restarted_mid_change_ends_consistent_and_serves_each_key_o
         second, again = await op.fetch_keys("sae-quintin", "sae-distrito")
         assert same and again and not set(first) & set(second)
         async with op.http.post(f"{op.key_api('sae-distrito')}/api/v1/keys/sae-quintin/dec_keys",
-                                json={"key_IDs": [{"key_ID": first[0]}]}, headers={"X-SAE-ID": "sae-distrito"}) as r:
+                                json={"key_IDs": [{"key_ID": first[0]}]}, **op.as_sae("sae-distrito")) as r:
             assert r.status == 400 and "already delivered" in (await r.json())["message"]
     scenario(tmp_path, body)
 
@@ -515,8 +518,8 @@ def test_up_then_intent_apply_list_and_status_over_netconf(tmp_path):
                                                       "destination-sae": "sae-montegancedo"}, "min-rate": 5000}]}))
     (tmp_path / "bad.yaml").write_text("name: x\nendpoints: {source-sae: a, destination-sae: b}\nmin-rate: 1\nspeed: 3\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
-    up = subprocess.Popen([sys.executable, "-m", "tools.cli", "up", "--port", "0"], cwd=tmp_path, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    up = subprocess.Popen([sys.executable, "-m", "tools.cli", "up", "--port", "0", "--demo-credentials"], cwd=tmp_path,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while not (tmp_path / "qstrata-stack.json").exists():

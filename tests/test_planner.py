@@ -7,21 +7,21 @@ import pytest
 
 from orchestrator.delivery import DeliveryMeter
 from orchestrator.planner import Demand, Infeasible, Network, Planner, candidate_links
-from orchestrator.views import FibreNode, FibreView, ForwardingView, QkdNode, Span
+from models.forwarding import ForwardingView, QkdNode
+from models.connectivity import FibreNetwork, FibreNode, FibreSpan
 from qkd_physics import DeviceProfile, expected_eskr, link_performance
 
 
 def fibre(spans: list[tuple[str, str, str, float]], switches: dict[str, tuple[str, float]] = {},
-          paths: dict[str, tuple[str, ...]] = {}, down: set[str] = frozenset()) -> FibreView:
+          paths: dict[str, tuple[str, ...]] = {}, down: set[str] = frozenset()) -> FibreNetwork:
     """Spans as (id, 'node:port', 'node:port', loss dB); switches as id -> (site, fabric loss)."""
-    view = FibreView("fibre")
+    view = FibreNetwork("fibre")
     ports: dict[str, set[str]] = {}
     for span_id, a, b, loss in spans:
         ends = [tuple(end.split(":")) for end in (a, b)]
         for node, port in ends:
             ports.setdefault(node, set()).add(port)
-        view.spans[span_id] = Span(span_id, ends[0], ends[1], loss, span_id not in down, False)
-        view.span_at[ends[0]] = view.span_at[ends[1]] = span_id
+        view.spans[span_id] = FibreSpan(span_id, ends[0], ends[1], loss, span_id not in down, False)
     for switch, (site, fabric) in switches.items():
         ports.setdefault(switch, set()).update({"7", "8"})  # two ports for interfaces plugged in
     for node, tps in ports.items():

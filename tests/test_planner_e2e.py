@@ -13,7 +13,9 @@ import pytest
 from devices.topology import parse_topology
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
-from orchestrator.views import NW_NS, FibreView, ForwardingView
+from models.forwarding import ForwardingView
+from models.ns import NW as NW_NS
+from models.connectivity import FibreNetwork, read_fibre_network
 from qkd_physics import expected_eskr
 from tools.cmd_demo import Operator, path_of
 from conftest import stack_scenario, until
@@ -63,9 +65,9 @@ async def dry_run(op: Operator, *intents: str) -> dict[str, dict]:
         for e in reply.iterfind(q("intent"))}
 
 
-async def views(op: Operator) -> tuple[ForwardingView, FibreView]:
+async def views(op: Operator) -> tuple[ForwardingView, FibreNetwork]:
     return (ForwardingView.parse(await op.sessions["forwarding"].get(filter=NETWORKS)),
-            FibreView.parse(await op.sessions["connectivity"].get(filter=NETWORKS)))
+            read_fibre_network(await op.sessions["connectivity"].get(filter=NETWORKS)))
 
 
 # --- a dry run's verdict on a new link's rate is the outcome ---------------------------------

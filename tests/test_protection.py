@@ -9,7 +9,6 @@ import asyncio
 
 from devices.topology import parse_topology
 from tools.cmd_demo import Operator, path_of
-from tools.demo_steps import SAE_HEADER
 from conftest import stack_scenario, until
 
 WAIT_S = 30.0
@@ -79,7 +78,7 @@ class KeyStream:
 
 async def served_again(op: Operator, ids: list[str]) -> int:
     """dec_keys for keys already delivered: the status code the slave's key manager answers."""
-    async with op.http.post(f"{op.key_api(SLAVE)}/api/v1/keys/{MASTER}/dec_keys", headers={SAE_HEADER: SLAVE},
+    async with op.http.post(f"{op.key_api(SLAVE)}/api/v1/keys/{MASTER}/dec_keys", **op.as_sae(SLAVE),
                             json={"key_IDs": [{"key_ID": i} for i in ids]}) as reply:
         body = await reply.json()
         assert reply.status == 200 or "keys" not in body

@@ -414,7 +414,8 @@ def test_device_link_keeps_its_watches_across_a_reconnect(engine):
                 await asyncio.sleep(0.05)
 
     async def run():
-        link = DeviceLink(Endpoint("engine", "127.0.0.1", engine.port, "admin", "admin-pw"), (),
+        link = DeviceLink(Endpoint("engine", "127.0.0.1", engine.port, "admin", "admin-pw",
+                                   host_key=engine.server.public_host_key), (),
                           watches=(watch,), on_update=on_update)
         link.start()
         editor = await NetconfClient.connect("127.0.0.1", engine.port, "admin", "admin-pw")

@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 
 from conftest import ENGINE_NS, TEST_YANG, LoopThread, start_server
 from netconf_core.errors import RPCError
-from netconf_core.restconf import RestconfServer
+from netconf_core.restconf import HttpLimits, RestconfServer
 from netconf_core.schema import PROTOCOL_MODULES
 from netconf_core.yangdirs import SEARCH_DIRS
 
@@ -337,6 +337,27 @@ def test_monitoring_is_readable_over_restconf_and_netconf(rc, tmp_path):
         data = etree.fromstring(m.get(filter=("subtree", '<restconf-state xmlns="urn:ietf:params:xml:ns:yang:'
                                                      'ietf-restconf-monitoring"/>')).data_xml.encode())
     assert data.find(".//{urn:ietf:params:xml:ns:yang:ietf-restconf-monitoring}capability") is not None
+
+
+def test_yang_library_names_no_file_of_this_host(rc, tmp_path):
+    """RFC 8525 location and RFC 7895 schema are optional URLs a client could fetch: libyang's
+    file:// paths of this machine are not served, over RESTCONF or NETCONF; get-schema (which
+    netconf-state names: location NETCONF) serves the text."""
+    library = rc.http("GET", "/restconf/data/ietf-yang-library:yang-library")
+    assert library.status == 200
+    valid_resource(tmp_path, library, [])
+    modules = [m for s in library.json()["ietf-yang-library:yang-library"]["module-set"] for m in s["module"]]
+    assert "qs-engine-test" in {m["name"] for m in modules} and all("location" not in m for m in modules)
+    state = rc.http("GET", "/restconf/data/ietf-yang-library:modules-state").json()
+    assert all("schema" not in m for m in state["ietf-yang-library:modules-state"]["module"])
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    with rc.running.connect() as m:
+        seen = "".join(m.get(filter=("subtree", f'<{top} xmlns="urn:ietf:params:xml:ns:yang:ietf-yang-library"/>'))
+                       .data_xml for top in ("yang-library", "modules-state"))
+        assert "<module-set>" in seen and "<conformance-type>" in seen
+        assert "module qs-engine-test" in m.get_schema("qs-engine-test").data
+    for text in (library.body.decode(), json.dumps(state), seen):
+        assert "file:" not in text and root not in text and "/usr/share" not in text
 
 
 # --- reading ------------------------------------------------------------------------------------------
@@ -822,7 +843,7 @@ def test_event_stream_sse(rc, tmp_path):
 
 
 def test_a_body_over_the_limit_is_refused(rc, tmp_path):
-    small = RestconfServer(rc.server, "127.0.0.1", 0, max_body=1024)
+    small = RestconfServer(rc.server, "127.0.0.1", 0, limits=HttpLimits(max_body=1024))
     rc.run(small.start())
     try:
         big = {"qs-engine-test:interfaces": {"interface": [{"name": f"eth{i}"} for i in range(200)]}}

@@ -27,7 +27,8 @@ from lxml import etree
 from conftest import LoopThread
 from devices.base import NetworkContext
 from devices.keystore import KeyNetwork
-from devices.qkd_node import NS, QkdNodeDevice, node_uuid
+from devices.qkd_node import QkdNodeDevice, node_uuid
+from models.ns import ETSI_NODE as NS
 from devices.topology import build_twin, default_topology
 from devices.twin import Clock
 from netconf_core.client import NetconfClient

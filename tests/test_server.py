@@ -547,3 +547,26 @@ def test_a_bad_hello_ends_the_session_and_is_counted(engine):
         stats = m.get(filter=("subtree", '<netconf-state xmlns="urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring">'
                                           "<statistics/></netconf-state>")).data_xml
         assert "<in-bad-hellos>1</in-bad-hellos>" in stats
+
+
+def test_an_edit_whose_elements_are_prefixed_is_applied_in_their_namespace() -> None:
+    """A client may bind the model's namespace to a prefix under <config>'s default namespace;
+    a new container made from such an edit keeps its own namespace."""
+    from netconf_core import schema_for
+    from netconf_core.datastore import empty_tree
+    from netconf_core.edit import apply_edit
+
+    schema = schema_for(("qi-optical-switch",))
+    osw = "urn:qstrata:yang:qi-optical-switch"
+    running = empty_tree()
+    running.append(etree.fromstring(f'<optical-switch xmlns="{osw}"><switch-id>sw</switch-id><ports><port>'
+                                    '<port-id>1</port-id></port><port><port-id>2</port-id></port></ports>'
+                                    '</optical-switch>'))
+    edit = etree.fromstring(f'<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" xmlns:o="{osw}">'
+                            '<o:optical-switch><o:cross-connects><o:cross-connect><o:name>x</o:name>'
+                            '<o:in-port>1</o:in-port><o:out-port>2</o:out-port></o:cross-connect>'
+                            '</o:cross-connects></o:optical-switch></config>')
+    result = schema.canonical(apply_edit(schema, schema.canonical(running, config_only=True), edit),
+                              config_only=True)
+    assert result.findtext(f"{{{osw}}}optical-switch/{{{osw}}}cross-connects/{{{osw}}}cross-connect/"
+                           f"{{{osw}}}name") == "x"
