@@ -50,6 +50,10 @@ def items(data: etree._Element | None) -> dict[str, str | None]:
 
 
 def connect(netconfd: NetconfdServer, **kwargs: Any) -> Coroutine[Any, Any, NetconfClient]:
+    # netconfd, single-threaded, has been seen to take over 10 s (the client's default) to answer
+    # a <get> on a loaded 2-core CI machine: give the third-party server 20 s by default (each
+    # scenario is bounded at 30 s by run()).
+    kwargs.setdefault("timeout", 20.0)
     return NetconfClient.connect(netconfd.host, netconfd.port, netconfd.username,
                                  client_keys=[str(netconfd.client_key)], **kwargs)
 
