@@ -12,7 +12,6 @@ import functools
 import hashlib
 import pathlib
 import re
-import sys
 import threading
 import weakref
 from dataclasses import dataclass
@@ -371,7 +370,9 @@ class _ParsedSubtrees:
     they were; those are copied from here (lyd_dup, in C) instead of being parsed again,
     which is most of the cost of validating a datastore after a small edit. Bounded in
     entries and bytes; the least recently used go first. Holds the context, so that its
-    trees are freed before the context is. Locked: libyang runs without the GIL, and a
+    trees are freed before the context is (by `close`, or at exit; never from the garbage
+    collector, which has been seen to abort the process there: a collected schema's cache
+    leaks its few MiB instead). Locked: libyang runs without the GIL, and a
     schema may serve servers in several threads (tests do), so a tree must not be freed
     while another thread copies it."""
 
@@ -427,12 +428,6 @@ class _ParsedSubtrees:
             self._trees.clear()
             self._bytes = 0
 
-    def __del__(self, _is_finalizing=sys.is_finalizing) -> None:
-        # While the interpreter shuts down, the context may already be destroyed (objects go
-        # in no set order then): freeing a tree of it would crash. `_close_caches` ran before.
-        # (`sys` itself may be gone by then, hence the bound default.)
-        if not _is_finalizing():
-            self.close()
 
 
 _LIVE_CACHES: weakref.WeakSet[_ParsedSubtrees] = weakref.WeakSet()
