@@ -21,10 +21,3 @@ FORWARDING = Namespace("urn:qstrata:yang:qi-forwarding")
 SERVICE = Namespace("urn:qstrata:yang:qi-service")
 INTENT = Namespace("urn:qstrata:yang:qi-intent")
 FEDERATION = Namespace("urn:qstrata:yang:qi-federation")
-
-PREFIXES: dict[str, str] = {
-    "nw": NW, "nt": NT, "al": ALARMS, "etsi-qkdn": ETSI_NODE, "etsi-qkdn-types": ETSI_TYPES, "qit": QI_TYPES,
-    "qi-al": QI_ALARMS, "qi-node": NODE_EXT, "qi-km": KEY_MANAGER, "qi-osw": OPTICAL_SWITCH, "qi-fp": FIBRE_PLANT,
-    "qi-conn": CONNECTIVITY, "qi-fwd": FORWARDING, "qi-svc": SERVICE, "qi-int": INTENT, "qi-fed": FEDERATION,
-}
-"""Each namespace under its YANG module's own prefix, for XPath expressions (filters, watches)."""

@@ -53,8 +53,6 @@ from .push import PushManager, config_change_edits
 
 log = logging.getLogger(__name__)
 
-NACM_NS = NACM  # the name orchestrator/federation.py imports; the namespace is netconf_core.ns.NACM
-
 CAPABILITIES = [
     BASE_10,
     BASE_11,

@@ -52,10 +52,9 @@ def limits():
     return KeyLimits()
 
 
-@pytest.fixture
-def kms(time, limits):
-    """A - B - C - D (three hops, 100,000 bits on each link); SAE sa at A, sd at D; a session
-    sa -> sd with a burst of 4096 bits."""
+def key_chain(time: ManualTime, limits: KeyLimits = KeyLimits(), saes_at_a: tuple[str, ...] = ("sa",)):
+    """A - B - C - D (three hops, 100,000 bits on each link); `saes_at_a` at A, sd at D; a
+    session sa -> sd with a burst of 4096 bits, one second old."""
     network = KeyNetwork(Clock(source=time))
     kms = {name: KeyManager(name, network, limits=limits) for name in "ABCD"}
     for link, (x, y) in {"ab": ("A", "B"), "bc": ("B", "C"), "cd": ("C", "D")}.items():
@@ -65,11 +64,17 @@ def kms(time, limits):
     kms["A"].set_route("D", "B", "ab")
     kms["B"].set_route("D", "C", "bc")
     kms["C"].set_route("D", "D", "cd")
-    kms["A"].attach_sae("sa")
+    for sae in saes_at_a:
+        kms["A"].attach_sae(sae)
     kms["D"].attach_sae("sd")
     kms["A"].open_session("sa", "sd", rate_bps=1000.0, burst_bits=4096)
     time.t += 1.0
     return kms
+
+
+@pytest.fixture
+def kms(time, limits):
+    return key_chain(time, limits)
 
 
 def scenario(kms, test, ssl_context=None, client_ssl=None, **server):

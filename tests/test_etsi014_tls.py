@@ -16,33 +16,17 @@ import pytest
 
 from devices.etsi014 import SAE_HEADER, Etsi014Server
 from devices.host import DeviceHost
-from devices.keystore import KeyManager, KeyNetwork
 from devices.topology import default_topology
-from devices.twin import Clock
 from tools.pki import LocalCA, client_context, curl_command, server_context
 from tools.stack import KeyDeliveryPki
 
-from test_etsi014 import ManualTime
+from test_etsi014 import ManualTime, key_chain
 
 
 @pytest.fixture
 def kms():
-    time = ManualTime()
-    network = KeyNetwork(Clock(source=time))
-    kms = {name: KeyManager(name, network) for name in "ABCD"}
-    for link, (x, y) in {"ab": ("A", "B"), "bc": ("B", "C"), "cd": ("C", "D")}.items():
-        kms[x].add_link(link, y)
-        kms[y].add_link(link, x)
-        network.stream(link).set_rate(100_000.0)
-    kms["A"].set_route("D", "B", "ab")
-    kms["B"].set_route("D", "C", "bc")
-    kms["C"].set_route("D", "D", "cd")
-    kms["A"].attach_sae("sa")
-    kms["A"].attach_sae("sc")
-    kms["D"].attach_sae("sd")
-    kms["A"].open_session("sa", "sd", rate_bps=1000.0, burst_bits=4096)
-    time.t += 1.0
-    return kms
+    """The chain of test_etsi014, with a second SAE sc at A that has no session with sd."""
+    return key_chain(ManualTime(), saes_at_a=("sa", "sc"))
 
 
 def serve(kms, ca: LocalCA, test) -> None:
