@@ -652,6 +652,12 @@ class NetconfClient:
         await self._call(op)
         self._end_subscription(subscription_id)
 
+    async def resync_subscription(self, subscription_id: int) -> None:
+        """Ask for a fresh push-update of an on-change subscription (RFC 8641 resync-subscription)."""
+        op = _op("resync-subscription", YP_NS)
+        _sub(op, "id", str(subscription_id), YP_NS)
+        await self._call(op)
+
     async def kill_subscription(self, subscription_id: int) -> None:
         """End any session's subscription (RFC 8639 kill-subscription, for administrators)."""
         op = _op("kill-subscription", SN_NS)

@@ -57,6 +57,8 @@ def clean_copy(element: etree._Element) -> etree._Element:
 class _Editor:
     def __init__(self, schema: Schema):
         self.schema = schema
+        # The nodes this edit added: held, so that their lxml proxies (compared by identity) live.
+        self.added: list[etree._Element] = []
 
     def error(self, tag: str, message: str, path: str, **info: str) -> RPCError:
         return RPCError(tag, message, type="application" if tag not in ("bad-attribute",) else "protocol",
@@ -131,7 +133,9 @@ class _Editor:
             # An absent container or list entry on the way to an explicit operation below.
             placeholder = self.build(edit, info, path, "none")
             if len(placeholder) > len(info.keys):
+                self.leave_other_cases(parent_data, parent, info)
                 self.insert(parent_data, placeholder, info, edit, path)
+                self.added.append(placeholder)
             return
 
         new = self.build(edit, info, path, op)
@@ -142,7 +146,24 @@ class _Editor:
             else:
                 parent_data.replace(existing, new)
         else:
+            self.leave_other_cases(parent_data, parent, info)
             self.insert(parent_data, new, info, edit, path)
+            self.added.append(new)
+
+    def leave_other_cases(self, parent_data: etree._Element, parent: NodeInfo | None, info: NodeInfo) -> None:
+        """A node of `info`'s case is created: the nodes of the other cases of its choices that
+        were there before this edit go (RFC 7950 section 7.9). Nodes of two cases written in
+        one edit stay, for validation to refuse."""
+        if not info.cases:
+            return
+        for sibling in list(parent_data):
+            if not isinstance(sibling.tag, str) or any(sibling is added for added in self.added):
+                continue
+            q = etree.QName(sibling)
+            other = self.schema.child(parent.schema_path if parent else None, q.namespace or "", q.localname)
+            if other is not None and any(choice == mine and case != own
+                                         for choice, case in other.cases for mine, own in info.cases):
+                parent_data.remove(sibling)
 
     def apply_children(self, data: etree._Element, info: NodeInfo, path: str,
                        edit: etree._Element, op: str) -> None:

@@ -20,6 +20,8 @@ from lxml import etree
 from netconf_core import ns
 from netconf_core.client import NetconfClient, SessionClosedError, UntrustedHostKey
 from netconf_core.errors import BASE_NS, RPCError
+from netconf_core.replica import Replica
+from netconf_core.schema_cache import schema_for
 from netconf_core.ssh import fingerprint, trusted_host_keys
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,9 @@ class Watch:
     namespaces: tuple[tuple[str, str], ...]
     datastore: str = "operational"
     dampening: float | None = None  # seconds
+    # Modules whose nodes the selection holds, besides the link's required modules: the link
+    # keeps a copy of the selection (`DeviceLink.replica`) resolved against their schema.
+    modules: tuple[str, ...] = ()
 
 
 class IncompatibleDevice(Exception):
@@ -104,7 +109,10 @@ class DeviceLink:
                  watches: tuple[Watch, ...] = (),
                  on_update: Callable[["DeviceLink", Watch, etree._Element], Awaitable[None]] | None = None):
         """`on_update(link, watch, content)` gets each <push-update> (the first, with the
-        selection whole, then after each resubscription) and <push-change-update> of a watch.
+        selection whole, then after each resubscription) and <push-change-update> of a watch,
+        after `replica(watch)` has followed it: the watch's selection as the device has it now
+        (resolved against the schema of `required_modules` and the watch's `modules`, which
+        must hold what it selects; with neither, no copy is kept).
         The endpoint must pin the server's host key (`UnpinnedEndpoint` otherwise); a server
         offering another key leaves the link in status "untrusted-host-key", retrying with the
         longest back-off, its reason naming the endpoint, host:port and the offered key."""
@@ -112,8 +120,9 @@ class DeviceLink:
         self.endpoint = endpoint
         self.watches = watches
         self.on_update = on_update
-        self.pushing = False
+        self._offers_push = False
         self._watch_tasks: list[asyncio.Task] = []
+        self._replicas: dict[Watch, Replica | None] = {}
         self.required_modules = required_modules
         self.on_connect = on_connect
         self.on_notification = on_notification
@@ -200,8 +209,8 @@ class DeviceLink:
         if missing:
             raise IncompatibleDevice(f"device {self.name} does not implement {', '.join(sorted(missing))}")
         await client.create_subscription()
-        self.pushing = "ietf-yang-push" in modules
-        if self.pushing:
+        self._offers_push = "ietf-yang-push" in modules
+        if self._offers_push:
             for watch in self.watches:
                 subscription = await client.establish_subscription(
                     watch.datastore, xpath=watch.xpath, namespaces=dict(watch.namespaces), on_change=True,
@@ -223,8 +232,36 @@ class DeviceLink:
                     log.exception("%s: notification handler failed", self.name)
 
 
+    @property
+    def pushing(self) -> bool:
+        """The device offers YANG-Push and every watch's subscription is running (one the
+        device ended, or that could not follow its updates, no longer is)."""
+        return self._offers_push and len(self._watch_tasks) == len(self.watches) and \
+            not any(task.done() for task in self._watch_tasks)
+
+    def replica(self, watch: Watch) -> etree._Element:
+        """What `watch` selects on the device, as its updates tell it (a <data> root; empty
+        before the first update)."""
+        replica = self._replicas.get(watch)
+        return replica.root if replica is not None else etree.Element(f"{{{BASE_NS}}}data")
+
     async def _pump_updates(self, watch: Watch, subscription) -> None:
+        modules = tuple(dict.fromkeys(self.required_modules + watch.modules))
+        replica = self._replicas[watch] = Replica(schema_for(modules)) if modules else None
         async for content in subscription:  # ends with the session
+            try:
+                if replica is not None:
+                    replica.update(content)
+            except RPCError as err:  # out of step: ask for the whole selection again
+                log.warning("%s: cannot follow an update of %s (%s): resynchronising", self.name, watch.xpath, err)
+                if self.client is None:
+                    return
+                try:
+                    await self.client.resync_subscription(subscription.id)
+                except (RPCError, SessionClosedError) as failure:  # the watch ends: polled from now on
+                    log.warning("%s: resync of %s failed (%s): polling instead", self.name, watch.xpath, failure)
+                    return
+                continue
             if self.on_update:
                 try:
                     await self.on_update(self, watch, content)

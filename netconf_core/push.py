@@ -14,7 +14,10 @@ subscription, so that N commits give N updates (fewer with a dampening period, w
 the changes of the period into one update). Operational state comes from state providers that
 are only called on demand, so an on-change subscription to operational (or to candidate or
 startup, which change outside commits) takes a snapshot of its selection every
-ON_CHANGE_POLL seconds and after every commit, and sends the difference from the last one.
+ON_CHANGE_POLL seconds and after every commit, and sends the difference from the last one;
+on a server whose providers signal their changes (`NetconfServer.signals_state`, with
+`state_changed()`), one to operational takes it only after a signal or a commit. State that
+moves continuously (a counter) is then seen as it is at those moments.
 """
 from __future__ import annotations
 
@@ -90,9 +93,11 @@ class Change:
     """One edit between two data trees: `chain` is the changed node with its ancestors (from
     the tree after for create and replace, before for delete), `value` the new node."""
 
-    operation: str  # create, delete, replace
+    operation: str  # create, delete, replace; insert and move in a list or leaf-list ordered by the user
     chain: list[etree._Element]
     value: etree._Element | None
+    where: str | None = None  # insert, move: "first", or "after" the entry `point` (its chain)
+    point: list[etree._Element] | None = None
 
 
 def diff(schema: "Schema", before: etree._Element, after: etree._Element) -> list[Change]:
@@ -125,8 +130,19 @@ def _entries(schema: "Schema", parent: etree._Element, parent_path: str | None) 
 def _diff_children(schema, before, after, parent_path, chain, changes) -> None:
     old = _entries(schema, before, parent_path)
     new = _entries(schema, after, parent_path)
+    kept = _kept_in_order(old, new)
+    previous_entry: dict[str, etree._Element] = {}  # of each user-ordered list: the entry before
     for key, (element, info) in new.items():
-        if key not in old:
+        ordered = info is not None and info.ordered_by_user
+        before_it = previous_entry.get(element.tag)
+        if ordered:
+            previous_entry[element.tag] = element
+        if ordered and (key not in old or key not in kept):
+            where, point = ("after", chain + [before_it]) if before_it is not None else ("first", None)
+            changes.append(Change("insert" if key not in old else "move", chain + [element], element, where, point))
+            if key not in old:
+                continue
+        elif key not in old:
             changes.append(Change("create", chain + [element], element))
             continue
         previous, _ = old[key]
@@ -142,6 +158,35 @@ def _diff_children(schema, before, after, parent_path, chain, changes) -> None:
     for key, (element, _) in old.items():
         if key not in new:
             changes.append(Change("delete", chain + [element], None))
+
+
+def _kept_in_order(old: dict, new: dict) -> set:
+    """Of the entries of user-ordered lists and leaf-lists found in both trees, the most that
+    keep their relative order (a longest common subsequence per list); the others moved."""
+    kept = set()
+    tags = {key[0] for key, (_, info) in new.items() if info is not None and info.ordered_by_user}
+    for tag in tags:
+        first = [key for key in old if key[0] == tag and key in new]
+        second = [key for key in new if key[0] == tag and key in old]
+        if first == second:
+            kept.update(first)
+            continue
+        # LCS by dynamic programming: user-ordered lists are short (routes, name servers).
+        table = [[0] * (len(second) + 1) for _ in range(len(first) + 1)]
+        for i in range(len(first) - 1, -1, -1):
+            for j in range(len(second) - 1, -1, -1):
+                table[i][j] = table[i + 1][j + 1] + 1 if first[i] == second[j] else max(table[i + 1][j],
+                                                                                          table[i][j + 1])
+        i = j = 0
+        while i < len(first) and j < len(second):
+            if first[i] == second[j]:
+                kept.add(first[i])
+                i, j = i + 1, j + 1
+            elif table[i + 1][j] >= table[i][j + 1]:
+                i += 1
+            else:
+                j += 1
+    return kept
 
 
 def _keys(schema: "Schema", chain: list[etree._Element], i: int) -> list[tuple[str, str]]:
@@ -198,7 +243,9 @@ def config_change_edits(schema: "Schema", before: etree._Element, after: etree._
         path, nsmap = instance_identifier(schema, change.chain)
         edit = etree.Element(f"{{{NC_NOTIF_NS}}}edit")
         etree.SubElement(edit, f"{{{NC_NOTIF_NS}}}target", nsmap=nsmap).text = path
-        etree.SubElement(edit, f"{{{NC_NOTIF_NS}}}operation").text = change.operation
+        # RFC 6470 has no insert or move: an entry placed anew is a create, one moved a replace.
+        operation = {"insert": "create", "move": "replace"}.get(change.operation, change.operation)
+        etree.SubElement(edit, f"{{{NC_NOTIF_NS}}}operation").text = operation
         edits.append(edit)
     return edits
 
@@ -530,6 +577,10 @@ class PushManager:
             etree.SubElement(edit, _yp("edit-id")).text = f"edit-{number}"
             etree.SubElement(edit, _yp("operation")).text = change.operation
             etree.SubElement(edit, _yp("target")).text = resource_path(self.server.schema, change.chain)
+            if change.point is not None:
+                etree.SubElement(edit, _yp("point")).text = resource_path(self.server.schema, change.point)
+            if change.where is not None:
+                etree.SubElement(edit, _yp("where")).text = change.where
             if change.value is not None:
                 etree.SubElement(edit, _yp("value")).append(etree.fromstring(etree.tostring(change.value)))
         self._send(sub, update)
@@ -571,9 +622,16 @@ class PushManager:
                     sub.commits.append(after)
                 sub.wake.set()
 
+    def state_changed(self) -> None:
+        for sub in self.subscriptions.values():
+            if sub.on_change and sub.datastore == "operational":
+                sub.wake.set()
+
     async def _run_on_change(self, sub: Subscription) -> None:
         loop = asyncio.get_running_loop()
-        polled = sub.datastore != "running"
+        signalled = sub.datastore == "operational" and self.server.signals_state
+        polled = sub.datastore != "running" and not signalled
+        changes_between_commits = sub.datastore != "running"
         try:
             if sub.last is None:
                 sub.last = await self._snapshot(sub)
@@ -603,7 +661,7 @@ class PushManager:
                     wait = last_sent + sub.dampening / 100 - loop.time()
                     if wait > 0:
                         await asyncio.sleep(wait)
-                if polled:
+                if changes_between_commits:
                     trees = [None]
                     sub.commits.clear()
                 elif sub.dampening:

@@ -54,6 +54,10 @@ class NodeInfo:
     keys: tuple[str, ...]
     ordered_by_user: bool
     schema_path: str
+    # The choices the node sits in below its data parent, outermost first: (the choice, named
+    # by its choice and case ancestors' names, and the node's case in it). Creating the node
+    # deletes the nodes of the other cases (RFC 7950 section 7.9).
+    cases: tuple[tuple[str, str], ...] = ()
 
     @property
     def qname(self) -> str:
@@ -147,6 +151,7 @@ class Schema:
             keys=keys,
             ordered_by_user=ordered,
             schema_path=snode.schema_path(),
+            cases=_cases(snode),
         )
 
     def node_for(self, element: etree._Element) -> NodeInfo | None:
@@ -280,6 +285,21 @@ class Schema:
         finally:
             free_tree(dnode)
         return _tree(root_tag, text)
+
+
+def _cases(snode: libyang.SNode) -> tuple[tuple[str, str], ...]:
+    """NodeInfo.cases of a schema node: its choice and case ancestors up to its data parent."""
+    chain, node = [], snode.cdata.parent
+    while node and node.nodetype in (lib.LYS_CHOICE, lib.LYS_CASE):
+        chain.append((node.nodetype, ffi.string(node.name).decode()))
+        node = node.parent
+    chain.reverse()
+    out, names = [], []
+    for (kind, name), following in zip(chain, chain[1:] + [(None, None)]):
+        names.append(name)
+        if kind == lib.LYS_CHOICE and following[0] == lib.LYS_CASE:
+            out.append(("/".join(names), following[1]))
+    return tuple(out)
 
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True)

@@ -218,6 +218,9 @@ class NetconfServer:
         self._worker_turns: dict[str, asyncio.Lock] = {}
         self.replay = ReplayBuffer(replay_size)
         self.push = PushManager(self)  # RFC 8639/8641 subscriptions (netconf_core/push.py)
+        # Set by a server whose state providers call `state_changed` whenever what they give
+        # changes: on-change subscriptions to operational then look only at those moments.
+        self.signals_state = False
         self._change_handlers: list[ChangeHandler] = []
         self._state_providers: list[tuple[StateProvider, frozenset[TopNode] | None]] = []
         self._rpcs: dict[str, RpcHandler] = {}
@@ -667,6 +670,11 @@ class NetconfServer:
         finally:
             pending.reverting = False
         self.discard_changes()
+
+    def state_changed(self) -> None:
+        """What a state provider gives has changed: on-change subscriptions to operational
+        look again now (see `signals_state`)."""
+        self.push.state_changed()
 
     async def run_expensive(self, session: Session, work: Callable, *args):
         """`work(*args)` in a worker thread of this server, for libyang work that may take long

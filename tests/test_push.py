@@ -292,6 +292,36 @@ def test_operational_on_change_follows_state_providers(engine):
     engine.loop.run(nc.close_session())
 
 
+def test_a_server_that_signals_its_state_changes_is_looked_at_only_then(engine):
+    """With signals_state, an on-change subscription to operational takes no snapshot on a
+    timer: a change its provider does not signal waits for the next signal (or commit)."""
+    uptime = {"value": 1, "calls": 0}
+
+    async def provider():
+        uptime["calls"] += 1
+        return etree.fromstring(f'<data xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+                                f'<system xmlns="{ENGINE_NS}"><uptime>{uptime["value"]}</uptime></system></data>')
+    engine.loop.run(_add_provider(engine.server, provider))
+    engine.server.signals_state = True
+    nc = connect(engine)
+
+    async def run():
+        sub = await nc.establish_subscription("operational", xpath="/q:system/q:uptime",
+                                              namespaces={"q": ENGINE_NS}, on_change=True)
+        await sub.next(5)  # the sync
+        calls = uptime["calls"]
+        uptime["value"] = 2
+        assert await drain(sub, 1.0) == []  # not signalled: not seen, and the provider not asked
+        assert uptime["calls"] == calls
+        engine.server.state_changed()
+        update = checked(engine, await sub.next(3))
+        assert edits(update) == [("replace", "/qs-engine-test:system/uptime", ["2"])]
+        engine.server.state_changed()  # signalled, but nothing changed: nothing sent
+        assert await drain(sub, 0.5) == []
+    engine.loop.run(run())
+    engine.loop.run(nc.close_session())
+
+
 async def _add_provider(server, provider):
     server.add_state_provider(provider)
 

@@ -88,6 +88,26 @@ def test_must_error_message_and_app_tag(engine):
             "{urn:ietf:params:xml:ns:netconf:base:1.0}error-app-tag")
 
 
+def test_creating_a_case_deletes_the_other_cases_of_its_choice(engine):
+    """RFC 7950 section 7.9: the creation of a node of one case deletes the other cases' nodes;
+    a create of the case already there changes nothing of the others."""
+    def transport(m) -> list[str]:
+        data = to_ele(m.get_config("running", filter=("subtree", f'<system xmlns="{ENGINE_NS}"/>')).data_xml)
+        return sorted(etree.QName(e).localname for e in data.iter() if etree.QName(e).localname
+                      in ("tcp-port", "unix-socket", "hostname"))
+
+    with engine.connect() as m:
+        m.edit_config(target="running", config=cfg(
+            f'<system xmlns="{ENGINE_NS}"><hostname>h</hostname><tcp-port>830</tcp-port></system>'))
+        assert transport(m) == ["hostname", "tcp-port"]
+        m.edit_config(target="running", config=cfg(f'<system xmlns="{ENGINE_NS}"><unix-socket>/run/s</unix-socket>'
+                                                    f'</system>'))
+        assert transport(m) == ["hostname", "unix-socket"]
+        m.edit_config(target="running", config=cfg(f'<system xmlns="{ENGINE_NS}"><unix-socket>/run/t</unix-socket>'
+                                                    f'</system>'))
+        assert transport(m) == ["hostname", "unix-socket"]
+
+
 def test_ordered_by_user_insert(engine):
     with engine.connect() as m:
         m.edit_config(target="running", config=ifaces(
