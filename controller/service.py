@@ -9,7 +9,9 @@ How a session becomes keys:
    ACTIVE PHYS links without a QBER alarm, within the session's constraints, each with eskr
    headroom for the session's rate after the rates of the other sessions on it;
 3. every key manager on the path gets routes towards both end key managers, and the two end
-   key managers the application session with its token bucket, in one transaction.
+   key managers the application session with its token bucket, in one transaction; every key
+   manager also gets the address of the peer of each of its pools (`peers`: the KM-to-KM
+   interface, docs/km-protocol.md, that each key manager reports as peer-interface/url).
 
 Two SAEs attached to one key manager need no QKD link: the session's path is that key
 manager's node alone, and the key manager delivers the keys to both SAEs itself.
@@ -68,7 +70,8 @@ from controller.buildable import buildable_links
 from controller.key_paths import NoPath, Path, Planner
 from models.alarms import raised_link_alarms, read_alarms
 from models.forwarding import ForwardingView, QkdLink
-from models.key_manager import COUNTERS_FILTER, CONFIG_FILTER, KmConfig, KmCounters, KmSession, KmView, km_edit
+from models.key_manager import (COUNTERS_FILTER, CONFIG_FILTER, PEER_INTERFACE_FILTER, KmConfig, KmCounters, KmSession,
+                                KmView, km_edit, peer_interface_url)
 from models.ns import ALARMS, FORWARDING, KEY_MANAGER, NW, SERVICE
 from models.service import (REASON_LENGTH, Hop, ServiceView, Session, SessionConfig, append_hops,
                             session_status_change, sessions_of)
@@ -112,6 +115,7 @@ class ServiceController(Controller):
         self.forwarding = DeviceLink(forwarding, ("qi-forwarding",), self._forwarding_connected,
                                      self._forwarding_notification)
         self.kms: dict[str, KmView] = {}            # by device (link) name
+        self.km_urls: dict[str, str] = {}           # km-id -> its KM-to-KM interface (peer-interface/url)
         self.sessions: dict[str, Placement] = {}    # by session name
         self.counted_at: dict[str, tuple[str, str]] = {}  # session -> (km, counter) of its last path
         self.alarms: dict[str, str] = {}            # forwarding link id -> its raised QBER alarm, as last read
@@ -190,6 +194,9 @@ class ServiceController(Controller):
             log.warning("%s: device %s has no key-manager configuration", self.name, link.name)
             return
         view = KmView.from_xml(root)
+        url = peer_interface_url(await nc.get(filter=("subtree", PEER_INTERFACE_FILTER)))
+        if url:
+            self.km_urls[view.km_id] = url
         previous = self.kms.get(link.name)
         if previous is not None and previous.config != view.config:
             log.warning("%s: key manager %s differs from what was written; repairing", self.name, view.km_id)
@@ -393,6 +400,11 @@ class ServiceController(Controller):
                     wanted[link_of[km]].sessions[name] = KmSession(
                         request.source_sae, request.destination_sae, peer, request.rate, request.burst,
                         request.key_size, request.ttl)
+        for name, want in wanted.items():
+            # Each key manager reaches the peers of its pools where they say they are; peers whose
+            # address this controller does not know (another domain's) are left as configured.
+            want.peers = {km: url for km, url in self.kms[name].config.peers.items() if km not in self.km_urls}
+            want.peers.update({peer: self.km_urls[peer] for peer in set(want.pools.values()) if peer in self.km_urls})
         return wanted
 
     async def _read_forwarding(self) -> ForwardingView:

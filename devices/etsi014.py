@@ -14,6 +14,9 @@ no way to the peer key manager). A body that is not JSON, or nested too deeply t
 dec_keys deletes the keys it answers with before the answer is sent: a crash, or a reply lost
 on its way, loses those keys; they are never served twice (see devices.keystore).
 
+The key manager's KM-to-KM routes (devices/km_peer.py, docs/km-protocol.md) are served on
+the same listener and TLS context (`extra_routes`).
+
 Who is calling: the standard takes the calling SAE_ID from the client certificate of a
 mutually authenticated TLS connection, and so does this server, given an SSL context that
 requires client certificates (`server_ssl_context`): the SAE_ID is the certificate's subject
@@ -30,7 +33,7 @@ import json
 import re
 import ssl
 import uuid
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
@@ -58,15 +61,20 @@ class BodyTooLarge(KeyServiceError):
 
 
 class Etsi014Server:
-    """The API of `km`, listening on 127.0.0.1 (a free port unless one is given); request
-    bodies over `max_body_bytes` are refused with 413."""
+    """The API of `km`, listening on `host` (127.0.0.1 unless given; a free port unless one is
+    given); request bodies over `max_body_bytes` are refused with 413. Plain HTTP (the insecure
+    header mode) listens on loopback only."""
 
     def __init__(self, km: KeyManager, port: int = 0, ssl_context: ssl.SSLContext | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES, *, insecure_sae_header: bool = False) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, *, insecure_sae_header: bool = False,
+                 extra_routes: Iterable[web.RouteDef] = (), host: str = LOOPBACK) -> None:
         if ssl_context is None and not insecure_sae_header:
             raise ValueError(f"key manager {km.id}: ETSI 014 needs a TLS context requiring client certificates "
                              f"(the SAE is its certificate's name); plain HTTP with the {SAE_HEADER} header only "
                              "with insecure_sae_header=True")
+        if ssl_context is None and host != LOOPBACK:
+            raise ValueError(f"key manager {km.id}: plain HTTP with the {SAE_HEADER} header is for loopback only, "
+                             f"not {host}")
         if ssl_context is not None and ssl_context.verify_mode != ssl.CERT_REQUIRED:
             raise ValueError(f"key manager {km.id}: the TLS context must require client certificates "
                              "(verify_mode CERT_REQUIRED): the SAE is named by its certificate")
@@ -74,6 +82,7 @@ class Etsi014Server:
         self.ssl_context = ssl_context
         self.max_body_bytes = max_body_bytes
         self._port = port
+        self.host = host
         self._runner: web.AppRunner | None = None
         self.app = web.Application(client_max_size=max_body_bytes)
         self.app.add_routes([
@@ -82,12 +91,13 @@ class Etsi014Server:
             web.post("/api/v1/keys/{sae}/enc_keys", self._enc_keys),
             web.get("/api/v1/keys/{sae}/dec_keys", self._dec_keys),
             web.post("/api/v1/keys/{sae}/dec_keys", self._dec_keys),
+            *extra_routes,
         ])
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, LOOPBACK, self._port, ssl_context=self.ssl_context)
+        site = web.TCPSite(self._runner, self.host, self._port, ssl_context=self.ssl_context)
         await site.start()
         self._port = self._runner.addresses[0][1]
 
@@ -110,7 +120,7 @@ class Etsi014Server:
     @property
     def url(self) -> str:
         scheme = "https" if self.ssl_context else "http"
-        return f"{scheme}://{LOOPBACK}:{self._port}"
+        return f"{scheme}://{self.host}:{self._port}"
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -135,11 +145,9 @@ class Etsi014Server:
 
     def _caller(self, request: web.Request) -> str:
         if self.ssl_context is not None:
-            certificate = request.transport.get_extra_info("peercert") if request.transport else None
-            for rdn in (certificate or {}).get("subject", ()):
-                for name, value in rdn:
-                    if name == "commonName":
-                        return value
+            name = certificate_name(request)
+            if name:
+                return name
             raise UnknownSAE("the client certificate names no SAE (no subject common name)")
         caller = request.headers.get(SAE_HEADER, "")
         if not caller:
@@ -147,7 +155,7 @@ class Etsi014Server:
         return caller
 
     async def _answer_status(self, request: web.Request, master: str, slave: str) -> dict:
-        s = self.km.status(master, slave)
+        s = await self.km.status(master, slave)
         return {"source_KME_ID": s.source_km, "target_KME_ID": s.target_km,
                 "master_SAE_ID": s.master_sae, "slave_SAE_ID": s.slave_sae,
                 "key_size": s.key_size, "stored_key_count": s.stored_key_count,
@@ -157,7 +165,7 @@ class Etsi014Server:
 
     async def _answer_enc_keys(self, request: web.Request, master: str, slave: str) -> dict:
         if request.method == "POST":
-            body = await _json_object(request, _KEY_REQUEST_FIELDS, self.max_body_bytes)
+            body = await json_object(request, self.max_body_bytes, _KEY_REQUEST_FIELDS, _ETSI_OBJECTS)
             number, size = body.get("number", 1), body.get("size")
             for name in ("additional_slave_SAE_IDs", "extension_mandatory"):
                 if body.get(name):
@@ -165,11 +173,11 @@ class Etsi014Server:
         else:
             number = _query_int(request, "number", 1)
             size = _query_int(request, "size", None)
-        return _key_container(self.km.enc_keys(master, slave, number, size))
+        return _key_container(await self.km.enc_keys(master, slave, number, size))
 
     async def _answer_dec_keys(self, request: web.Request, slave: str, master: str) -> dict:
         if request.method == "POST":
-            body = await _json_object(request, _KEY_IDS_FIELDS, self.max_body_bytes)
+            body = await json_object(request, self.max_body_bytes, _KEY_IDS_FIELDS, _ETSI_OBJECTS)
             entries = body.get("key_IDs")
             if not isinstance(entries, list):
                 raise BadKeyRequest("key_IDs must be a list of objects with a key_ID")
@@ -186,6 +194,16 @@ class Etsi014Server:
         return _key_container(self.km.dec_keys(slave, master, key_ids))
 
 
+def certificate_name(request: web.Request) -> str | None:
+    """The subject common name of the client certificate of a TLS request (None without one)."""
+    certificate = request.transport.get_extra_info("peercert") if request.transport else None
+    for rdn in (certificate or {}).get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return value
+    return None
+
+
 def _key_container(keys: list[Key]) -> dict:
     return {"keys": [{"key_ID": k.key_id, "key": base64.b64encode(k.key).decode()} for k in keys]}
 
@@ -196,7 +214,13 @@ def _check_count(count: int, most: int) -> None:
                             [{"max_key_per_request": most, "key_IDs": count}])
 
 
-async def _json_object(request: web.Request, allowed: set[str], max_bytes: int) -> dict:
+_ETSI_OBJECTS = "a Key request or Key IDs object"
+
+
+async def json_object(request: web.Request, max_bytes: int, allowed: set[str] | None = None,
+                      what: str = "a request") -> dict:
+    """The request's body, a JSON object of at most `max_bytes` (and, given `allowed`, only those
+    fields), or the KeyServiceError to answer with (400, 413)."""
     too_large = BodyTooLarge(f"request body too large: at most {max_bytes} bytes", [{"max_body_bytes": max_bytes}])
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large
@@ -207,12 +231,12 @@ async def _json_object(request: web.Request, allowed: set[str], max_bytes: int) 
     try:
         body = json.loads(raw)  # bytes: UTF-8, -16 or -32, whatever the Content-Type says
     except RecursionError:
-        raise BadKeyRequest("request body is nested too deeply to be a Key request or Key IDs object") from None
+        raise BadKeyRequest(f"request body is nested too deeply to be {what}") from None
     except ValueError as exc:
         raise BadKeyRequest(f"request body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadKeyRequest("request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
+    unknown = sorted(set(body) - allowed) if allowed is not None else []
     if unknown:
         raise BadKeyRequest(f"unknown field(s) {', '.join(u[:64] for u in unknown[:5])}"
                             f"{' and more' if len(unknown) > 5 else ''}; expected {', '.join(sorted(allowed))}")

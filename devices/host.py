@@ -1,10 +1,15 @@
-"""The device host: every element of one topology as an emulated device, all in one process.
+"""The device host: the elements of one topology as emulated devices, in one process.
 
-One digital twin and one key network are shared by the devices of the topology: the fibre
-plant device, an optical switch per switch, a QKD node per QKD node, a key manager per key
-manager; in a multi-domain topology also a plant device per domain (`fibre-plant-<domain>`)
-that shows only that domain's own fibre. Each device listens on its own free port of
-127.0.0.1 (a key manager also on a second one for ETSI GS QKD 014).
+The devices of the topology: the fibre plant device, an optical switch per switch, a QKD
+node per QKD node, a key manager per key manager; in a multi-domain topology also a plant
+device per domain (`fibre-plant-<domain>`) that shows only that domain's own fibre. Each
+device listens on its own free port of 127.0.0.1 (a key manager also on a second one for
+ETSI GS QKD 014). A host runs them all, or some (`run=`), the others running in other hosts.
+
+The devices reach the fibre plant, the clock and the links' key streams through the
+network's twin service (devices/twin_service.py) only: by default one the host runs on its
+loopback for as long as it runs; with `twin=` (a `TwinAddress`) the network's own, shared
+with the other hosts of the network.
 
 `crash` stops a device as a crash would (its key state and datastores stay on disk);
 `restart` builds it again from disk, on the same ports, so a client reconnects where it was.
@@ -14,8 +19,11 @@ given (`host_key=`); `table()` gives its public line per device, for clients to 
 
 The key managers serve ETSI 014 over TLS with client certificates: give `etsi014_tls`, a
 function of a key manager's id returning its server TLS context (requiring client
-certificates of the SAEs' CA; tools/pki.py makes them). Plain HTTP, where the caller names
-itself in an `X-SAE-ID` header, only with `insecure_sae_header=True`.
+certificates of the SAEs' CA; tools/pki.py makes them), and `km_peer_tls`, a function of a
+key manager's id returning the client TLS context it presents to its peers: key managers
+relay keys to each other over the network (devices/km_peer.py, docs/km-protocol.md), on the
+same listener. Plain HTTP, where the caller names itself in an `X-SAE-ID` (or, between key
+managers, `X-KM-ID`) header, only with `insecure_sae_header=True`.
 """
 from __future__ import annotations
 
@@ -34,8 +42,10 @@ from devices.keystore import KeyNetwork
 from devices.optical_switch import OpticalSwitchDevice
 from devices.plant import DEVICE_ID as PLANT_ID, FibrePlantDevice
 from devices.qkd_node import QkdNodeDevice
+from devices.quantum_node import QuantumNodeDevice
 from devices.topology import Topology, build_twin
 from devices.twin import Clock
+from devices.twin_service import SyncedClock, TwinAddress, TwinClient
 from netconf_core import persistent_host_key, public_key_line
 from netconf_core.server import HOST_KEY_FILE
 
@@ -62,6 +72,12 @@ class DeviceRow:
     restconf_url: str | None = None  # a QKD node's RESTCONF (ETSI GS QKD 015), when the host serves it
 
 
+def key_manager_sites(topology: Topology) -> dict[str, str]:
+    """Key manager id -> its site: the key manager of a site gets the streams of the links
+    ending there."""
+    return {km.id: km.site for km in topology.key_managers}
+
+
 def device_builders(topology: Topology, network: NetworkContext | None) -> list[tuple[str, functools.partial]]:
     """Every device of the topology, by id, as a builder taking its ports (`port=`, and
     `etsi014_port=` for a key manager); a builder's `func` is the device's class (its kind and
@@ -72,33 +88,50 @@ def device_builders(topology: Topology, network: NetworkContext | None) -> list[
                for d in topology.domains]
             + [(s.id, functools.partial(OpticalSwitchDevice, s, network)) for s in topology.switches]
             + [(n.id, functools.partial(QkdNodeDevice, n, network)) for n in topology.qkd_nodes]
-            + [(km.id, functools.partial(KeyManagerDevice, km, saes[km.id], network)) for km in topology.key_managers])
+            + [(km.id, functools.partial(KeyManagerDevice, km, saes[km.id], network)) for km in topology.key_managers]
+            + [(n.id, functools.partial(QuantumNodeDevice, n, topology.entanglement_links, network))
+               for n in topology.quantum_nodes])
 
 
 class DeviceHost:
     def __init__(self, topology: Topology, state_dir: pathlib.Path | str | None = None, speed: float = 1.0,
                  seed: int | None = None, *, ports: dict[str, dict[str, int]] | None = None, restconf: bool = False,
+                 twin: TwinAddress | None = None, run: set[str] | frozenset[str] | None = None,
                  **network: Any) -> None:
         """`ports`: by device id, the ports to listen on (`port`, and `etsi014_port` for a key
         manager), free ones otherwise; `restconf`: every QKD node serves RESTCONF too (on its
-        `restconf_port` of `ports`, or a free one); `network`: further NetworkContext fields
-        (users, host, host_key...)."""
+        `restconf_port` of `ports`, or a free one); `twin`: the network's twin service (which
+        keeps the clock: `speed` and `seed` are its then), else the host runs one; `run`: the
+        ids of the devices this host runs (default: all); `network`: further NetworkContext
+        fields (users, host, host_key...)."""
         self.topology = topology
+        unknown = sorted(set(run or ()) - {device_id for device_id, _ in device_builders(topology, None)})
+        if unknown:
+            raise ValueError(f"no device {', '.join(unknown)} in topology {topology.name}")
         self._scratch = tempfile.TemporaryDirectory(prefix="qstrata-devices-") if state_dir is None else None
-        clock = Clock(speed)
-        self.network = NetworkContext(build_twin(topology, clock, random.Random(seed)), KeyNetwork(clock),
+        client = TwinClient(None)
+        self.network = NetworkContext(None if twin else build_twin(topology, Clock(speed), random.Random(seed)),
+                                      KeyNetwork(client.clock),
                                       state_dir=pathlib.Path(state_dir if state_dir is not None else self._scratch.name),
+                                      twin_service=twin, key_manager_sites=key_manager_sites(topology), client=client,
                                       **network)
+        self.network.keys.stream_source = client
         if "host_key" not in network:   # kept in the state directory (0600): a restart keeps it
             self.network.host_key = persistent_host_key(self.network.state_dir / HOST_KEY_FILE)
         if topology.key_managers and self.network.etsi014_tls is None and not self.network.insecure_sae_header:
             raise ValueError("the key managers serve ETSI 014 over TLS with client certificates: give etsi014_tls "
                              "(a TLS context per key manager id), or insecure_sae_header=True for plain HTTP")
+        if topology.key_managers and self.network.etsi014_tls is not None and self.network.km_peer_tls is None:
+            raise ValueError("the key managers relay keys to each other over mutually authenticated TLS: give "
+                             "km_peer_tls (a client TLS context per key manager id) with etsi014_tls")
         self.devices: dict[str, Device] = {}
         self._builders: dict[str, Callable[..., Device]] = {}
         self._down: set[str] = set()
         self._outages: set[asyncio.Task] = set()
+        self._joined = False
         for device_id, build in device_builders(topology, self.network):
+            if run is not None and device_id not in run:
+                continue
             if device_id in self.devices:
                 raise ValueError(f"two devices of topology {topology.name} are called {device_id}")
             build = functools.partial(build, **(ports or {}).get(device_id, {}))
@@ -106,13 +139,17 @@ class DeviceHost:
                 build = functools.partial(build, restconf_port=0)
             self.devices[device_id] = self._prepare(build())
             self._builders[device_id] = build
+        client.key_managers = [d.id for d in self.devices.values() if isinstance(d, KeyManagerDevice)]
 
     @property
-    def clock(self) -> Clock:
-        return self.network.twin.clock
+    def clock(self) -> SyncedClock:
+        """The network's emulated clock, as the twin service keeps it."""
+        return self.network.client.clock
 
     async def start(self) -> None:
         """Start every device; if one cannot start, stop those already started and raise."""
+        await self.network.join()   # the twin service, for as long as the host runs
+        self._joined = True
         started: list[Device] = []
         try:
             for device in self.devices.values():
@@ -121,6 +158,8 @@ class DeviceHost:
         except BaseException:
             for device in reversed(started):
                 await device.stop()
+            self._joined = False
+            await self.network.leave()
             raise
 
     async def stop(self) -> None:
@@ -129,6 +168,9 @@ class DeviceHost:
         for device_id, device in reversed(self.devices.items()):
             if device_id not in self._down:
                 await device.stop()
+        if self._joined:
+            self._joined = False
+            await self.network.leave()
         self._down = set(self.devices)
         if self._scratch is not None:
             self._scratch.cleanup()

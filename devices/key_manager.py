@@ -9,6 +9,13 @@ manager at get time; a watcher task sends pool-low, pool-empty and session-state
 when what they describe changes. Actions: flush (a pool, at both ends of its link) and
 restart (a crash for an outage, carried out by the device host through `on_restart`).
 
+Key managers reach each other only over the network: the KM-to-KM protocol (devices/km_peer.py,
+docs/km-protocol.md), served on the ETSI 014 listener (HTTPS with the key manager's own
+certificate, which it also presents to its peers), at the addresses of `peers/peer` in the
+configuration. Nothing about another key manager is looked at in process: the session's
+peer-km-id says where its other SAE is (that key manager checks it serves it), and a
+session's status comes from planning over the protocol (the slave end plans the way back).
+
 Pools and undelivered keys are written under the device's directory (keys/<km-id>.db, an
 SQLite database: see devices.keystore for what is written when, and the delivery semantics),
 the configuration in its datastores: a restarted key manager resumes its pools and keys from
@@ -24,15 +31,18 @@ import asyncio
 import datetime
 import logging
 import pathlib
+import urllib.parse
 from dataclasses import dataclass
 from typing import Callable
 
 from lxml import etree
 
 from devices.base import Device, NetworkContext
-from devices.etsi014 import Etsi014Server
+from devices.etsi014 import LOOPBACK, Etsi014Server
 from devices.keystore import (Change, DiscardMessage, Key, KeyLimits, KeyManager, KeyNetwork, KeyServiceError,
-                              KeyStatus, KeyUnavailable, RelayMessage, Route, UnknownSAE)
+                              KeyStatus, NoRoute, PeerChannel, RelayMessage, Route, TokenBucket,
+                              UnknownSAE)
+from devices.km_peer import KmPeerApi, KmPeerClient
 from devices.topology import KeyManagerSpec, SaeSpec
 from models.key_manager import (KmConfig, KmCounters, KmSession, KmView, PoolState, RelayTotals, SessionState,
                                 km_state, pool_empty, pool_low, session_state_change)
@@ -71,7 +81,7 @@ class AccountedKeyManager(KeyManager):
     keys it passed on to a next hop and those that arrived for its slave SAE."""
 
     def __init__(self, km_id: str, network: KeyNetwork, state_dir: pathlib.Path | None = None,
-                 limits: KeyLimits = KeyLimits()) -> None:
+                 limits: KeyLimits = KeyLimits(), peers: PeerChannel | None = None) -> None:
         self.delivered: dict[tuple[str, str], Delivered] = {}
         self.forwarded: dict[tuple[str, str], Delivered] = {}
         self.received: dict[tuple[str, str], Delivered] = {}
@@ -80,17 +90,18 @@ class AccountedKeyManager(KeyManager):
         self.relayed_bits = 0
         self.dropped_keys = 0
         self.last_drop_reason = ""
-        super().__init__(km_id, network, state_dir, limits)
+        super().__init__(km_id, network, state_dir, limits, peers)
 
-    def status(self, master_sae: str, slave_sae: str, key_size: int | None = None) -> KeyStatus:
+    async def status(self, master_sae: str, slave_sae: str, key_size: int | None = None) -> KeyStatus:
         self._check_expiry(master_sae, slave_sae)
-        return super().status(master_sae, slave_sae, key_size or self.key_sizes.get((master_sae, slave_sae)))
+        return await super().status(master_sae, slave_sae, key_size or self.key_sizes.get((master_sae, slave_sae)))
 
-    def enc_keys(self, master_sae: str, slave_sae: str, number: int = 1, size: int | None = None) -> list[Key]:
+    async def enc_keys(self, master_sae: str, slave_sae: str, number: int = 1,
+                       size: int | None = None) -> list[Key]:
         self._check_expiry(master_sae, slave_sae)
         if size is None:
             size = self.key_sizes.get((master_sae, slave_sae))
-        keys = super().enc_keys(master_sae, slave_sae, number, size)
+        keys = await super().enc_keys(master_sae, slave_sae, number, size)
         _count(self.delivered, master_sae, slave_sae, keys)
         return keys
 
@@ -99,21 +110,21 @@ class AccountedKeyManager(KeyManager):
         _count(self.delivered, master_sae, slave_sae, keys)
         return keys
 
-    def _forward(self, destination_km: str, master_sae: str, slave_sae: str, keys: list[Key],
-                 incoming: Change | None = None) -> None:
-        super()._forward(destination_km, master_sae, slave_sae, keys, incoming)
+    async def _forward(self, destination_km: str, master_sae: str, slave_sae: str, keys: list[Key],
+                       incoming: Change | None = None, bucket: TokenBucket | None = None) -> None:
+        await super()._forward(destination_km, master_sae, slave_sae, keys, incoming, bucket)
         _count(self.forwarded, master_sae, slave_sae, keys)
 
     def _store(self, master_sae: str, slave_sae: str, keys: list[Key]) -> None:
         super()._store(master_sae, slave_sae, keys)
         _count(self.received, master_sae, slave_sae, keys)
 
-    def receive(self, message: RelayMessage | DiscardMessage) -> None:
+    async def receive(self, caller: str, message: RelayMessage | DiscardMessage) -> None:
         if not isinstance(message, RelayMessage) or message.destination_km == self.id:
-            super().receive(message)
+            await super().receive(caller, message)
             return
         try:
-            super().receive(message)
+            await super().receive(caller, message)
         except KeyServiceError as error:
             self.dropped_keys += len(message.key_ids)
             self.last_drop_reason = error.message[:REASON_MAX]
@@ -152,6 +163,7 @@ class KeyManagerDevice(Device):
         self.watch_period = WATCH_PERIOD_S
         self.km: AccountedKeyManager | None = None
         self.etsi014: Etsi014Server | None = None
+        self.peers: KmPeerClient | None = None
         self.config = EMPTY_CONFIG
         self._default_outage = next(self.schema.ctx.find_path(f"{ROOT_PATH}/restart/outage")).default()
         self._pool_flags: dict[str, tuple[bool, bool]] = {}  # link -> (below low watermark, empty)
@@ -170,12 +182,21 @@ class KeyManagerDevice(Device):
 
     async def start(self) -> None:
         directory = self.network.device_dir(self.id)
-        self.km = AccountedKeyManager(self.id, self.network.keys, directory / "keys" if directory else None)
+        tls, peer_tls = self.network.etsi014_tls, self.network.km_peer_tls
+        if tls is not None and peer_tls is None:
+            raise ValueError(f"key manager {self.id}: the KM-to-KM interface needs km_peer_tls (a client TLS context "
+                             f"per key manager id) beside etsi014_tls")
+        # KM-to-KM messages are served on the ETSI 014 listener: TLS there means TLS between peers.
+        self.peers = KmPeerClient(self.id, peer_tls(self.id) if tls is not None and peer_tls else None,
+                                  self.config_peer_url)
+        self.km = AccountedKeyManager(self.id, self.network.keys, directory / "keys" if directory else None,
+                                      peers=self.peers)
         try:
             await super().start()
-            tls = self.network.etsi014_tls
             self.etsi014 = Etsi014Server(self.km, port=self.etsi014_port, ssl_context=tls(self.id) if tls else None,
-                                         insecure_sae_header=self.network.insecure_sae_header)
+                                         insecure_sae_header=self.network.insecure_sae_header,
+                                         extra_routes=KmPeerApi(self.km, insecure=tls is None).routes(),
+                                         host=self.network.host if tls else LOOPBACK)
             await self.etsi014.start()
         except BaseException:
             await self.stop()
@@ -188,12 +209,19 @@ class KeyManagerDevice(Device):
         if self.etsi014 is not None:
             await self.etsi014.stop()
             self.etsi014 = None
+        if self.peers is not None:
+            await self.peers.close()
+            self.peers = None
         await super().stop()
         if self.km is not None:
             self.network.keys.unregister(self.id)
             self.km.close()
             self.km = None
         self.config = EMPTY_CONFIG
+
+    def config_peer_url(self, km_id: str) -> str | None:
+        """Where the configuration says peer `km_id`'s KM-to-KM interface is."""
+        return self.config.config.peers.get(km_id)
 
     def initial_config(self) -> list[etree._Element]:
         root = KM.element("key-manager", leaves={"km-id": self.id, "site": self.spec.site or None})
@@ -218,26 +246,19 @@ class KeyManagerDevice(Device):
     def _check(self, config: KmView) -> None:
         """Refuse what the key manager cannot do, before anything changes."""
         assert self.km is not None
-        keys = self.network.keys
         if config.km_id != self.id:
             raise _invalid(f"this key manager is {self.id}; km-id cannot be changed to {config.km_id}",
                            f"{ROOT_PATH}/km-id")
-        for sae in sorted(config.saes):
-            owner = keys.locate_sae(sae)
-            if owner not in (None, self.id):
-                raise _invalid(f"SAE {sae} is already attached to key manager {owner}",
-                               f"{ROOT_PATH}/saes/sae[sae-id='{sae}']")
         for link, peer_km in config.config.pools.items():
             where = f"{ROOT_PATH}/key-pools/key-pool[link-id='{link}']/peer-km-id"
             existing = self.km.pools.get(link)
             if existing is not None and existing.peer_km != peer_km:
                 raise _invalid(f"link {link} leads to key manager {existing.peer_km}, not {peer_km}: "
                                f"delete the pool first to pair the link with another key manager", where)
-            if keys.is_up(peer_km):
-                theirs = keys.km(peer_km).pools.get(link)
-                if theirs is not None and theirs.peer_km != self.id:
-                    raise _invalid(f"link {link} already joins key managers {peer_km} and {theirs.peer_km}",
-                                   where)
+        for peer_km, url in config.config.peers.items():
+            if urllib.parse.urlsplit(url).scheme not in ("https", "http") or not urllib.parse.urlsplit(url).netloc:
+                raise _invalid(f"peer {peer_km}: url must be an https:// (or, in the insecure mode, http://) base "
+                               f"URL, got {url!r}", f"{ROOT_PATH}/peers/peer[km-id='{peer_km}']/url")
         for session_id, session in config.config.sessions.items():
             where = f"{ROOT_PATH}/sessions/session[session-id='{session_id}']"
             if session.master_sae not in config.saes and session.slave_sae not in config.saes:
@@ -283,8 +304,9 @@ class KeyManagerDevice(Device):
         for pair, session in local.items():
             old = previous.get(pair)
             if pair in masters and (pair not in km.sessions or old is None
-                                    or (old.rate, old.burst) != (session.rate, session.burst)):
-                km.open_session(session.master_sae, session.slave_sae, session.rate, session.burst)
+                                    or (old.rate, old.burst, old.peer_km) != (session.rate, session.burst,
+                                                                               session.peer_km)):
+                km.open_session(session.master_sae, session.slave_sae, session.rate, session.burst, session.peer_km)
             km.key_sizes[pair] = session.key_size
             if session.ttl is None:
                 km.expiry.pop(pair, None)
@@ -305,7 +327,7 @@ class KeyManagerDevice(Device):
         sessions = {}
         clock = self.network.keys.clock
         for session_id, session in self.config.config.sessions.items():
-            status, reason = self._session_status(session)
+            status, reason = await self._session_status(session)
             tokens = int(km.sessions[session.pair].bucket.available()) if session.pair in km.sessions else None
             expires, expires_at = km.expiry.get(session.pair), None
             if expires is not None:
@@ -319,41 +341,39 @@ class KeyManagerDevice(Device):
                                            for table in (km.forwarded, km.received)))
         relay = RelayTotals(km.stats.keys_relayed, km.relayed_bits, km.dropped_keys, km.last_drop_reason)
         data = empty_tree()
-        data.append(km_state(self.etsi014.url if self.etsi014 is not None else None, pools, sessions, counters,
-                             relay))
+        url = self.etsi014.url if self.etsi014 is not None else None
+        data.append(km_state(url, pools, sessions, counters, relay, peer_url=url))
         return data
 
-    def _session_status(self, session: KmSession) -> tuple[str, str]:
-        """(status, reason) of a session seen from this end: the path from the master's key
-        manager to the slave's must be complete, hold one key on every hop and keep up with
-        the session's rate."""
+    async def _session_status(self, session: KmSession) -> tuple[str, str]:
+        """(status, reason) of a session seen from this end, by planning over the KM-to-KM
+        channel towards the peer key manager (the slave end plans the way back, over the same
+        links): the path must be complete ("pending" while a route or a pool is missing), lead
+        to the key manager of the other SAE ("failed" for an unreachable key manager, a loop or
+        another key manager), hold one key on every hop and keep up with the session's rate."""
         assert self.km is not None
-        keys = self.network.keys
         expires = self.km.expiry.get(session.pair)
-        if expires is not None and keys.clock.now() >= expires:
+        if expires is not None and self.network.keys.clock.now() >= expires:
             return "expired", f"the time to live of {session.ttl} s has passed"
         master_end = self.config.is_master_end(session)
-        remote_sae = session.slave_sae if master_end else session.master_sae
-        located = keys.locate_sae(remote_sae)
-        if located != session.peer_km:
-            where = f"key manager {located}" if located else "no key manager"
-            return "failed", f"SAE {remote_sae} is attached to {where}, not to {session.peer_km}"
-        if not keys.is_up(session.peer_km):
-            return "failed", f"key manager {session.peer_km} is unreachable"
-        source, destination = (self.km, session.peer_km) if master_end else (keys.km(session.peer_km), self.id)
-        incomplete = _path_problem(keys, source, destination)
-        if incomplete is not None:
-            return incomplete
+        pair = session.pair if master_end else (session.slave_sae, session.master_sae)
         try:
-            hops = source.plan_relay(destination, session.key_size)
-        except KeyUnavailable as error:
+            await self.km.plan(session.peer_km, 0, pair=pair)
+        except NoRoute as error:
+            return "pending", error.message[:REASON_MAX]
+        except KeyServiceError as error:
+            return "failed", error.message[:REASON_MAX]
+        try:
+            hops = (await self.km.plan(session.peer_km, session.key_size, pair=pair)).hops
+        except KeyServiceError as error:
             return "starved", error.message[:REASON_MAX]
         if not hops:
             return "active", f"both SAEs are attached to key manager {self.id}: it delivers the keys itself"
-        rate, link = min((keys.stream(h.link_id).rate_bps, h.link_id) for h in hops)
+        rate, link = min((h.rate_bps, h.link_id) for h in hops)
         if rate < session.rate:
             return "starved", f"link {link} distils {rate:.0f} b/s of key; the session needs {session.rate} b/s"
-        return "active", f"{len(hops)} hop(s) from key manager {source.id} to key manager {destination}"
+        source, destination = (self.id, session.peer_km) if master_end else (session.peer_km, self.id)
+        return "active", f"{len(hops)} hop(s) from key manager {source} to key manager {destination}"
 
     # -- notifications ---------------------------------------------------------------------
 
@@ -372,7 +392,7 @@ class KeyManagerDevice(Device):
         for link in self.config.config.pools:
             await self._pool_level(link, self.km.pools[link].available_bits())
         for session_id, session in self.config.config.sessions.items():
-            status, reason = self._session_status(session)
+            status, reason = await self._session_status(session)
             previous = self._session_states.get(session_id, "pending")
             self._session_states[session_id] = status
             if status != previous:
@@ -402,7 +422,7 @@ class KeyManagerDevice(Device):
         consumed = pool.consumed_bits
         await self._pool_level(link, pool.available_bits())  # the level the flush falls from
         try:
-            self.km.flush(link)
+            await self.km.flush(link)
         except (KeyServiceError, ValueError) as error:
             raise RPCError("operation-failed", f"flushing the pool of link {link} failed: {error}") from None
         await self._pool_level(link, 0)
@@ -414,25 +434,6 @@ class KeyManagerDevice(Device):
                                                       f"nothing would start it again")
         outage = KM.text(action, "outage", "")
         self.on_restart(float(outage or self._default_outage))
-
-
-def _path_problem(keys: KeyNetwork, source: KeyManager, destination: str) -> tuple[str, str] | None:
-    """Follow the routes from `source` to `destination`: ("pending", why) while a route or a
-    pool is missing on the way, ("failed", why) for an unreachable key manager or a loop."""
-    here, visited = source, [source.id]
-    while here.id != destination:
-        route = here.routes.get(destination)
-        if route is None:
-            return "pending", f"key manager {here.id} has no route to key manager {destination} yet"
-        if not keys.is_up(route.next_hop_km):
-            return "failed", f"key manager {route.next_hop_km} is unreachable"
-        here = keys.km(route.next_hop_km)
-        if route.link_id not in here.pools:
-            return "pending", f"key manager {here.id} has no pool for link {route.link_id} yet"
-        if here.id in visited:
-            return "failed", f"routing loop: {' -> '.join(visited + [here.id])}"
-        visited.append(here.id)
-    return None
 
 
 def _invalid(message: str, path: str) -> RPCError:

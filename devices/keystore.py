@@ -6,13 +6,20 @@ key relay and the ETSI GS QKD 014 key-delivery semantics. No NETCONF and no HTTP
   Each end holds a `KeyPool` over it: the window of produced, unused bits, capped at
   `max_bits` (when full, the oldest bits are dropped). A block taken at one end is taken at
   the same offset at the other end, so both ends stay in step.
-- `KeyNetwork` is the in-process registry of one network's key managers: the classical
-  channel between them (it carries relay messages, which hold only one-time-pad ciphertext),
-  the directory of which key manager serves which SAE, and the links' key streams.
+- Key managers talk to each other only through a `PeerChannel`: `send(sender, peer, message)`
+  of a `TailQuery`, `PlanRequest`, `RelayMessage` (one-time-pad ciphertext only) or
+  `DiscardMessage`, answered by the peer's `KeyManager.handle`, which takes a message on a
+  link only from the link's configured peer. devices/km_peer.py carries them over HTTPS with
+  mutual TLS (docs/km-protocol.md); `InMemoryPeers` calls the peer object, for the unit tests
+  of this module. `KeyNetwork` holds what one emulated network shares in process: the clock,
+  the links' key streams and the registry of running key managers (which the in-memory
+  channel uses).
 - `KeyManager.enc_keys` makes fresh random keys for a master SAE and relays them to the
-  slave SAE's key manager, hop by hop by XOR with each hop's link key. Capacity is checked on
-  every hop, in the session's token bucket and in the room the slave's key manager has left
-  for the SAE pair, before anything is consumed: a request is served whole or not at all.
+  slave SAE's key manager (the session's `peer_km`), hop by hop by XOR with each hop's link
+  key. Capacity is checked on every hop (`plan`: each key manager asks the next hop its tail
+  and the rest of the plan, then checks its own hop), in the session's token bucket, and at
+  the slave's key manager (which must serve the slave SAE and have room for the SAE pair),
+  before anything is consumed: a request is served whole or not at all.
   `dec_keys` hands each key to the slave SAE once and deletes it.
 
 Persistence. With a `state_dir`, a key manager keeps its pools and undelivered keys in
@@ -31,8 +38,13 @@ local to each key manager:
 - a receiver records the bits it received (and, relaying, the bits it takes on the next hop,
   in the same transaction) before it passes the keys on or stores them, and refuses bits
   below its own tail;
-- after a restart, a sender starts a link's key at the larger of its tail and the peer's
-  (`not_before=peer.pool_tail(link)`), so bits either end used are never offered again.
+- one end of each link, its allocator (the smaller km-id), hands out every range of the
+  link's key that ciphertext goes under, in both directions: for its own sends from the
+  larger of its tail and the peer's (`TailQuery`), for the peer's when asked
+  (`ReserveRequest`, its advanced tail on disk before it answers); so bits either end used
+  (before a crash of either) are never offered again, and concurrent relays, however many
+  are in flight, never share a pad. Messages may arrive out of order: a pool takes bits
+  below its tail only from its holes (`KeyPool`), which a restart forgets.
 Keys in flight when a key manager crashes are lost (the master SAE gets an error, or keys
 already stored for the slave SAE wait unclaimed until they expire), never sent again.
 
@@ -48,7 +60,8 @@ At most `KeyLimits.max_stored_keys` wait per SAE pair: beyond that, `enc_keys` i
 503 (KeyUnavailable) before anything is consumed, until the slave SAE fetches keys or they expire.
 `dec_keys` takes at most `KeyLimits.max_key_per_request` key IDs.
 
-Key bytes are never logged. Not thread-safe: drive one network from one thread (its event loop).
+Key bytes are never logged. Not thread-safe: drive a key manager from one thread (its event
+loop); `enc_keys`, `status`, `drain`, `flush` and `handle` are coroutines, as they wait for peers.
 """
 from __future__ import annotations
 
@@ -64,6 +77,7 @@ import sqlite3
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from devices.twin import Clock
 
@@ -123,6 +137,29 @@ class StateWriteError(KeyUnavailable):
     """The key manager could not write its state (disk full, I/O error): nothing changed."""
 
 
+class NoRoute(KeyUnavailable):
+    """A key manager on the way has no route to the destination, or no pool for its link."""
+
+
+class PeerUnreachable(KeyUnavailable):
+    """A key manager on the way cannot be reached over the KM-to-KM channel."""
+
+
+class RoutingLoop(KeyUnavailable):
+    """The routes lead back to a key manager already on the way."""
+
+
+class PeerRefused(KeyUnavailable):
+    """A key manager refused a KM-to-KM message: the caller is not the peer of the link."""
+
+
+# Every KeyServiceError a key manager raises, by name: how a peer's error crosses the
+# KM-to-KM channel and is raised again as the same class (devices/km_peer.py).
+SERVICE_ERRORS: dict[str, type[KeyServiceError]] = {
+    cls.__name__: cls for cls in (KeyServiceError, BadKeyRequest, UnknownSAE, KeyUnavailable, StateWriteError,
+                                  NoRoute, PeerUnreachable, RoutingLoop, PeerRefused)}
+
+
 class KeyStateError(ValueError, OSError):
     """A key manager's state file cannot be used: damaged, of another key manager or of an
     unknown format. The message starts with the file's path. An OSError too, so that the
@@ -158,35 +195,56 @@ class KeyStream:
     """The key one QKD link distils, identical at both ends, addressed by bit offset.
 
     The bits are a keyed hash of their block index, so both ends (and a restarted key
-    manager) derive the same bits from the link's secret without storing them.
+    manager) derive the same bits from the link's secret without storing them. How many
+    bits exist at an emulated time follows from the rate history: segments (start, bits at
+    start, rate). A rate change may be dated ahead (`at`): the twin service announces it to
+    every holder of the stream before it takes effect, so that all of them count the same
+    produced bits at the same emulated time (docs/twin-service.md).
+
+    A stream `bound=False` waits for its material from the twin service: it produces
+    nothing until `bind` gives it the link's secret and history.
     """
 
+    KEEP_S = 5.0  # emulated seconds of rate history kept behind the newest past change
+
     def __init__(self, link_id: str, clock: Clock, secret: bytes | None = None,
-                 produced_bits: float = 0.0, rate_bps: float = 0.0) -> None:
+                 produced_bits: float = 0.0, rate_bps: float = 0.0, bound: bool = True) -> None:
         self.link_id = link_id
         self._clock = clock
         self._secret = secret or secrets.token_bytes(32)
-        self._settled_bits = produced_bits
-        self._settled_at = clock.now()
-        self._rate_bps = rate_bps
+        self._segments: list[tuple[float, float, float]] = [(clock.now(), float(produced_bits), float(rate_bps))]
+        self.bound = bound
 
     @property
     def rate_bps(self) -> float:
-        return self._rate_bps
+        return self._segment(self._clock.now())[2] if self.bound else 0.0
 
-    def set_rate(self, rate_bps: float) -> None:
-        """The link's eskr from now on (0 while the link is down)."""
+    def _segment(self, t: float) -> tuple[float, float, float]:
+        for segment in reversed(self._segments):
+            if segment[0] <= t:
+                return segment
+        return self._segments[0]
+
+    def _bits_at(self, t: float) -> float:
+        start, bits, rate = self._segment(t)
+        return bits + rate * max(0.0, t - start)
+
+    def set_rate(self, rate_bps: float, at: float | None = None) -> None:
+        """The link's eskr from emulated time `at` (default: now) on; 0 while the link is down."""
         if not rate_bps >= 0:
             raise ValueError(f"link {self.link_id}: key rate must be >= 0, got {rate_bps!r}")
         now = self._clock.now()
-        self._settled_bits += self._rate_bps * (now - self._settled_at)
-        self._settled_at = now
-        self._rate_bps = rate_bps
+        at = now if at is None else max(at, now)
+        bits = self._bits_at(at)
+        self._segments = [s for s in self._segments if s[0] < at] + [(at, bits, float(rate_bps))]
+        past = [i for i, s in enumerate(self._segments) if s[0] <= now - self.KEEP_S]
+        if len(past) > 1:
+            del self._segments[:past[-1]]
 
-    def produced_bits(self) -> int:
-        """All bits produced since the link started, in whole bytes."""
-        exact = self._settled_bits + self._rate_bps * (self._clock.now() - self._settled_at)
-        return int(exact) // 8 * 8
+    def produced_bits(self, at: float | None = None) -> int:
+        """All bits produced since the link started (by emulated time `at`, default now), in
+        whole bytes."""
+        return int(self._bits_at(self._clock.now() if at is None else at)) // 8 * 8 if self.bound else 0
 
     def bits(self, offset: int, nbits: int) -> bytes:
         """The key bits [offset, offset + nbits); both multiples of 8."""
@@ -196,9 +254,25 @@ class KeyStream:
         skip = first - blocks.start * _BLOCK_BYTES
         return data[skip:skip + end - first]
 
+    def history(self) -> list[list[float]]:
+        """The rate history, as the twin service sends it: [start, bits at start, rate]."""
+        return [list(s) for s in self._segments]
+
+    def bind(self, secret: bytes, history: list) -> None:
+        """Take the link's material from the twin service (a rebind replaces the history)."""
+        self._secret = secret
+        self.set_history(history)
+        self.bound = True
+
+    def set_history(self, history: list) -> None:
+        segments = [(float(a), float(b), float(r)) for a, b, r in history]
+        if not segments or any(b < 0 or r < 0 for _, b, r in segments):
+            raise ValueError(f"link {self.link_id}: a rate history needs segments with bits and rate >= 0")
+        self._segments = sorted(segments)
+
     def snapshot(self) -> dict:
         return {"link_id": self.link_id, "secret": self._secret.hex(),
-                "produced_bits": self.produced_bits(), "rate_bps": self._rate_bps}
+                "produced_bits": self.produced_bits(), "rate_bps": self.rate_bps}
 
     @classmethod
     def restore(cls, snapshot: dict, clock: Clock) -> KeyStream:
@@ -206,12 +280,24 @@ class KeyStream:
                    snapshot["produced_bits"], snapshot["rate_bps"])
 
 
+MAX_HOLES = 256  # ranges below a pool's tail that the peer may still send under (in memory)
+
+
 class KeyPool:
-    """One end's share of a link's key: offsets below `tail` are used; the pool holds the
-    produced bits from max(tail, produced - max_bits)."""
+    """One end's share of a link's key: offsets below `tail` are used, except the `holes`;
+    the pool holds the produced bits from max(tail, produced - max_bits).
+
+    One end of each link, its `allocator` (the key manager with the smaller id), hands out
+    every range of the link's key that ciphertext is sent under, for both directions: its
+    own sends, and the peer's (`hold`: asked by a ReserveRequest). So no two messages are
+    ever encrypted with the same bits, however many are in flight. Messages can arrive out of
+    order: the ranges below the tail not used here yet are holes (at the allocator, the
+    ranges it holds for the peer; at the other end, the gaps its tail jumped over), taken
+    once each. Holes are in memory only: after a restart they count as used, so a message
+    in flight across a crash is refused, never taken twice."""
 
     def __init__(self, stream: KeyStream, peer_km: str, max_bits: int, tail: int = 0,
-                 consumed_bits: int = 0) -> None:
+                 consumed_bits: int = 0, allocator: bool = True) -> None:
         if max_bits <= 0 or max_bits % 8:
             raise ValueError(f"link {stream.link_id}: max_bits must be a positive multiple of 8")
         self.stream = stream
@@ -219,6 +305,8 @@ class KeyPool:
         self.max_bits = max_bits
         self.tail = tail
         self.consumed_bits = consumed_bits  # taken for relays and drains, at this end
+        self.allocator = allocator
+        self.holes: list[tuple[int, int]] = []  # [start, end) below the tail, unused here
 
     @property
     def link_id(self) -> str:
@@ -242,14 +330,39 @@ class KeyPool:
 
     def check_at(self, offset: int, bits: int) -> None:
         """Raise KeyUnavailable unless the peer's bits [offset, offset + bits) are still
-        unused here: bits below the tail were used, and are never used again."""
-        if offset < self.tail or offset + bits > self.stream.produced_bits():
-            raise KeyUnavailable(f"link {self.link_id}: bits [{offset}, {offset + bits}) are not in the pool")
+        unused here: bits below the tail were used (but for the holes), and are never used again."""
+        end = offset + bits
+        if end > self.stream.produced_bits() or (
+                offset < self.tail and not any(start <= offset and end <= stop for start, stop in self.holes)):
+            raise KeyUnavailable(f"link {self.link_id}: bits [{offset}, {end}) are not in the pool")
 
     def advance(self, offset: int, bits: int) -> None:
         """Bits [offset, offset + bits) are used (their use is on disk already)."""
-        self.tail = max(self.tail, offset + bits)
+        end = offset + bits
+        if offset >= self.tail:
+            if offset > self.tail and not self.allocator:  # the allocator handed out the gap: it may come
+                self._add_hole(self.tail, offset)
+            self.tail = end
+        else:
+            self._fill(offset, end)
         self.consumed_bits += bits
+
+    def hold(self, offset: int, bits: int) -> None:
+        """The allocator gave [offset, offset + bits) to the peer (the tail is on disk already)."""
+        if offset >= self.tail:
+            self._add_hole(offset, offset + bits)
+            self.tail = offset + bits
+
+    def _add_hole(self, start: int, stop: int) -> None:
+        self.holes.append((start, stop))
+        if len(self.holes) > MAX_HOLES:
+            del self.holes[0]  # the oldest counts as used
+
+    def _fill(self, start: int, stop: int) -> None:
+        for i, (a, b) in enumerate(self.holes):
+            if a <= start and stop <= b:
+                self.holes[i:i + 1] = [r for r in ((a, start), (stop, b)) if r[0] < r[1]]
+                return
 
     def take(self, bits: int, not_before: int = 0) -> int:
         """Use `bits` from the oldest bits both ends hold; returns their offset (in memory
@@ -302,6 +415,7 @@ class TokenBucket:
 class Session:
     master_sae: str
     slave_sae: str
+    peer_km: str  # the key manager serving the slave SAE (this one for a local delivery)
     bucket: TokenBucket
 
 
@@ -318,6 +432,58 @@ class Hop:
     link_id: str
     available_bits: int  # both ends
     max_bits: int
+    rate_bps: float = 0.0  # the link's key rate now
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A relay checked hop by hop: the hops, and what the destination key manager still takes
+    for the SAE pair (None when no pair was named)."""
+
+    hops: tuple[Hop, ...]
+    room: int | None = None
+    max_stored_keys: int | None = None
+
+
+@dataclass(frozen=True)
+class TailQuery:
+    """Asks the peer where its pool of the link starts."""
+
+    link_id: str
+
+
+@dataclass(frozen=True)
+class ReserveRequest:
+    """Asks the allocator of the link (the receiver) for `bits` of the link's key to send
+    under, from `not_before` (the sender's tail) on; the answer is their offset."""
+
+    link_id: str
+    bits: int
+    not_before: int
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Asks the peer to check the rest of a relay towards `destination_km` (the sender checks
+    its own hop, over `link_id`, with the tail the peer answers). With the SAE pair, the
+    destination checks that it serves the slave SAE and has room for `number` more keys."""
+
+    link_id: str
+    destination_km: str
+    bits: int
+    visited: tuple[str, ...]
+    master_sae: str | None = None
+    slave_sae: str | None = None
+    number: int = 0
+
+
+@dataclass(frozen=True)
+class PlanAnswer:
+    """The receiver's tail of the link, and the rest of the plan or why it cannot be made."""
+
+    tail: int
+    plan: Plan | None = None
+    error: KeyServiceError | None = None
 
 
 @dataclass(frozen=True)
@@ -341,6 +507,9 @@ class DiscardMessage:
     link_id: str
     offset: int
     bits: int
+
+
+PeerMessage = TailQuery | ReserveRequest | PlanRequest | RelayMessage | DiscardMessage
 
 
 @dataclass(frozen=True)
@@ -676,12 +845,13 @@ def _fsync_dir(directory: pathlib.Path) -> None:
 
 
 class KeyNetwork:
-    """The key managers of one emulated network, and what they share."""
+    """What the key managers of one emulated network share in process: the clock, the links'
+    key streams, and the registry of running key managers (one id runs once; the in-memory
+    transport of unit tests finds its peers there)."""
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock or Clock()
         self._kms: dict[str, KeyManager] = {}
-        self._sae_km: dict[str, str] = {}
         self._streams: dict[str, KeyStream] = {}
 
     def register(self, km: KeyManager) -> None:
@@ -696,31 +866,22 @@ class KeyNetwork:
     def km(self, km_id: str) -> KeyManager:
         km = self._kms.get(km_id)
         if km is None:
-            raise KeyUnavailable(f"key manager {km_id} is unreachable")
+            raise PeerUnreachable(f"key manager {km_id} is unreachable")
         return km
 
     def is_up(self, km_id: str) -> bool:
         return km_id in self._kms
 
-    def deliver(self, km_id: str, message: RelayMessage | DiscardMessage) -> None:
-        """The classical channel: hand `message` to key manager `km_id`."""
-        self.km(km_id).receive(message)
-
-    def attach_sae(self, sae_id: str, km_id: str) -> None:
-        owner = self._sae_km.setdefault(sae_id, km_id)
-        if owner != km_id:
-            raise ValueError(f"SAE {sae_id!r} is already attached to key manager {owner!r}")
-
-    def detach_sae(self, sae_id: str) -> None:
-        self._sae_km.pop(sae_id, None)
-
-    def locate_sae(self, sae_id: str) -> str | None:
-        return self._sae_km.get(sae_id)
+    # The twin service's client (devices/twin_service.py) when the streams come from there, as
+    # in a DeviceHost; None: the streams are this object's own (the key store alone, in tests).
+    stream_source = None
 
     def stream(self, link_id: str) -> KeyStream:
-        """The key stream of a QKD link, created on first use."""
+        """The key stream of a QKD link, created on first use (from the twin service: bound
+        once the service hands this network's key managers the link's material)."""
         if link_id not in self._streams:
-            self._streams[link_id] = KeyStream(link_id, self.clock)
+            self._streams[link_id] = (self.stream_source.stream(link_id) if self.stream_source is not None
+                                      else KeyStream(link_id, self.clock))
         return self._streams[link_id]
 
     def adopt_stream(self, snapshot: dict) -> KeyStream:
@@ -728,11 +889,35 @@ class KeyNetwork:
         (the whole network restarted)."""
         link_id = snapshot["link_id"]
         if link_id not in self._streams:
-            self._streams[link_id] = KeyStream.restore(snapshot, self.clock)
+            self._streams[link_id] = (self.stream_source.adopt(snapshot) if self.stream_source is not None
+                                      else KeyStream.restore(snapshot, self.clock))
         return self._streams[link_id]
 
     def remove_stream(self, link_id: str) -> None:
         self._streams.pop(link_id, None)
+        if self.stream_source is not None:
+            self.stream_source.forget(link_id)
+
+
+class PeerChannel(Protocol):
+    """How a key manager talks to its peers: `send` hands `message` to key manager `km_id`
+    as sent by `sender` and returns the answer of its `KeyManager.handle` (the tail for a
+    TailQuery, a PlanAnswer for a PlanRequest, None otherwise), raising its KeyServiceError.
+    devices/km_peer.py does it over HTTPS with mutual TLS; `InMemoryPeers` in process."""
+
+    async def send(self, sender: str, km_id: str, message: PeerMessage) -> object: ...
+
+
+class InMemoryPeers:
+    """The KM-to-KM channel of unit tests of this module: calls the peer KeyManager
+    registered in the same KeyNetwork directly (the same `handle`, with the same checks of
+    the sender, as the HTTPS transport). The devices use devices/km_peer.py."""
+
+    def __init__(self, network: KeyNetwork) -> None:
+        self.network = network
+
+    async def send(self, sender: str, km_id: str, message: PeerMessage) -> object:
+        return await self.network.km(km_id).handle(sender, message)
 
 
 Change = tuple[KeyPool, int, int]  # (pool, offset, bits): bits of the pool's link this end uses
@@ -743,9 +928,10 @@ class KeyManager:
     attributes: `pools`, `routes`, `sessions`, `saes`, `stats`, `stored_key_count`."""
 
     def __init__(self, km_id: str, network: KeyNetwork, state_dir: pathlib.Path | None = None,
-                 limits: KeyLimits = KeyLimits()) -> None:
+                 limits: KeyLimits = KeyLimits(), peers: PeerChannel | None = None) -> None:
         self.id = km_id
         self.network = network
+        self.peers: PeerChannel = peers if peers is not None else InMemoryPeers(network)
         self.limits = limits
         self.state_file = state_dir / f"{km_id}.db" if state_dir is not None else None
         self.pools: dict[str, KeyPool] = {}
@@ -764,7 +950,7 @@ class KeyManager:
                     continue
                 stream = network.adopt_stream(record.stream)
                 self.pools[record.link_id] = KeyPool(stream, record.peer_km, record.max_bits, record.tail,
-                                                     record.consumed_bits)
+                                                     record.consumed_bits, allocator=km_id < record.peer_km)
             self._waiting = self.store.waiting()  # (master SAE, slave SAE) -> keys stored here
             self._oldest = self.store.oldest()  # stored_at of the oldest waiting key, or less
             # Keys are stamped on the network's clock; a network restarted from disk has a new
@@ -797,8 +983,11 @@ class KeyManager:
             return pool
         stream = self.network.stream(link_id)
         retired = self._retired.get(link_id)
-        tail = retired.tail if retired is not None and retired.stream["secret"] == stream.snapshot()["secret"] else 0
-        pool = KeyPool(stream, peer_km, max_bits, tail)
+        # An unbound stream's secret is not the link's yet: it may bind to the retired one's,
+        # so its tail is kept (at worst some bits of a new stream are skipped, never reused).
+        same = retired is not None and (not stream.bound or retired.stream["secret"] == stream.snapshot()["secret"])
+        tail = retired.tail if same else 0
+        pool = KeyPool(stream, peer_km, max_bits, tail, allocator=self.id < peer_km)
         self._apply([(pool, tail, 0)])  # on disk before anything uses it
         self._retired.pop(link_id, None)
         self.pools[link_id] = pool
@@ -826,16 +1015,16 @@ class KeyManager:
         self.routes.pop(destination_km, None)
 
     def attach_sae(self, sae_id: str) -> None:
-        self.network.attach_sae(sae_id, self.id)
         self.saes.add(sae_id)
 
     def detach_sae(self, sae_id: str) -> None:
-        if sae_id in self.saes:
-            self.saes.discard(sae_id)
-            self.network.detach_sae(sae_id)
+        self.saes.discard(sae_id)
 
-    def open_session(self, master_sae: str, slave_sae: str, rate_bps: float, burst_bits: int) -> Session:
-        session = Session(master_sae, slave_sae, TokenBucket(rate_bps, burst_bits, self.network.clock))
+    def open_session(self, master_sae: str, slave_sae: str, rate_bps: float, burst_bits: int,
+                     peer_km: str) -> Session:
+        """A session of `master_sae` (attached here) with `slave_sae`, attached to `peer_km`
+        (this key manager's id for a local delivery)."""
+        session = Session(master_sae, slave_sae, peer_km, TokenBucket(rate_bps, burst_bits, self.network.clock))
         self.sessions[(master_sae, slave_sae)] = session
         return session
 
@@ -891,22 +1080,22 @@ class KeyManager:
 
     # -- ETSI 014 ------------------------------------------------------------------------
 
-    def status(self, master_sae: str, slave_sae: str, key_size: int | None = None) -> KeyStatus:
+    async def status(self, master_sae: str, slave_sae: str, key_size: int | None = None) -> KeyStatus:
         """What `master_sae` can get for `slave_sae` now, in keys of `key_size` bits (the
         default size unless given): the weakest hop, the session's bucket and the room left
         at the slave's key manager for keys of this pair not fetched yet."""
         session, destination = self._authorise(master_sae, slave_sae)
-        hops = self.plan_relay(destination, 0)
+        plan = await self.plan(destination, 0, pair=(master_sae, slave_sae))
         size = self.limits.default_key_size if key_size is None else key_size
-        target = self.network.km(destination)
-        stored = min([h.available_bits for h in hops] + [int(session.bucket.available())]) // size
-        most = min([h.max_bits for h in hops] + [session.bucket.burst_bits]) // size
-        stored = min(stored, target.room(master_sae, slave_sae))
-        most = min(most, target.limits.max_stored_keys)
+        stored = min([h.available_bits for h in plan.hops] + [int(session.bucket.available())]) // size
+        most = min([h.max_bits for h in plan.hops] + [session.bucket.burst_bits]) // size
+        stored = min(stored, plan.room if plan.room is not None else stored)
+        most = min(most, plan.max_stored_keys if plan.max_stored_keys is not None else most)
         return KeyStatus(self.id, destination, master_sae, slave_sae, size, stored, most,
                          self.limits.max_key_per_request, self.limits.max_key_size, self.limits.min_key_size)
 
-    def enc_keys(self, master_sae: str, slave_sae: str, number: int = 1, size: int | None = None) -> list[Key]:
+    async def enc_keys(self, master_sae: str, slave_sae: str, number: int = 1,
+                       size: int | None = None) -> list[Key]:
         """Fresh keys for `master_sae`, delivered to `slave_sae`'s key manager; all or nothing.
         The keys are returned once they are stored (on disk) at the slave's key manager."""
         size = self.limits.default_key_size if size is None else size
@@ -914,14 +1103,14 @@ class KeyManager:
         session, destination = self._authorise(master_sae, slave_sae)
         bits = number * size
         session.bucket.check(bits)
-        self.plan_relay(destination, bits)
-        self.network.km(destination).check_room(master_sae, slave_sae, number)
-        session.bucket.take(bits)
+        await self.plan(destination, bits, pair=(master_sae, slave_sae), number=number)
         keys = [Key(str(uuid.uuid4()), secrets.token_bytes(size // 8)) for _ in range(number)]
         if destination == self.id:
+            self.check_room(master_sae, slave_sae, number)
+            session.bucket.take(bits)
             self._store_keys(master_sae, slave_sae, keys)
         else:
-            self._forward(destination, master_sae, slave_sae, keys)
+            await self._forward(destination, master_sae, slave_sae, keys, bucket=session.bucket)
         self.stats.keys_served += number
         return keys
 
@@ -977,62 +1166,115 @@ class KeyManager:
         if master_sae not in self.saes:
             raise UnknownSAE(f"SAE {master_sae} is not served by key manager {self.id}")
         session = self.sessions.get((master_sae, slave_sae))
-        destination = self.network.locate_sae(slave_sae)
-        if session is None or destination is None:
+        if session is None:
             raise UnknownSAE(f"SAE {master_sae} has no key session with SAE {slave_sae}")
-        return session, destination
+        return session, session.peer_km
 
     # -- relay ---------------------------------------------------------------------------
 
-    def plan_relay(self, destination_km: str, bits: int, visited: tuple[str, ...] = ()) -> list[Hop]:
+    async def plan_relay(self, destination_km: str, bits: int, visited: tuple[str, ...] = ()) -> list[Hop]:
         """The hops from here to `destination_km`, each checked to hold `bits` at both ends.
         Consumes nothing; raises KeyUnavailable naming the first hop that cannot carry them."""
+        return list((await self.plan(destination_km, bits, visited)).hops)
+
+    async def plan(self, destination_km: str, bits: int, visited: tuple[str, ...] = (),
+                   pair: tuple[str, str] | None = None, number: int = 0) -> Plan:
+        """`plan_relay`, hop by hop over the KM-to-KM channel; with the SAE pair, the
+        destination also checks that it serves the slave SAE and has room for `number` keys."""
         if destination_km == self.id:
-            return []
+            if pair is None:
+                return Plan(())
+            master_sae, slave_sae = pair
+            if slave_sae not in self.saes:
+                raise UnknownSAE(f"SAE {slave_sae} is not served by key manager {self.id}")
+            if number:
+                self.check_room(master_sae, slave_sae, number)
+            return Plan((), self.room(master_sae, slave_sae), self.limits.max_stored_keys)
         if self.id in visited:
-            raise KeyUnavailable(f"routing loop towards key manager {destination_km}: "
-                                 f"{' -> '.join(visited + (self.id,))}")
+            raise RoutingLoop(f"routing loop towards key manager {destination_km}: "
+                              f"{' -> '.join(visited + (self.id,))}")
         route = self.routes.get(destination_km)
         if route is None:
-            raise KeyUnavailable(f"key manager {self.id} has no route to key manager {destination_km}")
+            raise NoRoute(f"key manager {self.id} has no route to key manager {destination_km}")
         pool = self._route_pool(route)
-        peer = self.network.km(route.next_hop_km)
-        available = pool.available_bits(not_before=peer.pool_tail(route.link_id))
+        master_sae, slave_sae = pair if pair is not None else (None, None)
+        answer = await self.peers.send(self.id, route.next_hop_km, PlanRequest(
+            route.link_id, destination_km, bits, visited + (self.id,), master_sae, slave_sae, number))
+        assert isinstance(answer, PlanAnswer)
+        available = pool.available_bits(not_before=answer.tail)
         if available < bits:
             raise KeyUnavailable(
-                f"not enough key on link {route.link_id} ({self.id} -> {peer.id}): "
+                f"not enough key on link {route.link_id} ({self.id} -> {route.next_hop_km}): "
                 f"{available} bits, {bits} needed",
                 [{"link": route.link_id, "available_bits": available, "needed_bits": bits}])
-        hop = Hop(self.id, peer.id, route.link_id, available, pool.max_bits)
-        return [hop] + peer.plan_relay(destination_km, bits, visited + (self.id,))
+        if answer.error is not None:
+            raise answer.error
+        assert answer.plan is not None
+        hop = Hop(self.id, route.next_hop_km, route.link_id, available, pool.max_bits, pool.stream.rate_bps)
+        return Plan((hop,) + answer.plan.hops, answer.plan.room, answer.plan.max_stored_keys)
 
     def _route_pool(self, route: Route) -> KeyPool:
         pool = self.pools.get(route.link_id)
         if pool is None:
-            raise KeyUnavailable(f"key manager {self.id} has no pool for link {route.link_id}")
+            raise NoRoute(f"key manager {self.id} has no pool for link {route.link_id}")
         return pool
 
     def pool_tail(self, link_id: str) -> int:
         """Where this end's pool of the link starts: the peer never offers bits below it."""
         pool = self.pools.get(link_id)
         if pool is None:
-            raise KeyUnavailable(f"key manager {self.id} has no pool for link {link_id}")
+            raise NoRoute(f"key manager {self.id} has no pool for link {link_id}")
         return pool.tail
 
-    def receive(self, message: RelayMessage | DiscardMessage) -> None:
-        """A message from a peer over the classical channel. The bits it used are recorded
-        here (on disk) before anything else happens; bits below this end's tail are refused."""
-        pool = self.pools.get(message.link_id)
+    # -- the KM-to-KM channel, receiving side -----------------------------------------------
+
+    def _peer_pool(self, caller: str, link_id: str) -> KeyPool:
+        """The pool of `link_id`, whose peer must be `caller` (the authenticated sender); a
+        caller that is no pool's peer learns nothing of the pools."""
+        if all(p.peer_km != caller for p in self.pools.values()):
+            raise PeerRefused(f"key manager {self.id} shares no QKD link with {caller}")
+        pool = self.pools.get(link_id)
         if pool is None:
-            raise KeyUnavailable(f"key manager {self.id} has no pool for link {message.link_id}")
+            raise NoRoute(f"key manager {self.id} has no pool for link {link_id}")
+        if pool.peer_km != caller:
+            raise PeerRefused(f"key manager {self.id} takes messages on link {link_id} only from key manager "
+                              f"{pool.peer_km}, not from {caller}")
+        return pool
+
+    async def handle(self, caller: str, message: PeerMessage) -> object:
+        """A message from key manager `caller` (as its transport authenticated it): the answer
+        of a TailQuery (this end's tail) or a PlanRequest (a PlanAnswer); relays and discards
+        go to `receive`. Messages on a link are taken only from the link's peer."""
+        if isinstance(message, TailQuery):
+            return self._peer_pool(caller, message.link_id).tail
+        if isinstance(message, ReserveRequest):
+            return self._hold(self._peer_pool(caller, message.link_id), message.bits, message.not_before)
+        if isinstance(message, PlanRequest):
+            tail = self._peer_pool(caller, message.link_id).tail
+            pair = (message.master_sae, message.slave_sae) if message.master_sae and message.slave_sae else None
+            try:
+                plan = await self.plan(message.destination_km, message.bits, message.visited, pair, message.number)
+            except KeyServiceError as error:
+                return PlanAnswer(tail, error=error)
+            return PlanAnswer(tail, plan)
+        await self.receive(caller, message)
+        return None
+
+    async def receive(self, caller: str, message: RelayMessage | DiscardMessage) -> None:
+        """A relay or discard from key manager `caller`. The bits it used are recorded here (on
+        disk) before anything else happens; bits below this end's tail are refused."""
+        pool = self._peer_pool(caller, message.link_id)
         if isinstance(message, DiscardMessage):
             pool.check_at(message.offset, message.bits)
             self._apply([(pool, message.offset, message.bits)])
         else:
-            self._receive_relay(pool, message)
+            await self._receive_relay(pool, message)
 
-    def _receive_relay(self, pool: KeyPool, message: RelayMessage) -> None:
+    async def _receive_relay(self, pool: KeyPool, message: RelayMessage) -> None:
         """Decrypt a hop's keys with this link's key, then store them or pass them on."""
+        if len(message.key_ids) != len(message.ciphertexts) or not message.key_ids:
+            raise BadKeyRequest(f"a relay on link {message.link_id} needs one ciphertext per key ID "
+                                f"({len(message.key_ids)} key IDs, {len(message.ciphertexts)} ciphertexts)")
         bits = 8 * sum(len(c) for c in message.ciphertexts)
         pool.check_at(message.offset, bits)
         pad = pool.stream.bits(message.offset, bits)
@@ -1044,34 +1286,76 @@ class KeyManager:
         if message.destination_km == self.id:
             self._store_keys(message.master_sae, message.slave_sae, keys, incoming)
         else:
-            self._forward(message.destination_km, message.master_sae, message.slave_sae, keys, incoming)
+            await self._forward(message.destination_km, message.master_sae, message.slave_sae, keys, incoming)
             self.stats.keys_relayed += len(keys)
 
-    def _forward(self, destination_km: str, master_sae: str, slave_sae: str, keys: list[Key],
-                 incoming: Change | None = None) -> None:
+    async def _forward(self, destination_km: str, master_sae: str, slave_sae: str, keys: list[Key],
+                       incoming: Change | None = None, bucket: TokenBucket | None = None) -> None:
         """Encrypt `keys` with the next hop's link key and send them: the bits are recorded
-        on disk (with `incoming`, the bits they arrived under) before the message leaves."""
-        received = [incoming] if incoming is not None else []
+        on disk (with `incoming`, the bits they arrived under) before the message leaves. The
+        next hop's tail is asked first; from then until the write nothing else runs, so the
+        bits are reserved, `bucket` (the session's, at the first hop) taken and the write made
+        in one step of the event loop."""
+        bits = 8 * sum(len(k.key) for k in keys)
         try:
             route = self.routes.get(destination_km)
             if route is None:
-                raise KeyUnavailable(f"key manager {self.id} has no route to key manager {destination_km}")
+                raise NoRoute(f"key manager {self.id} has no route to key manager {destination_km}")
             pool = self._route_pool(route)
-            peer = self.network.km(route.next_hop_km)
-            bits = 8 * sum(len(k.key) for k in keys)
-            offset = pool.reserve(bits, not_before=peer.pool_tail(route.link_id))
-        except KeyUnavailable:
-            if received:
-                self._apply(received)  # those bits are spent all the same
+            offset = await self._allocate(pool, bits)
+            if incoming is not None:
+                incoming[0].check_at(incoming[1], incoming[2])  # a copy of the message may have come meanwhile
+            if bucket is not None:
+                bucket.take(bits)
+        except KeyServiceError:
+            self._spend(incoming)
             raise
-        self._apply(received + [(pool, offset, bits)])
+        self._apply(([incoming] if incoming is not None else []) + [(pool, offset, bits)])
         pad = pool.stream.bits(offset, bits)
         ciphertexts, at = [], 0
         for k in keys:
             ciphertexts.append(_xor(k.key, pad[at:at + len(k.key)]))
             at += len(k.key)
-        self.network.deliver(peer.id, RelayMessage(route.link_id, offset, destination_km, master_sae, slave_sae,
-                                                   tuple(k.key_id for k in keys), tuple(ciphertexts)))
+        await self.peers.send(self.id, route.next_hop_km, RelayMessage(
+            route.link_id, offset, destination_km, master_sae, slave_sae, tuple(k.key_id for k in keys),
+            tuple(ciphertexts)))
+
+    async def _allocate(self, pool: KeyPool, bits: int) -> int:
+        """The offset of `bits` of the pool's link to send under: reserved here from the larger
+        of both tails (the allocator), or by the peer (a ReserveRequest). From the answer to
+        the write that uses them the caller runs without waiting."""
+        if pool.allocator:
+            tail = await self.peers.send(self.id, pool.peer_km, TailQuery(pool.link_id))
+            assert isinstance(tail, int)
+            return pool.reserve(bits, not_before=tail)
+        offset = await self.peers.send(self.id, pool.peer_km, ReserveRequest(pool.link_id, bits, pool.tail))
+        assert isinstance(offset, int)
+        return offset
+
+    def _hold(self, pool: KeyPool, bits: int, not_before: int) -> int:
+        """Give the peer `bits` of the link to send under (this end allocates the link's key):
+        the advanced tail is on disk before the offset is answered."""
+        if not pool.allocator:
+            raise PeerRefused(f"key manager {self.id} does not allocate the key of link {pool.link_id}: "
+                              f"key manager {pool.peer_km} does")
+        if not _is_int(bits) or bits <= 0 or bits % 8:
+            raise BadKeyRequest(f"bits to reserve must be a positive multiple of 8, got {shown(bits)}")
+        offset = pool.reserve(bits, not_before)
+        self.store.commit(pools=[PoolRecord.of(pool, offset + bits, pool.consumed_bits)])
+        pool.hold(offset, bits)
+        return offset
+
+    def _spend(self, incoming: Change | None) -> None:
+        """Record the bits a relay arrived under that cannot go on: they are spent all the same
+        (unless another message used them meanwhile)."""
+        if incoming is None:
+            return
+        pool, offset, bits = incoming
+        try:
+            pool.check_at(offset, bits)
+        except KeyUnavailable:
+            return
+        self._apply([incoming])
 
     def _store_keys(self, master_sae: str, slave_sae: str, keys: list[Key], incoming: Change | None = None) -> None:
         """Keep `keys` for `slave_sae` (with `incoming`, the bits they arrived under), in one
@@ -1112,24 +1396,33 @@ class KeyManager:
 
     # -- faults --------------------------------------------------------------------------
 
-    def drain(self, link_id: str, bits: int) -> None:
+    async def drain(self, link_id: str, bits: int) -> None:
         """Throw away `bits` of the link's key, at both ends (the peer is told the offset)."""
         if not _is_int(bits) or bits <= 0 or bits % 8:
             raise ValueError(f"bits to drain must be a positive multiple of 8, got {bits!r}")
-        self._discard(link_id, bits)
+        await self._discard(link_id, bits)
 
-    def flush(self, link_id: str) -> None:
+    async def flush(self, link_id: str) -> None:
         """Empty the link's pool, at both ends."""
-        self._discard(link_id, None)
+        await self._discard(link_id, None)
 
-    def _discard(self, link_id: str, bits: int | None) -> None:
+    async def _discard(self, link_id: str, bits: int | None) -> None:
+        """Discard at this end, then tell the peer; a peer that cannot be asked its tail is
+        caught up later (its next relay offsets start at the larger tail)."""
         pool = self.pools.get(link_id)
         if pool is None:
             raise ValueError(f"key manager {self.id} has no pool for link {link_id!r}")
-        peer = self.network.km(pool.peer_km) if self.network.is_up(pool.peer_km) else None
-        not_before = peer.pool_tail(link_id) if peer is not None else 0
+        try:
+            not_before = await self.peers.send(self.id, pool.peer_km, TailQuery(link_id))
+            assert isinstance(not_before, int)
+            reachable = True
+        except KeyServiceError:
+            not_before, reachable = 0, False
         amount = pool.available_bits(not_before) if bits is None else bits
-        offset = pool.reserve(amount, not_before)
+        if reachable and amount and not pool.allocator:
+            offset = await self._allocate(pool, amount)
+        else:  # no ciphertext goes under discarded bits: without the peer, this end discards alone
+            offset = pool.reserve(amount, not_before)
         self._apply([(pool, offset, amount)])
-        if peer is not None:
-            self.network.deliver(peer.id, DiscardMessage(link_id, offset, amount))
+        if reachable and amount:
+            await self.peers.send(self.id, pool.peer_km, DiscardMessage(link_id, offset, amount))

@@ -1,9 +1,10 @@
 """The emulated optical switch: serves qi-optical-switch; its cross-connects are the twin's.
 
 A configured cross-connect whose two ports are enabled is a cross-connect of the digital
-twin (`twin.connect`), with the insertion loss the model defines: both ports' connector
-losses plus the fabric loss. Editing a cross-connect, a port's loss or the fabric loss
-remakes it in the twin; removing it, or disabling one of its ports, undoes it.
+twin, with the insertion loss the model defines: both ports' connector losses plus the
+fabric loss. The switch sets its whole set of made cross-connects in the twin service at
+once (devices/twin_service.py), all or none. Editing a cross-connect, a port's loss or the
+fabric loss remakes it in the twin; removing it, or disabling one of its ports, undoes it.
 
 The switch is a fibre (space) switch, as the twin models it: light entering a port leaves by
 one other port, whatever its wavelength, so a port carries at most one cross-connect. The
@@ -32,7 +33,8 @@ from lxml import etree
 
 from devices.base import Device, NetworkContext
 from devices.topology import SwitchSpec
-from devices.twin import PlantChange
+from devices.twin import Endpoint, PlantChange
+from devices.twin_service import TwinError
 from netconf_core.datastore import empty_tree
 from models.connectivity import switch_state
 from models.ns import OPTICAL_SWITCH as NS
@@ -107,9 +109,7 @@ class OpticalSwitchDevice(Device):
         self.made: dict[str, tuple[CrossConnectConfig, float]] = {}  # cross-connects in the twin, with their loss
         self.port_status: dict[int, str] = {}
         self.xc_status: dict[str, str] = {}
-        # port -> the span plugged into it, from the twin's fibre plant
-        self.spans = {end.port: span.id for span in network.twin.spans.values() for end in (span.a, span.b)
-                      if end.node == spec.id}
+        self.spans: dict[int, str] = {}  # port -> the span plugged into it, from the twin's fibre plant
 
     def initial_config(self) -> list[etree._Element]:
         """Every port of the hardware, with the span it carries; the topology's insertion loss
@@ -124,9 +124,23 @@ class OpticalSwitchDevice(Device):
 
     async def start(self) -> None:
         """Boot: the fibre keeps no cross-connect of an earlier run; the configuration makes them."""
-        for xc in self.network.twin.cross_connects(self.id):
-            self.network.twin.disconnect(self.id, xc.port_a)
         await super().start()
+
+    async def _start(self) -> None:
+        spans = self.twin.plant["spans"]
+        self.spans = {end.port: span_id for span_id, span in spans.items()
+                      for end in map(Endpoint.parse, (span["a"], span["b"])) if end.node == self.id}
+        await self._make({})
+        await super()._start()
+
+    async def _make(self, wanted: dict[str, tuple[CrossConnectConfig, float]]) -> None:
+        """Have the twin hold exactly these cross-connects (all or none)."""
+        try:
+            await self.twin.request("PUT", f"/switches/{self.id}/cross-connects", self.id, {
+                "cross_connects": [[xc.in_port, xc.out_port, loss] for xc, loss in wanted.values()]})
+        except TwinError as error:
+            raise RPCError("operation-failed", f"the twin service refused the cross-connects: {error}",
+                           path=f"{ROOT_PATH}/cross-connects", path_nsmap={MODULE: NS}) from None
 
     # -- configuration ------------------------------------------------------------------
 
@@ -136,15 +150,9 @@ class OpticalSwitchDevice(Device):
             self._check(config)
         wanted = {xc.name: (xc, config.loss_db(xc)) for xc in config.cross_connects
                   if config.passes_light(xc)} if config else {}
-        twin = self.network.twin
-        for name, made in list(self.made.items()):
-            if wanted.get(name) != made:
-                twin.disconnect(self.id, made[0].in_port)
-                del self.made[name]
-        for name, (xc, loss) in wanted.items():
-            if name not in self.made:
-                twin.connect(self.id, xc.in_port, xc.out_port, insertion_loss_db=loss)
-                self.made[name] = (xc, loss)
+        if wanted != self.made:
+            await self._make(wanted)
+            self.made = wanted
         self.config = config
         await self._report_changes("configuration changed")
 
@@ -176,7 +184,7 @@ class OpticalSwitchDevice(Device):
 
     def _port_up(self, port: int) -> bool:
         span = self.spans.get(port)
-        return self.config.ports[port].enabled and (span is None or not self.network.twin.spans[span].cut)
+        return self.config.ports[port].enabled and (span is None or not self.twin.plant["spans"][span]["cut"])
 
     def _statuses(self) -> tuple[dict[int, str], dict[str, str]]:
         if self.config is None:
@@ -212,6 +220,8 @@ class OpticalSwitchDevice(Device):
     def plant_changed(self, change: PlantChange) -> None:
         if change.kind in ("span-cut", "span-repaired"):
             self.spawn(self._report_changes(f"span {change.element} {change.kind.removeprefix('span-')}"))
+        elif change.kind == "resync":
+            self.spawn(self._report_changes("the twin service was reconnected"))
 
 
 def _port_list(ports: set[int]) -> str:

@@ -5,10 +5,11 @@ cross-connects. Light entering the plant at an attachment point follows spans an
 cross-connects until it leaves at another: that route is an optical path, and its loss is
 the sum of its spans and of the insertion losses of the cross-connects it crosses.
 
-The twin knows nothing of QKD nodes or key managers. A QKD link asks it for the reading of
-the path between its two attachment points (`link_reading`), and subscribes to plant changes
-(a span cut or repaired, an eavesdropper attached or removed, a cross-connect made or undone)
-to re-read when something may have moved.
+The twin knows nothing of QKD nodes or key managers. Its one user is the twin service
+(devices/twin_service.py), which serves it to the devices over the network: it asks for the
+reading of the path between a QKD link's two attachment points (`link_reading`), and
+subscribes to plant changes (a span cut or repaired, an eavesdropper attached or removed, a
+cross-connect made or undone) to tell the devices when something may have moved.
 """
 from __future__ import annotations
 

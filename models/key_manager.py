@@ -2,7 +2,8 @@
 controller writes (pools, routes, sessions) read into `KmConfig` and written back as the
 edit-config that turns one `KmConfig` into another; `KmView`, which is also how the key manager
 itself reads its configuration; and its state, built by the key manager with `km_state` from
-the delivery counters (`KmCounters`) the service controller reads back."""
+the delivery counters (`KmCounters`) the service controller reads back, and read with
+`read_km_state` (the console)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ OPERATION = BASE("operation")
 DEFAULT_LOW_WATERMARK = 1_048_576  # bits: the qi-key-manager default of a pool's low-watermark
 CONFIG_FILTER = f'<key-manager xmlns="{KM}"/>'
 COUNTERS_FILTER = f'<key-manager xmlns="{KM}"><sessions/><relay-statistics/></key-manager>'
+PEER_INTERFACE_FILTER = f'<key-manager xmlns="{KM}"><peer-interface/></key-manager>'
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class KmConfig:
     pools: dict[str, str] = field(default_factory=dict)                   # qkdl-id -> peer km
     routes: dict[str, tuple[str, str]] = field(default_factory=dict)      # destination -> (next hop, via)
     sessions: dict[str, KmSession] = field(default_factory=dict)
+    peers: dict[str, str] = field(default_factory=dict)                   # km-id -> URL of its KM-to-KM API
 
 
 @dataclass
@@ -73,10 +76,11 @@ class KmView:
                 text(s, "master-sae-id"), text(s, "slave-sae-id"), text(s, "peer-km-id"),
                 int(text(s, "qos/rate") or 0), int(KM.text(s, "qos/burst") or MIN_BURST_BITS),
                 int(KM.text(s, "qos/key-size") or DEFAULT_KEY_SIZE), int(ttl) if ttl else None)
+        peers = {text(p, "km-id"): text(p, "url") for p in KM.all(root, "peers/peer")}
         saes = frozenset(text(s, "sae-id") for s in KM.all(root, "saes/sae"))
         watermarks = {link: int(KM.text(p, "low-watermark") or DEFAULT_LOW_WATERMARK)
                       for p in KM.all(root, "key-pools/key-pool") for link in (text(p, "link-id"),)}
-        return cls(text(root, "km-id"), KM.text(root, "site"), saes, KmConfig(pools, routes, sessions), watermarks)
+        return cls(text(root, "km-id"), KM.text(root, "site"), saes, KmConfig(pools, routes, sessions, peers), watermarks)
 
 
 def km_edit(have: KmConfig, want: KmConfig) -> etree._Element | None:
@@ -90,6 +94,7 @@ def km_edit(have: KmConfig, want: KmConfig) -> etree._Element | None:
             pool = KM.sub(container, "key-pool")
             KM.sub(pool, "link-id", link)
             KM.sub(pool, "peer-km-id", peer)
+    _replace_changed(root, "peers", "peer", "km-id", have.peers, want.peers, lambda e, url: KM.sub(e, "url", url))
     _replace_changed(root, "forwarding-table", "route", "destination-km-id", have.routes, want.routes, _route_leaves)
     _replace_changed(root, "sessions", "session", "session-id", have.sessions, want.sessions, _session_leaves)
     return root if len(root) else None
@@ -188,13 +193,20 @@ class RelayTotals:
     last_drop_reason: str | None = None
 
 
+def peer_interface_url(data: etree._Element | None) -> str | None:
+    """The base URL of a key manager's KM-to-KM interface, from a <get> answer."""
+    return KM.text(data, "key-manager/peer-interface/url")
+
+
 def km_state(etsi014_url: str | None, pools: list[PoolState], sessions: dict[str, SessionState],
-             counters: KmCounters, relay: RelayTotals) -> etree._Element:
+             counters: KmCounters, relay: RelayTotals, peer_url: str | None = None) -> etree._Element:
     """The <key-manager> state container: pools, sessions (by session-id, with their delivered
     counters, zero when absent), relay totals and the per-pair counters of `counters`."""
     root = KM.element("key-manager")
     if etsi014_url is not None:
         KM.sub(KM.sub(root, "etsi014"), "url", etsi014_url)
+    if peer_url is not None:
+        KM.sub(KM.sub(root, "peer-interface"), "url", peer_url)
     if pools:
         container = KM.sub(root, "key-pools")
         for pool in pools:
@@ -242,3 +254,18 @@ def pool_low(link_id: str, peer_km: str, stored: int, low_watermark: int) -> etr
 
 def pool_empty(link_id: str, peer_km: str) -> etree._Element:
     return KM.element("pool-empty", leaves={"link-id": link_id, "peer-km-id": peer_km})
+
+
+def read_km_state(root: etree._Element | None) -> tuple[dict[str, PoolState], dict[str, SessionState]]:
+    """km_state's reader: the pools (by link-id) and the sessions (by session-id) of a
+    <key-manager> element read with <get> (configuration and state)."""
+    number = lambda element, tag: int(KM.text(element, tag) or 0)
+    pools = {KM.text(p, "link-id", ""): PoolState(KM.text(p, "link-id", ""), number(p, "stored"), number(p, "capacity"),
+                                                  number(p, "generated"), number(p, "consumed"))
+             for p in KM.all(root, "key-pools/key-pool")}
+    sessions = {}
+    for s in KM.all(root, "sessions/session"):
+        tokens = KM.text(s, "tokens")
+        sessions[KM.text(s, "session-id", "")] = SessionState(KM.text(s, "status", ""), KM.text(s, "reason", ""),
+                                                             int(tokens) if tokens else None, KM.text(s, "expires-at"))
+    return pools, sessions

@@ -102,6 +102,12 @@ def pool(link: str, peer: str, low_watermark: int | None = None) -> str:
     return f"<key-pools><key-pool><link-id>{link}</link-id><peer-km-id>{peer}</peer-km-id>{extra}</key-pool></key-pools>"
 
 
+def peers(network: Network, *names: str) -> str:
+    """Where the key managers `names` serve the KM-to-KM protocol (their ETSI 014 listener)."""
+    return "<peers>" + "".join(f"<peer><km-id>km-{n}</km-id><url>{network.devices[n].etsi014_url}</url></peer>"
+                               for n in names) + "</peers>"
+
+
 def route(destination: str, next_hop: str, link: str) -> str:
     return (f"<forwarding-table><route><destination-km-id>{destination}</destination-km-id>"
             f"<next-hop-km-id>{next_hop}</next-hop-km-id><via-link-id>{link}</via-link-id></route></forwarding-table>")
@@ -123,9 +129,12 @@ async def configure_chain(network: Network, rate: int = 10_000, burst: int | Non
         network.context.keys.stream(link).set_rate(100_000.0)
     network.advance(1.0)
     configs = {
-        "a": pool(AB, "km-b") + route("km-c", "km-b", AB) + session("sae-a", "sae-c", "km-c", rate, burst, ttl, key_size),
-        "b": pool(AB, "km-a") + pool(BC, "km-c") + route("km-c", "km-c", BC) + route("km-a", "km-a", AB),
-        "c": pool(BC, "km-b") + route("km-a", "km-b", BC) + session("sae-a", "sae-c", "km-a", rate, burst, ttl, key_size),
+        "a": peers(network, "b") + pool(AB, "km-b") + route("km-c", "km-b", AB)
+        + session("sae-a", "sae-c", "km-c", rate, burst, ttl, key_size),
+        "b": peers(network, "a", "c") + pool(AB, "km-a") + pool(BC, "km-c") + route("km-c", "km-c", BC)
+        + route("km-a", "km-a", AB),
+        "c": peers(network, "b") + pool(BC, "km-b") + route("km-a", "km-b", BC)
+        + session("sae-a", "sae-c", "km-a", rate, burst, ttl, key_size),
     }
     for name in "cba":
         async with await network.connect(name) as nc:
@@ -202,12 +211,12 @@ def test_keys_cross_two_hops_as_configured_over_netconf(tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (km("<saes><sae><sae-id>sae-c</sae-id></sae></saes>"), "SAE sae-c is already attached to key manager km-c"),
+    (km("<peers><peer><km-id>km-b</km-id><url>ftp://127.0.0.1:1</url></peer></peers>"),
+     "peer km-b: url must be an https:// (or, in the insecure mode, http://) base URL, got 'ftp://127.0.0.1:1'"),
     (km(session("sae-x", "sae-y", "km-c", 1000)), "neither SAE sae-x nor SAE sae-y is attached to key manager km-a"),
     (km("<km-id>km-z</km-id>"), "this key manager is km-a; km-id cannot be changed to km-z"),
     (km(session("sae-a", "sae-c", "km-c", 1000, burst=20000, key_size=16384)),
      "key-size 16384 is outside what this key manager delivers (64 to 8192 bits)"),
-    (km(pool(BC, "km-c")), f"link {BC} already joins key managers km-c and km-b"),
 ])
 def test_configurations_the_key_manager_cannot_serve_are_refused_and_change_nothing(tmp_path, edit, message):
     async def test(network: Network):
@@ -248,10 +257,10 @@ def test_a_pool_cannot_change_its_peer_while_it_exists(tmp_path):
 def test_flush_empties_the_pool_at_both_ends_and_notifies(tmp_path):
     async def test(network: Network):
         async with await network.connect("a") as nc:
-            await nc.edit_config(km(pool(AB, "km-b", low_watermark=50_000)))
+            await nc.edit_config(km(peers(network, "b") + pool(AB, "km-b", low_watermark=50_000)))
             await nc.create_subscription()
             async with await network.connect("b") as nb:
-                await nb.edit_config(km(pool(AB, "km-a")))
+                await nb.edit_config(km(peers(network, "a") + pool(AB, "km-a")))
             network.context.keys.stream(AB).set_rate(100_000.0)
             network.advance(1.0)
             network.context.keys.stream(AB).set_rate(0.0)  # nothing arrives while we look

@@ -102,17 +102,19 @@ def phys_links(node: str) -> str:
     return f'<qkd_node xmlns="{NODE}" xmlns:t="{TYPES_NS}"><qkd_links>{entries}</qkd_links></qkd_node>'
 
 
-def key_manager(km: str) -> str:
-    """The pools of `km`'s links on the path, its routes to both ends, and the session
+def key_manager(km: str, urls: dict[str, str]) -> str:
+    """The pools of `km`'s links on the path, where their peers are (`urls`: their KM-to-KM
+    interface, the ETSI 014 listener), its routes to both ends, and the session
     sae-quintin -> sae-distrito at the ends."""
     at = PATH.index(km)
     link_ids = [link_id for link_id, _, _ in LINKS.values()]
-    pools = routes = sessions = ""
+    pools = routes = sessions = peers = ""
     for neighbour, link_id, destination in ((at - 1, link_ids[at - 1] if at else None, PATH[0]),
                                             (at + 1, link_ids[at] if at < len(link_ids) else None, PATH[-1])):
         if link_id is None:
             continue
         pools += f"<key-pool><link-id>{link_id}</link-id><peer-km-id>{PATH[neighbour]}</peer-km-id></key-pool>"
+        peers += f"<peer><km-id>{PATH[neighbour]}</km-id><url>{urls[PATH[neighbour]]}</url></peer>"
         routes += (f"<route><destination-km-id>{destination}</destination-km-id><next-hop-km-id>{PATH[neighbour]}"
                    f"</next-hop-km-id><via-link-id>{link_id}</via-link-id></route>")
     if km in (PATH[0], PATH[-1]):
@@ -121,7 +123,7 @@ def key_manager(km: str) -> str:
                     f"<master-sae-id>sae-quintin</master-sae-id><slave-sae-id>sae-distrito</slave-sae-id>"
                     f"<peer-km-id>{peer}</peer-km-id><qos><rate>1</rate><burst>{SESSION_BURST}</burst>"
                     f"<ttl>3600</ttl></qos></session></sessions>")
-    return (f'<key-manager xmlns="{KM}"><key-pools>{pools}</key-pools><forwarding-table>{routes}'
+    return (f'<key-manager xmlns="{KM}"><peers>{peers}</peers><key-pools>{pools}</key-pools><forwarding-table>{routes}'
             f"</forwarding-table>{sessions}</key-manager>")
 
 
@@ -174,7 +176,7 @@ def test_keys_cross_three_trusted_hops_configured_by_hand(madrid, operator, loop
     for node in ("qkd-quintin", "qkd-almagro", "qkd-norte", "qkd-distrito"):
         operator.edit(node, phys_links(node))
     for km in reversed(PATH):
-        operator.edit(km, key_manager(km))
+        operator.edit(km, key_manager(km, {row.id: row.etsi014_url for row in madrid.table() if row.etsi014_url}))
     apps = Applications(madrid)
 
     # Key flows once every hop's link is ACTIVE and both ends' pools fill.

@@ -67,7 +67,7 @@ def key_chain(time: ManualTime, limits: KeyLimits = KeyLimits(), saes_at_a: tupl
     for sae in saes_at_a:
         kms["A"].attach_sae(sae)
     kms["D"].attach_sae("sd")
-    kms["A"].open_session("sa", "sd", rate_bps=1000.0, burst_bits=4096)
+    kms["A"].open_session("sa", "sd", rate_bps=1000.0, burst_bits=4096, peer_km="D")
     time.t += 1.0
     return kms
 
@@ -150,7 +150,7 @@ def test_exceeding_the_session_bucket_is_503(kms, time):
 
 
 def test_empty_pool_is_503_and_consumes_nothing(kms):
-    kms["C"].flush("cd")
+    asyncio.run(kms["C"].flush("cd"))
     tails = [p.tail for km in kms.values() for p in km.pools.values()]
 
     async def test(a, d, http):
@@ -470,8 +470,8 @@ def _snapshot(kms):
 
 
 def test_property_random_requests_never_answer_500_and_change_nothing_unless_served(kms, time, loop_thread):
-    kms["A"].open_session("sa", "sd", rate_bps=1000.0, burst_bits=8192)
-    known = [k.key_id for k in kms["A"].enc_keys("sa", "sd", number=128, size=64)]
+    kms["A"].open_session("sa", "sd", rate_bps=1000.0, burst_bits=8192, peer_km="D")
+    known = [k.key_id for k in asyncio.run(kms["A"].enc_keys("sa", "sd", number=128, size=64))]
     servers = {name: loop_thread.run(_start(kms[name])) for name in "AD"}
     http = loop_thread.run(_client())
     tried = collections.Counter()
@@ -481,7 +481,7 @@ def test_property_random_requests_never_answer_500_and_change_nothing_unless_ser
     @given(request=_requests(known))
     def check(request):
         time.t += 1.0  # pools refill; a fresh bucket for every example
-        kms["A"].open_session("sa", "sd", rate_bps=1000.0, burst_bits=4096)
+        kms["A"].open_session("sa", "sd", rate_bps=1000.0, burst_bits=4096, peer_km="D")
         before = _snapshot(kms)
         url = (f"{servers[request['server']].url}/api/v1/keys/{urllib.parse.quote(request['path_sae'], safe='')}/"
                f"{request['what']}")
@@ -535,6 +535,7 @@ def test_the_keys_benchmark_reports_every_level():
                              "--samples", "5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if re.match(r"\s+[\d,]+\s+\d", line)]
-    assert [row.split()[0] for row in rows] == ["0", "300"]
+    assert [(row.split()[0], row.split()[-1]) for row in rows] == [
+        ("0", "in-memory"), ("0", "https"), ("300", "in-memory"), ("300", "https")]
     for row in rows:
         assert len(re.findall(r"\d+\.\d+ ms", row)) == 4, row

@@ -132,9 +132,12 @@ def test_the_device_host_serves_https_by_default_and_plain_http_only_when_asked(
     with pytest.raises(ValueError, match="insecure_sae_header"):
         DeviceHost(default_topology(), state_dir=tmp_path / "refused")
     pki = KeyDeliveryPki(tmp_path / "pki")
+    with pytest.raises(ValueError, match="km_peer_tls"):   # the key managers' own certificates are needed too
+        DeviceHost(default_topology(), state_dir=tmp_path / "refused", etsi014_tls=pki.server_tls)
 
     async def main():
-        async with DeviceHost(default_topology(), state_dir=tmp_path / "devices", etsi014_tls=pki.server_tls) as host:
+        async with DeviceHost(default_topology(), state_dir=tmp_path / "devices", etsi014_tls=pki.server_tls,
+                              km_peer_tls=pki.km_peer_tls) as host:
             urls = {row.id: row.etsi014_url for row in host.table() if row.etsi014_url}
             assert urls and all(url.startswith("https://127.0.0.1:") for url in urls.values())
             status, body = await call(client_context(pki.sae("sae-quintin")), "GET",

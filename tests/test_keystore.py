@@ -1,5 +1,6 @@
 """Key-manager core: pools in step, hop-by-hop relay, ETSI 014 semantics, persistence
 (SQLite, written ahead of every use of a link's key), expiry and caps of undelivered keys."""
+import asyncio
 import base64
 import contextlib
 import json
@@ -9,8 +10,8 @@ import time as wall
 
 import pytest
 
-from devices.keystore import (BadKeyRequest, DiscardMessage, Key, KeyLimits, KeyManager, KeyNetwork, KeyStateError,
-                              KeyUnavailable, RelayMessage, UnknownSAE)
+from devices.keystore import (BadKeyRequest, DiscardMessage, InMemoryPeers, Key, KeyLimits, KeyManager, KeyNetwork,
+                              KeyStateError, KeyUnavailable, PeerRefused, RelayMessage, UnknownSAE)
 from devices.twin import Clock
 
 LINKS = {"ab": ("A", "B"), "bc": ("B", "C"), "cd": ("C", "D")}
@@ -24,23 +25,41 @@ class ManualTime:
         return self.t
 
 
+def run(coro):
+    """Drive one coroutine of the key managers to its end (in process, they wait on nothing else)."""
+    return asyncio.run(coro)
+
+
+class RecordingPeers(InMemoryPeers):
+    """The in-memory KM-to-KM channel, keeping a copy of what crosses it (relays and discards)."""
+
+    def __init__(self, network: KeyNetwork) -> None:
+        super().__init__(network)
+        self.messages: list[tuple[str, object]] = []
+
+    async def send(self, sender, km_id, message):
+        if isinstance(message, (RelayMessage, DiscardMessage)):
+            self.messages.append((km_id, message))
+        return await super().send(sender, km_id, message)
+
+
 class RecordingNetwork(KeyNetwork):
-    """The real in-process network, keeping a copy of what crosses the classical channel."""
+    """The real in-process network, with a recording channel for the chain's key managers."""
 
     def __init__(self, clock: Clock) -> None:
         super().__init__(clock)
-        self.messages: list[tuple[str, object]] = []
+        self.peers = RecordingPeers(self)
 
-    def deliver(self, km_id, message):
-        self.messages.append((km_id, message))
-        super().deliver(km_id, message)
+    @property
+    def messages(self) -> list[tuple[str, object]]:
+        return self.peers.messages
 
 
 def start_chain(network, state_dir=None, max_bits=1_000_000, rate_bps=100_000.0, limits=KeyLimits(),
                 session_rate_bps=1e6, session_burst_bits=100_000):
     """A - B - C - D over links ab, bc, cd; SAE sa at A, sd at D; a session each way.
     Configuration is not persisted, so a restarted key manager gets it again from here."""
-    kms = {name: KeyManager(name, network, state_dir, limits) for name in "ABCD"}
+    kms = {name: KeyManager(name, network, state_dir, limits, getattr(network, "peers", None)) for name in "ABCD"}
     for link, (x, y) in LINKS.items():
         kms[x].add_link(link, y, max_bits)
         kms[y].add_link(link, x, max_bits)
@@ -53,8 +72,8 @@ def start_chain(network, state_dir=None, max_bits=1_000_000, rate_bps=100_000.0,
             kms[here].set_route("A", *towards_a)
     kms["A"].attach_sae("sa")
     kms["D"].attach_sae("sd")
-    kms["A"].open_session("sa", "sd", rate_bps=session_rate_bps, burst_bits=session_burst_bits)
-    kms["D"].open_session("sd", "sa", rate_bps=session_rate_bps, burst_bits=session_burst_bits)
+    kms["A"].open_session("sa", "sd", rate_bps=session_rate_bps, burst_bits=session_burst_bits, peer_km="D")
+    kms["D"].open_session("sd", "sa", rate_bps=session_rate_bps, burst_bits=session_burst_bits, peer_km="A")
     return kms
 
 
@@ -99,7 +118,7 @@ def test_pools_fill_at_the_link_rate_on_emulated_time_and_stop_at_their_cap(netw
 
 
 def test_keys_cross_three_hops_and_both_ends_of_every_link_stay_in_step(kms, network):
-    keys = kms["A"].enc_keys("sa", "sd", number=3, size=256)
+    keys = run(kms["A"].enc_keys("sa", "sd", number=3, size=256))
     assert len({k.key_id for k in keys}) == 3 and all(len(k.key) == 32 for k in keys)
     for link, ends in LINKS.items():
         pools = [kms[end].pools[link] for end in ends]
@@ -125,7 +144,7 @@ def test_keys_cross_three_hops_and_both_ends_of_every_link_stay_in_step(kms, net
 
 
 def test_a_key_is_delivered_once(kms):
-    key = kms["A"].enc_keys("sa", "sd")[0]
+    key = run(kms["A"].enc_keys("sa", "sd"))[0]
     with pytest.raises(BadKeyRequest) as wrong_master:
         kms["D"].dec_keys("sd", "someone-else", [key.key_id])
     assert "unknown, expired or already delivered" in wrong_master.value.details[0]["reason"]
@@ -138,7 +157,7 @@ def test_a_key_is_delivered_once(kms):
 
 
 def test_dec_keys_is_all_or_nothing(kms):
-    first, second = kms["A"].enc_keys("sa", "sd", number=2)
+    first, second = run(kms["A"].enc_keys("sa", "sd", number=2))
     with pytest.raises(BadKeyRequest, match="listed twice"):
         kms["D"].dec_keys("sd", "sa", [first.key_id, first.key_id])
     with pytest.raises(BadKeyRequest, match="1 of 2 key_IDs"):
@@ -147,48 +166,48 @@ def test_dec_keys_is_all_or_nothing(kms):
 
 
 def test_not_enough_key_on_a_middle_hop_consumes_nothing_anywhere(kms, network):
-    kms["B"].drain("bc", 100_000 - 512)  # 512 bits left on bc, at both B and C
+    run(kms["B"].drain("bc", 100_000 - 512))  # 512 bits left on bc, at both B and C
     before = tails(kms)
     tokens = kms["A"].sessions[("sa", "sd")].bucket.available()
     sent = len(network.messages)
     with pytest.raises(KeyUnavailable, match=r"not enough key on link bc \(B -> C\): 512 bits, 768 needed") as error:
-        kms["A"].enc_keys("sa", "sd", number=3, size=256)
+        run(kms["A"].enc_keys("sa", "sd", number=3, size=256))
     assert error.value.http_status == 503
     assert error.value.details == [{"link": "bc", "available_bits": 512, "needed_bits": 768}]
     assert tails(kms) == before
     assert kms["A"].sessions[("sa", "sd")].bucket.available() == tokens
     assert len(network.messages) == sent and kms["D"].stored_key_count == 0
-    assert len(kms["A"].enc_keys("sa", "sd", number=2, size=256)) == 2  # what fits is served
+    assert len(run(kms["A"].enc_keys("sa", "sd", number=2, size=256))) == 2  # what fits is served
 
 
 def test_token_bucket_limits_the_session_rate(kms, time):
-    kms["A"].open_session("sa", "sd", rate_bps=1000.0, burst_bits=1024)
-    kms["A"].enc_keys("sa", "sd", number=4, size=256)
+    kms["A"].open_session("sa", "sd", rate_bps=1000.0, burst_bits=1024, peer_km="D")
+    run(kms["A"].enc_keys("sa", "sd", number=4, size=256))
     before = tails(kms)
     with pytest.raises(KeyUnavailable, match="session rate exceeded: 0 bits left in the bucket, 256 requested"):
-        kms["A"].enc_keys("sa", "sd", number=1, size=256)
+        run(kms["A"].enc_keys("sa", "sd", number=1, size=256))
     assert tails(kms) == before
     time.t += 0.256  # 256 bits of tokens come back
-    assert len(kms["A"].enc_keys("sa", "sd", number=1, size=256)) == 1
+    assert len(run(kms["A"].enc_keys("sa", "sd", number=1, size=256))) == 1
     with pytest.raises(KeyUnavailable, match="2048 requested"):
-        kms["A"].enc_keys("sa", "sd", number=8, size=256)  # more than the burst: never served
+        run(kms["A"].enc_keys("sa", "sd", number=8, size=256))  # more than the burst: never served
 
 
 def test_unreachable_key_manager_or_missing_route_is_503_with_nothing_consumed(kms, network):
     before = tails(kms)
     network.unregister("C")
     with pytest.raises(KeyUnavailable, match="key manager C is unreachable"):
-        kms["A"].enc_keys("sa", "sd")
+        run(kms["A"].enc_keys("sa", "sd"))
     kms["B"].remove_route("D")
     with pytest.raises(KeyUnavailable, match="key manager B has no route to key manager D"):
-        kms["A"].enc_keys("sa", "sd")
+        run(kms["A"].enc_keys("sa", "sd"))
     assert tails(kms) == before
 
 
 def test_routing_loop_is_detected(kms):
     kms["B"].set_route("D", "A", "ab")
     with pytest.raises(KeyUnavailable, match="routing loop towards key manager D: A -> B -> A"):
-        kms["A"].enc_keys("sa", "sd")
+        run(kms["A"].enc_keys("sa", "sd"))
 
 
 @pytest.mark.parametrize("master, slave, number, size, error, message", [
@@ -203,39 +222,39 @@ def test_routing_loop_is_detected(kms):
 def test_bad_requests_are_refused_before_anything_is_consumed(kms, master, slave, number, size, error, message):
     before = tails(kms)
     with pytest.raises(error, match=message):
-        kms["A"].enc_keys(master, slave, number, size)
+        run(kms["A"].enc_keys(master, slave, number, size))
     assert tails(kms) == before
 
 
 def test_status_counts_what_the_whole_path_can_deliver(kms):
-    kms["C"].drain("cd", 100_000 - 2560)
-    status = kms["A"].status("sa", "sd")
+    run(kms["C"].drain("cd", 100_000 - 2560))
+    status = run(kms["A"].status("sa", "sd"))
     assert (status.source_km, status.target_km, status.key_size) == ("A", "D", 256)
     assert status.stored_key_count == 10  # the weakest hop, cd, holds 2560 bits
     assert status.max_key_count == 100_000 // 256  # the session's burst is smaller than the pools
     assert (status.max_key_per_request, status.min_key_size, status.max_key_size) == (128, 64, 8192)
     with pytest.raises(UnknownSAE):
-        kms["A"].status("sd", "sa")
+        run(kms["A"].status("sd", "sa"))
 
 
 def test_drain_and_flush_act_on_both_ends(kms, network):
-    kms["A"].drain("ab", 40_000)
+    run(kms["A"].drain("ab", 40_000))
     assert kms["A"].pools["ab"].available_bits() == kms["B"].pools["ab"].available_bits() == 60_000
     assert network.messages[-1] == ("B", DiscardMessage("ab", 0, 40_000))
-    kms["B"].flush("ab")
+    run(kms["B"].flush("ab"))
     assert kms["A"].pools["ab"].available_bits() == kms["B"].pools["ab"].available_bits() == 0
     with pytest.raises(KeyUnavailable, match="not enough key on link ab"):
-        kms["A"].enc_keys("sa", "sd")
+        run(kms["A"].enc_keys("sa", "sd"))
     with pytest.raises(ValueError, match="positive multiple of 8"):
-        kms["A"].drain("ab", 7)
+        run(kms["A"].drain("ab", 7))
 
 
 def test_drain_while_the_peer_is_down_is_caught_up_by_offsets(kms, network):
     network.unregister("B")
-    kms["A"].drain("ab", 50_000)  # B never hears of it
+    run(kms["A"].drain("ab", 50_000))  # B never hears of it
     network.register(kms["B"])
     assert kms["B"].pools["ab"].tail == 0
-    kms["A"].enc_keys("sa", "sd")
+    run(kms["A"].enc_keys("sa", "sd"))
     assert kms["A"].pools["ab"].tail == kms["B"].pools["ab"].tail == 50_256
 
 
@@ -243,7 +262,7 @@ def test_a_full_pool_drops_its_oldest_bits_and_the_ends_still_agree(network, tim
     kms = start_chain(network, max_bits=4096)
     time.t += 10.0  # a million bits produced, 4096 kept
     assert kms["A"].pools["ab"].available_bits() == 4096
-    key = kms["A"].enc_keys("sa", "sd", size=1024)[0]
+    key = run(kms["A"].enc_keys("sa", "sd", size=1024))[0]
     assert kms["D"].dec_keys("sd", "sa", [key.key_id]) == [key]
     assert kms["A"].pools["ab"].available_bits() == kms["B"].pools["ab"].available_bits() == 3072
 
@@ -252,10 +271,10 @@ def test_sessions_between_saes_of_one_key_manager_need_no_link(network):
     a = KeyManager("A", network)
     a.attach_sae("s1")
     a.attach_sae("s2")
-    a.open_session("s1", "s2", rate_bps=1000, burst_bits=512)
-    keys = a.enc_keys("s1", "s2", number=2)
+    a.open_session("s1", "s2", rate_bps=1000, burst_bits=512, peer_km="A")
+    keys = run(a.enc_keys("s1", "s2", number=2))
     assert a.dec_keys("s2", "s1", [k.key_id for k in keys]) == keys
-    assert a.status("s1", "s2").stored_key_count == 0  # the bucket is empty now
+    assert run(a.status("s1", "s2")).stored_key_count == 0  # the bucket is empty now
 
 
 def test_configuration_mistakes_are_refused(kms, network):
@@ -263,16 +282,14 @@ def test_configuration_mistakes_are_refused(kms, network):
         kms["A"].set_route("D", "C", "ab")
     with pytest.raises(ValueError, match="key manager A has no pool for link 'xy'"):
         kms["A"].set_route("D", "B", "xy")
-    with pytest.raises(ValueError, match="SAE 'sa' is already attached to key manager 'A'"):
-        kms["B"].attach_sae("sa")
     with pytest.raises(ValueError, match="key manager 'A' is already running"):
         KeyManager("A", network)
     with pytest.raises(ValueError, match="token bucket needs rate >= 0 and burst > 0"):
-        kms["A"].open_session("sa", "sd", rate_bps=10, burst_bits=0)
+        kms["A"].open_session("sa", "sd", rate_bps=10, burst_bits=0, peer_km="D")
 
 
 def test_key_bytes_stay_out_of_reprs(kms):
-    key = kms["A"].enc_keys("sa", "sd")[0]
+    key = run(kms["A"].enc_keys("sa", "sd"))[0]
     assert key.key.hex() not in repr(key) and str(key.key) not in repr(key)
     assert repr(Key("id", b"\x01\x02")) == "Key(key_id='id')"
 
@@ -280,7 +297,7 @@ def test_key_bytes_stay_out_of_reprs(kms):
 def test_crashed_key_manager_comes_back_with_its_pools_and_undelivered_keys(network, time, tmp_path):
     kms = start_chain(network, state_dir=tmp_path)
     time.t += 1.0
-    keys = kms["A"].enc_keys("sa", "sd", number=2)
+    keys = run(kms["A"].enc_keys("sa", "sd", number=2))
     for name in ("D.db", "D.db-wal", "D.db-shm"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
     assert not list(tmp_path.glob("*.json*")) and not list(tmp_path.glob("*.tmp"))
@@ -289,13 +306,13 @@ def test_crashed_key_manager_comes_back_with_its_pools_and_undelivered_keys(netw
     network.unregister("D")  # crash: the object and its memory are gone
     del kms["D"]
     with pytest.raises(KeyUnavailable, match="key manager D is unreachable"):
-        kms["A"].enc_keys("sa", "sd")
+        run(kms["A"].enc_keys("sa", "sd"))
     d = KeyManager("D", network, tmp_path)
     assert d.pools["cd"].tail == tail_before and d.stored_key_count == 2
     d.attach_sae("sd")
     d.set_route("A", "C", "cd")
     assert d.dec_keys("sd", "sa", [k.key_id for k in keys]) == keys
-    more = kms["A"].enc_keys("sa", "sd")
+    more = run(kms["A"].enc_keys("sa", "sd"))
     assert d.dec_keys("sd", "sa", [more[0].key_id]) == more
 
 
@@ -303,8 +320,8 @@ def test_whole_network_restarts_from_disk_with_the_same_link_keys(tmp_path):
     time = ManualTime()
     first = start_chain(KeyNetwork(Clock(source=time)), state_dir=tmp_path)
     time.t += 1.0
-    pending = first["A"].enc_keys("sa", "sd")
-    first["A"].enc_keys("sa", "sd")
+    pending = run(first["A"].enc_keys("sa", "sd"))
+    run(first["A"].enc_keys("sa", "sd"))
     pad = first["B"].pools["bc"].stream.bits(0, 4096)
 
     again = KeyNetwork(Clock(source=ManualTime()))
@@ -313,14 +330,14 @@ def test_whole_network_restarts_from_disk_with_the_same_link_keys(tmp_path):
     assert kms["B"].pools["bc"].tail == kms["C"].pools["bc"].tail == 512
     assert kms["B"].pools["bc"].available_bits() == 100_000 - 512
     assert kms["D"].dec_keys("sd", "sa", [pending[0].key_id]) == pending
-    fresh = kms["A"].enc_keys("sa", "sd")
+    fresh = run(kms["A"].enc_keys("sa", "sd"))
     assert kms["D"].dec_keys("sd", "sa", [fresh[0].key_id]) == fresh
 
 
 def test_undelivered_keys_are_rows_of_the_state_database(network, time, tmp_path):
     kms = start_chain(network, state_dir=tmp_path)
     time.t += 1.0
-    key = kms["A"].enc_keys("sa", "sd")[0]
+    key = run(kms["A"].enc_keys("sa", "sd"))[0]
     with sqlite3.connect(tmp_path / "D.db") as db:
         assert db.execute("SELECT key_id, master_sae, slave_sae, key FROM keys").fetchall() == \
             [(key.key_id, "sa", "sd", key.key)]
@@ -335,49 +352,55 @@ def test_undelivered_keys_are_rows_of_the_state_database(network, time, tmp_path
 def test_every_key_manager_writes_its_tails_before_it_sends_and_receivers_before_they_pass_on(time, tmp_path):
     seen = []
 
-    class Watching(KeyNetwork):
-        def deliver(self, km_id, message):
-            sender = next(p.peer_km for p in self.km(km_id).pools.values() if p.link_id == message.link_id)
-            with sqlite3.connect(tmp_path / f"{sender}.db") as db:  # what a crash right now would leave
-                tails = dict(db.execute("SELECT link_id, tail FROM pools"))
-            seen.append((sender, message.link_id, message.offset, tails))
-            super().deliver(km_id, message)
+    class Watching(InMemoryPeers):
+        async def send(self, sender, km_id, message):
+            if isinstance(message, (RelayMessage, DiscardMessage)):
+                with sqlite3.connect(tmp_path / f"{sender}.db") as db:  # what a crash right now would leave
+                    tails = dict(db.execute("SELECT link_id, tail FROM pools"))
+                seen.append((sender, message.link_id, message.offset, tails))
+            return await super().send(sender, km_id, message)
 
-    network = Watching(Clock(source=time))
+    network = KeyNetwork(Clock(source=time))
+    network.peers = Watching(network)
     kms = start_chain(network, state_dir=tmp_path)
     time.t += 1.0
-    kms["A"].enc_keys("sa", "sd", number=2)
+    run(kms["A"].enc_keys("sa", "sd", number=2))
     assert seen == [("A", "ab", 0, {"ab": 512}), ("B", "bc", 0, {"ab": 512, "bc": 512}),
                     ("C", "cd", 0, {"bc": 512, "cd": 512})]
     with sqlite3.connect(tmp_path / "D.db") as db:
         assert dict(db.execute("SELECT link_id, tail FROM pools")) == {"cd": 512}
         assert db.execute("SELECT COUNT(*) FROM keys").fetchone() == (2,)
     seen.clear()
-    kms["C"].drain("bc", 800)
+    run(kms["C"].drain("bc", 800))
     assert seen == [("C", "bc", 512, {"bc": 1312, "cd": 512})]
 
 
 def test_a_receiver_refuses_bits_it_already_used(kms, network):
-    kms["A"].enc_keys("sa", "sd")
+    run(kms["A"].enc_keys("sa", "sd"))
     replay = next(m for _, m in network.messages if isinstance(m, RelayMessage) and m.link_id == "bc")
     with pytest.raises(KeyUnavailable, match=r"link bc: bits \[0, 256\) are not in the pool"):
-        kms["C"].receive(replay)
+        run(kms["C"].handle("B", replay))
     assert kms["D"].stored_key_count == 1
+    before = tails(kms)
+    fresh = RelayMessage("bc", kms["C"].pools["bc"].tail, "D", "sa", "sd", ("k",), (b"x" * 32,))
+    with pytest.raises(PeerRefused, match="key manager C takes messages on link bc only from key manager B, not from D"):
+        run(kms["C"].handle("D", fresh))  # only the link's peer may use it
+    assert tails(kms) == before
 
 
 def test_a_peer_that_fell_behind_is_caught_up_by_the_senders_tail(kms, network):
     """A crash can leave the receiver of a link behind its sender: the next use of the link,
     from either end, starts after the larger tail."""
-    kms["A"].enc_keys("sa", "sd")
+    run(kms["A"].enc_keys("sa", "sd"))
     kms["B"].pools["ab"].tail = 0  # as if B had crashed before writing what it received
     kms["B"].pools["bc"].tail = 0
-    kms["D"].enc_keys("sd", "sa")  # B sends on ab towards A, C... towards B on bc
+    run(kms["D"].enc_keys("sd", "sa"))  # B sends on ab towards A, C... towards B on bc
     relayed = [(m.link_id, m.offset) for _, m in network.messages if isinstance(m, RelayMessage)]
     assert relayed[3:] == [("cd", 256), ("bc", 256), ("ab", 256)]
 
 
 def test_a_pool_removed_and_added_again_resumes_its_tail(kms, network, time, tmp_path):
-    kms["A"].enc_keys("sa", "sd", number=4)
+    run(kms["A"].enc_keys("sa", "sd", number=4))
     for end in ("A", "B"):
         kms[end].remove_link("ab")
     kms["A"].add_link("ab", "B")
@@ -385,8 +408,24 @@ def test_a_pool_removed_and_added_again_resumes_its_tail(kms, network, time, tmp
     kms["A"].set_route("D", "B", "ab")
     assert kms["A"].pools["ab"].tail == kms["B"].pools["ab"].tail == 1024
     assert kms["A"].pools["ab"].consumed_bits == 0  # a new pool: its own counters
-    kms["A"].enc_keys("sa", "sd")
+    run(kms["A"].enc_keys("sa", "sd"))
     assert [m.offset for _, m in network.messages if isinstance(m, RelayMessage) and m.link_id == "ab"] == [0, 1024]
+
+
+def test_a_pool_added_again_while_its_stream_waits_for_the_twin_keeps_its_tail(kms, network, time, tmp_path):
+    """Re-added before the twin service has bound the link's stream (its secret not known
+    yet), a pool keeps the tail it had: the stream may bind to the same secret, whose used
+    bits must not be offered again."""
+    run(kms["A"].enc_keys("sa", "sd", number=4))
+    real = network.stream("ab")
+    kms["A"].remove_link("ab")
+    network.remove_stream("ab")
+    waiting = network.stream("ab")
+    waiting.bound = False  # as the twin service's client hands it out, until it binds
+    kms["A"].add_link("ab", "B")
+    assert kms["A"].pools["ab"].tail == 1024
+    waiting.bind(bytes.fromhex(real.snapshot()["secret"]), real.history())
+    assert kms["A"].pools["ab"].stream.bits(1024, 256) == real.bits(1024, 256)
 
 
 # -- undelivered keys: expiry, cap, what Status counts ---------------------------------------
@@ -394,9 +433,9 @@ def test_a_pool_removed_and_added_again_resumes_its_tail(kms, network, time, tmp
 def test_undelivered_keys_expire_after_their_max_age(network, time, tmp_path):
     kms = start_chain(network, state_dir=tmp_path, limits=KeyLimits(max_key_age_s=60.0))
     time.t += 1.0
-    old = kms["A"].enc_keys("sa", "sd", number=2)
+    old = run(kms["A"].enc_keys("sa", "sd", number=2))
     time.t += 30.0
-    young = kms["A"].enc_keys("sa", "sd")
+    young = run(kms["A"].enc_keys("sa", "sd"))
     assert kms["D"].stored_key_count == 3
     time.t += 30.0  # the first two are 60 s old
     assert kms["D"].stored_key_count == 1 and kms["D"].stats.keys_expired == 2
@@ -416,9 +455,9 @@ def test_a_whole_network_restarted_keeps_the_ages_of_waiting_keys(tmp_path):
     time, limits = ManualTime(), KeyLimits(max_key_age_s=60.0)
     kms = start_chain(KeyNetwork(Clock(source=time)), state_dir=tmp_path, limits=limits)
     time.t += 10.0
-    older = kms["A"].enc_keys("sa", "sd")
+    older = run(kms["A"].enc_keys("sa", "sd"))
     time.t += 30.0
-    newer = kms["A"].enc_keys("sa", "sd")
+    newer = run(kms["A"].enc_keys("sa", "sd"))
     time.t += 1000.0  # the network stops: its clock goes with it
     again = KeyNetwork(Clock(source=time))  # from 0
     d = start_chain(again, state_dir=tmp_path, limits=limits)["D"]
@@ -433,22 +472,22 @@ def test_a_whole_network_restarted_keeps_the_ages_of_waiting_keys(tmp_path):
 def test_keys_waiting_per_sae_pair_are_capped_and_enc_keys_beyond_is_503_consuming_nothing(network, time):
     kms = start_chain(network, limits=KeyLimits(max_stored_keys=4))
     time.t += 1.0
-    first = kms["A"].enc_keys("sa", "sd", number=3)
-    status = kms["A"].status("sa", "sd")
+    first = run(kms["A"].enc_keys("sa", "sd", number=3))
+    status = run(kms["A"].status("sa", "sd"))
     assert (status.stored_key_count, status.max_key_count) == (1, 4)  # room for one more at D
     before, tokens = tails(kms), kms["A"].sessions[("sa", "sd")].bucket.available()
     with pytest.raises(KeyUnavailable, match="key manager D holds 3 undelivered keys from SAE sa for SAE sd "
                                              r"\(at most 4\): SAE sd must fetch keys") as refused:
-        kms["A"].enc_keys("sa", "sd", number=2)
+        run(kms["A"].enc_keys("sa", "sd", number=2))
     assert refused.value.http_status == 503
     assert refused.value.details == [{"km": "D", "stored_keys": 3, "max_stored_keys": 4, "requested_keys": 2}]
     assert tails(kms) == before and kms["A"].sessions[("sa", "sd")].bucket.available() == tokens
     assert kms["D"].waiting_keys("sa", "sd") == 3 and kms["D"].waiting_keys("sd", "sa") == 0
     kms["D"].dec_keys("sd", "sa", [k.key_id for k in first[:2]])
-    assert kms["A"].status("sa", "sd").stored_key_count == 3
-    assert len(kms["A"].enc_keys("sa", "sd", number=3)) == 3
-    assert kms["D"].stored_key_count == 4 and kms["A"].status("sa", "sd").stored_key_count == 0
-    assert len(kms["D"].enc_keys("sd", "sa", number=4)) == 4  # the other direction has its own cap
+    assert run(kms["A"].status("sa", "sd")).stored_key_count == 3
+    assert len(run(kms["A"].enc_keys("sa", "sd", number=3))) == 3
+    assert kms["D"].stored_key_count == 4 and run(kms["A"].status("sa", "sd")).stored_key_count == 0
+    assert len(run(kms["D"].enc_keys("sd", "sa", number=4))) == 4  # the other direction has its own cap
 
 
 @pytest.mark.parametrize("limits, message", [
@@ -473,7 +512,7 @@ def test_dec_keys_takes_at_most_max_key_per_request_ids(kms):
 def test_dec_keys_checks_18000_ids_in_linear_time_with_a_bounded_message(network, time):
     kms = start_chain(network, limits=KeyLimits(max_key_per_request=20_000))
     time.t += 1.0
-    key = kms["A"].enc_keys("sa", "sd")[0]
+    key = run(kms["A"].enc_keys("sa", "sd"))[0]
     ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(17_999)] + [key.key_id, key.key_id]
     started = wall.perf_counter()
     with pytest.raises(BadKeyRequest) as refused:
@@ -491,11 +530,11 @@ def test_each_operation_writes_only_what_it_changed(network, time, tmp_path):
     kms = start_chain(network, state_dir=tmp_path, limits=KeyLimits(max_stored_keys=10_000))
     time.t += 1.0
     for _ in range(40):
-        kms["A"].enc_keys("sa", "sd", number=100, size=64)  # 4,000 keys waiting at D
+        run(kms["A"].enc_keys("sa", "sd", number=100, size=64))  # 4,000 keys waiting at D
         time.t += 1.0
     statements = []
     kms["D"].store._db.set_trace_callback(statements.append)
-    keys = kms["A"].enc_keys("sa", "sd", number=2)
+    keys = run(kms["A"].enc_keys("sa", "sd", number=2))
     kms["D"].dec_keys("sd", "sa", [k.key_id for k in keys])
     writes = [s for s in statements if s.split()[0] in ("INSERT", "DELETE", "UPDATE", "BEGIN", "COMMIT")]
     assert [s.split("(")[0].split(" VALUES")[0].strip() for s in writes] == [

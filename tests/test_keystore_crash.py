@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from devices.keystore import (BadKeyRequest, KeyLimits, KeyManager, KeyNetwork, KeyUnavailable, RelayMessage,
-                              StateStore)
+from devices.keystore import (BadKeyRequest, InMemoryPeers, KeyLimits, KeyManager, KeyNetwork, KeyUnavailable,
+                              RelayMessage, StateStore)
 from devices.twin import Clock
-from test_keystore import LINKS, start_chain
+from test_keystore import LINKS, run, start_chain
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENDS = {"A": ("sa", "sd"), "D": ("sd", "sa")}  # key manager -> (its SAE, the SAE at the other end)
@@ -82,18 +82,23 @@ def overlaps(pads: dict[str, list[tuple[int, int, str]]]) -> list[str]:
     return found
 
 
-class LedgerNetwork(KeyNetwork):
-    """The in-process network; each relay message is recorded as it leaves its sender."""
+class LedgerPeers(InMemoryPeers):
+    """The in-memory KM-to-KM channel; each relay message is recorded as it leaves its sender."""
 
-    def __init__(self, clock: Clock, ledger: Ledger) -> None:
-        super().__init__(clock)
+    def __init__(self, network: KeyNetwork, ledger: Ledger) -> None:
+        super().__init__(network)
         self.ledger = ledger
 
-    def deliver(self, km_id, message):
+    async def send(self, sender, km_id, message):
         if isinstance(message, RelayMessage):
-            sender = self.km(km_id).pools[message.link_id].peer_km
             self.ledger.used(message.link_id, message.offset, 8 * sum(map(len, message.ciphertexts)), sender)
-        super().deliver(km_id, message)
+        return await super().send(sender, km_id, message)
+
+
+class LedgerNetwork(KeyNetwork):
+    def __init__(self, clock: Clock, ledger: Ledger) -> None:
+        super().__init__(clock)
+        self.peers = LedgerPeers(self, ledger)
 
 
 def configure(network: KeyNetwork, state_dir: pathlib.Path, rate_bps: float, max_bits: int) -> dict[str, KeyManager]:
@@ -105,7 +110,7 @@ def configure(network: KeyNetwork, state_dir: pathlib.Path, rate_bps: float, max
 def issue(kms, ledger: Ledger, master_km: str, number: int) -> None:
     master, slave = ENDS[master_km]
     slave_km = "D" if master_km == "A" else "A"
-    for key in kms[master_km].enc_keys(master, slave, number):
+    for key in run(kms[master_km].enc_keys(master, slave, number)):
         assert key.key_id not in ledger.issued
         ledger.issued[key.key_id] = key.key
         ledger.pending[slave_km][key.key_id] = master
@@ -166,11 +171,11 @@ def script(kms, ledger: Ledger, time: ManualTime):
         step(lambda: issue(kms(), ledger, "A", 2)),
         step(lambda: issue(kms(), ledger, "D", 1)),
         step(lambda: fetch(kms(), ledger, "D")),
-        step(lambda: kms()["C"].drain("bc", 800)),
+        step(lambda: run(kms()["C"].drain("bc", 800))),
         step(lambda: issue(kms(), ledger, "A", 3)),
         step(lambda: fetch(kms(), ledger, "A")),
         step(lambda: issue(kms(), ledger, "D", 2)),
-        step(lambda: kms()["B"].flush("ab")),
+        step(lambda: run(kms()["B"].flush("ab"))),
         step(lambda: None),  # the link refills (time passes)
         step(lambda: issue(kms(), ledger, "D", 1)),
         step(lambda: fetch(kms(), ledger, "D"), lambda: fetch(kms(), ledger, "A")),
@@ -302,19 +307,24 @@ KILLS = 10
 SEED = 20240613
 
 
-class LoggingNetwork(KeyNetwork):
-    """The child's network: each use of a link's key for encryption is logged (fsync'd)
-    before the message goes to its receiver."""
+class LoggingPeers(InMemoryPeers):
+    """The child's KM-to-KM channel: each use of a link's key for encryption is logged
+    (fsync'd) before the message goes to its receiver."""
 
-    def __init__(self, clock: Clock, log) -> None:
-        super().__init__(clock)
+    def __init__(self, network: KeyNetwork, log) -> None:
+        super().__init__(network)
         self.log = log
 
-    def deliver(self, km_id, message):
+    async def send(self, sender, km_id, message):
         if isinstance(message, RelayMessage):
-            sender = self.km(km_id).pools[message.link_id].peer_km
             self.log(f"P {message.link_id} {sender} {message.offset} {8 * sum(map(len, message.ciphertexts))}")
-        super().deliver(km_id, message)
+        return await super().send(sender, km_id, message)
+
+
+class LoggingNetwork(KeyNetwork):
+    def __init__(self, clock: Clock, log) -> None:
+        super().__init__(clock)
+        self.peers = LoggingPeers(self, log)
 
 
 def _digest(key: bytes) -> str:
@@ -351,7 +361,7 @@ def child(state_dir: str, log_path: str, seed: str, ops: str | None = None) -> i
                 master_km = rng.choice("AD")
                 slave_km = "D" if master_km == "A" else "A"
                 master, slave = ENDS[master_km]
-                keys = kms[master_km].enc_keys(master, slave, rng.randint(1, 4))
+                keys = run(kms[master_km].enc_keys(master, slave, rng.randint(1, 4)))
                 log(*(f"E {slave_km} {k.key_id} {_digest(k.key)}" for k in keys))
                 pending[slave_km].update(dict.fromkeys(k.key_id for k in keys))
             elif roll < 0.95:
@@ -373,7 +383,7 @@ def child(state_dir: str, log_path: str, seed: str, ops: str | None = None) -> i
                     del pending[slave_km][k.key_id]
             else:
                 link = rng.choice(list(LINKS))
-                kms[rng.choice(LINKS[link])].drain(link, 512)
+                run(kms[rng.choice(LINKS[link])].drain(link, 512))
         except KeyUnavailable:
             wall.sleep(0.002)  # pools refill (after a restart the streams resume from the state files)
     return 0

@@ -52,6 +52,7 @@ async def _run(topology: Topology, state_dir: pathlib.Path | None, speed: float,
     passwords = demo_passwords(demo_credentials) or stack_passwords(state_dir)
     host = DeviceHost(topology, state_dir=state_dir, speed=speed,
                       users=network_users(passwords), etsi014_tls=pki.server_tls if pki else None,
+                      km_peer_tls=pki.km_peer_tls if pki else None,
                       insecure_sae_header=insecure_sae_header, restconf=restconf)
     users = host.network.users
     async with host:

@@ -1,5 +1,7 @@
-"""`qstrata run LEVEL --config FILE`: run one level alone (devices, connectivity, forwarding,
-service or orchestrator) from its deployment file (docs/deployment.md) until SIGTERM or Ctrl-C.
+"""`qstrata run LEVEL --config FILE`: run one level alone (twin, devices, connectivity,
+forwarding, service or orchestrator) from its deployment file (docs/deployment.md) until
+SIGTERM or Ctrl-C. `twin` is a network's twin service (docs/twin-service.md), which the
+devices of that network, in one process or several, share.
 
 The level needs nothing but the file and the network: it listens where the file says, lets in
 the users it lists, and reaches its peers (devices, or the controllers below it) over NETCONF,
@@ -21,7 +23,7 @@ import signal
 import sys
 
 from tools.deployment import (CONTROLLERS, INTENT_WRITER, LEVELS, READ_ONLY, READ_WRITE, Deployment, DeploymentError,
-                              endpoint, host_key, load_deployment, netconf_users)
+                              endpoint, host_key, load_deployment, netconf_users, secret)
 from tools.running import until_stopped
 
 READY = "ready on"
@@ -98,6 +100,8 @@ async def serve(deployment: Deployment) -> int:
 
 def build(d: Deployment):
     """The level's object (start/stop), as the deployment describes it."""
+    if d.level == "twin":
+        return _twin_service(d)
     users = netconf_users(d)
     access = {"read_write": d.access(READ_WRITE), "read_only": d.access(READ_ONLY)}
     key = host_key(d)
@@ -128,9 +132,25 @@ def build(d: Deployment):
                         **common)
 
 
+def _twin_service(d: Deployment):
+    import random
+
+    from devices.host import key_manager_sites
+    from devices.topology import build_twin, default_topology, load_topology
+    from devices.twin import Clock
+    from devices.twin_service import TwinService
+
+    part = d.part
+    topology = load_topology(part.topology) if part.topology else default_topology()
+    return TwinService(build_twin(topology, Clock(part.speed), random.Random(part.seed)),
+                       secret(part.token, part.token_file), d.listen.address, d.listen.port,
+                       key_manager_sites(topology), name=d.name)
+
+
 def _device_host(d: Deployment, users: dict, access: dict, key):
     from devices.etsi014 import server_ssl_context
     from devices.host import DeviceHost
+    from devices.km_peer import client_ssl_context
     from devices.topology import default_topology, load_topology
 
     part = d.part
@@ -143,8 +163,19 @@ def _device_host(d: Deployment, users: dict, access: dict, key):
         files = etsi.key_managers[km_id]
         return server_ssl_context(str(files.cert_file), str(files.key_file), str(etsi.ca_file))
 
+    def peer_tls(km_id: str):   # the same certificate, presented to the key manager's peers
+        files = etsi.key_managers[km_id]
+        return client_ssl_context(str(files.cert_file), str(files.key_file), str(etsi.ca_file))
+
+    twin = None
+    if part.twin is not None:
+        from devices.twin_service import TwinAddress
+
+        twin = TwinAddress(part.twin.address, part.twin.port, secret(part.twin.token, part.twin.token_file))
     return DeviceHost(topology, state_dir=d.state_dir, speed=part.speed, ports=ports, users=users,
+                      twin=twin, run=set(part.run) or None,
                       host=d.listen.address, host_key=key, etsi014_tls=None if etsi.insecure_http else tls,
+                      km_peer_tls=None if etsi.insecure_http else peer_tls,
                       insecure_sae_header=etsi.insecure_http, **access)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import asyncssh
 import yaml
 
-LEVELS = ("devices", "connectivity", "forwarding", "service", "orchestrator")
+LEVELS = ("devices", "connectivity", "forwarding", "service", "orchestrator", "twin")
 CONTROLLERS = ("connectivity", "forwarding", "service")
 READ_WRITE, READ_ONLY, INTENT_WRITER = "read-write", "read-only", "intent-writer"
 
@@ -45,7 +45,7 @@ class DeploymentError(ValueError):
 @dataclass(frozen=True)
 class Listen:
     address: str
-    host_key_file: pathlib.Path
+    host_key_file: pathlib.Path | None    # None for the twin service, which speaks HTTP
     port: int | None = None      # None for the devices, whose ports are under devices.ports
 
 
@@ -101,11 +101,34 @@ class Etsi014:
 
 
 @dataclass(frozen=True)
+class TwinPeer:
+    """Where the devices reach their network's twin service, and the token they share."""
+
+    address: str
+    port: int
+    token: str | None = None
+    token_file: pathlib.Path | None = None
+
+
+@dataclass(frozen=True)
 class DevicesPart:
     etsi014: Etsi014
     topology: pathlib.Path | None = None   # None: the embedded Madrid network
     speed: float = 1.0
     ports: dict[str, DevicePorts] = field(default_factory=dict)
+    twin: TwinPeer | None = None           # None: the devices run a twin service of their own
+    run: tuple[str, ...] = ()              # the devices of the topology this process runs; none: all
+
+
+@dataclass(frozen=True)
+class TwinPart:
+    """The twin service of one network: its plant (the topology), clock and credential."""
+
+    topology: pathlib.Path | None = None
+    speed: float = 1.0
+    seed: int | None = None
+    token: str | None = None
+    token_file: pathlib.Path | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +151,7 @@ class OrchestratorPart:
     intent_store: pathlib.Path
 
 
-Part = DevicesPart | ForwardingPart | ServicePart | OrchestratorPart
+Part = DevicesPart | ForwardingPart | ServicePart | OrchestratorPart | TwinPart
 
 
 @dataclass(frozen=True)
@@ -281,6 +304,8 @@ def _deployment(r: _Reader, data: Any) -> Deployment | None:
     if level not in LEVELS:
         r.fail("level", "missing" if level is None else f"must be one of {', '.join(LEVELS)}, got {level!r}")
         return None
+    if level == "twin":
+        return _twin_deployment(r, data)
     # The orchestrator keeps its datastores with its intent store (orchestrator.intent_store).
     optional = ("name",) + (() if level == "orchestrator" else ("state_dir",)) \
         + (() if level == "devices" else ("peers",))
@@ -436,8 +461,48 @@ def _part(r: _Reader, level: str, value: Any, peers: tuple[Peer, ...], names: se
     return OrchestratorPart(*strata, store)
 
 
+def _twin_deployment(r: _Reader, data: dict) -> Deployment | None:
+    """The twin service: it listens (HTTP, the token its devices share), nothing else."""
+    r.mapping(data, "(top)", ("level", "listen", "twin"), ("name",))
+    name = r.string(data, "name", "") or "twin"
+    listen = r.mapping(data.get("listen"), "listen", ("address", "port"), ())
+    address = r.string(listen, "address", "listen") if listen else None
+    port = r.port(listen, "port", "listen", allow_zero=True) if listen else None
+    m = r.mapping(data.get("twin"), "twin", (), ("topology", "speed", "seed", "token", "token_file"))
+    if m is None:
+        return None
+    speed, seed = m.get("speed", 1.0), m.get("seed")
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed > 0:
+        r.fail("twin.speed", f"must be a number > 0, got {speed!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        r.fail("twin.seed", f"must be an integer, got {_kind(seed)}")
+    token, token_file = _token(r, m, "twin")
+    topology = r.file(m, "topology", "twin")
+    if r.problems or address is None or port is None:
+        return None
+    return Deployment("twin", name, Listen(address, None, port), (),
+                      part=TwinPart(topology, float(speed), seed, token, token_file))
+
+
+def _token(r: _Reader, m: dict, path: str) -> tuple[str | None, pathlib.Path | None]:
+    """A bearer token inline or in a file: exactly one."""
+    token, token_file = r.string(m, "token", path), r.file(m, "token_file", path)
+    if ("token" in m) == ("token_file" in m):
+        r.fail(f"{path}.token", "give the token the devices share: token or token_file, not both")
+    return token, token_file
+
+
+def _twin_peer(r: _Reader, value: Any) -> TwinPeer | None:
+    m = r.mapping(value, "devices.twin", ("address", "port"), ("token", "token_file"))
+    if m is None:
+        return None
+    address, port = r.string(m, "address", "devices.twin"), r.port(m, "port", "devices.twin")
+    token, token_file = _token(r, m, "devices.twin")
+    return TwinPeer(address, port, token, token_file) if address and port else None
+
+
 def _devices_part(r: _Reader, value: Any) -> DevicesPart | None:
-    m = r.mapping(value, "devices", ("etsi014",), ("topology", "speed", "ports"))
+    m = r.mapping(value, "devices", ("etsi014",), ("topology", "speed", "ports", "twin", "run"))
     if m is None:
         return None
     topology = r.file(m, "topology", "devices")
@@ -445,6 +510,13 @@ def _devices_part(r: _Reader, value: Any) -> DevicesPart | None:
     if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed > 0:
         r.fail("devices.speed", f"must be a number > 0, got {speed!r}")
         speed = 1.0
+    if "twin" in m and "speed" in m:
+        r.fail("devices.speed", "the twin service keeps the clock: give its speed in the twin's deployment")
+    twin = _twin_peer(r, m["twin"]) if "twin" in m else None
+    run = m.get("run", [])
+    if not isinstance(run, list) or not all(isinstance(d, str) for d in run):
+        r.fail("devices.run", f"must list device ids, got {_kind(run)}")
+        run = []
     ports: dict[str, DevicePorts] = {}
     if not isinstance(m.get("ports", {}), dict):
         r.fail("devices.ports", f"must map device ids to their ports, got {_kind(m['ports'])}")
@@ -461,8 +533,10 @@ def _devices_part(r: _Reader, value: Any) -> DevicesPart | None:
     if r.problems or etsi is None:
         return None
     if topology is not None or "topology" not in m:
-        _check_device_ids(r, topology, ports, etsi)
-    return DevicesPart(etsi, topology, float(speed), ports)
+        _check_device_ids(r, topology, ports, etsi, run)
+    if r.problems:
+        return None
+    return DevicesPart(etsi, topology, float(speed), ports, twin, tuple(run))
 
 
 def _etsi014(r: _Reader, value: Any) -> Etsi014 | None:
@@ -503,8 +577,9 @@ def _etsi014(r: _Reader, value: Any) -> Etsi014 | None:
 
 
 def _check_device_ids(r: _Reader, topology_file: pathlib.Path | None, ports: dict[str, DevicePorts],
-                      etsi: Etsi014) -> None:
-    """Every device named under devices.ports and devices.etsi014 is one of the topology's."""
+                      etsi: Etsi014, run: list[str] = ()) -> None:
+    """Every device named under devices.ports, devices.etsi014 and devices.run is one of the
+    topology's; only the key managers this process runs need certificates."""
     from devices.host import device_builders
     from devices.key_manager import KeyManagerDevice
     from devices.topology import TopologyError, default_topology, load_topology
@@ -515,7 +590,10 @@ def _check_device_ids(r: _Reader, topology_file: pathlib.Path | None, ports: dic
         r.fail("devices.topology", f"not a valid topology: {error.problems[0]}")
         return
     kinds = {device_id: build.func for device_id, build in device_builders(topology, None)}
-    managers = sorted(d for d, cls in kinds.items() if issubclass(cls, KeyManagerDevice))
+    for index, device in enumerate(run):
+        if device not in kinds:
+            r.fail(f"devices.run[{index}]", f"no such device in topology {topology.name}")
+    managers = sorted(d for d, cls in kinds.items() if issubclass(cls, KeyManagerDevice) and (not run or d in run))
     for device, entry in ports.items():
         if device not in kinds:
             r.fail(f"devices.ports.{device}", f"no such device in topology {topology.name}")
@@ -526,7 +604,7 @@ def _check_device_ids(r: _Reader, topology_file: pathlib.Path | None, ports: dic
             if km not in etsi.key_managers:
                 r.fail(f"devices.etsi014.key_managers.{km}", "missing: every key manager needs a certificate")
         for km in etsi.key_managers:
-            if km not in managers:
+            if km not in kinds or not issubclass(kinds[km], KeyManagerDevice):
                 r.fail(f"devices.etsi014.key_managers.{km}", f"no such key manager in topology {topology.name}")
 
 
@@ -559,6 +637,10 @@ def deployment_data(deployment: Deployment, base: pathlib.Path) -> dict:
             return [clean(v) for v in value]
         return value
 
+    if deployment.level == "twin":
+        return {"level": "twin", "name": deployment.name,
+                "listen": {"address": deployment.listen.address, "port": deployment.listen.port},
+                "twin": clean(deployment.part)}
     data: dict[str, Any] = {"level": deployment.level, "name": deployment.name,
                             "listen": clean(deployment.listen), "users": clean(deployment.users)}
     if deployment.state_dir is not None:

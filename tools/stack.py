@@ -37,6 +37,8 @@ import tempfile
 from dataclasses import dataclass
 
 from controller.connectivity import ConnectivityController
+from controller.entanglement import EntanglementController
+from controller.fabric import FabricController
 from controller.forwarding import ForwardingController
 from controller.service import ServiceController
 from devices.base import ADMIN_USER, MONITOR_USER, network_users
@@ -44,11 +46,13 @@ from devices.host import PLANT_ID, DeviceHost, plant_of
 from devices.topology import Topology
 from netconf_core import Endpoint, User
 from orchestrator.intents import Orchestrator
+from devices.km_peer import client_ssl_context as km_client_context
 from tools.pki import Credential, LocalCA, client_context, curl_command, server_context
 
 CONNECTIVITY_MODULES = {"qi-fibre-plant", "qi-optical-switch"}
 FORWARDING_MODULES = {"etsi-qkd-sdn-node"}
 SERVICE_MODULES = {"qi-key-manager"}
+QUANTUM_NODE_MODULES = {"qi-quantum-node"}  # the fabric and entanglement service controllers'
 READY_TIMEOUT_S = 60.0
 CREDENTIALS_FILE = "credentials.json"
 PKI_DIR = "pki"
@@ -104,9 +108,18 @@ class KeyDeliveryPki:
         self._scratch = tempfile.TemporaryDirectory(prefix="qstrata-pki-") if directory is None else None
         self.ca = LocalCA(directory if directory is not None else pathlib.Path(self._scratch.name))
 
+    def km(self, km_id: str) -> Credential:
+        """Key manager `km_id`'s certificate: CN and a DNS subject alternative name are its id,
+        so that its peers check whom they reached (docs/km-protocol.md)."""
+        return self.ca.server(km_id, hosts=(km_id,))
+
     def server_tls(self, km_id: str) -> ssl.SSLContext:
         """The TLS context of key manager `km_id`'s ETSI 014 API (DeviceHost's `etsi014_tls`)."""
-        return server_context(self.ca.server(km_id))
+        return server_context(self.km(km_id))
+
+    def km_peer_tls(self, km_id: str) -> ssl.SSLContext:
+        """The TLS context key manager `km_id` calls its peers with (DeviceHost's `km_peer_tls`)."""
+        return km_client_context(*self.km(km_id).ssl_files())
 
     def sae(self, sae_id: str) -> Credential:
         return self.ca.client(sae_id)
@@ -157,16 +170,21 @@ class Stack:
             users = network_users(passwords if passwords is not None else stack_passwords(self.state_dir))
             host = DeviceHost(topology, state_dir=self.state_dir / "devices" if self.state_dir else None, speed=speed,
                               users=users, etsi014_tls=self.pki.server_tls if self.pki else None,
+                              km_peer_tls=self.pki.km_peer_tls if self.pki else None,
                               insecure_sae_header=insecure_sae_header)
         self.host = host
         self.users = self.host.network.users
         self.orchestrator_users = dict(orchestrator_users or {})
         self.devices = {plant_of(domain) if domain else PLANT_ID} | {
-            d.id for d in (*self.topology.switches, *self.topology.qkd_nodes, *self.topology.key_managers)}
+            d.id for d in (*self.topology.switches, *self.topology.qkd_nodes, *self.topology.key_managers,
+                           *self.topology.quantum_nodes)}
         self.connectivity: ConnectivityController | None = None
         self.forwarding: ForwardingController | None = None
         self.service: ServiceController | None = None
         self.orchestrator: Orchestrator | None = None   # a client of the three controllers
+        # With quantum nodes in the topology, the entanglement levels too (a client of the nodes).
+        self.fabric: FabricController | None = None
+        self.entanglement: EntanglementController | None = None
         self.orchestrator_port = orchestrator_port
         self._intent_scratch: tempfile.TemporaryDirectory | None = None
 
@@ -185,7 +203,8 @@ class Stack:
     def host_key_of(self, name: str) -> str:
         """The OpenSSH public host key line of a controller, the orchestrator, or a device."""
         level = {"connectivity": self.connectivity, "forwarding": self.forwarding, "service": self.service,
-                 "orchestrator": self.orchestrator}.get(name)
+                 "orchestrator": self.orchestrator, "fabric": self.fabric,
+                 "entanglement": self.entanglement}.get(name)
         if level is not None:
             return level.server.public_host_key
         if name in self.host.devices:
@@ -228,16 +247,30 @@ class Stack:
                 self.users, connectivity=self.endpoint("connectivity", self.connectivity.port),
                 state_dir=self._state("service"))
             await self.service.start()
+            if self.topology.quantum_nodes:
+                self.fabric = FabricController("fabric", self._devices(QUANTUM_NODE_MODULES), self.users,
+                                               connectivity=self.endpoint("connectivity", self.connectivity.port),
+                                               state_dir=self._state("fabric"))
+                await self.fabric.start()
+                self.entanglement = EntanglementController(
+                    "entanglement", self._devices(QUANTUM_NODE_MODULES), self.endpoint("fabric", self.fabric.port),
+                    self.users, state_dir=self._state("entanglement"))
+                await self.entanglement.start()
             self.orchestrator = Orchestrator(
                 "orchestrator", self.endpoint("service", self.service.port),
                 self.endpoint("forwarding", self.forwarding.port),
                 self.endpoint("connectivity", self.connectivity.port), {**self.users, **self.orchestrator_users},
                 self._intent_store(), read_write=(ADMIN_USER,), intent_writers=tuple(self.orchestrator_users),
-                port=self.orchestrator_port)
+                port=self.orchestrator_port,
+                entanglement=self.endpoint("entanglement", self.entanglement.port) if self.entanglement else None)
             await self.orchestrator.start()
             await self.connectivity.wait_synced(timeout)
-            await self.forwarding.wait_synced(timeout)
+            if self.topology.qkd_nodes or not self.topology.quantum_nodes:  # an entanglement network has no QKD node
+                await self.forwarding.wait_synced(timeout)
             await self.service.wait_synced(timeout)
+            for level in (self.fabric, self.entanglement):
+                if level is not None:
+                    await level.wait_synced(timeout)
             await self.orchestrator.wait_connected(timeout)
         except BaseException:
             await self.stop()
@@ -245,10 +278,12 @@ class Stack:
 
     async def stop(self) -> None:
         """Stop every level top-down (safe to call twice, or after a failed start)."""
-        for controller in (self.orchestrator, self.service, self.forwarding, self.connectivity):
+        for controller in (self.orchestrator, self.entanglement, self.fabric, self.service, self.forwarding,
+                           self.connectivity):
             if controller is not None:
                 await controller.stop()
         self.orchestrator = self.service = self.forwarding = self.connectivity = None
+        self.entanglement = self.fabric = None
         if self.owns_host:
             await self.host.stop()
         if self._intent_scratch is not None:
@@ -277,7 +312,8 @@ class Stack:
         rows = [Level(row.kind, row.id, row.host, row.port, read_write, read_only, row.etsi014_url, row.host_key)
                 for row in self.host.table() if row.id in self.devices]
         for level, server in (("connectivity", self.connectivity), ("forwarding", self.forwarding),
-                              ("service", self.service), ("orchestrator", self.orchestrator)):
+                              ("service", self.service), ("fabric", self.fabric), ("entanglement", self.entanglement),
+                              ("orchestrator", self.orchestrator)):
             if server is not None:
                 rows.append(Level(level, server.name, self.host.network.host, server.port, read_write, read_only,
                                   host_key=server.server.public_host_key))
