@@ -3,10 +3,14 @@
 (`advertisement_config`) and read back by the platform and by the other members' agents
 (`read_advertisement`, `read_members`). The platform's side is built here too: the member
 entry an application adds, its state (memberships, what is left of each advertised link,
-services, charging records: `federation_state`) and its notifications, each beside the reader
-the agents, the demo and the tests use (`read_members`, `read_service_statuses`, `read_charging`)."""
+services, charging records and disputes, ratings: `federation_state`) and its notifications, each
+beside the reader the agents, the demo and the tests use (`read_members`, `read_service_statuses`,
+`read_charging`, `read_disputes`, `read_ratings`). The two RPCs of charging are here on both
+sides too: an agent's `report-delivery` (`delivery_report`, `read_delivery_report`) and `settle`
+(`settle_request`, `read_settle_request`, `settlement_output`, `read_settlement`)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -149,6 +153,16 @@ class ServiceRequest:
     rate: int
 
 
+@dataclass(frozen=True)
+class RatingPolicy:
+    """qi-federation ratings: the sliding window (seconds), the score below which a member is
+    flagged, and how many disputes in the window flag it too."""
+
+    window: int = 3600
+    threshold: Decimal = Decimal("0.8")
+    max_disputes: int = 3
+
+
 @dataclass
 class FederationConfig:
     members: dict[str, MemberEntry] = field(default_factory=dict)
@@ -156,6 +170,7 @@ class FederationConfig:
     offers: dict[str, dict[Crossing, int]] = field(default_factory=dict)  # member -> crossing -> capacity
     services: dict[str, ServiceRequest] = field(default_factory=dict)
     sae_kms: dict[tuple[str, str], str] = field(default_factory=dict)  # (member, advertised SAE) -> its key manager
+    rating: RatingPolicy = field(default_factory=RatingPolicy)
 
     @classmethod
     def read(cls, tree: etree._Element) -> FederationConfig:
@@ -186,6 +201,12 @@ class FederationConfig:
                 config.sae_kms[(member_id, sae.sae_id)] = sae.km_id
             for link in offer.links:
                 offers[Crossing(link.link_id, link.local_node, link.peer_member, link.peer_node)] = link.capacity
+        ratings = FEDERATION.find(fed, "ratings")
+        if ratings is not None:
+            default = RatingPolicy()
+            config.rating = RatingPolicy(int(text(ratings, "window", str(default.window))),
+                                         Decimal(text(ratings, "threshold", str(default.threshold))),
+                                         int(text(ratings, "max-disputes", str(default.max_disputes))))
         for s in FEDERATION.all(fed, "services/service"):
             src, dst = FEDERATION.find(s, "source"), FEDERATION.find(s, "destination")
             request = ServiceRequest(text(s, "service-id", ""), text(s, "requesting-member", ""),
@@ -274,7 +295,8 @@ class MemberStatus:
 
 @dataclass(frozen=True)
 class Charge:
-    """A charging record: what one member delivered for one service, and what it is owed."""
+    """A charging record: what one member delivered for one service over one segment under one
+    agreement, as both ends of its hop confirm, and what it is owed."""
 
     record_id: int
     member_id: str
@@ -286,12 +308,52 @@ class Charge:
     agreement: str | None
     price_per_kbit: Decimal
     amount: Decimal
+    segment: int | None = None
+    hop: str | None = None
+    disputed_keys: int = 0
+    disputed_bits: int = 0
+
+
+@dataclass(frozen=True)
+class Dispute:
+    """Two ends of a hop that disagree: their totals when the platform found it, and the difference."""
+
+    dispute_id: int
+    service_id: str
+    hop: str
+    sender: str
+    receiver: str
+    sent: tuple[int, int]       # keys, bits
+    received: tuple[int, int]
+    disputed: tuple[int, int]
+    records: tuple[int, ...]
+    time: str
+
+
+@dataclass(frozen=True)
+class Rating:
+    member_id: str
+    requested_keys: int
+    delivered_keys: int
+    delivery_ratio: Decimal
+    availability: Decimal
+    disputes: int
+    score: Decimal
+    below_threshold: bool
+
+
+def _leaves(parent: etree._Element, pairs: tuple[tuple[str, object], ...]) -> None:
+    for tag, value in pairs:
+        if value is not None:
+            FEDERATION.sub(parent, tag, str(value).lower() if isinstance(value, bool) else value)
 
 
 def federation_state(members: list[MemberStatus], available: dict[str, list[tuple[str, int]]],
-                     services: list[ServiceStatus], charges: list[Charge]) -> etree._Element:
+                     services: list[ServiceStatus], charges: list[Charge], disputes: Sequence[Dispute] = (),
+                     ratings: Sequence[Rating] = ()) -> etree._Element:
     """The platform's <federation> state: memberships, the rate left on each advertised link
-    (member -> (link-id, bit/s)), services and charging records, in the order given."""
+    (member -> (link-id, bit/s)), services, charging records and disputes, and ratings, in the
+    order given."""
     fed = FEDERATION.element("federation")
     container = FEDERATION.sub(fed, "members")
     for member in members:
@@ -311,30 +373,196 @@ def federation_state(members: list[MemberStatus], available: dict[str, list[tupl
     container = FEDERATION.sub(fed, "services")
     for service in services:
         add_service_status(container, service)
+    if ratings:
+        container = FEDERATION.sub(fed, "ratings")
+        for r in ratings:
+            _leaves(FEDERATION.sub(container, "rating"), (
+                ("member-id", r.member_id), ("requested-keys", r.requested_keys), ("delivered-keys", r.delivered_keys),
+                ("delivery-ratio", r.delivery_ratio), ("availability", r.availability), ("disputes", r.disputes),
+                ("score", r.score), ("below-threshold", r.below_threshold)))
     container = FEDERATION.sub(fed, "charging")
-    for charge in charges:
-        element = FEDERATION.sub(container, "record")
-        for tag, value in (("record-id", charge.record_id), ("member-id", charge.member_id),
-                           ("service-id", charge.service_id), ("keys", charge.keys), ("bits", charge.bits),
-                           ("start-time", charge.start_time), ("end-time", charge.end_time),
-                           ("agreement", charge.agreement), ("price-per-kbit", charge.price_per_kbit),
-                           ("amount", charge.amount)):
-            if value is not None:
-                FEDERATION.sub(element, tag, value)
+    for c in charges:
+        _leaves(FEDERATION.sub(container, "record"), (
+            ("record-id", c.record_id), ("member-id", c.member_id), ("service-id", c.service_id),
+            ("segment", c.segment), ("hop", c.hop), ("keys", c.keys), ("bits", c.bits),
+            ("disputed-keys", c.disputed_keys), ("disputed-bits", c.disputed_bits), ("start-time", c.start_time),
+            ("end-time", c.end_time), ("agreement", c.agreement), ("price-per-kbit", c.price_per_kbit),
+            ("amount", c.amount)))
+    for d in disputes:
+        element = FEDERATION.sub(container, "dispute")
+        _leaves(element, (("dispute-id", d.dispute_id), ("service-id", d.service_id), ("hop", d.hop),
+                          ("sender", d.sender), ("receiver", d.receiver), ("sent-keys", d.sent[0]),
+                          ("sent-bits", d.sent[1]), ("received-keys", d.received[0]), ("received-bits", d.received[1]),
+                          ("disputed-keys", d.disputed[0]), ("disputed-bits", d.disputed[1])))
+        for record in d.records:
+            FEDERATION.sub(element, "record", record)
+        FEDERATION.sub(element, "time", d.time)
     return fed
 
 
-def read_charging(data: etree._Element | None) -> dict[tuple[str, str], Charge]:
-    """The charging records of a <get> reply, by (member-id, service-id)."""
+def _opt_int(element: etree._Element, tag: str) -> int | None:
+    return _int(FEDERATION.text(element, tag))
+
+
+def read_charging(data: etree._Element | None) -> dict[int, Charge]:
+    """The charging records of a <get> reply, by record-id."""
     text = FEDERATION.text
     out = {}
     for r in FEDERATION.all(data, "federation/charging/record"):
         charge = Charge(int(text(r, "record-id", "0")), text(r, "member-id", ""), text(r, "service-id", ""),
                         int(text(r, "keys", "0")), int(text(r, "bits", "0")), text(r, "start-time", ""),
                         text(r, "end-time"), text(r, "agreement"), Decimal(text(r, "price-per-kbit", "0")),
-                        Decimal(text(r, "amount", "0")))
-        out[(charge.member_id, charge.service_id)] = charge
+                        Decimal(text(r, "amount", "0")), _opt_int(r, "segment"), text(r, "hop"),
+                        int(text(r, "disputed-keys", "0")), int(text(r, "disputed-bits", "0")))
+        out[charge.record_id] = charge
     return out
+
+
+def read_disputes(data: etree._Element | None) -> dict[int, Dispute]:
+    """The disputes of a <get> reply, by dispute-id."""
+    text = FEDERATION.text
+    pair = lambda d, kind: (int(text(d, f"{kind}-keys", "0")), int(text(d, f"{kind}-bits", "0")))
+    out = {}
+    for d in FEDERATION.all(data, "federation/charging/dispute"):
+        dispute = Dispute(int(text(d, "dispute-id", "0")), text(d, "service-id", ""), text(d, "hop", ""),
+                          text(d, "sender", ""), text(d, "receiver", ""), pair(d, "sent"), pair(d, "received"),
+                          pair(d, "disputed"), tuple(int(e.text) for e in FEDERATION.all(d, "record")),
+                          text(d, "time", ""))
+        out[dispute.dispute_id] = dispute
+    return out
+
+
+def read_ratings(data: etree._Element | None) -> dict[str, Rating]:
+    """The members' ratings of a <get> reply, by member-id."""
+    text = FEDERATION.text
+    out = {}
+    for r in FEDERATION.all(data, "federation/ratings/rating"):
+        rating = Rating(text(r, "member-id", ""), int(text(r, "requested-keys", "0")),
+                        int(text(r, "delivered-keys", "0")), Decimal(text(r, "delivery-ratio", "1")),
+                        Decimal(text(r, "availability", "1")), int(text(r, "disputes", "0")),
+                        Decimal(text(r, "score", "1")), text(r, "below-threshold", "false") == "true")
+        out[rating.member_id] = rating
+    return out
+
+
+# --- the charging RPCs: report-delivery and settle ------------------------------------------------
+
+@dataclass(frozen=True)
+class EndCount:
+    """What a domain's key managers counted at one end of its segment since the previous report."""
+
+    end: str                # ingress or egress
+    link_id: str | None     # the inter-domain link there; None at a local SAE's end
+    keys: int
+    bits: int
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    service_id: str
+    read_start: str         # date-and-time: the key managers were read between these two
+    read_end: str
+    counts: tuple[EndCount, ...]
+
+
+def delivery_report(report: DeliveryReport) -> etree._Element:
+    """The <report-delivery> RPC of an agent."""
+    op = FEDERATION.element("report-delivery")
+    _leaves(op, (("service-id", report.service_id), ("read-start", report.read_start), ("read-end", report.read_end)))
+    for count in report.counts:
+        _leaves(FEDERATION.sub(op, "count"), (("end", count.end), ("link-id", count.link_id), ("keys", count.keys),
+                                              ("bits", count.bits)))
+    return op
+
+
+def read_delivery_report(op: etree._Element) -> DeliveryReport:
+    text = FEDERATION.text
+    return DeliveryReport(text(op, "service-id", ""), text(op, "read-start", ""), text(op, "read-end", ""),
+                          tuple(EndCount(text(c, "end", ""), text(c, "link-id"), int(text(c, "keys", "0")),
+                                         int(text(c, "bits", "0"))) for c in FEDERATION.all(op, "count")))
+
+
+@dataclass(frozen=True)
+class SettlementLine:
+    direction: str          # receivable or payable
+    counterparty: str
+    agreement: str | None
+    price_per_kbit: Decimal
+    keys: int
+    bits: int
+    amount: Decimal
+    disputed_keys: int
+    disputed_bits: int
+    records: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Settlement:
+    member_id: str
+    period_start: str
+    period_end: str
+    lines: tuple[SettlementLine, ...]
+    disputes: tuple[Dispute, ...]
+    receivable: Decimal
+    payable: Decimal
+
+    @property
+    def net(self) -> Decimal:
+        return self.receivable - self.payable
+
+
+def settle_request(member_id: str, period_start: str, period_end: str) -> etree._Element:
+    return FEDERATION.element("settle", leaves={"member-id": member_id, "period-start": period_start,
+                                                "period-end": period_end})
+
+
+def read_settle_request(op: etree._Element) -> tuple[str, str, str]:
+    return tuple(FEDERATION.text(op, tag, "") for tag in ("member-id", "period-start", "period-end"))
+
+
+def settlement_output(s: Settlement) -> list[etree._Element]:
+    """The output leaves and lists of `settle`."""
+    out = []
+
+    def add(tag: str, value: object = None) -> etree._Element:
+        element = FEDERATION.element(tag, value) if value is not None else FEDERATION.element(tag)
+        out.append(element)
+        return element
+    for tag, value in (("member-id", s.member_id), ("period-start", s.period_start), ("period-end", s.period_end)):
+        add(tag, value)
+    for line in s.lines:
+        element = add("line")
+        _leaves(element, (("direction", line.direction), ("counterparty", line.counterparty),
+                          ("agreement", line.agreement), ("price-per-kbit", line.price_per_kbit), ("keys", line.keys),
+                          ("bits", line.bits), ("amount", line.amount), ("disputed-keys", line.disputed_keys),
+                          ("disputed-bits", line.disputed_bits)))
+        for record in line.records:
+            FEDERATION.sub(element, "record", record)
+    for d in s.disputes:
+        _leaves(add("dispute"), (("dispute-id", d.dispute_id), ("service-id", d.service_id), ("hop", d.hop),
+                                 ("sender", d.sender), ("receiver", d.receiver), ("disputed-keys", d.disputed[0]),
+                                 ("disputed-bits", d.disputed[1]), ("time", d.time)))
+    for tag, value in (("receivable", s.receivable), ("payable", s.payable), ("net", s.net)):
+        add(tag, value)
+    return out
+
+
+def read_settlement(reply: etree._Element) -> Settlement:
+    """A settle reply (its <rpc-reply> or <data> element)."""
+    text = FEDERATION.text
+    lines = tuple(SettlementLine(text(l, "direction", ""), text(l, "counterparty", ""), text(l, "agreement"),
+                                 Decimal(text(l, "price-per-kbit", "0")), int(text(l, "keys", "0")),
+                                 int(text(l, "bits", "0")), Decimal(text(l, "amount", "0")),
+                                 int(text(l, "disputed-keys", "0")), int(text(l, "disputed-bits", "0")),
+                                 tuple(int(e.text) for e in FEDERATION.all(l, "record")))
+                  for l in FEDERATION.all(reply, "line"))
+    disputes = tuple(Dispute(int(text(d, "dispute-id", "0")), text(d, "service-id", ""), text(d, "hop", ""),
+                             text(d, "sender", ""), text(d, "receiver", ""), (0, 0), (0, 0),
+                             (int(text(d, "disputed-keys", "0")), int(text(d, "disputed-bits", "0"))), (),
+                             text(d, "time", ""))
+                     for d in FEDERATION.all(reply, "dispute"))
+    return Settlement(text(reply, "member-id", ""), text(reply, "period-start", ""), text(reply, "period-end", ""),
+                      lines, disputes, Decimal(text(reply, "receivable", "0")), Decimal(text(reply, "payable", "0")))
 
 
 def available_rates(data: etree._Element | None) -> dict[str, dict[str, int]]:

@@ -29,7 +29,15 @@ membership, and keeps each service on a route that is still valid or moves it. D
 the admitted members; two of them are adjacent when they have an agreement and an
 inter-domain link that both ends advertise (same border nodes) with capacity left; a route of
 more than one hop uses transit-allowed agreements only (each transit domain needs them with
-both neighbours). Fewest domains first, then the cheapest, then by name.
+both neighbours). Transit members their rating flags are used only when there is no other way;
+then fewest domains, the smallest rating penalty, the cheapest, by name (federation_routes.py).
+A service whose route crosses a flagged transit member moves when a route without one exists.
+
+Charging (federation_charging.py): one record per service, segment and agreement, billed on
+what both ends of an inter-domain hop report their key managers counted (report-delivery);
+counts that contradict each other are a dispute, not billed; `settle` answers a member's
+settlement for a period; ratings (delivery, availability, disputes over a sliding window)
+are state, each member seeing its own.
 
 Segments: each segment of a route is handed to a `SegmentHandler` that the
 `segment_handlers` factory returns for a member's agent endpoint (orchestrator/
@@ -48,31 +56,33 @@ import json
 import logging
 import os
 import pathlib
+import time
 from dataclasses import asdict, dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any, Callable, Protocol
 
 from lxml import etree
 
-from models.federation import (Charge, FederationConfig, MemberStatus, SegmentStatus, ServiceRequest, ServiceStatus,
+from models.federation import (EndCount, FederationConfig, MemberStatus, SegmentStatus, ServiceRequest, ServiceStatus,
                                add_member, application_status, federation_state, member_joined, member_left,
-                               service_status_change)
+                               read_delivery_report, read_settle_request, service_status_change, settlement_output)
 from models.intent import clip
 from models.ns import FEDERATION
 from netconf_core import AccessPolicy, ReconcileLoop
 from netconf_core.errors import RPCError
-from netconf_core.notifications import Event, now
+from netconf_core.notifications import Event, now, parse_time
 from netconf_core.ns import NACM
 from netconf_core.schema import Schema
 from netconf_core.server import NetconfServer, User
 from netconf_core.session import Session
 from orchestrator.federation_access import ENROL_USER, LIVE, MODULE, access_rules
-from orchestrator.federation_routes import DomainView, Ledger, Route, Segment, plan_route, route_problem
+from orchestrator.federation_charging import Charging, Hop, ReportError
+from orchestrator.federation_routes import (DomainView, Ledger, Route, Segment, flagged_transit, plan_route,
+                                            route_problem)
 
 log = logging.getLogger(__name__)
 
 SEGMENT_TIMEOUT = 10.0  # seconds a domain may take to answer for one segment
-MICRO = Decimal("0.000001")
 
 
 def _error_path(*steps: str) -> dict[str, Any]:
@@ -143,24 +153,6 @@ class ServiceState:
     avoid: set[str] = field(default_factory=set)  # transit domains that failed their segment of it
 
 
-@dataclass
-class ChargingRecord:
-    record_id: int
-    member_id: str
-    service_id: str
-    payer: str
-    agreement: str | None
-    price_per_kbit: str
-    start_time: str
-    end_time: str | None = None
-    keys: int = 0
-    bits: int = 0
-
-    @property
-    def amount(self) -> Decimal:
-        return (Decimal(self.bits) / 1000 * Decimal(self.price_per_kbit)).quantize(MICRO, ROUND_HALF_EVEN)
-
-
 def _service_status(segments: list[SegmentState]) -> tuple[str, str]:
     """The service's status from its segments', with the reason when not active."""
     for status, verb in (("failed", "could not set up or keep"), ("pending", "is still setting up"),
@@ -208,7 +200,7 @@ class FederationPlatform:
         store = pathlib.Path(store_dir) if store_dir is not None else None
         self._state_file = store / "federation.json" if store else None
         self.memberships: dict[str, Membership] = {}
-        self.records: dict[tuple[str, str], ChargingRecord] = {}
+        self.charging = Charging()
         self._load()
         self.server = NetconfServer(Schema(["qi-types", MODULE]), self.users, host=host, port=port,
                                     datastore_dir=store / "datastores" if store else None,
@@ -218,7 +210,7 @@ class FederationPlatform:
         self.server.add_state_provider(self._state, f"/{MODULE}:federation")
         for rpc, handler in (("apply-membership", self._apply), ("admit-member", self._admit),
                              ("suspend-member", self._suspend), ("withdraw", self._withdraw),
-                             ("report-delivery", self._report_delivery)):
+                             ("report-delivery", self._report_delivery), ("settle", self._settle_rpc)):
             self.server.add_rpc(f"/{MODULE}:{rpc}", handler)
         self.services: dict[str, ServiceState] = {}
         self.config = FederationConfig()
@@ -277,7 +269,10 @@ class FederationPlatform:
         config = FederationConfig.read(self.server.running())
         self._sync_members(config)
         await self._write_access_rules()
-        view = DomainView(config, {m: s.status for m, s in self.memberships.items()})
+        ratings = self.charging.ratings(config.members, config.rating, time.time())
+        view = DomainView(config, {m: s.status for m, s in self.memberships.items()},
+                          {m: r.score for m, r in ratings.items()},
+                          frozenset(m for m, r in ratings.items() if r.below_threshold))
         ledger = Ledger()
         for service_id in [s for s in self.services if s not in config.services]:
             state = self.services[service_id]
@@ -307,6 +302,11 @@ class FederationPlatform:
                 problem = "; ".join(f"domain {d} failed its segment" for d in avoided)
             else:
                 problem = route_problem(state.route, request, view, ledger)
+            if problem is None and (flagged := flagged_transit(state.route, view)):
+                better = plan_route(request, view, ledger, frozenset(state.avoid))
+                if isinstance(better, Route) and not flagged_transit(better, view):
+                    problem = "; ".join(f"member {m} is rated below the threshold (score {view.ratings[m]} < "
+                                        f"{view.config.rating.threshold})" for m in flagged)
             if problem is None:
                 ledger.take(state.route, request.rate, view)
                 if any(s.reply.status == "failed" for s in state.segments.values()):
@@ -345,6 +345,8 @@ class FederationPlatform:
         new = [s for s in wanted if s.index not in kept]
         old = [s.segment for i, s in state.segments.items() if i not in kept and s.segment not in new]
         state.status = "establishing"
+        for segment in wanted:  # every hop, so that its two ends may report as soon as they count
+            self._hop_of(state, segment)
         replies = await asyncio.gather(*(self._request(state.request.service_id, s) for s in new))
         state.segments = {**kept, **{s.index: SegmentState(s, r) for s, r in zip(new, replies)}}
         await self._release(state, old)
@@ -354,6 +356,7 @@ class FederationPlatform:
             elif 0 < segment.index < len(wanted) - 1:
                 state.avoid.add(segment.domain)  # a transit domain: the next pass routes around it
                 self._wake()
+        self._close_records(state)
 
     async def _request(self, service_id: str, segment: Segment) -> SegmentReply:
         handler = self._handler_for(segment.domain)
@@ -370,12 +373,9 @@ class FederationPlatform:
             return SegmentReply("failed", reason=why)
 
     async def _release(self, state: ServiceState, segments: list[Segment]) -> None:
-        """Release segments the service no longer uses; close the records of domains it left."""
-        on_route = set(state.route.domains) if state.route else set()
-        for segment in segments:
-            record = self.records.get((segment.domain, state.request.service_id))
-            if record is not None and segment.domain not in on_route:
-                record.end_time = _timestamp()
+        """Release segments the service no longer uses; close the records of those it left."""
+        if state.route is None:
+            self.charging.close_records(state.request.service_id, set(), time.time())
         await asyncio.gather(*(self._release_one(state.request.service_id, s) for s in segments))
 
     async def _release_one(self, service_id: str, segment: Segment) -> None:
@@ -397,6 +397,8 @@ class FederationPlatform:
         return self._handlers[endpoint]
 
     async def _set_status(self, state: ServiceState, status: str, reason: str) -> None:
+        held = {s.segment.domain: s.reply.status for s in state.segments.values()} if status != "released" else {}
+        self.charging.hold(state.request.service_id, held, time.time())
         previous = state.status
         reason = clip(reason)
         if (previous, state.reason) == (status, reason):
@@ -407,10 +409,20 @@ class FederationPlatform:
 
     # --- charging -----------------------------------------------------------------------
 
+    def _hop_of(self, state: ServiceState, segment: Segment) -> Hop | None:
+        """The hop a segment's record is billed on: its egress link, or its ingress in the last
+        domain (None for a route within one domain)."""
+        assert state.route is not None
+        domains, links = state.route.domains, state.route.links
+        if not links:
+            return None
+        i = min(segment.index, len(links) - 1)
+        sender, receiver, link = domains[i], domains[i + 1], links[i]
+        return self.charging.hop(state.request.service_id, sender, link.at(sender).link_id, receiver,
+                                 link.at(receiver).link_id)
+
     def _open_record(self, state: ServiceState, segment: Segment, view: DomainView) -> None:
-        key = (segment.domain, state.request.service_id)
-        if key in self.records:
-            return
+        """The segment's record under the agreement towards the payer (see qi-federation)."""
         agreement = None
         payer = state.request.requesting_member
         route = state.route.domains if state.route else ()
@@ -421,22 +433,57 @@ class FederationPlatform:
             else:  # towards the source; the source domain deals with the payer itself
                 neighbour = route[i - 1] if i > 0 else payer
             agreement = view.agreement(segment.domain, neighbour)
-        record_id = max((r.record_id for r in self.records.values()), default=0) + 1
-        self.records[key] = ChargingRecord(record_id, segment.domain, state.request.service_id, payer,
-                                           agreement.agreement_id if agreement else None,
-                                           str(agreement.price_per_kbit if agreement else Decimal(0)), _timestamp())
+        self.charging.open_record(segment.domain, state.request.service_id, payer, segment.index,
+                                  self._hop_of(state, segment), agreement.agreement_id if agreement else None,
+                                  agreement.price_per_kbit if agreement else Decimal(0), time.time())
+
+    def _close_records(self, state: ServiceState) -> None:
+        """Close the records of the segments the service no longer holds."""
+        held = {(s.segment.domain, s.segment.index) for s in state.segments.values()}
+        hops = {(s.segment.domain, s.segment.index): self._hop_of(state, s.segment) for s in state.segments.values()}
+        keep = {r.record_id for r in self.charging.records.values()
+                if r.service_id == state.request.service_id and (r.member_id, r.segment) in held
+                and r.hop == (h.key if (h := hops[(r.member_id, r.segment)]) else None)}
+        self.charging.close_records(state.request.service_id, keep, time.time())
+        self._save()
 
     async def _report_delivery(self, session: Session, op: etree._Element, _context) -> None:
-        service_id = FEDERATION.text(op, "service-id", "")
-        record = self.records.get((session.username, service_id))
-        if record is None:
-            raise RPCError("invalid-value", f"member {session.username} has no segment of service {service_id}",
-                           info={"bad-element": "service-id"})
-        record.keys += int(FEDERATION.text(op, "keys", "0"))
-        record.bits += int(FEDERATION.text(op, "bits", "0"))
-        record.end_time = _timestamp()
+        member = session.username
+        report = read_delivery_report(op)
+        try:
+            start = parse_time(report.read_start, "read-start").timestamp()
+            end = parse_time(report.read_end, "read-end").timestamp()
+            ends = [(count, self.charging.resolve(member, report.service_id, count)) for count in report.counts]
+            if not ends:
+                self.charging.resolve(member, report.service_id, EndCount("ingress", None, 0, 0))
+            for _, hop in ends:
+                self.charging.check_times(member, hop, start, end)
+        except ReportError as err:
+            raise RPCError("invalid-value", str(err), info={"bad-element": err.element}) from None
+        for count, hop in ends:
+            dispute = self.charging.count(member, hop, count, start, end, time.time())
+            if dispute is not None:
+                log.warning("federation: dispute %d on service %s, link %s: %s counted %d keys, %s %d",
+                            dispute.dispute_id, dispute.service_id, dispute.hop, dispute.sender, dispute.sent[0],
+                            dispute.receiver, dispute.received[0])
+        ratings = self.charging.ratings(self.config.members, self.config.rating, time.time())
+        if {m for m, r in ratings.items() if r.below_threshold} != self._view.flagged:
+            self._wake()  # routing avoids the members flagged now, or may use them again
         self._save()
         return None
+
+    async def _settle_rpc(self, session: Session, op: etree._Element, _context) -> list[etree._Element]:
+        member, start, end = read_settle_request(op)
+        user = session.username
+        if not self.is_admin(user) and self.acting_member(user) != member:
+            raise RPCError("access-denied", f"user '{user}' may settle only the member it acts for, not {member}")
+        if member not in self.memberships:
+            raise RPCError("invalid-value", f"no member {member}", info={"bad-element": "member-id"})
+        begin, finish = parse_time(start, "period-start"), parse_time(end, "period-end")
+        if finish <= begin:
+            raise RPCError("invalid-value", f"period-end {end} is not after period-start {start}",
+                           info={"bad-element": "period-end"})
+        return settlement_output(self.charging.settle(member, begin.timestamp(), finish.timestamp(), (start, end)))
 
     # --- membership ---------------------------------------------------------------------
 
@@ -628,8 +675,8 @@ class FederationPlatform:
                 and member in state.route.domains)
 
     def hide_others(self, user: str, tree: etree._Element) -> etree._Element:
-        """Remove, from a tree NACM already pruned, the services and charging records that are
-        not the user's member's."""
+        """Remove, from a tree NACM already pruned, the services, charging records, disputes and
+        ratings that are not the user's member's (a dispute is its two ends' and the payers')."""
         if tree.find(FEDERATION("federation")) is None or self.is_admin(user):
             return tree
         tree = copy.deepcopy(tree)  # NACM may hand back the datastore's own tree
@@ -639,10 +686,18 @@ class FederationPlatform:
             service_id = FEDERATION.text(service, "service-id", "")
             if not self.may_see_service(user, service_id, FEDERATION.text(service, "requesting-member")):
                 service.getparent().remove(service)
-        by_id = {str(r.record_id): r for r in self.records.values()}
+        records = self.charging.records
         for element in FEDERATION.all(fed, "charging/record"):
-            record = by_id.get(FEDERATION.text(element, "record-id", ""))
+            record = records.get(int(FEDERATION.text(element, "record-id", "0")))
             if record is None or member not in (record.member_id, record.payer):
+                element.getparent().remove(element)
+        for element in FEDERATION.all(fed, "charging/dispute"):
+            dispute = self.charging.disputes.get(int(FEDERATION.text(element, "dispute-id", "0")))
+            if dispute is None or not (member in (dispute.sender, dispute.receiver) or any(
+                    member == records[r].payer for r in dispute.records if r in records)):
+                element.getparent().remove(element)
+        for element in FEDERATION.all(fed, "ratings/rating"):
+            if FEDERATION.text(element, "member-id") != member:
                 element.getparent().remove(element)
         return tree
 
@@ -690,11 +745,12 @@ class FederationPlatform:
                              for index, s in sorted(state.segments.items()))
             services.append(ServiceStatus(service_id, state.status, state.reason,
                                           state.route.domains if state.route else (), segments))
-        charges = [Charge(r.record_id, r.member_id, r.service_id, r.keys, r.bits, r.start_time, r.end_time, r.agreement,
-                          Decimal(r.price_per_kbit), r.amount)
-                   for r in sorted(self.records.values(), key=lambda r: r.record_id)]
+        charging = self.charging
+        charges = [charging.charge(r) for r in sorted(charging.records.values(), key=lambda r: r.record_id)]
+        disputes = [charging.dispute_view(d) for d in sorted(charging.disputes.values(), key=lambda d: d.dispute_id)]
+        ratings = charging.ratings([m for m in config.members if m in self.memberships], config.rating, time.time())
         data = etree.Element("data")
-        data.append(federation_state(members, available, services, charges))
+        data.append(federation_state(members, available, services, charges, disputes, list(ratings.values())))
         return data
 
     # --- persistence ----------------------------------------------------------------------
@@ -702,8 +758,8 @@ class FederationPlatform:
     def _save(self) -> None:
         if self._state_file is None:
             return
-        state = {"memberships": {m: asdict(s) for m, s in self.memberships.items()},
-                 "records": [asdict(r) for r in self.records.values()]}
+        self.charging.prune(self.config.rating.window, time.time())
+        state = {"memberships": {m: asdict(s) for m, s in self.memberships.items()}, **self.charging.to_json()}
         self._state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._state_file.with_suffix(".tmp")
         with open(tmp, "w") as f:
@@ -717,9 +773,7 @@ class FederationPlatform:
             return
         state = json.loads(self._state_file.read_text())
         self.memberships = {m: Membership(**s) for m, s in state["memberships"].items()}
-        for raw in state["records"]:
-            record = ChargingRecord(**raw)
-            self.records[(record.member_id, record.service_id)] = record
+        self.charging = Charging.from_json(state)
 
 
 def _same_key(a: str, b: str) -> bool:

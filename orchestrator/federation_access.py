@@ -1,5 +1,8 @@
 """The federation platform's access rules (NACM, RFC 8341), rewritten into its running
-configuration whenever membership changes (see orchestrator/federation.py)."""
+configuration whenever membership changes (see orchestrator/federation.py). Who sees which
+charging records, disputes and ratings depends on other leaves than keys, so the platform's
+access policy narrows those further (FederationPlatform.hide_others); settle is open to
+members and service users, each for its own member (checked by the platform)."""
 from __future__ import annotations
 
 from lxml import etree
@@ -61,6 +64,7 @@ def access_rules(admins: list[str], memberships: dict[str, str], service_users: 
                                                 ("permit", "exec", MODULE, "rpc", "report-delivery"),
                                                 ("permit", "exec", "notifications", "rpc", "create-subscription")])
     rule_list("participants", ["member", "service-user"], [
+        ("permit", "exec", MODULE, "rpc", "settle"),  # its own member's only: checked by the platform
         ("deny", "exec", MODULE, "rpc", "*"),
         ("deny", "read", "ietf-netconf-acm", None, None),
         ("deny", "read", MODULE, "path", f"{fed}/qi-fed:members/qi-fed:member/qi-fed:agent"),
@@ -73,7 +77,8 @@ def access_rules(admins: list[str], memberships: dict[str, str], service_users: 
         ("permit", "exec", MODULE, "rpc", "withdraw"),
         *[("permit", "exec", "ietf-netconf", "rpc", op) for op in ("get", "get-config", "close-session")],
         *[("deny", "read", MODULE, "path", f"{fed}/qi-fed:{part}")
-          for part in ("members/qi-fed:member", "agreements", "advertisements", "services", "charging")],
+          for part in ("members/qi-fed:member", "agreements", "advertisements", "services", "charging",
+                       "ratings")],
         ("permit", "read", MODULE, "path", fed),
     ])
     rule_list("enrol", ["enrol"], [("permit", "exec", MODULE, "rpc", "apply-membership")])

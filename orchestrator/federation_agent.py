@@ -7,9 +7,9 @@ what the provider's sharing policy allows of the domain's resources (border node
 links and the capacity offered on them), and keeps that advertisement current: when the domain
 changes (`update`) and when members join or leave (a link can only name a peer the platform
 knows). The advertisement is computed from the policy alone, so nothing of the domain's
-internal topology ever leaves the agent. It reports the key its domain delivered for
-cross-domain services, for charging, reads what the other members advertise (their border
-nodes and links towards it), and withdraws cleanly.
+internal topology ever leaves the agent. It reports what its domain's key managers counted
+at the two ends of each segment of a cross-domain service, for charging, reads what the other
+members advertise (their border nodes and links towards it), and withdraws cleanly.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from typing import Any
 
 import asyncssh
 
-from models.federation import Advertisement, ExternalLink, Node, Sae, advertisement_config, read_members
+from models.federation import (Advertisement, DeliveryReport, ExternalLink, Node, Sae, advertisement_config,
+                               delivery_report, read_members)
 from models.ns import FEDERATION
 from netconf_core import ReconcileLoop, UnpinnedEndpoint, trusted_host_keys
 from netconf_core.client import NetconfClient, SessionClosedError
@@ -234,10 +235,10 @@ class FederationAgent:
         FEDERATION.sub(member, "service-user", user)
         await (await self.session()).edit_config(fed)
 
-    async def report_delivery(self, service_id: str, keys: int, bits: int) -> None:
-        """Key the domain delivered for a service since the previous report."""
-        op = FEDERATION.element("report-delivery", leaves={"service-id": service_id, "keys": keys, "bits": bits})
-        await (await self.session()).dispatch(op)
+    async def report_delivery(self, report: DeliveryReport) -> None:
+        """What the domain's key managers counted at the ends of its segment of a service since
+        the previous report (see qi-federation report-delivery)."""
+        await (await self.session()).dispatch(delivery_report(report))
 
     async def withdraw(self, reason: str = "") -> None:
         """Leave the federation: the platform drops the advertisement and ends the session."""

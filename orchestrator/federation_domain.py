@@ -20,9 +20,18 @@ orchestrator: a segment that degrades gets its deliveries reported before it goe
 - the advertisement current: the border nodes, the SAEs the policy shares, and each link
   with the eskr its forwarding stratum observed when it came up, 0 while it is not ACTIVE
   (so the platform routes around a link that failed);
-- the charging: `report` tells the platform the keys the domain delivered for each segment
-  since the last report, from the service stratum's counters.
-It speaks NETCONF only: to the platform through the agent, to its strata as any client.
+- the charging: `report` tells the platform what the domain's key managers counted for each
+  segment since the last report, at both its ends (qi-key-manager relay-statistics of the
+  service's pair of SAEs): at the ingress, the border key manager's forwarded count (its
+  received count when it serves the destination SAE), or in the source domain the source
+  SAE's key manager's forwarded count; at the egress, the border key manager's forwarded
+  count, or in the destination domain the destination SAE's key manager's received count.
+  The platform bills a hop on what its two domains' reports both confirm. Counters are
+  remembered per key manager, so a segment that moves away from a key manager and back
+  never reports its keys twice; when a segment's end moves, or the segment goes, its old
+  end is read and reported once more.
+It speaks NETCONF only: to the platform through the agent, to its strata and its key managers
+as any client.
 """
 from __future__ import annotations
 
@@ -33,13 +42,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from netconf_core.notifications import now
+
 import asyncssh
 from lxml import etree
 
+from models.federation import DeliveryReport, EndCount
 from models.forwarding import ExternalLinkRequest, ForwardingView, QkdLink, external_links_config, links_delete
+from models.key_manager import COUNTERS_FILTER, KmCounters
 from models.intent import INTENTS_FILTER, IntentSpec, intent_elements, segment_intent as intent_edit
 from models.ns import INTENT, NW
-from models.service import SESSIONS_FILTER, SegmentEnds, ServiceView
+from models.service import SegmentEnds
 from netconf_core import ReconcileLoop
 from netconf_core.client import SessionClosedError
 from netconf_core.errors import RPCError
@@ -201,18 +214,35 @@ def shared_qkdl_id(a: tuple[str, int], b: tuple[str, int]) -> str:
     return str(uuid.uuid5(LINK_NAMESPACE, f"{first[0]}/{first[1]}-{second[0]}/{second[1]}"))
 
 
+@dataclass(frozen=True)
+class CountedEnd:
+    """Where one end of a segment is counted: the link there (None at a local SAE), the key
+    manager and its counter (forwarded or received) for the service's pair of SAEs."""
+
+    link_id: str | None
+    km_id: str
+    counter: str
+
+
 class FederatedDomain:
+    """`key_managers`: how to reach the domain's own key managers, by km-id (their counters are
+    what the domain reports for charging)."""
+
     def __init__(self, agent: FederationAgent, border_links: tuple[BorderLink, ...], saes: tuple[Sae, ...],
-                 forwarding: Endpoint, service: Endpoint, orchestrator: Endpoint, period: float = 1.0):
+                 forwarding: Endpoint, orchestrator: Endpoint, key_managers: dict[str, Endpoint],
+                 period: float = 1.0):
         self.agent = agent
         self.border_links = border_links
         self.saes = saes
         self.period = period
         self.forwarding = DeviceLink(forwarding, ("qi-forwarding",), on_notification=self._woken)
-        self.service = DeviceLink(service, ("qi-service",))
         self.orchestrator = DeviceLink(orchestrator, ("qi-intent",), on_notification=self._woken)
+        self.key_managers = {km: DeviceLink(endpoint, ("qi-key-manager",)) for km, endpoint in key_managers.items()}
         self.capacity: dict[str, int] = {}             # link -> eskr observed when it came up
-        self.reported: dict[str, tuple[int, int]] = {}  # segment intent -> (keys, bits) reported so far
+        self.border_kms: dict[str, str] = {}           # inter-domain link -> key manager of its local node
+        # what was reported: (km, counter, pair) -> (keys, bits); service -> (pair, end -> where counted)
+        self.readings: dict[tuple[str, str, tuple[str, str]], tuple[int, int]] = {}
+        self.ends: dict[str, tuple[tuple[str, str], dict[str, CountedEnd]]] = {}
         self._lock = asyncio.Lock()
         self._loop = ReconcileLoop(f"federated domain {agent.member_id}", self._pass, period=period,
                                    backoff_initial=None, expected=PASS_ERRORS, logger=log)
@@ -222,7 +252,9 @@ class FederatedDomain:
         return self.agent.member_id
 
     async def start(self, timeout: float = 30.0) -> None:
-        links = (self.forwarding, self.service, self.orchestrator)
+        for link in self.key_managers.values():
+            link.start()  # read when there is something to report
+        links = (self.forwarding, self.orchestrator)
         for link in links:
             link.start()
         async with asyncio.timeout(timeout):
@@ -233,7 +265,8 @@ class FederatedDomain:
     async def stop(self) -> None:
         await self._loop.stop()
         await self.agent.close()
-        await asyncio.gather(*(link.stop() for link in (self.forwarding, self.service, self.orchestrator)))
+        links = (self.forwarding, self.orchestrator, *self.key_managers.values())
+        await asyncio.gather(*(link.stop() for link in links))
 
     async def withdraw(self, reason: str = "") -> None:
         """Report what is still owed and leave the federation; the domain's ends of its
@@ -268,6 +301,8 @@ class FederatedDomain:
                 await forwarding.edit_config(external_links_config(fwd.network_id, stale))
             if gone:
                 await forwarding.edit_config(links_delete(fwd.network_id, gone))
+            self.border_kms = {b.link_id: fwd.nodes[b.local_node].km_id for b in self.border_links
+                               if b.local_node in fwd.nodes}
             resources = self._resources(fwd)
             if resources != self.agent.resources:
                 await self.agent.update(resources)
@@ -317,32 +352,78 @@ class FederatedDomain:
     # --- charging -----------------------------------------------------------------------------------
 
     async def report(self) -> None:
-        """Report to the platform the keys each segment delivered since the last report. A
-        counter that went down started again (the segment's session was re-created after a
-        failure, or another key manager counts it now): what it counted since the previous
-        report is not charged, which is why the pass reports every period."""
+        """Report to the platform, for each segment, what the key managers at its two ends
+        counted since the last report (zero too: the platform compares each report with the
+        other end's); ends a segment left, and segments that went, are reported once more."""
         if not self.agent.admitted:
             return
         async with self._lock:
-            services = {name: spec.service for name, spec in (await self._segments()).items() if spec.service}
-            sessions = ServiceView.parse(await (await self.service.session()).get(
-                ("subtree", SESSIONS_FILTER))).sessions
-            self.reported = {name: count for name, count in self.reported.items() if name in services}
-            for name, service_id in services.items():
-                session = sessions.get(name)
-                if session is None:
-                    continue
-                keys, bits = self.reported.get(name, (0, 0))
-                if session.delivered_keys < keys:
-                    keys, bits = 0, 0
-                if session.delivered_keys > keys:
-                    self.reported[name] = (session.delivered_keys, session.delivered_bits)
-                    try:
-                        await self.agent.report_delivery(service_id, session.delivered_keys - keys,
-                                                         session.delivered_bits - bits)
-                    except RPCError as err:
-                        log.warning("federated domain %s: delivery for %s not charged: %s", self.member_id,
-                                    service_id, err.message)
+            segments = {spec.service: spec for spec in (await self._segments()).values() if spec.service}
+            for service_id, spec in segments.items():
+                pair, ends = (spec.source_sae, spec.destination_sae), self._counted_ends(spec)
+                _, before = self.ends.get(service_id, (pair, {}))
+                left = {end: where for end, where in before.items() if ends.get(end) != where}
+                if left:
+                    await self._report(service_id, pair, left, final=True)
+                if ends:
+                    self.ends[service_id] = (pair, ends)
+                    await self._report(service_id, pair, ends)
+            for service_id in [s for s in self.ends if s not in segments]:
+                pair, ends = self.ends.pop(service_id)
+                await self._report(service_id, pair, ends, final=True)
+
+    def _counted_ends(self, spec: IntentSpec) -> dict[str, CountedEnd]:
+        """Where the segment's two ends are counted (see the module's docstring); an end whose
+        border node is not known yet is left out."""
+        segment = spec.segment
+        assert segment is not None
+        ends = {}
+        if segment.ingress_link is None:
+            ends["ingress"] = CountedEnd(None, segment.source_km, "forwarded")
+        elif (km := self.border_kms.get(segment.ingress_link)) is not None:
+            ends["ingress"] = CountedEnd(segment.ingress_link, km,
+                                         "received" if km == segment.destination_km else "forwarded")
+        if segment.egress_link is None:
+            ends["egress"] = CountedEnd(None, segment.destination_km, "received")
+        elif (km := self.border_kms.get(segment.egress_link)) is not None:
+            ends["egress"] = CountedEnd(segment.egress_link, km, "forwarded")
+        return {end: where for end, where in ends.items() if where.km_id in self.key_managers}
+
+    async def _report(self, service_id: str, pair: tuple[str, str], ends: dict[str, CountedEnd],
+                      final: bool = False) -> None:
+        """Read the key managers of `ends` and report what they counted since the last report;
+        the readings count as reported only once the platform took them (a final report the
+        platform refuses is dropped)."""
+        kms = sorted({where.km_id for where in ends.values()})
+        read_start = _now()
+        counters = await asyncio.gather(*(self._read_counters(km) for km in kms))
+        read_end = _now()
+        by_km = dict(zip(kms, counters))
+        counts, readings = [], {}
+        for end, where in sorted(ends.items()):
+            value = getattr(by_km[where.km_id], where.counter).get(pair, (0, 0))
+            key = (where.km_id, where.counter, pair)
+            last = self.readings.get(key, (0, 0))
+            delta = tuple(v - l for v, l in zip(value, last)) if all(v >= l for v, l in zip(value, last)) else value
+            counts.append(EndCount(end, where.link_id, *delta))
+            readings[key] = value
+        try:
+            await self.agent.report_delivery(DeliveryReport(service_id, read_start, read_end, tuple(counts)))
+        except RPCError as err:
+            log.warning("federated domain %s: counts for %s not taken%s: %s", self.member_id, service_id,
+                        " (dropped)" if final else "", err.message)
+            if not final:
+                return
+        self.readings.update(readings)
+
+    async def _read_counters(self, km_id: str) -> KmCounters:
+        nc = await self.key_managers[km_id].session()
+        return KmCounters.parse(await nc.get(("subtree", COUNTERS_FILTER)))
+
+
+def _now() -> str:
+    """A yang:date-and-time to the microsecond."""
+    return now().isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _configured(link: QkdLink | None, request: ExternalLinkRequest) -> bool:

@@ -1,13 +1,18 @@
 """Routing over a federation (the platform's algorithm, orchestrator/federation.py): the
 domain-level view of one pass (admitted members, agreements, the inter-domain links both
-ends advertise), the rate taken on each, and the route of a cross-domain service: fewest
-domains first, then the cheapest, then by name; a middle domain needs transit-allowed
-agreements with both neighbours."""
+ends advertise, the members' ratings), the rate taken on each, and the route of a
+cross-domain service; a middle domain needs transit-allowed agreements with both neighbours.
+
+The rule: transit members flagged by their rating (below the threshold) are left out when a
+route without them exists; then fewest domains; then the smallest rating penalty, the sum
+over transit members of the tenths of a perfect score each lacks (round(10 * (1 - score)):
+0 for 0.95 and above, 4 for 0.6); then the cheapest; then by name."""
 from __future__ import annotations
 
 import itertools
 from collections import Counter
 from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import networkx as nx
 
@@ -70,9 +75,12 @@ class Route:
 class DomainView:
     """Admitted members, their agreements and the links both ends advertise, for one pass."""
 
-    def __init__(self, config: FederationConfig, statuses: dict[str, str]):
+    def __init__(self, config: FederationConfig, statuses: dict[str, str], ratings: dict[str, Decimal] | None = None,
+                 flagged: frozenset[str] = frozenset()):
         self.config = config
         self.statuses = statuses
+        self.ratings = ratings or {}  # member -> score, 0 to 1 (absent: 1)
+        self.flagged = flagged
         self.admitted = sorted(m for m in config.members if statuses.get(m) == "admitted")
         self.links: dict[tuple[str, str, str, str], Link] = {}
         for member in self.admitted:
@@ -93,6 +101,10 @@ class DomainView:
         status = self.statuses.get(member) if member in self.config.members else None
         why = {"withdrawn": "withdrew", "suspended": "is suspended", "applied": "is not admitted yet"}
         return f"member {member} {why.get(status or '', 'is not a member')}"
+
+    def penalty(self, member: str) -> int:
+        """The rating penalty of a transit member (see the module's docstring)."""
+        return int((10 * (1 - self.ratings.get(member, Decimal(1)))).to_integral_value(ROUND_HALF_EVEN))
 
     def agreement(self, a: str, b: str) -> Agreement | None:
         return self.config.agreements.get(frozenset((a, b)))
@@ -162,6 +174,11 @@ def route_problem(route: Route, request: ServiceRequest, view: DomainView, ledge
     return None
 
 
+def flagged_transit(route: Route, view: DomainView) -> list[str]:
+    """The route's transit members that their rating flags."""
+    return [m for m in route.domains[1:-1] if m in view.flagged]
+
+
 def plan_route(request: ServiceRequest, view: DomainView, ledger: Ledger,
                avoid: frozenset[str] = frozenset()) -> Route | str:
     """The best route for the request given what is taken, or why there is none."""
@@ -185,12 +202,19 @@ def plan_route(request: ServiceRequest, view: DomainView, ledger: Ledger,
     if graph.has_edge(source, destination):
         return Route((source, destination), (graph.edges[source, destination]["link"],))
     transit = graph.edge_subgraph([(a, b) for a, b, t in graph.edges(data="transit") if t])
-    try:
-        paths = list(nx.all_shortest_paths(transit, source, destination))
-    except (nx.NetworkXNoPath, nx.NodeNotFound):
+    trusted = transit.subgraph([m for m in transit.nodes if m not in view.flagged or m in (source, destination)])
+    paths = []
+    for candidates in (trusted, transit):  # flagged members only when there is no other way
+        try:
+            paths = list(nx.all_shortest_paths(candidates, source, destination))
+            break
+        except (nx.NetworkXNoPath, nx.NodeNotFound):
+            continue
+    if not paths:
         avoided = f" (avoiding {', '.join(sorted(avoid))})" if avoid else ""
         return (f"no route from {source} to {destination} with {request.rate} bit/s left on inter-domain links "
                 f"under agreements that allow it{avoided}: a transit domain needs transit-allowed agreements "
                 "with both its neighbours")
-    best = min(paths, key=lambda p: (sum(graph.edges[a, b]["price"] for a, b in itertools.pairwise(p)), p))
+    best = min(paths, key=lambda p: (sum(view.penalty(m) for m in p[1:-1]),
+                                     sum(graph.edges[a, b]["price"] for a, b in itertools.pairwise(p)), p))
     return Route(tuple(best), tuple(graph.edges[a, b]["link"] for a, b in itertools.pairwise(best)))

@@ -9,6 +9,7 @@ side of the segment hook is `FakeDomain`: a small in-process domain that records
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from fractions import Fraction
@@ -21,9 +22,10 @@ from lxml import etree
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 from netconf_core.server import User
-from models.federation import advertisement_config
+from models.federation import DeliveryReport, EndCount, advertisement_config
 from models.ns import FEDERATION as FED_NS
 from orchestrator.federation import ENROL_USER, FederationPlatform, Segment, SegmentReply
+from orchestrator.federation_charging import iso
 from orchestrator.federation_agent import (DomainResources, ExternalLink, FederationAgent, InternalLink, Node,
                                            PlatformEndpoint, SharingPolicy)
 
@@ -38,11 +40,11 @@ BORDERS = {"A": {"a1": ("B", "b1"), "a2": ("D", "d1")}, "B": {"b1": ("A", "a1"),
            "C": {"c1": ("B", "b2"), "c2": ("D", "d2")}, "D": {"d1": ("A", "a2"), "d2": ("C", "c2")}}
 
 
-def run(scenario: Callable[[Federation], Awaitable[None]], **kwargs: Any) -> None:
+def run(scenario: Callable[[Federation], Awaitable[None]], timeout: float = 40, **kwargs: Any) -> None:
     async def main() -> None:
         async with Federation(**kwargs) as federation:
             await scenario(federation)
-    asyncio.run(asyncio.wait_for(main(), 40))
+    asyncio.run(asyncio.wait_for(main(), timeout))
 
 
 def resources(member: str, capacity: int = CAPACITY, without: tuple[str, ...] = ()) -> DomainResources:
@@ -88,6 +90,7 @@ class Federation:
         self.keys = keys or {m: asyncssh.generate_private_key("ssh-ed25519") for m in BORDERS}
         self.agents: dict[str, FederationAgent] = {}
         self.clients: list[NetconfClient] = []
+        self.clock = time.time()  # when the domains last read their key managers, a second apart
 
     def _platform(self, port: int = 0) -> FederationPlatform:
         users = {"admin": User(password=ADMIN_PW), ENROL_USER: User(password=ENROL_PW),
@@ -162,6 +165,34 @@ class Federation:
         await self.admin.dispatch(f'<{rpc} xmlns="{FED_NS}"><member-id>{member}</member-id>{why}</{rpc}>')
         await self.platform.settled()
 
+    def segment(self, member: str, service_id: str) -> Segment:
+        """The member's segment of the service: the one it holds, else the last it released."""
+        held = self.domains[member].held.get(service_id)
+        return held or next(s for sid, s in reversed(self.domains[member].released) if sid == service_id)
+
+    async def report(self, member: str, service_id: str, ingress: int, egress: int,
+                     links: tuple[str | None, str | None] | None = None) -> None:
+        """The member's agent reports what its key managers counted at the two ends of its
+        segment (256-bit keys), read a second after the previous report of any member."""
+        if links is None:
+            segment = self.segment(member, service_id)
+            links = (segment.ingress.link_id if segment.ingress else None,
+                     segment.egress.link_id if segment.egress else None)
+        at_ingress, at_egress = links
+        self.clock += 1
+        await self.agents[member].report_delivery(DeliveryReport(service_id, iso_us(self.clock),
+                                                                 iso_us(self.clock + 0.01), (
+            EndCount("ingress", at_ingress, ingress, ingress * 256),
+            EndCount("egress", at_egress, egress, egress * 256))))
+
+    async def carry(self, service_id: str, keys: int, route: str) -> None:
+        """Every domain of the route reports `keys` more at both ends, in route order, then
+        once more with nothing new (each hop's counts compared both ways)."""
+        for member in route:
+            await self.report(member, service_id, keys, keys)
+        for member in route:
+            await self.report(member, service_id, 0, 0)
+
     async def ready(self) -> NetconfClient:
         """All four members with agreements, and alice acting for A."""
         await self.join(*BORDERS)
@@ -169,6 +200,11 @@ class Federation:
         await self.agents["A"].allow_service_user("alice")
         await self.platform.settled()
         return await self.connect("alice", password=ALICE_PW)
+
+
+def iso_us(epoch: float) -> str:
+    """A date-and-time to the microsecond."""
+    return iso(epoch).replace("Z", f".{int(epoch % 1 * 1e6):06d}Z")
 
 
 async def state(client: NetconfClient) -> etree._Element:
@@ -189,10 +225,12 @@ def service(data: etree._Element, service_id: str) -> dict[str, Any]:
                          for g in s.iterfind("f:segments/f:segment", namespaces=NS)]}
 
 
-def records(data: etree._Element) -> dict[tuple[str, str], dict[str, str | None]]:
-    return {(r.findtext("f:member-id", namespaces=NS), r.findtext("f:service-id", namespaces=NS)):
+def records(data: etree._Element) -> dict[tuple[str, str, str | None], dict[str, str | None]]:
+    """The charging records by member, service and agreement."""
+    return {(r.findtext("f:member-id", namespaces=NS), r.findtext("f:service-id", namespaces=NS),
+             r.findtext("f:agreement", namespaces=NS)):
             {tag: r.findtext(f"f:{tag}", namespaces=NS)
-             for tag in ("keys", "bits", "amount", "agreement", "start-time", "end-time")}
+             for tag in ("keys", "bits", "amount", "agreement", "start-time", "end-time", "hop", "disputed-keys")}
             for r in data.iterfind(".//f:charging/f:record", namespaces=NS)}
 
 
@@ -320,13 +358,16 @@ def test_route_through_b_then_via_d_when_b_withdraws_with_charging_and_visibilit
         assert err.value.tag == "access-denied" and "which B pays for" in err.value.message
         assert err.value.path == "/qi-federation:federation/qi-federation:services/qi-federation:service" \
                                  "[qi-federation:service-id='s9']"
-        # Deliveries before the failure.
-        for member, keys in (("A", 40), ("B", 40), ("C", 40), ("B", 10)):
-            await fed.agents[member].report_delivery("s1", keys, keys * 256)
-        await fed.agents["B"].report_delivery("s2", 20, 20 * 256)
+        # Deliveries before the failure, both ends of every hop agreeing.
+        await fed.carry("s1", 40, "ABC")
+        await fed.carry("s1", 10, "ABC")
+        await fed.carry("s2", 20, "AB")
         with pytest.raises(RPCError) as err:
-            await fed.agents["D"].report_delivery("s1", 1, 256)
+            await fed.report("D", "s1", 1, 1, links=("d1-a2", "d2-c2"))
         assert err.value.tag == "invalid-value" and "D has no segment of service s1" in err.value.message
+        with pytest.raises(RPCError) as err:  # B's segment does not leave through its link to A
+            await fed.report("B", "s1", 1, 1, links=("b1-a1", "b1-a1"))
+        assert err.value.tag == "invalid-value" and "whose egress is link b1-a1" in err.value.message
         # B leaves: s1 moves through D, make-before-break; s2 ends in B and cannot move.
         d = await fed.connect("D", key=fed.keys["D"])  # the agent's session follows membership
         await d.create_subscription(filter=("subtree", f'<service-status-change xmlns="{FED_NS}"/>'))
@@ -354,31 +395,42 @@ def test_route_through_b_then_via_d_when_b_withdraws_with_charging_and_visibilit
         assert data.xpath("//f:advertisement[f:member-id='B']", namespaces=NS) == []
         assert await refused(NetconfClient.connect("127.0.0.1", fed.platform.port, "B",
                                                    client_keys=[fed.agents["B"].key]))
-        for member, keys in (("A", 30), ("D", 30), ("C", 30)):
-            await fed.agents[member].report_delivery("s1", keys, keys * 256)
-        # Charging: one record per member per service, adding up to what was reported, priced
-        # by the agreement towards the payer; the payer owes itself nothing.
-        charged = records(await state(fed.admin))
-        expected = {("A", "s1"): (70, None, "0"), ("B", "s1"): (50, "a-b", "0.002"),
-                    ("C", "s1"): (70, "b-c", "0.003"), ("D", "s1"): (30, "a-d", "0.005"),
-                    ("A", "s2"): (0, None, "0"), ("B", "s2"): (20, "a-b", "0.002"),
-                    ("D", "s4"): (0, None, "0"), ("A", "s4"): (0, "a-d", "0.005")}
-        assert set(charged) == set(expected)
-        for key, (keys, agreement, price) in expected.items():
+        await fed.carry("s1", 30, "ADC")
+        # Charging: one record per member, service, segment and agreement, with what both ends
+        # of its hop confirmed, priced by the agreement towards the payer (the payer owes
+        # itself nothing). A's and C's segments changed: their old records are closed.
+        data = await state(fed.admin)
+        listed = data.xpath("//f:charging/f:record", namespaces=NS)
+        charged = records(data)
+        assert len(listed) == len(charged) + 1  # A's two own records of s1 share the key (A, s1, None)
+        expected = {("B", "s1", "a-b"): (50, "0.002", "b2-c1"), ("C", "s1", "b-c"): (50, "0.003", "b2-c1"),
+                    ("C", "s1", "c-d"): (30, "0.005", "d2-c2"), ("D", "s1", "a-d"): (30, "0.005", "d2-c2"),
+                    ("B", "s2", "a-b"): (20, "0.002", "a1-b1"), ("A", "s4", "a-d"): (0, "0.005", "d1-a2")}
+        own = {key: record for key, record in charged.items() if key[2] is None}
+        assert set(own) == {("A", "s1", None), ("A", "s2", None), ("D", "s4", None)}  # A's s1 records: see below
+        for key, (keys, price, hop) in expected.items():
             record = charged[key]
-            assert (int(record["keys"]), int(record["bits"]), record["agreement"]) == (keys, keys * 256, agreement), key
+            assert (int(record["keys"]), int(record["bits"]), record["hop"]) == (keys, keys * 256, hop), key
             assert Decimal(record["amount"]) == Decimal(keys * 256) / 1000 * Decimal(price), key
-        assert charged[("B", "s1")]["end-time"] is not None
+        a_s1 = sorted((int(r.findtext("f:record-id", namespaces=NS)), r.findtext("f:hop", namespaces=NS),
+                       int(r.findtext("f:keys", namespaces=NS)), r.findtext("f:end-time", namespaces=NS) is None)
+                      for r in listed if (r.findtext("f:member-id", namespaces=NS),
+                                          r.findtext("f:service-id", namespaces=NS)) == ("A", "s1"))
+        assert [(hop, keys, is_open) for _, hop, keys, is_open in a_s1] == [("a1-b1", 50, False), ("a2-d1", 30, True)]
+        assert charged[("B", "s1", "a-b")]["end-time"] is not None
+        assert charged[("C", "s1", "b-c")]["end-time"] is not None and charged[("C", "s1", "c-d")]["end-time"] is None
+        assert data.xpath("//f:charging/f:dispute", namespaces=NS) == []
         # Who sees what: the administrator everything, alice A's services and what A pays,
         # C the service through it and its own record only.
         c_view = await state(await fed.agents["C"].session())
         assert service(c_view, "s1") and not service(c_view, "s2")
-        assert set(records(c_view)) == {("C", "s1")}
+        assert set(records(c_view)) == {("C", "s1", "b-c"), ("C", "s1", "c-d")}
         d_view = await state(await fed.agents["D"].session())
-        assert set(records(d_view)) == {("D", "s1"), ("D", "s4"), ("A", "s4")}  # owed to D, or D pays
+        # owed to D, or D pays
+        assert set(records(d_view)) == {("D", "s1", "a-d"), ("D", "s4", None), ("A", "s4", "a-d")}
         alice_view = await state(alice)
         assert service(alice_view, "s1") and service(alice_view, "s2")
-        assert set(records(alice_view)) == set(expected) - {("D", "s4")}
+        assert set(records(alice_view)) == set(charged) - {("D", "s4", None)}
     run(scenario)
 
 
@@ -459,13 +511,16 @@ def test_transit_needs_agreements_and_a_failing_transit_domain_is_routed_around(
         await fed.platform.settled()
         s1 = service(await state(a), "s1")
         assert (s1["status"], s1["route"]) == ("active", ["A", "D", "C"])
-        # A new service would go through B (cheaper); B refuses its segment, so D carries it.
+        # A new service would go through B (cheaper), but B's segments never came up: its
+        # rating (availability 0) flags it, so D carries the new service from the start.
+        data = await state(fed.admin)
+        assert data.xpath("//f:ratings/f:rating[f:member-id='B']/f:availability/text()", namespaces=NS) == ["0.000"]
+        assert data.xpath("//f:ratings/f:rating[f:member-id='B']/f:below-threshold/text()", namespaces=NS) == ["true"]
         await fed.request(a, "s2", "A", "A", "C")
         s2 = service(await state(a), "s2")
         assert (s2["status"], s2["route"]) == ("active", ["A", "D", "C"])
-        assert s2["reason"] == "re-routed through A, D, C: domain B failed its segment"
-        released, segment = fed.domains["A"].released[-1]  # s2's first segment in A led to B
-        assert (released, segment.egress.peer_member) == ("s2", "B")
+        assert s2["reason"] == "routed through A, D, C"
+        assert all(sid != "s2" for sid, _ in fed.domains["A"].released)  # never sent towards B
         # A domain reports later that its segment degraded: the service says so.
         await fed.platform.segment_changed("s2", "D", SegmentReply("degraded", "s2-D", "QBER above 8 %"))
         s2 = service(await state(a), "s2")
@@ -481,13 +536,13 @@ def test_memberships_and_charging_survive_a_restart(tmp_path):
         await fed.join("A", "B")
         await fed.agree("a-b")
         await fed.request(await fed.agents["A"].session(), "s1", "A", "A", "B")
-        await fed.agents["B"].report_delivery("s1", 5, 1280)
+        await fed.carry("s1", 5, "AB")
 
     async def second(fed: Federation) -> None:
         await fed.platform.settled()
         assert await fed.agents["A"].status() == "admitted"
         data = await state(fed.admin)
-        assert records(data)[("B", "s1")]["bits"] == "1280"
+        assert records(data)[("B", "s1", "a-b")]["bits"] == "1280"
         assert service(data, "s1")["status"] == "active"
         assert fed.domains["B"].held["s1"].ingress.peer_node == "a1"  # asked again: the hook is idempotent
         assert await refused(NetconfClient.connect("127.0.0.1", fed.platform.port, "C", client_keys=[keys["C"]]))

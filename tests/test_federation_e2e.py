@@ -6,6 +6,7 @@ real SSH sessions throughout, keys fetched through ETSI GS QKD 014 at both ends.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import pathlib
 import subprocess
 import sys
@@ -19,7 +20,10 @@ from lxml import etree
 from devices.topology import embedded_topology
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
+from models.federation import (DeliveryReport, EndCount, read_charging, read_disputes, read_settlement,
+                               settle_request)
 from models.ns import FEDERATION as FED_NS
+from orchestrator.federation_charging import CLOCK_TOLERANCE_S
 from models.forwarding import ForwardingView
 from models.ns import NW as NW_NS
 from test_demo import check_summary
@@ -32,7 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NS = {"f": FED_NS}
 INT_NS = "urn:qstrata:yang:qi-intent"
 KM_NS = "urn:qstrata:yang:qi-key-manager"
-WAIT_S = 20.0  # each step's own bound: a step that takes longer fails, naming what it waited for
+WAIT_S = 45.0  # each step's own bound: a step that takes longer fails, naming what it waited for
 SCENARIO_S = 180.0  # the whole scenario's: above its steps' bounds, so that the failing step is named
 DEMO_STEPS = [
     "Start domains A, B, C, D (devices, 3 controllers, orchestrator, agent) and the federation platform",
@@ -44,6 +48,7 @@ DEMO_STEPS = [
     "The platform re-routes the service through D",
     "Keys still match over the new route",
     "Charging records add up to the keys delivered",
+    "Settle the payer's period; rate the members",
 ]
 
 
@@ -119,12 +124,26 @@ def km_text(root: etree._Element, path: str) -> list[str]:
     return root.xpath(path, namespaces={"k": KM_NS})
 
 
-async def records(fed: FederatedStack) -> dict[str, dict[str, str]]:
+async def charging(fed: FederatedStack) -> etree._Element:
     async with await fed.connect(ADMIN) as admin:
-        data = await admin.get(("subtree", f'<federation xmlns="{FED_NS}"><charging/></federation>'))
-    return {r.findtext("f:member-id", namespaces=NS): {tag: r.findtext(f"f:{tag}", namespaces=NS)
-                                                       for tag in ("keys", "bits", "amount", "agreement", "end-time")}
-            for r in data.iterfind(".//f:record", NS) if r.findtext("f:service-id", namespaces=NS) == "s1"}
+        return await admin.get(("subtree", f'<federation xmlns="{FED_NS}"><charging/></federation>'))
+
+
+async def billed(fed: FederatedStack) -> dict[tuple[str, str | None], int]:
+    """Keys charged for s1 by member and agreement, over all their records."""
+    totals: dict[tuple[str, str | None], int] = {}
+    for c in read_charging(await charging(fed)).values():
+        if c.service_id == "s1":
+            totals[(c.member_id, c.agreement)] = totals.get((c.member_id, c.agreement), 0) + c.keys
+    return totals
+
+
+async def report_all(fed: FederatedStack) -> None:
+    """Every domain reports, twice, so that each hop's counts are compared both ways."""
+    for _ in range(2):
+        await asyncio.sleep(CLOCK_TOLERANCE_S + 0.1)
+        for member in fed.members.values():
+            await member.report()
 
 
 def test_cross_domain_service_through_a_b_c_delivers_matching_keys():
@@ -185,28 +204,52 @@ def test_b_withdraws_the_service_moves_through_d_and_charging_adds_up():
         for domain, left in (("B", set()), ("A", {"a3-d1"}), ("C", {"d2-c2"})):
             await until(lambda: _external_links(fed, domain, left), f"{domain} keeps the links {left} only")
         assert (await intents(fed, "A"))["fed-s1"].findtext(f"{{{INT_NS}}}segment/{{{INT_NS}}}egress-link") == "a3-d1"
-        for domain in "ACD":
-            await fed.members[domain].report()
-        charged = await records(fed)
-        expected = {"A": (before + after, None), "B": (before, "A-B"), "C": (before + after, "B-C"),
-                    "D": (after, "A-D")}
-        assert {m: (int(r["keys"]), r["agreement"]) for m, r in charged.items()} == expected
-        for member, record in charged.items():
-            assert int(record["bits"]) == int(record["keys"]) * 256
-            price = Decimal(PRICE_PER_KBIT) if record["agreement"] else Decimal(0)
-            assert Decimal(record["amount"]) == Decimal(record["bits"]) / 1000 * price, member
-        assert charged["B"]["end-time"] is not None
+        await report_all(fed)
+        # Each domain is charged on the segment and agreement that carried the keys, as both
+        # ends of each hop counted them (their key managers' relay counters).
+        assert await billed(fed) == {("A", None): before + after, ("B", "A-B"): before, ("C", "B-C"): before,
+                                     ("C", "C-D"): after, ("D", "A-D"): after}
+        data = await charging(fed)
+        assert read_disputes(data) == {}
+        for c in read_charging(data).values():
+            price = Decimal(PRICE_PER_KBIT) if c.agreement else Decimal(0)
+            assert c.bits == c.keys * 256 and c.amount == Decimal(c.bits) / 1000 * price, c
+            assert (c.end_time is None) == (c.member_id in "ACD" and c.hop in ("a3-d1", "d2-c2")), c
     run(scenario)
 
 
-def test_a_cut_inter_domain_link_is_advertised_down_and_routed_around():
+def test_a_cut_inter_domain_link_is_advertised_down_and_routed_around_and_charging_holds():
     async def scenario(fed: FederatedStack, user: NetconfClient) -> None:
         await routed(user, ["A", "B", "C"])
+        before = await keys_match(fed, 4)
+        # B, in transit, claims it passed a million keys on to C: C's key managers say otherwise.
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+        await fed.members["B"].agent.report_delivery(DeliveryReport("s1", now, now, (
+            EndCount("egress", "b2-c1", 1_000_000, 256_000_000),)))
+
+        async def disputed() -> list:
+            return list(read_disputes(await charging(fed)).values())
+        [dispute] = await until(disputed, "the forged report is disputed by C's next report")
+        assert (dispute.sender, dispute.receiver, dispute.disputed[0]) == ("B", "C", 1_000_000)
+        assert dispute.received[0] < 1_000_000 and dispute.sent[0] == dispute.received[0] + 1_000_000
         plant = next(row for row in fed.host.table() if row.id == "fibre-plant")
         async with await level(fed, plant.id, plant.port) as nc:
             await nc.dispatch('<cut-span xmlns="urn:qstrata:yang:qi-fibre-plant"><span-id>a2-b1</span-id></cut-span>')
         await routed(user, ["A", "D", "C"])
-        await keys_match(fed, 2)
+        after = await keys_match(fed, 2)
+        await report_all(fed)
+        assert await billed(fed) == {("A", None): before + after, ("B", "A-B"): before, ("C", "B-C"): before,
+                                     ("C", "C-D"): after, ("D", "A-D"): after}
+        start = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1))
+        end = start + datetime.timedelta(hours=2)
+        async with await fed.connect(ADMIN) as admin:
+            bill = read_settlement(await admin.dispatch(settle_request(
+                "A", *(t.isoformat(timespec="seconds").replace("+00:00", "Z") for t in (start, end)))))
+        lines = {(l.counterparty, l.agreement): (l.keys, l.disputed_keys) for l in bill.lines}
+        # The dispute is over the hop B-C, on which both B's and C's records are billed.
+        assert lines == {("B", "A-B"): (before, 1_000_000), ("C", "B-C"): (before, 1_000_000),
+                         ("C", "C-D"): (after, 0), ("D", "A-D"): (after, 0)}
+        assert bill.payable == Decimal((before * 2 + after * 2) * 256) / 1000 * Decimal(PRICE_PER_KBIT)
 
         async def offered_down() -> bool:
             async with await fed.connect(ADMIN) as admin:
@@ -248,5 +291,6 @@ def test_federation_demo_runs_every_step_and_ends_with_its_summary():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     check_summary(result.stdout, DEMO_STEPS)
-    assert "active through A, D, C" in result.stdout and "A: 8 keys" in result.stdout
+    assert "active through A, D, C" in result.stdout and "agreement B-C" in result.stdout
+    assert "agreement C-D" in result.stdout and "no disputes" in result.stdout and "rating D:" in result.stdout
     assert '"key"' not in result.stdout and "shutting down" in result.stdout

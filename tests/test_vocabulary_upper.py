@@ -402,7 +402,7 @@ def test_platform_member_entry_and_state_are_valid_and_read_back():
         "platform": "", "domain-a": "admitted", "domain-b": "suspended", "domain-c": "applied"}
     assert available_rates(read) == {"domain-a": {"a-east-b-west": 150_000}}
     assert read_service_statuses(read) == {"xd-1": service}
-    assert read_charging(read) == {("domain-b", "xd-1"): charge}
+    assert read_charging(read) == {1: charge}
 
 
 def test_platform_notifications_are_valid():

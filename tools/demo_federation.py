@@ -6,21 +6,23 @@ acts as the operators, the federation's administrator and a user of domain A wou
 NETCONF and ETSI GS QKD 014 only: the domains join and agree transit; the user asks the
 platform for keys between SAE sae-a (in A) and SAE sae-c (in C); both applications fetch keys
 and compare them; the fibre between A and B is cut; the platform re-routes the service
-through D; the keys match again; the charging records add up to the keys delivered. It ends
-with a summary; the exit code is 0 only if every step succeeded.
+through D; the keys match again; the charging records add up to the keys delivered, each on
+the segment and agreement that carried them, as both ends of every inter-domain hop counted
+them; the payer's settlement for the period and the members' ratings. It ends with a summary;
+the exit code is 0 only if every step succeeded.
 """
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
+import datetime as dt
 
 from lxml import etree
 
-from models.federation import read_service_statuses
+from models.federation import (read_charging, read_disputes, read_ratings, read_service_statuses, read_settlement,
+                               settle_request)
 from models.ns import FEDERATION, FIBRE_PLANT
 from tools.demo_steps import StepFailed, Steps, exchange_keys
 
-NS = {"f": FEDERATION}
 TOPOLOGY = "federation.yaml"
 SERVICE_ID, PAYER, RATE = "a-to-c", "A", 10000
 SOURCE, DESTINATION = ("sae-a", "A"), ("sae-c", "C")
@@ -112,24 +114,55 @@ class FederationDemo(Steps):
                 await nc.dispatch(f'<cut-span xmlns="{FIBRE_PLANT}"><span-id>{CUT_SPAN}</span-id></cut-span>')
             return f"fibre {CUT_SPAN} between domains A and B cut (cut-span of the emulated plant)"
 
+        async def report_twice() -> None:
+            """Each domain reports what its key managers counted; a second round lets every
+            hop's two counts be compared, the newer with the older."""
+            for _ in range(2):
+                await asyncio.sleep(0.1)
+                for member in fed.members.values():
+                    await member.report()
+
         async def charging() -> str:
-            for member in fed.members.values():
-                await member.report()
+            await report_twice()
             async with await fed.connect(ADMIN) as admin:
                 data = await admin.get(("subtree", f'<federation xmlns="{FEDERATION}"><charging/></federation>'))
-            records = {r.findtext("f:member-id", namespaces=NS): r for r in data.iterfind(".//f:record", NS)
-                       if r.findtext("f:service-id", namespaces=NS) == SERVICE_ID} if data is not None else {}
-            keys = {member: int(r.findtext("f:keys", "0", NS)) for member, r in records.items()}
-            for member, record in sorted(records.items()):
-                self.say(f"{member}: {keys[member]} keys, {record.findtext('f:bits', namespaces=NS)} bits, "
-                         f"agreement {record.findtext('f:agreement', '-', NS)}, owed "
-                         f"{Decimal(record.findtext('f:amount', '0', NS))} credits")
+            records = sorted((c for c in read_charging(data).values() if c.service_id == SERVICE_ID),
+                             key=lambda c: c.record_id)
+            for c in records:
+                self.say(f"{c.member_id}: {c.keys} keys, {c.bits} bits on hop {c.hop or '-'}, agreement "
+                         f"{c.agreement or '- (its own)'}, owed {c.amount} credits"
+                         + (", closed" if c.end_time else ""))
             before, after = delivered[0], sum(delivered[1:])
-            wanted = {"A": before + after, "B": before, "C": before + after, "D": after}
-            if keys != wanted:
-                raise StepFailed(f"charged keys {keys}, but {wanted} were delivered")
-            return (f"{before + after} keys delivered end to end: A and C charged for all, B for the {before} "
-                    f"before the failure, D for the {after} after it")
+            wanted = {("A", None): before + after, ("B", "A-B"): before, ("C", "B-C"): before,
+                      ("C", "C-D"): after, ("D", "A-D"): after}
+            totals: dict[tuple[str, str | None], int] = {}
+            for c in records:
+                totals[(c.member_id, c.agreement)] = totals.get((c.member_id, c.agreement), 0) + c.keys
+            if totals != wanted or read_disputes(data):
+                raise StepFailed(f"charged keys {totals}, but {wanted} were delivered; disputes "
+                                 f"{list(read_disputes(data).values())}")
+            return (f"{before + after} keys delivered end to end, each charged on the segment and agreement that "
+                    f"carried it and confirmed by both ends of its hop: C {before} under B-C then {after} under "
+                    f"C-D, B {before}, D {after}; no disputes")
+
+        async def settlement() -> str:
+            start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+            period = [t.isoformat(timespec="seconds").replace("+00:00", "Z")
+                      for t in (start, start + dt.timedelta(hours=2))]
+            async with await fed.connect(ADMIN) as admin:
+                bill = read_settlement(await admin.dispatch(settle_request(PAYER, *period)))
+                data = await admin.get(("subtree", f'<federation xmlns="{FEDERATION}"><ratings/></federation>'))
+            for line in bill.lines:
+                self.say(f"{PAYER} {line.direction} {line.counterparty}: {line.keys} keys under {line.agreement} "
+                         f"at {line.price_per_kbit} credits/kbit = {line.amount} credits")
+            ratings = read_ratings(data)
+            for member, r in sorted(ratings.items()):
+                self.say(f"rating {member}: delivery {r.delivery_ratio}, availability {r.availability}, disputes "
+                         f"{r.disputes}, score {r.score}" + (" (below the threshold)" if r.below_threshold else ""))
+            if bill.payable <= 0 or set(ratings) != set(fed.members):
+                raise StepFailed(f"settlement {bill} / ratings {ratings} incomplete")
+            return (f"{PAYER} owes {bill.payable} credits for the period over {len(bill.lines)} lines; ratings of "
+                    f"{', '.join(f'{m} {r.score}' for m, r in sorted(ratings.items()))}")
 
         for title, action in (
                 ("The domains join, are admitted and agree transit", federate),
@@ -139,7 +172,8 @@ class FederationDemo(Steps):
                 ("Cut the fibre between domains A and B", cut),
                 ("The platform re-routes the service through D", lambda: routed(avoid="B")),
                 ("Keys still match over the new route", keys),
-                ("Charging records add up to the keys delivered", charging)):
+                ("Charging records add up to the keys delivered", charging),
+                ("Settle the payer's period; rate the members", settlement)):
             if not await self.step(title, action):
                 break
         user.close()

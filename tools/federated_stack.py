@@ -20,11 +20,13 @@ import pathlib
 import secrets
 
 import asyncssh
+from lxml import etree
 
 from devices.host import DeviceHost
 from devices.topology import Topology
 from devices.base import network_users
 from netconf_core import Endpoint, NetconfClient, User, trusted_host_keys
+from models.key_manager import KmConfig, km_edit
 from models.ns import FEDERATION
 from orchestrator.federation import ENROL_USER, AgentEndpoint, FederationPlatform
 from orchestrator.federation_agent import FederationAgent, PlatformEndpoint, Sae, SharingPolicy
@@ -79,6 +81,7 @@ class FederatedStack:
         users = network_users(passwords if passwords is not None else stack_passwords(state))
         self.host = DeviceHost(topology, state_dir=state / "devices" if state else None, speed=speed, users=users,
                                etsi014_tls=self.pki.server_tls if self.pki else None,
+                               km_peer_tls=self.pki.km_peer_tls if self.pki else None,
                                insecure_sae_header=insecure_sae_header)
         self.platform_key = asyncssh.generate_private_key("ssh-ed25519")
         platform_account = {PLATFORM_USER: User(authorized_keys=[self.platform_key.export_public_key().decode()])}
@@ -112,25 +115,47 @@ class FederatedStack:
         try:
             await self.host.start()
             await asyncio.gather(*(stack.start(timeout) for stack in self.stacks.values()))
+            await self._peer_border_key_managers()
             await self.platform.start()
             platform = PlatformEndpoint(self.host.network.host, self.platform.port, self.passwords[ENROL_USER],
                                         host_key=self.platform.server.public_host_key)
             for domain, stack in self.stacks.items():
-                assert stack.orchestrator and stack.forwarding and stack.service
+                assert stack.orchestrator and stack.forwarding
                 borders = border_links(self.topology, domain)
                 saes = tuple(Sae(s.id, s.km) for s in stack.topology.saes)
                 policy = SharingPolicy(frozenset(b.local_node for b in borders), saes=frozenset(s.sae_id for s in saes))
                 agent = FederationAgent(domain, f"Operator {domain}", asyncssh.generate_private_key("ssh-ed25519"),
                                         platform, policy, agent_address=self.host.network.host,
                                         agent_port=stack.orchestrator.port)
+                kms = {km.id for km in stack.topology.key_managers}
                 member = FederatedDomain(agent, borders, saes, stack.endpoint("forwarding", stack.forwarding.port),
-                                         stack.endpoint("service", stack.service.port),
-                                         stack.endpoint("orchestrator", stack.orchestrator.port))
+                                         stack.endpoint("orchestrator", stack.orchestrator.port),
+                                         {row.id: stack.endpoint(row.id, row.port, row.host_key)
+                                          for row in self.host.table() if row.id in kms})
                 self.members[domain] = member
                 await member.start(timeout)
         except BaseException:
             await self.stop()
             raise
+
+    async def _peer_border_key_managers(self) -> None:
+        """The operators of two neighbouring domains tell each other where their border key
+        managers serve the KM-to-KM protocol: each border key manager gets the address of the
+        one across its inter-domain link (a domain's service controller configures the peers it
+        manages, and leaves these as they are)."""
+        km_of_site = {km.site: km.id for km in self.topology.key_managers}
+        km_of_node = {n.id: km_of_site.get(n.site) for n in self.topology.qkd_nodes}
+        rows = {row.id: row for row in self.host.table()}
+        for domain, stack in self.stacks.items():
+            wanted: dict[str, dict[str, str]] = {}
+            for border in border_links(self.topology, domain):
+                near, far = km_of_node.get(border.local_node), km_of_node.get(border.peer_node)
+                if near in rows and far in rows and rows[far].etsi014_url:
+                    wanted.setdefault(near, {})[far] = rows[far].etsi014_url
+            for km, peers in wanted.items():
+                edit = km_edit(KmConfig(), KmConfig(peers=peers))
+                async with await stack.endpoint(km, rows[km].port, rows[km].host_key).connect() as nc:
+                    await nc.edit_config(etree.tostring(edit).decode())
 
     async def stop(self) -> None:
         """Stop everything, top-down (safe to call twice, or after a failed start)."""
