@@ -2,7 +2,8 @@
 (the orchestrator, and a federation member's glue reading back what it asked for);
 `segment_intent` writes the intent that carries a cross-domain service's segment; the state
 of an intent, its state-change notification and a dry-run answer are built here and read by
-`read_intents` (the command line)."""
+`read_intents` (the command line); `intents_from_data` builds intents from parsed YAML or JSON
+(the command line's intent files, the console's form)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -212,3 +213,77 @@ def read_intents(data: etree._Element | None) -> dict[str, dict]:
         entry["history"] = [leaves(t) for t in INTENT.all(intent, "history/transition")]
         out[entry.get("name", "")] = entry
     return out
+
+
+# --- intents from a mapping (the YAML or JSON of `qstrata intent apply` and the console) -------
+
+INTENT_LEAVES = {"name": str, "description": str, "enabled": bool, "min-rate": int, "key-size": int, "ttl": int,
+                 "disjoint-paths": int, "max-hops": int, "avoid-nodes": list, "avoid-links": list,
+                 "qber-ceiling": float, "priority": int, "allow-federation": bool}
+INTENT_ENDPOINTS = ("source-sae", "destination-sae")
+
+
+class IntentInputError(ValueError):
+    """An intent mapping that is not a qi-intent intent; the message names where and what."""
+
+
+def intents_from_data(data: object, where: str) -> list[etree._Element]:
+    """The <intent> elements of parsed YAML or JSON: one intent, a list, or `intents:` holding them."""
+    if isinstance(data, dict) and set(data) & {"intents", "qi-intent:intents"}:
+        data = data.get("intents", data.get("qi-intent:intents"))
+        if isinstance(data, dict) and set(data) == {"intent"}:
+            data = data["intent"]
+    entries = data if isinstance(data, list) else [data]
+    if not entries:
+        raise IntentInputError(f"{where}: no intent in the file")
+    return [intent_xml(entry, f"{where}: intent {i + 1}") for i, entry in enumerate(entries)]
+
+
+def intent_xml(entry: object, where: str) -> etree._Element:
+    """One <intent> of a mapping of qi-intent leaves (endpoints as a mapping, leaf-lists as lists)."""
+    if not isinstance(entry, dict):
+        raise IntentInputError(f"{where}: an intent is a mapping of qi-intent leaves, not {type(entry).__name__}")
+    if isinstance(entry.get("name"), str):
+        where = f"{where} ({entry['name']!r})"
+    unknown = set(entry) - set(INTENT_LEAVES) - {"endpoints"}
+    if unknown:
+        raise IntentInputError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} "
+                               f"(expected: {', '.join(['endpoints', *INTENT_LEAVES])})")
+    for required in ("name", "endpoints", "min-rate"):
+        if required not in entry:
+            raise IntentInputError(f"{where}: missing field {required!r}")
+    endpoints = entry["endpoints"]
+    if not isinstance(endpoints, dict) or set(endpoints) != set(INTENT_ENDPOINTS):
+        raise IntentInputError(f"{where}: endpoints must hold exactly source-sae and destination-sae")
+    intent = INTENT.element("intent")
+    INTENT.sub(intent, "name", _value(where, "name", entry["name"], str))
+    ends = INTENT.sub(intent, "endpoints")
+    for leaf in INTENT_ENDPOINTS:
+        INTENT.sub(ends, leaf, _value(where, leaf, endpoints[leaf], str))
+    for leaf, kind in INTENT_LEAVES.items():
+        if leaf == "name" or leaf not in entry:
+            continue
+        value = entry[leaf]
+        if kind is list:
+            if not isinstance(value, list):
+                raise IntentInputError(f"{where}: {leaf} must be a list, got {value!r}")
+            for item in value:
+                INTENT.sub(intent, leaf, _value(where, leaf, item, str))
+        else:
+            INTENT.sub(intent, leaf, _value(where, leaf, value, kind))
+    return intent
+
+
+def _value(where: str, leaf: str, value: object, kind: type) -> str:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise IntentInputError(f"{where}: {leaf} must be true or false, got {value!r}")
+        return "true" if value else "false"
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise IntentInputError(f"{where}: {leaf} must be {'an integer' if kind is int else 'a number'}, "
+                                   f"got {value!r}")
+        return str(int(value)) if kind is int else f"{value:.3f}"
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
+        raise IntentInputError(f"{where}: {leaf} must be a non-empty string, got {value!r}")
+    return str(value)

@@ -24,7 +24,8 @@ from lxml import etree
 
 from netconf_core.client import NetconfClient
 from netconf_core.ssh import trusted_host_keys
-from tools.cmd_intent import intent_states, intent_xml
+from models.intent import intent_xml
+from tools.cmd_intent import intent_states
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 INT_NS = "urn:qstrata:yang:qi-intent"

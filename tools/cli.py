@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "tools.cmd_intent",
     "tools.cmd_status",
     "tools.cmd_demo",
+    "tools.cmd_federation",
+    "tools.cmd_console",
 ]
 
 

@@ -31,20 +31,13 @@ import yaml
 from lxml import etree
 
 from models.intent import INTENTS_FILTER, read_intents
+from models.intent import IntentInputError as IntentFileError, intents_from_data
 from models.ns import INTENT
 from netconf_core.ns import BASE
 from tools.cmd_up import StackNotFound, add_connection_options, connect, target
 
-LEAVES = {"name": str, "description": str, "enabled": bool, "min-rate": int, "key-size": int, "ttl": int,
-          "disjoint-paths": int, "max-hops": int, "avoid-nodes": list, "avoid-links": list, "qber-ceiling": float,
-          "priority": int, "allow-federation": bool}
-ENDPOINTS = ("source-sae", "destination-sae")
 SETTLED = {"active", "failed", "degraded", "removed"}
 DEFAULT_WAIT_S = 30.0
-
-
-class IntentFileError(ValueError):
-    pass
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,63 +91,7 @@ def load_intents(path: pathlib.Path) -> list[etree._Element]:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as error:
         raise IntentFileError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
-    if isinstance(data, dict) and set(data) & {"intents", "qi-intent:intents"}:
-        data = data.get("intents", data.get("qi-intent:intents"))
-        if isinstance(data, dict) and set(data) == {"intent"}:
-            data = data["intent"]
-    entries = data if isinstance(data, list) else [data]
-    if not entries:
-        raise IntentFileError(f"{path}: no intent in the file")
-    return [intent_xml(entry, f"{path}: intent {i + 1}") for i, entry in enumerate(entries)]
-
-
-def intent_xml(entry: object, where: str) -> etree._Element:
-    if not isinstance(entry, dict):
-        raise IntentFileError(f"{where}: an intent is a mapping of qi-intent leaves, not {type(entry).__name__}")
-    if isinstance(entry.get("name"), str):
-        where = f"{where} ({entry['name']!r})"
-    unknown = set(entry) - set(LEAVES) - {"endpoints"}
-    if unknown:
-        raise IntentFileError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} "
-                              f"(expected: {', '.join(['endpoints', *LEAVES])})")
-    for required in ("name", "endpoints", "min-rate"):
-        if required not in entry:
-            raise IntentFileError(f"{where}: missing field {required!r}")
-    endpoints = entry["endpoints"]
-    if not isinstance(endpoints, dict) or set(endpoints) != set(ENDPOINTS):
-        raise IntentFileError(f"{where}: endpoints must hold exactly source-sae and destination-sae")
-    intent = INTENT.element("intent")
-    INTENT.sub(intent, "name", _value(where, "name", entry["name"], str))
-    ends = INTENT.sub(intent, "endpoints")
-    for leaf in ENDPOINTS:
-        INTENT.sub(ends, leaf, _value(where, leaf, endpoints[leaf], str))
-    for leaf, kind in LEAVES.items():
-        if leaf == "name" or leaf not in entry:
-            continue
-        value = entry[leaf]
-        if kind is list:
-            if not isinstance(value, list):
-                raise IntentFileError(f"{where}: {leaf} must be a list, got {value!r}")
-            for item in value:
-                INTENT.sub(intent, leaf, _value(where, leaf, item, str))
-        else:
-            INTENT.sub(intent, leaf, _value(where, leaf, value, kind))
-    return intent
-
-
-def _value(where: str, leaf: str, value: object, kind: type) -> str:
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise IntentFileError(f"{where}: {leaf} must be true or false, got {value!r}")
-        return "true" if value else "false"
-    if kind in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            raise IntentFileError(f"{where}: {leaf} must be {'an integer' if kind is int else 'a number'}, "
-                                  f"got {value!r}")
-        return str(int(value)) if kind is int else f"{value:.3f}"
-    if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
-        raise IntentFileError(f"{where}: {leaf} must be a non-empty string, got {value!r}")
-    return str(value)
+    return intents_from_data(data, str(path))
 
 
 def _xml_intents(path: pathlib.Path, text: str) -> list[etree._Element]:

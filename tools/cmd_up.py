@@ -2,7 +2,8 @@
 LEVEL --config FILE`): the emulated devices, the three stratum controllers and the
 orchestrator. Print the address, port and credentials of every level, and write them to
 `qstrata-stack.json` in the working directory, where `qstrata intent`, `status` and `fault`
-find them. Ctrl-C or SIGTERM stops every process.
+find them. It also starts the operator's web console over them and prints its address
+(`qstrata console`; --no-console: not). Ctrl-C or SIGTERM stops every process.
 
 In the state directory (a temporary one without --state-dir) it keeps what a restart reuses:
 `deployments/LEVEL.yaml` (each level's deployment file, 0600), `ports.json` (every port),
@@ -56,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "and the intent store here across runs (default: a temporary directory)")
     parser.add_argument("--speed", type=float, default=1.0, help="emulated seconds per real second (default 1)")
     add_security_options(parser)
+    parser.add_argument("--console-port", type=int, default=0,
+                        help="the operator's web console's port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--no-console", action="store_true", help="do not start the operator's web console")
     parser.set_defaults(func=run)
 
 
@@ -104,8 +108,18 @@ async def _run(topology: Topology, args: argparse.Namespace) -> int:
         if stack.plan.curl:
             print(f"ETSI 014 over HTTPS with a client certificate per SAE, for example:\n  {stack.plan.curl}",
                   flush=True)
+        console = None
+        if not getattr(args, "no_console", True):   # the operator's console over the stack
+            from tools.console_stack import start_console
+
+            console = await start_console(rows, topology.name, args.console_port,
+                                          say=lambda line: print(line, flush=True))
         print("Ctrl-C stops.", flush=True)
-        await stopped
+        try:
+            await stopped
+        finally:
+            if console is not None:
+                await console.stop()
     finally:
         stopped.cancel()
         if wrote:
@@ -251,7 +265,7 @@ def plan_stack(topology: Topology, topology_file: pathlib.Path | None, state_dir
     if pki is None:
         etsi014 = Etsi014(insecure_http=True)
     else:
-        credentials = {km: pki.ca.server(km) for km in key_managers}
+        credentials = {km: pki.km(km) for km in key_managers}
         etsi014 = Etsi014(False, pki.ca.ca_file, {km: KeyManagerTls(c.cert_file, c.key_file)
                                                   for km, c in credentials.items()})
         for sae in topology.saes:
