@@ -1,6 +1,11 @@
 """What the three stratum controllers share: a NETCONF server of the stratum's northbound
 model (built on the engine, like a device) and a `DeviceLink` per southbound device, with
-a periodic full resync that catches what notifications missed."""
+a periodic full resync that catches what notifications missed.
+
+A controller that declares `watches` (class attribute, or the constructor's argument) keeps
+those on-change YANG-Push subscriptions on every device that offers ietf-yang-push and hears
+of their changes in `device_update`; `polled(link)` says whether it must still read that
+device's watched state itself (the device offers no YANG-Push, or nothing is watched)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +16,7 @@ from typing import Callable, ClassVar
 import asyncssh
 from lxml import etree
 
-from netconf_core import (DeviceLink, Endpoint, NetconfServer, ReconcileLoop, RPCError, User, schema_for,
+from netconf_core import (DeviceLink, Endpoint, NetconfServer, ReconcileLoop, RPCError, User, Watch, schema_for,
                           standard_nacm, transaction)
 from models.network import networks_of
 
@@ -40,12 +45,17 @@ class Controller:
     # The top-level nodes `state` serves ("/module:node"): it runs only for a <get> that can
     # select one of them. None: for every <get>.
     state_paths: ClassVar[tuple[str, ...] | None] = None
+    # On-change subscriptions kept on every southbound device that offers YANG-Push.
+    watches: tuple[Watch, ...] = ()
 
     def __init__(self, name: str, devices: list[Endpoint], users: dict[str, User], *,
                  read_write: tuple[str, ...] = ("admin",), read_only: tuple[str, ...] = ("monitor",),
                  host: str = "127.0.0.1", port: int = 0, state_dir: pathlib.Path | None = None,
-                 resync_period: float = 10.0, host_key: asyncssh.SSHKey | None = None):
+                 resync_period: float = 10.0, host_key: asyncssh.SSHKey | None = None,
+                 watches: tuple[Watch, ...] | None = None):
         self.name = name
+        if watches is not None:
+            self.watches = watches
         self.server = NetconfServer(schema_for(self.modules), users, host=host, port=port, host_key=host_key,
                                     datastore_dir=state_dir / "datastores" if state_dir else None,
                                     nacm=standard_nacm(list(read_write), list(read_only), self.read_only_rpcs), name=name)
@@ -58,7 +68,13 @@ class Controller:
                                      logger=log)
 
     def make_link(self, endpoint: Endpoint) -> DeviceLink:
-        return DeviceLink(endpoint, self.device_modules, self.device_connected, self.device_notification)
+        return DeviceLink(endpoint, self.device_modules, self.device_connected, self.device_notification,
+                          self.watches, self.device_update if self.watches else None)
+
+    def polled(self, link: DeviceLink) -> bool:
+        """Whether the watched state of this device is to be read by polling: it offers no
+        YANG-Push (or this controller watches nothing), so no subscription tells its changes."""
+        return not (self.watches and link.pushing)
 
     @property
     def port(self) -> int:
@@ -115,6 +131,9 @@ class Controller:
 
     async def device_notification(self, link: DeviceLink, notification: etree._Element) -> None:
         """A device told us something."""
+
+    async def device_update(self, link: DeviceLink, watch: Watch, content: etree._Element) -> None:
+        """A <push-update> or <push-change-update> of one of `watches` from a device."""
 
     async def resync(self) -> None:
         """Periodic full read of every device; report and repair drift."""

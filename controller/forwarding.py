@@ -36,11 +36,17 @@ with the lower qkdn_id transmits.
 
 Link state (status, skr, eskr, expected consumption, QBER, stored key) is read from the
 source node (the destination when the source is unreachable) when a node connects, on each
-ETSI notification about a link (sdqkdn_link_down, sdqkdn_link_perf_update, alarm...) and at
-every resync; channel-loss is the optical path's total loss at the connectivity controller,
-read after the controller makes optical paths, at every resync, and once per burst of
-optical-path-status-change notifications (a path going down keeps its route and its loss).
-A status change is sent north as link-status-change, a QBER crossing the node's
+ETSI notification about a link (sdqkdn_link_down, sdqkdn_link_perf_update, alarm...) and,
+from a node that offers YANG-Push, on each push-change-update of the on-change subscription
+the controller keeps on its links' status and performance (LINK_STATE_WATCH: the update's
+YANG Patch is applied to the link's copy of the selection, and the links' state is taken from
+there, with no read of the node; the stored key, outside the selection, is the one last read);
+a node without YANG-Push is read whole at every resync instead. The resync reads every node's
+configuration either way, for drift, and the state of a node whose subscription is not
+running. channel-loss is the optical path's total loss at the connectivity
+controller, read after the controller makes optical paths, at every resync, and once per
+burst of optical-path-status-change notifications (a path going down keeps its route and
+its loss). A status change is sent north as link-status-change, a QBER crossing the node's
 qber-alarm-threshold (either way) as qber-alarm. The resync also repairs nodes whose links
 differ from running (drift) and re-creates the optical paths it made that the connectivity
 controller lost.
@@ -55,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 
 from lxml import etree
@@ -66,8 +73,8 @@ from models.forwarding import LinkRequest, LinkStatus, NodeStatus
 from models.network import RESOURCE_PREFIXES, link_resource, resource_link
 from models.ns import ETSI_NODE, FORWARDING, NT, NW, QI_ALARMS
 from models.qkd_node import (LinkState, NodeLinkConfig, NodeView, link_removal, node_link_element, node_links_edit,
-                             read_node)
-from netconf_core import ReconcileLoop
+                             read_link_states, read_node)
+from netconf_core import ReconcileLoop, Watch
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import RPCError
 from netconf_core.link import DeviceLink, Endpoint, TransactionError, transaction
@@ -80,6 +87,11 @@ DEFAULT_FIBRE_NETWORK = "fibre"
 PANEL_TP = conn_model.PANEL_TP  # the connectivity controller's tp-id of a site's unnumbered fibre termination
 LINKS_XPATH = f"/ietf-network:networks/network[network-id='{NETWORK_ID}']/ietf-network-topology:link"
 XPATH_NS = {"ietf-network": NW, "ietf-network-topology": NT}
+# A node's links' status and performance (skr, eskr, expected consumption, QBER); the emulated
+# nodes refresh them every second: a change waits at most half a period to be pushed.
+_LINK = "/etsi-qkd-sdn-node:qkd_node/etsi-qkd-sdn-node:qkd_links/etsi-qkd-sdn-node:qkd_link"
+LINK_STATE_WATCH = Watch(f"{_LINK}/etsi-qkd-sdn-node:qkdl_status | {_LINK}/etsi-qkd-sdn-node:qkdl_performance",
+                         (("etsi-qkd-sdn-node", str(ETSI_NODE)),), "operational", dampening=0.5)
 
 
 def _qkd_network(tree: etree._Element) -> etree._Element | None:
@@ -149,6 +161,7 @@ class ForwardingController(Controller):
     modules = ("qi-forwarding", "etsi-qkd-node-types", "qi-types", "ietf-alarms", "qi-alarms")
     device_modules = ("etsi-qkd-sdn-node",)
     state_paths = ("/ietf-network:networks", "/ietf-alarms:alarms")
+    watches = (LINK_STATE_WATCH,)
 
     def __init__(self, name: str, devices: list[Endpoint], connectivity: Endpoint, users: dict[str, User], *,
                  km_by_site: dict[str, str] | None = None, **kwargs):
@@ -228,9 +241,34 @@ class ForwardingController(Controller):
         await self._read_node(link)
         await self._observe(reason or f"{etree.QName(event).localname} from {link.name}")
 
+    async def device_update(self, link: DeviceLink, watch: Watch, content: etree._Element) -> None:
+        """A node's link status or performance changed: its links' state is taken from the
+        subscription's copy (`link.replica`), without reading the node again; the stored key,
+        which the subscription does not select, is kept. The first push-update, as the
+        subscription starts, comes with the connection, whose read covers it. Not while a
+        change is being realised: the nodes' links change before running does, and this would
+        judge them by the old running (a deleted link's alarms cleared as if it were still
+        there)."""
+        if etree.QName(content).localname != "push-change-update":
+            return
+        async with self._lock:
+            known = self.nodes.get(link.name)
+            if known is None:
+                return  # not read yet: the connection's read comes first
+            pushed = read_link_states(link.replica(watch))
+            states = dict(known.states)
+            for qkdl, state in pushed.items():
+                stored = known.states[qkdl].stored if qkdl in known.states else None
+                states[qkdl] = dataclasses.replace(state, stored=stored)
+            self.nodes[link.name] = dataclasses.replace(known, states=states)
+            await self._observe(f"link state of {link.name} changed")
+
     async def resync(self) -> None:
+        """Read the nodes whose link state no subscription pushes, and the configuration of
+        the others (enough for drift), then repair and report."""
         connected = [link for link in self.links.values() if link.status == "connected"]
-        results = await asyncio.gather(*(self._read_node(link) for link in connected), return_exceptions=True)
+        results = await asyncio.gather(*(self._read_node(link, state=self.polled(link)) for link in connected),
+                                       return_exceptions=True)
         for link, result in zip(connected, results):
             if isinstance(result, Exception):
                 log.warning("%s: cannot read %s: %s", self.name, link.name, result)
@@ -239,14 +277,25 @@ class ForwardingController(Controller):
         await self.reconcile()
         await self._observe("periodic resync")
 
-    async def _read_node(self, link: DeviceLink) -> None:
+    async def _read_node(self, link: DeviceLink, state: bool = True) -> None:
+        """Read a node's configuration and state; with `state` False, of a node already read,
+        only its configuration (its links' state and the rest of its state are kept)."""
         client = await link.session()
-        data = await client.get(filter=("subtree", f'<qkd_node xmlns="{ETSI_NODE}"/>'), with_defaults="report-all")
+        query = f'<qkd_node xmlns="{ETSI_NODE}"/>'
+        state = state or link.name not in self.nodes
+        if state:
+            data = await client.get(filter=("subtree", query), with_defaults="report-all")
+        else:
+            data = await client.get_config(filter=("subtree", query), with_defaults="report-all")
         root = ETSI_NODE.find(data, "qkd_node")
         if root is None:
             log.warning("%s: device %s serves no qkd_node", self.name, link.name)
             return
-        self.nodes[link.name] = read_node(link.name, root)
+        view = read_node(link.name, root)
+        known = self.nodes.get(link.name)  # as it is now: a pushed change may have been read meanwhile
+        if not state and known is not None:
+            view = dataclasses.replace(known, links=view.links, qber_threshold=view.qber_threshold)
+        self.nodes[link.name] = view
 
     def _reachable(self, node: str) -> bool:
         link = self.links.get(node)

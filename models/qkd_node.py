@@ -111,17 +111,30 @@ def read_node(name: str, root: etree._Element) -> NodeView:
             identity(E.text(entry, "phys_qkd_role")), _int(E.text(entry, "phys_wavelength")),
             E.text(entry, "virt_prev_hop"), tuple(h.text for h in E.all(entry, "virt_next_hop")),
             _int(E.text(entry, "virt_bandwidth")))
-        perf = E.find(entry, "qkdl_performance")
-        qber = None
-        for figure in E.all(perf, "phys_perf"):
-            if identity(E.text(figure, "perf_type")) == "QBER":
-                qber = E.number(figure, "value")
-        states[qkdl] = LinkState(identity(E.text(entry, "qkdl_status")), _int(E.text(perf, "skr")),
-                                 _int(E.text(perf, "eskr")), _int(E.text(perf, "expected_consumption")), qber,
-                                 _int(NODE_EXT.text(entry, "key-pool/stored")))
+        states[qkdl] = _link_state(entry)
     return NodeView(name, E.text(root, "qkdn_id"), E.text(root, "qkdn_location_id"),
                     identity(E.text(root, "qkdn_status")), interfaces, links, states,
                     NODE_EXT.number(root, "qber-alarm-threshold"))
+
+
+def _link_state(entry: etree._Element) -> LinkState:
+    E = ETSI_NODE
+    perf = E.find(entry, "qkdl_performance")
+    qber = None
+    for figure in E.all(perf, "phys_perf"):
+        if identity(E.text(figure, "perf_type")) == "QBER":
+            qber = E.number(figure, "value")
+    return LinkState(identity(E.text(entry, "qkdl_status")), _int(E.text(perf, "skr")),
+                     _int(E.text(perf, "eskr")), _int(E.text(perf, "expected_consumption")), qber,
+                     _int(NODE_EXT.text(entry, "key-pool/stored")))
+
+
+def read_link_states(data: etree._Element) -> dict[str, LinkState]:
+    """The link states (by qkdl_id) of whatever part of a node's qkd_links `data` (a <data>
+    root) holds, such as what a subscription to their status and performance selects;
+    what it does not hold is None."""
+    node = ETSI_NODE.find(data, "qkd_node")
+    return {ETSI_NODE.text(entry, "qkdl_id"): _link_state(entry) for entry in ETSI_NODE.all(node, "qkd_links/qkd_link")}
 
 
 # --- the links the forwarding controller writes ---------------------------------------------------

@@ -5,7 +5,7 @@ session re-plans; `orchestrator` times intents from commit to active and back af
 `keys` times ETSI 014 enc_keys and dec_keys while undelivered keys pile up; `chaos` soaks the
 closed loop in random faults and checks its invariants; `push` times YANG-Push on-change
 notifications from edit-config to subscriber; `fabric` times the fidelity-aware entanglement
-planner."""
+planner; `console` times the operator's console in a browser (first render, update latency)."""
 from __future__ import annotations
 
 import argparse
@@ -60,11 +60,22 @@ def register(subparsers) -> None:
     from tools import bench_push  # light: it imports the engine only when it runs
 
     bench_push.add_arguments(push)
+    follow = targets.add_parser("follow", help="the forwarding controller following its nodes: on-change "
+                                               "subscriptions against polling, side by side")
+    from tools import bench_follow  # light: it imports the stack only when it runs
+
+    bench_follow.add_arguments(follow)
     fabric = targets.add_parser("fabric", help="fidelity-aware entanglement planning on generated networks of "
                                                "100 and 1,000 nodes")
     from tools import bench_fabric  # light: it imports the planner only when it runs
 
     bench_fabric.add_arguments(fabric)
+    console = targets.add_parser("console", help="the operator's console in headless chromium: first full render "
+                                                 "and notification-to-page latency, 100 and 1,000 nodes")
+    from tools import bench_console  # light: it imports the stack and the browser only when it runs
+
+    bench_console.add_arguments(console)
+    console.set_defaults(func=bench_console.run)
 
 
 def run_netconf(args: argparse.Namespace) -> int:
