@@ -23,7 +23,9 @@ import yaml
 from devices.twin import MAX_PORT, Clock, Endpoint, Twin
 
 DEFAULT_TOPOLOGY = "madrid.yaml"
-SECTIONS = ("sites", "switches", "spans", "qkd_nodes", "key_managers", "saes")
+SECTIONS = ("sites", "switches", "spans", "qkd_nodes", "key_managers", "saes", "quantum_nodes", "entanglement_links")
+QUANTUM_ROLES = ("end-node", "repeater")
+ENTANGLEMENT_LINK_TYPES = ("single-click", "double-click", "source-in-the-middle")
 
 
 class TopologyError(ValueError):
@@ -84,6 +86,39 @@ class SaeSpec:
 
 
 @dataclass(frozen=True)
+class QuantumInterfaceSpec:
+    name: str
+    attach: Endpoint
+
+
+@dataclass(frozen=True)
+class QuantumNodeSpec:
+    """A quantum node (qi-quantum-node): an end node or a repeater, its device profile (the
+    reference's parameter sets: defaults of a trapped-ion-like node) and its interfaces."""
+
+    id: str
+    site: str
+    role: str
+    interfaces: tuple[QuantumInterfaceSpec, ...]
+    applications: tuple[str, ...] = ()
+    storage_qubits: int = 4
+    storage_t2_s: float | None = 1.0
+    gate_fidelity: float = 0.99
+    emission_probability: float = 0.111
+    bright_state_population: float = 0.05
+
+
+@dataclass(frozen=True)
+class EntanglementLinkSpec:
+    """An elementary entanglement link between two quantum nodes' interfaces."""
+
+    id: str
+    a: tuple[str, str]  # (node, interface)
+    b: tuple[str, str]
+    link_type: str = "single-click"
+
+
+@dataclass(frozen=True)
 class Topology:
     name: str
     sites: tuple[SiteSpec, ...]
@@ -92,6 +127,8 @@ class Topology:
     qkd_nodes: tuple[QkdNodeSpec, ...]
     key_managers: tuple[KeyManagerSpec, ...]
     saes: tuple[SaeSpec, ...]
+    quantum_nodes: tuple[QuantumNodeSpec, ...] = ()
+    entanglement_links: tuple[EntanglementLinkSpec, ...] = ()
 
     def fibre_graph(self) -> nx.Graph:
         """Sites and switches joined by their spans (parallel spans become one edge), and each
@@ -206,9 +243,14 @@ class _Parser:
         self.one_key_manager_per_qkd_site(sections["qkd_nodes"], qkd_nodes, sections["key_managers"], key_managers)
         km_ids = {km.id for km in key_managers}
         saes = tuple(self.sae(w, e, km_ids) for w, e in sections["saes"])
+        quantum_nodes = tuple(self.quantum_node(w, e, site_ids, ports, switch_sites, span_ends, attachments)
+                              for w, e in sections["quantum_nodes"])
+        entanglement_links = tuple(self.entanglement_link(w, e, quantum_nodes)
+                                   for w, e in sections["entanglement_links"])
         if self.problems:
             raise TopologyError(self.problems)
-        return Topology(name, sites, switches, spans, qkd_nodes, key_managers, saes)
+        return Topology(name, sites, switches, spans, qkd_nodes, key_managers, saes, quantum_nodes,
+                        entanglement_links)
 
     # -- generic checks ----------------------------------------------------------------
 
@@ -399,6 +441,82 @@ class _Parser:
             attachments[end] = at
             interfaces.append(InterfaceSpec(if_id, end))
         return QkdNodeSpec(ident, site, tuple(interfaces))
+
+    def quantum_node(self, where: str, entry: dict, site_ids: set[str], ports: dict[str, set[int]],
+                     switch_sites: dict[str, str], span_ends: dict[Endpoint, str],
+                     attachments: dict[Endpoint, str]) -> QuantumNodeSpec:
+        optional = ("interfaces", "applications", "storage_qubits", "storage_t2_s", "gate_fidelity",
+                    "emission_probability", "bright_state_population")
+        self.fields(where, entry, ("id", "site", "role"), optional)
+        ident = self.new_id(where, entry)
+        site = self.known(where, entry, "site", site_ids, "site")
+        role = entry.get("role")
+        if role not in QUANTUM_ROLES:
+            self.problem(where, f"role must be one of {', '.join(QUANTUM_ROLES)}, got {role!r}")
+        interfaces: list[QuantumInterfaceSpec] = []
+        raw = entry.get("interfaces", [])
+        for i, item in enumerate(raw if isinstance(raw, list) else []):
+            at = f"{where} interfaces[{i}]"
+            if not isinstance(item, dict):
+                self.problem(at, "must be a mapping with name and attach")
+                continue
+            if not self.fields(at, item, ("name", "attach")):
+                continue
+            name = self.text(at, item, "name")
+            if name in {x.name for x in interfaces}:
+                self.problem(at, f"duplicate interface name {name!r} in quantum node {ident!r}")
+            end = self.endpoint(at, "attach", item["attach"], site_ids, ports)
+            if end is None:
+                continue
+            host_site = switch_sites[end.node] if end.node in ports else end.node
+            if site and host_site and host_site != site:
+                self.problem(at, f"attach {str(end)!r} is at site {host_site!r}, but the node is at site {site!r}")
+            if end in attachments:
+                self.problem(at, f"attach {str(end)!r} is already used by {attachments[end]}")
+            attachments[end] = at
+            interfaces.append(QuantumInterfaceSpec(name, end))
+        if not isinstance(raw, list):
+            self.problem(where, "interfaces must be a list")
+        apps = entry.get("applications", [])
+        if not isinstance(apps, list) or not all(isinstance(a, str) and a for a in apps):
+            self.problem(where, f"applications must be a list of names, got {apps!r}")
+            apps = []
+        storage = entry.get("storage_qubits", 4)
+        if not _is_int(storage) or not 1 <= storage <= 65535:
+            self.problem(where, f"storage_qubits must be a whole number from 1 to 65535, got {storage!r}")
+            storage = 4
+        t2 = entry.get("storage_t2_s", 1.0)
+        if t2 is not None and (isinstance(t2, bool) or not isinstance(t2, (int, float)) or t2 <= 0):
+            self.problem(where, f"storage_t2_s must be a number > 0 (or null: no decoherence), got {t2!r}")
+            t2 = 1.0
+        unit = {key: self.number(where, entry, key, default)
+                for key, default in (("gate_fidelity", 0.99), ("emission_probability", 0.111),
+                                     ("bright_state_population", 0.05))}
+        for key, value in unit.items():
+            if value > 1:
+                self.problem(where, f"{key} must be within 0..1, got {value!r}")
+        return QuantumNodeSpec(ident, site, role if role in QUANTUM_ROLES else "end-node", tuple(interfaces),
+                               tuple(apps), storage, None if t2 is None else float(t2), **unit)
+
+    def entanglement_link(self, where: str, entry: dict, nodes: tuple[QuantumNodeSpec, ...]) -> EntanglementLinkSpec:
+        self.fields(where, entry, ("id", "a", "b"), ("type",))
+        ident = self.new_id(where, entry)
+        interfaces = {n.id: {i.name for i in n.interfaces} for n in nodes}
+        ends = []
+        for role in ("a", "b"):
+            value = entry.get(role)
+            node, _, interface = value.partition(":") if isinstance(value, str) else ("", "", "")
+            if node not in interfaces:
+                self.problem(where, f"{role} {value!r} must be 'quantum-node:interface' of a known quantum node")
+            elif interface not in interfaces[node]:
+                self.problem(where, f"{role} {value!r}: quantum node {node!r} has no interface {interface!r}")
+            ends.append((node, interface))
+        if ends[0][0] and ends[0][0] == ends[1][0]:
+            self.problem(where, f"joins quantum node {ends[0][0]!r} to itself")
+        link_type = entry.get("type", "single-click")
+        if link_type not in ENTANGLEMENT_LINK_TYPES:
+            self.problem(where, f"type must be one of {', '.join(ENTANGLEMENT_LINK_TYPES)}, got {link_type!r}")
+        return EntanglementLinkSpec(ident, ends[0], ends[1], link_type)
 
     def key_manager(self, where: str, entry: dict, site_ids: set[str]) -> KeyManagerSpec:
         self.fields(where, entry, ("id", "site"))

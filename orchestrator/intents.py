@@ -56,6 +56,7 @@ from orchestrator.decisions import (Decision, NotReady, Observation, Outcome, av
                                     describe, describe_path, hop_entry, local_plan, lost_paths, plan_hops,
                                     plan_requests, protected_plan, protection_lost)
 from orchestrator.delivery import DeliveryMeter
+from orchestrator.entanglement import EntanglementIntents, augment_state, is_entanglement
 from orchestrator.planner import Infeasible, Network, Plan, Planner
 from orchestrator.store import IntentRecord, IntentStore
 
@@ -78,16 +79,19 @@ class Orchestrator:
                  users: dict[str, User], store_dir: str | pathlib.Path, *,
                  read_write: tuple[str, ...] = ("admin",), read_only: tuple[str, ...] = ("monitor",),
                  intent_writers: tuple[str, ...] = (), host: str = "127.0.0.1", port: int = 0,
-                 period: float = 5.0, host_key: asyncssh.SSHKey | None = None):
+                 period: float = 5.0, host_key: asyncssh.SSHKey | None = None, entanglement: Endpoint | None = None):
         """`intent_writers` may read, and create, change and remove intents, nothing else: the
-        accounts of those who ask for intents on the operator's behalf (a federation platform)."""
+        accounts of those who ask for intents on the operator's behalf (a federation platform).
+        `entanglement`: the entanglement service controller; with it the orchestrator serves
+        qi-entanglement-intent too (orchestrator/entanglement.py)."""
         self.name = name
         self.period = period
         self.store = IntentStore(store_dir)
         writers = SubtreeWriters(intent_writers, "/qi-intent:intents", {"qi-intent": INTENT}) \
             if intent_writers else None
         # Its datastores (and a pending confirmed commit) live by the store; intents come from the store.
-        self.server = NetconfServer(schema_for(self.modules), users, host=host, port=port, host_key=host_key,
+        modules = self.modules + (("qi-entanglement-intent",) if entanglement is not None else ())
+        self.server = NetconfServer(schema_for(modules), users, host=host, port=port, host_key=host_key,
                                     datastore_dir=self.store.directory / "datastores",
                                     nacm=standard_nacm(list(read_write), list(read_only), subtree_writers=writers),
                                     name=name)
@@ -100,6 +104,10 @@ class Orchestrator:
             "forwarding": DeviceLink(forwarding, ("qi-forwarding",), self._connected, self._notified),
             "connectivity": DeviceLink(connectivity, ("qi-connectivity",), self._connected, self._notified),
         }
+        self.entanglement_intents = EntanglementIntents(self) if entanglement is not None else None
+        if entanglement is not None:
+            self.strata["entanglement"] = DeviceLink(entanglement, ("qi-entanglement-service",), self._connected,
+                                                     self._notified)
         self.alarms: dict[str, str] = {}             # QKD link -> its raised QBER alarm, from the last observation
         self.forced: dict[str, tuple[str, bool]] = {}  # intent -> (why re-plan, may keep its path)
         self.refused: dict[str, str] = {}            # candidate link -> why the forwarding stratum refused it
@@ -226,6 +234,8 @@ class Orchestrator:
         container = etree.SubElement(tree, INTENT("intents"), nsmap={None: INTENT})
         for record in self.store.intents(include_deleted=False):
             container.append(intent_state(record, self.store.history(record.name)))
+            if self.entanglement_intents is not None and is_entanglement(record):
+                augment_state(container[-1], record.status)
         return tree
 
     async def _transition(self, record: IntentRecord, to_state: str, reason: str) -> None:
@@ -290,6 +300,10 @@ class Orchestrator:
         network = self._network(world)
         specs = self._specs()
         busy = False
+        if self.entanglement_intents is not None:  # intents for Bell pairs, not keys
+            entangled = [record for record, _ in specs if is_entanglement(record)]
+            specs = [(record, spec) for record, spec in specs if record not in entangled]
+            busy |= await self.entanglement_intents.reconcile(entangled)
         live = []
         for record, spec in specs:
             if record.deleted or not spec.enabled:

@@ -133,7 +133,7 @@ CASES = {
     "unknown section": (
         lambda d: d.update(link=[]),
         ["top level: unknown key 'link' (expected name, description, sites, switches, spans, qkd_nodes, "
-         "key_managers, saes)"]),
+         "key_managers, saes, quantum_nodes, entanglement_links)"]),
     "port names instead of numbers": (
         lambda d: (d["switches"][1].update(ports=["p1", 2]), d["spans"][0].update(a="quintin:odf1")),
         ["switches[1] ('sw-norte'): ports must be a non-empty list of port numbers from 1 to 4294967295, "

@@ -31,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--federation", action="store_true",
                         help="run the federation demo instead: four domains and the federation platform, a "
                              "cross-domain key service, a failure and its re-route, charging")
+    parser.add_argument("--entanglement", action="store_true",
+                        help="run the entanglement demo instead: an intent for Bell pairs at F >= 0.8 over two "
+                             "repeaters, pairs at both ends, a measured batch, a fibre cut and its re-route, and "
+                             "an infeasible fidelity refused with its reason")
+    parser.add_argument("--console", action="store_true",
+                        help="after the story, keep the network running with the operator's web console (its "
+                             "address and logins printed) until Ctrl-C")
     parser.set_defaults(func=run)
 
 
@@ -39,7 +46,13 @@ def run(args: argparse.Namespace) -> int:
         from tools.demo_federation import FederationDemo
 
         return asyncio.run(FederationDemo(args.timeout).run())
-    return asyncio.run(Demo(args.timeout).run())
+    if getattr(args, "entanglement", False):
+        from tools.demo_entanglement import EntanglementDemo
+
+        return asyncio.run(EntanglementDemo(args.timeout).run())
+    demo = Demo(args.timeout)
+    demo.console = getattr(args, "console", False)
+    return asyncio.run(demo.run())
 
 
 # --- an operator's view of a running stack, over NETCONF and ETSI 014 ----------------------
@@ -213,10 +226,29 @@ class Demo(Steps):
                                lambda: self._start(stack)):
                 async with Operator(stack, self.timeout) as operator:
                     await self._story(operator)
+                if getattr(self, "console", False):
+                    await self._console(stack)
+                else:
+                    print("To look at the network in the operator's console, run `make demo CONSOLE=1` "
+                          "(or `qstrata demo --console`).", flush=True)
         finally:
             print("shutting down ...", flush=True)
             await stack.stop()
         return self.summary()
+
+    async def _console(self, stack) -> None:
+        """The operator's console over the demo's network, until Ctrl-C."""
+        from console.server import ConsoleServer
+        from tools.console_stack import console_levels, console_users, start_line
+        from tools.running import until_stopped
+
+        rows = stack.table()
+        users = console_users(rows)
+        async with ConsoleServer(console_levels(rows), users, title=stack.topology.name) as console:
+            writer, reader = rows[-1].read_write, rows[-1].read_only
+            print(f"\n{start_line(console, users)}\n  {writer[0]} / {writer[1]}, {reader[0]} / {reader[1]}\n"
+                  "The network stays up: cut spans and attach eavesdroppers from the page. Ctrl-C stops.", flush=True)
+            await until_stopped()
 
     async def _start(self, stack) -> str:
         await stack.start()
