@@ -22,7 +22,7 @@ import hashlib
 import os
 import pathlib
 import random
-import select
+import selectors
 import signal
 import sqlite3
 import subprocess
@@ -396,7 +396,9 @@ def _start_child(state_dir: pathlib.Path, log: pathlib.Path, seed: int, ops: int
 
 
 def _wait_ready(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    with selectors.DefaultSelector() as selector:  # epoll: select() refuses descriptors over 1023
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        ready = selector.select(timeout)
     line = proc.stdout.readline() if ready else b""
     if line.strip() != b"ready":
         proc.kill()
