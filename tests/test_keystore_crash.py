@@ -421,15 +421,17 @@ def test_sigkill_at_random_moments_never_reuses_a_pad_nor_serves_a_key_twice(tmp
     started = wall.monotonic()
     for kill in range(KILLS):
         proc = _start_child(state_dir, log, SEED + kill)
-        _wait_ready(proc)
-        wall.sleep(rng.uniform(0.05, 0.6))
-        if proc.poll() is not None:
-            raise AssertionError(f"the child stopped by itself ({proc.returncode}): "
-                                 f"{proc.stderr.read().decode()[-3000:]}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
+        try:
+            _wait_ready(proc)
+            wall.sleep(rng.uniform(0.05, 0.6))
+            if proc.poll() is not None:
+                raise AssertionError(f"the child stopped by itself ({proc.returncode}): "
+                                     f"{proc.stderr.read().decode()[-3000:]}")
+        finally:  # whatever happens, the child (which runs until killed) does not outlive the test
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            proc.stdout.close()
+            proc.stderr.close()
     proc = _start_child(state_dir, log, SEED + KILLS, ops=60)  # after the last kill it carries on
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()[-3000:]
