@@ -20,7 +20,7 @@ from devices.base import DEMO_PASSWORDS
 from devices.host import DeviceHost
 from devices.topology import Topology, default_topology
 from models.service import SESSIONS_FILTER, ServiceView
-from netconf_core import Endpoint, NetconfServer, Schema, User, standard_nacm
+from netconf_core import Endpoint, NetconfClient, NetconfServer, Schema, User, standard_nacm
 from tools.cmd_demo import Operator
 from tools.stack import Stack
 
@@ -98,6 +98,39 @@ class HostedDevices:
         async with asyncio.timeout(timeout):
             while not await condition():
                 await asyncio.sleep(0.05)
+
+
+class ForwardingStack(HostedDevices):
+    """Madrid devices, a connectivity controller and a forwarding controller over them (its
+    `resync_period` and other options given), both synced; `client()` reaches the forwarding
+    controller, `client(device)` a device."""
+
+    USERS = {"admin": User(password="admin"), "monitor": User(password="monitor")}
+
+    def __init__(self, resync_period: float = 3600, **forwarding_options) -> None:
+        from controller.connectivity import ConnectivityController
+        from controller.forwarding import ForwardingController
+
+        super().__init__(default_topology())
+        fibre = self.of_kind("fibre-plant", "optical-switch")
+        self.connectivity = ConnectivityController("connectivity", fibre, self.USERS, resync_period=3600)
+        self.run(self.connectivity.start())
+        self.ctl = ForwardingController(
+            "forwarding", self.of_kind("qkd-node"),
+            Endpoint("connectivity", "127.0.0.1", self.connectivity.port, "admin", "admin",
+                     host_key=self.connectivity.server.public_host_key), self.USERS,
+            km_by_site={km.site: km.id for km in self.topology.key_managers}, resync_period=resync_period,
+            **forwarding_options)
+        self.run(self.ctl.start())
+        self.run(self.connectivity.wait_synced())
+        self.run(self.ctl.wait_synced())
+
+    def close(self) -> None:
+        super().close(self.ctl, self.connectivity)
+
+    async def client(self, device: str | None = None):
+        port = self.devices[device].port if device else self.ctl.port
+        return await NetconfClient.connect("127.0.0.1", port, "admin", password="admin")
 
 
 @pytest.fixture

@@ -18,13 +18,11 @@ import pytest
 from lxml import etree
 from ncclient.operations.rpc import RPCError as NcRPCError
 
-from conftest import HostedDevices
-from controller.connectivity import ConnectivityController
-from controller.forwarding import ForwardingController, LinkRequest, virt_chain
+from conftest import ForwardingStack
+from controller.forwarding import LinkRequest, virt_chain
 from device_checks import yanglint
 from devices.qkd_node import node_uuid
-from devices.topology import default_topology
-from netconf_core import Endpoint, NetconfClient, User
+from netconf_core import NetconfClient
 
 NW = "urn:ietf:params:xml:ns:yang:ietf-network"
 NT = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
@@ -34,7 +32,6 @@ ETSI = "urn:etsi:qkd:yang:etsi-qkd-node"
 FP = "urn:qstrata:yang:qi-fibre-plant"
 TYPES = "urn:etsi:qkd:yang:etsi-qkd-node-types"
 NS = {"nw": NW, "nt": NT, "f": FWD, "c": CONN, "e": ETSI}
-USERS = {"admin": User(password="admin"), "monitor": User(password="monitor")}
 
 
 def _uuid(n: int) -> str:
@@ -57,30 +54,9 @@ def test_virt_hops_chain_from_source_to_destination_in_any_order() -> None:
 
 # -- the controller over real NETCONF ----------------------------------------------------------------
 
-class Stack(HostedDevices):
+class Stack(ForwardingStack):
     """Madrid devices, a connectivity controller and the forwarding controller on a loop in a
     background thread (so that ncclient can be used from the test)."""
-
-    def __init__(self) -> None:
-        super().__init__(default_topology())
-        fibre = self.of_kind("fibre-plant", "optical-switch")
-        self.connectivity = ConnectivityController("connectivity", fibre, USERS, resync_period=3600)
-        self.run(self.connectivity.start())
-        self.ctl = ForwardingController(
-            "forwarding", self.of_kind("qkd-node"),
-            Endpoint("connectivity", "127.0.0.1", self.connectivity.port, "admin", "admin",
-                     host_key=self.connectivity.server.public_host_key), USERS,
-            km_by_site={km.site: km.id for km in self.topology.key_managers}, resync_period=3600)
-        self.run(self.ctl.start())
-        self.run(self.connectivity.wait_synced())
-        self.run(self.ctl.wait_synced())
-
-    def close(self) -> None:
-        super().close(self.ctl, self.connectivity)
-
-    async def client(self, device: str | None = None) -> NetconfClient:
-        port = self.devices[device].port if device else self.ctl.port
-        return await NetconfClient.connect("127.0.0.1", port, "admin", password="admin")
 
     def ncclient(self):
         return super().ncclient(self.ctl.port)

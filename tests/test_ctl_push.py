@@ -14,11 +14,7 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
-from conftest import HostedDevices
-from controller.connectivity import ConnectivityController
-from controller.forwarding import ForwardingController
-from devices.topology import default_topology
-from netconf_core import Endpoint, NetconfClient, User
+from conftest import ForwardingStack
 
 NW = "urn:ietf:params:xml:ns:yang:ietf-network"
 NT = "urn:ietf:params:xml:ns:yang:ietf-network-topology"
@@ -32,7 +28,6 @@ NS = {"f": FWD, "e": ETSI, "sn": SN}
 # An intercept-resend on this share of the photons: QBER + 0.1 %, skr a few % lower, which
 # the nodes do not notify.
 EAVESDROPPED = 0.004
-USERS = {"admin": User(password="admin"), "monitor": User(password="monitor")}
 QKDL = "00000000-0000-4000-8000-000000000001"
 # The quantum channel of qkd-quintin:1 - qkd-distrito:2 bypasses Concepcion through sw-concepcion.
 QD = (f'<networks xmlns="{NW}" xmlns:t="{TYPES}"><network><network-id>qkd</network-id>'
@@ -43,24 +38,12 @@ QD = (f'<networks xmlns="{NW}" xmlns:t="{TYPES}"><network><network-id>qkd</netwo
       f'</link></network></networks>')
 
 
-class Stack(HostedDevices):
+class Stack(ForwardingStack):
     """Madrid devices, a connectivity controller and a forwarding controller (its resync
     period and watches given), with the PHYS link q-d ACTIVE."""
 
     def __init__(self, resync_period: float, **kwargs) -> None:
-        super().__init__(default_topology())
-        fibre = self.of_kind("fibre-plant", "optical-switch")
-        self.connectivity = ConnectivityController("connectivity", fibre, USERS, resync_period=3600)
-        self.run(self.connectivity.start())
-        self.ctl = ForwardingController(
-            "forwarding", self.of_kind("qkd-node"),
-            Endpoint("connectivity", "127.0.0.1", self.connectivity.port, "admin", "admin",
-                     host_key=self.connectivity.server.public_host_key), USERS,
-            km_by_site={km.site: km.id for km in self.topology.key_managers}, resync_period=resync_period,
-            **kwargs)
-        self.run(self.ctl.start())
-        self.run(self.connectivity.wait_synced())
-        self.run(self.ctl.wait_synced())
+        super().__init__(resync_period, **kwargs)
         self.run(self._configure())
 
     async def _configure(self) -> None:
@@ -68,13 +51,6 @@ class Stack(HostedDevices):
             await nc.edit_config(QD, target="candidate")
             await nc.commit()
         await self.until(lambda: self.has("status", "etsi-qkdn-types:ACTIVE"))
-
-    def close(self) -> None:
-        super().close(self.ctl, self.connectivity)
-
-    async def client(self, device: str | None = None) -> NetconfClient:
-        port = self.devices[device].port if device else self.ctl.port
-        return await NetconfClient.connect("127.0.0.1", port, "admin", password="admin")
 
     async def link_state(self) -> etree._Element:
         """q-d's qkd-link state as the controller serves it north."""

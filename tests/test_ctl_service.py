@@ -461,7 +461,8 @@ def test_eavesdropper_on_the_path_moves_the_session_off_the_alarmed_link(running
     before, events, state, keys = running.run(scenario())
     assert before == ROUTE_B
     (status, reason), *_, (final, replanned) = events
-    assert status == "degraded" and reason.startswith("link a-n ") and "QBER" in reason   # down, or alarmed
+    # The node may report the link down (PASSIVE) before or after the QBER alarm reaches the controller.
+    assert status == "degraded" and reason.startswith("link a-n ") and ("QBER" in reason or "PASSIVE" in reason)
     assert final == "active" and replanned.startswith(f"re-planned over {ROUTE_A} on 3 key managers: link a-n ")
     assert (state["status"], state["path"]) == ("active", ROUTE_A)
     assert len(keys) == 2
