@@ -16,7 +16,7 @@ discovered, not configured:
 
 The topology is written into the controller's running datastore (a server-originated
 commit); a client edit of it is refused. Nodes are read when they connect, on each of their
-link-status-change and fidelity-alarm notifications, and at every resync; then the links are
+link-status-change, fidelity-alarm and memory-alarm notifications, and at every resync; then the links are
 compared with what was last reported north and entanglement-link-change is sent for a link
 that changed status or whose rate or fidelity moved by more than HYSTERESIS (a link that
 disappeared is reported down). The service stratum re-plans on these notifications.

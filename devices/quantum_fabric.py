@@ -1,10 +1,12 @@
 """The emulated physical layer of a network's quantum nodes: elementary pairs over the fibre
 plant, memories, swaps, purification, cut-off and the pairs delivered to the end nodes.
 
-One `QuantumFabric` per network (in `NetworkContext.shared`) joins the quantum nodes that run
-in one device host, as the two ends of a link must see the same pair. It follows the
-entanglement reference (docs/entanglement.md names it) event by event, in the network's
-emulated time (the twin's clock), with the formulas of `entanglement_physics`:
+One `QuantumFabric` per network, kept by the network's twin service (devices/twin_service.py)
+over its `Twin`, joins the quantum nodes of every device process, as the two ends of a link
+must see the same pair: the nodes register with the service (`QuantumRegistration`) and reach
+the fabric only through it. It follows the entanglement reference (docs/entanglement.md names
+it) event by event, in the network's emulated time (the twin's clock), with the formulas of
+`entanglement_physics`:
 
 - an elementary link makes pairs when both ends are up and agree (each end's peer-node is the
   other, both enabled) and the light of one end's interface reaches the other's over the
@@ -34,24 +36,26 @@ emulated time (the twin's clock), with the formulas of `entanglement_physics`:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import random
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Callable
+
+from lxml import etree
 
 from devices.twin import Endpoint, Twin
 from entanglement_physics import NodeProfile, Scheme, elementary_link, werner
-from models.quantum_node import DeliveredPair, LinkState, NodeConfig, SessionPlan, SessionState
-
-if TYPE_CHECKING:
-    from devices.twin_service import TwinClient
+from models.ns import QUANTUM_NODE as QN
+from models.quantum_node import (DeliveredPair, LinkState, NodeConfig, NodeState, SessionPlan, SessionState,
+                                 read_node)
 
 log = logging.getLogger(__name__)
 
-SHARED_KEY = "quantum-fabric"
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True, huge_tree=False)
 TICK_S = 0.05                 # real seconds between two advances of the emulation
 MAX_EVENTS_PER_TICK = 20000   # link successes processed per session and tick, at most
 RATE_WINDOW_S = 10.0          # delivered-rate is measured over this much emulated time
@@ -59,17 +63,51 @@ FIDELITY_WINDOW = 50          # delivered-fidelity: mean over the last this many
 BELL_STATE = "phi-plus"       # the end nodes apply the swaps' Pauli corrections
 
 
-class QuantumNodeEnd(Protocol):
-    """What the fabric needs of a running quantum node (devices/quantum_node.py)."""
+@dataclass(frozen=True)
+class QuantumRegistration:
+    """A running quantum node as the twin service knows it: its device id (the node-id), its
+    configuration (its <quantum-node> element, defaults reported, read by the model's one
+    reader) and its faults: storage qubits out of service, the factor of a loss of coherence."""
 
     node_id: str
     config: NodeConfig | None
-    up: bool
-    failed_qubits: int
-    decoherence_rate: float
+    failed_qubits: int = 0
+    coherence_factor: float = 1.0
 
-    def fabric_changed(self) -> None:
-        """Called after each advance: report what changed."""
+    @property
+    def up(self) -> bool:
+        return self.config is not None
+
+    @property
+    def decoherence_rate(self) -> float:
+        t2 = self.config.storage_t2_s if self.config else None
+        return (1 / t2 if t2 else 0.0) * self.coherence_factor
+
+    @staticmethod
+    def body(config: etree._Element | None, failed_qubits: int, coherence_factor: float) -> dict:
+        """The JSON a node registers with (PUT /quantum-nodes/{node-id})."""
+        return {"config": etree.tostring(config, encoding="unicode") if config is not None else None,
+                "failed_qubits": failed_qubits, "coherence_factor": coherence_factor}
+
+    @classmethod
+    def from_json(cls, node_id: str, data: dict) -> QuantumRegistration:
+        try:
+            text, failed, factor = data["config"], data["failed_qubits"], data["coherence_factor"]
+            if isinstance(failed, bool) or not isinstance(failed, int) or failed < 0:
+                raise ValueError(f"failed_qubits must be an integer >= 0, got {failed!r}")
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
+                raise ValueError(f"coherence_factor must be a number >= 1, got {factor!r}")
+            config = None
+            if text is not None:
+                root = etree.fromstring(text.encode(), _PARSER)
+                if root.tag != QN("quantum-node"):
+                    raise ValueError(f"config must be a <quantum-node> element of {QN}")
+                config = read_node(root)
+                if config.node_id not in (None, node_id):
+                    raise ValueError(f"config names node {config.node_id}, not {node_id}")
+            return cls(node_id, config, failed, float(factor))
+        except (KeyError, TypeError, AttributeError, etree.XMLSyntaxError) as exc:
+            raise ValueError(f"not a quantum node registration: {exc!r}") from None
 
 
 @dataclass
@@ -122,25 +160,6 @@ class LinkReading:
     fidelity: float | None = None
 
 
-def plant_twin(plant: dict) -> Twin:
-    """A Twin of the plant as the twin service describes it (GET /plant): the one place the
-    quantum nodes read optical paths from, with the twin's own path tracing."""
-    twin = Twin()
-    for site in plant.get("sites", []):
-        twin.add_site(site)
-    for switch_id, switch in plant.get("switches", {}).items():
-        twin.add_switch(switch_id, switch["ports"], switch["insertion_loss_db"])
-    for span_id, span in plant.get("spans", {}).items():
-        twin.add_span(span_id, Endpoint.parse(span["a"]), Endpoint.parse(span["b"]), span["length_km"],
-                      span["attenuation_db_per_km"])
-        if span["cut"]:
-            twin.spans[span_id].cut = True
-    for switch_id, switch in plant.get("switches", {}).items():
-        for port_a, port_b, loss in switch["cross_connects"]:
-            twin.connect(switch_id, port_a, port_b, insertion_loss_db=loss)
-    return twin
-
-
 def attachment_endpoint(site: str | None, switch: str | None, port: int | None) -> Endpoint | None:
     if switch:
         return Endpoint(switch, port)
@@ -157,63 +176,76 @@ def profile_of(config: NodeConfig, alpha_db_per_km: float) -> NodeProfile:
 
 
 class QuantumFabric:
-    def __init__(self, twin: TwinClient, rng: random.Random | None = None) -> None:
+    """`on_advance(changed)`: called after each tick with the node-ids whose links' status or
+    fidelity changed since the last (the twin service wakes those nodes)."""
+
+    def __init__(self, twin: Twin, rng: random.Random | None = None,
+                 on_advance: Callable[[set[str]], None] | None = None) -> None:
         self.twin = twin
         self.rng = rng or random.Random()
-        self.nodes: dict[str, QuantumNodeEnd] = {}
+        self.on_advance = on_advance
+        self.nodes: dict[str, QuantumRegistration] = {}
         self.runs: dict[str, SessionRun] = {}
         self.received: dict[tuple[str, str], deque[DeliveredPair]] = {}  # (node, creator) -> halves to serve
         self.generated: dict[str, int] = {}  # link -> pairs made
         self._readings: dict[str, LinkReading] | None = None
-        self._plant: Twin | None = None
+        self._seen: dict[str, tuple] = {}  # node -> its links' status and fidelity last reported
         self._ticker: asyncio.Task | None = None
-
-    @classmethod
-    def of(cls, shared: dict, twin: TwinClient, seed: float | None = None) -> QuantumFabric:
-        """The fabric of the network whose devices share `shared`, made by its first node."""
-        fabric = shared.get(SHARED_KEY)
-        if fabric is None:
-            fabric = shared[SHARED_KEY] = cls(twin, random.Random(seed))
-        return fabric
 
     # -- membership ------------------------------------------------------------------------
 
-    def join(self, node: QuantumNodeEnd) -> None:
+    def register(self, node: QuantumRegistration) -> None:
+        """A node's registration, new or changed: pairs decay at the old rates until now, then
+        the new configuration and faults hold (pairs beyond the qubits in service are lost)."""
+        self.advance(self.twin.clock.now())
         self.nodes[node.node_id] = node
         self.changed()
+        self.enforce_capacity(node.node_id)
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="quantum fabric")
 
-    def leave(self, node: QuantumNodeEnd) -> None:
-        if self.nodes.get(node.node_id) is node:
-            del self.nodes[node.node_id]
+    def unregister(self, node_id: str) -> None:
+        self.advance(self.twin.clock.now())
+        self.nodes.pop(node_id, None)
+        self._seen.pop(node_id, None)
         self.changed()
-        if not self.nodes and self._ticker is not None:
+        if not self.nodes:
+            self.stop()
+
+    def stop(self) -> None:
+        if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
 
-    def changed(self, plant: bool = False) -> None:
+    def changed(self) -> None:
         """A node's configuration or state, or the plant, changed: read the links again."""
         self._readings = None
-        if plant:
-            self._plant = None
 
     async def _tick(self) -> None:
         while True:
             try:
                 self.advance(self.twin.clock.now())
-                for node in list(self.nodes.values()):
-                    node.fabric_changed()
+                if self.on_advance is not None:
+                    self.on_advance(self.moved())
             except Exception:
                 log.exception("quantum fabric: advance failed")
             await asyncio.sleep(TICK_S)
+
+    def moved(self) -> set[str]:
+        """The nodes whose links' status or fidelity changed since the last call."""
+        moved = set()
+        for node_id, node in self.nodes.items():
+            seen = tuple((link_id, state.status, state.fidelity) for link_id in (node.config.links if node.config else {})
+                         for state in (self.link_state(node_id, link_id),))
+            if self._seen.get(node_id) != seen:
+                self._seen[node_id] = seen
+                moved.add(node_id)
+        return moved
 
     # -- elementary links ------------------------------------------------------------------
 
     def readings(self) -> dict[str, LinkReading]:
         if self._readings is None:
-            if self._plant is None:
-                self._plant = plant_twin(self.twin.plant)
             self._readings = {}
             for node in self.nodes.values():
                 for link_id in (node.config.links if node.config else {}):
@@ -227,7 +259,7 @@ class QuantumFabric:
             return LinkReading(False, f"{node_id} is not running")
         return reading
 
-    def _read(self, node: QuantumNodeEnd, link_id: str) -> LinkReading:
+    def _read(self, node: QuantumRegistration, link_id: str) -> LinkReading:
         link = node.config.links[link_id]
         if not node.up:
             return LinkReading(False, f"{node.node_id} is down")
@@ -250,16 +282,16 @@ class QuantumFabric:
         if None in ends:
             return LinkReading(False, "an interface of the link has no fibre attachment")
         try:
-            path = self._plant.path_between(*ends)
+            path = self.twin.path_between(*ends)
         except ValueError as exc:
             return LinkReading(False, f"fibre attachment outside the plant: {exc}")
         if path is None:
             return LinkReading(False, f"no optical path between {ends[0]} and {ends[1]}")
-        loss = self._plant.path_loss_db(path)
+        loss = self.twin.path_loss_db(path)
         length = link.length_km if link.length_km is not None else sum(
-            self._plant.spans[s].length_km for s in path.spans)
-        if not self._plant.path_up(path):
-            cut = [s for s in path.spans if self._plant.spans[s].cut]
+            self.twin.spans[s].length_km for s in path.spans)
+        if not self.twin.path_up(path):
+            cut = [s for s in path.spans if self.twin.spans[s].cut]
             return LinkReading(False, f"span {', '.join(cut)} cut", loss, length)
         first = min((node, peer), key=lambda n: n.node_id)
         alpha = loss / length if length > 0 else 0.0
@@ -585,3 +617,29 @@ class QuantumFabric:
                             sum(fidelities) / len(fidelities) if end and fidelities else None,
                             rate if end else None)
 
+
+    def report(self, node_id: str) -> dict:
+        """The node's state as the twin service serves it (GET /quantum-nodes/{node-id}):
+        its own links and sessions only."""
+        node = self.nodes[node_id]
+        links = node.config.links if node.config else {}
+        sessions = node.config.sessions if node.config else {}
+        return {"in_use": self.in_use(node_id), "failed_qubits": node.failed_qubits,
+                "decoherence_rate": node.decoherence_rate,
+                "links": {link_id: dataclasses.asdict(self.link_state(node_id, link_id)) for link_id in links},
+                "sessions": {name: dataclasses.asdict(self.session_state(node_id, name)) for name in sessions}}
+
+
+def read_report(data: dict) -> NodeState:
+    """A node's state from the twin service's report."""
+    return NodeState(int(data["in_use"]), int(data["failed_qubits"]), float(data["decoherence_rate"]),
+                     {link_id: LinkState(**link) for link_id, link in data["links"].items()},
+                     {name: SessionState(**session) for name, session in data["sessions"].items()})
+
+
+def pair_json(pair: DeliveredPair) -> dict:
+    return dataclasses.asdict(pair)
+
+
+def read_pairs_json(data: dict) -> list[DeliveredPair]:
+    return [DeliveredPair(**pair) for pair in data["pairs"]]

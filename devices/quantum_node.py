@@ -6,10 +6,13 @@ photonics, the interfaces with their fibre attachment, and the elementary links.
 are hardware: an edit that adds one, or moves one to another attachment, is refused
 (invalid-value), as is a node-id that is not this node's.
 
-The physics is the network's `QuantumFabric` (devices/quantum_fabric.py): elementary links
-from the plant's optical paths (read through the twin service's plant description, like every
-device), time-stamped pairs in the nodes' memories, purification, swaps in the configured
-order, cut-off, delivery. Emulated time is the twin's clock.
+The physics is the network's `QuantumFabric` (devices/quantum_fabric.py), which the network's
+twin service keeps: elementary links from the plant's optical paths, time-stamped pairs in
+the nodes' memories, purification, swaps in the configured order, cut-off, delivery. The node
+reaches it only through its `TwinClient`, as a QKD node reaches its links, so that the nodes
+of one network may run in several device processes: it registers its configuration and
+faults (`PUT /quantum-nodes/{node-id}`), reads its own links and sessions, and claims and
+receives its pairs (docs/twin-service.md). Emulated time is the twin's clock.
 
 Sessions are configured by the entanglement service controller on every node of their path
 (the same entry on each); this node refuses an entry in which it is not on the path exactly
@@ -19,22 +22,23 @@ cannot, or that makes it an end of a path when it is a repeater.
 
 Faults: inject-coherence-loss multiplies the decoherence rate (every stored pair decays
 faster from then on), inject-memory-failure takes storage qubits out of service (the pairs
-they held are lost); fibre cuts are plant changes (the fibre plant device's or the
-connectivity controller's cut action).
+they held are lost); each, and its clearing, sends a `memory-alarm` notification. Fibre cuts
+are plant changes (the fibre plant device's or the connectivity controller's cut action).
 
 Delivery to applications: create-pairs and receive-pairs (docs/entanglement.md, "Delivery").
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 from lxml import etree
 
 from devices.base import Device, NetworkContext
-from devices.quantum_fabric import QuantumFabric
+from devices.quantum_fabric import QuantumRegistration, read_pairs_json, read_report
 from devices.topology import EntanglementLinkSpec, QuantumNodeSpec
-from devices.twin import PlantChange
+from devices.twin_service import TwinError
 from models import quantum_node as model
 from models.ns import QUANTUM_NODE as QN
 from netconf_core.datastore import empty_tree
@@ -43,9 +47,11 @@ from netconf_core.ns import decimal
 from netconf_core.session import Session
 
 
+log = logging.getLogger(__name__)
+
 MODULE = "qi-quantum-node"
 ROOT_PATH = f"/{MODULE}:quantum-node"
-POLL_S = 0.02  # real seconds between two looks for pairs while a create-pairs request waits
+POLL_S = 0.05  # real seconds between two looks for pairs while a create-pairs request waits
 
 
 def _refused(message: str, path: str = ROOT_PATH, tag: str = "invalid-value") -> RPCError:
@@ -69,10 +75,9 @@ class QuantumNodeDevice(Device):
         self.node_id = spec.id
         self.link_specs = tuple(l for l in links if spec.id in (l.a[0], l.b[0]))
         self.config: model.NodeConfig | None = None
+        self._config_element: etree._Element | None = None  # as registered with the twin service
         self.coherence_factor = 1.0
         self.failed_qubits = 0
-        seed = network.twin.rng.random() if network.twin is not None else None  # a host's seed carries over
-        self.fabric = QuantumFabric.of(network.shared, network.client, seed)
         self.reported: dict[str, str] = {}   # link -> status last notified
         self.alarmed: set[str] = set()       # links whose fidelity is below their threshold
         for name, handler in (("inject-coherence-loss", self._inject_coherence_loss),
@@ -81,15 +86,6 @@ class QuantumNodeDevice(Device):
                               ("clear-memory-failure", self._clear_memory_failure),
                               ("create-pairs", self._create_pairs), ("receive-pairs", self._receive_pairs)):
             self.server.add_rpc(f"/{MODULE}:{name}", handler)
-
-    @property
-    def up(self) -> bool:
-        return self.config is not None
-
-    @property
-    def decoherence_rate(self) -> float:
-        t2 = self.config.storage_t2_s if self.config else None
-        return (1 / t2 if t2 else 0.0) * self.coherence_factor
 
     # -- inventory and configuration --------------------------------------------------------
 
@@ -134,22 +130,37 @@ class QuantumNodeDevice(Device):
         on_switch = end.node in self.twin.plant.get("switches", {})
         return model.Attachment(self.spec.site, end.node if on_switch else None, end.port)
 
-    async def start(self) -> None:
-        await super().start()
-        self.fabric.join(self)
-
     async def stop(self) -> None:
-        self.fabric.leave(self)
+        if self._joined and self.twin.address is not None:
+            try:
+                await self.twin.request("DELETE", f"/quantum-nodes/{self.id}", self.id)
+            except TwinError as error:
+                log.warning("%s: could not unregister from the twin service: %s", self.id, error)
         await super().stop()
 
     async def apply(self, before: etree._Element, after: etree._Element) -> None:
         tree = self.server.with_defaults(after, "report-all", config_only=True)
-        config = model.read_node(tree.find(QN("quantum-node")))
+        element = tree.find(QN("quantum-node"))
+        config = model.read_node(element)
         if config is not None:
             self._check(config)
-        self.config = config
-        self.fabric.changed()
-        self.fabric.enforce_capacity(self.id)
+        await self._register(element, self.failed_qubits, self.coherence_factor)
+        self.config, self._config_element = config, element
+
+    async def _register(self, element: etree._Element | None, failed_qubits: int, coherence_factor: float) -> dict:
+        """Tell the twin service this node's configuration and faults (its fabric applies them
+        from now on); a refusal or an unreachable service refuses the change, so that nothing is
+        half-applied. The node's state as the service then sees it."""
+        await self._twin("PUT", "", QuantumRegistration.body(element, failed_qubits, coherence_factor))
+        return await self._twin("GET")
+
+    async def _twin(self, method: str, resource: str = "", body: dict | None = None) -> dict:
+        """A request about this node to the twin service; its failure as an RPCError."""
+        try:
+            return await self.twin.request(method, f"/quantum-nodes/{self.id}{resource}", self.id, body)
+        except TwinError as error:
+            raise RPCError("operation-failed", f"{self.id}: the network's twin service refused or is unreachable: "
+                                               f"{error}", path=ROOT_PATH, path_nsmap={MODULE: QN}) from None
 
     def _check(self, config: model.NodeConfig) -> None:
         if config.node_id is not None and config.node_id != self.id:
@@ -198,28 +209,49 @@ class QuantumNodeDevice(Device):
         if k in (0, last) and config.role == "repeater":
             raise _refused(f"session {plan.name}: {self.id} is a repeater, not an end node of a path", where)
 
-    def plant_changed(self, change: PlantChange) -> None:
-        self.fabric.changed(plant=True)
-
     # -- reports ------------------------------------------------------------------------------
 
-    def fabric_changed(self) -> None:
-        """After each advance of the fabric: notify link status changes and fidelity alarms."""
+    def twin_event(self, event: dict) -> None:
+        """The service says this node's links moved (or the event stream was lost, when the
+        service may have restarted: register again)."""
+        if event["type"] == "quantum" and self.id in event["wake"]:
+            self.spawn(self._refresh())
+        elif event["type"] == "resync":
+            self.spawn(self._refresh(register=True))
+
+    async def _refresh(self, register: bool = False) -> None:
+        try:
+            if register:
+                await self._register(self._config_element, self.failed_qubits, self.coherence_factor)
+            await self._read()
+        except RPCError as error:
+            log.warning("%s", error.message)
+
+    async def _read(self) -> model.NodeState | None:
+        """The node's state from the twin service, after notifying what changed in it."""
         if self.config is None:
-            return
+            return None
+        state = read_report(await self._twin("GET"))
+        self._report(state)
+        return state
+
+    def _report(self, state: model.NodeState) -> None:
+        """Notify link status changes and fidelity alarms since the last report."""
         events = []
         for link_id, link in self.config.links.items():
-            state = self.fabric.link_state(self.id, link_id)
+            current = state.links.get(link_id)
+            if current is None:
+                continue
             previous = self.reported.get(link_id)
-            if previous != state.status:
-                self.reported[link_id] = state.status
-                events.append(model.link_status_change(link_id, state.status, previous,
-                                                       state.reason or ("making pairs" if state.status == "up"
-                                                                        else "no pairs")))
-            low = state.status == "up" and state.fidelity is not None and state.fidelity < link.fidelity_threshold
+            if previous != current.status:
+                self.reported[link_id] = current.status
+                events.append(model.link_status_change(link_id, current.status, previous,
+                                                       current.reason or ("making pairs" if current.status == "up"
+                                                                          else "no pairs")))
+            low = current.status == "up" and current.fidelity is not None and current.fidelity < link.fidelity_threshold
             if low != (link_id in self.alarmed):
                 (self.alarmed.add if low else self.alarmed.discard)(link_id)
-                events.append(model.fidelity_alarm(link_id, state.fidelity or 0.0, link.fidelity_threshold, low))
+                events.append(model.fidelity_alarm(link_id, current.fidelity or 0.0, link.fidelity_threshold, low))
         for link_id in set(self.reported) - set(self.config.links):
             del self.reported[link_id]
         if events:
@@ -230,77 +262,82 @@ class QuantumNodeDevice(Device):
             await self.notify(event)
 
     async def state(self) -> etree._Element | None:
-        if self.config is None:
+        state = await self._read()   # what a <get> shows has been notified
+        if state is None:
             return None
-        self.fabric.advance(self.twin.clock.now())
-        self.fabric_changed()  # what a <get> shows has been notified
         data = empty_tree()
-        data.append(model.node_state(model.NodeState(
-            self.fabric.in_use(self.id), self.failed_qubits, self.decoherence_rate,
-            {link_id: self.fabric.link_state(self.id, link_id) for link_id in self.config.links},
-            {name: self.fabric.session_state(self.id, name) for name in self.config.sessions})))
+        data.append(model.node_state(state))
         return data
 
     # -- faults ----------------------------------------------------------------------------------
 
+    async def _fault(self, fault: str, failed_qubits: int, coherence_factor: float, reason: str) -> None:
+        """Apply a fault (through the twin service, whose fabric decays pairs at the old rate
+        until now) and send its memory-alarm."""
+        before = read_report(await self._twin("GET"))
+        after = read_report(await self._register(self._config_element, failed_qubits, coherence_factor))
+        raised = (failed_qubits > self.failed_qubits) if fault == "memory-failure" else coherence_factor > 1
+        self.failed_qubits, self.coherence_factor = failed_qubits, coherence_factor
+        lost = max(0, sum(s.pairs_discarded for s in after.sessions.values())
+                   - sum(s.pairs_discarded for s in before.sessions.values()))
+        count = self.config.storage_qubits if self.config else 0
+        await self.notify(model.memory_alarm(fault, raised, after.decoherence_rate, max(0, count - failed_qubits),
+                                             lost, reason))
+        self._report(after)
+
     async def _inject_coherence_loss(self, session: Session, rpc: etree._Element, context) -> None:
-        self.fabric.advance(self.twin.clock.now())  # pairs decay at the old rate until now
-        self.coherence_factor = float(QN.text(rpc, "factor"))
-        self.fabric.changed()
+        factor = float(QN.text(rpc, "factor"))
+        await self._fault("coherence-loss", self.failed_qubits, factor,
+                          f"coherence loss injected: decoherence rate x {factor:g}")
 
     async def _clear_coherence_loss(self, session: Session, rpc: etree._Element, context) -> None:
-        self.fabric.advance(self.twin.clock.now())
-        self.coherence_factor = 1.0
-        self.fabric.changed()
+        await self._fault("coherence-loss", self.failed_qubits, 1.0, "coherence loss cleared")
 
     async def _inject_memory_failure(self, session: Session, rpc: etree._Element, context) -> None:
         count = self.config.storage_qubits if self.config else 0
-        self.failed_qubits = min(count, self.failed_qubits + int(QN.text(rpc, "qubits")))
-        self.fabric.enforce_capacity(self.id)
-        self.fabric.changed()
+        qubits = int(QN.text(rpc, "qubits"))
+        await self._fault("memory-failure", min(count, self.failed_qubits + qubits), self.coherence_factor,
+                          f"{qubits} storage qubit(s) failed")
 
     async def _clear_memory_failure(self, session: Session, rpc: etree._Element, context) -> None:
-        self.failed_qubits = 0
-        self.fabric.changed()
+        await self._fault("memory-failure", 0, self.coherence_factor, "failed storage qubits back in service")
 
     # -- delivery ---------------------------------------------------------------------------------
 
-    def _run_with(self, remote: str, rpc_name: str):
+    def _plan_with(self, remote: str, rpc_name: str) -> model.SessionPlan:
         if self.config is None or self.config.role != "end-node":
             raise _refused(f"unsupported: {self.id} is not an end node", f"/{MODULE}:{rpc_name}", "operation-not-supported")
         if remote == self.id:
             raise _refused(f"remote-node {remote} is this node", f"/{MODULE}:{rpc_name}/remote-node")
         plan = next((p for p in self.config.sessions.values() if {p.path[0], p.path[-1]} == {self.id, remote}), None)
-        run = self.fabric.runs.get(plan.name) if plan is not None else None
         if plan is None:
             raise _refused(f"unsupported: no entanglement session between {self.id} and {remote} is configured here",
                            f"/{MODULE}:{rpc_name}/remote-node", "operation-failed")
-        return plan, run
+        return plan
 
     async def _create_pairs(self, session: Session, rpc: etree._Element, context) -> list[etree._Element]:
         remote = QN.text(rpc, "remote-node")
         number = int(QN.text(rpc, "number", "1"))
         min_fidelity = float(QN.text(rpc, "min-fidelity", "0.5"))
         measure = QN.text(rpc, "type", "create-and-keep") == "measure-directly"
-        bases = tuple(b.text for b in QN.all(rpc, "basis"))
+        bases = [b.text for b in QN.all(rpc, "basis")]
         max_time = float(QN.text(rpc, "max-time", "10"))
-        plan, _ = self._run_with(remote, "create-pairs")
+        plan = self._plan_with(remote, "create-pairs")
         if measure and not self.config.can_measure:
             raise _refused(f"unsupported: {self.id} cannot measure directly", "/qi-quantum-node:create-pairs/type",
                            "operation-not-supported")
         pairs: list[model.DeliveredPair] = []
         deadline = asyncio.get_running_loop().time() + max_time
         while True:
-            now = self.twin.clock.now()
-            self.fabric.advance(now)
-            run = self.fabric.runs.get(plan.name)
-            if run is not None:
-                pairs += self.fabric.claim(run, self.id, number - len(pairs), min_fidelity, measure, bases, now)
+            reply = await self._twin("POST", "/pairs/claim", {
+                "remote": remote, "number": number - len(pairs), "min_fidelity": min_fidelity, "measure": measure,
+                "bases": bases})
+            pairs += read_pairs_json(reply)
             if len(pairs) >= number or asyncio.get_running_loop().time() >= deadline:
                 break
             await asyncio.sleep(POLL_S)
         if not pairs:
-            why = f"session {plan.name} is {run.status}: {run.reason}" if run is not None and run.reason else \
+            why = f"session {plan.name} is {reply['status']}: {reply['reason']}" if reply["reason"] else \
                 f"no pair of goodness >= {min_fidelity} came"
             raise _refused(f"no time left: no pair with {remote} within {max_time:g} s ({why})",
                            "/qi-quantum-node:create-pairs", "resource-denied")
@@ -310,5 +347,6 @@ class QuantumNodeDevice(Device):
 
     async def _receive_pairs(self, session: Session, rpc: etree._Element, context) -> list[etree._Element]:
         remote = QN.text(rpc, "remote-node")
-        self._run_with(remote, "receive-pairs")
-        return [model.pair_element(p) for p in self.fabric.receive(self.id, remote, int(QN.text(rpc, "number", "1000")))]
+        self._plan_with(remote, "receive-pairs")
+        reply = await self._twin("POST", "/pairs/receive", {"remote": remote, "number": int(QN.text(rpc, "number", "1000"))})
+        return [model.pair_element(p) for p in read_pairs_json(reply)]

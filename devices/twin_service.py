@@ -13,6 +13,11 @@ service applies the rule of devices/qkd_node.py to decide when the two ends of a
 agree, keeps the reading of each link for a node's period so that both ends report the same
 figures, and sets the rate of the link's key stream, which it hands only to the link's two
 ends and the key managers of their sites.
+
+The quantum nodes register here too (their configuration and faults): the service keeps the
+network's `QuantumFabric` (devices/quantum_fabric.py), the one physical layer of their
+elementary links, memories and pairs, and serves each node its own links, sessions and pairs
+only, each pair half once, to the end node it belongs to.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,6 +35,7 @@ import aiohttp
 from aiohttp import web
 
 from devices.keystore import KeyStream
+from devices.quantum_fabric import QuantumFabric, QuantumRegistration, pair_json
 from devices.twin import Clock, Endpoint, LinkReading, PlantChange, Twin
 from qkd_physics import DeviceProfile, effective_key_rate
 
@@ -302,6 +309,7 @@ class TwinService:
         self._end_sites: dict[str, str] = {}
         self._generated: set[str] = set()  # links that have distilled key (the key managers may hold it)
         self._queues: set[asyncio.Queue] = set()
+        self._quantum: QuantumFabric | None = None  # made when the first quantum node registers
         self._runner: web.AppRunner | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._boot_id = boot_id()
@@ -327,6 +335,11 @@ class TwinService:
         r.add_get(f"{API}/nodes/{{qkdn_id}}/links", self._get_links)
         r.add_get(f"{API}/streams/{{link}}", self._get_stream)
         r.add_post(f"{API}/streams/{{link}}/adopt", self._adopt_stream)
+        r.add_put(f"{API}/quantum-nodes/{{node}}", self._put_quantum_node)
+        r.add_delete(f"{API}/quantum-nodes/{{node}}", self._delete_quantum_node)
+        r.add_get(f"{API}/quantum-nodes/{{node}}", self._get_quantum_node)
+        r.add_post(f"{API}/quantum-nodes/{{node}}/pairs/claim", self._claim_pairs)
+        r.add_post(f"{API}/quantum-nodes/{{node}}/pairs/receive", self._receive_pairs)
         r.add_get(f"{API}/events", self._events)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -339,6 +352,8 @@ class TwinService:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._quantum is not None:
+            self._quantum.stop()
         for queue in list(self._queues):
             queue.put_nowait(None)
         if self._runner is not None:
@@ -383,6 +398,8 @@ class TwinService:
 
     def _plant_changed(self, change: PlantChange) -> None:
         self.registry.invalidate()
+        if self._quantum is not None:
+            self._quantum.changed()
         self._publish({"type": "plant", "kind": change.kind, "element": change.element})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
@@ -592,6 +609,90 @@ class TwinService:
         if not self._may_read_stream(device, link_id):
             return _error(403, f"{device} is neither an end of link {link_id} nor the key manager of one")
         return web.json_response(self._stream_json(link_id))
+
+    # -- quantum nodes, their elementary links and pairs ----------------------------------------
+
+    @property
+    def quantum(self) -> QuantumFabric:
+        if self._quantum is None:
+            self._quantum = QuantumFabric(self.twin, random.Random(self.twin.rng.random()), self._quantum_moved)
+        return self._quantum
+
+    def _quantum_moved(self, nodes: set[str]) -> None:
+        if nodes:
+            self._publish({"type": "quantum", "wake": sorted(nodes)})
+
+    def _quantum_caller(self, request: web.Request, registered: bool = True) -> str | web.Response:
+        """The node-id of the request, when the calling device is that node (and registered)."""
+        node_id, device = request.match_info["node"], request.headers[DEVICE_HEADER]
+        if device != node_id:
+            log.warning("twin: %s asked for quantum node %s", device, node_id)
+            return _error(403, f"device {device!r} speaks only for itself, not for quantum node {node_id!r}")
+        if registered and node_id not in self.quantum.nodes:
+            return _error(404, f"no quantum node {node_id} is registered")
+        return node_id
+
+    async def _put_quantum_node(self, request: web.Request) -> web.Response:
+        node_id = self._quantum_caller(request, registered=False)
+        if isinstance(node_id, web.Response):
+            return node_id
+        self.quantum.register(QuantumRegistration.from_json(node_id, await _body(request)))
+        return web.json_response({"registered": node_id})
+
+    async def _delete_quantum_node(self, request: web.Request) -> web.Response:
+        node_id = self._quantum_caller(request, registered=False)
+        if isinstance(node_id, web.Response):
+            return node_id
+        if self._quantum is not None:
+            self._quantum.unregister(node_id)
+        return web.json_response({})
+
+    async def _get_quantum_node(self, request: web.Request) -> web.Response:
+        node_id = self._quantum_caller(request)
+        if isinstance(node_id, web.Response):
+            return node_id
+        self.quantum.advance(self.clock.now())
+        return web.json_response(self.quantum.report(node_id))
+
+    async def _claim_pairs(self, request: web.Request) -> web.Response:
+        """Waiting pairs of the caller's session with `remote`, for an application at the caller:
+        `{pairs, status, reason}` (fewer than asked, or none, while the session makes them)."""
+        node_id = self._quantum_caller(request)
+        if isinstance(node_id, web.Response):
+            return node_id
+        body = await _body(request)
+        remote, number, min_fidelity = body.get("remote"), body.get("number"), body.get("min_fidelity")
+        measure, bases = body.get("measure", False), body.get("bases", [])
+        if not isinstance(remote, str) or not _count(number):
+            return _error(400, "a claim needs remote (a node-id) and number (an integer >= 1)")
+        if isinstance(min_fidelity, bool) or not isinstance(min_fidelity, (int, float)) or not 0 <= min_fidelity <= 1:
+            return _error(400, f"min_fidelity must be a number within [0, 1], got {min_fidelity!r}")
+        if not isinstance(measure, bool) or not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+            return _error(400, "measure must be a boolean and bases a list of basis names")
+        fabric = self.quantum
+        now = self.clock.now()
+        fabric.advance(now)
+        run = fabric.session_between(node_id, remote)
+        if run is None:
+            return web.json_response({"pairs": [], "status": "waiting",
+                                      "reason": f"no session between {node_id} and {remote} is running"})
+        pairs = fabric.claim(run, node_id, number, float(min_fidelity), measure, tuple(bases), now)
+        return web.json_response({"pairs": [pair_json(p) for p in pairs], "status": run.status, "reason": run.reason})
+
+    async def _receive_pairs(self, request: web.Request) -> web.Response:
+        """The caller's halves of the pairs `remote`'s applications claimed, each served once."""
+        node_id = self._quantum_caller(request)
+        if isinstance(node_id, web.Response):
+            return node_id
+        body = await _body(request)
+        remote, number = body.get("remote"), body.get("number")
+        if not isinstance(remote, str) or not _count(number):
+            return _error(400, "a receive needs remote (a node-id) and number (an integer >= 1)")
+        return web.json_response({"pairs": [pair_json(p) for p in self.quantum.receive(node_id, remote, number)]})
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> web.Response:

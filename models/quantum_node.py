@@ -302,6 +302,15 @@ def fidelity_alarm(link_id: str, fidelity: float, threshold: float, raised: bool
                                                 "threshold": _fidelity(threshold), "raised": raised})
 
 
+def memory_alarm(fault: str, raised: bool, decoherence_rate: float, in_service: int, pairs_lost: int,
+                 reason: str) -> etree._Element:
+    """A fault of the storage qubits began or ended (fault: coherence-loss or memory-failure)."""
+    return QN.element("memory-alarm", leaves={"fault": fault, "raised": raised,
+                                              "decoherence-rate": decimal(decoherence_rate, 6),
+                                              "storage-qubits-in-service": in_service, "pairs-lost": pairs_lost,
+                                              "reason": reason[:1024]})
+
+
 # --- delivered pairs (create-pairs and receive-pairs) ---------------------------------------------
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from lxml import etree
 
 from .errors import RPCError
 from .ns import BASE
-from .schema import Schema
+from .schema import Schema, own_prefixed_values
 
 DATASTORES = ("running", "candidate", "startup")
 DATA_TAG = BASE("data")
@@ -163,12 +163,19 @@ class Datastores:
 def copy_in_scope(element: etree._Element) -> etree._Element:
     """A deep copy that keeps the prefixes declared on the element's ancestors: values
     (identityrefs, instance-identifiers) may use them. A default namespace other than the
-    element's own is left out: lxml mis-binds such an element's tag when it moves again."""
+    element's own is left out: lxml mis-binds such an element's tag when it moves again.
+    A value prefixed by a declaration on its own leaf for the leaf's own namespace is copied
+    unprefixed (`own_prefixed_values`): lxml drops that declaration when the copy moves."""
     own = etree.QName(element).namespace
     nsmap = {prefix: uri for prefix, uri in element.nsmap.items() if prefix is not None or uri == own}
     out = etree.Element(element.tag, attrib=dict(element.attrib), nsmap=nsmap)
     out.text = element.text
     out.extend(copy.deepcopy(child) for child in element)
+    values = dict(own_prefixed_values(element))
+    if values:
+        for original, copied in zip(element.iter(), out.iter()):
+            if original in values:
+                copied.text = values[original]
     return out
 
 

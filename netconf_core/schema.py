@@ -309,8 +309,33 @@ def _tree(root_tag: str, children_xml: str) -> etree._Element:
     """A new root element holding the top-level data nodes that libyang printed."""
     out = etree.Element(root_tag, nsmap={None: etree.QName(root_tag).namespace})
     if children_xml:
-        out.extend(list(etree.fromstring(f"<w>{children_xml}</w>", _PARSER)))
+        printed = etree.fromstring(f"<w>{children_xml}</w>", _PARSER)
+        for element, value in own_prefixed_values(printed):
+            element.text = value
+        out.extend(list(printed))
     return out
+
+
+def own_prefixed_values(root: etree._Element) -> list[tuple[etree._Element, str]]:
+    """The leaves under `root` (itself included) whose value is `prefix:name` with the prefix
+    declared on the leaf itself for the leaf's own namespace, which is also the default there
+    (libyang prints an identityref of the module's own identities so, and clients write it
+    so), each with its value as `name`: the same value by the default namespace. lxml drops
+    such a declaration as redundant whenever the leaf, or a subtree holding it, moves into a
+    tree declaring that namespace, which would leave the prefixed value unbound."""
+    found = []
+    for element in root.iter():
+        if not isinstance(element.tag, str) or len(element) or not element.text:
+            continue
+        prefix, colon, name = element.text.strip().partition(":")
+        own = etree.QName(element).namespace
+        if not colon or not prefix or element.nsmap.get(prefix) != own or element.nsmap.get(None) != own:
+            continue
+        parent = element.getparent()
+        if parent is None or parent.nsmap.get(prefix) != own:   # declared on the leaf itself
+            found.append((element, name))
+    return found
+
 
 # lyd_print flags for with-defaults (RFC 6243): explicit is libyang's default.
 WD_FLAGS = {

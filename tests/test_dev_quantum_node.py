@@ -195,22 +195,36 @@ async def _up(net: Net) -> bool:
 
 
 def test_faults_coherence_loss_and_memory_failure(tmp_path):
+    """Each fault and its clearing changes the node's state and sends a memory-alarm (checked
+    by yanglint) saying what it did."""
     async def test(net: Net):
-        await net.sessions["qa"].dispatch(f'<inject-coherence-loss xmlns="{QN}"><factor>50</factor>'
-                                          "</inject-coherence-loss>")
+        qa = net.sessions["qa"]
+        await qa.create_subscription()
+        alarm = QN("memory-alarm")
+        await qa.dispatch(f'<inject-coherence-loss xmlns="{QN}"><factor>50</factor></inject-coherence-loss>')
+        event = await next_notification(qa, alarm, net.tmp_path)
+        assert [event.findtext(QN(t)) for t in ("fault", "raised", "decoherence-rate", "storage-qubits-in-service")] \
+            == ["coherence-loss", "true", "50.0", "1"]
         assert (await net.node("qa")).findtext(QN("decoherence-rate")) == "50.0"
-        await net.sessions["qa"].dispatch(f'<clear-coherence-loss xmlns="{QN}"/>')
+        await qa.dispatch(f'<clear-coherence-loss xmlns="{QN}"/>')
+        event = await next_notification(qa, alarm, net.tmp_path)
+        assert (event.findtext(QN("raised")), event.findtext(QN("decoherence-rate"))) == ("false", "1.0")
         assert (await net.node("qa")).findtext(QN("decoherence-rate")) == "1.0"
         await net.configure_session()
         await net.until(lambda: _waiting(net))
-        await net.sessions["qa"].dispatch(f'<inject-memory-failure xmlns="{QN}"><qubits>1</qubits>'
-                                          "</inject-memory-failure>")
+        await qa.dispatch(f'<inject-memory-failure xmlns="{QN}"><qubits>1</qubits></inject-memory-failure>')
+        event = await next_notification(qa, alarm, net.tmp_path)
+        assert [event.findtext(QN(t)) for t in ("fault", "raised", "storage-qubits-in-service")] \
+            == ["memory-failure", "true", "0"]
+        assert int(event.findtext(QN("pairs-lost"))) >= 1   # the pair waiting at qa had no qubit left
         await asyncio.sleep(0.2)
         node = await net.node("qa")
         assert node.findtext(QN("failed-storage-qubits")) == "1"
         assert node.find(f"{QN('storage-qubits')}/{QN('in-use')}").text == "0"
         assert (await net.session("qa")).pairs_waiting == 0   # no qubit left to hold a pair
-        await net.sessions["qa"].dispatch(f'<clear-memory-failure xmlns="{QN}"/>')
+        await qa.dispatch(f'<clear-memory-failure xmlns="{QN}"/>')
+        event = await next_notification(qa, alarm, net.tmp_path)
+        assert (event.findtext(QN("raised")), event.findtext(QN("storage-qubits-in-service"))) == ("false", "1")
         await net.until(lambda: _waiting(net))
     run(tmp_path, test)
 

@@ -58,7 +58,7 @@ INVALID = {
         'Invalid leafref value "north"', "link[link-id='l1']/interface"),
     "link type that is a node role": (
         node_link("<interface>west</interface><type>repeater</type>"),
-        'Invalid enumeration value "repeater"', "link[link-id='l1']/type"),
+        'identity not derived from the base "qi-quantum-node:elementary-link-type"', "link[link-id='l1']/type"),
     "fidelity threshold above 1": (
         node_link("<interface>west</interface><type>double-click</type>"
                   "<fidelity-threshold>1.5</fidelity-threshold>"),
