@@ -31,6 +31,7 @@ import asyncio
 import datetime
 import logging
 import pathlib
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Callable
@@ -58,6 +59,7 @@ ROOT_PATH = f"/{MODULE}:key-manager"
 FLUSH_PATH = f"{ROOT_PATH}/key-pools/key-pool/flush"
 RESTART_PATH = f"{ROOT_PATH}/restart"
 WATCH_PERIOD_S = 1.0
+FRESH_WATCHES = 2  # a status planned within this many watch periods is served as it is
 REASON_MAX = 1024  # qit:reason length
 
 
@@ -168,6 +170,8 @@ class KeyManagerDevice(Device):
         self._default_outage = next(self.schema.ctx.find_path(f"{ROOT_PATH}/restart/outage")).default()
         self._pool_flags: dict[str, tuple[bool, bool]] = {}  # link -> (below low watermark, empty)
         self._session_states: dict[str, str] = {}  # last status notified
+        # session id -> (its configuration, monotonic time, (status, reason)) last planned
+        self._session_views: dict[str, tuple[KmSession, float, tuple[str, str]]] = {}
         # Set by the device host: crash this device now, start it again from disk after the
         # outage (seconds of emulated time). The restart action needs it.
         self.on_restart: Callable[[float], None] | None = None
@@ -327,7 +331,7 @@ class KeyManagerDevice(Device):
         sessions = {}
         clock = self.network.keys.clock
         for session_id, session in self.config.config.sessions.items():
-            status, reason = await self._session_status(session)
+            status, reason = await self._current_status(session_id, session)
             tokens = int(km.sessions[session.pair].bucket.available()) if session.pair in km.sessions else None
             expires, expires_at = km.expiry.get(session.pair), None
             if expires is not None:
@@ -344,6 +348,21 @@ class KeyManagerDevice(Device):
         url = self.etsi014.url if self.etsi014 is not None else None
         data.append(km_state(url, pools, sessions, counters, relay, peer_url=url))
         return data
+
+    async def _current_status(self, session_id: str, session: KmSession) -> tuple[str, str]:
+        """A session's (status, reason) for a read of the state: what the watcher found at its
+        last pass when that was recent and the session is configured as it was then, else
+        planned now. A read costs no KM-to-KM round trips then, and a controller reading many
+        key managers sees the status their notifications gave."""
+        known = self._session_views.get(session_id)
+        if known is not None and known[0] == session and \
+                time.monotonic() - known[1] <= FRESH_WATCHES * self.watch_period:
+            return known[2]
+        return self._remember(session_id, session, await self._session_status(session))
+
+    def _remember(self, session_id: str, session: KmSession, status: tuple[str, str]) -> tuple[str, str]:
+        self._session_views[session_id] = (session, time.monotonic(), status)
+        return status
 
     async def _session_status(self, session: KmSession) -> tuple[str, str]:
         """(status, reason) of a session seen from this end, by planning over the KM-to-KM
@@ -392,13 +411,15 @@ class KeyManagerDevice(Device):
         for link in self.config.config.pools:
             await self._pool_level(link, self.km.pools[link].available_bits())
         for session_id, session in self.config.config.sessions.items():
-            status, reason = await self._session_status(session)
+            status, reason = self._remember(session_id, session, await self._session_status(session))
             previous = self._session_states.get(session_id, "pending")
             self._session_states[session_id] = status
             if status != previous:
                 await self.notify(session_state_change(session_id, status, previous, reason))
         for gone in set(self._session_states) - set(self.config.config.sessions):
             del self._session_states[gone]
+        for gone in set(self._session_views) - set(self.config.config.sessions):
+            del self._session_views[gone]
 
     async def _pool_level(self, link: str, stored: int) -> None:
         """Notify pool-low and pool-empty on the way down; a new pool counts as empty."""
