@@ -13,6 +13,12 @@ rounds: measured one after the other, a slow minute of the machine would favour 
 A third column, the SSH floor, is an asyncssh server (its own process, our SERVER_OPTIONS)
 that answers every request with canned bytes: our get reply, or <ok/>. It does no NETCONF work
 at all, so it shows what the transport alone costs, and how much of our time is NETCONF.
+
+With --against REVISION, `qstrata serve` of that git revision (a temporary worktree) is measured
+too, in the same turns. The last two rows are the CPU time (user + system, from /proc) our
+servers' processes spent per request in the sequential rows: unlike requests per second, it
+hardly moves when other work shares the machine, so it compares two revisions on a busy host.
+netconfd's work is spread over sshd and its subsystem processes, so it has no figure there.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +58,8 @@ PAYLOAD = (f'<system xmlns="{conform.NS}"><hostname>bench</hostname></system><in
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR_PASSWORD = "QSTRATA_BENCH_FLOOR_PASSWORD"  # how the floor server gets its password
 MAX_CONNECTS = 200
+NETCONFD = "netconfd"
+SERVE_AT = "qstrata serve @"  # the name of the other revision's server
 CLOSE_TIMEOUT = 5.0
 
 
@@ -62,6 +71,14 @@ class Target:
     username: str
     password: str | None = None
     client_key: str | None = None
+    pid: int | None = None  # the server's process, when its CPU time means something
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the server's process so far."""
+        if self.pid is None:
+            return None
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     async def connect(self) -> NetconfClient:
         return await NetconfClient.connect(self.host, self.port, self.username, password=self.password,
@@ -83,8 +100,9 @@ class Row:
     unit: str  # "ms" (lower is better) or "/s" (higher is better)
     samples: dict[str, list[float]]  # server -> one value per round
 
-    def value(self, name: str) -> float:
-        return statistics.median(self.samples[name])
+    def value(self, name: str) -> float | None:
+        values = [v for v in self.samples.get(name, []) if v is not None]
+        return statistics.median(values) if values else None
 
 
 # --- measurements -------------------------------------------------------------------------------
@@ -102,10 +120,17 @@ async def connect_ms(target: Target, seconds: float) -> float:
     return statistics.median(times)
 
 
-async def rate(workers: list[Callable[[], Awaitable[object]]], seconds: float) -> float:
+@dataclass
+class Rate:
+    per_second: float
+    cpu_us: float | None  # the server's CPU time per request, when it is known
+
+
+async def rate(workers: list[Callable[[], Awaitable[object]]], seconds: float, target: Target) -> Rate:
     """Requests per second: each worker repeats its request until the deadline."""
     count = 0
     deadline = time.monotonic() + seconds
+    cpu_before = target.cpu_seconds()
 
     async def loop(request: Callable[[], Awaitable[object]]) -> None:
         nonlocal count
@@ -115,41 +140,45 @@ async def rate(workers: list[Callable[[], Awaitable[object]]], seconds: float) -
 
     started = time.monotonic()
     await asyncio.gather(*(loop(w) for w in workers))
-    return count / (time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    cpu_after = target.cpu_seconds()
+    cpu_us = (cpu_after - cpu_before) / count * 1e6 if cpu_before is not None and cpu_after is not None and count \
+        else None
+    return Rate(count / elapsed, cpu_us)
 
 
-async def sequential_get(target: Target, seconds: float) -> float:
+async def sequential_get(target: Target, seconds: float) -> Rate:
     client = await target.connect()
     try:
-        return await rate([lambda: client.get(GET_FILTER)], seconds)
+        return await rate([lambda: client.get(GET_FILTER)], seconds, target)
     finally:
         await finish(client)
 
 
-async def sequential_edit(target: Target, seconds: float) -> float:
+async def sequential_edit(target: Target, seconds: float) -> Rate:
     values = itertools.cycle(range(1000, 9000))
     client = await target.connect()
 
     def edit() -> Awaitable[None]:  # a new mtu each time, so that every edit changes running
         return client.edit_config(f'<system xmlns="{conform.NS}"><mtu>{next(values)}</mtu></system>')
     try:
-        return await rate([edit], seconds)
+        return await rate([edit], seconds, target)
     finally:
         await finish(client)
 
 
-async def pipelined_get(target: Target, seconds: float, depth: int) -> float:
+async def pipelined_get(target: Target, seconds: float, depth: int) -> Rate:
     client = await target.connect()
     try:
-        return await rate([lambda: client.get(GET_FILTER)] * depth, seconds)
+        return await rate([lambda: client.get(GET_FILTER)] * depth, seconds, target)
     finally:
         await finish(client)
 
 
-async def concurrent_get(target: Target, seconds: float, sessions: int) -> float:
+async def concurrent_get(target: Target, seconds: float, sessions: int) -> Rate:
     clients = await asyncio.gather(*(target.connect() for _ in range(sessions)))
     try:
-        return await rate([lambda c=c: c.get(GET_FILTER) for c in clients], seconds)
+        return await rate([lambda c=c: c.get(GET_FILTER) for c in clients], seconds, target)
     finally:
         await asyncio.gather(*(finish(c) for c in clients))
 
@@ -177,6 +206,8 @@ async def measure(targets: list[Target], seconds: float, sessions: int, depth: i
         Row(f"get/s, one session, {depth} pipelined", "/s", {}),
         Row(f"get/s, {sessions} concurrent sessions", "/s", {}),
     ]
+    cpu = {rows[1].title: Row("server CPU per get, sequential", "us", {}),
+           rows[2].title: Row("server CPU per edit-config, sequential", "us", {})}
     runs = [lambda t: connect_ms(t, seconds), lambda t: sequential_get(t, seconds),
             lambda t: sequential_edit(t, seconds), lambda t: pipelined_get(t, seconds, depth),
             lambda t: concurrent_get(t, seconds, sessions)]
@@ -184,8 +215,13 @@ async def measure(targets: list[Target], seconds: float, sessions: int, depth: i
         for row, measurement in zip(rows, runs):
             for target in targets:
                 print(f"round {turn + 1}/{rounds}, {target.name}: {row.title} ...", file=sys.stderr, flush=True)
-                row.samples.setdefault(target.name, []).append(await measurement(target))
-    return rows
+                result = await measurement(target)
+                if isinstance(result, Rate):
+                    if row.title in cpu:
+                        cpu[row.title].samples.setdefault(target.name, []).append(result.cpu_us)
+                    result = result.per_second
+                row.samples.setdefault(target.name, []).append(result)
+    return rows + list(cpu.values())
 
 
 # --- servers --------------------------------------------------------------------------------------
@@ -200,27 +236,28 @@ def model_dir() -> Iterator[Path]:
 
 @contextmanager
 def server_process(name: str, args: list[str], username: str, password: str,
-                   env: dict[str, str] | None = None) -> Iterator[Target]:
+                   env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[Target]:
     """A server in its own process, which prints 'on 127.0.0.1:PORT' once it listens."""
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd=cwd or ROOT)
     try:
         assert process.stdout is not None
         match = re.search(r"on 127\.0\.0\.1:(\d+)", process.stdout.readline())
         if match is None:
             raise RuntimeError(f"{name} did not start")
-        yield Target(name, "127.0.0.1", int(match.group(1)), username, password=password)
+        yield Target(name, "127.0.0.1", int(match.group(1)), username, password=password, pid=process.pid)
     finally:
         process.terminate()
         process.wait(10)
 
 
 @contextmanager
-def our_server(yang_dir: Path) -> Iterator[Target]:
+def our_server(yang_dir: Path, tree: Path | None = None, name: str = "qstrata serve") -> Iterator[Target]:
+    """`qstrata serve` of this checkout, or of the source tree `tree` (another revision's)."""
     password = secrets.token_urlsafe(12)
-    qstrata = Path(sys.executable).with_name("qstrata")
-    with server_process("qstrata serve", [str(qstrata), "serve", "--yang", str(yang_dir), "--module", conform.MODULE,
-                                          "--port", "0", "--user", "admin", f"--password={password}"],
-                        "admin", password) as target:
+    env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
+    with server_process(name, [sys.executable, "-m", "tools.cli", "serve", "--yang", str(yang_dir), "--module",
+                               conform.MODULE, "--port", "0", "--user", "admin", f"--password={password}"],
+                        "admin", password, env=env, cwd=tree) as target:
         yield target
 
 
@@ -240,40 +277,60 @@ def floor_server(get_reply: bytes) -> Iterator[Target]:
 def netconfd_server(yang_dir: Path) -> Iterator[Target]:
     # target running: edit-config goes to running on both servers (:writable-running).
     with NetconfdServer([conform.MODULE], [yang_dir], target="running") as server:
-        yield Target("netconfd", server.host, server.port, server.username, client_key=str(server.client_key))
+        yield Target(NETCONFD, server.host, server.port, server.username, client_key=str(server.client_key))
 
 
 # --- report ---------------------------------------------------------------------------------------
 
 
-def cell(value: float, unit: str) -> str:
-    return f"{value:.1f} ms" if unit == "ms" else f"{value:.0f}"
+def cell(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f} ms" if unit == "ms" else f"{value:.0f} us" if unit == "us" else f"{value:.0f}"
 
 
 def table(rows: list[Row], names: list[str]) -> str:
     """One line per row: the median of each server, how many times faster our server is than
-    netconfd (< 1: slower), and the SSH floor."""
-    ours, theirs, floor = names
-    lines = [f"{'':42}{ours:>15}{theirs:>12}{'speed-up':>10}{floor:>12}"]
+    netconfd (< 1: slower; for the CPU rows, than the other revision, when there is one)."""
+    ours, *others = names
+    lines = [f"{'':42}{ours:>15}" + "".join(f"{n:>{max(12, len(n) + 2)}}" for n in others) + f"{'speed-up':>10}"]
+    theirs = next(n for n in others if n == NETCONFD)
     for row in rows:
-        a, b = row.value(ours), row.value(theirs)
-        speedup = b / a if row.unit == "ms" else a / b
-        lines.append(f"{row.title:42}{cell(a, row.unit):>15}{cell(b, row.unit):>12}{speedup:>9.2f}x"
-                     f"{cell(row.value(floor), row.unit):>12}" + ("  <- ours slower" if speedup < 1 else ""))
+        a = row.value(ours)
+        b = row.value(theirs) if row.unit != "us" else next(
+            (row.value(n) for n in others if n.startswith(SERVE_AT)), None)
+        speedup = None if a is None or b is None or not a or not b else b / a if row.unit in ("ms", "us") else a / b
+        lines.append(f"{row.title:42}{cell(a, row.unit):>15}"
+                     + "".join(f"{cell(row.value(n), row.unit):>{max(12, len(n) + 2)}}" for n in others)
+                     + (f"{speedup:>9.2f}x" if speedup else f"{'':>10}")
+                     + ("  <- ours slower" if speedup and speedup < 1 else ""))
     return "\n".join(lines)
 
 
-def main(seconds: float = 2.0, sessions: int = 50, depth: int = 16, rounds: int = 3) -> int:
+def main(seconds: float = 2.0, sessions: int = 50, depth: int = 16, rounds: int = 3, against: str | None = None) -> int:
     if seconds <= 0 or sessions < 1 or depth < 1 or rounds < 1:
         raise SystemExit("--seconds, --sessions, --depth and --rounds must be positive")
-    with model_dir() as yang_dir, our_server(yang_dir) as ours, netconfd_server(yang_dir) as theirs:
-        get_reply = asyncio.run(load_payload(ours))
-        asyncio.run(load_payload(theirs))
-        with floor_server(get_reply) as floor:
-            rows = asyncio.run(measure([ours, theirs, floor], seconds, sessions, depth, rounds))
+    from tools.bench_compare import revision_label, revision_tree
+
+    with contextlib.ExitStack() as stack:
+        yang_dir = stack.enter_context(model_dir())
+        ours = stack.enter_context(our_server(yang_dir))
+        targets = [ours]
+        if against:
+            tree = stack.enter_context(revision_tree(against))
+            targets.append(stack.enter_context(our_server(yang_dir, tree, f"{SERVE_AT}{against}")))
+        theirs = stack.enter_context(netconfd_server(yang_dir))
+        get_reply = b""
+        for target in (*targets, theirs):
+            reply = asyncio.run(load_payload(target))
+            get_reply = get_reply or reply
+        floor = stack.enter_context(floor_server(get_reply))
+        targets += [theirs, floor]
+        rows = asyncio.run(measure(targets, seconds, sessions, depth, rounds))
     print(f"NETCONF benchmark: {conform.MODULE} model, {INTERFACES} interfaces per get, {seconds:g} s per row "
-          f"and server, median of {rounds} rounds, same client (netconf_core.client)")
-    print(table(rows, [ours.name, theirs.name, floor.name]))
+          f"and server, median of {rounds} rounds, same client (netconf_core.client)"
+          + (f"; {SERVE_AT}{against}: {revision_label(against)}" if against else ""))
+    print(table(rows, [t.name for t in targets]))
     print(f"{floor.name}: asyncssh answering with canned bytes, no NETCONF work: the most any server on this "
           "transport can do")
     return 0

@@ -19,6 +19,8 @@ def register(subparsers) -> None:
     netconf.add_argument("--sessions", type=int, default=50, help="concurrent sessions in the last row (default 50)")
     netconf.add_argument("--depth", type=int, default=16, help="pipelined requests in flight (default 16)")
     netconf.add_argument("--rounds", type=int, default=3, help="rounds; each cell is their median (default 3)")
+    netconf.add_argument("--against", metavar="REVISION",
+                         help="also measure `qstrata serve` of this git revision (a temporary worktree), side by side")
     netconf.set_defaults(func=run_netconf)
     restconf = targets.add_parser("restconf", help="RESTCONF and NETCONF reads and writes on one server, side by side")
     restconf.add_argument("--seconds", type=float, default=2.0, help="time per cell and round (default 2)")
@@ -82,7 +84,7 @@ def run_netconf(args: argparse.Namespace) -> int:
     from tools import bench_netconf  # imported here: it loads asyncssh, libyang and the netconfd harness
 
     return bench_netconf.main(seconds=args.seconds, sessions=args.sessions, depth=args.depth,
-                              rounds=args.rounds)
+                              rounds=args.rounds, against=args.against)
 
 
 def run_restconf(args: argparse.Namespace) -> int:
