@@ -17,12 +17,17 @@ def test_netconf_benchmark_reports_every_row_for_the_three_servers():
                              "--sessions", "3", "--depth", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert re.search(r"qstrata serve\s+netconfd\s+speed-up\s+SSH floor", lines[1])
+    assert re.search(r"qstrata serve\s+netconfd\s+SSH floor\s+speed-up", lines[1])
     for title in ("connect+hello", "get/s, one session, sequential", "edit-config/s, one session, sequential",
                   "get/s, one session, 2 pipelined", "get/s, 3 concurrent sessions"):
         row = next(line for line in lines if line.startswith(title))
         figures = re.findall(r"(\d+(?:\.\d+)?)(?: ms)?", row[42:])
         assert len(figures) == 4 and all(float(f) > 0 for f in figures), row
+    for title in ("server CPU per get, sequential", "server CPU per edit-config, sequential"):
+        row = next(line for line in lines if line.startswith(title))
+        # ours, netconfd ("-": its work is spread over several processes), the SSH floor
+        cells = re.fullmatch(r"\s*(\d+) us\s+-\s+(\d+) us\s*(?:\S+x.*)?", row[42:])
+        assert cells and all(int(c) > 0 for c in cells.groups()), row
 
 
 def test_controllers_benchmark_takes_its_options_and_compares_with_a_revision():
