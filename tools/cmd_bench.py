@@ -27,8 +27,8 @@ def register(subparsers) -> None:
     restconf.add_argument("--depth", type=int, default=16, help="requests in flight in the second row (default 16)")
     restconf.add_argument("--rounds", type=int, default=3, help="rounds; each cell is their median (default 3)")
     restconf.set_defaults(func=run_restconf)
-    devices = targets.add_parser("devices", help="how many emulated devices one process hosts: memory, start "
-                                                 "time, get/s and get latency while all are polled")
+    devices = targets.add_parser("devices", help="emulated devices over worker processes and in one, side by side: "
+                                                 "memory, start time, get/s and get latency while all are polled")
     from tools import bench_devices  # light: it imports the device host only in its processes
 
     bench_devices.add_arguments(devices)
