@@ -7,6 +7,8 @@ the network, its live stream and the actions.
     GET  /api/me                who is logged in, their role, whether the network is emulated
     GET  /api/state             every level's view, their reachability, the event log
     GET  /api/stream            the same, then each change, as Server-Sent Events
+    GET  /api/layout            where the sites are drawn (kept on the server, per network)
+    POST /api/layout            {"positions": {id: {x, y}}, "replace": bool}: a read-write user moves sites
     POST /api/faults            {"action": "cut-span", "span": ...} and the other faults
     POST /api/intents/preview   {"text": YAML or JSON}: the orchestrator's dry run
     POST /api/intents/apply     {"text": ...}: commit the intents
@@ -32,7 +34,8 @@ from aiohttp import web
 
 from console.actions import ActionError, Actions
 from console.hub import DROPPED, Hub, watches_for
-from console.levels import ConsoleUser, LevelAccess, authenticate
+from console.layouts import LayoutError, LayoutStore
+from console.levels import READ_WRITE, ConsoleUser, LevelAccess, authenticate
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +54,13 @@ class LoginSession:
 
 
 class ConsoleServer:
-    """The console over `levels`, for `users`; `start()` binds host:port (0: a free port)."""
+    """The console over `levels`, for `users`; `start()` binds host:port (0: a free port).
+    `follow`: how views are kept (console.hub: "push" or "reread"); `state_dir`: where the
+    layout is kept (None: in memory, for the console's lifetime)."""
 
     def __init__(self, levels: list[LevelAccess], users: dict[str, ConsoleUser], host: str = "127.0.0.1",
-                 port: int = 0, *, title: str = "qstrata", dist: pathlib.Path = WEB_DIST):
+                 port: int = 0, *, title: str = "qstrata", dist: pathlib.Path = WEB_DIST, follow: str = "push",
+                 state_dir: pathlib.Path | None = None):
         if host not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError(f"the console serves plain HTTP on loopback only, not on {host}")
         self.levels, self.users, self.host, self.port, self.title = levels, users, host, port, title
@@ -62,7 +68,8 @@ class ConsoleServer:
         self.hub = Hub()
         self.actions = Actions(levels)
         self.emulated = any(level.kind == "fibre-plant" for level in levels)
-        self._watches = watches_for(self.hub, levels)
+        self._watches = watches_for(self.hub, levels, follow)
+        self.layout = LayoutStore(title, state_dir)
         self._sessions: dict[str, LoginSession] = {}
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Task] = set()
@@ -77,6 +84,7 @@ class ConsoleServer:
             web.get("/", self._index), web.get("/{name:console\\.(js|css|js\\.map)}", self._static),
             web.post("/api/login", self._login), web.post("/api/logout", self._logout), web.get("/api/me", self._me),
             web.get("/api/state", self._state), web.get("/api/stream", self._stream),
+            web.get("/api/layout", self._get_layout), web.post("/api/layout", self._set_layout),
             web.post("/api/faults", self._fault), web.post("/api/intents/preview", self._preview),
             web.post("/api/intents/apply", self._apply), web.delete("/api/intents/{name}", self._delete),
         ])
@@ -226,6 +234,28 @@ class ConsoleServer:
             self.hub.unsubscribe(queue)
             self._streams.discard(task)
         return response
+
+    async def _get_layout(self, request: web.Request) -> web.Response:
+        self._user(request)
+        return web.json_response({"network": self.layout.network, "positions": self.layout.positions})
+
+    async def _set_layout(self, request: web.Request) -> web.Response:
+        user = self._user(request)
+        body = await self._body(request)
+        if user.role != READ_WRITE:
+            raise _refusal(403, "a read-only user cannot move the shared layout (the page keeps it in this "
+                                "browser only)", "access-denied")
+        replace = body.get("replace", False)
+        if not isinstance(replace, bool):
+            raise _refusal(400, "replace must be true or false")
+        try:
+            taken = self.layout.update(body.get("positions"), replace)
+        except LayoutError as error:
+            raise _refusal(400, str(error)) from None
+        except OSError as error:
+            raise _refusal(500, f"cannot keep the layout: {error.strerror}", "operation-failed") from None
+        self.hub.publish("layout", {"positions": taken, "replace": replace, "by": user.name})
+        return web.json_response({"ok": True, "kept": len(taken)})
 
     async def _fault(self, request: web.Request) -> web.Response:
         user = self._user(request)

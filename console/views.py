@@ -1,22 +1,28 @@
 """What the page is shown of each level: a <get> of the level read with the `models` readers
-into plain, JSON-ready dicts. Each `read_*` takes a NETCONF session of the level; each
-`*_view` turns the reply into the dict, so a test can feed it a tree."""
+into plain, JSON-ready dicts. Each `*_view` turns a <data> tree into the dict (a reply, or
+the copy a YANG-Push subscription keeps), so a test can feed it a tree; `READERS` says, per
+kind of level, what to ask for (a subtree filter to read it, an on-change `Watch` to follow
+it) and which view to build."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from lxml import etree
 
 from models import network as network_model
 from models.alarms import Alarm, read_alarms
+from models import entanglement as entanglement_model, fabric as fabric_model
 from models.connectivity import read_fibre_network, read_path_states
 from models.forwarding import ForwardingView
 from models.intent import INTENTS_FILTER, read_intents
 from models.key_manager import KmView, read_km_state
-from models.ns import ALARMS, CONNECTIVITY, KEY_MANAGER, NW
+from models.ns import ALARMS, CONNECTIVITY, ENTANGLEMENT_SERVICE, INTENT, KEY_MANAGER, NW
 from models.service import SERVICE_FILTER, ServiceView
+from netconf_core import Watch
 from netconf_core.ns import identity, localname
 
-NETWORKS_FILTER = ("subtree", f'<networks xmlns="{NW}"/><alarms xmlns="{ALARMS}"><alarm-list/></alarms>')
-KM_FILTER = ("subtree", f'<key-manager xmlns="{KEY_MANAGER}"><km-id/><site/><key-pools/><sessions/></key-manager>')
+NETWORKS_FILTER = f'<networks xmlns="{NW}"/><alarms xmlns="{ALARMS}"><alarm-list/></alarms>'
+KM_FILTER = f'<key-manager xmlns="{KEY_MANAGER}"><km-id/><site/><key-pools/><sessions/></key-manager>'
 
 
 def alarms_view(data: etree._Element | None) -> list[dict]:
@@ -118,28 +124,74 @@ def key_manager_view(data: etree._Element | None) -> dict:
     }
 
 
-async def read_connectivity(nc) -> dict:
-    return connectivity_view(await nc.get(filter=NETWORKS_FILTER))
+def fabric_view(data: etree._Element | None) -> dict:
+    """The entanglement fabric: quantum nodes at their sites, elementary links with their
+    status, generation rate (pairs/s) and fresh fidelity."""
+    view = fabric_model.FabricView.parse(data)
+    return {
+        "network": view.network_id,
+        "nodes": [{"id": n.id, "role": n.role, "site": n.site, "status": n.status, "storage": n.storage_qubits,
+                   "free": n.free_qubits} for n in sorted(view.nodes.values(), key=_id)],
+        "links": [{"id": l.id, "a": l.a[0], "b": l.b[0], "type": l.link_type, "status": l.status or "", "up": l.up,
+                   "rate": l.generation_rate, "fidelity": l.fidelity, "length": l.length_km,
+                   "reserved": l.reserved_rate} for l in sorted(view.links.values(), key=_id)],
+    }
 
 
-async def read_forwarding(nc) -> dict:
-    return forwarding_view(await nc.get(filter=NETWORKS_FILTER))
+def entanglement_view(data: etree._Element | None) -> dict:
+    """The entanglement sessions: what each asks, its status, path and delivered pairs."""
+    view = entanglement_model.EntanglementView.parse(data)
+    sessions = []
+    for name in sorted(set(view.requests) | set(view.sessions)):
+        request, status = view.requests.get(name), view.sessions.get(name)
+        sessions.append({
+            "name": name, "source": request.source_endpoint if request else None,
+            "destination": request.destination_endpoint if request else None,
+            "min_fidelity": request.min_fidelity if request else None, "rate": request.pair_rate if request else None,
+            "status": (status.status if status else None) or "", "reason": (status.reason if status else None) or "",
+            "path": list(status.path) if status else [], "links": list(status.links) if status else [],
+            "expected_fidelity": status.expected_fidelity if status else None,
+            "delivered_pairs": status.delivered_pairs if status else None,
+            "delivered_fidelity": status.delivered_fidelity if status else None})
+    return {"sessions": sessions}
 
 
-async def read_service(nc) -> dict:
-    return service_view(await nc.get(filter=("subtree", SERVICE_FILTER)))
+@dataclass(frozen=True)
+class Reader:
+    """How the console keeps one kind of level's view: `filter` (a subtree) read by <get>, or,
+    with `watch`, an on-change YANG-Push subscription whose copy (`DeviceLink.replica`) the
+    view is built from. `modules` hold what the selection holds (the copy's schema)."""
+
+    filter: str
+    view: object            # <data> tree -> dict
+    watch: Watch | None = None
+
+    async def read(self, nc) -> dict:
+        return self.view(await nc.get(filter=("subtree", self.filter)))
 
 
-async def read_orchestrator(nc) -> dict:
-    return orchestrator_view(await nc.get(filter=("subtree", INTENTS_FILTER)))
+def _watch(xpath: str, modules: tuple[str, ...], **prefixes: str) -> Watch:
+    return Watch(xpath, tuple(sorted(prefixes.items())), "operational", modules=modules)
 
 
-async def read_key_manager(nc) -> dict:
-    return key_manager_view(await nc.get(filter=KM_FILTER))
-
-
-READERS = {"connectivity": read_connectivity, "forwarding": read_forwarding, "service": read_service,
-           "orchestrator": read_orchestrator, "key-manager": read_key_manager}
+# Key managers and the service controller are read, not followed: their pools fill every
+# second (an on-change subscription would be a poll of the device four times a second) and
+# the service controller reads every key manager to answer for its sessions.
+NETWORK_ALARMS = "/nw:networks | /al:alarms/al:alarm-list"
+READERS = {
+    "connectivity": Reader(NETWORKS_FILTER, connectivity_view, _watch(
+        NETWORK_ALARMS, ("qi-connectivity", "qi-types", "ietf-alarms", "qi-alarms"), nw=str(NW), al=str(ALARMS))),
+    "forwarding": Reader(NETWORKS_FILTER, forwarding_view, _watch(
+        NETWORK_ALARMS, ("qi-forwarding", "etsi-qkd-node-types", "qi-types", "ietf-alarms", "qi-alarms"),
+        nw=str(NW), al=str(ALARMS))),
+    "service": Reader(SERVICE_FILTER, service_view),
+    "orchestrator": Reader(INTENTS_FILTER, orchestrator_view, _watch("/in:intents", ("qi-intent",), **{"in": str(INTENT)})),
+    "key-manager": Reader(KM_FILTER, key_manager_view),
+    "fabric": Reader(fabric_model.FILTER, fabric_view, _watch(
+        "/nw:networks", ("qi-fabric", "qi-quantum-node", "qi-types"), nw=str(NW))),
+    "entanglement": Reader(entanglement_model.FILTER, entanglement_view, _watch(
+        "/es:sessions", ("qi-entanglement-service", "qi-quantum-node", "qi-types"), es=str(ENTANGLEMENT_SERVICE))),
+}
 
 
 # --- notifications, for the event log ----------------------------------------------------------------
@@ -175,6 +227,24 @@ def event_view(level: str, notification: etree._Element) -> dict | None:
     time = next((c.text for c in notification if isinstance(c.tag, str) and localname(c) == "eventTime"), "")
     return {"time": time or "", "level": level, "event": name, "resource": _short_resource(resource),
             "status": status or "", "severity": identity(severity) or severity, "text": text}
+
+
+def apply_event(view: dict | None, event: dict) -> dict | None:
+    """`view` with what a notification (its `event_view`) says of it applied, before the level's
+    next update confirms it and brings the rest (the paths over a cut span, alarms); None when
+    the notification says nothing the view shows. The view is copied, not changed."""
+    if view is None:
+        return None
+    name, resource, status = event["event"], event["resource"], event["status"]
+    if name in ("span-down", "span-up") and "spans" in view:
+        up = name == "span-up"
+        spans = [dict(s, up=up) if s["id"] == resource and s["up"] != up else s for s in view["spans"]]
+        return {**view, "spans": spans} if spans != view["spans"] else None
+    if name == "intent-state-change" and status and "intents" in view:
+        intents = [dict(i, state=status) if i["name"] == resource and i["state"] != status else i
+                   for i in view["intents"]]
+        return {**view, "intents": intents} if intents != view["intents"] else None
+    return None
 
 
 def _short_resource(resource: str) -> str:

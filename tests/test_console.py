@@ -13,7 +13,7 @@ import pytest
 from conftest import LoopThread
 from console.levels import READ_ONLY, READ_WRITE, ConsoleUser, LevelAccess, authenticate
 from devices.base import DEMO_PASSWORDS
-from devices.topology import default_topology
+from devices.topology import default_topology, embedded_topology
 from tools.console_stack import console_levels, console_users
 from tools.stack import Stack
 
@@ -151,6 +151,7 @@ def test_the_stream_follows_a_cut_and_a_repair(running):
         async with asyncio.timeout(15):
             while not spans(console)[span]["up"]:
                 await asyncio.sleep(0.1)
+        await settled(console, "connectivity")
 
     loop.run(follow(), timeout=60)
 
@@ -181,6 +182,156 @@ async def _sse(response) -> tuple[str, dict]:
             data.append(line[6:])
         elif line == "" and data:
             return kind, json.loads("\n".join(data))
+
+
+async def settled(console, key: str, timeout: float = 20.0) -> None:
+    """Wait until the level behind `key` has stopped changing and the console's view of it is
+    what a read gives (a test that cut a span leaves the network as it found it)."""
+    watch = next(w for w in console._watches if w.key == key)
+    nc = await watch.link.session()
+    async with asyncio.timeout(timeout):
+        last = None
+        while True:
+            read = await watch.reader.read(nc)
+            if read == last and read == console.hub.views[key]:
+                return
+            last = read
+            await asyncio.sleep(0.3)
+
+
+def test_views_follow_yang_push_without_reads_and_match_what_a_read_gives(running):
+    """The levels with YANG-Push are followed by their updates: a cut and a repair reach the
+    views with no <get> of the connectivity controller, and each pushed view is the one a read
+    of the level gives."""
+    loop, console = running
+    watches = {w.key: w for w in console._watches}
+    assert {key for key, w in watches.items() if w.pushed} == {"connectivity", "forwarding", "orchestrator"}
+    assert not watches["service"].pushed and not watches["km:km-quintin"].pushed   # read: see console.views
+    reads = watches["connectivity"].reads
+    span = "almagro-concepcion"
+
+    async def flow():
+        for action, up in (("cut-span", False), ("repair-span", True)):
+            await console.actions.fault(READ_WRITE, {"action": action, "span": span})
+            async with asyncio.timeout(15):
+                while spans(console)[span]["up"] is not up:
+                    await asyncio.sleep(0.05)
+        for key in ("connectivity", "orchestrator"):   # once the repair's last updates are in
+            await settled(console, key)
+
+    loop.run(flow(), timeout=60)
+    assert watches["connectivity"].reads == reads == 0
+
+
+def test_a_rereading_console_follows_a_cut_by_reading_the_level(running):
+    from console.server import ConsoleServer
+
+    loop, console = running
+    span = "norte-distrito"
+    rereading = ConsoleServer(console.levels, console.users, title="madrid", follow="reread")
+
+    async def flow():
+        await rereading.start()
+        try:
+            await rereading.synced(30)
+            watch = next(w for w in rereading._watches if w.key == "connectivity")
+            assert not watch.pushed
+            reads = watch.reads
+            for action, up in (("cut-span", False), ("repair-span", True)):
+                await rereading.actions.fault(READ_WRITE, {"action": action, "span": span})
+                async with asyncio.timeout(15):
+                    while {s["id"]: s for s in rereading.hub.views["connectivity"]["spans"]}[span]["up"] is not up:
+                        await asyncio.sleep(0.05)
+            assert watch.reads >= reads + 2
+            await settled(rereading, "connectivity")
+            await settled(console, "connectivity")
+        finally:
+            await rereading.stop()
+
+    loop.run(flow(), timeout=60)
+    with pytest.raises(ValueError, match="follow must be one of push, reread"):
+        ConsoleServer(console.levels, console.users, follow="sometimes")
+
+
+def test_the_layout_is_kept_on_the_server_per_network_for_every_browser(tmp_path):
+    from console.server import ConsoleServer
+
+    users = {"admin": ConsoleUser("admin", "pw", READ_WRITE), "monitor": ConsoleUser("monitor", "pw2", READ_ONLY)}
+    admin = {"Authorization": aiohttp.encode_basic_auth("admin", "pw")}
+    monitor = {"Authorization": aiohttp.encode_basic_auth("monitor", "pw2")}
+    loop = LoopThread()
+    try:
+        async def flow():
+            async with ConsoleServer([], users, title="net/one", state_dir=tmp_path) as console:
+                assert await call(console, "GET", "/api/layout", auth=monitor, headers={}) == (
+                    200, {"network": "net/one", "positions": {}})
+                whole = {"n:a": {"x": 1, "y": 2}, "n:b": {"x": -3.5, "y": 4}}
+                assert (await call(console, "POST", "/api/layout", auth=admin,
+                                   body={"positions": whole, "replace": True}))[0] == 200
+                assert (await call(console, "POST", "/api/layout", auth=admin,
+                                   body={"positions": {"n:b": {"x": 10, "y": 20}}}))[0] == 200
+                for body, message in [({"positions": {"n:a": {"x": "left", "y": 0}}}, "x of n:a must be a finite number"),
+                                      ({"positions": {"n:a": {"x": 1}}}, "must be {x, y}"),
+                                      ({"positions": [1, 2]}, "positions must be an object"),
+                                      ({"positions": {}, "replace": "yes"}, "replace must be true or false")]:
+                    status, reply = await call(console, "POST", "/api/layout", auth=admin, body=body)
+                    assert status == 400 and message in reply["error"], reply
+                status, reply = await call(console, "POST", "/api/layout", auth=monitor,
+                                           body={"positions": {"n:a": {"x": 0, "y": 0}}})
+                assert (status, reply["tag"]) == (403, "access-denied")
+            # a new console on the same state directory (a restart): the same layout, for anyone
+            async with ConsoleServer([], users, title="net/one", state_dir=tmp_path) as console:
+                status, reply = await call(console, "GET", "/api/layout", auth=monitor, headers={})
+                assert reply["positions"] == {"n:a": {"x": 1.0, "y": 2.0}, "n:b": {"x": 10.0, "y": 20.0}}
+            async with ConsoleServer([], users, title="another", state_dir=tmp_path) as console:
+                assert (await call(console, "GET", "/api/layout", auth=admin, headers={}))[1]["positions"] == {}
+
+        loop.run(flow(), timeout=60)
+    finally:
+        loop.close()
+    assert [p.name for p in (tmp_path / "layouts").iterdir()] == ["net_one.json"]
+
+
+@pytest.fixture(scope="module")
+def entangled():
+    """The embedded entanglement network (devices/topologies/entanglement.yaml) and a console."""
+    from console.server import ConsoleServer
+
+    loop = LoopThread()
+    stack = Stack(embedded_topology("entanglement.yaml"), passwords=dict(DEMO_PASSWORDS), insecure_sae_header=True)
+    loop.run(stack.start(), timeout=120)
+    rows = stack.table()
+    console = ConsoleServer(console_levels(rows), console_users(rows), title="entanglement")
+    loop.run(console.start())
+    loop.run(console.synced(60), timeout=90)
+    yield loop, stack, console
+    loop.run(console.stop())
+    loop.run(stack.stop(), timeout=120)
+    loop.close()
+
+
+def test_the_fabric_view_shows_entanglement_links_with_rate_and_fidelity(entangled):
+    loop, stack, console = entangled
+    topology = stack.topology
+
+    async def settled() -> dict:
+        async with asyncio.timeout(30):   # the links come up as the nodes report them
+            while True:
+                fabric = console.hub.views["fabric"]
+                if fabric["links"] and all(l["up"] and l["rate"] and l["fidelity"] for l in fabric["links"]):
+                    return fabric
+                await asyncio.sleep(0.1)
+
+    fabric = loop.run(settled(), timeout=60)
+    assert {n["id"]: n["site"] for n in fabric["nodes"]} == {n.id: n.site for n in topology.quantum_nodes}
+    assert {n["id"]: n["role"] for n in fabric["nodes"]}["qn-r1"] == "repeater"
+    link = next(l for l in fabric["links"] if {l["a"], l["b"]} == {"qn-alice", "qn-r1"})
+    assert 0.5 < link["fidelity"] <= 1.0 and link["rate"] > 0 and link["status"] == "up"
+    assert "sessions" in console.hub.views["entanglement"]
+    watches = {w.key: w for w in console._watches}
+    assert watches["fabric"].pushed and watches["entanglement"].pushed
+    status, state = loop.run(call(console, "GET", "/api/state", auth=MONITOR, headers={}))
+    assert status == 200 and state["views"]["fabric"]["links"]
 
 
 def test_levels_must_pin_a_host_key_and_users_have_a_role():

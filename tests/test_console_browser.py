@@ -8,6 +8,7 @@ A screenshot of each view is written to the test's tmp dir, and also to the dire
 $QSTRATA_CONSOLE_SCREENSHOTS names, when set."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -19,7 +20,7 @@ import pytest
 
 from conftest import LoopThread
 from devices.base import DEMO_PASSWORDS
-from devices.topology import default_topology
+from devices.topology import default_topology, embedded_topology
 from tools.console_stack import console_levels, console_users
 from tools.stack import Stack
 
@@ -35,17 +36,17 @@ INTENT_YAML = "name: {name}\nendpoints: {{source-sae: sae-quintin, destination-s
 
 
 class Running:
-    """A Madrid stack and a console over it, on a loop in a background thread."""
+    """A stack (Madrid unless told) and a console over it, on a loop in a background thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, topology=None, title: str = "madrid", state_dir: pathlib.Path | None = None) -> None:
         from console.server import ConsoleServer
 
         self.loop = LoopThread()
-        self.topology = default_topology()
-        self.stack = Stack(self.topology, passwords=dict(DEMO_PASSWORDS))
+        self.topology = topology or default_topology()
+        self.stack = Stack(self.topology, passwords=dict(DEMO_PASSWORDS), insecure_sae_header=True)
         self.loop.run(self.stack.start(), timeout=120)
         rows = self.stack.table()
-        self.console = ConsoleServer(console_levels(rows), console_users(rows), title="madrid")
+        self.console = ConsoleServer(console_levels(rows), console_users(rows), title=title, state_dir=state_dir)
         self.loop.run(self.console.start())
         self.loop.run(self.console.synced(60), timeout=90)
         self.url = self.console.url
@@ -63,10 +64,10 @@ class Running:
 
 
 @pytest.fixture(scope="module")
-def running():
+def running(tmp_path_factory):
     if not DIST.exists():
         pytest.fail(f"the console's page is not built ({DIST}): run `make setup`")
-    stack = Running()
+    stack = Running(state_dir=tmp_path_factory.mktemp("console-state"))
     yield stack
     stack.close()
 
@@ -82,7 +83,13 @@ def browser():
 
 @pytest.fixture
 def page_as(browser, running):
-    """A fresh page (its own cookies and storage) logged in as a user."""
+    """A fresh page (its own cookies and storage: another browser) logged in as a user."""
+    with _pages(browser, running) as login:
+        yield login
+
+
+@contextlib.contextmanager
+def _pages(browser, running):
     contexts = []
 
     def login(user: str):
@@ -100,9 +107,11 @@ def page_as(browser, running):
         page.errors = errors
         return page
 
-    yield login
-    for context in contexts:
-        context.close()
+    try:
+        yield login
+    finally:
+        for context in contexts:
+            context.close()
 
 
 def screenshot(page, tmp_path: pathlib.Path, name: str) -> pathlib.Path:
@@ -276,3 +285,72 @@ async def _repair(running: Running, span: str) -> None:
 def _delete_intent(running: Running, name: str) -> None:
     if name in running.intents():
         running.loop.run(running.console.actions.delete_intent("read-write", name))
+
+
+def test_a_dragged_site_keeps_its_place_after_a_reload_and_in_another_browser(page_as, running):
+    page = page_as("admin")
+    site = f"n:{running.topology.sites[0].id}"
+    page.click("#tabs button[data-view=connectivity]")
+    start = page.evaluate("""(id) => {
+        const cy = window.qstrata.graphs.connectivity, p = cy.getElementById(id).renderedPosition();
+        const box = cy.container().getBoundingClientRect();
+        return {x: box.left + p.x, y: box.top + p.y};
+    }""", site)
+    before = page.evaluate("(id) => window.qstrata.graphs.connectivity.getElementById(id).position()", site)
+    page.mouse.move(start["x"], start["y"])       # a real drag with the mouse
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(start["x"] + 8 * step, start["y"] + 5 * step)
+    page.mouse.up()
+    moved = page.evaluate("(id) => window.qstrata.graphs.connectivity.getElementById(id).position()", site)
+    assert abs(moved["x"] - before["x"]) > 20 and abs(moved["y"] - before["y"]) > 10
+
+    def kept() -> dict | None:
+        return running.console.layout.positions.get(site)
+
+    deadline = time.monotonic() + SETTLE_S
+    while kept() != {"x": moved["x"], "y": moved["y"]} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert kept() == {"x": moved["x"], "y": moved["y"]}
+    assert (running.console.layout.path.exists() and
+            json.loads(running.console.layout.path.read_text())["positions"][site] == kept())
+    where = "(id) => window.qstrata.graphs.connectivity.getElementById(id).position()"
+    page.reload()
+    page.wait_for_function("window.qstrata.state.firstRender !== null", timeout=SETTLE_S * 1000)
+    assert page.evaluate(where, site) == moved
+    other = page_as("monitor")      # another browser, nothing in its storage
+    assert other.evaluate(where, site) == moved
+    # the QKD node of that site is drawn at the site's new place
+    node = next(n.id for n in running.topology.qkd_nodes if n.site == site[2:])
+    at = other.evaluate("(id) => window.qstrata.graphs.forwarding.getElementById(id).position()", f"q:{node}")
+    assert abs(at["x"] - moved["x"]) < 60 and abs(at["y"] - moved["y"]) < 60
+    assert page.errors == [] and other.errors == []
+
+
+@pytest.fixture(scope="module")
+def entangled():
+    stack = Running(embedded_topology("entanglement.yaml"), title="entanglement")
+    yield stack
+    stack.close()
+
+
+def test_the_fabric_view_draws_entanglement_links_with_rate_and_fidelity(browser, entangled, tmp_path):
+    with _pages(browser, entangled) as login:
+        page = login("monitor")
+        assert page.is_visible("#tabs button[data-view=fabric]")
+        page.click("#tabs button[data-view=fabric]")
+        nodes = {f"f:{n.id}" for n in entangled.topology.quantum_nodes}
+        wait_until(page, r"""(nodes) => { const cy = window.qstrata.graphs.fabric;
+            return nodes.every((id) => cy.getElementById(id).nonempty()) && cy.edges().length > 0
+                && cy.edges().every((e) => e.hasClass('up') && /pairs\/s, F 0\.\d{3}$/.test(e.data('label'))); }""",
+                   sorted(nodes))
+        fabric = graph(page, "fabric")
+        assert set(fabric["nodes"]) == nodes
+        link = next(iter(fabric["edges"]))
+        click_element(page, "fabric", link)
+        details = page.text_content("[data-testid=details]")
+        assert "entanglement link" in details and "pairs/s" in details and "fidelity" in details
+        screenshot(page, tmp_path, "fabric")
+        page.click("#tabs button[data-view=service]")
+        assert page.is_visible("[data-testid=entanglement-sessions]")
+        assert page.errors == []

@@ -6,7 +6,12 @@ It logs in to every level over NETCONF, pinning the host keys the stack file hol
 of a known_hosts file, --known-hosts). Its users are the levels' own: the read-write user
 (admin) may cut and repair spans, attach eavesdroppers, crash devices and apply intents; the
 read-only user (monitor) may look, and every action of theirs is refused by the levels, whose
-access rules judge it. Passwords are the ones `qstrata up` printed."""
+access rules judge it. Passwords are the ones `qstrata up` printed.
+
+It follows each level by an on-change YANG-Push subscription where the level offers one
+(--follow push, the default: a change is applied to the console's copy, no read), or re-reads
+a level on each of its notifications (--follow reread). Where the sites are drawn is kept in
+--state-dir (default: `qstrata-console/` beside the stack file), one layout per network."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"the file `qstrata up` wrote (default ./{STATE_FILE})")
     parser.add_argument("--known-hosts", type=pathlib.Path,
                         help="an OpenSSH known_hosts file to check the levels' host keys against instead")
+    parser.add_argument("--follow", choices=("push", "reread"), default="push",
+                        help="how a level's changes reach the console: its YANG-Push updates applied to a copy "
+                             "(default), or a read of the level on each notification")
+    parser.add_argument("--state-dir", type=pathlib.Path,
+                        help="where the layout is kept (default: qstrata-console/ beside the stack file)")
+    parser.add_argument("--parent-pid", type=int, metavar="PID", help="exit when process PID ends (Linux)")
     parser.set_defaults(func=run)
 
 
@@ -47,15 +58,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"qstrata console: {StackNotFound(f'{args.stack_file} is not a file written by `qstrata up`: {error}')}",
               file=sys.stderr)
         return 1
-    return asyncio.run(_serve(levels, console_users(rows), args.port, topology))
+    if args.parent_pid is not None:
+        from tools.cmd_run import _exit_with
+
+        if not _exit_with(args.parent_pid):
+            return 1
+    state_dir = args.state_dir or args.stack_file.absolute().parent / "qstrata-console"
+    return asyncio.run(_serve(levels, console_users(rows), args.port, topology, args.follow, state_dir))
 
 
-async def _serve(levels: list, users: dict, port: int, title: str) -> int:
+async def _serve(levels: list, users: dict, port: int, title: str, follow: str, state_dir: pathlib.Path) -> int:
     from console.server import ConsoleServer
     from tools.console_stack import start_line
     from tools.running import until_stopped
 
-    console = ConsoleServer(levels, users, port=port, title=title)
+    console = ConsoleServer(levels, users, port=port, title=title, follow=follow, state_dir=state_dir)
     try:
         await console.start()
     except OSError as error:

@@ -36,13 +36,13 @@ def start_line(console, users: dict) -> str:
     return f"console: {console.url} (log in as {who}, with the passwords above)"
 
 
-async def start_console(rows: list, title: str, port: int = 0, say=print):
+async def start_console(rows: list, title: str, port: int = 0, say=print, state_dir=None):
     """A started ConsoleServer over `rows`, its address said; None (saying why) when it cannot
-    listen: the stack runs on without it."""
+    listen: the stack runs on without it. `state_dir`: where it keeps the layout (None: in memory)."""
     from console.server import ConsoleServer
 
     users = console_users(rows)
-    console = ConsoleServer(console_levels(rows), users, port=port, title=title)
+    console = ConsoleServer(console_levels(rows), users, port=port, title=title, state_dir=state_dir)
     try:
         await console.start()
     except OSError as error:

@@ -10,11 +10,12 @@ cytoscape.use(fcose);
 
 const RED = "#d62828", BLUE = "#2b7bd6", GREY = "#9aa5b1", ORANGE = "#dd6b20", GREEN = "#2a9d4b", YELLOW = "#ffd400";
 const STRATA = ["connectivity", "forwarding", "service"];
+const GRAPHS = [...STRATA, "fabric"];   // the fabric's only when the network has one
 const LARGE = 300;   // nodes past which labels and animations are thinned out
 
 const state = {
   me: null, views: {}, status: {}, events: [], alarms: [], selectedIntent: null, selected: null,
-  previewed: null, source: null, renderPending: false, lastApplied: null, firstRender: null,
+  previewed: null, source: null, renderPending: false, lastApplied: null, firstRender: null, layout: {},
 };
 const graphs = {};
 window.qstrata = { state, graphs, select: (stratum, id) => selectElement(stratum, id) };
@@ -44,6 +45,8 @@ function rate(bits) {
 }
 const bits = (n) => (n === null || n === undefined ? "-" : n >= 1e6 ? `${(n / 1e6).toPrecision(3)} Mb` :
   n >= 1e3 ? `${(n / 1e3).toPrecision(3)} kb` : `${n} b`);
+const pairs = (rate) => (rate === null || rate === undefined ? "-" : `${rate.toPrecision(3)} pairs/s`);
+const fidelity = (f) => (f === null || f === undefined ? "-" : f.toFixed(3));
 const badge = (text) => el("span", { class: `state ${text}` }, text || "-");
 const bar = (value, total) => el("span", { class: "bar", title: `${value} / ${total}` },
   el("span", { style: `width:${total ? Math.min(100, (100 * value) / total) : 0}%` }));
@@ -70,6 +73,10 @@ const STYLE = [
   { selector: "edge.qkdlink.down", style: { "line-color": RED } },
   { selector: "edge.pool", style: { "line-color": "#68a37a", width: "data(width)" } },
   { selector: "edge.pool.empty", style: { "line-color": RED } },
+  { selector: "node.qn", style: { shape: "ellipse", "background-color": "#6b46c1" } },
+  { selector: "node.qn.repeater", style: { shape: "octagon", "background-color": "#975a16" } },
+  { selector: "edge.entlink", style: { "line-color": "#805ad5", width: "data(width)" } },
+  { selector: "edge.entlink.down", style: { "line-color": RED, "line-style": "dashed" } },
   { selector: ".hl", style: { "underlay-color": YELLOW, "underlay-opacity": 0.8, "underlay-padding": 5 } },
   { selector: ":selected", style: { "overlay-color": "#1d2733", "overlay-opacity": 0.08, "overlay-padding": 8 } },
 ];
@@ -79,7 +86,9 @@ function makeGraph(stratum) {
     maxZoom: 4, boxSelectionEnabled: false });
   cy.on("tap", "node, edge", (event) => showDetails(stratum, event.target.id()));
   cy.on("tap", (event) => { if (event.target === cy) showDetails(null, null); });
-  cy.on("dragfree", "node", () => savePositions());
+  if (stratum === "connectivity") {
+    cy.on("dragfree", "node", (event) => savePositions(event.target.union(event.target.descendants())));
+  }
   graphs[stratum] = cy;
   return cy;
 }
@@ -106,9 +115,12 @@ function sync(cy, elements) {
   });
 }
 
-// Positions: the sites and switches are laid out once (fcose), kept in the browser per
-// network, and every other stratum puts its nodes at their site's place.
-const positionsKey = () => `qstrata-console:positions:${state.views.connectivity?.network || "network"}`;
+// Positions: the sites and switches are laid out once (fcose) and kept on the console server,
+// one layout per network (GET/POST /api/layout), so a dragged site stays where it was put
+// after a reload and for every other browser; every other stratum puts its nodes at their
+// site's place. A read-only user may not move the shared layout: their drags are kept in
+// this browser only (local storage), over the shared one.
+const localKey = () => `qstrata-console:positions:${state.me?.title || "network"}`;
 let sitePositions = null;
 
 function fitGraph(cy) {   // the whole graph in view, not magnified past 1.5
@@ -118,16 +130,44 @@ function fitGraph(cy) {   // the whole graph in view, not magnified past 1.5
 const fit = fitGraph;
 
 function loadPositions() {
-  try { return JSON.parse(localStorage.getItem(positionsKey()) || "null"); } catch { return null; }
+  let local = {};
+  if (!canAct()) {
+    try { local = JSON.parse(localStorage.getItem(localKey()) || "{}") || {}; } catch { local = {}; }
+  }
+  const kept = { ...state.layout, ...local };
+  return Object.keys(kept).length ? kept : null;
 }
 
-function savePositions() {
+// Keep the positions of `nodes` (all of the connectivity graph when not given: a new layout).
+function savePositions(nodes) {
   const cy = graphs.connectivity;
+  const whole = !nodes;
   const positions = {};
-  cy.nodes().forEach((n) => { positions[n.id()] = { ...n.position() }; });
-  sitePositions = positions;   // a compound site's is its children's centre
-  try { localStorage.setItem(positionsKey(), JSON.stringify(positions)); } catch { /* private mode: not kept */ }
+  (nodes || cy.nodes()).forEach((n) => { positions[n.id()] = { x: n.position().x, y: n.position().y }; });
+  sitePositions = whole ? { ...positions } : { ...(sitePositions || {}), ...positions };
+  if (!whole) cy.nodes(":parent").forEach((n) => { sitePositions[n.id()] = { ...n.position() }; });
+  if (canAct()) {
+    state.layout = whole ? { ...positions } : { ...state.layout, ...positions };
+    request("POST", "/api/layout", { positions, replace: whole }).catch((error) => toast(`layout not kept: ${error.message}`, true));
+  } else {
+    try { localStorage.setItem(localKey(), JSON.stringify(sitePositions)); } catch { /* private mode: not kept */ }
+  }
   placeUpperStrata();
+}
+
+// Another browser moved sites (or laid the network out anew): draw them where it put them.
+function applyLayout(body) {
+  state.layout = body.replace ? { ...body.positions } : { ...state.layout, ...body.positions };
+  const cy = graphs.connectivity;
+  if (!cy || !sitePositions) return;
+  cy.batch(() => {
+    for (const [id, at] of Object.entries(body.positions)) {
+      const n = cy.getElementById(id);
+      if (!n.empty() && n.isChildless() && !n.grabbed()) n.position(at);
+    }
+  });
+  cy.nodes().forEach((n) => { sitePositions[n.id()] = { ...n.position() }; });
+  placeUpperStrata(false);
 }
 
 function layoutConnectivity() {
@@ -143,7 +183,8 @@ function layoutConnectivity() {
       const y = around.length ? around.reduce((s, m) => s + kept[m.id()].y, 0) / around.length : 0;
       n.position({ x: x + 40 * Math.random(), y: y + 40 * Math.random() });
     });
-    savePositions();
+    sitePositions = kept;
+    savePositions(missing);
     fit(cy);
     return;
   }
@@ -179,12 +220,10 @@ function placeAtSites(cy, siteOfNode, spread) {
 let upperFitted = false;
 
 function placeUpperStrata(fit = true) {
-  const forwarding = graphs.forwarding, service = graphs.service;
-  placeAtSites(forwarding, (n) => n.data("site"), 28);
-  placeAtSites(service, (n) => n.data("site"), 28);
-  if (fit && sitePositions && forwarding.nodes().length) {
-    fitGraph(forwarding);
-    fitGraph(service);
+  const upper = [graphs.forwarding, graphs.service, graphs.fabric];
+  upper.forEach((cy) => placeAtSites(cy, (n) => n.data("site"), 28));
+  if (fit && sitePositions && upper.some((cy) => cy.nodes().length)) {
+    upper.forEach(fitGraph);
     upperFitted = true;
   }
 }
@@ -261,6 +300,22 @@ function serviceElements() {
   const edges = [...pools.values()].map((p) => ({ group: "edges", data: { id: `p:${p.link}`, source: `k:${p.km}`,
     target: `k:${p.peer}`, width: 2 + 6 * (p.capacity ? p.stored / p.capacity : 0),
     label: `${bits(p.stored)} / ${bits(p.capacity)}` }, classes: `pool ${p.stored ? "" : "empty"}` }));
+  return [...nodes, ...edges];
+}
+
+// The entanglement fabric: quantum nodes at their sites, elementary links with their pair
+// generation rate (width) and fresh fidelity.
+function fabricElements() {
+  const view = state.views.fabric;
+  if (!view) return [];
+  const large = view.nodes.length > LARGE;
+  const nodes = view.nodes.map((n) => ({ group: "nodes", data: { id: `f:${n.id}`, label: n.id, site: n.site },
+    classes: `qn ${n.role} ${n.status && n.status !== "up" ? "down" : ""}` }));
+  const edges = view.links.map((l) => {
+    const width = l.up && l.rate ? Math.max(2, Math.min(12, 2 + 2 * Math.log10(Math.max(l.rate, 1)))) : 2;
+    return { group: "edges", data: { id: `e:${l.id}`, source: `f:${l.a}`, target: `f:${l.b}`, status: l.status, width,
+      label: large ? "" : `${l.id}: ${pairs(l.rate)}, F ${fidelity(l.fidelity)}` }, classes: `entlink ${l.up ? "up" : "down"}` };
+  });
   return [...nodes, ...edges];
 }
 
@@ -388,6 +443,19 @@ function renderDetails() {
         ["QBER", link.qber === null ? "-" : `${link.qber.toFixed(2)} %`],
         ["channel loss", link.loss === null ? "-" : `${link.loss.toFixed(1)} dB`], ["optical path", link.path || "-"]);
     }
+  } else if (kind === "f") {
+    const node = state.views.fabric?.nodes.find((n) => n.id === name);
+    title = `quantum node ${name}`;
+    if (node) rows.push(["role", node.role], ["site", node.site], ["status", node.status],
+      ["qubits free / stored", `${node.free ?? "-"} / ${node.storage ?? "-"}`]);
+  } else if (kind === "e") {
+    const link = state.views.fabric?.links.find((l) => l.id === name);
+    title = `entanglement link ${name}`;
+    if (link) {
+      rows.push(["nodes", `${link.a} - ${link.b}`], ["type", link.type], ["status", link.status],
+        ["generation rate", pairs(link.rate)], ["fidelity", fidelity(link.fidelity)],
+        ["reserved", pairs(link.reserved)], ["length", link.length === null ? "-" : `${link.length} km`]);
+    }
   } else if (kind === "p") {
     title = `key pool of link ${name}`;
     const qkdl = (state.views.forwarding?.links || []).find((l) => l.id === name)?.qkdl;
@@ -474,6 +542,17 @@ function renderService() {
   $("#pools-table tbody").replaceChildren(...kms.flatMap((km) => km.pools.map((p) => el("tr", {},
     el("td", {}, km.id), el("td", {}, p.link), el("td", {}, p.peer),
     el("td", {}, bar(p.stored, p.capacity), `${bits(p.stored)} / ${bits(p.capacity)}`)))));
+}
+
+function renderEntanglementSessions() {
+  const view = state.views.entanglement;
+  $("#entanglement-sessions").hidden = !view;
+  if (!view) return;
+  $("#entanglement-table tbody").replaceChildren(...view.sessions.map((s) => el("tr", { "data-session": s.name },
+    el("td", {}, s.name), el("td", {}, `${s.source || "-"} → ${s.destination || "-"}`),
+    el("td", {}, `≥ ${fidelity(s.min_fidelity)}`), el("td", {}, badge(s.status)),
+    el("td", {}, fidelity(s.expected_fidelity)), el("td", {}, s.delivered_pairs ?? "-"),
+    el("td", { "data-testid": "entanglement-path" }, s.path.join(" - ") || "-"), el("td", {}, s.reason))));
 }
 
 function renderAlarms() {
@@ -566,10 +645,16 @@ function render() {
   const serviceChanged = changed("service-graph", v.forwarding, ...kms);
   if (forwardingChanged) sync(graphs.forwarding, forwardingElements());
   if (serviceChanged) sync(graphs.service, serviceElements());
-  if (forwardingChanged || serviceChanged || firstLayout) placeUpperStrata(firstLayout || !upperFitted);
+  const fabricChanged = changed("fabric", v.fabric);
+  if (fabricChanged) {
+    $("#tab-fabric").hidden = !v.fabric;
+    sync(graphs.fabric, fabricElements());
+  }
+  if (forwardingChanged || serviceChanged || fabricChanged || firstLayout) placeUpperStrata(firstLayout || !upperFitted);
   highlight();
   if (changed("intents", v.orchestrator, state.selectedIntent)) renderIntents();
   if (changed("tables", v.service, ...kms)) renderService();
+  if (changed("entanglement", v.entanglement)) renderEntanglementSessions();
   if (changed("alarms", v.connectivity, v.forwarding)) renderAlarms();
   if (state.selected) renderDetails();
   const live = $("#live");
@@ -613,6 +698,7 @@ function connect() {
     state.sequence = body.sequence;
     scheduleRender();
   });
+  source.addEventListener("layout", (message) => applyLayout(JSON.parse(message.data)));
   source.addEventListener("event", (message) => {
     const body = JSON.parse(message.data);
     state.sequence = body.sequence;
@@ -658,10 +744,11 @@ async function start() {
   $("#network-title").textContent = `network ${me.title}`;
   $("#whoami").textContent = `${me.user} (${me.role === "read-write" ? "operator" : "read-only"})`;
   document.body.dataset.role = me.role;
-  if (!graphs.connectivity) STRATA.forEach(makeGraph);
+  if (!graphs.connectivity) GRAPHS.forEach(makeGraph);
   setupApply();
+  try { state.layout = (await request("GET", "/api/layout")).positions || {}; } catch { state.layout = {}; }
   const wanted = location.hash.slice(1);
-  showView(["connectivity", "forwarding", "service", "intents", "alarms"].includes(wanted) ? wanted : "connectivity");
+  showView(["connectivity", "forwarding", "service", "fabric", "intents", "alarms"].includes(wanted) ? wanted : "connectivity");
   if (state.source) state.source.close();
   connect();
 }
