@@ -23,7 +23,7 @@ from lxml import etree
 from netconf_core import ns
 from netconf_core.errors import BASE_NS, RPCError, RPCErrorList
 from netconf_core.framing import FrameReader, FramingError, encode
-from netconf_core.ssh import ENCRYPTION_ALGS, fingerprint, without_cbc_padding_packets
+from netconf_core.ssh import ENCRYPTION_ALGS, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,6 @@ class _HostKeyWitness(asyncssh.SSHClient):
 
     def __init__(self) -> None:
         self.offered: asyncssh.SSHKey | None = None
-
-    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
-        without_cbc_padding_packets(conn)
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         self.offered = key

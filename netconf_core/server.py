@@ -45,7 +45,7 @@ from .nacm import Nacm, NacmConfigError, NacmCounters
 from .notifications import ReplayBuffer, Event, now
 from .schema import WD_FLAGS, Schema
 from .ssh import (SERVER_OPTIONS, Listener, NetconfSubsystemChannel, TransportLimits, persistent_host_key,
-                  public_key_line, without_cbc_padding_packets)
+                  public_key_line)
 from .session import BASE_10, BASE_11, Session
 from .ns import (BASE, DEFAULT_ATTR, MONITORING, NACM, NC_NOTIFICATIONS, NETMOD_NOTIFICATION, SUBSCRIBED_NOTIFICATIONS,
                  WITH_DEFAULTS, YANG_LIBRARY)
@@ -979,7 +979,6 @@ class _SSHServer(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
-        without_cbc_padding_packets(conn)
 
     def begin_auth(self, username: str) -> bool:
         user = self.server.users.get(username)

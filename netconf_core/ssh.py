@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import asyncssh
-from asyncssh.constants import MSG_IGNORE
-from asyncssh.packet import String
 
 from .framing import MAX_CHUNKS
 
@@ -35,25 +33,6 @@ SERVER_OPTIONS = {"encoding": None, "allow_scp": False, "line_editor": False, "k
                   "encryption_algs": ENCRYPTION_ALGS}
 
 
-
-def without_cbc_padding_packets(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
-    """Stop `conn` from sending an empty SSH_MSG_IGNORE before every data packet.
-
-    asyncssh sends one whatever the cipher: it is the old countermeasure to the chosen-plaintext
-    attack on CBC mode (RFC 4251 9.3.1), which no cipher of ENCRYPTION_ALGS needs (GCM and
-    chacha20-poly1305 are AEAD, CTR has no chained IV), and it doubles the packets, the
-    encryptions and the send() calls of every NETCONF reply. A connection that negotiated a
-    CBC cipher anyway keeps them. Ignore packets with a payload (none of ours) still go out.
-    """
-    send_packet = conn.send_packet
-    empty = String(b"")
-
-    def send(pkttype: int, *args: bytes, **kwargs) -> None:
-        if pkttype == MSG_IGNORE and args == (empty,) and \
-                "cbc" not in (conn.get_extra_info("send_cipher") or "cbc"):
-            return
-        send_packet(pkttype, *args, **kwargs)
-    conn.send_packet = send  # type: ignore[method-assign]
 
 def public_key_line(key: asyncssh.SSHKey) -> str:
     """The OpenSSH public line of a key ("ssh-ed25519 AAAA..."), what `Endpoint.host_key` pins."""
