@@ -33,7 +33,6 @@ SERVER_OPTIONS = {"encoding": None, "allow_scp": False, "line_editor": False, "k
                   "encryption_algs": ENCRYPTION_ALGS}
 
 
-
 def public_key_line(key: asyncssh.SSHKey) -> str:
     """The OpenSSH public line of a key ("ssh-ed25519 AAAA..."), what `Endpoint.host_key` pins."""
     return key.export_public_key("openssh").decode().split("\n")[0].strip()
