@@ -73,14 +73,16 @@ class Placement:
 
 
 def fabric_graph(view: FabricView) -> nx.Graph:
-    """The planner's graph: the fabric's nodes that are up and its links that are up."""
+    """The planner's graph: the fabric's nodes that are up (with their storage qubits in
+    service, which bound the purification rounds a plan may use there) and its links that are up."""
     graph = nx.Graph()
     for node in view.nodes.values():
         if node.status == "down":
             continue
         graph.add_node(node.id, decoherence_rate=node.decoherence_rate or 0.0, swap_fidelity=node.swap_fidelity or 1.0,
                        swap_success=node.swap_success if node.swap_success is not None else 1.0,
-                       can_swap=bool(node.can_swap), can_purify=bool(node.can_purify))
+                       can_swap=bool(node.can_swap), can_purify=bool(node.can_purify),
+                       **({"storage_qubits": node.storage_qubits} if node.storage_qubits is not None else {}))
     for link in view.links.values():
         a, b = link.a[0], link.b[0]
         if link.up and a in graph and b in graph and link.generation_rate and link.fidelity:

@@ -5,9 +5,10 @@ qi-fabric: one RFC 8345 network "fabric" of type entanglement-fabric. Everything
 discovered, not configured:
 
 - a node per quantum node (node-id = the device's name), with its role and site, a
-  termination point per interface; in state its storage qubits, the free ones (neither
-  failed nor holding a pair), its decoherence rate, its swap factor (gate times measurement
-  fidelity) and success probability, whether it swaps and purifies, and whether it is up;
+  termination point per interface; in state its storage qubits in service (not failed: what
+  the planner may use), the free ones (of those, holding no pair), its decoherence rate, its
+  swap factor (gate times measurement fidelity) and success probability, whether it swaps and
+  purifies, and whether it is up;
 - a link per elementary link configured consistently on both its nodes (the same link-id,
   each naming the other as peer-node): source the node with the lower node-id, with its
   type, length and optical path; in state what the source node reports (status, success
@@ -142,9 +143,10 @@ class FabricController(Controller):
         for name in sorted(self.nodes):
             config, state = self.nodes[name]
             up = self._reachable(name)
-            free = max(0, config.storage_qubits - state.failed_qubits - state.in_use)
+            in_service = max(0, config.storage_qubits - state.failed_qubits)   # what a plan may use
+            free = max(0, in_service - state.in_use)
             nodes.append(FabricNode(name, config.role or "end-node", config.site, tuple(config.interfaces),
-                                    config.storage_qubits, free, state.decoherence_rate, config.swap_fidelity,
+                                    in_service, free, state.decoherence_rate, config.swap_fidelity,
                                     config.swap_success, config.can_swap, config.can_purify, "up" if up else "down"))
         links: dict[str, FabricLink] = {}
         for name in sorted(self.nodes):

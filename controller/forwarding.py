@@ -194,6 +194,8 @@ class ForwardingController(Controller):
         self._settler.start()
         self._path_refresher.start()
         self.connectivity.start()
+        if not self.links:   # no QKD node (an entanglement network): nothing to read, publish the empty topology
+            self._settle("no QKD nodes")
 
     async def stop(self) -> None:
         await asyncio.gather(self._settler.stop(), self._path_refresher.stop())

@@ -81,6 +81,8 @@ from netconf_core.link import DeviceLink, Endpoint, TransactionError
 from netconf_core.notifications import now
 from netconf_core.server import User
 
+NC_NOTIFICATIONS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"  # RFC 6470 netconf-config-change
+
 log = logging.getLogger(__name__)
 
 FORWARDING_TIMEOUT_S = 5.0        # wait for the forwarding controller's session
@@ -169,6 +171,11 @@ class ServiceController(Controller):
         self.wake()
 
     async def device_notification(self, link: DeviceLink, notification: etree._Element) -> None:
+        if any(":saes" in (target.text or "") for target in notification.iter(f"{{{NC_NOTIFICATIONS}}}target")):
+            async with self._lock:  # an SAE attached or detached (one moving between domains): read it now
+                await self._read_km(link)
+            self.wake()
+            return
         change = KEY_MANAGER.find(notification, "session-state-change")
         if change is None or KEY_MANAGER.text(change, "status") != "expired":
             return

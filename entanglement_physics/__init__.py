@@ -8,8 +8,8 @@ Formulas are those of the qstrata entanglement reference (docs/entanglement.md n
 from entanglement_physics.chain import ChainLink, ChainNode, Segment, balanced_order, evaluate_chain
 from entanglement_physics.link import (NV_CENTRE, TRAPPED_ION, LinkPerformance, NodeProfile, Scheme,
                                        elementary_link, expected_wait)
-from entanglement_physics.planner import Infeasible, Plan, plan
+from entanglement_physics.planner import Infeasible, MemoryShortfall, Plan, memory_needed, plan
 
-__all__ = ["NV_CENTRE", "TRAPPED_ION", "ChainLink", "ChainNode", "Infeasible", "LinkPerformance", "NodeProfile",
-           "Plan", "Scheme", "Segment", "balanced_order", "elementary_link", "evaluate_chain", "expected_wait",
-           "plan"]
+__all__ = ["NV_CENTRE", "TRAPPED_ION", "ChainLink", "ChainNode", "Infeasible", "LinkPerformance", "MemoryShortfall",
+           "NodeProfile", "Plan", "Scheme", "Segment", "balanced_order", "elementary_link", "evaluate_chain",
+           "expected_wait", "memory_needed", "plan"]

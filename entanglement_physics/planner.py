@@ -12,6 +12,11 @@ along a chain), by time cost (1/rate per link) and by number of links. On each, 
 to MAX_ENUMERATED_SWAPS inner nodes, otherwise the nested order, left to right and right to
 left; purification is the same number of rounds on every link (0..max_rounds), on links whose
 two ends can purify.
+
+Memory is a constraint: a node with `storage_qubits` (absent: unlimited) must hold what the
+plan needs at once (`memory_needed`). A plan that does not fit is not chosen, so the request
+is routed around the node or met with fewer rounds; when only such plans meet the fidelity,
+`Infeasible` names the node ("repeater qn-r2 has 2 storage qubits, the plan needs 4 ...").
 """
 from __future__ import annotations
 
@@ -48,6 +53,42 @@ class Plan:
     fidelity: float  # mean fidelity of a delivered pair
 
 
+@dataclass(frozen=True)
+class MemoryShortfall:
+    """A node of a path with fewer storage qubits than a plan needs there."""
+
+    node: Hashable
+    role: str  # "repeater" (an inner node of the path) or "end node"
+    has: int
+    needs: int
+
+    def describe(self, rounds: Sequence[int]) -> str:
+        most = max(rounds, default=0)
+        purification = "no purification" if not most else \
+            f"{most} purification round{'s' if most > 1 else ''} per link, {most + 1} pairs held at once per side"
+        return (f"{self.role} {self.node} has {self.has} storage qubit{'s' if self.has != 1 else ''}, "
+                f"the plan needs {self.needs} ({purification})")
+
+
+def memory_needed(rounds: Sequence[int]) -> list[int]:
+    """The storage qubits each node of a path needs with `rounds` purification rounds on its
+    links: to make a pair of r rounds a link end holds one pair of each lower round and the new
+    one, r + 1; a repeater keeps half its qubits for each side (as the emulated nodes do), so it
+    needs twice what its hungrier side needs."""
+    sides = [r + 1 for r in rounds]
+    return [sides[0]] + [2 * max(a, b) for a, b in zip(sides, sides[1:])] + [sides[-1]]
+
+
+def memory_shortfall(graph: nx.Graph, path: Sequence[Hashable], rounds: Sequence[int]) -> MemoryShortfall | None:
+    """The node of `path` furthest short of the storage qubits `rounds` need; None when all fit."""
+    worst = None
+    for k, (node, needs) in enumerate(zip(path, memory_needed(rounds))):
+        has = graph.nodes[node].get("storage_qubits")
+        if has is not None and has < needs and (worst is None or needs - has > worst.needs - worst.has):
+            worst = MemoryShortfall(node, "repeater" if 0 < k < len(path) - 1 else "end node", has, needs)
+    return worst
+
+
 def plan(graph: nx.Graph, source: Hashable, destination: Hashable, min_fidelity: float, *,
          max_age_s: float | None = None, max_rounds: int = 3, max_hops: int | None = None,
          avoid_nodes: Iterable[Hashable] = (), candidate_paths: int = CANDIDATE_PATHS) -> Plan:
@@ -57,24 +98,38 @@ def plan(graph: nx.Graph, source: Hashable, destination: Hashable, min_fidelity:
         raise ValueError("a plan joins two different nodes")
     usable = _usable_graph(graph, source, destination, set(avoid_nodes))
     best: tuple | None = None
-    best_fidelity = None
+    best_fidelity = None  # of the plans that fit the nodes' memory
+    blocked: tuple | None = None  # the best plan meeting the fidelity but not the memory, and its shortfall
+    least: tuple | None = None    # the plan short of the fewest qubits, and its shortfall
     paths = _candidate_paths(usable, source, destination, candidate_paths, max_hops)
     for path in paths:
-        for candidate in _plans_on(usable, path, max_rounds, max_age_s):
+        for candidate, shortfall in _plans_on(usable, path, max_rounds, max_age_s):
             if candidate.rate <= 0:  # every pair is discarded before it is used
+                continue
+            rank = (-candidate.rate, -candidate.fidelity, len(candidate.path), [str(n) for n in candidate.path])
+            meets = candidate.fidelity + 1e-12 >= min_fidelity
+            if shortfall is not None:
+                if meets and (blocked is None or rank < blocked[0]):
+                    blocked = (rank, candidate, shortfall)
+                if least is None or shortfall.needs < least[2].needs:
+                    least = (rank, candidate, shortfall)
                 continue
             if best_fidelity is None or candidate.fidelity > best_fidelity:
                 best_fidelity = candidate.fidelity
-            if candidate.fidelity + 1e-12 < min_fidelity:
-                continue
-            rank = (-candidate.rate, -candidate.fidelity, len(candidate.path), [str(n) for n in candidate.path])
-            if best is None or rank < best[0]:
+            if meets and (best is None or rank < best[0]):
                 best = (rank, candidate)
     if best is not None:
         return best[1]
     if not paths:
         limit = f" within {max_hops} links" if max_hops is not None else ""
         raise Infeasible(f"no path of elementary links from {source} to {destination}{limit}")
+    if blocked is not None or (best_fidelity is None and least is not None):
+        _, candidate, shortfall = blocked or least
+        within = ""
+        if best_fidelity is not None:
+            shown, asked = _distinct(best_fidelity, min_fidelity)
+            within = f"; within the nodes' storage qubits the best achievable fidelity is {shown} < {asked} requested"
+        raise Infeasible(shortfall.describe(candidate.purification_rounds) + within, best_fidelity)
     if best_fidelity is None:
         raise Infeasible(f"no plan from {source} to {destination} keeps a pair within the maximum age {max_age_s} s")
     shown, asked = _distinct(best_fidelity, min_fidelity)
@@ -124,7 +179,8 @@ def _candidate_paths(graph: nx.Graph, source: Hashable, destination: Hashable, c
     return list(found)
 
 
-def _plans_on(graph: nx.Graph, path: Sequence[Hashable], max_rounds: int, max_age_s: float | None) -> Iterable[Plan]:
+def _plans_on(graph: nx.Graph, path: Sequence[Hashable], max_rounds: int,
+              max_age_s: float | None) -> Iterable[tuple[Plan, MemoryShortfall | None]]:
     nodes = [ChainNode(graph.nodes[n].get("decoherence_rate", 0.0), graph.nodes[n].get("swap_fidelity", 1.0),
                        graph.nodes[n].get("swap_success", 1.0)) for n in path]
     edges = [graph.edges[a, b] for a, b in zip(path, path[1:])]
@@ -142,6 +198,8 @@ def _plans_on(graph: nx.Graph, path: Sequence[Hashable], max_rounds: int, max_ag
         per_link = tuple(rounds if ok else 0 for ok in purifiable)
         if rounds and not any(purifiable):
             break
+        shortfall = memory_shortfall(graph, path, per_link)
         for order in orders:
             result = evaluate_chain(nodes, links, order, per_link, max_age_s)
-            yield Plan(tuple(path), link_ids, tuple(path[k] for k in order), per_link, result.rate, result.fidelity)
+            yield (Plan(tuple(path), link_ids, tuple(path[k] for k in order), per_link, result.rate, result.fidelity),
+                   shortfall)

@@ -7,7 +7,9 @@ services, charging records and disputes, ratings: `federation_state`) and its no
 beside the reader the agents, the demo and the tests use (`read_members`, `read_service_statuses`,
 `read_charging`, `read_disputes`, `read_ratings`). The two RPCs of charging are here on both
 sides too: an agent's `report-delivery` (`delivery_report`, `read_delivery_report`) and `settle`
-(`settle_request`, `read_settle_request`, `settlement_output`, `read_settlement`)."""
+(`settle_request`, `read_settle_request`, `settlement_output`, `read_settlement`). A service as a
+user (or a roaming orchestrator) writes it is `service_config` / `service_delete`; a Fa user's
+application, `add_user_application` and `read_user_applications`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -36,10 +38,13 @@ class Node:
 
 @dataclass(frozen=True)
 class Sae:
-    """An SAE of the domain and its key manager (ETSI GS QKD 014 KME)."""
+    """An SAE of the domain and its key manager (ETSI GS QKD 014 KME); for service discovery,
+    what its application is and the kinds of service it offers."""
 
     sae_id: str
     km_id: str
+    description: str | None = None
+    service_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,9 @@ def read_advertisement(ad: etree._Element) -> Advertisement:
                                text(l, "peer-member") or "", text(l, "peer-border-node") or "",
                                int(text(l, "capacity") or 0), _int(text(l, "local-interface")))
                   for l in FEDERATION.all(ad, "inter-domain-link"))
-    saes = tuple(Sae(text(s, "sae-id") or "", text(s, "km-id") or "") for s in FEDERATION.all(ad, "sae"))
+    saes = tuple(Sae(text(s, "sae-id") or "", text(s, "km-id") or "", text(s, "description"),
+                     tuple((e.text or "").strip() for e in FEDERATION.all(s, "service-type")))
+                 for s in FEDERATION.all(ad, "sae"))
     return Advertisement(nodes, links, saes)
 
 
@@ -90,6 +97,10 @@ def advertisement_config(member_id: str, offer: Advertisement) -> etree._Element
         element = FEDERATION.sub(ad, "sae")
         FEDERATION.sub(element, "sae-id", sae.sae_id)
         FEDERATION.sub(element, "km-id", sae.km_id)
+        if sae.description:
+            FEDERATION.sub(element, "description", sae.description)
+        for kind in sae.service_types:
+            FEDERATION.sub(element, "service-type", kind)
     for link in offer.links:
         element = FEDERATION.sub(ad, "inter-domain-link")
         for tag, value in (("link-id", link.link_id), ("local-border-node", link.local_node),
@@ -153,6 +164,61 @@ class ServiceRequest:
     rate: int
 
 
+def _service_edit(service_id: str, operation: str) -> tuple[etree._Element, etree._Element]:
+    """A <federation> edit of one service entry with `operation`: (the edit, the entry)."""
+    fed = etree.Element(FEDERATION("federation"), nsmap={None: FEDERATION, "nc": BASE})
+    service = FEDERATION.sub(FEDERATION.sub(fed, "services"), "service")
+    service.set(BASE("operation"), operation)
+    FEDERATION.sub(service, "service-id", service_id)
+    return fed, service
+
+
+def service_config(request: ServiceRequest) -> etree._Element:
+    """The <federation> edit that creates (or replaces) a cross-domain service as `request` says."""
+    fed, service = _service_edit(request.service_id, "replace")
+    FEDERATION.sub(service, "requesting-member", request.requesting_member)
+    for end, sae, domain in (("source", request.source_sae, request.source_domain),
+                             ("destination", request.destination_sae, request.destination_domain)):
+        element = FEDERATION.sub(service, end)
+        FEDERATION.sub(element, "sae-id", sae)
+        FEDERATION.sub(element, "domain", domain)
+    FEDERATION.sub(service, "rate", request.rate)
+    return fed
+
+
+def service_delete(service_id: str) -> etree._Element:
+    """The <federation> edit that removes a service (nothing if it is not there)."""
+    return _service_edit(service_id, "remove")[0]
+
+
+@dataclass(frozen=True)
+class UserApplication:
+    """A service-layer (Fa) user's application to act for a member (qi-federation service-users)."""
+
+    user_name: str
+    member_id: str
+    ssh_public_key: str
+    description: str | None = None
+
+
+def add_user_application(tree: etree._Element, application: UserApplication) -> None:
+    """Add (or replace) a user's application in a datastore tree holding <federation>."""
+    fed = FEDERATION.find(tree, "federation")
+    if fed is None:
+        fed = etree.SubElement(tree, FEDERATION("federation"), nsmap={None: FEDERATION})
+    users = FEDERATION.find(fed, "service-users")
+    if users is None:
+        users = FEDERATION.sub(fed, "service-users")
+    for old in FEDERATION.all(users, "service-user"):
+        if FEDERATION.text(old, "user-name") == application.user_name:
+            users.remove(old)
+    entry = FEDERATION.sub(users, "service-user")
+    for tag, value in (("user-name", application.user_name), ("member-id", application.member_id),
+                       ("ssh-public-key", application.ssh_public_key), ("description", application.description)):
+        if value:
+            FEDERATION.sub(entry, tag, value)
+
+
 @dataclass(frozen=True)
 class RatingPolicy:
     """qi-federation ratings: the sliding window (seconds), the score below which a member is
@@ -170,6 +236,7 @@ class FederationConfig:
     offers: dict[str, dict[Crossing, int]] = field(default_factory=dict)  # member -> crossing -> capacity
     services: dict[str, ServiceRequest] = field(default_factory=dict)
     sae_kms: dict[tuple[str, str], str] = field(default_factory=dict)  # (member, advertised SAE) -> its key manager
+    applications: dict[str, UserApplication] = field(default_factory=dict)  # Fa user -> its application
     rating: RatingPolicy = field(default_factory=RatingPolicy)
 
     @classmethod
@@ -201,6 +268,10 @@ class FederationConfig:
                 config.sae_kms[(member_id, sae.sae_id)] = sae.km_id
             for link in offer.links:
                 offers[Crossing(link.link_id, link.local_node, link.peer_member, link.peer_node)] = link.capacity
+        for u in FEDERATION.all(fed, "service-users/service-user"):
+            application = UserApplication(text(u, "user-name", ""), text(u, "member-id", ""),
+                                          text(u, "ssh-public-key", ""), text(u, "description"))
+            config.applications[application.user_name] = application
         ratings = FEDERATION.find(fed, "ratings")
         if ratings is not None:
             default = RatingPolicy()
@@ -235,6 +306,8 @@ class ServiceStatus:
     reason: str = ""
     route: tuple[str, ...] = ()
     segments: tuple[SegmentStatus, ...] = ()
+    source_domain: str | None = None       # the members that serve the two SAEs now
+    destination_domain: str | None = None
 
 
 def add_service_status(services: etree._Element, service: ServiceStatus) -> etree._Element:
@@ -244,6 +317,9 @@ def add_service_status(services: etree._Element, service: ServiceStatus) -> etre
     FEDERATION.sub(entry, "status", service.status)
     if service.reason:
         FEDERATION.sub(entry, "reason", service.reason)
+    for end, domain in (("source", service.source_domain), ("destination", service.destination_domain)):
+        if domain:
+            FEDERATION.sub(FEDERATION.sub(entry, end), "current-domain", domain)
     for domain in service.route:
         FEDERATION.sub(entry, "domain-route", domain)
     segments = FEDERATION.sub(entry, "segments")
@@ -267,7 +343,8 @@ def read_service_statuses(data: etree._Element | None) -> dict[str, ServiceStatu
                                        text(s, "egress"), text(s, "intent"), text(s, "status", ""))
                          for s in FEDERATION.all(service, "segments/segment"))
         status = ServiceStatus(text(service, "service-id", ""), text(service, "status", ""), text(service, "reason", ""),
-                               tuple((e.text or "").strip() for e in FEDERATION.all(service, "domain-route")), segments)
+                               tuple((e.text or "").strip() for e in FEDERATION.all(service, "domain-route")), segments,
+                               text(service, "source/current-domain"), text(service, "destination/current-domain"))
         out[status.service_id] = status
     return out
 
@@ -350,10 +427,10 @@ def _leaves(parent: etree._Element, pairs: tuple[tuple[str, object], ...]) -> No
 
 def federation_state(members: list[MemberStatus], available: dict[str, list[tuple[str, int]]],
                      services: list[ServiceStatus], charges: list[Charge], disputes: Sequence[Dispute] = (),
-                     ratings: Sequence[Rating] = ()) -> etree._Element:
+                     ratings: Sequence[Rating] = (), users: Sequence[tuple[str, str]] = ()) -> etree._Element:
     """The platform's <federation> state: memberships, the rate left on each advertised link
-    (member -> (link-id, bit/s)), services, charging records and disputes, and ratings, in the
-    order given."""
+    (member -> (link-id, bit/s)), services, charging records and disputes, ratings, and the
+    service users' applications ((user-name, status)), in the order given."""
     fed = FEDERATION.element("federation")
     container = FEDERATION.sub(fed, "members")
     for member in members:
@@ -362,6 +439,10 @@ def federation_state(members: list[MemberStatus], available: dict[str, list[tupl
         FEDERATION.sub(entry, "status", member.status)
         if member.admitted_at:
             FEDERATION.sub(entry, "admitted-at", member.admitted_at)
+    if users:
+        container = FEDERATION.sub(fed, "service-users")
+        for user, status in users:
+            _leaves(FEDERATION.sub(container, "service-user"), (("user-name", user), ("status", status)))
     container = FEDERATION.sub(fed, "advertisements")
     for member_id, links in available.items():
         ad = FEDERATION.sub(container, "advertisement")
@@ -594,6 +675,12 @@ def member_left(member_id: str, reason: str, time: str) -> etree._Element:
     return _event("member-left", (("member-id", member_id), ("reason", reason), ("time", time)))
 
 
+def read_user_applications(data: etree._Element | None) -> dict[str, str]:
+    """The service users' applications of a <get> reply: user-name -> status ('' when not shown)."""
+    return {FEDERATION.text(u, "user-name", ""): FEDERATION.text(u, "status", "")
+            for u in FEDERATION.all(data, "federation/service-users/service-user")}
+
+
 def application_status(status: str) -> etree._Element:
-    """The output of the apply RPC: the applicant's membership status."""
+    """The output of apply-membership (the applicant's membership status) and of apply-service-user."""
     return FEDERATION.element("status", status)

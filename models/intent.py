@@ -153,13 +153,43 @@ def intent_state(record, transitions: Iterable) -> etree._Element:
             INTENT.sub(entry, "count", transition.count)
     if status.get("session"):
         INTENT.sub(intent, "session", status["session"])
+    if status.get("federation"):
+        _federation(INTENT.sub(intent, "federation"), status["federation"])
     paths = INTENT.sub(intent, "paths")
     for index, path in enumerate(status.get("paths", [])):
         entry = INTENT.sub(paths, "path")
         INTENT.sub(entry, "index", index)
         INTENT.sub(entry, "in-use", "true" if path["in-use"] else "false")
+        for domain in path.get("domains", []):
+            INTENT.sub(entry, "domains", domain)
         _hops(entry, path["hops"])
     return intent
+
+
+def _federation(parent: etree._Element, federation: dict) -> None:
+    """The federation container of a roaming intent: {service, status, source-domain,
+    destination-domain, domains, segments: [{index, domain, status}]}."""
+    for key in ("service", "status", "source-domain", "destination-domain"):
+        if federation.get(key):
+            INTENT.sub(parent, key, federation[key])
+    for domain in federation.get("domains", []):
+        INTENT.sub(parent, "domains", domain)
+    for segment in federation.get("segments", []):
+        entry = INTENT.sub(parent, "segment")
+        for key in ("index", "domain", "status"):
+            INTENT.sub(entry, key, segment[key])
+
+
+def read_federation(intent: etree._Element) -> dict:
+    """The federation container of an intent in a <get> reply as `_federation` takes it ({} when absent)."""
+    fed = INTENT.find(intent, "federation")
+    if fed is None:
+        return {}
+    out = {key: INTENT.text(fed, key) for key in ("service", "status", "source-domain", "destination-domain")}
+    out["domains"] = [(e.text or "").strip() for e in INTENT.all(fed, "domains")]
+    out["segments"] = [{"index": int(INTENT.text(e, "index", "0")), "domain": INTENT.text(e, "domain"),
+                        "status": INTENT.text(e, "status")} for e in INTENT.all(fed, "segment")]
+    return out
 
 
 def intent_state_change(name: str, transition) -> etree._Element:
@@ -196,7 +226,8 @@ def dry_run_entry(name: str, change: str, feasible: bool, reason: str, hops: lis
 
 def read_intents(data: etree._Element | None) -> dict[str, dict]:
     """Every intent of a <get> reply as a dict of its leaves (configuration and state), with its
-    paths (in-use, nodes, links), endpoints, conditions and history."""
+    paths (in-use, nodes, links), endpoints, conditions, history and federation (a roaming
+    intent's service, {} for others)."""
     leaves = lambda element: {localname(c): (c.text or "").strip() for c in element if len(c) == 0}
     out = {}
     for intent in INTENT.all(data, "intents/intent"):
@@ -211,6 +242,7 @@ def read_intents(data: etree._Element | None) -> dict[str, dict]:
         entry["destination-sae"] = INTENT.text(intent, "endpoints/destination-sae", "")
         entry["conditions"] = [leaves(c) for c in INTENT.all(intent, "conditions/condition")]
         entry["history"] = [leaves(t) for t in INTENT.all(intent, "history/transition")]
+        entry["federation"] = read_federation(intent)
         out[entry.get("name", "")] = entry
     return out
 

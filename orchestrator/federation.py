@@ -39,6 +39,9 @@ counts that contradict each other are a dispute, not billed; `settle` answers a 
 settlement for a period; ratings (delivery, availability, disputes over a sliding window)
 are state, each member seeing its own.
 
+A failed service is placed again after a back-off (1 s, doubling to 16 s while it keeps
+failing), not only on the next change: a domain that answered too late may be ready now.
+
 Segments: each segment of a route is handed to a `SegmentHandler` that the
 `segment_handlers` factory returns for a member's agent endpoint (orchestrator/
 federation_domain.py has the one that makes it an intent of the domain's orchestrator);
@@ -57,15 +60,16 @@ import logging
 import os
 import pathlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Callable, Protocol
 
 from lxml import etree
 
 from models.federation import (EndCount, FederationConfig, MemberStatus, SegmentStatus, ServiceRequest, ServiceStatus,
-                               add_member, application_status, federation_state, member_joined, member_left,
-                               read_delivery_report, read_settle_request, service_status_change, settlement_output)
+                               UserApplication, add_member, add_user_application, application_status,
+                               federation_state, member_joined, member_left, read_delivery_report,
+                               read_settle_request, service_status_change, settlement_output)
 from models.intent import clip
 from models.ns import FEDERATION
 from netconf_core import AccessPolicy, ReconcileLoop
@@ -83,6 +87,7 @@ from orchestrator.federation_routes import (DomainView, Ledger, Route, Segment, 
 log = logging.getLogger(__name__)
 
 SEGMENT_TIMEOUT = 10.0  # seconds a domain may take to answer for one segment
+RETRY_FAILED_S, RETRY_FAILED_MAX_S = 1.0, 16.0  # a failed service is tried again, doubling, up to this
 
 
 def _error_path(*steps: str) -> dict[str, Any]:
@@ -151,6 +156,8 @@ class ServiceState:
     route: Route | None = None
     segments: dict[int, SegmentState] = field(default_factory=dict)
     avoid: set[str] = field(default_factory=set)  # transit domains that failed their segment of it
+    failures: int = 0  # times it failed since it was last active (its retries back off)
+    left_because: str = ""  # why it left its last route, until it is active on another
 
 
 def _service_status(segments: list[SegmentState]) -> tuple[str, str]:
@@ -190,7 +197,8 @@ class FederationPlatform:
     keeps the datastores, memberships and charging records across restarts."""
 
     def __init__(self, users: dict[str, User], admin: str, store_dir: pathlib.Path | str | None = None,
-                 port: int = 0, *, host: str = "127.0.0.1", segment_handlers: SegmentHandlers | None = None):
+                 port: int = 0, *, host: str = "127.0.0.1", segment_handlers: SegmentHandlers | None = None,
+                 host_key=None, name: str = "federation"):
         if admin not in users:
             raise ValueError(f"the administrator {admin!r} is not one of the platform's users")
         self.admin = admin
@@ -200,17 +208,20 @@ class FederationPlatform:
         store = pathlib.Path(store_dir) if store_dir is not None else None
         self._state_file = store / "federation.json" if store else None
         self.memberships: dict[str, Membership] = {}
+        self.sae_moves: dict[str, str] = {}  # SAE -> the member move-sae said serves it now
         self.charging = Charging()
         self._load()
         self.server = NetconfServer(Schema(["qi-types", MODULE]), self.users, host=host, port=port,
                                     datastore_dir=store / "datastores" if store else None,
-                                    nacm=access_rules([admin], {}, []), name="federation")
+                                    nacm=access_rules([admin], {}, []), name=name, host_key=host_key)
         self.server.set_access_policy(_PlatformAccess(self, self.server.access_policy))
         self.server.on_change(self._check_change)
         self.server.add_state_provider(self._state, f"/{MODULE}:federation")
         for rpc, handler in (("apply-membership", self._apply), ("admit-member", self._admit),
                              ("suspend-member", self._suspend), ("withdraw", self._withdraw),
-                             ("report-delivery", self._report_delivery), ("settle", self._settle_rpc)):
+                             ("report-delivery", self._report_delivery), ("settle", self._settle_rpc),
+                             ("apply-service-user", self._apply_user), ("admit-service-user", self._admit_user),
+                             ("move-sae", self._move_sae)):
             self.server.add_rpc(f"/{MODULE}:{rpc}", handler)
         self.services: dict[str, ServiceState] = {}
         self.config = FederationConfig()
@@ -289,15 +300,23 @@ class FederationPlatform:
             await self._place(request, view, ledger)
         self._view, self._ledger = view, ledger
         self._save()
+        # A failed service (a segment that timed out, a domain that answered late) is tried
+        # again without waiting for a change: soon after its first failure, then less often.
+        failed = [s for s in self.services.values() if s.status == "failed"]
+        if failed:
+            self._loop.wake_after(min(RETRY_FAILED_MAX_S, RETRY_FAILED_S * 2 ** min(s.failures for s in failed)))
+            for state in failed:
+                state.failures += 1
 
     async def _place(self, request: ServiceRequest, view: DomainView, ledger: Ledger) -> None:
         state = self.services.setdefault(request.service_id, ServiceState(request))
+        request = _located(request, state, view, self.sae_moves)
         had_route = state.route is not None or state.status == "failed"
         problem = None
         if state.route is not None:
             avoided = [d for d in state.route.domains if d in state.avoid]
             if state.request != request:
-                problem = "the service's request changed"
+                problem = _moved(state.request, request) or "the service's request changed"
             elif avoided:
                 problem = "; ".join(f"domain {d} failed its segment" for d in avoided)
             else:
@@ -313,6 +332,8 @@ class FederationPlatform:
                     await self._establish(state, view)  # ask again for what failed
                     await self._settle(state)
                 return
+        if problem and not state.left_because:  # the first cause, not a failure on the way since
+            state.left_because = problem
         state.request = request
         planned = plan_route(request, view, ledger, frozenset(state.avoid))
         if isinstance(planned, str):
@@ -330,9 +351,11 @@ class FederationPlatform:
     async def _settle(self, state: ServiceState, problem: str | None = None) -> None:
         """Status and reason from the segments, once a route is established."""
         status, why = _service_status(list(state.segments.values()))
+        problem = problem or state.left_because
         if status == "active" and state.route is not None:
             via = ", ".join(state.route.domains)
             why = f"re-routed through {via}: {problem}" if problem else f"routed through {via}"
+            state.left_because = ""
         await self._set_status(state, status, why)
 
     async def _establish(self, state: ServiceState, view: DomainView) -> None:
@@ -401,6 +424,8 @@ class FederationPlatform:
         self.charging.hold(state.request.service_id, held, time.time())
         previous = state.status
         reason = clip(reason)
+        if status == "active":
+            state.failures = 0
         if (previous, state.reason) == (status, reason):
             return
         state.status, state.reason = status, reason
@@ -525,6 +550,71 @@ class FederationPlatform:
         await self._change_membership(member_id, Membership("admitted", admitted_at))
         await self.server.notify(member_joined(member_id, self.config.members[member_id].name, admitted_at))
 
+    # --- service-layer (Fa) users ------------------------------------------------------------
+
+    async def _apply_user(self, session: Session, op: etree._Element, _context) -> list[etree._Element]:
+        """A user applies to act for a member (see qi-federation apply-service-user)."""
+        application = UserApplication(FEDERATION.text(op, "user-name", ""), FEDERATION.text(op, "member-id", ""),
+                                      FEDERATION.text(op, "ssh-public-key", ""), FEDERATION.text(op, "description"))
+        name, member_id = application.user_name, application.member_id
+        if name in self.accounts or name in self.memberships:
+            raise RPCError("invalid-value", f"user-name '{name}' is the name of an account of the platform or of a "
+                           "member", info={"bad-element": "user-name"})
+        if name in self.config.applications:
+            raise RPCError("data-exists", f"user {name} has applied already", info={"bad-element": "user-name"})
+        if self.status_of(member_id) != "admitted":
+            why = f"is {self.status_of(member_id)}" if member_id in self.memberships else "is not a member"
+            raise RPCError("invalid-value", f"member {member_id} {why}: a user can apply only to an admitted member",
+                           info={"bad-element": "member-id"})
+        holder = next((u for u, a in self.config.applications.items()
+                       if _same_key(a.ssh_public_key, application.ssh_public_key)), None) or next(
+            (m.member_id for m in self.config.members.values()
+             if _same_key(m.ssh_public_key, application.ssh_public_key) and self.status_of(m.member_id) in LIVE), None)
+        if holder is not None:
+            raise RPCError("invalid-value", f"this SSH key already authenticates {holder}",
+                           info={"bad-element": "ssh-public-key"})
+        await self._update(lambda tree: add_user_application(tree, application))
+        return [application_status("applied")]
+
+    async def _admit_user(self, session: Session, op: etree._Element, _context) -> None:
+        """The member a user applied for (or the administrator) admits it: lists it in its service-user."""
+        name = FEDERATION.text(op, "user-name", "")
+        application = self.config.applications.get(name)
+        if application is None:
+            raise RPCError("invalid-value", f"no application of user {name}", info={"bad-element": "user-name"})
+        member_id = application.member_id
+        if session.username != member_id and not self.is_admin(session.username):
+            raise RPCError("access-denied", f"user {name} applied to act for member {member_id}: only that member "
+                           "or the administrator may admit it")
+        if self.status_of(member_id) != "admitted":
+            raise RPCError("invalid-value", f"member {member_id} is {self.status_of(member_id)}: it cannot take "
+                           "service users", info={"bad-element": "user-name"})
+        if name in self.config.members[member_id].service_users:
+            return
+
+        def add(tree: etree._Element) -> None:
+            for entry in FEDERATION.all(FEDERATION.child(tree, "federation"), "members/member"):
+                if FEDERATION.text(entry, "member-id") == member_id:
+                    FEDERATION.sub(entry, "service-user", name)
+        await self._update(add)
+
+    async def _move_sae(self, session: Session, op: etree._Element, _context) -> None:
+        """An SAE moved to another member's key manager: its services follow it (see qi-federation)."""
+        sae, member_id = FEDERATION.text(op, "sae-id", ""), FEDERATION.text(op, "member-id", "")
+        if session.username != member_id and not self.is_admin(session.username):
+            raise RPCError("access-denied", f"only member {member_id}, where the SAE is now, or the administrator may "
+                           f"move SAE {sae} there")
+        if self.status_of(member_id) != "admitted":
+            raise RPCError("invalid-value", f"member {member_id} is {self.status_of(member_id) or 'not a member'}: an "
+                           "SAE can move only to an admitted member", info={"bad-element": "member-id"})
+        if (member_id, sae) not in FederationConfig.read(self.server.running()).sae_kms:
+            raise RPCError("invalid-value", f"member {member_id} does not advertise SAE {sae}: attach the SAE to one "
+                           "of its key managers first (qi-key-manager saes), then move it",
+                           info={"bad-element": "sae-id"})
+        self.sae_moves[sae] = member_id
+        self._save()
+        self._wake()
+
     async def _suspend(self, session: Session, op: etree._Element, _context) -> None:
         member_id = self._known_member(op)
         membership = self.memberships[member_id]
@@ -571,20 +661,24 @@ class FederationPlatform:
                                  edit: Callable[[etree._Element], None] | None = None) -> None:
         previous = self.memberships.get(member_id)
         self.memberships[member_id] = membership
-
-        def change(tree: etree._Element) -> etree._Element:
-            if edit is not None:
-                edit(tree)
-            self._replace_access_rules(tree, FederationConfig.read(tree))
-            return tree
         try:
-            await self.server.update_running(change)
+            await self._update(edit)
         except RPCError:
             if previous is None:
                 del self.memberships[member_id]
             else:
                 self.memberships[member_id] = previous
             raise
+
+    async def _update(self, edit: Callable[[etree._Element], None] | None) -> None:
+        """Edit the running configuration as the platform (its access rules rewritten to match),
+        then follow it: memberships, accounts, who acts for whom."""
+        def change(tree: etree._Element) -> etree._Element:
+            if edit is not None:
+                edit(tree)
+            self._replace_access_rules(tree, FederationConfig.read(tree))
+            return tree
+        await self.server.update_running(change)
         self._sync_members(FederationConfig.read(self.server.running()))
         self._save()
         self._wake()
@@ -598,11 +692,14 @@ class FederationPlatform:
         for member_id in config.members:
             self.memberships.setdefault(member_id, Membership("applied"))
         for user in [u for u in self.users if u not in self.accounts]:
-            if user not in config.members or self.memberships[user].status not in LIVE:
+            if (user not in config.members or self.memberships[user].status not in LIVE) and \
+                    user not in config.applications:
                 del self.users[user]
         for member_id, entry in config.members.items():
             if self.memberships[member_id].status in LIVE:
                 self.users[member_id] = User(authorized_keys=[entry.ssh_public_key])
+        for user, application in config.applications.items():
+            self.users[user] = User(authorized_keys=[application.ssh_public_key])
         self._acting = {user: m for m, entry in sorted(config.members.items())
                         if self.memberships[m].status == "admitted" for user in entry.service_users}
 
@@ -610,7 +707,9 @@ class FederationPlatform:
         admitted = [m for m in config.members if self.status_of(m) == "admitted"]
         admins = [self.admin] + [m for m in admitted if config.members[m].role == "admin"]
         service_users = sorted({u for m in admitted for u in config.members[m].service_users})
-        rules = access_rules(admins, {m: self.status_of(m) or "applied" for m in config.members}, service_users)
+        waiting = sorted(set(config.applications) - set(service_users))
+        rules = access_rules(admins, {m: self.status_of(m) or "applied" for m in config.members}, service_users,
+                             waiting)
         old = tree.find(NACM("nacm"))
         if old is not None:
             tree.replace(old, rules)
@@ -633,13 +732,22 @@ class FederationPlatform:
                 raise RPCError("invalid-value", f"member-id '{member_id}' is the name of an account of the platform",
                                **_error_path(*where))
             for user in entry.service_users:
-                if user not in self.accounts or user in (self.admin, ENROL_USER):
+                application = config.applications.get(user)
+                if application is not None and application.member_id != member_id:
+                    raise RPCError("invalid-value", f"service-user '{user}' applied to act for member "
+                                   f"{application.member_id}, not {member_id}", **_error_path(*where, "service-user"))
+                if application is None and (user not in self.accounts or user in (self.admin, ENROL_USER)):
                     raise RPCError("invalid-value", f"service-user '{user}' is not a service-layer account of "
                                    "the platform", **_error_path(*where, "service-user"))
                 if user in acting:
                     raise RPCError("invalid-value", f"service-user '{user}' acts for member {acting[user]} already",
                                    **_error_path(*where, "service-user"))
                 acting[user] = member_id
+        for user in config.applications:
+            if user in self.accounts or user in config.members:
+                raise RPCError("invalid-value", f"user-name '{user}' is the name of an account of the platform or "
+                               "of a member", **_error_path("federation", "service-users",
+                                                            f"service-user[user-name='{user}']"))
         self._wake()
 
     # --- what each user sees and may write ------------------------------------------------
@@ -699,6 +807,12 @@ class FederationPlatform:
         for element in FEDERATION.all(fed, "ratings/rating"):
             if FEDERATION.text(element, "member-id") != member:
                 element.getparent().remove(element)
+        applications = self.config.applications
+        for element in FEDERATION.all(fed, "service-users/service-user"):
+            name = FEDERATION.text(element, "user-name", "")
+            applied_for = applications[name].member_id if name in applications else None
+            if name != user and not (user == member and applied_for == member):
+                element.getparent().remove(element)  # a member sees those who applied to it; a user, itself
         return tree
 
     def check_service_owners(self, user: str, before: etree._Element, after: etree._Element) -> None:
@@ -744,13 +858,16 @@ class FederationPlatform:
                                            s.reply.intent, s.reply.status)
                              for index, s in sorted(state.segments.items()))
             services.append(ServiceStatus(service_id, state.status, state.reason,
-                                          state.route.domains if state.route else (), segments))
+                                          state.route.domains if state.route else (), segments,
+                                          state.request.source_domain, state.request.destination_domain))
         charging = self.charging
         charges = [charging.charge(r) for r in sorted(charging.records.values(), key=lambda r: r.record_id)]
         disputes = [charging.dispute_view(d) for d in sorted(charging.disputes.values(), key=lambda d: d.dispute_id)]
         ratings = charging.ratings([m for m in config.members if m in self.memberships], config.rating, time.time())
+        users = [(user, "admitted" if self._acting.get(user) == application.member_id else "applied")
+                 for user, application in sorted(config.applications.items())]
         data = etree.Element("data")
-        data.append(federation_state(members, available, services, charges, disputes, list(ratings.values())))
+        data.append(federation_state(members, available, services, charges, disputes, list(ratings.values()), users))
         return data
 
     # --- persistence ----------------------------------------------------------------------
@@ -759,7 +876,8 @@ class FederationPlatform:
         if self._state_file is None:
             return
         self.charging.prune(self.config.rating.window, time.time())
-        state = {"memberships": {m: asdict(s) for m, s in self.memberships.items()}, **self.charging.to_json()}
+        state = {"memberships": {m: asdict(s) for m, s in self.memberships.items()}, "sae-moves": self.sae_moves,
+                 **self.charging.to_json()}
         self._state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._state_file.with_suffix(".tmp")
         with open(tmp, "w") as f:
@@ -773,9 +891,39 @@ class FederationPlatform:
             return
         state = json.loads(self._state_file.read_text())
         self.memberships = {m: Membership(**s) for m, s in state["memberships"].items()}
+        self.sae_moves = dict(state.get("sae-moves", {}))
         self.charging = Charging.from_json(state)
 
 
 def _same_key(a: str, b: str) -> bool:
     """Two authorized_keys lines name the same key (type and base64 data; comments aside)."""
     return a.split()[:2] == b.split()[:2]
+
+
+def _located(request: ServiceRequest, state: ServiceState, view: DomainView,
+             moves: dict[str, str]) -> ServiceRequest:
+    """The request with each end in the member that serves its SAE now: the member move-sae
+    named while it advertises the SAE; else the one the request names while it does (or when
+    nobody does); else the route's end domain while it does; else another member that does
+    (an SAE that moved away: the service follows it)."""
+    def where(sae: str, named: str, current: str | None) -> str:
+        serving = sorted(m for (m, s) in view.config.sae_kms if s == sae and m in view.admitted)
+        if moves.get(sae) in serving:
+            return moves[sae]
+        if not serving or named in serving:
+            return named
+        return current if current in serving else serving[0]
+    route = state.route.domains if state.route else ()
+    return replace(request, source_domain=where(request.source_sae, request.source_domain, route[0] if route else None),
+                   destination_domain=where(request.destination_sae, request.destination_domain,
+                                            route[-1] if route else None))
+
+
+def _moved(before: ServiceRequest, after: ServiceRequest) -> str | None:
+    """Why a service moves when only where its SAEs are changed, or None."""
+    if replace(before, source_domain=after.source_domain, destination_domain=after.destination_domain) != after:
+        return None
+    moves = [f"SAE {sae} moved from {old} to {new}" for sae, old, new in (
+        (after.source_sae, before.source_domain, after.source_domain),
+        (after.destination_sae, before.destination_domain, after.destination_domain)) if old != new]
+    return "; ".join(moves) or None

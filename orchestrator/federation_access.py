@@ -15,8 +15,10 @@ ENROL_USER = "enrol"
 LIVE = ("applied", "admitted", "suspended")  # statuses whose key authenticates
 
 
-def access_rules(admins: list[str], memberships: dict[str, str], service_users: list[str]) -> etree._Element:
-    """The platform's NACM configuration: memberships maps member-id -> status."""
+def access_rules(admins: list[str], memberships: dict[str, str], service_users: list[str],
+                 user_applicants: list[str] = ()) -> etree._Element:
+    """The platform's NACM configuration: memberships maps member-id -> status; service_users
+    act for an admitted member, user_applicants applied (apply-service-user) and wait."""
     nacm = NACM.element("nacm")
     for leaf, value in (("enable-nacm", "true"), ("read-default", "deny"), ("write-default", "deny"),
                         ("exec-default", "deny")):
@@ -24,7 +26,8 @@ def access_rules(admins: list[str], memberships: dict[str, str], service_users: 
     live = {m: s for m, s in sorted(memberships.items()) if s in LIVE}
     groups = {"admin": admins, "member": [m for m, s in live.items() if s == "admitted"],
               "applicant": [m for m, s in live.items() if s != "admitted"], "service-user": service_users,
-              "enrol": [ENROL_USER], **{f"self-{m}": [m] for m in live}}
+              "enrol": [ENROL_USER], **{f"self-{m}": [m] for m in live},
+              **{f"applicant-{u}": [u] for u in sorted(user_applicants)}}
     groups_element = NACM.sub(nacm, "groups")
     for name, users in groups.items():
         group = NACM.sub(groups_element, "group")
@@ -60,9 +63,22 @@ def access_rules(admins: list[str], memberships: dict[str, str], service_users: 
         rule_list(f"self-{member}", [f"self-{member}"], own)
     base_operations = [("permit", "exec", "ietf-netconf", "rpc", op)
                        for op in ("get", "get-config", "edit-config", "validate", "commit", "close-session")]
+    for user in sorted(user_applicants):  # its own application only, until its member admits it
+        rule_list(f"applicant-{user}", [f"applicant-{user}"], [
+            *[("permit", "exec", "ietf-netconf", "rpc", op) for op in ("get", "close-session")],
+            ("permit", "read", MODULE, "path", f"{fed}/qi-fed:service-users/qi-fed:service-user"
+                                               f"[qi-fed:user-name='{user}']"),
+            *[("deny", "read", MODULE, "path", f"{fed}/qi-fed:{part}")
+              for part in ("service-users/qi-fed:service-user", "members", "agreements", "advertisements",
+                           "services", "charging", "ratings")],
+            ("permit", "read", MODULE, "path", fed)])
     rule_list("member-operations", ["member"], [("permit", "exec", MODULE, "rpc", "withdraw"),
                                                 ("permit", "exec", MODULE, "rpc", "report-delivery"),
-                                                ("permit", "exec", "notifications", "rpc", "create-subscription")])
+                                                ("permit", "exec", MODULE, "rpc", "admit-service-user"),
+                                                ("permit", "exec", MODULE, "rpc", "move-sae")])
+    # Both follow their services' status changes (the platform shows each only its own).
+    rule_list("subscribers", ["member", "service-user"],
+              [("permit", "exec", "notifications", "rpc", "create-subscription")])
     rule_list("participants", ["member", "service-user"], [
         ("permit", "exec", MODULE, "rpc", "settle"),  # its own member's only: checked by the platform
         ("deny", "exec", MODULE, "rpc", "*"),
@@ -81,5 +97,6 @@ def access_rules(admins: list[str], memberships: dict[str, str], service_users: 
                        "ratings")],
         ("permit", "read", MODULE, "path", fed),
     ])
-    rule_list("enrol", ["enrol"], [("permit", "exec", MODULE, "rpc", "apply-membership")])
+    rule_list("enrol", ["enrol"], [("permit", "exec", MODULE, "rpc", "apply-membership"),
+                                   ("permit", "exec", MODULE, "rpc", "apply-service-user")])
     return nacm

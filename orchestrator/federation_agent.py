@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -81,12 +82,14 @@ class DomainResources:
 class SharingPolicy:
     """What a provider lets the federation see: these border nodes, the links from them to
     these peers (None: to any member), this share of each link's spare capacity, and these
-    SAEs (those cross-domain services may join)."""
+    SAEs (those cross-domain services may join; None: every SAE its key managers serve, a
+    visiting one too), each with the service types its application offers (discovery)."""
 
     border_nodes: frozenset[str]
     peers: frozenset[str] | None = None
     capacity_share: Fraction = Fraction(1)
-    saes: frozenset[str] = frozenset()
+    saes: frozenset[str] | None = frozenset()
+    service_types: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 <= self.capacity_share <= 1:
@@ -97,7 +100,9 @@ class SharingPolicy:
         links = tuple(replace(link, capacity=int(link.capacity * self.capacity_share))
                       for link in resources.external_links
                       if link.local_node in nodes and (self.peers is None or link.peer_member in self.peers))
-        saes = tuple(sorted((s for s in resources.saes if s.sae_id in self.saes), key=lambda s: s.sae_id))
+        saes = tuple(sorted((replace(s, service_types=tuple(self.service_types.get(s.sae_id, s.service_types)))
+                             for s in resources.saes if self.saes is None or s.sae_id in self.saes),
+                            key=lambda s: s.sae_id))
         return Advertisement(tuple(nodes[n] for n in sorted(nodes)), links, saes)
 
 
@@ -234,6 +239,12 @@ class FederationAgent:
         FEDERATION.sub(member, "member-id", self.member_id)
         FEDERATION.sub(member, "service-user", user)
         await (await self.session()).edit_config(fed)
+
+    async def move_sae(self, sae_id: str) -> None:
+        """An SAE moved to one of the domain's key managers: its services follow it here (the
+        advertisement must list it already: `FederatedDomain.sync` after attaching it)."""
+        op = FEDERATION.element("move-sae", leaves={"sae-id": sae_id, "member-id": self.member_id})
+        await (await self.session()).dispatch(op)
 
     async def report_delivery(self, report: DeliveryReport) -> None:
         """What the domain's key managers counted at the ends of its segment of a service since

@@ -17,7 +17,10 @@ orchestrator: a segment that degrades gets its deliveries reported before it goe
   operators need to exchange. A link no longer wanted (the peer, or this domain, left) stays
   while a segment of the domain still uses it: the platform moves services before it
   releases their old segments, and keys keep flowing meanwhile;
-- the advertisement current: the border nodes, the SAEs the policy shares, and each link
+- the advertisement current: the border nodes, the SAEs the policy shares among those its key
+  managers serve now (read from their qi-key-manager saes, with each one's description: an
+  SAE that moves to another member's key manager moves to that member's advertisement, and
+  the platform's services follow it), and each link
   with the eskr its forwarding stratum observed when it came up, 0 while it is not ACTIVE
   (so the platform routes around a link that failed);
 - the charging: `report` tells the platform what the domain's key managers counted for each
@@ -50,6 +53,7 @@ from lxml import etree
 from models.federation import DeliveryReport, EndCount
 from models.forwarding import ExternalLinkRequest, ForwardingView, QkdLink, external_links_config, links_delete
 from models.key_manager import COUNTERS_FILTER, KmCounters
+from models.ns import KEY_MANAGER
 from models.intent import INTENTS_FILTER, IntentSpec, intent_elements, segment_intent as intent_edit
 from models.ns import INTENT, NW
 from models.service import SegmentEnds
@@ -71,6 +75,7 @@ LINK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:qstrata:federation:inter-do
 SEGMENT_STATUS = {"active": "active", "degraded": "degraded", "repairing": "degraded", "failed": "failed",
                   "removing": "failed", "removed": "failed"}  # intent state -> segment status; others: pending
 PASS_ERRORS = (RPCError, SessionClosedError, OSError, asyncio.TimeoutError, asyncssh.Error)
+SAES_FILTER = f'<key-manager xmlns="{KEY_MANAGER}"><saes/></key-manager>'
 
 
 def intent_name(service_id: str) -> str:
@@ -226,7 +231,8 @@ class CountedEnd:
 
 class FederatedDomain:
     """`key_managers`: how to reach the domain's own key managers, by km-id (their counters are
-    what the domain reports for charging)."""
+    what the domain reports for charging, their SAEs what it may advertise); `saes`: SAEs of
+    key managers not among them, advertised as given."""
 
     def __init__(self, agent: FederationAgent, border_links: tuple[BorderLink, ...], saes: tuple[Sae, ...],
                  forwarding: Endpoint, orchestrator: Endpoint, key_managers: dict[str, Endpoint],
@@ -303,7 +309,7 @@ class FederatedDomain:
                 await forwarding.edit_config(links_delete(fwd.network_id, gone))
             self.border_kms = {b.link_id: fwd.nodes[b.local_node].km_id for b in self.border_links
                                if b.local_node in fwd.nodes}
-            resources = self._resources(fwd)
+            resources = self._resources(fwd, await self._attached_saes())
             if resources != self.agent.resources:
                 await self.agent.update(resources)
 
@@ -325,7 +331,18 @@ class FederatedDomain:
                                                   (peer.qkdn_id, mirror.local_interface)),
                                    border.peer_member, peer.qkdn_id, peer.km_id)
 
-    def _resources(self, fwd: ForwardingView) -> DomainResources:
+    async def _attached_saes(self) -> tuple[Sae, ...]:
+        """The SAEs the domain's key managers serve now, with their descriptions."""
+        async def of(km_id: str) -> list[Sae]:
+            nc = await self.key_managers[km_id].session()
+            data = await nc.get_config(filter=("subtree", SAES_FILTER))
+            return [Sae(KEY_MANAGER.text(e, "sae-id", ""), km_id, KEY_MANAGER.text(e, "description") or None)
+                    for e in KEY_MANAGER.all(data, "key-manager/saes/sae")]
+        read = await asyncio.gather(*(of(km) for km in sorted(self.key_managers)))
+        fixed = [s for s in self.saes if s.km_id not in self.key_managers]
+        return tuple(sorted((s for found in (*read, fixed) for s in found), key=lambda s: (s.sae_id, s.km_id)))
+
+    def _resources(self, fwd: ForwardingView, saes: tuple[Sae, ...]) -> DomainResources:
         """What the policy may share: border nodes, SAEs, and each inter-domain link with the
         key rate it had when it came up (0 while it is down)."""
         local = {b.local_node for b in self.border_links}
@@ -334,7 +351,7 @@ class FederatedDomain:
         links = tuple(ExternalLink(b.link_id, b.local_node, b.peer_member, b.peer_node,
                                    self._capacity(b.link_id, fwd.links.get(b.link_id)), b.local_interface)
                       for b in self.border_links)
-        return DomainResources(nodes, (), links, self.saes)
+        return DomainResources(nodes, (), links, saes)
 
     def _capacity(self, link_id: str, link: QkdLink | None) -> int:
         if link is None or not link.up or not link.eskr:

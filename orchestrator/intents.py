@@ -26,6 +26,10 @@ An intent with a `segment` is this domain's part of a cross-domain service (a fe
 platform asks for it): its path runs between the inter-domain links where keys enter and
 leave the domain and the local SAE, and its session is a segment session of the service
 stratum, which routes keys towards the key managers of the service's two SAEs.
+
+An intent with `allow-federation` whose SAE this domain does not serve roams: it is escalated
+to the federation platform as a cross-domain service and follows that service
+(orchestrator/federation_roaming.py).
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ from orchestrator.decisions import (Decision, NotReady, Observation, Outcome, av
                                     plan_requests, protected_plan, protection_lost)
 from orchestrator.delivery import DeliveryMeter
 from orchestrator.entanglement import EntanglementIntents, augment_state, is_entanglement
+from orchestrator.federation_roaming import Roaming, Verdict, roams, walk
 from orchestrator.planner import Infeasible, Network, Plan, Planner
 from orchestrator.store import IntentRecord, IntentStore
 
@@ -79,11 +84,15 @@ class Orchestrator:
                  users: dict[str, User], store_dir: str | pathlib.Path, *,
                  read_write: tuple[str, ...] = ("admin",), read_only: tuple[str, ...] = ("monitor",),
                  intent_writers: tuple[str, ...] = (), host: str = "127.0.0.1", port: int = 0,
-                 period: float = 5.0, host_key: asyncssh.SSHKey | None = None, entanglement: Endpoint | None = None):
+                 period: float = 5.0, host_key: asyncssh.SSHKey | None = None, entanglement: Endpoint | None = None,
+                 federation: Endpoint | None = None, federation_member: str | None = None):
         """`intent_writers` may read, and create, change and remove intents, nothing else: the
         accounts of those who ask for intents on the operator's behalf (a federation platform).
         `entanglement`: the entanglement service controller; with it the orchestrator serves
-        qi-entanglement-intent too (orchestrator/entanglement.py)."""
+        qi-entanglement-intent too (orchestrator/entanglement.py). `federation`: the federation
+        platform, reached as the domain's service-layer (Fa) account, for intents that roam;
+        `federation_member`: the domain's member id there (by default, the member that
+        advertises this domain's SAEs)."""
         self.name = name
         self.period = period
         self.store = IntentStore(store_dir)
@@ -105,6 +114,7 @@ class Orchestrator:
             "connectivity": DeviceLink(connectivity, ("qi-connectivity",), self._connected, self._notified),
         }
         self.entanglement_intents = EntanglementIntents(self) if entanglement is not None else None
+        self.roaming = Roaming(federation, federation_member, self.wake)
         if entanglement is not None:
             self.strata["entanglement"] = DeviceLink(entanglement, ("qi-entanglement-service",), self._connected,
                                                      self._notified)
@@ -155,12 +165,13 @@ class Orchestrator:
         await self.server.start()
         for link in self.strata.values():
             link.start()
+        self.roaming.start()
         self._loop.start()
         self.wake()
 
     async def stop(self) -> None:
         await self._loop.stop()
-        await asyncio.gather(*(link.stop() for link in self.strata.values()))
+        await asyncio.gather(*(link.stop() for link in self.strata.values()), self.roaming.stop())
         await self.server.stop()
         self.store.close()
 
@@ -276,8 +287,9 @@ class Orchestrator:
                         else []
                 network.reserve(decision.plan)
             except Infeasible as why:
-                decision.why = str(why) + (" (no federation platform is configured to look beyond this domain)"
-                                           if spec.allow_federation else "")
+                decision.why = str(why) + (" (allow-federation: both SAEs are served by this domain, so no other "
+                                           "member can help)" if spec.allow_federation and spec.segment is None
+                                           else "")
             decisions.append(decision)
         return decisions
 
@@ -313,10 +325,21 @@ class Orchestrator:
                 await self._tear_down(record, spec, world, f"its time to live of {spec.ttl} s has passed")
             elif "ended" not in record.status:  # an intent that lived its ttl stays removed until changed
                 live.append((record, spec))
-        if not world.svc.saes and any(spec.needs_local_sae for _, spec in live):
+        if not world.svc.saes:
             # A service controller that has just started: failing intents for SAEs it has not
-            # read yet would tear down their sessions and links, only to make them again.
-            raise NotReady("the service stratum has not read its key managers' SAEs yet")
+            # read yet would tear down their sessions and links, only to make them again (and
+            # escalating intents that may roam would ask the platform for nothing). A roaming
+            # intent that holds a service already follows it: its SAEs may all have moved away.
+            if any(spec.needs_local_sae and not spec.allow_federation for _, spec in live):
+                raise NotReady("the service stratum has not read its key managers' SAEs yet")
+            live = [(record, spec) for record, spec in live
+                    if not spec.needs_local_sae or (record.status.get("federation") or {}).get("service")]
+        roaming = [(record, spec) for record, spec in live if roams(spec, world.svc.saes)]
+        live = [(record, spec) for record, spec in live if not roams(spec, world.svc.saes)]
+        for record, _ in live:  # back home: the service goes before the intent is realised here
+            if (record.status.get("federation") or {}).get("service"):
+                await self._release_federation(record)
+        busy |= await self._roam(roaming, world)
         decisions = self.allocate(live, world, network)
         for decision in decisions:  # release first: what lower priorities lose, higher ones take
             if decision.plan is None:
@@ -330,8 +353,41 @@ class Orchestrator:
         await self._collect_links(world, decisions)
         return busy
 
+    async def _roam(self, roaming: list[tuple[IntentRecord, IntentSpec]], world: Observation) -> bool:
+        """Follow each roaming intent's federation service; True while one is being set up."""
+        verdicts = await self.roaming.serve([spec for _, spec in roaming], world.svc.saes)
+        busy = False
+        for record, spec in roaming:
+            verdict = verdicts[spec.name]
+            await self._follow(record, verdict)
+            busy |= verdict.state == "installing"
+        return busy
+
+    async def _follow(self, record: IntentRecord, verdict: Verdict) -> None:
+        """Walk the intent to the verdict's state (or just update why it is there)."""
+        await self._walk_to_compiling(record)
+        if record.state == verdict.state:
+            if record.reason != verdict.reason:
+                self.store.set_reason(record.name, clip(verdict.reason))
+                record.reason = verdict.reason
+        for state in walk(record.state, verdict.state):
+            await self._transition(record, state, verdict.reason)
+        status = verdict.status(record.status)
+        if status != record.status:
+            record.status = status
+            self.store.set_status(record.name, status)
+
+    async def _release_federation(self, record: IntentRecord) -> None:
+        """Delete the platform service a roaming intent held (its SAEs are both here now, or it ended)."""
+        service = (record.status.get("federation") or {}).get("service")
+        if service:
+            await self.roaming.release(service)
+            record.status = {k: v for k, v in record.status.items() if k != "federation"}
+            self.store.set_status(record.name, record.status)
+
     async def _tear_down(self, record: IntentRecord, spec: IntentSpec, world: Observation, why: str) -> None:
         """Remove what an ended intent holds; forget a deleted one once removed."""
+        await self._release_federation(record)
         if record.state != "removed":
             if record.state != "removing":
                 await self._transition(record, "removing", why)

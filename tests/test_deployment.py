@@ -234,7 +234,122 @@ def test_the_examples_of_the_documentation_are_valid_deployments(tmp_path):
         for key, name in files(yaml.safe_load(example)):
             path = directory / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            key_file = key in ("host_key_file", "private_key_file")
+            key_file = key in ("host_key_file", "private_key_file", "key_file", "client_key_file")
             path.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key() if key_file else b"x\n")
         deployment = load_deployment(write(directory, example, "example.yaml"))
-        assert deployment.users and (deployment.level == "devices" or deployment.peers)
+        assert deployment.users or deployment.level == "federation-agent"   # an agent serves nothing
+        assert deployment.level in ("devices", "federation") or deployment.peers
+
+
+# --- the federation's two levels --------------------------------------------------------------
+
+def federation_files(tmp_path: pathlib.Path, keys) -> tuple[dict, dict]:
+    """A good platform deployment and a good agent deployment (domain A of federation.yaml)."""
+    (tmp_path / "platform-client.key").write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    (tmp_path / "member.key").write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    platform = {
+        "level": "federation",
+        "listen": {"address": "127.0.0.1", "port": 8900, "host_key_file": "forwarding.key"},
+        "users": [{"name": "admin", "access": "admin", "password": "a"},
+                  {"name": "enrol", "access": "enrolment", "password": "e"},
+                  {"name": "users-A", "access": "service", "password": "u"}],
+        "state_dir": "platform",
+        "federation": {"client_key_file": "platform-client.key", "members": [{"id": "A", "host_key": keys["node"]}]},
+    }
+    peer = {"address": "127.0.0.1", "user": "admin", "password": "pw", "host_key": keys["node"]}
+    agent = {
+        "level": "federation-agent",
+        "peers": [{"name": "platform", "port": 8900, **peer, "user": "enrol"},
+                  {"name": "forwarding", "port": 8832, **peer}, {"name": "orchestrator", "port": 8830, **peer},
+                  {"name": "km-a2", "port": 8311, **peer}],
+        "federation-agent": {
+            "member_id": "A", "key_file": "member.key", "platform": "platform", "forwarding": "forwarding",
+            "orchestrator": "orchestrator", "capacity_share": 0.5, "service_users": ["users-A"],
+            "border_links": [{"link_id": "a2-b1", "local_node": "qkd-a2", "local_interface": 1,
+                              "peer_member": "B", "peer_node": "qkd-b1"}],
+            "saes": [{"id": "sae-a", "km": "km-a1"}],
+            "border_key_managers": {"km-a2": {"km-b1": "https://127.0.0.1:8412"}}},
+    }
+    return platform, agent
+
+
+def test_federation_files_read_back_the_same(tmp_path, keys):
+    platform, agent = federation_files(tmp_path, keys)
+    for data, name in ((platform, "platform.yaml"), (agent, "agent.yaml")):
+        deployment = load_deployment(write(tmp_path, data, name))
+        again = tmp_path / "copy" / name
+        write_deployment(again, deployment)
+        assert load_deployment(again) == deployment
+    loaded = load_deployment(tmp_path / "agent.yaml")
+    assert loaded.listen is None and not loaded.users
+    assert [p.name for p in loaded.device_peers()] == ["km-a2"]      # the platform and levels are roles
+    assert loaded.part.border_key_managers == {"km-a2": {"km-b1": "https://127.0.0.1:8412"}}
+    pinned = load_deployment(tmp_path / "platform.yaml").part.members
+    assert [(m.id, m.host_key) for m in pinned] == [("A", keys["node"])]
+
+
+FEDERATION_MISTAKES = [
+    ("platform", ("users", 2, "access"), "admin", "users: the platform has exactly one user with access admin, got 2"),
+    ("platform", ("users", 1, "name"), "enrolment", "users[1].name: the enrolment account is named 'enrol'"),
+    ("platform", ("users", 2, "access"), "read-write", "users[2].access: must be one of admin, enrolment, service"),
+    ("platform", ("federation", "members", 0, "host_key"), _DELETE,
+     "federation.members[0]: pin the member's orchestrator host key"),
+    ("platform", ("federation", "members", 0, "host_key"), "ssh-ed25519 nonsense",
+     "federation.members[0].host_key: not an OpenSSH public key line"),
+    ("platform", ("peers",), [], "peers: unknown key"),
+    ("platform", ("federation", "client_key_file"), "missing.key", "federation.client_key_file: no such file"),
+    ("agent", ("federation-agent", "forwarding"), "fwd",
+     "federation-agent.forwarding: no peer named 'fwd' in peers"),
+    ("agent", ("peers", 0, "password"), _DELETE,
+     "peers[0]: the platform peer is the enrolment account an applicant logs in as"),
+    ("agent", ("federation-agent", "capacity_share"), 2,
+     "federation-agent.capacity_share: must be a number within 0..1"),
+    ("agent", ("federation-agent", "border_key_managers"), {"km-z": {"km-b1": "https://127.0.0.1:1"}},
+     "federation-agent.border_key_managers.km-z: not one of the key managers in peers"),
+    ("agent", ("federation-agent", "border_links", 0, "local_interface"), "one",
+     "federation-agent.border_links[0].local_interface: must be an interface number"),
+    ("agent", ("federation-agent", "topology"), "federation.yaml",
+     "federation-agent.border_links: give the topology or list border_links and saes, not both"),
+    ("agent", ("users",), [], "users: unknown key"),
+]
+
+
+@pytest.mark.parametrize("which, path, value, message", FEDERATION_MISTAKES,
+                         ids=[m[3].split(":")[0] + "-" + str(i) for i, m in enumerate(FEDERATION_MISTAKES)])
+def test_each_mistake_of_a_federation_file_is_named_by_key_path(tmp_path, keys, which, path, value, message):
+    platform, agent = federation_files(tmp_path, keys)
+    (tmp_path / "federation.yaml").write_text((pathlib.Path(__file__).resolve().parents[1] /
+                                              "devices/topologies/federation.yaml").read_text())
+    data = platform if which == "platform" else agent
+    _set(data, path, value)
+    found = problems(write(tmp_path, data, f"{which}.yaml"))
+    assert any(p.startswith(f"{tmp_path / (which + '.yaml')}: {message}") for p in found), found
+
+
+def test_an_agent_is_checked_against_its_topology(tmp_path, keys):
+    _, agent = federation_files(tmp_path, keys)
+    (tmp_path / "federation.yaml").write_text((pathlib.Path(__file__).resolve().parents[1] /
+                                              "devices/topologies/federation.yaml").read_text())
+    part = agent["federation-agent"]
+    del part["border_links"], part["saes"]
+    part["topology"] = "federation.yaml"
+    assert load_deployment(write(tmp_path, agent, "agent.yaml")).part.topology == tmp_path / "federation.yaml"
+    part["member_id"] = "Z"
+    assert problems(write(tmp_path, agent, "agent.yaml")) == [
+        f"{tmp_path / 'agent.yaml'}: federation-agent.member_id: no domain 'Z' in topology federation "
+        "(domains: A, B, C, D)"]
+    part["member_id"] = "B"   # km-a2 is A's, not B's
+    assert any("'km-a2' is none of federation-agent.platform" in p
+               for p in problems(write(tmp_path, agent, "agent.yaml")))
+    del part["topology"]
+    assert any("federation-agent: say what the member shares" in p
+               for p in problems(write(tmp_path, agent, "agent.yaml")))
+
+
+def test_qstrata_run_refuses_a_bad_federation_file(tmp_path, keys, capsys):
+    platform, agent = federation_files(tmp_path, keys)
+    platform["federation"]["members"] = [{"id": "A"}]
+    assert cli.main(["run", "federation", "--config", str(write(tmp_path, platform, "platform.yaml"))]) == 1
+    assert "federation.members[0]: pin the member's orchestrator host key" in capsys.readouterr().err
+    assert cli.main(["run", "federation", "--config", str(write(tmp_path, agent, "agent.yaml"))]) == 1
+    assert "the file deploys the federation-agent level, not federation" in capsys.readouterr().err

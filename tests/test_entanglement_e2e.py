@@ -3,7 +3,8 @@ of two repeaters over 10 km spans and a second way through a third repeater over
 spans): a session asked of the entanglement service controller is planned over the fabric,
 installed on the nodes of its path, delivers pairs that both end nodes name with the same id;
 a fibre cut under its path re-plans it over the other way; an infeasible fidelity is refused
-with the planner's reason; measure-directly outcomes correlate as the pairs' fidelity says.
+with the planner's reason; a repeater whose memory failed is routed around; measure-directly
+outcomes correlate as the pairs' fidelity says.
 Every <get> of the service controller is checked by yanglint."""
 from __future__ import annotations
 
@@ -73,6 +74,26 @@ def test_session_delivers_pairs_at_both_ends_and_reroutes_after_a_cut(tmp_path):
         created, received = await take_pairs(net, 5, min_fidelity=0.8)
         assert len(created) == 5 and [p.pair_id for p in created] == [p.pair_id for p in received]
         assert session.delivered_pairs is not None
+    run(tmp_path, test)
+
+
+def test_a_session_routes_around_a_repeater_whose_memory_failed(tmp_path):
+    """qn-r1 left with one storage qubit in service cannot hold a pair on each side: the fabric
+    reports the qubits in service, and the session moves to the detour without a cut."""
+    async def test(net: EntanglementNet):
+        nc = await net.session("entanglement")
+        await nc.edit_config(em.SessionRequest("pairs", "app-alice", "app-bob", 0.8, pair_rate=5).config())
+        assert (await wait_status(net, nc, "pairs", "active")).path == CHAIN
+        r1 = await net.session("qn-r1")
+        await r1.dispatch(f'<inject-memory-failure xmlns="{QN}"><qubits>3</qubits></inject-memory-failure>')
+        async def rerouted():
+            s = (await sessions(net, nc)).sessions["pairs"]
+            return s if s.status == "active" and s.path == DETOUR else None
+        await net.until(rerouted, 20)
+        fabric = fm.FabricView.parse(await (await net.session("fabric")).get(("subtree", fm.FILTER)))
+        assert fabric.nodes["qn-r1"].storage_qubits == 1
+        created, received = await take_pairs(net, 3, min_fidelity=0.8)
+        assert len(created) == 3 and [p.pair_id for p in created] == [p.pair_id for p in received]
     run(tmp_path, test)
 
 

@@ -3,7 +3,8 @@
 orchestrator), spoken to over NETCONF as an operator would. An intent for pairs at F >= 0.8
 goes active with its conditions, pairs reach both end nodes, a fibre cut under its path
 re-routes it (repairing, then active again), an infeasible fidelity fails with the planner's
-reason, and a deleted intent's session is removed. The orchestrator's get is checked by
+reason, a deleted intent's session is removed, and a repeater left with too few storage qubits
+fails the intent naming it until the memory is back. The orchestrator's get is checked by
 yanglint."""
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from devices.plant import NS as PLANT_NS
 from devices.topology import embedded_topology
 from models import entanglement as em, quantum_node as qm
 from models.intent import INTENTS_FILTER, read_intents
-from models.ns import ENTANGLEMENT_INTENT as EI, INTENT
+from models.ns import ENTANGLEMENT_INTENT as EI, INTENT, QUANTUM_NODE as QN
 from netconf_core import NetconfClient, trusted_host_keys
 from netconf_core.ns import BASE
 from tools.stack import Stack
@@ -104,6 +105,17 @@ def test_entanglement_intent_lifecycle(tmp_path):
             async with asyncio.timeout(15):
                 while "perfect" in em.EntanglementView.parse(await service.get(("subtree", em.FILTER))).requests:
                     await asyncio.sleep(0.2)
+
+            # Memory bounds the plan: r3, the only way since the cut, left with one storage qubit in
+            # service cannot hold a pair on each side; the intent fails naming it, and recovers.
+            r3 = await connect(stack, "qn-r3")
+            sessions.append(r3)
+            await r3.dispatch(f'<inject-memory-failure xmlns="{QN}"><qubits>3</qubits></inject-memory-failure>')
+            intent, _ = await until_state(orchestrator, "bell", {"failed"}, tmp_path)
+            assert intent["reason"] == "repeater qn-r3 has 1 storage qubit, the plan needs 2 (no purification)"
+            await r3.dispatch(f'<clear-memory-failure xmlns="{QN}"/>')
+            intent, _ = await until_state(orchestrator, "bell", {"active"}, tmp_path)
+            assert intent["paths"][0]["nodes"] == ["qn-alice", "qn-r3", "qn-bob"]
         finally:
             for nc in sessions:
                 nc.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 import networkx as nx
 import pytest
 
-from entanglement_physics import ChainLink, ChainNode, Infeasible, evaluate_chain, plan
+from entanglement_physics import ChainLink, ChainNode, Infeasible, evaluate_chain, memory_needed, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,6 +110,51 @@ def test_nodes_that_cannot_swap_or_purify_are_respected():
     graph.nodes["d"]["can_purify"] = False  # a-d-c stays at 0.73 < 0.80
     chosen = plan(graph, "a", "c", 0.80)
     assert chosen.path == ("a", "b", "c") and chosen.purification_rounds == (0, 0)
+
+
+def test_purification_needs_storage_qubits_per_side_and_a_repeater_halves_its_own():
+    assert memory_needed((0, 0)) == [1, 2, 1]      # no purification: a qubit per pair half
+    assert memory_needed((1, 1, 1)) == [2, 4, 4, 2]  # one round: two pairs held at once per side
+    assert memory_needed((2, 0)) == [3, 6, 1]      # a repeater keeps half its qubits for each side
+
+
+def test_a_plan_routes_around_a_repeater_short_of_storage_qubits():
+    """a-d-c needs two rounds at 0.80, so 3 pairs per side, 6 qubits at d; with 5 the plan
+    routes over a-b-c (no purification, 2 qubits at b), with 6 it stays."""
+    graph = diamond()
+    graph.nodes["d"]["storage_qubits"] = 5
+    graph.nodes["b"]["storage_qubits"] = 2
+    chosen = plan(graph, "a", "c", 0.80)
+    assert (chosen.path, chosen.purification_rounds) == (("a", "b", "c"), (0, 0))
+    graph.nodes["d"]["storage_qubits"] = 6
+    assert plan(graph, "a", "c", 0.80).path == ("a", "d", "c")
+
+
+def test_a_plan_only_missing_memory_forbids_is_refused_naming_the_node():
+    """Without a-b-c: two rounds on a-d-c reach 0.80 but need 6 qubits at d; one round fits
+    the 4 there and reaches 0.79 only."""
+    graph = diamond()
+    graph.remove_node("b")
+    graph.nodes["d"]["storage_qubits"] = 4
+    f1, _ = bbpssw(0.85)
+    one_round = (1 + 3 * w_of(f1) ** 2) / 4
+    with pytest.raises(Infeasible) as refused:
+        plan(graph, "a", "c", 0.80)
+    assert str(refused.value) == (
+        "repeater d has 4 storage qubits, the plan needs 6 (2 purification rounds per link, 3 pairs held at once "
+        f"per side); within the nodes' storage qubits the best achievable fidelity is {one_round:.2f} < 0.80 "
+        "requested")
+    assert refused.value.best_fidelity == pytest.approx(one_round)
+    graph.nodes["d"]["storage_qubits"] = 8
+    graph.nodes["a"]["storage_qubits"] = 2   # an end node needs rounds + 1
+    with pytest.raises(Infeasible, match=r"^end node a has 2 storage qubits, the plan needs 3 \(2 purification"):
+        plan(graph, "a", "c", 0.80)
+    graph.nodes["a"]["storage_qubits"] = 8
+    graph.nodes["d"]["storage_qubits"] = 1   # not even one pair per side: nothing fits
+    with pytest.raises(Infeasible) as refused:
+        plan(graph, "a", "c", 0.6)
+    assert str(refused.value) == "repeater d has 1 storage qubit, the plan needs 2 (no purification)"
+    assert refused.value.best_fidelity is None
 
 
 def test_equal_paths_are_broken_by_name():

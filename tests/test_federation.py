@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -22,7 +23,7 @@ from lxml import etree
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 from netconf_core.server import User
-from models.federation import DeliveryReport, EndCount, advertisement_config
+from models.federation import DeliveryReport, EndCount, Sae, advertisement_config, read_members
 from models.ns import FEDERATION as FED_NS
 from orchestrator.federation import ENROL_USER, FederationPlatform, Segment, SegmentReply
 from orchestrator.federation_charging import iso
@@ -577,3 +578,43 @@ def test_agents_reconnect_after_a_platform_restart_and_follow_the_membership_aga
 
 async def _equal(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
+
+
+def test_a_service_follows_its_sae_to_another_member_and_only_that_member_may_say_so():
+    async def scenario(fed: Federation) -> None:
+        alice = await fed.ready()
+
+        async def serve(member: str, *saes: Sae) -> None:
+            agent = fed.agents[member]
+            agent.policy = replace(agent.policy, saes=None)  # every SAE its key managers serve
+            await agent.update(replace(resources(member), saes=saes))
+        await serve("A", Sae("sae-a", "km-a1"))
+        await serve("C", Sae("sae-c", "km-c3"))
+        await fed.request(alice, "s1", "A", "A", "C")
+        assert service(await state(alice), "s1")["route"] == ["A", "B", "C"]
+        # sae-c visits D: while C still serves it too, the service stays.
+        await serve("D", Sae("sae-c", "km-d2", "Bank C branch", ("vpn",)))
+        await fed.platform.settled()
+        assert service(await state(alice), "s1")["route"] == ["A", "B", "C"]
+        d, b = await fed.agents["D"].session(), await fed.agents["B"].session()
+        for session, sae, member, tag, words in (
+                (b, "sae-c", "D", "access-denied", "only member D"),
+                (d, "sae-x", "D", "invalid-value", "does not advertise SAE sae-x"),
+                (fed.admin, "sae-c", "Z", "invalid-value", "member Z is not a member")):
+            with pytest.raises(RPCError) as err:
+                await session.dispatch(f'<move-sae xmlns="{FED_NS}"><sae-id>{sae}</sae-id>'
+                                       f"<member-id>{member}</member-id></move-sae>")
+            assert err.value.tag == tag and words in err.value.message, err.value.message
+        await fed.agents["D"].move_sae("sae-c")
+        await fed.platform.settled()
+        moved = service(await state(alice), "s1")
+        assert moved["route"] == ["A", "D"] and moved["status"] == "active"
+        assert "SAE sae-c moved from C to D" in moved["reason"]
+        data = await state(alice)
+        assert data.xpath("//f:service[f:service-id='s1']/f:destination/f:current-domain/text()",
+                          namespaces=NS) == ["D"]
+        assert fed.segment("D", "s1").destination_km == "km-d2" and "s1" not in fed.domains["C"].held
+        # D's advertisement says what the visiting application offers.
+        _, offer = read_members(await state(alice))["D"]
+        assert offer.saes == (Sae("sae-c", "km-d2", "Bank C branch", ("vpn",)),)
+    run(scenario)

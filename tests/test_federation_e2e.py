@@ -49,6 +49,10 @@ DEMO_STEPS = [
     "Keys still match over the new route",
     "Charging records add up to the keys delivered",
     "Settle the payer's period; rate the members",
+    "Roaming: an intent of C for keys with sae-a is escalated to the platform",
+    "Fetch the roaming intent's keys at both ends",
+    "Mobility: sae-c moves to D's key manager; its services follow it",
+    "Keys match for both services after the move",
 ]
 
 

@@ -66,8 +66,9 @@ class Output:
                 return match
 
 
-def children(parent: int) -> dict[str, int]:
-    """The `qstrata run LEVEL` processes whose parent is `parent`, by level."""
+def children(parent: int, by: bytes = b"run") -> dict[str, int]:
+    """The `qstrata run LEVEL` processes whose parent is `parent`, by level (by=b"--config":
+    by deployment file, when several run the same level)."""
     found = {}
     for entry in pathlib.Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -77,8 +78,8 @@ def children(parent: int) -> dict[str, int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(fields[1]) == parent and b"run" in argv and fields[0] != "Z":
-            level = argv[argv.index(b"run") + 1].decode()
+        if int(fields[1]) == parent and b"run" in argv and by in argv and fields[0] != "Z":
+            level = argv[argv.index(by) + 1].decode()
             found[level] = int(entry.name)
     return found
 

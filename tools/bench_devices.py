@@ -1,222 +1,309 @@
-"""How many emulated devices one process hosts: for each size N, a generated topology of about
-N devices (one fibre plant, and a QKD node and a key manager per site) runs in a server
-process of its own, and this process, as the NMS, polls every device over NETCONF.
+"""How many emulated devices a host runs, over worker processes and in one: for each size N, a
+generated topology of about N devices (one fibre plant, and a QKD node and a key manager per
+site) runs as the devices level (`qstrata run devices`, its own process), once over
+--workers processes (default: one per core) and once in one process, side by side; this
+process, as the NMS, opens one read-only NETCONF session per device and polls every device
+once per --period seconds (each period in turn, spread evenly) for --seconds.
 
-Reported per N: the server's memory (RSS growth from start-up to all devices running, per
-device), the time to build and start the devices, then with one read-only session per
-device:
-- saturated: every device has one <get> outstanding at all times; get/s across all of them
-  and the latency of each get (p50, p99);
-- polled: every device gets one <get> per --period seconds, spread evenly; latency p50, p99
-  and the share of gets answered within the target.
-Each <get> asks for the device's own model (a subtree filter on its top-level node), as the
-read-only user `monitor` unless --user admin is given (NACM checks every node a read-only
-user reads; the read-write group's permit-all rule skips that).
+Reported per N and host: memory (the sum of the RSS of every process of the level, with every
+session open), the time until the level's ready line (every device serving), the time to open
+every session, and per period: get/s, the latency of each get (p50, p99) and the share within
+the target. Each <get> asks for the device's own model (a subtree filter on its top-level
+node), as the read-only user `monitor` unless --user admin is given. With netconfd installed
+(tools/netconfd.py), it also reports the memory of one netconfd (behind its own sshd) per
+device for --netconfd counts of devices, on the engine test model: what a host of real
+NETCONF servers, one per device, would take.
 
-    python -m tools.bench_devices [--sizes 100 500 1000] [--seconds 10] [--period 2] [--user monitor]
+    python -m tools.bench_devices [--sizes 1000 5000] [--workers N] [--period 10 2] [--seconds 20]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
+import pathlib
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-TARGET_BYTES = 2 * 1024**3  # 1,000 devices in one process under 2 GiB
+import yaml
+
 TARGET_LATENCY_S = 0.100  # each device answers get within 100 ms while all are polled
 CONNECT_CONCURRENCY = 32
+START_TIMEOUT_S = 1800.0  # the start of the biggest single-process host
+PASSWORDS = {"admin": "admin", "monitor": "monitor"}
 
 
-# -- the server process ----------------------------------------------------------------------
+# -- memory ----------------------------------------------------------------------------------
 
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc)."""
-    with open("/proc/self/statm") as statm:
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process (Linux /proc)."""
+    with open(f"/proc/{pid}/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def serve(devices: int) -> None:
-    """Run a generated network of about `devices` devices; print one JSON line describing it,
-    and another when standard input closes, then stop."""
-    from devices.host import DeviceHost
-    from devices.topology import generate_topology, parse_topology
-
-    sites = max(2, (devices - 1) // 2)
-    topology = parse_topology(generate_topology(sites), "generated")
-    before = rss_bytes()
-    started = time.perf_counter()
-    host = DeviceHost(topology, insecure_sae_header=True)   # NETCONF only is measured
-    await host.start()
-    start_s = time.perf_counter() - started
-    after = rss_bytes()
-    targets = []
-    for device in host.devices.values():
-        name, top = next((m, node) for m in device.modules
-                         for node in device.schema.ctx.get_module(m).children())  # its first top-level node
-        targets.append((device.port, f'<{top.name()} xmlns="{device.schema.namespace_of_module(name)}"/>'))
-    print(json.dumps({"devices": len(host.devices), "rss_before": before, "rss_started": after,
-                      "start_s": start_s, "targets": targets}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    print(json.dumps({"rss_end": rss_bytes()}), flush=True)
-    await host.stop()
+def tree(root: int) -> list[int]:
+    """`root` and every live process below it."""
+    parents: dict[int, int] = {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
 
 
-# -- the polling process ---------------------------------------------------------------------
+def tree_rss(root: int) -> int:
+    total = 0
+    for pid in tree(root):
+        try:
+            total += rss_bytes(pid)
+        except OSError:
+            pass   # ended meanwhile
+    return total
 
-@dataclass
-class Row:
-    devices: int
-    mib_per_device: float
-    rss_mib: float
-    rss_with_sessions_mib: float
-    start_s: float
-    connect_s: float
-    saturated_gets_per_s: float
-    saturated_p50_ms: float
-    saturated_p99_ms: float
-    polled_gets_per_s: float
-    polled_p50_ms: float
-    polled_p99_ms: float
-    polled_within_target: float
-    worst_device_p99_ms: float
 
+# -- the devices level -----------------------------------------------------------------------
+
+class DevicesLevel:
+    """`qstrata run devices` on a generated topology of about `devices` devices over `workers`
+    processes, plain HTTP for ETSI 014 (NETCONF only is measured)."""
+
+    def __init__(self, devices: int, workers: int, scratch: pathlib.Path) -> None:
+        from devices.topology import generate_topology
+        from netconf_core import persistent_host_key
+
+        directory = scratch / f"{devices}-{workers}"
+        directory.mkdir()
+        (directory / "topology.yaml").write_text(yaml.safe_dump(generate_topology(max(2, (devices - 1) // 2))))
+        persistent_host_key(directory / "devices.key")
+        config = directory / "devices.yaml"
+        config.write_text(yaml.safe_dump({
+            "level": "devices", "listen": {"address": "127.0.0.1", "host_key_file": "devices.key"},
+            "users": [{"name": "admin", "access": "read-write", "password": PASSWORDS["admin"]},
+                      {"name": "monitor", "access": "read-only", "password": PASSWORDS["monitor"]}],
+            "devices": {"topology": "topology.yaml", "workers": workers, "etsi014": {"insecure_http": True}}}))
+        self.config = config
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> tuple[list, float]:
+        """Start it; its device rows and the seconds until its ready line."""
+        from tools.cmd_run import READY
+        from tools.device_table import parse_table
+
+        began = time.perf_counter()
+        self.process = subprocess.Popen([sys.executable, "-m", "tools.cli", "run", "devices", "--config",
+                                         str(self.config)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+        lines: list[str] = []
+        while not lines or READY not in lines[-1]:
+            line = self.process.stdout.readline()
+            if not line or time.perf_counter() - began > START_TIMEOUT_S:
+                raise RuntimeError(f"the devices level ({self.config}) did not start")
+            lines.append(line.rstrip("\n"))
+        return parse_table(lines[:-1]), time.perf_counter() - began
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.communicate()
+
+
+def own_model(row) -> str:
+    """A subtree filter on the top-level node of the device's first model that has one."""
+    from netconf_core import schema_for
+
+    schema = schema_for(row.modules)
+    name, top = next((m, node) for m in row.modules for node in schema.ctx.get_module(m).children())
+    return f'<{top.name()} xmlns="{schema.namespace_of_module(name)}"/>'
+
+
+# -- polling ---------------------------------------------------------------------------------
 
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
-async def poll(targets: list[tuple[int, str]], seconds: float, period: float, user: str) -> dict:
+@dataclass
+class Polled:
+    period: float
+    gets_per_s: float
+    p50_ms: float
+    p99_ms: float
+    within_target: float
+
+
+@dataclass
+class Row:
+    devices: int
+    workers: int
+    processes: int
+    rss_mib: float
+    start_s: float
+    connect_s: float
+    polled: list[Polled] = field(default_factory=list)
+
+
+async def poll(rows: list, host_key: str, periods: list[float], seconds: float, user: str,
+               memory) -> tuple[float, list, int]:
+    """Open a session per device, poll in each period; (connect s, a Polled per period, `memory()`
+    read with every session open after the polling)."""
     from netconf_core.client import NetconfClient
+    from netconf_core.ssh import trusted_host_keys
 
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    pinned = trusted_host_keys(host_key)
 
     async def connect(port: int) -> NetconfClient:
         async with gate:
-            return await NetconfClient.connect("127.0.0.1", port, user, user, timeout=300)
+            return await NetconfClient.connect("127.0.0.1", port, user, PASSWORDS[user], known_hosts=pinned,
+                                               timeout=300)
 
-    started = time.perf_counter()
-    clients = await asyncio.gather(*(connect(port) for port, _ in targets))
-    connect_s = time.perf_counter() - started
+    began = time.perf_counter()
+    clients = await asyncio.gather(*(connect(row.port) for row in rows))
+    connect_s = time.perf_counter() - began
+    filters = [own_model(row) for row in rows]
 
-    async def saturate(client: NetconfClient, root: str, deadline: float, out: list[float]) -> None:
-        while (begun := time.perf_counter()) < deadline:
-            await client.get(("subtree", root))
-            out.append(time.perf_counter() - begun)
-
-    async def paced(client: NetconfClient, root: str, first: float, end: float, out: list[float]) -> None:
+    async def paced(client, root: str, first: float, end: float, period: float, out: list[float]) -> None:
         due = first
         while due < end:
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            begun = time.perf_counter()
+            started = time.perf_counter()
             await client.get(("subtree", root))
-            out.append(time.perf_counter() - begun)
+            out.append(time.perf_counter() - started)
             due += period
 
-    saturated: list[list[float]] = [[] for _ in targets]
-    begun = time.perf_counter()
-    await asyncio.gather(*(saturate(c, root, begun + seconds, out)
-                           for c, (_, root), out in zip(clients, targets, saturated)))
-    saturated_s = time.perf_counter() - begun
-    polled: list[list[float]] = [[] for _ in targets]
-    begun = time.perf_counter()
-    await asyncio.gather(*(paced(c, root, begun + period * i / len(targets), begun + seconds, out)
-                           for i, (c, (_, root), out) in enumerate(zip(clients, targets, polled))))
-    polled_s = time.perf_counter() - begun
+    results = []
+    for period in periods:
+        latencies: list[float] = []
+        began = time.perf_counter()
+        await asyncio.gather(*(paced(c, root, began + period * i / len(rows), began + max(seconds, period), period,
+                                     latencies) for i, (c, root) in enumerate(zip(clients, filters))))
+        elapsed = time.perf_counter() - began
+        results.append(Polled(period, len(latencies) / elapsed, 1000 * percentile(latencies, 0.50),
+                              1000 * percentile(latencies, 0.99),
+                              sum(x <= TARGET_LATENCY_S for x in latencies) / max(1, len(latencies))))
+    rss = memory()
     for client in clients:
         client.close()
-    flat_saturated = [x for xs in saturated for x in xs]
-    flat_polled = [x for xs in polled for x in xs]
-    return {
-        "connect_s": connect_s,
-        "saturated_gets_per_s": len(flat_saturated) / saturated_s,
-        "saturated_p50_ms": 1000 * percentile(flat_saturated, 0.50),
-        "saturated_p99_ms": 1000 * percentile(flat_saturated, 0.99),
-        "polled_gets_per_s": len(flat_polled) / polled_s,
-        "polled_p50_ms": 1000 * percentile(flat_polled, 0.50),
-        "polled_p99_ms": 1000 * percentile(flat_polled, 0.99),
-        "polled_within_target": sum(x <= TARGET_LATENCY_S for x in flat_polled) / max(1, len(flat_polled)),
-        "worst_device_p99_ms": 1000 * max(percentile(xs, 0.99) for xs in polled if xs),
-    }
+    return connect_s, results, rss
 
 
-def measure(devices: int, seconds: float, period: float, user: str) -> Row:
-    server = subprocess.Popen([sys.executable, "-m", "tools.bench_devices", "--serve", str(devices)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def measure(devices: int, workers: int, periods: list[float], seconds: float, user: str,
+            scratch: pathlib.Path) -> Row:
+    from netconf_core import persistent_host_key, public_key_line
+
+    level = DevicesLevel(devices, workers, scratch)
     try:
-        line = server.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the server process for {devices} devices ended without starting them")
-        info = json.loads(line)
-        polled = asyncio.run(poll([tuple(t) for t in info["targets"]], seconds, period, user))
-        server.stdin.close()
-        end = json.loads(server.stdout.readline())
-        server.wait(timeout=120)
+        rows, start_s = level.start()
+        key = public_key_line(persistent_host_key(level.config.parent / "devices.key"))
+        connect_s, polled, rss = asyncio.run(poll(rows, key, periods, seconds, user,
+                                                  lambda: tree_rss(level.process.pid)))
+        return Row(len(rows), workers, len(tree(level.process.pid)), rss / 1024**2, start_s, connect_s, polled)
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-    mib = 1024**2
-    grown = info["rss_started"] - info["rss_before"]
-    return Row(info["devices"], grown / info["devices"] / mib, info["rss_started"] / mib, end["rss_end"] / mib,
-               info["start_s"], **polled)
+        level.stop()
 
 
-def format_rows(rows: list[Row], period: float) -> str:
-    header = ("devices", "MiB/device", "RSS MiB", "RSS+sessions", "start s", "connect s",
-              "sat get/s", "sat p50 ms", "sat p99 ms", f"polled get/s ({period:g} s period)",
-              "p50 ms", "p99 ms", f"<= {TARGET_LATENCY_S * 1000:.0f} ms", "worst device p99 ms")
-    lines = [(str(r.devices), f"{r.mib_per_device:.2f}", f"{r.rss_mib:.0f}", f"{r.rss_with_sessions_mib:.0f}",
-              f"{r.start_s:.1f}", f"{r.connect_s:.1f}", f"{r.saturated_gets_per_s:.0f}",
-              f"{r.saturated_p50_ms:.1f}", f"{r.saturated_p99_ms:.1f}", f"{r.polled_gets_per_s:.0f}",
-              f"{r.polled_p50_ms:.1f}", f"{r.polled_p99_ms:.1f}", f"{100 * r.polled_within_target:.1f}%",
-              f"{r.worst_device_p99_ms:.1f}") for r in rows]
+def netconfd_memory(counts: list[int]) -> list[tuple[int, float]]:
+    """(devices, MiB) for one netconfd and its sshd per device; [] without netconfd."""
+    from tools import conform
+    from tools.netconfd import NetconfdError, NetconfdServer
+
+    if shutil.which("netconfd") is None:
+        return []
+    figures = []
+    with tempfile.TemporaryDirectory(prefix="qstrata-bench-") as yang:
+        (pathlib.Path(yang) / conform.MODEL_FILE.name).write_text(
+            conform.without_actions(conform.MODEL_FILE.read_text()))
+        for count in counts:
+            servers = []
+            try:
+                before = tree_rss(os.getpid()) - rss_bytes()
+                for _ in range(count):
+                    server = NetconfdServer([conform.MODULE], [yang], target="running")
+                    server.start()
+                    servers.append(server)
+                figures.append((count, (tree_rss(os.getpid()) - rss_bytes() - before) / 1024**2))
+            except NetconfdError as error:
+                print(f"netconfd: {error}", file=sys.stderr)
+            finally:
+                for server in servers:
+                    server.stop()
+    return figures
+
+
+def format_rows(rows: list[Row]) -> str:
+    periods = [p.period for p in rows[0].polled]
+    header = ["devices", "workers", "processes", "RSS MiB", "MiB/device", "start s", "connect s"]
+    for period in periods:
+        header += [f"get/s @{period:g}s", f"p50 ms @{period:g}s", f"p99 ms @{period:g}s",
+                   f"<= {TARGET_LATENCY_S * 1000:.0f} ms @{period:g}s"]
+    lines = []
+    for r in rows:
+        line = [str(r.devices), str(r.workers), str(r.processes), f"{r.rss_mib:.0f}", f"{r.rss_mib / r.devices:.2f}",
+                f"{r.start_s:.1f}", f"{r.connect_s:.1f}"]
+        for p in r.polled:
+            line += [f"{p.gets_per_s:.0f}", f"{p.p50_ms:.1f}", f"{p.p99_ms:.1f}", f"{100 * p.within_target:.1f}%"]
+        lines.append(line)
     widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
     return "\n".join(" | ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in [header] + lines)
 
 
-def main(sizes: list[int], seconds: float, period: float, user: str) -> int:
+def main(sizes: list[int], workers: int, periods: list[float], seconds: float, user: str,
+         netconfd: list[int]) -> int:
     rows = []
-    for devices in sizes:
-        print(f"{devices} devices ...", file=sys.stderr, flush=True)
-        rows.append(measure(devices, seconds, period, user))
-    print(f"gets as user {user}")
-    print(format_rows(rows, period))
-    biggest = max(rows, key=lambda r: r.devices)
-    memory_ok = biggest.rss_with_sessions_mib * 1024**2 < TARGET_BYTES
-    latency_ok = biggest.polled_p99_ms <= TARGET_LATENCY_S * 1000
-    print(f"\ntarget at {biggest.devices} devices: memory {'met' if memory_ok else 'MISSED'} "
-          f"({biggest.rss_with_sessions_mib:.0f} MiB with every session open, limit 2048 MiB); "
-          f"get within {TARGET_LATENCY_S * 1000:.0f} ms while all are polled every {period:g} s: "
-          f"{'met' if latency_ok else 'MISSED'} (p99 {biggest.polled_p99_ms:.1f} ms)")
+    with tempfile.TemporaryDirectory(prefix="qstrata-bench-devices-") as scratch:
+        for devices in sizes:
+            for count in dict.fromkeys((workers, 1)):
+                print(f"{devices} devices, {count} worker{'s' if count > 1 else ''} ...", file=sys.stderr,
+                      flush=True)
+                rows.append(measure(devices, count, periods, seconds, user, pathlib.Path(scratch)))
+    print(f"devices level over {workers} workers and in one process (workers 1), gets as user {user}, "
+          f"{os.cpu_count()} cores")
+    print(format_rows(rows))
+    figures = netconfd_memory(netconfd) if netconfd else []
+    for count, mib in figures:
+        print(f"netconfd + sshd per device, {count} devices: {mib:.0f} MiB ({mib / count:.1f} MiB/device)")
     return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options, for `python -m tools.bench_devices` and `qstrata bench devices`."""
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 1000], help="device counts")
-    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of each polling phase (default 10)")
-    parser.add_argument("--period", type=float, default=2.0,
-                        help="seconds between two gets of a device in the polled phase (default 2)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000], help="device counts")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes of the multi-process host (default: one per core)")
+    parser.add_argument("--period", type=float, nargs="+", default=[10.0, 2.0],
+                        help="seconds between two gets of a device, one polling phase each (default 10 2)")
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="seconds of each polling phase (at least one period; default 20)")
     parser.add_argument("--user", choices=("monitor", "admin"), default="monitor",
                         help="who polls: the read-only monitor (default) or the read-write admin")
+    parser.add_argument("--netconfd", type=int, nargs="*", default=[10, 50],
+                        help="device counts for the netconfd-per-device memory figures (none: skip)")
 
 
 def run(args: argparse.Namespace) -> int:
-    return main(args.sizes, args.seconds, args.period, args.user)
+    if args.workers < 1 or min(args.sizes) < 3 or min(args.period) <= 0:
+        print("qstrata bench devices: --workers >= 1, --sizes >= 3 and --period > 0, please", file=sys.stderr)
+        return 2
+    return main(args.sizes, args.workers, args.period, args.seconds, args.user, args.netconfd)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m tools.bench_devices", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    parser.add_argument("--serve", type=int, metavar="N", help=argparse.SUPPRESS)  # the server process
-    args = parser.parse_args()
-    if args.serve:
-        asyncio.run(serve(args.serve))
-        sys.exit(0)
-    sys.exit(run(args))
+    sys.exit(run(parser.parse_args()))

@@ -1,6 +1,6 @@
 """`qstrata run LEVEL --config FILE`: run one level alone (twin, devices, connectivity,
-forwarding, service or orchestrator) from its deployment file (docs/deployment.md) until
-SIGTERM or Ctrl-C. `twin` is a network's twin service (docs/twin-service.md), which the
+forwarding, service, fabric, entanglement, orchestrator, federation or federation-agent) from its deployment file
+(docs/deployment.md) until SIGTERM or Ctrl-C. `twin` is a network's twin service (docs/twin-service.md), which the
 devices of that network, in one process or several, share.
 
 The level needs nothing but the file and the network: it listens where the file says, lets in
@@ -22,8 +22,9 @@ import pathlib
 import signal
 import sys
 
-from tools.deployment import (CONTROLLERS, INTENT_WRITER, LEVELS, READ_ONLY, READ_WRITE, Deployment, DeploymentError,
-                              endpoint, host_key, load_deployment, netconf_users, secret)
+from tools.deployment import (CONTROLLERS, ENTANGLEMENT_LEVELS, FEDERATION_LEVELS, INTENT_WRITER, LEVELS,
+                              READ_ONLY, READ_WRITE, Deployment, DeploymentError, endpoint, host_key, load_deployment,
+                              netconf_users, secret)
 from tools.running import until_stopped
 
 READY = "ready on"
@@ -42,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="what is logged to stderr (default WARNING)")
     parser.add_argument("--parent-pid", type=int, metavar="PID",
                         help="exit when process PID (a supervisor) ends (Linux)")
+    parser.add_argument("--parent-signal", choices=("TERM", "KILL"), default="TERM",
+                        help="how it ends when PID ends: TERM, a clean stop (default); KILL, as in a crash (the "
+                             "workers of a devices level: they die with it)")
     parser.set_defaults(func=run)
 
 
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"qstrata run {args.level}: {args.config}: level: the file deploys the {deployment.level} level, "
               f"not {args.level}", file=sys.stderr)
         return 1
-    if args.parent_pid is not None and not _exit_with(args.parent_pid):
+    if args.parent_pid is not None and not _exit_with(args.parent_pid, signal.Signals[f"SIG{args.parent_signal}"]):
         return 1
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s {args.level} %(levelname)s %(name)s: %(message)s")
@@ -66,11 +70,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _exit_with(parent: int) -> bool:
-    """Be sent SIGTERM when the parent ends (so that a supervisor killed with SIGKILL leaves
-    no level behind); False when it has already ended."""
+def _exit_with(parent: int, death_signal: signal.Signals = signal.SIGTERM) -> bool:
+    """Be sent `death_signal` when the parent ends (so that a supervisor killed with SIGKILL
+    leaves no level behind); False when it has already ended."""
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, death_signal)
     return os.getppid() == parent
 
 
@@ -84,16 +88,21 @@ async def serve(deployment: Deployment) -> int:
         await asyncio.wait({settling, stopped}, return_when=asyncio.FIRST_COMPLETED)   # a signal ends the wait
         if not stopped.done():
             if deployment.level == "devices":
-                from tools.cmd_devices import format_table
+                from tools.device_table import format_table
 
                 print(format_table(level.table()), flush=True)
             print(f"qstrata run {deployment.level}: {deployment.name} {READY} {_where(deployment, level)}",
                   flush=True)
-            await stopped
+            failed = getattr(level, "failed", None)   # a level of several processes: one died
+            await asyncio.wait({stopped, failed} - {None}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         settling.cancel()
         stopped.cancel()
         await level.stop()
+    if getattr(level, "failed", None) is not None and level.failed.done():
+        print(f"qstrata run {deployment.level}: {deployment.name}: {level.failed.result()}; stopped the others",
+              file=sys.stderr, flush=True)
+        return 1
     print(f"qstrata run {deployment.level}: {deployment.name} stopped", flush=True)
     return 0
 
@@ -102,6 +111,10 @@ def build(d: Deployment):
     """The level's object (start/stop), as the deployment describes it."""
     if d.level == "twin":
         return _twin_service(d)
+    if d.level in FEDERATION_LEVELS:
+        from tools.federation_deploy import agent_level, platform_level
+
+        return platform_level(d) if d.level == "federation" else agent_level(d)
     users = netconf_users(d)
     access = {"read_write": d.access(READ_WRITE), "read_only": d.access(READ_ONLY)}
     key = host_key(d)
@@ -125,11 +138,15 @@ def build(d: Deployment):
         return ServiceController(d.name, devices, endpoint(d.peer(part.forwarding)), state_dir=d.state_dir,
                                  connectivity=endpoint(d.peer(part.connectivity)) if part.connectivity else None,
                                  **common)
+    if d.level in ENTANGLEMENT_LEVELS:
+        from tools.entanglement_deploy import entanglement_level
+
+        return entanglement_level(d, devices, common)
     from orchestrator.intents import Orchestrator
 
     strata = [endpoint(d.peer(name)) for name in (part.service, part.forwarding, part.connectivity)]
     return Orchestrator(d.name, *strata, store_dir=part.intent_store, intent_writers=d.access(INTENT_WRITER),
-                        **common)
+                        entanglement=endpoint(d.peer(part.entanglement)) if part.entanglement else None, **common)
 
 
 def _twin_service(d: Deployment):
@@ -156,6 +173,9 @@ def _device_host(d: Deployment, users: dict, access: dict, key):
     part = d.part
     etsi = part.etsi014
     topology = load_topology(part.topology) if part.topology else default_topology()
+    workers = _device_workers(d, topology)
+    if workers is not None:
+        return workers
     ports = {device: {"port": p.netconf, **({"etsi014_port": p.etsi014} if p.etsi014 is not None else {})}
              for device, p in part.ports.items()}
 
@@ -173,16 +193,38 @@ def _device_host(d: Deployment, users: dict, access: dict, key):
 
         twin = TwinAddress(part.twin.address, part.twin.port, secret(part.twin.token, part.twin.token_file))
     return DeviceHost(topology, state_dir=d.state_dir, speed=part.speed, ports=ports, users=users,
-                      twin=twin, run=set(part.run) or None,
+                      twin=twin, run=set(part.run) or None, restconf=part.restconf,
                       host=d.listen.address, host_key=key, etsi014_tls=None if etsi.insecure_http else tls,
                       km_peer_tls=None if etsi.insecure_http else peer_tls,
                       insecure_sae_header=etsi.insecure_http, **access)
 
 
+def _device_workers(d: Deployment, topology):
+    """The devices over `devices.workers` processes (default: one per core), with the twin
+    service they share unless devices.twin names the network's (tools/device_workers.py); None
+    when one process runs them all."""
+    import secrets
+
+    from devices.host import device_builders
+    from tools.deployment import Listen, TwinPart
+    from tools.device_workers import DeviceWorkers
+
+    part = d.part
+    devices = [device for device, _ in device_builders(topology, None) if not part.run or device in part.run]
+    count = min(part.workers or os.cpu_count() or 1, len(devices))
+    if count <= 1:
+        return None
+    twin = None if part.twin is not None else _twin_service(Deployment(
+        "twin", f"{d.name}-twin", Listen("127.0.0.1", None, 0), (),
+        part=TwinPart(part.topology, part.speed, token=secrets.token_urlsafe(32))))
+    return DeviceWorkers(d, topology, devices, count, twin, ready=READY)
+
+
 async def _settle(d: Deployment, level) -> None:
     """Wait (bounded) until a controller has read its devices, the orchestrator reached its
     controllers; say which are missing when they are not there in time."""
-    wait = getattr(level, "wait_synced", None) if d.level in CONTROLLERS else (
+    synced = CONTROLLERS + ENTANGLEMENT_LEVELS + ("federation-agent",)
+    wait = getattr(level, "wait_synced", None) if d.level in synced else (
         level.wait_connected if d.level == "orchestrator" else None)
     if wait is None:
         return
@@ -191,7 +233,7 @@ async def _settle(d: Deployment, level) -> None:
     except TimeoutError:
         links = dict(getattr(level, "links", {}))
         links.update(getattr(level, "strata", {}))
-        for extra in ("connectivity", "forwarding"):
+        for extra in ("connectivity", "forwarding", "fabric"):
             link = getattr(level, extra, None)
             if hasattr(link, "connected"):
                 links[extra] = link
@@ -202,6 +244,10 @@ async def _settle(d: Deployment, level) -> None:
 
 
 def _where(d: Deployment, level) -> str:
+    if d.level == "federation-agent":
+        from tools.federation_deploy import agent_where
+
+        return agent_where(d)
     if d.level == "devices":
         return f"{d.listen.address} ({len(level.devices)} devices)"
     return f"{d.listen.address}:{level.port}"

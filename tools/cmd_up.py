@@ -14,6 +14,13 @@ after a short back-off (tools/supervisor.py), with a line saying so.
 
 The orchestrator listens on port 8830 unless --port says otherwise; the other levels take
 free ports of 127.0.0.1 the first time, and keep them.
+
+A topology whose sites name domains runs as a federation (FederatedProcessStack): the plant's
+devices, per domain its own controllers, orchestrator and federation agent
+(deployments/<domain>/), and the federation platform, each its own process; `up` then admits
+every domain and agrees transit between neighbours (tools/federation_deploy.py `federate`),
+and prints each domain's levels and the platform's accounts (docs/deployment.md, "A
+federation"). `qstrata intent` and `status` then take `--domain`.
 """
 from __future__ import annotations
 
@@ -57,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "and the intent store here across runs (default: a temporary directory)")
     parser.add_argument("--speed", type=float, default=1.0, help="emulated seconds per real second (default 1)")
     add_security_options(parser)
+    from tools.cmd_devices import add_workers_option
+
+    add_workers_option(parser)   # the devices level's worker processes
     parser.add_argument("--console-port", type=int, default=0,
                         help="the operator's web console's port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--no-console", action="store_true", help="do not start the operator's web console")
@@ -70,6 +80,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         print(f"qstrata up: --port must be within 0..65535, got {args.port}", file=sys.stderr)
         return 2
+    from tools.cmd_devices import workers_argument
+
+    if not workers_argument(getattr(args, "workers", None), "up"):
+        return 2
+    if topology.domains:   # a federation: every domain its own stack, and the platform
+        return asyncio.run(_run_federation(topology, args))
     return asyncio.run(_run(topology, args))
 
 
@@ -78,12 +94,16 @@ async def _run(topology: Topology, args: argparse.Namespace) -> int:
 
     stack = ProcessStack(topology, args.topology.absolute() if args.topology else None, args.state_dir, args.speed,
                          args.port, demo_credentials=args.demo_credentials,
-                         insecure_sae_header=args.insecure_sae_header, say=lambda line: print(line, flush=True))
+                         insecure_sae_header=args.insecure_sae_header, say=lambda line: print(line, flush=True),
+                         workers=getattr(args, "workers", None))
     stopped = asyncio.get_running_loop().create_task(until_stopped())
     state_file = pathlib.Path.cwd() / STATE_FILE
     wrote = False
     try:
-        print(f"starting network {topology.name}: {len(LEVEL_ORDER)} processes ...", flush=True)
+        from tools.entanglement_deploy import stack_levels
+
+        print(f"starting network {topology.name}: {len(stack_levels(topology, LEVEL_ORDER))} processes ...",
+              flush=True)
         starting = asyncio.get_running_loop().create_task(stack.start())
         await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():   # a signal while starting
@@ -101,7 +121,7 @@ async def _run(topology: Topology, args: argparse.Namespace) -> int:
         wrote = True
         user, password = rows[-1].read_write
         reader, reader_password = rows[-1].read_only
-        print(f"\nnetwork {topology.name}: {len(rows)} NETCONF servers in {len(LEVEL_ORDER)} processes on "
+        print(f"\nnetwork {topology.name}: {len(rows)} NETCONF servers in {len(stack.plan.levels)} processes on "
               f"{DEFAULT_HOST}; users {user}/{password} (read-write), {reader}/{reader_password} (read-only). "
               f"Deployments in {stack.plan.deployments_dir}, logs in {stack.plan.logs_dir}. Wrote {STATE_FILE}.",
               flush=True)
@@ -113,7 +133,8 @@ async def _run(topology: Topology, args: argparse.Namespace) -> int:
             from tools.console_stack import start_console
 
             console = await start_console(rows, topology.name, args.console_port,
-                                          say=lambda line: print(line, flush=True))
+                                          say=lambda line: print(line, flush=True),
+                                          state_dir=stack.plan.deployments_dir.parent / "console")  # layouts
         print("Ctrl-C stops.", flush=True)
         try:
             await stopped
@@ -139,8 +160,9 @@ class ProcessStack:
     def __init__(self, topology: Topology, topology_file: pathlib.Path | None = None,
                  state_dir: pathlib.Path | None = None, speed: float = 1.0, orchestrator_port: int = 0, *,
                  demo_credentials: bool = False, insecure_sae_header: bool = False,
-                 say=None, ready_timeout: float = READY_TIMEOUT_S):
+                 say=None, ready_timeout: float = READY_TIMEOUT_S, workers: int | None = None):
         self.topology = topology
+        self.workers = workers   # the devices level's processes (None: one per core)
         self.topology_file = topology_file
         self.state_dir = state_dir
         self.speed = speed
@@ -161,13 +183,17 @@ class ProcessStack:
             self._scratch = tempfile.TemporaryDirectory(prefix="qstrata-up-")
         state = pathlib.Path(self._scratch.name if self._scratch else self.state_dir).absolute()
         try:
-            self.plan = plan_stack(self.topology, self.topology_file, state, self.speed, self.orchestrator_port,
-                                   self.demo_credentials, self.insecure_sae_header)
+            self.plan = self._plan(state)
             self.supervisor = Supervisor(self.plan.programs(), say=self.say)
             await self.supervisor.start(self.ready_timeout)
         except BaseException:
             await self.stop()
             raise
+
+    def _plan(self, state: pathlib.Path):
+        """Write the deployments into `state`; the plan's programs are what the supervisor runs."""
+        return plan_stack(self.topology, self.topology_file, state, self.speed, self.orchestrator_port,
+                          self.demo_credentials, self.insecure_sae_header, workers=self.workers)
 
     async def stop(self) -> None:
         """Stop every level (safe to call twice, or after a failed start)."""
@@ -207,6 +233,7 @@ class StackPlan:
     rows: list
     curl: str | None = None
     pki: object = None            # the stack's KeyDeliveryPki (None in the insecure header mode)
+    levels: tuple[str, ...] = LEVEL_ORDER   # bottom-up; with the entanglement levels over quantum nodes
 
     def config(self, level: str) -> pathlib.Path:
         return self.deployments_dir / f"{level}.yaml"
@@ -218,11 +245,12 @@ class StackPlan:
 
         return [Program(level, (sys.executable, "-m", "tools.cli", "run", level, "--config", str(self.config(level)),
                                 "--parent-pid", str(os.getpid())),
-                        ready=READY, log_file=self.logs_dir / f"{level}.log") for level in LEVEL_ORDER]
+                        ready=READY, log_file=self.logs_dir / f"{level}.log") for level in self.levels]
 
 
 def plan_stack(topology: Topology, topology_file: pathlib.Path | None, state_dir: pathlib.Path, speed: float,
-               orchestrator_port: int, demo_credentials: bool, insecure_sae_header: bool) -> StackPlan:
+               orchestrator_port: int, demo_credentials: bool, insecure_sae_header: bool,
+               workers: int | None = None) -> StackPlan:
     """Write every level's deployment into `state_dir` (ports, credentials, host keys and
     certificates kept there and reused) and return the plan."""
     from devices.base import ADMIN_USER, MONITOR_USER
@@ -230,22 +258,23 @@ def plan_stack(topology: Topology, topology_file: pathlib.Path | None, state_dir
     from devices.key_manager import KeyManagerDevice
     from netconf_core import persistent_host_key, public_key_line
     from netconf_core.server import HOST_KEY_FILE
-    from tools.deployment import (READ_ONLY, READ_WRITE, DevicePorts, DevicesPart, Deployment, Etsi014,
-                                  ForwardingPart, KeyManagerTls, Listen, Login, OrchestratorPart, Peer, ServicePart,
-                                  write_deployment)
-    from tools.stack import (CONNECTIVITY_MODULES, FORWARDING_MODULES, PKI_DIR, SERVICE_MODULES, KeyDeliveryPki,
-                             Level, demo_passwords, sae_curl, stack_passwords)
+    from tools.cmd_devices import etsi014_section, stack_logins
+    from tools.deployment import (DevicePorts, DevicesPart, Deployment, ForwardingPart, Listen, OrchestratorPart,
+                                  Peer, ServicePart, write_deployment)
+    from tools.entanglement_deploy import add_entanglement_levels, stack_levels
+    from tools.stack import (CONNECTIVITY_MODULES, FORWARDING_MODULES, PKI_DIR, QUANTUM_NODE_MODULES, SERVICE_MODULES,
+                             KeyDeliveryPki, Level, demo_passwords, sae_curl, stack_passwords)
 
     state_dir.mkdir(parents=True, exist_ok=True)
     devices = [(device_id, build.func) for device_id, build in device_builders(topology, None)]
     key_managers = [d for d, cls in devices if issubclass(cls, KeyManagerDevice)]
-    ports = _ports(state_dir / PORTS_FILE, [d for d, _ in devices], key_managers, orchestrator_port)
+    order = stack_levels(topology, LEVEL_ORDER)
+    ports = _ports(state_dir / PORTS_FILE, [d for d, _ in devices], key_managers, orchestrator_port, order[1:])
     passwords = demo_passwords(demo_credentials) or stack_passwords(state_dir)
-    users = (Login(ADMIN_USER, READ_WRITE, password=passwords[ADMIN_USER]),
-             Login(MONITOR_USER, READ_ONLY, password=passwords[MONITOR_USER]))
+    users = stack_logins(passwords)
     # The host key files are where the in-process Stack keeps them: either shape runs on one state directory.
     key_files = {"devices": state_dir / "devices" / HOST_KEY_FILE,
-                 **{level: state_dir / level / "datastores" / HOST_KEY_FILE for level in LEVEL_ORDER[1:]}}
+                 **{level: state_dir / level / "datastores" / HOST_KEY_FILE for level in order[1:]}}
     public = {level: public_key_line(persistent_host_key(path)) for level, path in key_files.items()}
 
     def peer(name: str, port: int, level: str) -> Peer:
@@ -262,18 +291,14 @@ def plan_stack(topology: Topology, topology_file: pathlib.Path | None, state_dir
         return Listen(DEFAULT_HOST, key_files[level], None if level == "devices" else ports["levels"][level])
 
     pki = None if insecure_sae_header else KeyDeliveryPki(state_dir / PKI_DIR)
-    if pki is None:
-        etsi014 = Etsi014(insecure_http=True)
-    else:
-        credentials = {km: pki.km(km) for km in key_managers}
-        etsi014 = Etsi014(False, pki.ca.ca_file, {km: KeyManagerTls(c.cert_file, c.key_file)
-                                                  for km, c in credentials.items()})
-        for sae in topology.saes:
-            pki.sae(sae.id)
+    etsi014 = etsi014_section(pki, topology)
+    for sae in topology.saes if pki is not None else ():
+        pki.sae(sae.id)
     deployments = {
         "devices": Deployment("devices", "devices", listen("devices"), users, (), state_dir / "devices", DevicesPart(
             etsi014, topology_file, speed,
-            {d: DevicePorts(p["port"], p.get("etsi014_port")) for d, p in ports["devices"].items()})),
+            {d: DevicePorts(p["port"], p.get("etsi014_port")) for d, p in ports["devices"].items()},
+            workers=workers)),
         "connectivity": Deployment("connectivity", "connectivity", listen("connectivity"), users,
                                    device_peers(CONNECTIVITY_MODULES), state_dir / "connectivity"),
         "forwarding": Deployment("forwarding", "forwarding", listen("forwarding"), users,
@@ -288,7 +313,9 @@ def plan_stack(topology: Topology, topology_file: pathlib.Path | None, state_dir
                                    None, OrchestratorPart("service", "forwarding", "connectivity",
                                                           state_dir / "orchestrator")),
     }
-    plan = StackPlan(state_dir / "deployments", state_dir / "logs", [], pki=pki)
+    if "entanglement" in order:
+        add_entanglement_levels(deployments, listen, users, device_peers(QUANTUM_NODE_MODULES), controller, state_dir)
+    plan = StackPlan(state_dir / "deployments", state_dir / "logs", [], pki=pki, levels=order)
     for level, deployment in deployments.items():
         write_deployment(plan.config(level), deployment)
     read_write = (ADMIN_USER, passwords[ADMIN_USER])
@@ -298,7 +325,7 @@ def plan_stack(topology: Topology, topology_file: pathlib.Path | None, state_dir
     plan.rows = [Level(cls.kind, d, DEFAULT_HOST, ports["devices"][d]["port"], read_write, read_only, urls.get(d),
                        public["devices"]) for d, cls in devices]
     plan.rows += [Level(level, level, DEFAULT_HOST, ports["levels"][level], read_write, read_only,
-                        host_key=public[level]) for level in LEVEL_ORDER[1:]]
+                        host_key=public[level]) for level in order[1:]]
     if pki is not None and len(topology.saes) >= 2:
         master, slave = topology.saes[0], topology.saes[1]
         url = next(r.etsi014_url for r in plan.rows if r.name == master.km)
@@ -306,7 +333,8 @@ def plan_stack(topology: Topology, topology_file: pathlib.Path | None, state_dir
     return plan
 
 
-def _ports(path: pathlib.Path, devices: list[str], key_managers: list[str], orchestrator_port: int) -> dict:
+def _ports(path: pathlib.Path, devices: list[str], key_managers: list[str], orchestrator_port: int,
+           level_names: tuple[str, ...] = LEVEL_ORDER[1:]) -> dict:
     """Every port of the stack: those kept in `path`, free ones of 127.0.0.1 for the others
     (then kept there too); the orchestrator's is `orchestrator_port` unless it is 0."""
     try:
@@ -317,7 +345,7 @@ def _ports(path: pathlib.Path, devices: list[str], key_managers: list[str], orch
     known = {k: v for k, v in (kept.get("devices") or {}).items() if isinstance(v, dict)}
     if orchestrator_port:
         levels["orchestrator"] = orchestrator_port
-    wanted = [("levels", level, None) for level in LEVEL_ORDER[1:] if level not in levels]
+    wanted = [("levels", level, None) for level in level_names if level not in levels]
     for device in devices:
         entry = known.setdefault(device, {})
         for key in ("port", "etsi014_port") if device in key_managers else ("port",):
@@ -420,6 +448,8 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--password", help=f"its password (default: from {STATE_FILE}, else {DEFAULT_USER[1]})")
     parser.add_argument("--stack-file", type=pathlib.Path, default=pathlib.Path(STATE_FILE),
                         help=f"the file `qstrata up` wrote (default ./{STATE_FILE})")
+    parser.add_argument("--domain", help=f"in a federation's {STATE_FILE}: the domain whose levels to use "
+                                         "(default: the first)")
     parser.add_argument("--known-hosts", type=pathlib.Path,
                         help=f"an OpenSSH known_hosts file to check the orchestrator's host key against "
                              f"(needed when --host/--port name a server {STATE_FILE} does not)")
@@ -436,8 +466,14 @@ def levels(args: argparse.Namespace) -> dict[str, dict]:
         return {}
     try:
         data = json.loads(path.read_text())
-        return {row["level"]: row for row in data["levels"]}
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        rows = list(data["levels"])
+        if "domains" in data:   # a federation: the plant's devices and one domain's levels
+            domain = getattr(args, "domain", None) or next(iter(data["domains"]))
+            if domain not in data["domains"]:
+                raise StackNotFound(f"no domain {domain!r} in {path} (domains: {', '.join(data['domains'])})")
+            rows += data["domains"][domain]
+        return {row["level"]: row for row in rows}
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as error:
         raise StackNotFound(f"{path} is not a file written by `qstrata up`: {error}") from None
 
 
@@ -480,3 +516,317 @@ async def connect(t: Target):
     except (OSError, asyncio.TimeoutError) as error:
         raise StackNotFound(f"cannot reach the {t.level} at {t.host}:{t.port}: {error or type(error).__name__}; "
                             f"is `qstrata up` running?") from None
+
+
+# --- a federation: every domain its own stack, and the platform ------------------------------
+
+@dataclasses.dataclass
+class FederationPlan:
+    """The deployments of the whole federation and what `up` prints of it."""
+
+    stack: object                          # the cmd_up StackPlan of the plant (devices, pki, rows of devices)
+    domains: dict[str, list]               # domain -> its levels' rows (tools.stack.Level)
+    platform: dict                         # the platform's address, host key and accounts
+    borders: dict[str, tuple]              # domain -> its BorderLinks
+    processes: list                        # supervisor Programs, the devices first
+
+    def programs(self) -> list:
+        return self.processes
+
+    @property
+    def rows(self) -> list:
+        """The plant's devices (each domain's levels are under `domains`)."""
+        return self.stack.rows
+
+    @property
+    def pki(self):
+        return self.stack.pki
+
+
+def plan_federation(topology: Topology, topology_file: pathlib.Path | None, state_dir: pathlib.Path, speed: float,
+                    demo_credentials: bool, insecure_sae_header: bool, workers: int | None = None) -> FederationPlan:
+    """Write every process's deployment into `state_dir`: the plant's devices as `qstrata up`
+    plans them for one network, then per domain its levels (those planned for the whole
+    plant, narrowed to the domain's devices, on ports, host keys and state of their own) and
+    its agent, and the platform. Ports, passwords and keys are kept there and reused."""
+    from netconf_core import persistent_host_key, public_key_line
+    from netconf_core.server import HOST_KEY_FILE
+    from tools.cmd_run import READY
+    from tools.federation_deploy import (ADMIN, AGENT, CLIENT_KEY_FILE, DOMAIN_LEVELS, PLATFORM, PLATFORM_USER,
+                                         border_km_peers, border_links, service_user)
+    from tools.deployment import (ENROLMENT, INTENT_WRITER, PLATFORM_ADMIN, SERVICE_USER, BorderLinkEntry, Deployment,
+                                  FederationAgentPart, FederationPart, Listen, Login, Peer, PinnedMember, SaeEntry,
+                                  load_deployment, write_deployment)
+    from tools.stack import Level
+    from tools.supervisor import Program
+
+    stack = plan_stack(topology, topology_file, state_dir, speed, 0, demo_credentials, insecure_sae_header, workers)
+    # The plant's levels as planned for one network: the templates of each domain's (not run themselves).
+    templates = {level: load_deployment(stack.config(level)) for level in DOMAIN_LEVELS}
+    for level in DOMAIN_LEVELS:
+        stack.config(level).unlink()
+    device_rows = [row for row in stack.rows if row.level not in DOMAIN_LEVELS]
+    stack.rows = device_rows
+    ports = _federation_ports(state_dir, topology.domains,
+                              json.loads((state_dir / PORTS_FILE).read_text()))
+    passwords = _platform_passwords(state_dir, topology.domains, demo_credentials)
+    key_files = {(domain, level): state_dir / domain / level / "datastores" / HOST_KEY_FILE
+                 for domain in topology.domains for level in DOMAIN_LEVELS}
+    key_files[(PLATFORM, "")] = state_dir / "platform" / "datastores" / HOST_KEY_FILE
+    public = {where: public_key_line(persistent_host_key(path)) for where, path in key_files.items()}
+    client_key = persistent_host_key(state_dir / "platform" / CLIENT_KEY_FILE)
+    platform_login = Login(PLATFORM_USER, INTENT_WRITER, authorized_keys=(public_key_line(client_key),))
+    km_urls = {row.name: row.etsi014_url for row in device_rows if row.etsi014_url}
+    deployments_dir, logs_dir = stack.deployments_dir, stack.logs_dir
+
+    def program(name: str, level: str, config: pathlib.Path) -> Program:
+        return Program(name, (sys.executable, "-m", "tools.cli", "run", level, "--config", str(config),
+                              "--parent-pid", str(os.getpid())), ready=READY,
+                       log_file=logs_dir / f"{name.replace('/', '-')}.log")
+
+    programs = [p for p in stack.programs() if p.name not in DOMAIN_LEVELS]
+    rows: dict[str, list] = {}
+    borders: dict[str, tuple] = {}
+    platform_address = (DEFAULT_HOST, ports[PLATFORM])
+    for domain in topology.domains:
+        part = topology.domain_part(domain)
+        devices = _domain_devices(topology, domain)
+
+        def retarget(peer: Peer, roles: set[str]) -> Peer | None:
+            if peer.name in roles:
+                return dataclasses.replace(peer, port=ports[domain][peer.name], host_key=public[(domain, peer.name)])
+            return peer if peer.name in devices else None
+
+        for level in DOMAIN_LEVELS:
+            template = templates[level]
+            roles = template.role_peers()
+            peers = tuple(p for p in (retarget(peer, roles) for peer in template.peers) if p is not None)
+            listen = Listen(DEFAULT_HOST, key_files[(domain, level)], ports[domain][level])
+            deployment = dataclasses.replace(template, listen=listen, peers=peers,
+                                             state_dir=state_dir / domain / level if template.state_dir else None)
+            if level == "forwarding":
+                deployment = dataclasses.replace(deployment, part=dataclasses.replace(
+                    template.part, km_by_site={km.site: km.id for km in part.key_managers}))
+            if level == "orchestrator":
+                deployment = dataclasses.replace(deployment, users=template.users + (platform_login,),
+                                                 part=dataclasses.replace(template.part,
+                                                                          intent_store=state_dir / domain / level))
+            config = deployments_dir / domain / f"{level}.yaml"
+            write_deployment(config, deployment)
+            programs.append(program(f"{domain}/{level}", level, config))
+        borders[domain] = border_links(topology, domain)
+        login = templates["orchestrator"].peers[0]   # the levels' administrator, as the orchestrator logs in
+
+        def peer(name: str, port: int, host_key: str) -> Peer:
+            return Peer(name, DEFAULT_HOST, port, login.user, password=login.password, host_key=host_key)
+
+        kms = {km.id for km in part.key_managers}
+        agent = Deployment(AGENT, f"agent-{domain}", None, (), (
+            Peer("platform", *platform_address, "enrol", password=passwords["enrol"], host_key=public[(PLATFORM, "")]),
+            peer("forwarding", ports[domain]["forwarding"], public[(domain, "forwarding")]),
+            peer("orchestrator", ports[domain]["orchestrator"], public[(domain, "orchestrator")]),
+            *(peer(row.name, row.port, row.host_key) for row in device_rows if row.name in kms)), None,
+            FederationAgentPart(
+                domain, _member_key_file(state_dir, domain), "platform", "forwarding", "orchestrator",
+                border_links=tuple(BorderLinkEntry(b.link_id, b.local_node, b.local_interface, b.peer_member,
+                                                   b.peer_node) for b in borders[domain]),
+                saes=tuple(SaeEntry(s.id, s.km) for s in part.saes),
+                service_users=(service_user(domain),),
+                border_key_managers=border_km_peers(topology, domain, km_urls)))
+        config = deployments_dir / domain / "federation-agent.yaml"
+        write_deployment(config, agent)
+        programs.append(program(f"{domain}/agent", AGENT, config))
+        rows[domain] = [Level(level, f"{domain}/{level}", DEFAULT_HOST, ports[domain][level],
+                              device_rows[0].read_write, device_rows[0].read_only, host_key=public[(domain, level)])
+                        for level in DOMAIN_LEVELS]
+    accounts = (Login(ADMIN, PLATFORM_ADMIN, password=passwords[ADMIN]),
+                Login("enrol", ENROLMENT, password=passwords["enrol"]),
+                *(Login(service_user(d), SERVICE_USER, password=passwords[service_user(d)]) for d in topology.domains))
+    platform = Deployment(PLATFORM, PLATFORM, Listen(DEFAULT_HOST, key_files[(PLATFORM, "")], ports[PLATFORM]),
+                          accounts, (), state_dir / "platform", FederationPart(
+                              state_dir / "platform" / CLIENT_KEY_FILE,
+                              tuple(PinnedMember(d, public[(d, "orchestrator")]) for d in topology.domains),
+                              PLATFORM_USER))
+    config = deployments_dir / f"{PLATFORM}.yaml"
+    write_deployment(config, platform)
+    programs.append(program(PLATFORM, PLATFORM, config))
+    return FederationPlan(stack, rows, {
+        "host": DEFAULT_HOST, "port": ports[PLATFORM], "host_key": public[(PLATFORM, "")],
+        "admin": [ADMIN, passwords[ADMIN]], "enrol": ["enrol", passwords["enrol"]],
+        "service_users": {d: [service_user(d), passwords[service_user(d)]] for d in topology.domains}},
+        borders, programs)
+
+
+def _domain_devices(topology: Topology, domain: str) -> set[str]:
+    """The devices a domain's own levels manage: its view of the plant and its own devices."""
+    from devices.host import PLANT_ID, device_builders, plant_of
+
+    return {plant_of(domain)} | {d for d, _ in device_builders(topology.domain_part(domain), None) if d != PLANT_ID}
+
+
+def _member_key_file(state_dir: pathlib.Path, domain: str) -> pathlib.Path:
+    from netconf_core import persistent_host_key
+    from tools.federation_deploy import MEMBER_KEY_FILE
+
+    path = state_dir / domain / "agent" / MEMBER_KEY_FILE
+    persistent_host_key(path)
+    return path
+
+
+def _federation_ports(state_dir: pathlib.Path, domains: tuple[str, ...], plant: dict) -> dict:
+    """Each domain's levels' ports and the platform's: kept in FEDERATION_PORTS_FILE, free
+    ones (none of the plant's) the first time."""
+    from tools.federation_deploy import DOMAIN_LEVELS, FEDERATION_PORTS_FILE, PLATFORM
+
+    path = state_dir / FEDERATION_PORTS_FILE
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        kept = {}
+    wanted = [(d, level) for d in domains for level in DOMAIN_LEVELS
+              if not isinstance((kept.get(d) or {}).get(level), int)]
+    wanted += [] if isinstance(kept.get(PLATFORM), int) else [(PLATFORM, None)]
+    taken = set(plant.get("levels", {}).values()) | {p for entry in plant.get("devices", {}).values()
+                                                      for p in entry.values() if isinstance(p, int)}
+    taken |= {p for d in domains for p in (kept.get(d) or {}).values() if isinstance(p, int)}
+    for (where, level), port in zip(wanted, _free_ports(len(wanted), taken | {DEFAULT_ORCHESTRATOR_PORT})):
+        if level is None:
+            kept[where] = port
+        else:
+            kept.setdefault(where, {})[level] = port
+    path.write_text(json.dumps(kept, indent=1))
+    return kept
+
+
+def _platform_passwords(state_dir: pathlib.Path, domains: tuple[str, ...], demo: bool) -> dict[str, str]:
+    """The platform's accounts' passwords: kept (0600) and reused; with --demo-credentials each
+    account's password is its name."""
+    import secrets
+
+    from tools.federation_deploy import ADMIN, FEDERATION_CREDENTIALS_FILE, service_user
+
+    users = (ADMIN, "enrol", *map(service_user, domains))
+    if demo:
+        return {u: u for u in users}
+    path = state_dir / FEDERATION_CREDENTIALS_FILE
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        kept = {}
+    passwords = {u: kept[u] if isinstance(kept.get(u), str) else secrets.token_urlsafe(12) for u in users}
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump(passwords, out, indent=1)
+    return passwords
+
+
+class FederatedProcessStack(ProcessStack):
+    """`qstrata up` of a topology with domains: a ProcessStack whose plan is the federation's
+    (plan_federation), which federates once every process is ready."""
+
+    def __init__(self, topology: Topology, topology_file: pathlib.Path | None = None,
+                 state_dir: pathlib.Path | None = None, speed: float = 1.0, **options):
+        if len(topology.domains) < 2:
+            raise ValueError(f"topology {topology.name} has {len(topology.domains)} domain(s): a federation needs two "
+                             "or more")
+        super().__init__(topology, topology_file, state_dir, speed, 0, **options)
+
+    def _plan(self, state: pathlib.Path) -> FederationPlan:
+        return plan_federation(self.topology, self.topology_file, state, self.speed, self.demo_credentials,
+                               self.insecure_sae_header, self.workers)
+
+    async def start(self) -> None:
+        """Start every process, then admit the domains, agree transit and wait until each
+        member allows its service user; stop everything when that fails."""
+        from tools.federation_deploy import ADMIN, POLL_S, federate, service_user, service_users_allowed
+
+        await super().start()
+        try:
+            async with await self.connect(ADMIN) as admin:
+                await federate(admin, self.plan.borders, self.ready_timeout)
+                users = {d: service_user(d) for d in self.topology.domains}
+                try:
+                    async with asyncio.timeout(self.ready_timeout):
+                        while not await service_users_allowed(admin, users):
+                            await asyncio.sleep(POLL_S)
+                except TimeoutError:
+                    raise TimeoutError(f"the members did not allow their service users {', '.join(users.values())} "
+                                       f"within {self.ready_timeout:g} s") from None
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def connect(self, account: str):
+        """A NETCONF session to the platform as one of its accounts (admin, enrol, users-DOMAIN)."""
+        from netconf_core import NetconfClient, trusted_host_keys
+
+        p = self.plan.platform
+        user, password = p["admin"] if account == "admin" else p["enrol"] if account == "enrol" else \
+            next(pair for pair in p["service_users"].values() if pair[0] == account)
+        return await NetconfClient.connect(p["host"], p["port"], user, password=password,
+                                           known_hosts=trusted_host_keys(p["host_key"]), timeout=20)
+
+    def state(self) -> dict:
+        """What `qstrata-stack.json` holds of the federation: the plant's devices (`levels`),
+        each domain's levels, and the platform."""
+        plan = self.plan
+        return {"levels": [dataclasses.asdict(r) for r in plan.rows],
+                "domains": {d: [dataclasses.asdict(r) for r in rows] for d, rows in plan.domains.items()},
+                "federation": plan.platform}
+
+    def report(self) -> str:
+        """Each domain's levels and the platform with its accounts, as `up` prints them."""
+        plan = self.plan
+        parts = [format_levels(plan.rows)]
+        for domain, rows in plan.domains.items():
+            parts.append(f"domain {domain}:\n{format_levels(rows)}")
+        p = plan.platform
+        accounts = ", ".join("/".join(pair) for pair in (p["admin"], p["enrol"], *p["service_users"].values()))
+        parts.append(f"federation platform: {p['host']}:{p['port']}, accounts {accounts}; host key {p['host_key']}")
+        return "\n\n".join(parts)
+
+
+async def _run_federation(topology: Topology, args) -> int:
+    """`qstrata up` of a topology with domains."""
+    from tools.federation_deploy import DOMAIN_LEVELS
+    from tools.supervisor import SupervisorError
+
+    stack = FederatedProcessStack(topology, args.topology.absolute() if args.topology else None, args.state_dir,
+                                  args.speed, demo_credentials=args.demo_credentials,
+                                  insecure_sae_header=args.insecure_sae_header,
+                                  say=lambda line: print(line, flush=True), workers=getattr(args, "workers", None))
+    stopped = asyncio.get_running_loop().create_task(until_stopped())
+    state_file = pathlib.Path.cwd() / STATE_FILE
+    wrote = False
+    try:
+        print(f"starting federation {topology.name}: domains {', '.join(topology.domains)}, each with "
+              f"{len(DOMAIN_LEVELS)} levels and an agent, the plant's devices and the platform ...", flush=True)
+        starting = asyncio.get_running_loop().create_task(stack.start())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return 0
+        try:
+            starting.result()
+        except (SupervisorError, OSError, TimeoutError) as error:
+            print(f"qstrata up: cannot start the federation: {str(error) or type(error).__name__}",
+                  file=sys.stderr)
+            return 1
+        print(stack.report(), flush=True)
+        descriptor = os.open(state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            json.dump({"topology": topology.name, "pid": os.getpid(), **stack.state()}, out, indent=1)
+        wrote = True
+        print(f"\n{topology.name}: {len(stack.plan.processes)} processes on 127.0.0.1; every domain "
+              f"admitted, transit agreed between neighbours. Deployments in {stack.plan.stack.deployments_dir}, "
+              f"logs in {stack.plan.stack.logs_dir}. Wrote {STATE_FILE} (`qstrata intent --domain D`).\n"
+              "Ctrl-C stops.", flush=True)
+        await stopped
+    finally:
+        stopped.cancel()
+        if wrote:
+            state_file.unlink(missing_ok=True)
+        await stack.stop()
+    print("stopped", flush=True)
+    return 0

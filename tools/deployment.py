@@ -30,8 +30,13 @@ import asyncssh
 import yaml
 
 LEVELS = ("devices", "connectivity", "forwarding", "service", "orchestrator", "twin")
+FEDERATION_LEVELS = ("federation", "federation-agent")   # the platform; one member domain's agent
+LEVELS += FEDERATION_LEVELS
+ENTANGLEMENT_LEVELS = ("fabric", "entanglement")   # the fabric controller; the entanglement service controller
+LEVELS += ENTANGLEMENT_LEVELS
 CONTROLLERS = ("connectivity", "forwarding", "service")
 READ_WRITE, READ_ONLY, INTENT_WRITER = "read-write", "read-only", "intent-writer"
+PLATFORM_ADMIN, ENROLMENT, SERVICE_USER = "admin", "enrolment", "service"   # the platform's accounts
 
 
 class DeploymentError(ValueError):
@@ -118,6 +123,8 @@ class DevicesPart:
     ports: dict[str, DevicePorts] = field(default_factory=dict)
     twin: TwinPeer | None = None           # None: the devices run a twin service of their own
     run: tuple[str, ...] = ()              # the devices of the topology this process runs; none: all
+    workers: int | None = None             # processes to spread them over; None: one per core; 1: this one
+    restconf: bool = False                 # every QKD node serves RESTCONF (ETSI GS QKD 015) too
 
 
 @dataclass(frozen=True)
@@ -144,21 +151,99 @@ class ServicePart:
 
 
 @dataclass(frozen=True)
+class FabricPart:
+    """The fabric controller's peers are quantum nodes, and maybe the connectivity controller."""
+
+    connectivity: str | None = None        # asked for the optical paths of links across switches
+
+
+@dataclass(frozen=True)
+class EntanglementPart:
+    """The entanglement service controller's peers are quantum nodes and the fabric controller."""
+
+    fabric: str                            # the peer that is the fabric controller, read to plan
+
+
+@dataclass(frozen=True)
 class OrchestratorPart:
     service: str
     forwarding: str
     connectivity: str
     intent_store: pathlib.Path
+    entanglement: str | None = None        # the entanglement service controller: entanglement intents
 
 
-Part = DevicesPart | ForwardingPart | ServicePart | OrchestratorPart | TwinPart
+@dataclass(frozen=True)
+class PinnedMember:
+    """A member domain whose orchestrator the platform asks for segments: the host key the
+    administrator pinned for it when admitting it (one of host_key, known_hosts)."""
+
+    id: str
+    host_key: str | None = None
+    known_hosts: pathlib.Path | None = None
+
+
+@dataclass(frozen=True)
+class FederationPart:
+    """The platform's way to its members' orchestrators: its own SSH key, the account it is
+    given there, and each member's pinned orchestrator host key."""
+
+    client_key_file: pathlib.Path
+    members: tuple[PinnedMember, ...] = ()
+    client_user: str = "federation"
+
+
+@dataclass(frozen=True)
+class BorderLinkEntry:
+    """One inter-domain link as a member's agent deployment lists it (orchestrator BorderLink)."""
+
+    link_id: str
+    local_node: str
+    local_interface: int
+    peer_member: str
+    peer_node: str
+
+
+@dataclass(frozen=True)
+class SaeEntry:
+    id: str
+    km: str
+
+
+@dataclass(frozen=True)
+class FederationAgentPart:
+    """One member domain's federation agent: who it is (member id, name, SSH key), the peers
+    that are the platform, its forwarding controller and orchestrator (the other peers are the
+    domain's key managers), what it shares (from `topology`, or `border_links` and `saes`), and
+    where the platform reaches its Fm endpoint (default: the orchestrator peer's address)."""
+
+    member_id: str
+    key_file: pathlib.Path
+    platform: str
+    forwarding: str
+    orchestrator: str
+    member_name: str | None = None
+    fm_address: str | None = None
+    fm_port: int | None = None
+    topology: pathlib.Path | None = None
+    border_links: tuple[BorderLinkEntry, ...] = ()
+    saes: tuple[SaeEntry, ...] = ()
+    capacity_share: float = 1.0
+    share_with: tuple[str, ...] | None = None     # None: every member
+    service_users: tuple[str, ...] = ()           # platform accounts allowed to request for the member
+    # border key manager (a peer) -> {the key manager across its inter-domain link: its KM-to-KM URL}
+    border_key_managers: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+Part = DevicesPart | ForwardingPart | ServicePart | OrchestratorPart | TwinPart | FederationPart | FederationAgentPart
+Part |= FabricPart | EntanglementPart
 
 
 @dataclass(frozen=True)
 class Deployment:
     level: str
     name: str
-    listen: Listen
+    listen: Listen | None                  # None for a federation agent, which serves nothing
     users: tuple[Login, ...]
     peers: tuple[Peer, ...] = ()
     state_dir: pathlib.Path | None = None
@@ -170,7 +255,9 @@ class Deployment:
     def role_peers(self) -> set[str]:
         """The peers the level section names (the other peers are the level's devices)."""
         return {value for key, value in dataclasses.asdict(self.part).items()
-                if key in ("connectivity", "forwarding", "service") and value} if self.part else set()
+                if key in ("connectivity", "forwarding", "service", "platform", "orchestrator", "fabric",
+                           "entanglement") and value} \
+            if self.part else set()
 
     def device_peers(self) -> list[Peer]:
         roles = self.role_peers()
@@ -181,7 +268,8 @@ class Deployment:
 
 
 _PART_TYPES = {"devices": DevicesPart, "forwarding": ForwardingPart, "service": ServicePart,
-               "orchestrator": OrchestratorPart}
+               "orchestrator": OrchestratorPart, "fabric": FabricPart, "entanglement": EntanglementPart}
+_OPTIONAL_PARTS = ("devices", "fabric")   # levels whose section may be left out
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -306,13 +394,15 @@ def _deployment(r: _Reader, data: Any) -> Deployment | None:
         return None
     if level == "twin":
         return _twin_deployment(r, data)
+    if level in FEDERATION_LEVELS:
+        return (_platform_deployment if level == "federation" else _agent_deployment)(r, data)
     # The orchestrator keeps its datastores with its intent store (orchestrator.intent_store).
     optional = ("name",) + (() if level == "orchestrator" else ("state_dir",)) \
         + (() if level == "devices" else ("peers",))
     required: tuple[str, ...] = ("level", "listen", "users")
     if level in _PART_TYPES:
-        if level == "devices":
-            optional += ("devices",)
+        if level in _OPTIONAL_PARTS:
+            optional += (level,)
         else:
             required += (level,)
     else:
@@ -326,8 +416,8 @@ def _deployment(r: _Reader, data: Any) -> Deployment | None:
     raw_peers = data.get("peers", [])
     named = {item["name"] for item in raw_peers if isinstance(item, dict) and isinstance(item.get("name"), str)} \
         if isinstance(raw_peers, list) else set()
-    part = _part(r, level, data.get(level, {} if level == "devices" else None), peers, named) \
-        if level in _PART_TYPES and (level == "devices" or level in data) else None
+    part = _part(r, level, data.get(level, {} if level in _OPTIONAL_PARTS else None), peers, named) \
+        if level in _PART_TYPES and (level in _OPTIONAL_PARTS or level in data) else None
     if level == "connectivity" and data.get("connectivity") not in (None, {}):
         r.fail("connectivity", "the connectivity controller has no settings of its own: its peers are its devices")
     if listen is None or r.problems:
@@ -355,7 +445,8 @@ def _users(r: _Reader, value: Any, level: str) -> tuple[Login, ...]:
     if not isinstance(value, list) or not value:
         r.fail("users", f"must be a non-empty list of users, got {_kind(value)}")
         return ()
-    allowed = (READ_WRITE, READ_ONLY) + ((INTENT_WRITER,) if level == "orchestrator" else ())
+    allowed = (PLATFORM_ADMIN, ENROLMENT, SERVICE_USER) if level == "federation" else \
+        (READ_WRITE, READ_ONLY) + ((INTENT_WRITER,) if level == "orchestrator" else ())
     users = []
     for index, item in enumerate(value):
         path = f"users[{index}]"
@@ -447,18 +538,205 @@ def _part(r: _Reader, level: str, value: Any, peers: tuple[Peer, ...], names: se
             return None
         forwarding, connectivity = role(m, "forwarding"), role(m, "connectivity")
         return ServicePart(forwarding, connectivity) if forwarding else None
-    m = r.mapping(value, level, ("service", "forwarding", "connectivity", "intent_store"), ())
+    if level == "fabric":
+        m = r.mapping(value, level, (), ("connectivity",))
+        return FabricPart(role(m, "connectivity")) if m is not None else None
+    if level == "entanglement":
+        m = r.mapping(value, level, ("fabric",), ())
+        fabric = role(m, "fabric") if m is not None else None
+        return EntanglementPart(fabric) if fabric else None
+    m = r.mapping(value, level, ("service", "forwarding", "connectivity", "intent_store"), ("entanglement",))
     if m is None:
         return None
     strata = [role(m, key) for key in ("service", "forwarding", "connectivity")]
+    entanglement = role(m, "entanglement")
     for index, peer in enumerate(peers):
-        if peer.name not in strata:
-            r.fail(f"peers[{index}]", f"the orchestrator's peers are its three controllers; {peer.name!r} is "
-                                      f"none of orchestrator.service, .forwarding, .connectivity")
+        if peer.name not in strata + [entanglement]:
+            extra = (" and its entanglement service controller", ", .entanglement") if "entanglement" in m else ("", "")
+            r.fail(f"peers[{index}]", f"the orchestrator's peers are its three controllers{extra[0]}; {peer.name!r} is "
+                                      f"none of orchestrator.service, .forwarding, .connectivity{extra[1]}")
     store = r.path(m, "intent_store", level)
     if None in strata or store is None:
         return None
-    return OrchestratorPart(*strata, store)
+    return OrchestratorPart(*strata, store, entanglement)
+
+
+def _platform_deployment(r: _Reader, data: dict) -> Deployment | None:
+    """The federation platform: it listens, lets in its accounts (one administrator, the
+    enrolment account `enrol`, service users), keeps its state, and reaches the members'
+    orchestrators with its own key, each host key pinned under federation.members."""
+    r.mapping(data, "(top)", ("level", "listen", "users", "federation"), ("name", "state_dir"))
+    name = r.string(data, "name", "") or "federation"
+    listen = _listen(r, data.get("listen"), "federation") if "listen" in data else None
+    users = _users(r, data.get("users"), "federation") if "users" in data else ()
+    admins = [u.name for u in users if u.access == PLATFORM_ADMIN]
+    if users and len(admins) != 1:
+        r.fail("users", f"the platform has exactly one user with access {PLATFORM_ADMIN}, got "
+                        f"{len(admins)}{': ' + ', '.join(admins) if admins else ''}")
+    for index, login in enumerate(users):
+        if login.access == ENROLMENT and login.name != "enrol":
+            r.fail(f"users[{index}].name", f"the enrolment account is named 'enrol' (what applicants log in as), "
+                                           f"not {login.name!r}")
+    state_dir = r.path(data, "state_dir", "")
+    part = None
+    m = r.mapping(data.get("federation"), "federation", ("client_key_file",), ("client_user", "members")) \
+        if "federation" in data else None
+    if m is not None:
+        key = r.private_key_file(m, "client_key_file", "federation")
+        client_user = r.string(m, "client_user", "federation") or "federation"
+        members = []
+        raw = m.get("members", [])
+        if not isinstance(raw, list):
+            r.fail("federation.members", f"must be a list of members (id and host_key or known_hosts), "
+                                         f"got {_kind(raw)}")
+            raw = []
+        for index, item in enumerate(raw):
+            path = f"federation.members[{index}]"
+            e = r.mapping(item, path, ("id",), ("host_key", "known_hosts"))
+            if e is None:
+                continue
+            member = r.string(e, "id", path)
+            pinned = r.public_key(e["host_key"], f"{path}.host_key") if "host_key" in e else None
+            known_hosts = r.file(e, "known_hosts", path)
+            if ("host_key" in e) == ("known_hosts" in e):
+                r.fail(path, "pin the member's orchestrator host key: give host_key or known_hosts (exactly one)")
+            if member is not None:
+                members.append(PinnedMember(member, pinned, known_hosts))
+        seen: set[str] = set()
+        for index, member in enumerate(members):
+            if member.id in seen:
+                r.fail(f"federation.members[{index}].id", f"member {member.id!r} appears twice")
+            seen.add(member.id)
+        part = FederationPart(key, tuple(members), client_user) if key else None
+    if r.problems or listen is None or part is None:
+        return None
+    return Deployment("federation", name, listen, users, (), state_dir, part)
+
+
+def _agent_deployment(r: _Reader, data: dict) -> Deployment | None:
+    """A member domain's federation agent: no listen and no users (it serves nothing), its
+    peers (the platform, the domain's forwarding controller and orchestrator, its key
+    managers) and the federation-agent section."""
+    level = "federation-agent"
+    r.mapping(data, "(top)", ("level", "peers", level), ("name",))
+    name = r.string(data, "name", "") or level
+    peers = _peers(r, data.get("peers", []))
+    names = {p.name for p in peers}
+    m = r.mapping(data.get(level), level, ("member_id", "key_file", "platform", "forwarding", "orchestrator"),
+                  ("member_name", "fm_address", "fm_port", "topology", "border_links", "saes", "capacity_share",
+                   "share_with", "service_users", "border_key_managers")) if level in data else None
+    if m is None:
+        return None
+
+    def role(key: str) -> str | None:
+        peer = r.string(m, key, level)
+        if peer is not None and peer not in names:
+            r.fail(f"{level}.{key}", f"no peer named {peer!r} in peers (peers: {', '.join(sorted(names)) or 'none'})")
+        return peer
+
+    member_id = r.string(m, "member_id", level)
+    key_file = r.private_key_file(m, "key_file", level)
+    platform, forwarding, orchestrator = role("platform"), role("forwarding"), role("orchestrator")
+    platform_peer = next((p for p in peers if p.name == platform), None)
+    if platform_peer is not None and platform_peer.password is None and platform_peer.password_file is None:
+        index = [p.name for p in peers].index(platform)
+        r.fail(f"peers[{index}]", "the platform peer is the enrolment account an applicant logs in as: give its "
+                                  "password or password_file")
+    member_name = r.string(m, "member_name", level)
+    fm_address, fm_port = r.string(m, "fm_address", level), r.port(m, "fm_port", level)
+    share = m.get("capacity_share", 1.0)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        r.fail(f"{level}.capacity_share", f"must be a number within 0..1, got {_kind(share)}")
+        share = 1.0
+    share_with = _strings(r, m, "share_with", level)
+    service_users = _strings(r, m, "service_users", level) or ()
+    topology = r.file(m, "topology", level)
+    listed = [k for k in ("border_links", "saes") if k in m]
+    if "topology" in m and listed:
+        r.fail(f"{level}.{listed[0]}", "give the topology or list border_links and saes, not both")
+    elif "topology" not in m and not listed:
+        r.fail(level, "say what the member shares: topology (its border links and SAEs are derived from it), "
+                      "or border_links and saes")
+    links = []
+    for index, item in enumerate(_list(r, m, "border_links", level)):
+        path = f"{level}.border_links[{index}]"
+        e = r.mapping(item, path, ("link_id", "local_node", "local_interface", "peer_member", "peer_node"), ())
+        if e is None:
+            continue
+        texts = [r.string(e, key, path) for key in ("link_id", "local_node", "peer_member", "peer_node")]
+        interface = e.get("local_interface")
+        if isinstance(interface, bool) or not isinstance(interface, int) or interface < 0:
+            r.fail(f"{path}.local_interface", f"must be an interface number (>= 0), got {_kind(interface)}")
+        elif None not in texts:
+            links.append(BorderLinkEntry(texts[0], texts[1], interface, texts[2], texts[3]))
+    saes = []
+    for index, item in enumerate(_list(r, m, "saes", level)):
+        path = f"{level}.saes[{index}]"
+        e = r.mapping(item, path, ("id", "km"), ())
+        if e is not None and (sae := r.string(e, "id", path)) and (km := r.string(e, "km", path)):
+            saes.append(SaeEntry(sae, km))
+    border_kms: dict[str, dict[str, str]] = {}
+    raw_kms = m.get("border_key_managers", {})
+    if not isinstance(raw_kms, dict):
+        r.fail(f"{level}.border_key_managers", f"must map each border key manager to its peers' URLs, got "
+                                               f"{_kind(raw_kms)}")
+        raw_kms = {}
+    for km, far in raw_kms.items():
+        path = f"{level}.border_key_managers.{km}"
+        if km not in names - {platform, forwarding, orchestrator}:
+            r.fail(path, "not one of the key managers in peers")
+        elif not isinstance(far, dict) or not all(isinstance(k, str) and isinstance(v, str) and
+                                                  v.startswith(("https://", "http://")) for k, v in far.items()):
+            r.fail(path, "must map each key manager across the link to its KM-to-KM URL (https://HOST:PORT)")
+        else:
+            border_kms[str(km)] = dict(far)
+    if topology is not None and member_id is not None:
+        _check_member_topology(r, topology, member_id, [p for p in peers if p.name not in
+                                                        (platform, forwarding, orchestrator)])
+    if r.problems or None in (member_id, key_file, platform, forwarding, orchestrator):
+        return None
+    return Deployment(level, name, None, (), peers, None, FederationAgentPart(
+        member_id, key_file, platform, forwarding, orchestrator, member_name, fm_address, fm_port, topology,
+        tuple(links), tuple(saes), float(share), share_with, tuple(service_users), border_kms))
+
+
+def _list(r: _Reader, m: dict, key: str, path: str) -> list:
+    value = m.get(key, [])
+    if not isinstance(value, list):
+        r.fail(f"{path}.{key}", f"must be a list, got {_kind(value)}")
+        return []
+    return value
+
+
+def _strings(r: _Reader, m: dict, key: str, path: str) -> tuple[str, ...] | None:
+    """An optional list of non-empty strings (None when absent)."""
+    if key not in m:
+        return None
+    value = m[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        r.fail(f"{path}.{key}", f"must be a list of names, got {_kind(value)}")
+        return None
+    return tuple(value)
+
+
+def _check_member_topology(r: _Reader, topology_file: pathlib.Path, member_id: str, key_managers: list) -> None:
+    """The member is a domain of the topology, and the other peers are its key managers."""
+    from devices.topology import TopologyError, load_topology
+
+    try:
+        topology = load_topology(topology_file)
+    except TopologyError as error:
+        r.fail("federation-agent.topology", f"not a valid topology: {error.problems[0]}")
+        return
+    if member_id not in topology.domains:
+        r.fail("federation-agent.member_id", f"no domain {member_id!r} in topology {topology.name} "
+                                             f"(domains: {', '.join(topology.domains) or 'none'})")
+        return
+    own = {km.id for km in topology.domain_part(member_id).key_managers}
+    for peer in key_managers:
+        if peer.name not in own:
+            r.fail("peers", f"{peer.name!r} is none of federation-agent.platform, .forwarding, .orchestrator, nor a "
+                            f"key manager of domain {member_id} ({', '.join(sorted(own))})")
 
 
 def _twin_deployment(r: _Reader, data: dict) -> Deployment | None:
@@ -502,7 +780,8 @@ def _twin_peer(r: _Reader, value: Any) -> TwinPeer | None:
 
 
 def _devices_part(r: _Reader, value: Any) -> DevicesPart | None:
-    m = r.mapping(value, "devices", ("etsi014",), ("topology", "speed", "ports", "twin", "run"))
+    m = r.mapping(value, "devices", ("etsi014",), ("topology", "speed", "ports", "twin", "run", "workers",
+                                                   "restconf"))
     if m is None:
         return None
     topology = r.file(m, "topology", "devices")
@@ -517,6 +796,13 @@ def _devices_part(r: _Reader, value: Any) -> DevicesPart | None:
     if not isinstance(run, list) or not all(isinstance(d, str) for d in run):
         r.fail("devices.run", f"must list device ids, got {_kind(run)}")
         run = []
+    workers = m.get("workers")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        r.fail("devices.workers", f"must be a whole number >= 1 (the processes the devices are spread over; "
+                                  f"1: this process alone), got {_kind(workers)}")
+    restconf = m.get("restconf", False)
+    if not isinstance(restconf, bool):
+        r.fail("devices.restconf", f"must be true or false, got {_kind(restconf)}")
     ports: dict[str, DevicePorts] = {}
     if not isinstance(m.get("ports", {}), dict):
         r.fail("devices.ports", f"must map device ids to their ports, got {_kind(m['ports'])}")
@@ -536,7 +822,7 @@ def _devices_part(r: _Reader, value: Any) -> DevicesPart | None:
         _check_device_ids(r, topology, ports, etsi, run)
     if r.problems:
         return None
-    return DevicesPart(etsi, topology, float(speed), ports, twin, tuple(run))
+    return DevicesPart(etsi, topology, float(speed), ports, twin, tuple(run), workers, restconf)
 
 
 def _etsi014(r: _Reader, value: Any) -> Etsi014 | None:
@@ -557,9 +843,8 @@ def _etsi014(r: _Reader, value: Any) -> Etsi014 | None:
         r.fail(path, "say how ETSI 014 is served: ca_file and key_managers (HTTPS with client certificates), "
                      "or insecure_http: true (plain HTTP with the X-SAE-ID header, loopback tests only)")
         return None
-    for key in ("ca_file", "key_managers"):
-        if key not in m:
-            r.fail(f"{path}.{key}", "missing")
+    if "ca_file" not in m:   # key_managers may be left out: a network without key managers (checked below)
+        r.fail(f"{path}.ca_file", "missing")
     ca = r.file(m, "ca_file", path)
     managers: dict[str, KeyManagerTls] = {}
     if "key_managers" in m and not isinstance(m["key_managers"], dict):
@@ -637,6 +922,9 @@ def deployment_data(deployment: Deployment, base: pathlib.Path) -> dict:
             return [clean(v) for v in value]
         return value
 
+    if deployment.level == "federation-agent":   # serves nothing: no listen, no users
+        return {"level": deployment.level, "name": deployment.name, "peers": clean(deployment.peers),
+                deployment.level: clean(deployment.part)}
     if deployment.level == "twin":
         return {"level": "twin", "name": deployment.name,
                 "listen": {"address": deployment.listen.address, "port": deployment.listen.port},
@@ -645,7 +933,7 @@ def deployment_data(deployment: Deployment, base: pathlib.Path) -> dict:
                             "listen": clean(deployment.listen), "users": clean(deployment.users)}
     if deployment.state_dir is not None:
         data["state_dir"] = clean(deployment.state_dir)
-    if deployment.level != "devices":
+    if deployment.level not in ("devices", "federation"):   # the platform's members register where they are
         data["peers"] = clean(deployment.peers)
     if deployment.part is not None:
         data[deployment.level] = clean(deployment.part)

@@ -6,7 +6,9 @@ classical channel spans the domains, as real key managers reach each other over 
 Internet). Each domain runs its own stratum controllers and orchestrator over its own devices
 (a domain `Stack`), and beside its orchestrator a `FederatedDomain` with its FederationAgent,
 whose Fm endpoint is the orchestrator itself: the platform reaches it with its own SSH key,
-authorised there as the account `federation`, and asks for segments as intents.
+authorised there as the account `federation`, and asks for segments as intents. The platform
+starts first: each orchestrator reaches it as its domain's service-layer account
+(`users-<domain>`, host key pinned) to escalate roaming intents.
 
 `federate` plays the operators and the federation's administrator: every domain applies, the
 administrator admits it, each member lets its service-layer account request services, the
@@ -26,56 +28,36 @@ from devices.host import DeviceHost
 from devices.topology import Topology
 from devices.base import network_users
 from netconf_core import Endpoint, NetconfClient, User, trusted_host_keys
-from models.key_manager import KmConfig, km_edit
-from models.ns import FEDERATION
-from orchestrator.federation import ENROL_USER, AgentEndpoint, FederationPlatform
+from models.federation import ServiceRequest, service_config
+from orchestrator.federation import ENROL_USER, FederationPlatform
 from orchestrator.federation_agent import FederationAgent, PlatformEndpoint, Sae, SharingPolicy
-from orchestrator.federation_domain import BorderLink, FederatedDomain, IntentSegments
+from orchestrator.federation_domain import FederatedDomain
+from orchestrator.federation_service import MemberOrchestrators, OrchestratorPin, peer_key_managers
+from tools.federation_deploy import (ADMIN, PLATFORM_USER, PRICE_PER_KBIT, border_km_peers, border_links,  # noqa: F401
+                                     federate, service_user)
 from tools.stack import PKI_DIR, READY_TIMEOUT_S, KeyDeliveryPki, Stack, stack_passwords
 
-ADMIN = "admin"
-PLATFORM_USER = "federation"  # the platform's account on each domain's orchestrator
-PRICE_PER_KBIT = "0.001"
-POLL_S = 0.2
-NS = {"f": FEDERATION}
-
-
-def service_user(domain: str) -> str:
-    """The platform's service-layer (Fa) account that acts for a domain's users."""
-    return f"users-{domain}"
 
 
 def service_request(service_id: str, payer: str, source: tuple[str, str], destination: tuple[str, str],
-                    rate: int) -> str:
+                    rate: int) -> etree._Element:
     """A cross-domain key service as a user asks the platform for it: source and destination
     are (SAE, member domain)."""
-    ends = "".join(f"<{end}><sae-id>{sae}</sae-id><domain>{domain}</domain></{end}>"
-                   for end, (sae, domain) in (("source", source), ("destination", destination)))
-    return (f'<federation xmlns="{FEDERATION}"><services><service><service-id>{service_id}</service-id>'
-            f"<requesting-member>{payer}</requesting-member>{ends}<rate>{rate}</rate></service></services>"
-            "</federation>")
-
-
-def border_links(topology: Topology, domain: str) -> tuple[BorderLink, ...]:
-    """The domain's ends of the inter-domain spans that have a QKD interface at both ends."""
-    attached = {i.attach: (n.id, i.id) for n in topology.qkd_nodes for i in n.interfaces}
-    links = []
-    for span in topology.inter_domain_spans():
-        for near, far in ((span.a, span.b), (span.b, span.a)):
-            if topology.domain_of(near.node) == domain and near in attached and far in attached:
-                links.append(BorderLink(span.id, *attached[near], topology.domain_of(far.node) or "", attached[far][0]))
-    return tuple(links)
+    return service_config(ServiceRequest(service_id, payer, *source, *destination, rate))
 
 
 class FederatedStack:
     def __init__(self, topology: Topology, state_dir: pathlib.Path | str | None = None, speed: float = 1.0, *,
-                 passwords: dict[str, str] | None = None, insecure_sae_header: bool = False):
+                 passwords: dict[str, str] | None = None, insecure_sae_header: bool = False,
+                 service_types: dict[str, tuple[str, ...]] | None = None):
         """`passwords`, `insecure_sae_header`: as for a Stack (random passwords per federation,
-        ETSI 014 over TLS with client certificates of one local CA, by default)."""
+        ETSI 014 over TLS with client certificates of one local CA, by default);
+        `service_types`: what each SAE's application offers, as its domain advertises it."""
         if len(topology.domains) < 2:
             raise ValueError(f"topology {topology.name} has {len(topology.domains)} domain(s): a federation needs two "
                              "or more (give each site a domain)")
         self.topology = topology
+        self.service_types = dict(service_types or {})
         state = pathlib.Path(state_dir) if state_dir is not None else None
         self.pki = None if insecure_sae_header else KeyDeliveryPki(state / PKI_DIR if state else None)
         users = network_users(passwords if passwords is not None else stack_passwords(state))
@@ -89,41 +71,39 @@ class FederatedStack:
                                 orchestrator_users=platform_account, pki=self.pki) for d in topology.domains}
         self.passwords = {user: secrets.token_urlsafe(12)
                           for user in (ADMIN, ENROL_USER, *map(service_user, topology.domains))}
+        # The platform pins each member's orchestrator host key (here: its in-process stack's).
+        self.orchestrators = MemberOrchestrators(self.platform_key, self._orchestrator_pin, PLATFORM_USER)
         self.platform = FederationPlatform({u: User(password=p) for u, p in self.passwords.items()}, ADMIN,
-                                           state / "platform" if state else None, segment_handlers=self._segments)
+                                           state / "platform" if state else None,
+                                           segment_handlers=self.orchestrators)
+        self.orchestrators.on_change = self.platform.segment_changed
         self.members: dict[str, FederatedDomain] = {}
-        self._handlers: list[IntentSegments] = []
 
-    def _segments(self, agent: AgentEndpoint) -> IntentSegments | None:
-        """The platform's way to a member's orchestrator, where the member's agent said it is."""
-        if agent.address is None:
-            return None
-        stack = self.stacks.get(agent.member_id)
+    def _orchestrator_pin(self, member_id: str) -> OrchestratorPin | None:
+        stack = self.stacks.get(member_id)
         if stack is None or stack.orchestrator is None:
             return None   # not one of this federation's domains: no host key to pin
-        handler = IntentSegments(agent.member_id, Endpoint(f"orchestrator of {agent.member_id}", agent.address,
-                                                           agent.port, PLATFORM_USER, client_keys=(self.platform_key,),
-                                                           host_key=stack.orchestrator.server.public_host_key),
-                                 self.platform.segment_changed)
-        handler.start()
-        self._handlers.append(handler)
-        return handler
+        return OrchestratorPin(stack.orchestrator.server.public_host_key)
 
     async def start(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Start the plant, every domain's levels, the platform and every domain's federation
         glue; what was started is stopped again if a part cannot start."""
         try:
             await self.host.start()
+            await self.platform.start()  # first: each orchestrator escalates roaming intents to it
+            for domain, stack in self.stacks.items():
+                stack.orchestrator_federation = self.fa_endpoint(service_user(domain))
             await asyncio.gather(*(stack.start(timeout) for stack in self.stacks.values()))
             await self._peer_border_key_managers()
-            await self.platform.start()
             platform = PlatformEndpoint(self.host.network.host, self.platform.port, self.passwords[ENROL_USER],
                                         host_key=self.platform.server.public_host_key)
             for domain, stack in self.stacks.items():
                 assert stack.orchestrator and stack.forwarding
                 borders = border_links(self.topology, domain)
                 saes = tuple(Sae(s.id, s.km) for s in stack.topology.saes)
-                policy = SharingPolicy(frozenset(b.local_node for b in borders), saes=frozenset(s.sae_id for s in saes))
+                # Every SAE its key managers serve, a visiting one too (mobility).
+                policy = SharingPolicy(frozenset(b.local_node for b in borders), saes=None,
+                                       service_types=self.service_types)
                 agent = FederationAgent(domain, f"Operator {domain}", asyncssh.generate_private_key("ssh-ed25519"),
                                         platform, policy, agent_address=self.host.network.host,
                                         agent_port=stack.orchestrator.port)
@@ -140,22 +120,13 @@ class FederatedStack:
 
     async def _peer_border_key_managers(self) -> None:
         """The operators of two neighbouring domains tell each other where their border key
-        managers serve the KM-to-KM protocol: each border key manager gets the address of the
-        one across its inter-domain link (a domain's service controller configures the peers it
-        manages, and leaves these as they are)."""
-        km_of_site = {km.site: km.id for km in self.topology.key_managers}
-        km_of_node = {n.id: km_of_site.get(n.site) for n in self.topology.qkd_nodes}
+        managers serve the KM-to-KM protocol (what a standing agent does from its deployment)."""
         rows = {row.id: row for row in self.host.table()}
+        urls = {km: row.etsi014_url for km, row in rows.items() if row.etsi014_url}
         for domain, stack in self.stacks.items():
-            wanted: dict[str, dict[str, str]] = {}
-            for border in border_links(self.topology, domain):
-                near, far = km_of_node.get(border.local_node), km_of_node.get(border.peer_node)
-                if near in rows and far in rows and rows[far].etsi014_url:
-                    wanted.setdefault(near, {})[far] = rows[far].etsi014_url
-            for km, peers in wanted.items():
-                edit = km_edit(KmConfig(), KmConfig(peers=peers))
-                async with await stack.endpoint(km, rows[km].port, rows[km].host_key).connect() as nc:
-                    await nc.edit_config(etree.tostring(edit).decode())
+            wanted = border_km_peers(self.topology, domain, urls)
+            await peer_key_managers({km: stack.endpoint(km, rows[km].port, rows[km].host_key) for km in wanted},
+                                    wanted)
 
     async def stop(self) -> None:
         """Stop everything, top-down (safe to call twice, or after a failed start)."""
@@ -163,9 +134,7 @@ class FederatedStack:
             await member.stop()
         self.members = {}
         await self.platform.stop()
-        for handler in self._handlers:
-            await handler.stop()
-        self._handlers = []
+        await self.orchestrators.stop()
         for stack in self.stacks.values():
             await stack.stop()
         await self.host.stop()
@@ -184,6 +153,11 @@ class FederatedStack:
         header mode)."""
         return self.stacks[next(iter(self.stacks))].sae_ssl(sae_id)
 
+    def fa_endpoint(self, user: str) -> Endpoint:
+        """How a level reaches the platform as one of its service-layer accounts (host key pinned)."""
+        return Endpoint("federation platform", self.host.network.host, self.platform.port, user,
+                        self.passwords[user], host_key=self.platform.server.public_host_key)
+
     async def connect(self, user: str) -> NetconfClient:
         """A NETCONF session to the platform as one of its own accounts."""
         return await NetconfClient.connect(self.host.network.host, self.platform.port, user,
@@ -192,30 +166,17 @@ class FederatedStack:
 
     async def federate(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Every domain joins and is admitted; neighbours agree transit; returns once every
-        inter-domain link is usable at the platform."""
-        async with await self.connect(ADMIN) as admin:
+        inter-domain link is usable at the platform (tools.federation_deploy.federate, with
+        this process playing each domain's operator too)."""
+        async def join() -> None:
             for member in self.members.values():
                 await member.agent.apply()
-            for domain in self.members:
-                await admin.dispatch(f'<admit-member xmlns="{FEDERATION}"><member-id>{domain}</member-id>'
-                                     "</admit-member>")
+
+        async def admitted() -> None:
             for domain, member in self.members.items():
                 await member.agent.wait_admitted(timeout)
                 await member.agent.allow_service_user(service_user(domain))
-            pairs = sorted({tuple(sorted((b.peer_member, d))) for d, m in self.members.items() for b in m.border_links})
-            await admin.edit_config(f'<federation xmlns="{FEDERATION}"><agreements>' + "".join(
-                f"<agreement><agreement-id>{a}-{b}</agreement-id><member-a>{a}</member-a><member-b>{b}</member-b>"
-                f"<transit-allowed>true</transit-allowed><price-per-kbit>{PRICE_PER_KBIT}</price-per-kbit>"
-                "</agreement>" for a, b in pairs) + "</agreements></federation>")
-            async with asyncio.timeout(timeout):
-                while not await self._links_usable(admin):
-                    await asyncio.sleep(POLL_S)
 
-    async def _links_usable(self, admin: NetconfClient) -> bool:
-        data = await admin.get(("subtree", f'<federation xmlns="{FEDERATION}"><advertisements/></federation>'))
-        available = {(ad.findtext("f:member-id", namespaces=NS), link.findtext("f:link-id", namespaces=NS)):
-                     int(link.findtext("f:available", "0", namespaces=NS))
-                     for ad in (data.iterfind(".//f:advertisement", NS) if data is not None else ())
-                     for link in ad.iterfind("f:inter-domain-link", NS)}
-        wanted = [(d, b.link_id) for d, m in self.members.items() for b in m.border_links]
-        return all(available.get(key, 0) > 0 for key in wanted)
+        async with await self.connect(ADMIN) as admin:
+            await federate(admin, {d: m.border_links for d, m in self.members.items()}, timeout, join=join,
+                           admitted=admitted)

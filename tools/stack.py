@@ -175,6 +175,7 @@ class Stack:
         self.host = host
         self.users = self.host.network.users
         self.orchestrator_users = dict(orchestrator_users or {})
+        self.orchestrator_federation: Endpoint | None = None  # the platform, for roaming intents (set before start)
         self.devices = {plant_of(domain) if domain else PLANT_ID} | {
             d.id for d in (*self.topology.switches, *self.topology.qkd_nodes, *self.topology.key_managers,
                            *self.topology.quantum_nodes)}
@@ -262,7 +263,8 @@ class Stack:
                 self.endpoint("connectivity", self.connectivity.port), {**self.users, **self.orchestrator_users},
                 self._intent_store(), read_write=(ADMIN_USER,), intent_writers=tuple(self.orchestrator_users),
                 port=self.orchestrator_port,
-                entanglement=self.endpoint("entanglement", self.entanglement.port) if self.entanglement else None)
+                entanglement=self.endpoint("entanglement", self.entanglement.port) if self.entanglement else None,
+                federation=self.orchestrator_federation)
             await self.orchestrator.start()
             await self.connectivity.wait_synced(timeout)
             if self.topology.qkd_nodes or not self.topology.quantum_nodes:  # an entanglement network has no QKD node

@@ -1,0 +1,124 @@
+"""A federation as standing processes (issue 15): `qstrata up federation.yaml` runs the plant's
+devices, each domain's controllers, orchestrator and federation agent, and the platform, each
+its own `qstrata run` process, and federates them. A user of domain A then asks the platform
+(over NETCONF, its host key pinned) for keys between sae-a (A) and sae-c (C); both SAEs fetch
+matching keys over ETSI GS QKD 014 with their client certificates; SIGTERM stops every process.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import yaml
+
+from devices.topology import embedded_topology
+from models.federation import read_service_statuses
+from models.ns import FEDERATION
+from netconf_core.client import NetconfClient
+from netconf_core.errors import RPCError
+from netconf_core.ssh import trusted_host_keys
+from test_processes import Output, alive, children
+from tools.demo_steps import exchange_keys
+from tools.federated_stack import service_request
+from tools.pki import client_context
+from tools.stack import PKI_DIR, KeyDeliveryPki
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+START_S, ACTIVE_S, STOP_S = 300.0, 90.0, 120.0  # generous: 22 processes on a shared machine
+SERVICE = "a-to-c"
+
+
+async def platform(info: dict, account: tuple[str, str]) -> NetconfClient:
+    user, password = account
+    return await NetconfClient.connect(info["host"], info["port"], user, password=password,
+                                       known_hosts=trusted_host_keys(info["host_key"]), timeout=20)
+
+
+async def wait_active(nc: NetconfClient) -> list[str]:
+    deadline = time.monotonic() + ACTIVE_S
+    last = None
+    while time.monotonic() < deadline:
+        last = read_service_statuses(await nc.get(("subtree", f'<federation xmlns="{FEDERATION}"><services/>'
+                                                              "</federation>"))).get(SERVICE)
+        if last is not None and last.status == "active":
+            return list(last.route)
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"service {SERVICE} not active within {ACTIVE_S:g} s: {last}")
+
+
+def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    state = tmp_path / "state"
+    up = subprocess.Popen([sys.executable, "-m", "tools.cli", "up", str(ROOT / "devices/topologies/federation.yaml"),
+                           "--state-dir", str(state)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    out = Output(up.stdout)
+    processes: dict[str, int] = {}
+    try:
+        out.wait_for(r"^Ctrl-C stops\.$", START_S)
+        processes = children(up.pid, by=b"--config")
+        stack = json.loads((tmp_path / "qstrata-stack.json").read_text())
+        topology = embedded_topology("federation.yaml")
+        # every domain's four levels and agent, the plant's devices, the platform: one process each
+        assert len(processes) == 1 + 5 * len(topology.domains) + 1, sorted(processes)
+        assert set(stack["domains"]) == set(topology.domains)
+        assert {row["level"] for row in stack["domains"]["A"]} == {"connectivity", "forwarding", "service",
+                                                                    "orchestrator"}
+        text = "\n".join(out.lines)
+        for domain in topology.domains:
+            assert f"domain {domain}:" in text and f"{domain}/orchestrator" in text
+        # a domain's forwarding controller manages the domain's QKD nodes only
+        forwarding = yaml.safe_load((state / "deployments/A/forwarding.yaml").read_text())
+        nodes = {p["name"] for p in forwarding["peers"] if p["name"].startswith("qkd-")}
+        assert nodes == {n.id for n in topology.domain_part("A").qkd_nodes}
+        info = stack["federation"]
+        urls = {row["name"]: row["etsi014_url"] for row in stack["levels"] if row.get("etsi014_url")}
+        km = {s.id: s.km for s in topology.saes}
+        pki = KeyDeliveryPki(state / PKI_DIR)
+
+        async def scenario() -> list[str]:
+            other = await platform(info, info["service_users"]["B"])
+            try:   # B's service user may not ask for a service A pays for
+                try:
+                    await other.edit_config(service_request(SERVICE, "A", ("sae-a", "A"), ("sae-c", "C"), 10000))
+                    raise AssertionError("users-B wrote a service of member A")
+                except RPCError as error:
+                    assert error.tag == "access-denied", error
+            finally:
+                other.close()
+            async with await platform(info, info["service_users"]["A"]) as user:
+                await user.edit_config(service_request(SERVICE, "A", ("sae-a", "A"), ("sae-c", "C"), 10000))
+                route = await wait_active(user)
+            assert route[0] == "A" and route[-1] == "C" and len(route) == 3, route
+            async with aiohttp.ClientSession() as http:
+                ids, same = await exchange_keys(http, (urls[km["sae-a"]], "sae-a"), (urls[km["sae-c"]], "sae-c"),
+                                                timeout=ACTIVE_S, tls=lambda sae: client_context(pki.sae(sae)))
+            assert ids and same
+            return route
+
+        route = asyncio.run(scenario())
+        # `qstrata intent list --domain D` reads domain D's orchestrator: the transit domain holds
+        # the service's segment as an intent, the other middle domain does not
+        transit, other = route[1], ({"B", "D"} - {route[1]}).pop()
+        for domain, holds in ((transit, True), (other, False)):
+            listed = subprocess.run([sys.executable, "-m", "tools.cli", "intent", "list", "--domain", domain],
+                                    cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+            assert listed.returncode == 0, listed.stderr
+            assert (f"fed-{SERVICE}" in listed.stdout) == holds, (domain, listed.stdout)
+        unknown = subprocess.run([sys.executable, "-m", "tools.cli", "intent", "list", "--domain", "Z"],
+                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert unknown.returncode != 0 and "no domain 'Z'" in unknown.stderr, unknown
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+        code = up.wait(STOP_S)
+    assert code == 0, "\n".join(out.lines[-30:])
+    assert not (tmp_path / "qstrata-stack.json").exists()
+    assert processes and not [config for config, pid in processes.items() if alive(pid)]
