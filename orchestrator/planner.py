@@ -21,8 +21,10 @@ they are tested without a network:
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -49,7 +51,7 @@ class Candidate:
     bypasses: tuple[str, ...] = ()  # sites whose trusted node the light passes by, through their switch
     eskr: float = 0.0               # expected effective key rate, bit/s (qkd_physics.expected_eskr)
 
-    @property
+    @functools.cached_property  # looked up for every candidate of every demand's graph
     def link_id(self) -> str:
         return f"{self.a[0]}.{self.a[1]}-{self.b[0]}.{self.b[1]}"
 
@@ -183,6 +185,10 @@ class Network:
     refused: dict[str, str] = field(default_factory=dict)  # candidate link -> why it cannot be made
     coming_up: set[str] = field(default_factory=set)        # links just created: not up yet, not broken
     capacity_seen: dict[str, float] = field(default_factory=dict)  # link -> eskr when it last existed
+    # the sums of `reserved`, kept as demands reserve, so that a link's headroom costs the same
+    # for the thousandth demand as for the first: link -> rate, and (link, demand) -> rate
+    _held: dict[str, int] = field(default_factory=lambda: defaultdict(int), repr=False)
+    _held_by: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int), repr=False)
 
     @classmethod
     def observe(cls, fwd: ForwardingView, fibre: FibreNetwork, alarms: dict[str, str] | None = None) -> Network:
@@ -192,11 +198,14 @@ class Network:
         return cls(fwd, fibre, dict(alarms or {}), candidate_links(fwd, fibre), taken_spans=taken)
 
     def held(self, link_id: str, by_other_than: str = "") -> int:
-        return sum(rate for name, rate in self.reserved.get(link_id, []) if name != by_other_than)
+        return self._held.get(link_id, 0) - self._held_by.get((link_id, by_other_than), 0)
 
     def reserve(self, plan: Plan) -> None:
+        name, rate = plan.demand.name, plan.demand.rate
         for edge in plan.paths[0] if plan.paths else []:
-            self.reserved.setdefault(edge.link_id, []).append((plan.demand.name, plan.demand.rate))
+            self.reserved.setdefault(edge.link_id, []).append((name, rate))
+            self._held[edge.link_id] += rate
+            self._held_by[(edge.link_id, name)] += rate
         for candidate in plan.new_links:
             self.taken_interfaces.update((candidate.a, candidate.b))
             self.taken_spans.update({span: candidate.link_id for span in candidate.spans})
@@ -353,10 +362,12 @@ class Planner:
         then as many node-disjoint standby paths as asked. Raises Infeasible."""
         source, destination = self.endpoints(demand)
         kept = self.check(demand, keep) if keep else None
+        if kept is not None and demand.paths == 1:  # the common case of a pass: no graph to build
+            return Plan(demand, [kept])
         graph, problems = self.network.graph(demand)
         primary = kept or self._shortest(graph, source, destination, demand, problems)
         paths = [primary]
-        spare = graph.copy()
+        spare = graph.copy() if demand.paths > 1 else graph
         for _ in range(demand.paths - 1):
             spare.remove_nodes_from({e.v for e in paths[-1][:-1]})
             spare.remove_edges_from([(e.u, e.v) for e in paths[-1]])

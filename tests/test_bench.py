@@ -43,3 +43,23 @@ def test_controllers_benchmark_takes_its_options_and_compares_with_a_revision():
     assert before > 0 and after > 0 and ratio == pytest.approx(after / before, rel=0.02, abs=0.01)
     worktrees = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
     assert "qstrata-bench-" not in worktrees
+
+
+def test_orchestrator_benchmark_with_intents_in_place_reports_every_row():
+    """`qstrata bench orchestrator --intents N` on a small generated network: the probe on the
+    empty network, N intents until all are active, the memory, the probe with N in place."""
+    result = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "orchestrator", "--nodes", "12", "--intents",
+                             "5", "--runs", "1", "--timeout", "400"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("orchestrator with 5 intents on generated-12-seed-0 (12 QKD nodes)"), lines
+    figures = {}
+    for title in ("commit->active, empty network (s)", "the same, links exist (s)",
+                  "5 intents: commit->all active (s)", "memory before them (MiB)", "memory with them active (MiB)",
+                  "commit->active, 5 in place (s)", "5 in place / empty (links exist)"):
+        row = next(line for line in lines if line.strip().startswith(title))
+        figures[title] = float(row[44:].split()[0])
+        assert figures[title] > 0, row
+    ratio = figures["commit->active, 5 in place (s)"] / figures["the same, links exist (s)"]
+    assert figures["5 in place / empty (links exist)"] == pytest.approx(ratio, rel=0.02, abs=0.01)

@@ -1,7 +1,8 @@
 """`qstrata bench`: benchmarks. `netconf` compares our NETCONF server with netconfd; `restconf`
 puts RESTCONF and NETCONF on one server side by side; `devices`
 measures how many emulated devices one process hosts; `controllers` times device sync and
-session re-plans; `orchestrator` times intents from commit to active and back after a cut;
+session re-plans; `orchestrator` times intents from commit to active and back after a cut (--intents N: with N
+intents in place, and the orchestrator's memory);
 `keys` times ETSI 014 enc_keys and dec_keys while undelivered keys pile up; `chaos` soaks the
 closed loop in random faults and checks its invariants; `push` times YANG-Push on-change
 notifications from edit-config to subscriber; `fabric` times the fidelity-aware entanglement
@@ -38,14 +39,11 @@ def register(subparsers) -> None:
 
     bench_controllers.add_arguments(controllers)
     controllers.set_defaults(func=bench_controllers.run)
-    orchestrator = targets.add_parser("orchestrator", help="intent commit to active, fibre cut to active again")
-    orchestrator.add_argument("--nodes", type=int, default=100, help="nodes of the generated network (default 100)")
-    orchestrator.add_argument("--runs", type=int, default=3, help="runs per network (default 3)")
-    orchestrator.add_argument("--against", metavar="REVISION",
-                              help="also measure this git revision (in a temporary worktree), side by side")
-    orchestrator.add_argument("--processes", action="store_true",
-                              help="one process and one process per level (as `qstrata up` runs), side by side")
-    orchestrator.set_defaults(func=run_orchestrator)
+    orchestrator = targets.add_parser("orchestrator", help="intent commit to active, fibre cut to active again; "
+                                                           "--intents N: with N intents in place")
+    from tools import bench_orchestrator  # light: it imports the stack only when it runs
+
+    bench_orchestrator.add_arguments(orchestrator)
     keys = targets.add_parser("keys", help="ETSI 014 enc_keys and dec_keys latency with 0, 10,000 and 100,000 "
                                            "undelivered keys waiting")
     from tools import bench_keys  # light: it imports the key manager only when it runs
@@ -91,9 +89,3 @@ def run_restconf(args: argparse.Namespace) -> int:
     from tools import bench_restconf
 
     return bench_restconf.main(seconds=args.seconds, depth=args.depth, rounds=args.rounds)
-
-
-def run_orchestrator(args: argparse.Namespace) -> int:
-    from tools import bench_orchestrator
-
-    return bench_orchestrator.main(nodes=args.nodes, runs=args.runs, against=args.against, processes=args.processes)
