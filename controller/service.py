@@ -79,9 +79,8 @@ from netconf_core import ReconcileLoop
 from netconf_core.errors import RPCError
 from netconf_core.link import DeviceLink, Endpoint, TransactionError
 from netconf_core.notifications import now
+from netconf_core.ns import NC_NOTIFICATIONS
 from netconf_core.server import User
-
-NC_NOTIFICATIONS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"  # RFC 6470 netconf-config-change
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ class ServiceController(Controller):
         self.wake()
 
     async def device_notification(self, link: DeviceLink, notification: etree._Element) -> None:
-        if any(":saes" in (target.text or "") for target in notification.iter(f"{{{NC_NOTIFICATIONS}}}target")):
+        if any(":saes" in (target.text or "") for target in notification.iter(NC_NOTIFICATIONS("target"))):
             async with self._lock:  # an SAE attached or detached (one moving between domains): read it now
                 await self._read_km(link)
             self.wake()

@@ -126,11 +126,12 @@ class Rate:
     cpu_us: float | None  # the server's CPU time per request, when it is known
 
 
-async def rate(workers: list[Callable[[], Awaitable[object]]], seconds: float, target: Target) -> Rate:
-    """Requests per second: each worker repeats its request until the deadline."""
+async def rate(workers: list[Callable[[], Awaitable[object]]], seconds: float, target: Target | None = None) -> Rate:
+    """Requests per second: each worker repeats its request until the deadline, with the CPU
+    time the server of `target` spent per request when it is known."""
     count = 0
     deadline = time.monotonic() + seconds
-    cpu_before = target.cpu_seconds()
+    cpu_before = target.cpu_seconds() if target else None
 
     async def loop(request: Callable[[], Awaitable[object]]) -> None:
         nonlocal count
@@ -141,7 +142,7 @@ async def rate(workers: list[Callable[[], Awaitable[object]]], seconds: float, t
     started = time.monotonic()
     await asyncio.gather(*(loop(w) for w in workers))
     elapsed = time.monotonic() - started
-    cpu_after = target.cpu_seconds()
+    cpu_after = target.cpu_seconds() if target else None
     cpu_us = (cpu_after - cpu_before) / count * 1e6 if cpu_before is not None and cpu_after is not None and count \
         else None
     return Rate(count / elapsed, cpu_us)

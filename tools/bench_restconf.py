@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from tools import conform
-from tools.bench_netconf import INTERFACES, PAYLOAD, ROOT, Row, Target, finish, pipelined_get, rate, sequential_edit
+from tools.bench_netconf import (INTERFACES, PAYLOAD, ROOT, Rate, Row, Target, finish, pipelined_get, rate,
+                                 sequential_edit)
 
 PASSWORD_VARIABLE = "QSTRATA_BENCH_RESTCONF_PASSWORD"  # how the server process gets its password
 COLUMNS = ("NETCONF", "RESTCONF JSON", "RESTCONF XML")
@@ -76,7 +77,7 @@ class Restconf:
                   seconds: float) -> float:
         connector = aiohttp.TCPConnector(limit=self.connections, force_close=False)
         async with aiohttp.ClientSession(connector=connector, headers={"Authorization": self.auth}) as session:
-            return await rate(make(session), seconds)
+            return (await rate(make(session), seconds)).per_second
 
 
 async def _expect(response: aiohttp.ClientResponse, status: int) -> None:
@@ -126,19 +127,23 @@ async def load_payload(target: Target, client: Restconf) -> None:
         raise RuntimeError(f"RESTCONF reads {count} interfaces, not the payload's {INTERFACES}")
 
 
+async def per_second(measurement: Awaitable[Rate]) -> float:
+    return (await measurement).per_second
+
+
 async def measure(served: Served, seconds: float, depth: int, rounds: int) -> list[Row]:
     restconf = Restconf(served, depth)
     await load_payload(served.netconf, restconf)
     target = served.netconf
     rows = [
         (Row("reads/s, one at a time", "/s", {}), {
-            "NETCONF": lambda: pipelined_get(target, seconds, 1),
+            "NETCONF": lambda: per_second(pipelined_get(target, seconds, 1)),
             **{name: (lambda m=media: restconf_get(restconf, m, 1, seconds)) for name, media in MEDIA.items()}}),
         (Row(f"reads/s, {depth} in flight", "/s", {}), {
-            "NETCONF": lambda: pipelined_get(target, seconds, depth),
+            "NETCONF": lambda: per_second(pipelined_get(target, seconds, depth)),
             **{name: (lambda m=media: restconf_get(restconf, m, depth, seconds)) for name, media in MEDIA.items()}}),
         (Row("writes/s, one at a time", "/s", {}), {
-            "NETCONF": lambda: sequential_edit(target, seconds),
+            "NETCONF": lambda: per_second(sequential_edit(target, seconds)),
             **{name: (lambda m=media: restconf_patch(restconf, m, seconds)) for name, media in MEDIA.items()}}),
     ]
     for turn in range(rounds):
