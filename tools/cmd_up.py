@@ -89,9 +89,26 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_run(topology, args))
 
 
-async def _run(topology: Topology, args: argparse.Namespace) -> int:
+async def _start(stack: ProcessStack, stopped: asyncio.Task, what: str) -> int | None:
+    """Start `stack` unless a signal (`stopped`) comes first. None once it runs; else the exit
+    status: 0 when stopped while starting, 1 when it could not start (said on stderr)."""
     from tools.supervisor import SupervisorError
 
+    starting = asyncio.get_running_loop().create_task(stack.start())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():   # a signal while starting
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        return 0
+    try:
+        starting.result()
+    except (SupervisorError, OSError, TimeoutError) as error:
+        print(f"qstrata up: cannot start the {what}: {str(error) or type(error).__name__}", file=sys.stderr)
+        return 1
+    return None
+
+
+async def _run(topology: Topology, args: argparse.Namespace) -> int:
     stack = ProcessStack(topology, args.topology.absolute() if args.topology else None, args.state_dir, args.speed,
                          args.port, demo_credentials=args.demo_credentials,
                          insecure_sae_header=args.insecure_sae_header, say=lambda line: print(line, flush=True),
@@ -104,17 +121,9 @@ async def _run(topology: Topology, args: argparse.Namespace) -> int:
 
         print(f"starting network {topology.name}: {len(stack_levels(topology, LEVEL_ORDER))} processes ...",
               flush=True)
-        starting = asyncio.get_running_loop().create_task(stack.start())
-        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():   # a signal while starting
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-            return 0
-        try:
-            starting.result()
-        except (SupervisorError, OSError) as error:
-            print(f"qstrata up: cannot start the stack: {error}", file=sys.stderr)
-            return 1
+        status = await _start(stack, stopped, "stack")
+        if status is not None:
+            return status
         rows = stack.table()
         print(format_levels(rows))
         write_state(state_file, topology.name, rows)
@@ -417,9 +426,10 @@ def format_levels(rows: list) -> str:
                      for line in [header] + lines)
 
 
-def write_state(path: pathlib.Path, topology: str, rows: list) -> None:
-    """Who listens where, for the other commands; readable by this user only (it holds passwords)."""
-    data = {"topology": topology, "pid": os.getpid(), "levels": [dataclasses.asdict(r) for r in rows]}
+def write_state(path: pathlib.Path, topology: str, rows: list, **more: object) -> None:
+    """Who listens where (`rows`, and `more` sections), for the other commands; readable by
+    this user only (it holds passwords)."""
+    data = {"topology": topology, "pid": os.getpid(), "levels": [dataclasses.asdict(r) for r in rows], **more}
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as out:
         json.dump(data, out, indent=1)
@@ -767,11 +777,10 @@ class FederatedProcessStack(ProcessStack):
                                            known_hosts=trusted_host_keys(p["host_key"]), timeout=20)
 
     def state(self) -> dict:
-        """What `qstrata-stack.json` holds of the federation: the plant's devices (`levels`),
-        each domain's levels, and the platform."""
+        """What `qstrata-stack.json` holds of the federation besides the plant's devices
+        (`levels`): each domain's levels, and the platform."""
         plan = self.plan
-        return {"levels": [dataclasses.asdict(r) for r in plan.rows],
-                "domains": {d: [dataclasses.asdict(r) for r in rows] for d, rows in plan.domains.items()},
+        return {"domains": {d: [dataclasses.asdict(r) for r in rows] for d, rows in plan.domains.items()},
                 "federation": plan.platform}
 
     def report(self) -> str:
@@ -789,7 +798,6 @@ class FederatedProcessStack(ProcessStack):
 async def _run_federation(topology: Topology, args) -> int:
     """`qstrata up` of a topology with domains."""
     from tools.federation_deploy import DOMAIN_LEVELS
-    from tools.supervisor import SupervisorError
 
     stack = FederatedProcessStack(topology, args.topology.absolute() if args.topology else None, args.state_dir,
                                   args.speed, demo_credentials=args.demo_credentials,
@@ -801,27 +809,17 @@ async def _run_federation(topology: Topology, args) -> int:
     try:
         print(f"starting federation {topology.name}: domains {', '.join(topology.domains)}, each with "
               f"{len(DOMAIN_LEVELS)} levels and an agent, the plant's devices and the platform ...", flush=True)
-        starting = asyncio.get_running_loop().create_task(stack.start())
-        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-            return 0
-        try:
-            starting.result()
-        except (SupervisorError, OSError, TimeoutError) as error:
-            print(f"qstrata up: cannot start the federation: {str(error) or type(error).__name__}",
-                  file=sys.stderr)
-            return 1
+        status = await _start(stack, stopped, "federation")
+        if status is not None:
+            return status
         print(stack.report(), flush=True)
-        descriptor = os.open(state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            json.dump({"topology": topology.name, "pid": os.getpid(), **stack.state()}, out, indent=1)
+        write_state(state_file, topology.name, stack.plan.rows, **stack.state())
         wrote = True
         print(f"\n{topology.name}: {len(stack.plan.processes)} processes on 127.0.0.1; every domain "
               f"admitted, transit agreed between neighbours. Deployments in {stack.plan.stack.deployments_dir}, "
-              f"logs in {stack.plan.stack.logs_dir}. Wrote {STATE_FILE} (`qstrata intent --domain D`).\n"
-              "Ctrl-C stops.", flush=True)
+              f"logs in {stack.plan.stack.logs_dir}. Wrote {STATE_FILE} (`qstrata intent --domain D`).",
+              flush=True)
+        print("Ctrl-C stops.", flush=True)
         await stopped
     finally:
         stopped.cancel()
