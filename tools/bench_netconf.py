@@ -294,15 +294,18 @@ def table(rows: list[Row], names: list[str]) -> str:
     """One line per row: the median of each server, how many times faster our server is than
     netconfd (< 1: slower; for the CPU rows, than the other revision, when there is one)."""
     ours, *others = names
-    lines = [f"{'':42}{ours:>15}" + "".join(f"{n:>{max(12, len(n) + 2)}}" for n in others) + f"{'speed-up':>10}"]
-    theirs = next(n for n in others if n == NETCONFD)
+    width = {n: max(12, len(n) + 2) for n in others}
+    against = next((n for n in others if n.startswith(SERVE_AT)), None)
+    lines = [f"{'':42}{ours:>15}" + "".join(f"{n:>{width[n]}}" for n in others) + f"{'speed-up':>10}"]
     for row in rows:
         a = row.value(ours)
-        b = row.value(theirs) if row.unit != "us" else next(
-            (row.value(n) for n in others if n.startswith(SERVE_AT)), None)
-        speedup = None if a is None or b is None or not a or not b else b / a if row.unit in ("ms", "us") else a / b
+        if row.unit == "us":   # CPU per request: against the other revision, when there is one
+            b = row.value(against) if against else None
+        else:
+            b = row.value(NETCONFD)
+        speedup = (b / a if row.unit in ("ms", "us") else a / b) if a and b else None
         lines.append(f"{row.title:42}{cell(a, row.unit):>15}"
-                     + "".join(f"{cell(row.value(n), row.unit):>{max(12, len(n) + 2)}}" for n in others)
+                     + "".join(f"{cell(row.value(n), row.unit):>{width[n]}}" for n in others)
                      + (f"{speedup:>9.2f}x" if speedup else f"{'':>10}")
                      + ("  <- ours slower" if speedup and speedup < 1 else ""))
     return "\n".join(lines)
