@@ -11,29 +11,19 @@ import asyncio
 import os
 import pathlib
 import signal
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from models.intent import INTENTS_FILTER, read_intents
 from netconf_core import public_key_line
-from test_processes import ROOT, Output, alive, children, session, stack_file, stop_up
+from test_processes import ROOT, alive, children, session, stack_file, start_up, stop_up
 from tools.demo_entanglement import ALICE, BOB, MIN_FIDELITY, NAME, intent_edit
 from tools.deployment import DeploymentError, load_deployment
 from tools.entanglement_client import EntanglementClient
 
 LEVELS = {"devices", "connectivity", "forwarding", "service", "fabric", "entanglement", "orchestrator"}
 START_S, ACTIVE_S = 90.0, 40.0
-
-
-def start_up(tmp_path: pathlib.Path) -> tuple[subprocess.Popen, Output]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
-    command = [sys.executable, "-m", "tools.cli", "up", str(ROOT / "devices" / "topologies" / "entanglement.yaml"),
-               "--port", "0", "--state-dir", str(tmp_path / "state"), "--no-console", "--workers", "1"]
-    up = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return up, Output(up.stdout)
 
 
 async def intent_when_active(row: dict) -> dict:
@@ -61,7 +51,8 @@ async def pairs_at_both_ends(rows: dict) -> tuple[list, list]:
 
 
 def test_up_runs_the_entanglement_levels_as_processes_and_delivers_pairs(tmp_path):
-    up, out = start_up(tmp_path)
+    up, out = start_up(tmp_path, str(ROOT / "devices" / "topologies" / "entanglement.yaml"), "--no-console",
+                       "--workers", "1")
     started: dict[str, int] = {}
     try:
         out.wait_for(r"Wrote qstrata-stack\.json", START_S)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from models.ns import FEDERATION
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 from netconf_core.ssh import trusted_host_keys
-from test_processes import Output, alive, children
+from test_processes import alive, child_env, children, start_up
 from tools.demo_steps import exchange_keys
 from tools.federated_stack import service_request
 from tools.pki import client_context
@@ -54,12 +53,8 @@ async def wait_active(nc: NetconfClient) -> list[str]:
 
 
 def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
-    state = tmp_path / "state"
-    up = subprocess.Popen([sys.executable, "-m", "tools.cli", "up", str(ROOT / "devices/topologies/federation.yaml"),
-                           "--state-dir", str(state)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-    out = Output(up.stdout)
+    env, state = child_env(), tmp_path / "state"
+    up, out = start_up(tmp_path, str(ROOT / "devices/topologies/federation.yaml"))
     processes: dict[str, int] = {}
     try:
         out.wait_for(r"^Ctrl-C stops\.$", START_S)

@@ -132,10 +132,15 @@ async def wait_active(row: dict, timeout: float) -> dict:
     raise AssertionError(f"intent not active within {timeout:g} s: {last}")
 
 
-def start_up(tmp_path: pathlib.Path) -> tuple[subprocess.Popen, Output]:
-    """`qstrata up` on the state directory tmp_path/state, its output read as it comes."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
-    command = [sys.executable, "-m", "tools.cli", "up", "--port", "0", "--state-dir", str(tmp_path / "state")]
+def child_env() -> dict[str, str]:
+    """The environment of a `python -m tools.cli` child: this checkout first on its path."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+
+
+def start_up(tmp_path: pathlib.Path, *arguments: str) -> tuple[subprocess.Popen, Output]:
+    """`qstrata up ARGUMENTS` on the state directory tmp_path/state, its output read as it comes."""
+    env = child_env()
+    command = [sys.executable, "-m", "tools.cli", "up", *arguments, "--port", "0", "--state-dir", str(tmp_path / "state")]
     up = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return up, Output(up.stdout)
 
@@ -276,7 +281,7 @@ def test_a_level_ends_when_its_supervisor_is_killed(tmp_path):
     plan = plan_stack(default_topology(), None, tmp_path / "state", 1.0, 0, demo_credentials=True,
                       insecure_sae_header=True)
     run = [sys.executable, "-m", "tools.cli", "run", "connectivity", "--config", str(plan.config("connectivity"))]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    env = child_env()
     # A stand-in supervisor: starts the level (its devices are not running: it keeps trying), prints its pid, waits.
     parent = subprocess.Popen([sys.executable, "-c", (
         "import os, subprocess, sys, time\n"
