@@ -47,6 +47,7 @@ from .schema import WD_FLAGS, Schema
 from .ssh import (SERVER_OPTIONS, Listener, NetconfSubsystemChannel, TransportLimits, persistent_host_key,
                   public_key_line)
 from .session import BASE_10, BASE_11, Session
+from .sshd import SshdHandoff
 from .ns import (BASE, DEFAULT_ATTR, MONITORING, NACM, NC_NOTIFICATIONS, NETMOD_NOTIFICATION, SUBSCRIBED_NOTIFICATIONS,
                  WITH_DEFAULTS, YANG_LIBRARY)
 from .push import PushManager, config_change_edits
@@ -186,12 +187,14 @@ EXPENSIVE_WORKERS = 2
 
 
 class NetconfServer:
-    def __init__(self, schema: Schema, users: dict[str, User], *, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, schema: Schema, users: dict[str, User], *, host: str = "127.0.0.1", port: int | None = 0,
                  host_key: asyncssh.SSHKey | None = None, datastore_dir: pathlib.Path | str | None = None,
                  nacm: etree._Element | None = None, replay_size: int = 1000, name: str = "netconf",
-                 limits: TransportLimits | None = None):
+                 limits: TransportLimits | None = None, sshd_socket: pathlib.Path | str | None = None):
         """`limits`: what clients are granted (connections, sessions per user, login time,
-        message size, unsent output); see netconf_core.ssh.TransportLimits for the defaults."""
+        message size, unsent output); see netconf_core.ssh.TransportLimits for the defaults.
+        `sshd_socket`: also take sessions that OpenSSH's sshd hands over on this Unix socket
+        (netconf_core.sshd); `port=None`: no SSH listener of our own then."""
         self.schema = schema
         self.limits = limits or TransportLimits()
         self.users = users
@@ -228,6 +231,8 @@ class NetconfServer:
         self._commit_lock = asyncio.Lock()
         self._next_session_id = 1
         self._listener: Listener | None = None
+        self.sshd_socket = sshd_socket
+        self._handoff: SshdHandoff | None = None
         self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
         self._connections: set[asyncio.Task] = set()  # one per accepted TCP connection
         self._user_channels: Counter[str] = Counter()  # open netconf channels per user
@@ -315,8 +320,11 @@ class NetconfServer:
             server_factory=lambda: _SSHServer(self), server_host_keys=[self.host_key],
             **{**SERVER_OPTIONS, "login_timeout": limits.login_timeout,
                "keepalive_interval": limits.keepalive_interval, "keepalive_count_max": 4})
-        self._listener = Listener(self.host, self.port, limits, self._accepted, self.name)
-        self.port = self._listener.port
+        if self.port is not None:
+            self._listener = Listener(self.host, self.port, limits, self._accepted, self.name)
+            self.port = self._listener.port
+        if self.sshd_socket is not None:
+            self._handoff = SshdHandoff(self, self.sshd_socket)
         self._resume_pending()
 
     async def stop(self) -> None:
@@ -327,6 +335,9 @@ class NetconfServer:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._handoff is not None:
+            self._handoff.close()
+            self._handoff = None
         connections = list(self._connections)
         for task in connections:
             task.cancel()
@@ -363,14 +374,13 @@ class NetconfServer:
             sock.close()  # asyncssh has closed it already, except when it failed before taking it
             listener.release(authenticated)
 
-    def _open_session(self, chan: asyncssh.SSHServerChannel) -> Session:
-        """A new NETCONF session on an SSH channel whose netconf subsystem has started."""
+    def _open_session(self, transport, username: str, peer: str) -> Session:
+        """A new NETCONF session on a transport whose netconf subsystem has started: an SSH
+        channel of ours, or the pipes sshd handed over (netconf_core.sshd)."""
         session_id = self._next_session_id
         self._next_session_id += 1
-        peer = chan.get_extra_info("peername") or ("", 0)
-        chan.set_write_buffer_limits(high=self.limits.output_high_water)
-        session = Session(self, session_id, chan.get_extra_info("username"), chan, peer=str(peer[0]),
-                          limits=self.limits)
+        transport.set_write_buffer_limits(high=self.limits.output_high_water)
+        session = Session(self, session_id, username, transport, peer=peer, limits=self.limits)
         self.sessions[session_id] = session
         self.stats["in-sessions"] += 1
         session.start()
@@ -945,7 +955,8 @@ class _NetconfChannel(NetconfSubsystemChannel):
 
     def session_started(self) -> None:
         assert self.chan is not None
-        self.session = self.server._open_session(self.chan)
+        peer = self.chan.get_extra_info("peername") or ("", 0)
+        self.session = self.server._open_session(self.chan, self.username, str(peer[0]))
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self.session is not None:

@@ -136,14 +136,19 @@ class Listener:
     accepted_in_process = 0  # admitted connections of every Listener of the process
 
     def __init__(self, host: str, port: int, limits: TransportLimits, handle: Callable[[socket.socket], None],
-                 name: str) -> None:
+                 name: str, sock: socket.socket | None = None) -> None:
+        """Listens on host:port, or on `sock` when given (bound and listening: the Unix socket
+        of netconf_core.sshd)."""
         self.limits = limits
         self.name = name
         self._handle = handle
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.create_server((host, port), family=family, backlog=128)
+        if sock is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.create_server((host, port), family=family, backlog=128)
+        self._sock = sock
         self._sock.setblocking(False)
-        self.port = self._sock.getsockname()[1]
+        address = self._sock.getsockname()
+        self.port = address[1] if isinstance(address, tuple) else 0
         self._loop = asyncio.get_running_loop()
         self._resume: asyncio.TimerHandle | None = None
         self.connections = 0

@@ -10,7 +10,12 @@ The get is a subtree filter on the interfaces list; the edit-config merges a new
 The servers take turns row by row, for several rounds, and each cell is the median of its
 rounds: measured one after the other, a slow minute of the machine would favour one of them.
 
-A third column, the SSH floor, is an asyncssh server (its own process, our SERVER_OPTIONS)
+The column "qstrata via sshd" is the same server behind OpenSSH's sshd (netconf_core/sshd.py:
+sshd hands the netconf subsystem's pipes to the server over a Unix socket), with the same sshd
+settings as netconfd's (tools/openssh.py): the two deployments side by side; its own speed-up
+column compares it with netconfd.
+
+The SSH floor, is an asyncssh server (its own process, our SERVER_OPTIONS)
 that answers every request with canned bytes: our get reply, or <ok/>. It does no NETCONF work
 at all, so it shows what the transport alone costs, and how much of our time is NETCONF.
 
@@ -49,6 +54,7 @@ from netconf_core.framing import FrameReader, FramingError, encode
 from netconf_core.ssh import SERVER_OPTIONS, NetconfSubsystemChannel
 from tools import conform
 from tools.netconfd import NetconfdServer
+from tools.openssh import SshdFront
 
 INTERFACES = 20  # list entries in the payload every get returns
 GET_FILTER = ("subtree", f'<interfaces xmlns="{conform.NS}"/>')
@@ -60,6 +66,7 @@ FLOOR_PASSWORD = "QSTRATA_BENCH_FLOOR_PASSWORD"  # how the floor server gets its
 MAX_CONNECTS = 200
 NETCONFD = "netconfd"
 SERVE_AT = "qstrata serve @"  # the name of the other revision's server
+VIA_SSHD = "qstrata via sshd"
 CLOSE_TIMEOUT = 5.0
 
 
@@ -252,14 +259,26 @@ def server_process(name: str, args: list[str], username: str, password: str,
 
 
 @contextmanager
-def our_server(yang_dir: Path, tree: Path | None = None, name: str = "qstrata serve") -> Iterator[Target]:
+def our_server(yang_dir: Path, tree: Path | None = None, name: str = "qstrata serve",
+               extra_args: tuple[str, ...] = ()) -> Iterator[Target]:
     """`qstrata serve` of this checkout, or of the source tree `tree` (another revision's)."""
     password = secrets.token_urlsafe(12)
     env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
     with server_process(name, [sys.executable, "-m", "tools.cli", "serve", "--yang", str(yang_dir), "--module",
-                               conform.MODULE, "--port", "0", "--user", "admin", f"--password={password}"],
-                        "admin", password, env=env, cwd=tree) as target:
+                               conform.MODULE, "--port", "0", "--user", "admin", f"--password={password}",
+                               *extra_args], "admin", password, env=env, cwd=tree) as target:
         yield target
+
+
+@contextmanager
+def our_server_via_sshd(yang_dir: Path) -> Iterator[Target]:
+    """`qstrata serve` of this checkout behind sshd (its CPU figures leave sshd's out)."""
+    with tempfile.TemporaryDirectory(prefix="qstrata-bench-sshd-") as tmp:
+        socket_path = Path(tmp) / "netconf.sock"
+        with our_server(yang_dir, name=VIA_SSHD, extra_args=("--sshd-socket", str(socket_path))) as served, \
+                SshdFront(socket_path, users=[served.username]) as front:
+            yield Target(VIA_SSHD, front.host, front.port, front.username,
+                         client_key=str(front.client_key(served.username)), pid=served.pid)
 
 
 @contextmanager
@@ -296,22 +315,29 @@ def table(rows: list[Row], names: list[str]) -> str:
     ours, *others = names
     width = {n: max(12, len(n) + 2) for n in others}
     against = next((n for n in others if n.startswith(SERVE_AT)), None)
-    lines = [f"{'':42}{ours:>15}" + "".join(f"{n:>{width[n]}}" for n in others) + f"{'speed-up':>10}"]
+    via_sshd = VIA_SSHD in others
+    lines = [f"{'':42}{ours:>15}" + "".join(f"{n:>{width[n]}}" for n in others) + f"{'speed-up':>10}"
+             + (f"{'via sshd':>10}" if via_sshd else "")]
+
+    def speedup(a: float | None, b: float | None, unit: str) -> float | None:
+        return (b / a if unit in ("ms", "us") else a / b) if a and b else None
+
     for row in rows:
-        a = row.value(ours)
-        if row.unit == "us":   # CPU per request: against the other revision, when there is one
-            b = row.value(against) if against else None
-        else:
-            b = row.value(NETCONFD)
-        speedup = (b / a if row.unit in ("ms", "us") else a / b) if a and b else None
-        lines.append(f"{row.title:42}{cell(a, row.unit):>15}"
+        # CPU per request: against the other revision, when there is one
+        b = (row.value(against) if against else None) if row.unit == "us" else row.value(NETCONFD)
+        main = speedup(row.value(ours), b, row.unit)
+        sshd = speedup(row.value(VIA_SSHD), row.value(NETCONFD), row.unit) if via_sshd and row.unit != "us" else None
+        figures = [x for x in (main, sshd) if x]
+        lines.append(f"{row.title:42}{cell(row.value(ours), row.unit):>15}"
                      + "".join(f"{cell(row.value(n), row.unit):>{width[n]}}" for n in others)
-                     + (f"{speedup:>9.2f}x" if speedup else f"{'':>10}")
-                     + ("  <- ours slower" if speedup and speedup < 1 else ""))
+                     + (f"{main:>9.2f}x" if main else f"{'':>10}")
+                     + ((f"{sshd:>9.2f}x" if sshd else f"{'':>10}") if via_sshd else "")
+                     + ("  <- ours slower" if any(x < 1 for x in figures) else ""))
     return "\n".join(lines)
 
 
-def main(seconds: float = 2.0, sessions: int = 50, depth: int = 16, rounds: int = 3, against: str | None = None) -> int:
+def main(seconds: float = 2.0, sessions: int = 50, depth: int = 16, rounds: int = 3, against: str | None = None,
+         via_sshd: bool = True) -> int:
     if seconds <= 0 or sessions < 1 or depth < 1 or rounds < 1:
         raise SystemExit("--seconds, --sessions, --depth and --rounds must be positive")
     from tools.bench_compare import revision_label, revision_tree
@@ -323,6 +349,8 @@ def main(seconds: float = 2.0, sessions: int = 50, depth: int = 16, rounds: int 
         if against:
             tree = stack.enter_context(revision_tree(against))
             targets.append(stack.enter_context(our_server(yang_dir, tree, f"{SERVE_AT}{against}")))
+        if via_sshd:
+            targets.append(stack.enter_context(our_server_via_sshd(yang_dir)))
         theirs = stack.enter_context(netconfd_server(yang_dir))
         get_reply = b""
         for target in (*targets, theirs):

@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--read-only-user", action="append", default=[], metavar="NAME:PASSWORD",
                    help="a user of the read-only NACM group (repeatable)")
     p.add_argument("--datastore-dir", type=pathlib.Path, help="persist running/startup here")
+    p.add_argument("--sshd-socket", type=pathlib.Path, metavar="PATH",
+                   help="also take sessions OpenSSH's sshd hands over on this Unix socket (docs/sshd-handoff.md)")
     p.set_defaults(func=run)
 
 
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         server = NetconfServer(schema, users, host=args.host, port=args.port, datastore_dir=args.datastore_dir,
-                               nacm=standard_nacm([args.user], readers), name="qstrata-serve")
+                               nacm=standard_nacm([args.user], readers), name="qstrata-serve",
+                               sshd_socket=args.sshd_socket)
     except DatastoreError as err:  # a damaged file in --datastore-dir: its name and what is wrong
         print(f"qstrata serve: {err}", file=sys.stderr)
         return 2

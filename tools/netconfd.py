@@ -18,44 +18,16 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-HOST = "127.0.0.1"
-# sshd and netconf-subsystem live in sbin, which a non-root PATH often lacks.
-_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
-# OpenSSH started as root insists on its privilege-separation directory (Debian's build path).
-_PRIVSEP_DIR = Path("/run/sshd")
+from tools.openssh import HOST, SshdError, free_port, make_key, program, start_sshd, stop_process, wait_ready
+
+NetconfdError = SshdError  # netconfd or its sshd could not be started
 START_ATTEMPTS = 3
-
-
-class NetconfdError(RuntimeError):
-    """netconfd or its sshd could not be started."""
-
-
-def _program(name: str) -> str:
-    path = shutil.which(name, path=_SEARCH_PATH)
-    if path is None:
-        raise NetconfdError(f"{name} not found; install the Debian packages netconfd and openssh-server")
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 class NetconfdServer:
@@ -104,15 +76,17 @@ class NetconfdServer:
 
     def start(self) -> None:
         """Start netconfd and sshd; retry on a new port if another process took ours."""
-        netconfd, sshd, subsystem = _program("netconfd"), _program("sshd"), _program("netconf-subsystem")
+        netconfd, subsystem = program("netconfd"), program("netconf-subsystem")
         self.workdir = Path(tempfile.mkdtemp(prefix="qstrata-netconfd-"))
         try:
             self._make_keys()
             for attempt in range(1, START_ATTEMPTS + 1):
-                self.port = _free_port()
+                self.port = free_port()
                 try:
                     self._start_netconfd(netconfd)
-                    self._start_sshd(sshd, subsystem)
+                    sock = self.workdir / f"ncxserver-{self.port}.sock"
+                    self._sshd = start_sshd(self.workdir, self.port, self.username,
+                                            f"{subsystem} --ncxserver-sockname={self.port}@{sock}", self.start_timeout)
                     return
                 except NetconfdError:
                     self._stop_processes()
@@ -133,10 +107,8 @@ class NetconfdServer:
 
     def _make_keys(self) -> None:
         assert self.workdir is not None
-        for name in ("host_key", "client_key"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name,
-                            "-f", str(self.workdir / name)], check=True, capture_output=True)
-        shutil.copyfile(self.workdir / "client_key.pub", self.workdir / "authorized_keys")
+        make_key(self.workdir / "host_key")
+        (self.workdir / "authorized_keys").write_text(make_key(self.workdir / "client_key") + "\n")
 
     def _start_netconfd(self, program: str) -> None:
         assert self.workdir is not None
@@ -152,67 +124,9 @@ class NetconfdServer:
             self._netconfd = subprocess.Popen(args, cwd=self.workdir, env=env, stdout=out,
                                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               start_new_session=True)
-        self._wait("netconfd", self._netconfd, log, sock.exists)
-
-    def _start_sshd(self, program: str, subsystem: str) -> None:
-        assert self.workdir is not None
-        if os.geteuid() == 0:
-            _PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
-        sock = self.workdir / f"ncxserver-{self.port}.sock"
-        config = self.workdir / "sshd_config"
-        config.write_text("\n".join([
-            f"ListenAddress {self.host}",
-            f"Port {self.port}",
-            f"HostKey {self.workdir / 'host_key'}",
-            f"PidFile {self.workdir / 'sshd.pid'}",
-            f"AuthorizedKeysFile {self.workdir / 'authorized_keys'}",
-            "AuthenticationMethods publickey",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PermitRootLogin prohibit-password",
-            "StrictModes no",
-            "UsePAM no",
-            # Benchmarks open many sessions at once; the default (10) drops some of them.
-            "MaxStartups 1000",
-            f"AllowUsers {self.username}",
-            f'Subsystem netconf "{subsystem} --ncxserver-sockname={self.port}@{sock}"',
-            "",
-        ]))
-        log = self.workdir / "sshd.log"
-        # sshd re-executes itself, so it needs its absolute path; -D stays in the foreground.
-        with open(log, "wb") as out:
-            self._sshd = subprocess.Popen([program, "-D", "-e", "-f", str(config)], cwd=self.workdir,
-                                          stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
-        self._wait("sshd", self._sshd, log, self._port_open)
-
-    def _port_open(self) -> bool:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    def _wait(self, name: str, process: subprocess.Popen[bytes], log: Path, ready: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise NetconfdError(f"{name} exited with status {process.returncode}:\n{_tail(log)}")
-            if ready():
-                return
-            time.sleep(0.05)
-        raise NetconfdError(f"{name} not ready after {self.start_timeout} s:\n{_tail(log)}")
+        wait_ready("netconfd", self._netconfd, log, sock.exists, self.start_timeout)
 
     def _stop_processes(self) -> None:
-        for process in (self._sshd, self._netconfd):
-            if process is not None and process.poll() is None:
-                process.terminate()
-        for process in (self._sshd, self._netconfd):
-            if process is None:
-                continue
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(self._sshd)
+        stop_process(self._netconfd)
         self._sshd = self._netconfd = None
