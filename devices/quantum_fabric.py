@@ -176,11 +176,12 @@ def profile_of(config: NodeConfig, alpha_db_per_km: float) -> NodeProfile:
 
 
 class QuantumFabric:
-    """`on_advance(changed)`: called after each tick with the node-ids whose links' status or
-    fidelity changed since the last (the twin service wakes those nodes)."""
+    """`on_advance(changed, paired)`: called after each tick with the node-ids whose links'
+    status or fidelity changed since the last, and the end nodes of the sessions that delivered
+    pairs since the last (the twin service wakes those nodes)."""
 
     def __init__(self, twin: Twin, rng: random.Random | None = None,
-                 on_advance: Callable[[set[str]], None] | None = None) -> None:
+                 on_advance: Callable[[set[str], set[str]], None] | None = None) -> None:
         self.twin = twin
         self.rng = rng or random.Random()
         self.on_advance = on_advance
@@ -190,6 +191,7 @@ class QuantumFabric:
         self.generated: dict[str, int] = {}  # link -> pairs made
         self._readings: dict[str, LinkReading] | None = None
         self._seen: dict[str, tuple] = {}  # node -> its links' status and fidelity last reported
+        self._delivered_seen: dict[str, int] = {}  # session -> pairs delivered at the last `paired`
         self._ticker: asyncio.Task | None = None
 
     # -- membership ------------------------------------------------------------------------
@@ -226,7 +228,7 @@ class QuantumFabric:
             try:
                 self.advance(self.twin.clock.now())
                 if self.on_advance is not None:
-                    self.on_advance(self.moved())
+                    self.on_advance(self.moved(), self.paired())
             except Exception:
                 log.exception("quantum fabric: advance failed")
             await asyncio.sleep(TICK_S)
@@ -241,6 +243,17 @@ class QuantumFabric:
                 self._seen[node_id] = seen
                 moved.add(node_id)
         return moved
+
+    def paired(self) -> set[str]:
+        """The end nodes of the sessions that delivered pairs since the last call."""
+        ends = set()
+        for name, run in self.runs.items():
+            if self._delivered_seen.get(name) != run.delivered:
+                self._delivered_seen[name] = run.delivered
+                ends.update((run.plan.path[0], run.plan.path[-1]))
+        for name in set(self._delivered_seen) - set(self.runs):
+            del self._delivered_seen[name]
+        return ends
 
     # -- elementary links ------------------------------------------------------------------
 

@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 
 MODULE = "qi-quantum-node"
 ROOT_PATH = f"/{MODULE}:quantum-node"
-POLL_S = 0.05  # real seconds between two looks for pairs while a create-pairs request waits
+# A create-pairs request looks for pairs again when the twin service says pairs came for this
+# node (a `quantum` event naming it in `pairs`), and at the latest after this many real seconds.
+PAIRS_RECHECK_S = 1.0
 
 
 def _refused(message: str, path: str = ROOT_PATH, tag: str = "invalid-value") -> RPCError:
@@ -80,6 +82,7 @@ class QuantumNodeDevice(Device):
         self.failed_qubits = 0
         self.reported: dict[str, str] = {}   # link -> status last notified
         self.alarmed: set[str] = set()       # links whose fidelity is below their threshold
+        self._arrival: asyncio.Future | None = None  # done when the service says pairs came here
         for name, handler in (("inject-coherence-loss", self._inject_coherence_loss),
                               ("clear-coherence-loss", self._clear_coherence_loss),
                               ("inject-memory-failure", self._inject_memory_failure),
@@ -214,6 +217,8 @@ class QuantumNodeDevice(Device):
     def twin_event(self, event: dict) -> None:
         """The service says this node's links moved (or the event stream was lost, when the
         service may have restarted: register again)."""
+        if event["type"] == "quantum" and self.id in event.get("pairs", ()):
+            self._pairs_came()
         if event["type"] == "quantum" and self.id in event["wake"]:
             self.spawn(self._refresh())
         elif event["type"] == "resync":
@@ -327,15 +332,18 @@ class QuantumNodeDevice(Device):
             raise _refused(f"unsupported: {self.id} cannot measure directly", "/qi-quantum-node:create-pairs/type",
                            "operation-not-supported")
         pairs: list[model.DeliveredPair] = []
-        deadline = asyncio.get_running_loop().time() + max_time
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_time
         while True:
+            came = self._next_arrival()   # taken before the claim: pairs arriving meanwhile are not missed
             reply = await self._twin("POST", "/pairs/claim", {
                 "remote": remote, "number": number - len(pairs), "min_fidelity": min_fidelity, "measure": measure,
                 "bases": bases})
             pairs += read_pairs_json(reply)
-            if len(pairs) >= number or asyncio.get_running_loop().time() >= deadline:
+            left = deadline - loop.time()
+            if len(pairs) >= number or left <= 0:
                 break
-            await asyncio.sleep(POLL_S)
+            await asyncio.wait([came], timeout=min(left, PAIRS_RECHECK_S))
         if not pairs:
             why = f"session {plan.name} is {reply['status']}: {reply['reason']}" if reply["reason"] else \
                 f"no pair of goodness >= {min_fidelity} came"
@@ -344,6 +352,18 @@ class QuantumNodeDevice(Device):
         output = [QN.element("create-id", str(uuid.uuid4()))]
         output += [model.pair_element(p) for p in pairs]
         return output
+
+    def _next_arrival(self) -> asyncio.Future:
+        """Done when the twin service next says pairs came for this node."""
+        if self._arrival is None:
+            self._arrival = asyncio.get_running_loop().create_future()
+        return self._arrival
+
+    def _pairs_came(self) -> None:
+        """Wake every create-pairs request waiting here."""
+        if self._arrival is not None:
+            self._arrival.set_result(None)
+            self._arrival = None
 
     async def _receive_pairs(self, session: Session, rpc: etree._Element, context) -> list[etree._Element]:
         remote = QN.text(rpc, "remote-node")

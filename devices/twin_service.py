@@ -27,6 +27,7 @@ import hmac
 import json
 import logging
 import random
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 API = "/v1"
 START_WAIT_S = 60.0  # how long a device host waits for an unreachable twin service at start
 DEVICE_HEADER = "X-Twin-Device"
+# Names the event stream a request's process follows (a random id its client picks), so that
+# the stream carries only the events of that process's links and nodes (docs/twin-service.md).
+SUBSCRIBER_HEADER = "X-Twin-Subscriber"
 # Real seconds a key-rate change is announced ahead of taking effect: every holder of the
 # stream hears of it first, so that all count the same bits at the same emulated time.
 RATE_LEAD_S = 0.1
@@ -286,6 +290,34 @@ def _judge(reading: LinkReading, threshold: float, pair: frozenset[str], twin: T
 
 # -- the server ------------------------------------------------------------------------------
 
+@dataclass
+class Subscriber:
+    """What one process follows: the links whose key streams it asked for (their `stream`
+    events), its QKD nodes (`nodes` wakes) and quantum nodes (`quantum` wakes), as it named
+    them in its requests; and its open event streams."""
+
+    links: dict[str, str] = field(default_factory=dict)   # link -> the devices that asked for its stream
+    nodes: set[str] = field(default_factory=set)
+    quantum: set[str] = field(default_factory=set)
+    queues: set[asyncio.Queue] = field(default_factory=set)
+
+    def wants(self, event: dict, may_read: Callable[[str, str], bool]) -> dict | None:
+        """The event as this subscriber gets it (a wake cut to its own nodes), or None; a
+        `stream` event only when one of the devices that asked for the link may read it."""
+        kind = event["type"]
+        if kind == "stream":
+            asked = self.links.get(event["link"])
+            return event if asked is not None and may_read(asked, event["link"]) else None
+        if kind == "nodes":
+            wake = [n for n in event["wake"] if n in self.nodes]
+            return {**event, "wake": wake} if wake else None
+        if kind == "quantum":
+            wake, pairs = [n for n in event["wake"] if n in self.quantum], [n for n in event["pairs"] if n in self.quantum]
+            return {**event, "wake": wake, "pairs": pairs} if wake or pairs else None
+        return event   # plant and clock: every process
+
+
+
 class TwinService:
     """Serves one network's twin (see the module docstring and docs/twin-service.md).
 
@@ -308,7 +340,7 @@ class TwinService:
         self._end_devices: dict[str, str] = {}  # qkdn_id -> its device id and site, as registered
         self._end_sites: dict[str, str] = {}
         self._generated: set[str] = set()  # links that have distilled key (the key managers may hold it)
-        self._queues: set[asyncio.Queue] = set()
+        self._subscribers: dict[str, Subscriber] = {}
         self._quantum: QuantumFabric | None = None  # made when the first quantum node registers
         self._runner: web.AppRunner | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -354,8 +386,9 @@ class TwinService:
             self._unsubscribe = None
         if self._quantum is not None:
             self._quantum.stop()
-        for queue in list(self._queues):
-            queue.put_nowait(None)
+        for subscriber in self._subscribers.values():
+            for queue in list(subscriber.queues):
+                queue.put_nowait(None)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -392,9 +425,24 @@ class TwinService:
 
     # -- events -----------------------------------------------------------------------------
 
+    def _subscriber(self, request: web.Request) -> Subscriber | None:
+        """The subscriber a request names (made on first mention), or None."""
+        name = request.headers.get(SUBSCRIBER_HEADER)
+        if not name:
+            return None
+        return self._subscribers.setdefault(name, Subscriber())
+
     def _publish(self, event: dict) -> None:
-        for queue in self._queues:
-            queue.put_nowait(event)
+        """The event to every open stream of each subscriber that follows it (encoded once when
+        it goes out whole)."""
+        whole: bytes | None = None
+        for subscriber in self._subscribers.values():
+            if not subscriber.queues or (wanted := subscriber.wants(event, self._may_read_stream)) is None:
+                continue
+            if wanted is event:
+                whole = whole or _sse(event)
+            for queue in subscriber.queues:
+                queue.put_nowait(whole if wanted is event else _sse(wanted))
 
     def _plant_changed(self, change: PlantChange) -> None:
         self.registry.invalidate()
@@ -403,18 +451,21 @@ class TwinService:
         self._publish({"type": "plant", "kind": change.kind, "element": change.element})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        subscriber = self._subscriber(request)
+        if subscriber is None:
+            return _error(400, f"name the event stream's subscriber in the {SUBSCRIBER_HEADER} header")
         queue: asyncio.Queue = asyncio.Queue()
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        self._queues.add(queue)
+        subscriber.queues.add(queue)
         try:
             await response.write(b": connected\n\n")
-            while (event := await queue.get()) is not None:
-                await response.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+            while (line := await queue.get()) is not None:
+                await response.write(line)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            self._queues.discard(queue)
+            subscriber.queues.discard(queue)
         return response
 
     # -- clock and plant --------------------------------------------------------------------
@@ -510,6 +561,8 @@ class TwinService:
         node = NodeRegistration.from_json(await _body(request))
         if node.qkdn_id != request.match_info["qkdn_id"] or node.device != request.headers[DEVICE_HEADER]:
             return _error(403, f"device {request.headers[DEVICE_HEADER]!r} may register only itself")
+        if (subscriber := self._subscriber(request)) is not None:
+            subscriber.nodes.add(node.qkdn_id)
         self._wake(self.registry.register(node))
         return web.json_response({"registered": node.qkdn_id})
 
@@ -582,13 +635,21 @@ class TwinService:
         stream = self.streams[link_id]
         return {"link": link_id, "secret": stream.snapshot()["secret"], "history": stream.history()}
 
+    def _follow_link(self, request: web.Request, link_id: str) -> None:
+        """The caller's process hears of the link's rate changes from now on (its `stream`
+        events): it asked for the stream, which it gets once the ends agree if it may."""
+        if (subscriber := self._subscriber(request)) is not None:
+            subscriber.links[link_id] = request.headers[DEVICE_HEADER]
+
     async def _get_stream(self, request: web.Request) -> web.Response:
         link_id, device = request.match_info["link"], request.headers[DEVICE_HEADER]
         if link_id not in self.pairs:
+            self._follow_link(request, link_id)
             return _error(404, f"link {link_id} has no key stream yet: its two ends have not agreed")
         if not self._may_read_stream(device, link_id):
             log.warning("twin: %s asked for the key stream of link %s, of which it is no end", device, link_id)
             return _error(403, f"{device} is neither an end of link {link_id} nor the key manager of one")
+        self._follow_link(request, link_id)
         return web.json_response(self._stream_json(link_id))
 
     async def _adopt_stream(self, request: web.Request) -> web.Response:
@@ -605,9 +666,11 @@ class TwinService:
                 return _error(400, "a saved stream needs secret (hex) and produced_bits")
             self.streams[link_id] = saved
         if link_id not in self.pairs:
+            self._follow_link(request, link_id)
             return _error(404, f"link {link_id} has no key stream yet: its two ends have not agreed")
         if not self._may_read_stream(device, link_id):
             return _error(403, f"{device} is neither an end of link {link_id} nor the key manager of one")
+        self._follow_link(request, link_id)
         return web.json_response(self._stream_json(link_id))
 
     # -- quantum nodes, their elementary links and pairs ----------------------------------------
@@ -618,9 +681,9 @@ class TwinService:
             self._quantum = QuantumFabric(self.twin, random.Random(self.twin.rng.random()), self._quantum_moved)
         return self._quantum
 
-    def _quantum_moved(self, nodes: set[str]) -> None:
-        if nodes:
-            self._publish({"type": "quantum", "wake": sorted(nodes)})
+    def _quantum_moved(self, nodes: set[str], paired: set[str]) -> None:
+        if nodes or paired:
+            self._publish({"type": "quantum", "wake": sorted(nodes), "pairs": sorted(paired)})
 
     def _quantum_caller(self, request: web.Request, registered: bool = True) -> str | web.Response:
         """The node-id of the request, when the calling device is that node (and registered)."""
@@ -637,6 +700,8 @@ class TwinService:
         if isinstance(node_id, web.Response):
             return node_id
         self.quantum.register(QuantumRegistration.from_json(node_id, await _body(request)))
+        if (subscriber := self._subscriber(request)) is not None:
+            subscriber.quantum.add(node_id)
         return web.json_response({"registered": node_id})
 
     async def _delete_quantum_node(self, request: web.Request) -> web.Response:
@@ -689,6 +754,10 @@ class TwinService:
         if not isinstance(remote, str) or not _count(number):
             return _error(400, "a receive needs remote (a node-id) and number (an integer >= 1)")
         return web.json_response({"pairs": [pair_json(p) for p in self.quantum.receive(node_id, remote, number)]})
+
+
+def _sse(event: dict) -> bytes:
+    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
 
 
 def _count(value: object) -> bool:
@@ -767,13 +836,17 @@ class TwinClient:
         self._stream_owner: dict[str, str] = {}  # link -> the key manager it is fetched as
         self._tasks: set[asyncio.Task] = set()
         self.connected = asyncio.Event()
+        # Names this client's event stream in every request: the service sends it the events
+        # of the links, nodes and quantum nodes this client's requests named, no others.
+        self.subscriber = secrets.token_urlsafe(16)
 
     @property
     def url(self) -> str:
         return f"http://{self.address.host}:{self.address.port}{API}"
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.address.token}"},
+        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.address.token}",
+                                                       SUBSCRIBER_HEADER: self.subscriber},
                                               timeout=aiohttp.ClientTimeout(total=30))
         try:
             await self._first_contact()
@@ -837,7 +910,8 @@ class TwinClient:
 
     async def _follow(self) -> None:
         """Read the event stream; reconnect with back-off; after a reconnect every watcher hears
-        a 'resync' (events may have been missed) and every stream is fetched again."""
+        a 'resync' (events may have been missed) and every stream is fetched again (which also
+        names its link to a service that restarted and forgot this subscriber)."""
         delay, first = 0.2, True
         while True:
             try:
@@ -849,6 +923,8 @@ class TwinClient:
                     if not first:
                         await self.sync_clock()
                         await self.refresh_plant()
+                        for link_id in list(self._streams):
+                            self._spawn(self._bind(link_id))
                         self._dispatch({"type": "resync"})
                     first, delay = False, 0.2
                     async for line in response.content:

@@ -166,6 +166,42 @@ def test_a_link_stream_goes_to_its_two_ends_and_their_key_managers_only():
     in_one_process(test)
 
 
+def test_a_process_hears_the_events_of_its_own_links_and_nodes_only():
+    async def test(network: OneNetwork):
+        heard: dict[str, list[dict]] = {"km-quintin": [], "km-norte": [], "nodes": []}
+        network.nodes["qkd-quintin"].twin.watch(heard["nodes"].append)   # the process of both QKD nodes
+        clients = {}
+        for km in ("km-quintin", "km-norte"):   # a process of its own each
+            client = TwinClient(network.address, device=km)
+            client.key_managers = [km]
+            await client.start()
+            network.stack.push_async_callback(client.stop)
+            client.watch(heard[km].append)
+            clients[km] = client
+        for km in clients:   # both ask before the ends agree (404); km-norte may never read it
+            with pytest.raises(TwinError) as early:
+                await clients[km].request("GET", f"/streams/{QA}", km)
+            assert early.value.status == 404
+        await network.activate()
+        with pytest.raises(TwinError) as refused:
+            await clients["km-norte"].request("GET", f"/streams/{QA}", "km-norte")
+        assert refused.value.status == 403
+
+        async def rate_changes_heard():
+            return sum(e["type"] == "stream" and e["link"] == QA for e in heard["km-quintin"]) >= 2
+        await until(rate_changes_heard, "two rate changes of the link at its key manager's process")
+        network.service.twin.cut_span("quintin-almagro")   # a plant event: every process hears it
+        await until(lambda: asyncio.sleep(0, all(any(e["type"] == "plant" for e in events)
+                                                 for events in heard.values())), "the cut at every process")
+        assert not [e for e in heard["km-norte"] if e["type"] in ("stream", "nodes", "quantum")]
+        assert not [e for e in heard["km-quintin"] if e["type"] == "nodes"]   # it runs no QKD node
+        assert not [e for e in heard["nodes"] if e["type"] == "stream"]      # it holds no key stream
+        own = {node.qkdn_id for node in network.nodes.values()}
+        wakes = [e["wake"] for e in heard["nodes"] if e["type"] == "nodes"]
+        assert wakes and all(set(wake) <= own for wake in wakes)
+    in_one_process(test)
+
+
 def test_only_a_switch_sets_its_cross_connects_and_a_bad_set_changes_nothing():
     async def test(network: OneNetwork):
         twin = network.nodes["qkd-quintin"].twin
