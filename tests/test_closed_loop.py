@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import pathlib
 import sys
 
@@ -24,8 +23,8 @@ from tools.cmd_demo import Operator, path_of
 from tools.cmd_up import write_state
 from tools.stack import Stack
 from conftest import read_sessions, stack_scenario, until
+from test_processes import child_env
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 FWD_NS = "urn:qstrata:yang:qi-forwarding"
 INT_NS = "urn:qstrata:yang:qi-intent"
 WAIT_S = 30.0
@@ -213,7 +212,7 @@ async def _is_active(op: Operator, link_id: str) -> bool:
 
 async def qstrata_status(stack_file: pathlib.Path) -> str:
     """`qstrata status` as typed at a shell, in a child process, against the stack file."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    env = child_env()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tools.cli", "status", "--stack-file", str(stack_file), cwd=stack_file.parent,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

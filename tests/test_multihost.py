@@ -29,7 +29,8 @@ import time
 import pytest
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from test_processes import child_env
+
 SUBNET = "10.213.0"
 HOSTS = {"site-a": 1, "site-b": 2, "controllers": 3, "orchestrator": 4}
 CLIENT = 10
@@ -87,15 +88,11 @@ class Lan:
 
     def run(self, host: str, *argv: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.ns(host), *argv], capture_output=True, text=True,
-                              timeout=timeout, check=check, env=_env())
+                              timeout=timeout, check=check, env=child_env())
 
     @staticmethod
     def _ip(*argv: str) -> None:
         subprocess.run(["ip", *argv], check=True, capture_output=True, text=True)
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
 
 
 @pytest.fixture
