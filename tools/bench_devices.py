@@ -14,7 +14,7 @@ node), as the read-only user `monitor` unless --user admin is given. With netcon
 device for --netconfd counts of devices, on the engine test model: what a host of real
 NETCONF servers, one per device, would take.
 
-    python -m tools.bench_devices [--sizes 1000 5000] [--workers N] [--period 10 2] [--seconds 20]
+    python -m tools.bench_devices [--sizes 1000 5000] [--workers N] [--period 10 2] [--seconds 20] [--no-single]
 """
 from __future__ import annotations
 
@@ -263,11 +263,11 @@ def format_rows(rows: list[Row]) -> str:
 
 
 def main(sizes: list[int], workers: int, periods: list[float], seconds: float, user: str,
-         netconfd: list[int]) -> int:
+         netconfd: list[int], single: bool = True) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="qstrata-bench-devices-") as scratch:
         for devices in sizes:
-            for count in dict.fromkeys((workers, 1)):
+            for count in dict.fromkeys((workers, 1) if single else (workers,)):
                 print(f"{devices} devices, {count} worker{'s' if count > 1 else ''} ...", file=sys.stderr,
                       flush=True)
                 rows.append(measure(devices, count, periods, seconds, user, pathlib.Path(scratch)))
@@ -293,13 +293,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="who polls: the read-only monitor (default) or the read-write admin")
     parser.add_argument("--netconfd", type=int, nargs="*", default=[10, 50],
                         help="device counts for the netconfd-per-device memory figures (none: skip)")
+    parser.add_argument("--single", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run each size in one process, beside the workers (default; --no-single "
+                             "skips it, for sizes one process cannot start in reasonable time)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1 or min(args.sizes) < 3 or min(args.period) <= 0:
         print("qstrata bench devices: --workers >= 1, --sizes >= 3 and --period > 0, please", file=sys.stderr)
         return 2
-    return main(args.sizes, args.workers, args.period, args.seconds, args.user, args.netconfd)
+    return main(args.sizes, args.workers, args.period, args.seconds, args.user, args.netconfd, args.single)
 
 
 if __name__ == "__main__":
