@@ -323,7 +323,10 @@ async def transaction(edits: dict[DeviceLink, etree._Element], confirm_timeout: 
         await asyncio.gather(*(sessions[link].discard_changes() for link in locked), return_exceptions=True)
         raise
     finally:
-        await asyncio.gather(*(sessions[link].unlock("candidate") for link in locked), return_exceptions=True)
+        # Every session, not only those whose lock was answered: a lock whose reply timed out
+        # may still have been granted, and would then deny every later transaction on that
+        # session. Unlocking a lock held by another session is refused and changes nothing.
+        await asyncio.gather(*(nc.unlock("candidate") for nc in sessions.values()), return_exceptions=True)
 
 
 async def _keep(previous: dict[DeviceLink, etree._Element], link: DeviceLink, reply) -> None:

@@ -62,3 +62,29 @@ def test_a_refusal_at_any_step_leaves_every_device_as_it_was(refusal):
             for server in servers:
                 await server.stop()
     asyncio.run(scenario())
+
+
+def test_a_lock_whose_reply_timed_out_does_not_deny_the_next_transaction():
+    """The client gave up on <lock> (timeout) but the device granted it: the transaction's
+    clean-up must still release it, or that session would be refused every later lock."""
+    schema = Schema(["qs-engine-test"], [TEST_YANG])
+
+    async def scenario():
+        server = NetconfServer(schema, {"admin": User(password="pw")}, nacm=standard_nacm(["admin"], []), name="d0")
+        await server.start()
+        link = DeviceLink(Endpoint("d0", "127.0.0.1", server.port, "admin", "pw", host_key=server.public_host_key),
+                          ("qs-engine-test",))
+        link.start()
+        try:
+            nc = await link.session()
+            nc.timeout = 0  # the <lock> is sent, then given up on at once
+            with pytest.raises(TransactionError):
+                await transaction({link: config("first")})
+            nc.timeout = 10.0
+            await transaction({link: config("second")})
+            assert names(server) == ["second"]
+            assert not server.locks
+        finally:
+            await link.stop()
+            await server.stop()
+    asyncio.run(scenario())
