@@ -19,6 +19,13 @@ SESSIONS_FILTER = f'<sessions xmlns="{SERVICE}"/>'
 SERVICE_FILTER = SESSIONS_FILTER + f'<sae-directory xmlns="{SERVICE}"/>'
 
 
+def session_filter(name: str) -> str:
+    """A subtree filter of one session (configuration and state), as a client reads one back."""
+    sessions = etree.Element(SERVICE("sessions"), nsmap={None: str(SERVICE)})
+    SERVICE.sub(SERVICE.sub(sessions, "session"), "name", name)
+    return etree.tostring(sessions).decode()
+
+
 @dataclass(frozen=True)
 class SegmentEnds:
     """Where a segment of a cross-domain service enters and leaves the domain, and the key

@@ -47,7 +47,7 @@ from models.connectivity import read_fibre_network
 from models.forwarding import ForwardingView, links_config, links_delete
 from models.intent import IntentSpec, clip, dry_run_entry, intent_elements, intent_state, intent_state_change
 from models.ns import ALARMS, INTENT, NW
-from models.service import SERVICE_FILTER, ServiceView, SessionConfig
+from models.service import SERVICE_FILTER, ServiceView, SessionConfig, session_filter
 from netconf_core import ReconcileLoop
 from netconf_core.client import SessionClosedError
 from netconf_core.datastore import empty_tree
@@ -61,7 +61,7 @@ from orchestrator.decisions import (Decision, NotReady, Observation, Outcome, av
                                     plan_requests, protected_plan, protection_lost)
 from orchestrator.delivery import DeliveryMeter
 from orchestrator.entanglement import EntanglementIntents, augment_state, is_entanglement
-from orchestrator.federation_roaming import Roaming, Verdict, roams, walk
+from orchestrator.federation_roaming import Roaming, Verdict, back_home, roams, waiting_for_saes, walk
 from orchestrator.planner import Infeasible, Network, Plan, Planner
 from orchestrator.store import IntentRecord, IntentStore
 
@@ -125,6 +125,7 @@ class Orchestrator:
         self.capacity_seen: dict[str, float] = {}    # link -> its eskr when last seen up
         self.failures: dict[str, tuple[int, float]] = {}  # intent -> (failures since last active, retry after)
         self.delivery = DeliveryMeter()              # the rate each intent's SAEs draw keys at
+        self._parsed: dict[str, tuple[str, IntentSpec]] = {}  # intent -> (its configuration, parsed)
         self.passes = 0
         # Woken by commits and the strata (a burst is one pass), and every `period`; a pass
         # with work in progress is followed by another RETRY_SOON later, a failed one RETRY_ERROR later.
@@ -262,7 +263,16 @@ class Orchestrator:
     # --- the reconcile loop -------------------------------------------------------------
 
     def _specs(self) -> list[tuple[IntentRecord, IntentSpec]]:
-        return [(r, IntentSpec.from_xml(etree.fromstring(r.config))) for r in self.store.intents()]
+        """Every stored intent with its parsed configuration; only a configuration that changed
+        since the last pass is parsed again."""
+        records = self.store.intents()
+        parsed = {}
+        for record in records:
+            held = self._parsed.get(record.name)
+            parsed[record.name] = held if held is not None and held[0] == record.config \
+                else (record.config, IntentSpec.from_xml(etree.fromstring(record.config)))
+        self._parsed = parsed
+        return [(record, parsed[record.name][1]) for record in records]
 
     def allocate(self, live: list[tuple[IntentRecord, IntentSpec]], world: Observation,
                  network: Network) -> list[Decision]:
@@ -332,13 +342,19 @@ class Orchestrator:
             # intent that holds a service already follows it: its SAEs may all have moved away.
             if any(spec.needs_local_sae and not spec.allow_federation for _, spec in live):
                 raise NotReady("the service stratum has not read its key managers' SAEs yet")
-            live = [(record, spec) for record, spec in live
-                    if not spec.needs_local_sae or (record.status.get("federation") or {}).get("service")]
+            unknown = [(record, spec) for record, spec in live if spec.needs_local_sae
+                       and not (record.status.get("federation") or {}).get("service")]
+            live = [pair for pair in live if pair not in unknown]
+            for record, spec in unknown:  # a new one says why it waits; others keep where they are
+                if record.state in ("planned", "compiling", "installing"):
+                    await self._follow(record, waiting_for_saes(spec))
         roaming = [(record, spec) for record, spec in live if roams(spec, world.svc.saes)]
         live = [(record, spec) for record, spec in live if not roams(spec, world.svc.saes)]
         for record, _ in live:  # back home: the service goes before the intent is realised here
-            if (record.status.get("federation") or {}).get("service"):
+            if service := (record.status.get("federation") or {}).get("service"):
                 await self._release_federation(record)
+                if record.state in ("active", "degraded"):
+                    await self._transition(record, "repairing", back_home(service))
         busy |= await self._roam(roaming, world)
         decisions = self.allocate(live, world, network)
         for decision in decisions:  # release first: what lower priorities lose, higher ones take
@@ -523,8 +539,13 @@ class Orchestrator:
             except RPCError as err:
                 return Outcome(False, waiting=f"the service stratum refused session {spec.name}: {err.message}",
                                steer=steer)
-            world.svc = ServiceView.parse(await self._get("service", SERVICE_FILTER))
-            session = world.svc.sessions.get(spec.name)
+            session = ServiceView.parse(await self._get("service", session_filter(spec.name))).sessions.get(spec.name)
+            # Read back alone: the service stratum places a new session without moving the others
+            # (it skips paths that would change their routes), and the next pass reads them all.
+            if session is None:
+                world.svc.sessions.pop(spec.name, None)
+            else:
+                world.svc.sessions[spec.name] = session
         if session is None:
             return Outcome(False, waiting=f"waiting for session {spec.name}", steer=steer)
         if session.status != "active":

@@ -97,6 +97,12 @@ class IntentStore:
         self.db.executescript(SCHEMA)
         if "count" not in {row["name"] for row in self.db.execute("PRAGMA table_info(transition)")}:
             self.db.execute("ALTER TABLE transition ADD COLUMN count INTEGER NOT NULL DEFAULT 1")  # an older store
+        # The link tables as an index in memory, kept by every write below (this process is the
+        # store's only writer): a pass asks for each intent's claims without reading the tables.
+        self._created: set[str] = {r[0] for r in self.db.execute("SELECT link_id FROM created_link")}
+        self._claims: dict[str, set[str]] = {}  # intent -> the created links it claims
+        for link_id, intent in self.db.execute("SELECT link_id, intent FROM link_claim"):
+            self._claims.setdefault(intent, set()).add(link_id)
 
     def close(self) -> None:
         self.db.close()
@@ -141,6 +147,7 @@ class IntentStore:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("DELETE FROM link_claim WHERE intent = ?", (name,))
             self.db.execute("DELETE FROM intent WHERE name = ?", (name,))
+        self._claims.pop(name, None)
 
     def transition(self, name: str, to_state: str, reason: str) -> Transition:
         """Move an intent to `to_state`, recording the transition in its history. A transition
@@ -195,31 +202,43 @@ class IntentStore:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("INSERT OR IGNORE INTO created_link VALUES (?, ?)", (link_id, json.dumps(spec, sort_keys=True)))
             self.db.execute("INSERT OR IGNORE INTO link_claim VALUES (?, ?)", (link_id, intent))
+        self._created.add(link_id)
+        self._claims.setdefault(intent, set()).add(link_id)
 
     def claim_links(self, intent: str, link_ids: set[str]) -> None:
-        """The created links `intent` uses now: exactly `link_ids` (others it claimed are released)."""
+        """The created links `intent` uses now: exactly `link_ids` (others it claimed are released).
+        A claim that holds already costs no access to the database."""
+        wanted = link_ids & self._created
+        if self._claims.get(intent, set()) == wanted:
+            return
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            known = {r[0] for r in self.db.execute("SELECT link_id FROM created_link")}
-            held = {r[0] for r in self.db.execute("SELECT link_id FROM link_claim WHERE intent = ?", (intent,))}
-            if held == link_ids & known:
-                return
             self.db.execute("DELETE FROM link_claim WHERE intent = ?", (intent,))
             self.db.executemany("INSERT INTO link_claim VALUES (?, ?)",
-                                [(link_id, intent) for link_id in sorted(link_ids & known)])
+                                [(link_id, intent) for link_id in sorted(wanted)])
+        if wanted:
+            self._claims[intent] = set(wanted)
+        else:
+            self._claims.pop(intent, None)
 
     def created_links(self) -> dict[str, dict[str, Any]]:
         return {r["link_id"]: json.loads(r["spec"]) for r in self.db.execute("SELECT * FROM created_link")}
 
     def link_claims(self) -> dict[str, set[str]]:
         """Created link -> the intents that use it (empty set: nobody does)."""
-        claims: dict[str, set[str]] = {link_id: set() for link_id in self.created_links()}
-        for row in self.db.execute("SELECT link_id, intent FROM link_claim"):
-            claims[row["link_id"]].add(row["intent"])
+        claims: dict[str, set[str]] = {link_id: set() for link_id in self._created}
+        for intent, links in self._claims.items():
+            for link_id in links:
+                claims[link_id].add(intent)
         return claims
 
     def forget_link(self, link_id: str) -> None:
-        self.db.execute("DELETE FROM created_link WHERE link_id = ?", (link_id,))
+        self.db.execute("DELETE FROM created_link WHERE link_id = ?", (link_id,))  # its claims go with it
+        self._created.discard(link_id)
+        for intent in [i for i, links in self._claims.items() if link_id in links]:
+            self._claims[intent].discard(link_id)
+            if not self._claims[intent]:
+                del self._claims[intent]
 
 
 def _record(row: sqlite3.Row) -> IntentRecord:

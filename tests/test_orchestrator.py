@@ -63,6 +63,32 @@ def test_store_keeps_intents_history_and_links_across_reopening(tmp_path):
     reopened.close()
 
 
+def test_store_link_claims_kept_in_memory_agree_with_the_tables(tmp_path):
+    """The claims a pass reads come from the store's index; after every kind of write it says
+    what the tables say (as a fresh store reads them back)."""
+    store = IntentStore(tmp_path)
+    for name in ("a", "b"):
+        store.put_config(name, "<intent/>", "planned", "created by the operator")
+    store.record_link("l1", {"qkdl-id": "u1"}, "a")
+    store.record_link("l2", {"qkdl-id": "u2"}, "a")
+    store.claim_links("b", {"l1", "l2", "not-created"})  # only created links are claimed
+    store.claim_links("a", {"l2"})                         # l1 released by a
+    store.forget_link("l2")                                # its claims go with it
+    store.record_link("l3", {"qkdl-id": "u3"}, "b")
+    store.forget("b")
+    expected = {"l1": set(), "l3": set()}
+    assert store.link_claims() == expected
+    store.claim_links("a", {"l1", "l3"})
+    expected = {"l1": {"a"}, "l3": {"a"}}
+    assert store.link_claims() == expected
+    store.close()
+    reopened = IntentStore(tmp_path)
+    assert reopened.link_claims() == expected
+    rows = reopened.db.execute("SELECT link_id, intent FROM link_claim ORDER BY link_id").fetchall()
+    assert [tuple(r) for r in rows] == [("l1", "a"), ("l3", "a")]
+    reopened.close()
+
+
 def test_store_transition_of_an_unknown_intent_is_refused(tmp_path):
     store = IntentStore(tmp_path)
     with pytest.raises(KeyError, match="no intent 'ghost'"):
