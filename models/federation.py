@@ -9,7 +9,8 @@ beside the reader the agents, the demo and the tests use (`read_members`, `read_
 sides too: an agent's `report-delivery` (`delivery_report`, `read_delivery_report`) and `settle`
 (`settle_request`, `read_settle_request`, `settlement_output`, `read_settlement`). A service as a
 user (or a roaming orchestrator) writes it is `service_config` / `service_delete`; a Fa user's
-application, `add_user_application` and `read_user_applications`."""
+application, `add_user_application` and `read_user_applications`. The broker's offers:
+`AgreementOffer`, `offer_config`, `take_offer`, and `add_agreement` (the platform's side)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ class Node:
     km_id: str
     site: str | None = None
     qkdn_id: str | None = None  # ETSI GS QKD 015 qkdn_id: what a neighbour names as its link's remote end
+    km_url: str | None = None   # its key manager's KM-to-KM URL: what a neighbour's border key manager peers with
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,8 @@ class Advertisement:
 def read_advertisement(ad: etree._Element) -> Advertisement:
     """An <advertisement> entry (its member-id aside)."""
     text = lambda element, tag: FEDERATION.text(element, tag) or None
-    nodes = tuple(Node(text(n, "node-id") or "", text(n, "km-id") or "", text(n, "site"), text(n, "qkdn-id"))
-                  for n in FEDERATION.all(ad, "border-node"))
+    nodes = tuple(Node(text(n, "node-id") or "", text(n, "km-id") or "", text(n, "site"), text(n, "qkdn-id"),
+                       text(n, "km-url")) for n in FEDERATION.all(ad, "border-node"))
     links = tuple(ExternalLink(text(l, "link-id") or "", text(l, "local-border-node") or "",
                                text(l, "peer-member") or "", text(l, "peer-border-node") or "",
                                int(text(l, "capacity") or 0), _int(text(l, "local-interface")))
@@ -90,7 +92,7 @@ def advertisement_config(member_id: str, offer: Advertisement) -> etree._Element
     for node in offer.border_nodes:
         element = FEDERATION.sub(ad, "border-node")
         for tag, value in (("node-id", node.node_id), ("km-id", node.km_id), ("qkdn-id", node.qkdn_id),
-                           ("site", node.site)):
+                           ("km-url", node.km_url), ("site", node.site)):
             if value:
                 FEDERATION.sub(element, tag, value)
     for sae in offer.saes:
@@ -141,6 +143,60 @@ class Agreement:
     transit_allowed: bool
     price_per_kbit: Decimal
     max_rate: int | None
+    offer: str | None = None  # the offer of one of the two that the other took up
+
+
+@dataclass(frozen=True)
+class AgreementOffer:
+    """Terms a member publishes for members that join later (qi-federation offers): taken up
+    with take-offer, they become an agreement; `open_to` empty: any admitted member."""
+
+    member_id: str
+    offer_id: str
+    transit_allowed: bool = False
+    price_per_kbit: Decimal = Decimal(0)
+    capacity: int | None = None
+    open_to: tuple[str, ...] = ()
+
+
+def offer_config(offer: AgreementOffer, operation: str = "replace") -> etree._Element:
+    """The <federation> edit that writes (or, with operation remove, withdraws) an offer."""
+    fed = etree.Element(FEDERATION("federation"), nsmap={None: FEDERATION, "nc": BASE})
+    own = FEDERATION.sub(FEDERATION.sub(fed, "offers"), "member-offers")
+    FEDERATION.sub(own, "member-id", offer.member_id)
+    entry = FEDERATION.sub(own, "offer")
+    entry.set(BASE("operation"), operation)
+    FEDERATION.sub(entry, "offer-id", offer.offer_id)
+    if operation != "remove":
+        FEDERATION.sub(entry, "transit-allowed", str(offer.transit_allowed).lower())
+        FEDERATION.sub(entry, "price-per-kbit", offer.price_per_kbit)
+        if offer.capacity is not None:
+            FEDERATION.sub(entry, "capacity", offer.capacity)
+        for member in offer.open_to:
+            FEDERATION.sub(entry, "open-to", member)
+    return fed
+
+
+def take_offer(member_id: str, offer_id: str) -> etree._Element:
+    """The <take-offer> RPC: take up `offer_id` of member `member_id`."""
+    return FEDERATION.element("take-offer", leaves={"member-id": member_id, "offer-id": offer_id})
+
+
+def add_agreement(tree: etree._Element, agreement_id: str, offer: AgreementOffer, taker: str) -> None:
+    """Add, in a datastore tree holding <federation>, the agreement that `taker` gets by taking `offer` up."""
+    fed = FEDERATION.find(tree, "federation")
+    if fed is None:
+        fed = etree.SubElement(tree, FEDERATION("federation"), nsmap={None: FEDERATION})
+    agreements = FEDERATION.find(fed, "agreements")
+    if agreements is None:
+        agreements = FEDERATION.sub(fed, "agreements")
+    entry = FEDERATION.sub(agreements, "agreement")
+    for tag, value in (("agreement-id", agreement_id), ("member-a", offer.member_id), ("member-b", taker),
+                       ("transit-allowed", str(offer.transit_allowed).lower()),
+                       ("price-per-kbit", offer.price_per_kbit), ("max-rate", offer.capacity),
+                       ("offer", offer.offer_id)):
+        if value is not None:
+            FEDERATION.sub(entry, tag, value)
 
 
 @dataclass(frozen=True)
@@ -237,6 +293,7 @@ class FederationConfig:
     services: dict[str, ServiceRequest] = field(default_factory=dict)
     sae_kms: dict[tuple[str, str], str] = field(default_factory=dict)  # (member, advertised SAE) -> its key manager
     applications: dict[str, UserApplication] = field(default_factory=dict)  # Fa user -> its application
+    agreement_offers: dict[tuple[str, str], AgreementOffer] = field(default_factory=dict)  # (member, offer-id) ->
     rating: RatingPolicy = field(default_factory=RatingPolicy)
 
     @classmethod
@@ -258,8 +315,17 @@ class FederationConfig:
             agreement = Agreement(text(a, "agreement-id", ""), frozenset((text(a, "member-a", ""),
                                                                            text(a, "member-b", ""))),
                                   text(a, "transit-allowed", "false") == "true",
-                                  Decimal(text(a, "price-per-kbit", "0")), int(max_rate) if max_rate else None)
+                                  Decimal(text(a, "price-per-kbit", "0")), int(max_rate) if max_rate else None,
+                                  text(a, "offer"))
             config.agreements[agreement.members] = agreement
+        for o in FEDERATION.all(fed, "offers/member-offers/offer"):
+            capacity = text(o, "capacity")
+            offer = AgreementOffer(text(o.getparent(), "member-id", ""), text(o, "offer-id", ""),
+                                   text(o, "transit-allowed", "false") == "true",
+                                   Decimal(text(o, "price-per-kbit", "0")),
+                                   int(capacity) if capacity else None,
+                                   tuple((e.text or "").strip() for e in FEDERATION.all(o, "open-to")))
+            config.agreement_offers[(offer.member_id, offer.offer_id)] = offer
         for ad in FEDERATION.all(fed, "advertisements/advertisement"):
             member_id = text(ad, "member-id", "")
             offer = read_advertisement(ad)

@@ -29,7 +29,7 @@ _MODULE_OF = {
     "AccessPolicy": "extension", "NacmAccess": "extension", "ReconcileLoop": "reconcile",
     "Session": "session", "RestconfServer": "restconf",
     "Schema": "schema", "schema_for": "schema_cache",
-    "empty_tree": "datastore",
+    "empty_tree": "datastore", "write_atomically": "datastore",
     "NetconfClient": "client", "SessionClosedError": "client", "RPCTimeoutError": "client",
     "DeviceLink": "link", "Endpoint": "link", "transaction": "link", "TransactionError": "link",
     "IncompatibleDevice": "link", "Watch": "link", "UnpinnedEndpoint": "link", "UntrustedHostKey": "client",
@@ -54,7 +54,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load lazily (above)
     from .client import NetconfClient, RPCTimeoutError, SessionClosedError
-    from .datastore import empty_tree
+    from .datastore import empty_tree, write_atomically
     from .errors import BASE_NS, RPCError, RPCErrorList
     from .extension import AccessPolicy, NacmAccess
     from .client import PushSubscription

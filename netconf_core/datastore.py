@@ -151,13 +151,7 @@ class Datastores:
 
     @staticmethod
     def _save(path: pathlib.Path, content: bytes) -> None:
-        """Write atomically: a crash leaves the old file or the new one, never a part."""
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, content)
 
 
 def copy_in_scope(element: etree._Element) -> etree._Element:
@@ -223,3 +217,15 @@ def _identity(info, element: etree._Element) -> tuple:
     if info is not None and info.keyword == "leaf-list":
         return ((element.text or "").strip(),)
     return ()
+
+
+def write_atomically(path: pathlib.Path, content: bytes | str) -> None:
+    """Write a file so that a crash leaves the old one or the new one, never a part (the
+    datastores, and the state files of the levels)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(content.encode() if isinstance(content, str) else content)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

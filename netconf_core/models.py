@@ -25,6 +25,7 @@ PROJECT_MODULES: list[str] = [
     "qi-intent",
     "qi-entanglement-intent",
     "qi-federation",
+    "qi-federation-peering",
 ]
 """Every module in yang/, each after the project modules it imports."""
 

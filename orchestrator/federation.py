@@ -39,6 +39,10 @@ counts that contradict each other are a dispute, not billed; `settle` answers a 
 settlement for a period; ratings (delivery, availability, disputes over a sliding window)
 are state, each member seeing its own.
 
+Broker (Y.QKDNf 6.2): a member publishes agreement offers (offers/member-offers, its own only,
+by NACM); an admitted member takes one up with take-offer and the platform writes the
+agreement with the offer's terms, no administrator step, or says precisely why not.
+
 A failed service is placed again after a back-off (1 s, doubling to 16 s while it keeps
 failing), not only on the next change: a domain that answered too late may be ready now.
 
@@ -55,9 +59,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import logging
-import os
 import pathlib
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -66,15 +70,15 @@ from typing import Any, Callable, Protocol
 
 from lxml import etree
 
-from models.federation import (EndCount, FederationConfig, MemberStatus, SegmentStatus, ServiceRequest, ServiceStatus,
-                               UserApplication, add_member, add_user_application, application_status,
+from models.federation import (FederationConfig, MemberStatus, SegmentStatus, ServiceRequest, ServiceStatus,
+                               UserApplication, add_agreement, add_member, add_user_application, application_status,
                                federation_state, member_joined, member_left, read_delivery_report,
                                read_settle_request, service_status_change, settlement_output)
 from models.intent import clip
 from models.ns import FEDERATION
-from netconf_core import AccessPolicy, ReconcileLoop
+from netconf_core import AccessPolicy, ReconcileLoop, write_atomically
 from netconf_core.errors import RPCError
-from netconf_core.notifications import Event, now, parse_time
+from netconf_core.notifications import Event, now
 from netconf_core.ns import NACM
 from netconf_core.schema import Schema
 from netconf_core.server import NetconfServer, User
@@ -160,14 +164,15 @@ class ServiceState:
     left_because: str = ""  # why it left its last route, until it is active on another
 
 
-def _service_status(segments: list[SegmentState]) -> tuple[str, str]:
-    """The service's status from its segments', with the reason when not active."""
+def service_status(replies: list[tuple[str, SegmentReply]]) -> tuple[str, str]:
+    """A service's status from its segments' replies (each with its domain), with the reason
+    when not active; the platform's and the direct peering's (orchestrator/federation_peering.py)."""
     for status, verb in (("failed", "could not set up or keep"), ("pending", "is still setting up"),
                          ("degraded", "delivers less than the rate on")):
-        bad = [s for s in segments if s.reply.status == status]
+        bad = [(domain, reply) for domain, reply in replies if reply.status == status]
         if bad:
-            why = "; ".join(f"domain {s.segment.domain} {verb} its segment"
-                            + (f": {s.reply.reason}" if s.reply.reason else "") for s in bad)
+            why = "; ".join(f"domain {domain} {verb} its segment" + (f": {reply.reason}" if reply.reason else "")
+                            for domain, reply in bad)
             return {"pending": "establishing"}.get(status, status), why
     return "active", ""
 
@@ -221,7 +226,7 @@ class FederationPlatform:
                              ("suspend-member", self._suspend), ("withdraw", self._withdraw),
                              ("report-delivery", self._report_delivery), ("settle", self._settle_rpc),
                              ("apply-service-user", self._apply_user), ("admit-service-user", self._admit_user),
-                             ("move-sae", self._move_sae)):
+                             ("move-sae", self._move_sae), ("take-offer", self._take_offer)):
             self.server.add_rpc(f"/{MODULE}:{rpc}", handler)
         self.services: dict[str, ServiceState] = {}
         self.config = FederationConfig()
@@ -350,7 +355,7 @@ class FederationPlatform:
 
     async def _settle(self, state: ServiceState, problem: str | None = None) -> None:
         """Status and reason from the segments, once a route is established."""
-        status, why = _service_status(list(state.segments.values()))
+        status, why = service_status([(s.segment.domain, s.reply) for s in state.segments.values()])
         problem = problem or state.left_because
         if status == "active" and state.route is not None:
             via = ", ".join(state.route.domains)
@@ -476,21 +481,13 @@ class FederationPlatform:
         member = session.username
         report = read_delivery_report(op)
         try:
-            start = parse_time(report.read_start, "read-start").timestamp()
-            end = parse_time(report.read_end, "read-end").timestamp()
-            ends = [(count, self.charging.resolve(member, report.service_id, count)) for count in report.counts]
-            if not ends:
-                self.charging.resolve(member, report.service_id, EndCount("ingress", None, 0, 0))
-            for _, hop in ends:
-                self.charging.check_times(member, hop, start, end)
+            ends = self.charging.check_report(member, report)
         except ReportError as err:
             raise RPCError("invalid-value", str(err), info={"bad-element": err.element}) from None
-        for count, hop in ends:
-            dispute = self.charging.count(member, hop, count, start, end, time.time())
-            if dispute is not None:
-                log.warning("federation: dispute %d on service %s, link %s: %s counted %d keys, %s %d",
-                            dispute.dispute_id, dispute.service_id, dispute.hop, dispute.sender, dispute.sent[0],
-                            dispute.receiver, dispute.received[0])
+        for dispute in self.charging.take_report(member, report, ends, time.time()):
+            log.warning("federation: dispute %d on service %s, link %s: %s counted %d keys, %s %d",
+                        dispute.dispute_id, dispute.service_id, dispute.hop, dispute.sender, dispute.sent[0],
+                        dispute.receiver, dispute.received[0])
         ratings = self.charging.ratings(self.config.members, self.config.rating, time.time())
         if {m for m, r in ratings.items() if r.below_threshold} != self._view.flagged:
             self._wake()  # routing avoids the members flagged now, or may use them again
@@ -504,11 +501,7 @@ class FederationPlatform:
             raise RPCError("access-denied", f"user '{user}' may settle only the member it acts for, not {member}")
         if member not in self.memberships:
             raise RPCError("invalid-value", f"no member {member}", info={"bad-element": "member-id"})
-        begin, finish = parse_time(start, "period-start"), parse_time(end, "period-end")
-        if finish <= begin:
-            raise RPCError("invalid-value", f"period-end {end} is not after period-start {start}",
-                           info={"bad-element": "period-end"})
-        return settlement_output(self.charging.settle(member, begin.timestamp(), finish.timestamp(), (start, end)))
+        return settlement_output(self.charging.settle_period(member, start, end))
 
     # --- membership ---------------------------------------------------------------------
 
@@ -614,6 +607,44 @@ class FederationPlatform:
         self.sae_moves[sae] = member_id
         self._save()
         self._wake()
+
+    async def _take_offer(self, session: Session, op: etree._Element, _context) -> list[etree._Element]:
+        """The broker (Y.QKDNf 6.2): a member takes up another's offer, and the agreement between
+        the two is written with the offer's terms (see qi-federation take-offer)."""
+        member_id, offer_id, taker = FEDERATION.text(op, "member-id", ""), FEDERATION.text(op, "offer-id", ""), \
+            session.username
+        if taker not in self.memberships:
+            raise RPCError("access-denied", f"user '{taker}' is not a member: only a member takes up an offer")
+        if self.status_of(taker) != "admitted":
+            raise RPCError("access-denied", f"member {taker} is {self.status_of(taker)}: only an admitted member "
+                                            "takes up an offer")
+        config = FederationConfig.read(self.server.running())
+        offer = config.agreement_offers.get((member_id, offer_id))
+        if offer is None:
+            raise RPCError("invalid-value", f"member {member_id} has no offer {offer_id}",
+                           info={"bad-element": "offer-id"})
+        if member_id == taker:
+            raise RPCError("invalid-value", f"offer {offer_id} is member {taker}'s own",
+                           info={"bad-element": "member-id"})
+        if self.status_of(member_id) != "admitted":
+            raise RPCError("invalid-value", f"member {member_id} is {self.status_of(member_id)}: its offers cannot "
+                                            "be taken up", info={"bad-element": "member-id"})
+        if offer.open_to and taker not in offer.open_to:
+            raise RPCError("access-denied", f"offer {offer_id} of member {member_id} is open to "
+                                            f"{', '.join(offer.open_to)} only, not to {taker}")
+        existing = config.agreements.get(frozenset((member_id, taker)))
+        if existing is not None:
+            raise RPCError("data-exists", f"members {member_id} and {taker} are party to agreement "
+                                          f"{existing.agreement_id} already", info={"bad-element": "member-id"})
+        agreement_id = f"{member_id}-{taker}-{offer_id}"
+        if len(agreement_id) > 64:
+            agreement_id = "offer-" + hashlib.sha256(agreement_id.encode()).hexdigest()[:32]
+        if any(a.agreement_id == agreement_id for a in config.agreements.values()):
+            raise RPCError("data-exists", f"an agreement {agreement_id} exists already between other members",
+                           info={"bad-element": "offer-id"})
+        await self._update(lambda tree: add_agreement(tree, agreement_id, offer, taker))
+        log.info("federation: %s took up offer %s of %s: agreement %s", taker, offer_id, member_id, agreement_id)
+        return [FEDERATION.element("agreement-id", agreement_id)]
 
     async def _suspend(self, session: Session, op: etree._Element, _context) -> None:
         member_id = self._known_member(op)
@@ -807,6 +838,10 @@ class FederationPlatform:
         for element in FEDERATION.all(fed, "ratings/rating"):
             if FEDERATION.text(element, "member-id") != member:
                 element.getparent().remove(element)
+        for element in FEDERATION.all(fed, "offers/member-offers/offer"):
+            open_to = [(e.text or "").strip() for e in FEDERATION.all(element, "open-to")]
+            if FEDERATION.text(element.getparent(), "member-id") != member and open_to and member not in open_to:
+                element.getparent().remove(element)  # an offer made to others only
         applications = self.config.applications
         for element in FEDERATION.all(fed, "service-users/service-user"):
             name = FEDERATION.text(element, "user-name", "")
@@ -878,13 +913,7 @@ class FederationPlatform:
         self.charging.prune(self.config.rating.window, time.time())
         state = {"memberships": {m: asdict(s) for m, s in self.memberships.items()}, "sae-moves": self.sae_moves,
                  **self.charging.to_json()}
-        self._state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_file.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(state, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._state_file)
+        write_atomically(self._state_file, json.dumps(state, indent=1))
 
     def _load(self) -> None:
         if self._state_file is None or not self._state_file.exists():

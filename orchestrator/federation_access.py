@@ -2,7 +2,9 @@
 configuration whenever membership changes (see orchestrator/federation.py). Who sees which
 charging records, disputes and ratings depends on other leaves than keys, so the platform's
 access policy narrows those further (FederationPlatform.hide_others); settle is open to
-members and service users, each for its own member (checked by the platform)."""
+members and service users, each for its own member (checked by the platform). A member writes
+only its own agreement offers (offers/member-offers[member-id]); take-offer is open to
+applicants too, so that the platform can tell one it is not admitted yet."""
 from __future__ import annotations
 
 from lxml import etree
@@ -59,7 +61,9 @@ def access_rules(admins: list[str], memberships: dict[str, str], service_users: 
             own += [("permit", "create update delete", MODULE, "path",
                      f"{fed}/qi-fed:advertisements/qi-fed:advertisement[qi-fed:member-id='{member}']"),
                     ("permit", "create update delete", MODULE, "path",
-                     f"{fed}/qi-fed:members/qi-fed:member[qi-fed:member-id='{member}']/qi-fed:service-user")]
+                     f"{fed}/qi-fed:members/qi-fed:member[qi-fed:member-id='{member}']/qi-fed:service-user"),
+                    ("permit", "create update delete", MODULE, "path",
+                     f"{fed}/qi-fed:offers/qi-fed:member-offers[qi-fed:member-id='{member}']")]
         rule_list(f"self-{member}", [f"self-{member}"], own)
     base_operations = [("permit", "exec", "ietf-netconf", "rpc", op)
                        for op in ("get", "get-config", "edit-config", "validate", "commit", "close-session")]
@@ -69,13 +73,14 @@ def access_rules(admins: list[str], memberships: dict[str, str], service_users: 
             ("permit", "read", MODULE, "path", f"{fed}/qi-fed:service-users/qi-fed:service-user"
                                                f"[qi-fed:user-name='{user}']"),
             *[("deny", "read", MODULE, "path", f"{fed}/qi-fed:{part}")
-              for part in ("service-users/qi-fed:service-user", "members", "agreements", "advertisements",
-                           "services", "charging", "ratings")],
+              for part in ("service-users/qi-fed:service-user", "members", "agreements", "offers",
+                           "advertisements", "services", "charging", "ratings")],
             ("permit", "read", MODULE, "path", fed)])
     rule_list("member-operations", ["member"], [("permit", "exec", MODULE, "rpc", "withdraw"),
                                                 ("permit", "exec", MODULE, "rpc", "report-delivery"),
                                                 ("permit", "exec", MODULE, "rpc", "admit-service-user"),
-                                                ("permit", "exec", MODULE, "rpc", "move-sae")])
+                                                ("permit", "exec", MODULE, "rpc", "move-sae"),
+                                                ("permit", "exec", MODULE, "rpc", "take-offer")])
     # Both follow their services' status changes (the platform shows each only its own).
     rule_list("subscribers", ["member", "service-user"],
               [("permit", "exec", "notifications", "rpc", "create-subscription")])
@@ -91,10 +96,11 @@ def access_rules(admins: list[str], memberships: dict[str, str], service_users: 
     ])
     rule_list("applicants", ["applicant"], [
         ("permit", "exec", MODULE, "rpc", "withdraw"),
+        ("permit", "exec", MODULE, "rpc", "take-offer"),  # refused by the platform, saying why
         *[("permit", "exec", "ietf-netconf", "rpc", op) for op in ("get", "get-config", "close-session")],
         *[("deny", "read", MODULE, "path", f"{fed}/qi-fed:{part}")
-          for part in ("members/qi-fed:member", "agreements", "advertisements", "services", "charging",
-                       "ratings")],
+          for part in ("members/qi-fed:member", "agreements", "offers", "advertisements", "services",
+                       "charging", "ratings")],
         ("permit", "read", MODULE, "path", fed),
     ])
     rule_list("enrol", ["enrol"], [("permit", "exec", MODULE, "rpc", "apply-membership"),

@@ -7,9 +7,11 @@ what the provider's sharing policy allows of the domain's resources (border node
 links and the capacity offered on them), and keeps that advertisement current: when the domain
 changes (`update`) and when members join or leave (a link can only name a peer the platform
 knows). The advertisement is computed from the policy alone, so nothing of the domain's
-internal topology ever leaves the agent. It reports what its domain's key managers counted
-at the two ends of each segment of a cross-domain service, for charging, reads what the other
-members advertise (their border nodes and links towards it), and withdraws cleanly.
+internal topology ever leaves the agent. It publishes the member's agreement offers and takes
+up other members' (the broker: pre-established agreements, Y.QKDNf 6.2). It reports what its
+domain's key managers counted at the two ends of each segment of a cross-domain service, for
+charging, reads what the other members advertise (their border nodes and links towards it),
+and withdraws cleanly.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from typing import Any
 
 import asyncssh
 
-from models.federation import (Advertisement, DeliveryReport, ExternalLink, Node, Sae, advertisement_config,
-                               delivery_report, read_members)
+from models.federation import (Advertisement, AgreementOffer, DeliveryReport, ExternalLink, Node, Sae,
+                               advertisement_config, delivery_report, offer_config, read_members, take_offer)
 from models.ns import FEDERATION
 from netconf_core import ReconcileLoop, UnpinnedEndpoint, trusted_host_keys
 from netconf_core.client import NetconfClient, SessionClosedError
@@ -120,6 +122,7 @@ class FederationAgent:
         self.agent_address = agent_address
         self.agent_port = agent_port
         self.resources = DomainResources(())
+        self._described = False  # the domain has said what it has (join or update): nothing is advertised before
         self.advertised: Advertisement | None = None  # what the platform holds, as last written
         self._session: NetconfClient | None = None
         self._admitted = False
@@ -142,7 +145,7 @@ class FederationAgent:
 
     async def join(self, resources: DomainResources, timeout: float = 10.0) -> None:
         """Apply, wait for the administrator's admission, advertise."""
-        self.resources = resources
+        self.resources, self._described = resources, True
         await self.apply()
         await self.wait_admitted(timeout)
 
@@ -190,7 +193,7 @@ class FederationAgent:
 
     async def update(self, resources: DomainResources) -> None:
         """The domain changed: advertise what the policy allows of it now."""
-        self.resources = resources
+        self.resources, self._described = resources, True
         if self._admitted:
             await self._advertise()
 
@@ -224,7 +227,8 @@ class FederationAgent:
             nc = await self.session()
             await nc.create_subscription(filter=MEMBERSHIP_EVENTS)
             self._events = asyncio.get_running_loop().create_task(self._read_events(nc))
-        await self._advertise()
+        if self._described:  # a restarted agent does not wipe the advertisement before its domain is read
+            await self._advertise()
 
     async def _read_events(self, nc: NetconfClient) -> None:
         async for _ in nc.notifications():
@@ -245,6 +249,20 @@ class FederationAgent:
         advertisement must list it already: `FederatedDomain.sync` after attaching it)."""
         op = FEDERATION.element("move-sae", leaves={"sae-id": sae_id, "member-id": self.member_id})
         await (await self.session()).dispatch(op)
+
+    async def publish_offer(self, offer: AgreementOffer) -> None:
+        """Offer terms that a member admitted later may take up (the broker, Y.QKDNf 6.2)."""
+        await (await self.session()).edit_config(offer_config(replace(offer, member_id=self.member_id)))
+
+    async def withdraw_offer(self, offer_id: str) -> None:
+        """Take an offer back; the agreements already taken up from it stay."""
+        await (await self.session()).edit_config(offer_config(AgreementOffer(self.member_id, offer_id), "remove"))
+
+    async def take_offer(self, member_id: str, offer_id: str) -> str:
+        """Take up member `member_id`'s offer: returns the agreement the platform wrote."""
+        reply = await (await self.session()).dispatch(take_offer(member_id, offer_id))
+        found = next(reply.iter(FEDERATION("agreement-id")), None) if reply is not None else None
+        return (found.text or "").strip() if found is not None else ""
 
     async def report_delivery(self, report: DeliveryReport) -> None:
         """What the domain's key managers counted at the ends of its segment of a service since

@@ -15,8 +15,10 @@ Records. One per service, segment and agreement: a re-route closes the records o
 the service left and opens records for the new ones at their agreement's price. A record is
 billed on one hop: its segment's egress, or its ingress in the destination domain. Keys
 confirmed late for a closed record (reports lag) still go to it until a newer record of the
-same member takes its hop. Each record keeps its confirmed totals over time (a checkpoint per
-CHECKPOINT_S at most), so that a settlement can take a period.
+same member takes its hop; keys confirmed on a hop before any record is billed on it (a
+re-route's new hop, counted by both ends while the platform still sets up the other segments)
+go to its first record when it opens, so no record undercounts. Each record keeps its confirmed
+totals over time (a checkpoint per CHECKPOINT_S at most), so that a settlement can take a period.
 
 Ratings (ITU-T Y.QKDNf functional requirement 2). Over a sliding window, per member: keys its
 segments were given (their ingress counts) and delivered (their egress counts), as the
@@ -34,7 +36,10 @@ from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Iterable
 
-from models.federation import Charge, Dispute, EndCount, Rating, RatingPolicy, Settlement, SettlementLine
+from models.federation import (Charge, DeliveryReport, Dispute, EndCount, Rating, RatingPolicy, Settlement,
+                               SettlementLine)
+from netconf_core.errors import RPCError
+from netconf_core.notifications import parse_time
 
 CLOCK_TOLERANCE_S = 0.5  # readings closer than this (clock skew, keys in flight) are not compared
 CHECKPOINT_S = 60.0       # a record's confirmed totals are kept at most once per this, for settlements
@@ -73,6 +78,7 @@ class Hop:
     sent: EndTally = field(default_factory=EndTally)
     received: EndTally = field(default_factory=EndTally)
     records: list[int] = field(default_factory=list)  # the records billed on it
+    credited: tuple[int, int] = (0, 0)  # of `confirmed`, what the records were credited so far
 
     @property
     def key(self) -> str:
@@ -140,6 +146,12 @@ def amount(bits: int, price: Decimal) -> Decimal:
     return (Decimal(bits) / 1000 * price).quantize(MICRO, ROUND_HALF_EVEN)
 
 
+def _interval(report: DeliveryReport) -> tuple[float, float]:
+    """When the reporting agent read its key managers' counters (epoch seconds)."""
+    return (parse_time(report.read_start, "read-start").timestamp(),
+            parse_time(report.read_end, "read-end").timestamp())
+
+
 class ReportError(ValueError):
     """A report the platform cannot take; `element` names the input leaf at fault."""
 
@@ -178,6 +190,7 @@ class Charging:
         self.records[record.record_id] = record
         if hop is not None:
             hop.records = [r for r in hop.records if self.records[r].member_id != member] + [record.record_id]
+            self._credit(hop, now)  # what both ends confirmed before the platform opened it
         return record
 
     def close_records(self, service_id: str, keep: set[int], now: float) -> None:
@@ -206,6 +219,25 @@ class Charging:
         raise ReportError(f"member {member} has no segment of service {service_id} whose {count.end} is link "
                           f"{count.link_id}", "link-id")
 
+    def check_report(self, member: str, report: DeliveryReport) -> list[tuple[EndCount, Hop | None]]:
+        """Each count of a report with the hop it is for, once the report's service, links and
+        times check out (ReportError, or the RPCError of a malformed time, otherwise); nothing
+        is taken yet (take_report)."""
+        start, end = _interval(report)
+        ends = [(count, self.resolve(member, report.service_id, count)) for count in report.counts]
+        if not ends:  # an empty report still has to be of a service the member is on
+            self.resolve(member, report.service_id, EndCount("ingress", None, 0, 0))
+        for _, hop in ends:
+            self.check_times(member, hop, start, end)
+        return ends
+
+    def take_report(self, member: str, report: DeliveryReport, ends: list[tuple[EndCount, Hop | None]],
+                    now: float) -> list[DisputeRecord]:
+        """Take the counts check_report resolved; returns the disputes they revealed."""
+        start, end = _interval(report)
+        disputes = (self.count(member, hop, count, start, end, now) for count, hop in ends)
+        return [dispute for dispute in disputes if dispute is not None]
+
     def check_times(self, member: str, hop: Hop | None, read_start: float, read_end: float) -> None:
         if read_end < read_start:
             raise ReportError("read-end is before read-start", "read-end")
@@ -223,7 +255,6 @@ class Charging:
                    now)
         if hop is None:
             return None
-        before = hop.confirmed
         mine, other = (hop.sent, hop.received) if count.end == "egress" else (hop.received, hop.sent)
         mine.keys += count.keys
         mine.bits += count.bits
@@ -238,7 +269,7 @@ class Charging:
                 newer = older = None
             if newer is not None and (newer.keys < older.keys or newer.bits < older.bits):
                 dispute = self._dispute(hop, newer, older, now)
-        self._credit(hop, before, now)
+        self._credit(hop, now)
         return dispute
 
     def _dispute(self, hop: Hop, newer: EndTally, older: EndTally, now: float) -> DisputeRecord:
@@ -263,10 +294,14 @@ class Charging:
         flow[2] += requested
         flow[3] += delivered
 
-    def _credit(self, hop: Hop, before: tuple[int, int], now: float) -> None:
-        keys, bits = (max(0, a - b) for a, b in zip(hop.confirmed, before))
-        if not keys and not bits:
+    def _credit(self, hop: Hop, now: float) -> None:
+        """Credit the hop's records with what its two ends confirmed since the last credit. A
+        hop whose records are not open yet (the platform still sets up the route while keys
+        cross it) keeps what they confirm until its first record opens."""
+        keys, bits = (max(0, a - b) for a, b in zip(hop.confirmed, hop.credited))
+        if not hop.records or (not keys and not bits):
             return
+        hop.credited = hop.confirmed
         for record_id in hop.records:
             record = self.records[record_id]
             record.keys += keys
@@ -334,6 +369,15 @@ class Charging:
 
     # --- settlement --------------------------------------------------------------------------
 
+    def settle_period(self, member: str, start: str, end: str) -> Settlement:
+        """settle's answer for a period given as the RPC's date-and-time texts (RPCError
+        invalid-value when the period ends before it starts)."""
+        begin, finish = parse_time(start, "period-start"), parse_time(end, "period-end")
+        if finish <= begin:
+            raise RPCError("invalid-value", f"period-end {end} is not after period-start {start}",
+                           info={"bad-element": "period-end"})
+        return self.settle(member, begin.timestamp(), finish.timestamp(), (start, end))
+
     def settle(self, member: str, start: float, end: float, period: tuple[str, str]) -> Settlement:
         lines: dict[tuple, dict[str, Any]] = {}
         for record in sorted(self.records.values(), key=lambda r: r.record_id):
@@ -392,6 +436,7 @@ class Charging:
             charging.records[record.record_id] = record
         for raw in state.get("hops", []):
             hop = Hop(**{**raw, "sent": EndTally(**raw["sent"]), "received": EndTally(**raw["received"])})
+            hop.credited = tuple(raw["credited"]) if "credited" in raw else hop.confirmed  # older state: all credited
             charging.hops[hop.key] = hop
         for raw in state.get("disputes", []):
             dispute = DisputeRecord(**{**raw, **{k: tuple(raw[k]) for k in ("sent", "received", "disputed",

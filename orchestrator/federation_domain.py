@@ -17,6 +17,11 @@ orchestrator: a segment that degrades gets its deliveries reported before it goe
   operators need to exchange. A link no longer wanted (the peer, or this domain, left) stays
   while a segment of the domain still uses it: the platform moves services before it
   releases their old segments, and keys keep flowing meanwhile;
+- the domain's border key managers peered with the key managers across their inter-domain
+  links: each border node is advertised with its key manager's KM-to-KM URL (the key
+  manager's own peer-interface/url), and the URL a neighbour advertises for the far end is
+  written into the near end's qi-key-manager `peers` (added or changed, never removed: the
+  KM-to-KM TLS handshake checks the km-id, so a stale entry reaches nobody else);
 - the advertisement current: the border nodes, the SAEs the policy shares among those its key
   managers serve now (read from their qi-key-manager saes, with each one's description: an
   SAE that moves to another member's key manager moves to that member's advertisement, and
@@ -32,7 +37,9 @@ orchestrator: a segment that degrades gets its deliveries reported before it goe
   The platform bills a hop on what its two domains' reports both confirm. Counters are
   remembered per key manager, so a segment that moves away from a key manager and back
   never reports its keys twice; when a segment's end moves, or the segment goes, its old
-  end is read and reported once more.
+  end is read and reported once more. With a state directory these baselines (what was
+  reported, and where each segment's ends are counted) are kept in its `charging.json`, written
+  once the platform took a report: a restarted agent neither reports a key again nor loses one.
 It speaks NETCONF only: to the platform through the agent, to its strata and its key managers
 as any client.
 """
@@ -40,7 +47,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
+import pathlib
 import uuid
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -52,12 +61,13 @@ from lxml import etree
 
 from models.federation import DeliveryReport, EndCount
 from models.forwarding import ExternalLinkRequest, ForwardingView, QkdLink, external_links_config, links_delete
-from models.key_manager import COUNTERS_FILTER, KmCounters
+from models.key_manager import (CONFIG_FILTER, COUNTERS_FILTER, PEER_INTERFACE_FILTER, KmConfig, KmCounters, KmView,
+                                km_edit, peer_interface_url)
 from models.ns import KEY_MANAGER
 from models.intent import INTENTS_FILTER, IntentSpec, intent_elements, segment_intent as intent_edit
 from models.ns import INTENT, NW
 from models.service import SegmentEnds
-from netconf_core import ReconcileLoop
+from netconf_core import ReconcileLoop, write_atomically
 from netconf_core.client import SessionClosedError
 from netconf_core.errors import RPCError
 from netconf_core.link import DeviceLink, Endpoint
@@ -232,11 +242,12 @@ class CountedEnd:
 class FederatedDomain:
     """`key_managers`: how to reach the domain's own key managers, by km-id (their counters are
     what the domain reports for charging, their SAEs what it may advertise); `saes`: SAEs of
-    key managers not among them, advertised as given."""
+    key managers not among them, advertised as given; `state_dir`: where the charging baselines
+    are kept (None: in memory only)."""
 
     def __init__(self, agent: FederationAgent, border_links: tuple[BorderLink, ...], saes: tuple[Sae, ...],
                  forwarding: Endpoint, orchestrator: Endpoint, key_managers: dict[str, Endpoint],
-                 period: float = 1.0):
+                 period: float = 1.0, state_dir: pathlib.Path | str | None = None):
         self.agent = agent
         self.border_links = border_links
         self.saes = saes
@@ -249,6 +260,11 @@ class FederatedDomain:
         # what was reported: (km, counter, pair) -> (keys, bits); service -> (pair, end -> where counted)
         self.readings: dict[tuple[str, str, tuple[str, str]], tuple[int, int]] = {}
         self.ends: dict[str, tuple[tuple[str, str], dict[str, CountedEnd]]] = {}
+        # per border key manager, on its current session: its KM-to-KM URL, and the peers written
+        self._km_url: dict[str, tuple[object, str | None]] = {}
+        self._km_peers: dict[str, tuple[object, dict[str, str]]] = {}
+        self._state_file = pathlib.Path(state_dir) / "charging.json" if state_dir is not None else None
+        self._load()
         self._lock = asyncio.Lock()
         self._loop = ReconcileLoop(f"federated domain {agent.member_id}", self._pass, period=period,
                                    backoff_initial=None, expected=PASS_ERRORS, logger=log)
@@ -303,13 +319,14 @@ class FederatedDomain:
             in_use = {link for spec in (await self._segments()).values() if spec.segment
                       for link in (spec.segment.ingress_link, spec.segment.egress_link) if link}
             gone = sorted({l.id for l in fwd.links.values() if l.external} - {r.link_id for r in wanted} - in_use)
+            self.border_kms = {b.link_id: fwd.nodes[b.local_node].km_id for b in self.border_links
+                               if b.local_node in fwd.nodes}
             if stale:
                 await forwarding.edit_config(external_links_config(fwd.network_id, stale))
             if gone:
                 await forwarding.edit_config(links_delete(fwd.network_id, gone))
-            self.border_kms = {b.link_id: fwd.nodes[b.local_node].km_id for b in self.border_links
-                               if b.local_node in fwd.nodes}
-            resources = self._resources(fwd, await self._attached_saes())
+            await self._peer_border_kms(wanted, members)  # before keys cross: the link comes up first
+            resources = self._resources(fwd, await self._attached_saes(), await self._km_urls(fwd))
             if resources != self.agent.resources:
                 await self.agent.update(resources)
 
@@ -342,11 +359,51 @@ class FederatedDomain:
         fixed = [s for s in self.saes if s.km_id not in self.key_managers]
         return tuple(sorted((s for found in (*read, fixed) for s in found), key=lambda s: (s.sae_id, s.km_id)))
 
-    def _resources(self, fwd: ForwardingView, saes: tuple[Sae, ...]) -> DomainResources:
-        """What the policy may share: border nodes, SAEs, and each inter-domain link with the
-        key rate it had when it came up (0 while it is down)."""
+    async def _km_urls(self, fwd: ForwardingView) -> dict[str, str]:
+        """The KM-to-KM URL of each border node's key manager, as the key manager reports it."""
+        kms = sorted({fwd.nodes[b.local_node].km_id for b in self.border_links if b.local_node in fwd.nodes}
+                     & set(self.key_managers))
+
+        async def url(km_id: str) -> str | None:
+            """Read once per session: a key manager that restarts may serve elsewhere."""
+            nc = await self.key_managers[km_id].session()
+            session, known = self._km_url.get(km_id, (None, None))
+            if session is not nc:
+                known = peer_interface_url(await nc.get(("subtree", PEER_INTERFACE_FILTER)))
+                self._km_url[km_id] = (nc, known)
+            return known
+        return {km: found for km, found in zip(kms, await asyncio.gather(*(url(km) for km in kms))) if found}
+
+    async def _peer_border_kms(self, wanted: list[ExternalLinkRequest],
+                               members: dict[str, tuple[str, Advertisement | None]]) -> None:
+        """Each border key manager peered with the key manager across its link, at the URL the
+        neighbour advertises for it (see the module's docstring)."""
+        local_km = {b.link_id: self.border_kms.get(b.link_id) for b in self.border_links}
+        peers: dict[str, dict[str, str]] = {}
+        for request in wanted:
+            offer = members.get(request.peer_member, ("", None))[1]
+            far = next((n for n in offer.border_nodes if n.km_id == request.peer_km), None) if offer else None
+            near = local_km.get(request.link_id)
+            if far is not None and far.km_url and near in self.key_managers:
+                peers.setdefault(near, {})[far.km_id] = far.km_url
+        for km, want in sorted(peers.items()):
+            nc = await self.key_managers[km].session()
+            if self._km_peers.get(km) == (nc, want):
+                continue  # written (or found) on this session already
+            data = await nc.get_config(filter=("subtree", CONFIG_FILTER))
+            root = KEY_MANAGER.find(data, "key-manager") if data is not None else None
+            have = KmView.from_xml(root).config.peers if root is not None else {}
+            edit = km_edit(KmConfig(peers={k: have[k] for k in want if k in have}), KmConfig(peers=want))
+            if edit is not None:
+                await nc.edit_config(edit)
+            self._km_peers[km] = (nc, want)
+
+    def _resources(self, fwd: ForwardingView, saes: tuple[Sae, ...], km_urls: dict[str, str]) -> DomainResources:
+        """What the policy may share: border nodes (with their key managers' KM-to-KM URLs),
+        SAEs, and each inter-domain link with the key rate it had when it came up (0 while it
+        is down)."""
         local = {b.local_node for b in self.border_links}
-        nodes = tuple(Node(n.id, n.km_id, n.site or None, n.qkdn_id or None)
+        nodes = tuple(Node(n.id, n.km_id, n.site or None, n.qkdn_id or None, km_urls.get(n.km_id))
                       for n in sorted(fwd.nodes.values(), key=lambda n: n.id) if n.id in local)
         links = tuple(ExternalLink(b.link_id, b.local_node, b.peer_member, b.peer_node,
                                    self._capacity(b.link_id, fwd.links.get(b.link_id)), b.local_interface)
@@ -388,6 +445,7 @@ class FederatedDomain:
             for service_id in [s for s in self.ends if s not in segments]:
                 pair, ends = self.ends.pop(service_id)
                 await self._report(service_id, pair, ends, final=True)
+            self._save()
 
     def _counted_ends(self, spec: IntentSpec) -> dict[str, CountedEnd]:
         """Where the segment's two ends are counted (see the module's docstring); an end whose
@@ -431,7 +489,36 @@ class FederatedDomain:
                         " (dropped)" if final else "", err.message)
             if not final:
                 return
-        self.readings.update(readings)
+        if any(self.readings.get(key) != value for key, value in readings.items()):
+            self.readings.update(readings)
+            self._save()  # the platform took these: a restart must not report them again
+
+    def _save(self) -> None:
+        """Write the baselines atomically (a crash leaves the old file or the new one), when changed."""
+        if self._state_file is None:
+            return
+        readings = sorted(self.readings.items())
+        state = {"readings": [[km, counter, *pair, *value] for (km, counter, pair), value in readings],
+                 "ends": {service: {"pair": list(pair), "ends": {end: [w.link_id, w.km_id, w.counter]
+                                                                 for end, w in sorted(ends.items())}}
+                          for service, (pair, ends) in sorted(self.ends.items())}}
+        text = json.dumps(state, indent=1)
+        if self._saved == text:
+            return
+        write_atomically(self._state_file, text)
+        self._saved = text
+
+    def _load(self) -> None:
+        self._saved = None
+        if self._state_file is None or not self._state_file.exists():
+            return
+        state = json.loads(self._state_file.read_text())
+        self.readings = {(km, counter, (master, slave)): (keys, bits)
+                         for km, counter, master, slave, keys, bits in state.get("readings", [])}
+        self.ends = {service: ((entry["pair"][0], entry["pair"][1]),
+                               {end: CountedEnd(*where) for end, where in entry["ends"].items()})
+                     for service, entry in state.get("ends", {}).items()}
+        self._saved = self._state_file.read_text()
 
     async def _read_counters(self, km_id: str) -> KmCounters:
         nc = await self.key_managers[km_id].session()

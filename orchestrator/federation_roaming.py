@@ -11,11 +11,13 @@ Which member this domain is: the one given (`member_id`), or else the member tha
 services the platform shows this account (only its own member's), or else the member that
 advertises an SAE of this domain's key managers. While the service stratum knows no SAE of the
 domain (it has just started), an intent that may roam waits, unless it holds a service already
-(its SAE may have moved away). The service's id is `roam-<member>-<intent>` (a digest
+(its SAE may have moved away); a new one says so (`waiting_for_saes`: installing, its
+conditions' reason SaesUnknown). The service's id is `roam-<member>-<intent>` (a digest
 when that is too long), so that intents of two domains never share one.
 
 Falling back: once both SAEs are served by this domain again (an SAE moved home), the
-orchestrator releases the service and realises the intent locally, as any other; the keys
+orchestrator releases the service and realises the intent locally, as any other (an active
+intent goes through repairing, `back_home`, until its local session delivers); the keys
 stop for as long as a re-route takes (the local session needs the SAE pair the service's
 segment held). Failures, each with its reason: no platform configured; the platform cannot
 be reached; an SAE no member advertises; no member advertises an SAE of this domain; the
@@ -80,6 +82,7 @@ class Verdict:
     state: str
     reason: str
     federation: dict | None = None
+    unmet: str | None = None  # the reason of its conditions that do not hold, when not their usual one
 
     def status(self, previous: dict) -> dict:
         """The intent's status record (see models/intent.py intent_state)."""
@@ -93,12 +96,26 @@ class Verdict:
         for kind, (true, message) in holds.items():
             status = "true" if true else "false"
             before = previous.get("conditions", {}).get(kind, {})
-            conditions[kind] = {"status": status, "reason": CONDITION_REASONS[kind][0 if true else 1],
+            conditions[kind] = {"status": status, "reason": CONDITION_REASONS[kind][0] if true else
+                                (self.unmet or CONDITION_REASONS[kind][1]),
                                 "message": message, "last-transition-time": before.get("last-transition-time")
                                 if before.get("status") == status else timestamp()}
         paths = [{"in-use": self.state in lifecycle.REALISED, "hops": [], "domains": route}] if route else []
         return {"federation": self.federation, "paths": paths, "conditions": conditions, "session": None,
                 "steer": [], "observed-rate": None, "available-rate": None}
+
+
+def waiting_for_saes(spec: IntentSpec) -> Verdict:
+    """Where a new intent that may roam stands while the service stratum reports no SAE."""
+    return Verdict("installing", f"waiting for the service stratum, which reports no SAE of this domain's key "
+                                 f"managers yet: whether {spec.source_sae} and {spec.destination_sae} are served here "
+                                 "or the intent must roam to another member is not known", unmet="SaesUnknown")
+
+
+def back_home(service: str) -> str:
+    """Why a roaming intent is realised in its domain again."""
+    return (f"both SAEs are served by this domain again: federation service {service} released, realising the "
+            "intent locally")
 
 
 class Roaming:

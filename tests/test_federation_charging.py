@@ -303,3 +303,26 @@ def test_disputes_records_and_ratings_survive_a_platform_restart(tmp_path):
         data = await state(fed.admin)
         assert int(records(data)[("B", "s1", "a-b")]["keys"]) == 6 and len(read_disputes(data)) == 1
     run(scenario, store_dir=tmp_path)
+
+
+def test_keys_confirmed_on_a_new_hop_before_its_record_opens_are_billed_to_that_record():
+    """After a re-route, both ends of the new hop may report before the platform has opened the
+    hop's record (it still sets up the other segments): the record gets those keys when it opens."""
+    from orchestrator.federation_charging import Charging
+
+    charging = Charging()
+    hop = charging.hop("s", "A", "a3-d1", "D", "d1-a3")
+    t = 1000.0
+    charging.count("A", hop, EndCount("egress", "a3-d1", 4, 4 * KEY_BITS), t, t + 0.01, t)
+    charging.count("D", hop, EndCount("ingress", "d1-a3", 4, 4 * KEY_BITS), t + 1, t + 1.01, t + 1)
+    assert hop.confirmed == (4, 4 * KEY_BITS)
+    record = charging.open_record("A", "s", "A", 0, hop, None, Decimal(0), t + 2)
+    assert (record.keys, record.bits) == (4, 4 * KEY_BITS)
+    # Saved and read back: what was credited is not credited again; what follows is.
+    charging = Charging.from_json(charging.to_json())
+    hop, record = charging.hops[hop.key], charging.records[record.record_id]
+    charging.count("A", hop, EndCount("egress", "a3-d1", 0, 0), t + 3, t + 3.01, t + 3)
+    assert record.keys == 4
+    charging.count("A", hop, EndCount("egress", "a3-d1", 2, 2 * KEY_BITS), t + 4, t + 4.01, t + 4)
+    charging.count("D", hop, EndCount("ingress", "d1-a3", 2, 2 * KEY_BITS), t + 5, t + 5.01, t + 5)
+    assert (record.keys, record.bits) == (6, 6 * KEY_BITS)

@@ -226,6 +226,7 @@ def test_a_cut_inter_domain_link_is_advertised_down_and_routed_around_and_chargi
     async def scenario(fed: FederatedStack, user: NetconfClient) -> None:
         await routed(user, ["A", "B", "C"])
         before = await keys_match(fed, 4)
+        await report_all(fed)  # both ends of every hop have counted those keys
         # B, in transit, claims it passed a million keys on to C: C's key managers say otherwise.
         now = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
         await fed.members["B"].agent.report_delivery(DeliveryReport("s1", now, now, (
@@ -298,3 +299,46 @@ def test_federation_demo_runs_every_step_and_ends_with_its_summary():
     assert "active through A, D, C" in result.stdout and "agreement B-C" in result.stdout
     assert "agreement C-D" in result.stdout and "no disputes" in result.stdout and "rating D:" in result.stdout
     assert '"key"' not in result.stdout and "shutting down" in result.stdout
+    # The closing summary says what roaming, mobility, charging, settlement and ratings came to.
+    closing = result.stdout[result.stdout.rindex("\nFEDERATION\n"):result.stdout.rindex("\nSUMMARY\n")]
+    lines = {line.strip().partition(": ")[0]: line.strip().partition(": ")[2] for line in closing.splitlines()[2:]}
+    for part, what in (("roaming", "intent to-bank-a of C (sae-c -> sae-a) served by service roam-C-to-bank-a"),
+                       ("mobility", "sae-c moved from C to D; both services re-routed in"),
+                       ("charging", "confirmed by both ends of every hop; no disputes"),
+                       ("settlement", "A owes"), ("ratings", "(delivery ")):
+        assert what in lines.get(part, ""), closing
+    assert "keys match for both after the move" in closing and "not reached" not in closing
+
+
+def test_a_restarted_agent_neither_reports_a_key_again_nor_loses_one(tmp_path):
+    """B's agent (the transit domain's) restarts mid-service with the member's key: it reads what
+    it had reported from its state directory, so its totals stay true and no dispute follows."""
+    async def main() -> None:
+        async with FederatedStack(embedded_topology("federation.yaml")) as fed:
+            agent_state = tmp_path / "B-agent"
+            old = fed.members["B"]  # B's agent keeps its baselines in a state directory
+            await old.stop()
+            fed.members["B"] = fed.member("B", old.agent.key, agent_state)
+            await fed.members["B"].start(WAIT_S)
+            await fed.federate(WAIT_S)
+            user = await fed.connect(service_user("A"))
+            try:
+                await user.edit_config(service_request("s1", "A", ("sae-a", "A"), ("sae-c", "C"), 10000))
+                await routed(user, ["A", "B", "C"])
+                before = await keys_match(fed, 4)
+                await report_all(fed)
+                assert (agent_state / "charging.json").exists()
+                old = fed.members["B"]
+                await old.stop()
+                fed.members["B"] = restarted = fed.member("B", old.agent.key, agent_state)
+                await restarted.start(WAIT_S)
+                await restarted.agent.wait_admitted(WAIT_S)
+                assert restarted.readings == old.readings
+                after = await keys_match(fed, 3)
+                await report_all(fed)
+                assert await billed(fed) == {("A", None): before + after, ("B", "A-B"): before + after,
+                                             ("C", "B-C"): before + after}
+                assert read_disputes(await charging(fed)) == {}
+            finally:
+                user.close()
+    asyncio.run(asyncio.wait_for(main(), SCENARIO_S))

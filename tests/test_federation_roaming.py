@@ -429,3 +429,91 @@ def test_an_sae_that_moves_domains_keeps_its_service_with_keys_matching_and_char
                 assert not still_open, "a record of the old route is still open after the move"
     asyncio.run(asyncio.wait_for(scenario(), 300))
 
+
+
+def test_border_key_managers_peer_from_the_advertisements(federation):
+    """Each domain advertises its border key managers' KM-to-KM URLs; the neighbour's agent
+    writes the far end's into its own border key manager's peers (no deployment holds them)."""
+    async def scenario(fed: FederatedStack) -> None:
+        async def read(km: str, kind: str) -> etree._Element:
+            row = next(r for r in fed.host.table() if r.id == km)
+            domain = km.split("-")[1][0].upper()
+            async with await fed.stacks[domain].endpoint(km, row.port, row.host_key).connect() as nc:
+                if kind == "state":
+                    return await nc.get(("subtree", f'<key-manager xmlns="{KEY_MANAGER}"><peer-interface/>'
+                                                    "</key-manager>"))
+                return await nc.get_config(filter=("subtree", f'<key-manager xmlns="{KEY_MANAGER}"><peers/>'
+                                                              "</key-manager>"))
+        async with await fed.connect(ADMIN) as admin:
+            members = read_members(await admin.get(("subtree", f'<federation xmlns="{FED}"><members/>'
+                                                               "<advertisements/></federation>")))
+        b1 = next(n for n in members["B"][1].border_nodes if n.node_id == "qkd-b1")
+        own_url = (await read("km-b1", "state")).findtext(f".//{{{KEY_MANAGER}}}peer-interface/{{{KEY_MANAGER}}}url")
+        assert (b1.km_id, b1.km_url) == ("km-b1", own_url) and own_url
+        peers = await read("km-a2", "config")
+        urls_of = {p.findtext(f"{{{KEY_MANAGER}}}km-id"): p.findtext(f"{{{KEY_MANAGER}}}url")
+                   for p in peers.iter(f"{{{KEY_MANAGER}}}peer")}
+        assert urls_of.get("km-b1") == own_url
+    run(federation, scenario)
+
+
+def test_a_roaming_intent_whose_sae_comes_home_becomes_local_and_releases_the_service(federation):
+    """Falling back: sae-c, served by C, is attached to A's km-a2; the intent of A no longer
+    roams: the orchestrator releases the platform's service and realises it in A."""
+    async def scenario(fed: FederatedStack) -> None:
+        service = service_name("A", "home")
+        async with await orchestrator(fed) as nc, aiohttp.ClientSession() as http:
+            await nc.edit_config(intent_xml("home", "sae-a", "sae-c"))
+            try:
+                intent = await intent_in(nc, "home", "active")
+                assert intent["federation"]["destination-domain"] == "C"
+                await keys_until(http, fed, ["km-c3"], "keys while roaming")
+                await attach(fed, "A", "km-a2", "sae-c", "merge")
+                await until(lambda: _no_service(fed, service), "the platform's service released")
+
+                async def local() -> dict | None:
+                    found = await intent_of(nc, "home")
+                    return found if found.get("state") == "active" and not found.get("federation") else None
+                intent = await until(local, "intent home active in A alone")
+                assert intent["reason"].startswith("keys flow over"), intent["reason"]
+                assert all(c["status"] == "true" for c in intent["conditions"] if c["type"] == "ready")
+                where, keys = await keys_until(http, fed, ["km-a2"], "keys within A")
+                assert where == "km-a2" and len(keys) == 4
+                for domain in ("B", "C", "D"):
+                    await until(lambda: _no_segment(fed, domain), f"no segment intent left in {domain}")
+            finally:
+                await remove_intent(nc, "home")
+                await until(lambda: _gone(nc, "home"), "intent home removed")
+                await until(lambda: _detached(fed, "A", "km-a2", "sae-c"), "sae-c detached from km-a2 once its "
+                                                                           "session went")
+    run(federation, scenario)
+
+
+async def _detached(fed: FederatedStack, domain: str, km: str, sae: str) -> bool:
+    """Detach the SAE; False while a session of the key manager still names it."""
+    try:
+        await attach(fed, domain, km, sae, "remove")
+    except RPCError:
+        return False
+    return True
+
+
+def test_a_roaming_intent_says_why_it_waits_while_the_service_stratum_knows_no_sae():
+    """A domain whose service stratum reports no SAE (here: a network without key managers): a
+    new intent that may roam waits, saying so in its reason and conditions, instead of silently."""
+    from devices.base import DEMO_PASSWORDS
+    from tools.stack import Stack
+
+    async def scenario() -> None:
+        stack = Stack(embedded_topology("entanglement.yaml"), passwords=DEMO_PASSWORDS, insecure_sae_header=True)
+        await stack.start()
+        try:
+            async with await stack.endpoint("orchestrator", stack.orchestrator.port).connect() as nc:
+                await nc.edit_config(intent_xml("early", "sae-a", "sae-c"))
+                intent = await intent_in(nc, "early", "installing", "reports no SAE of this domain's key managers")
+                assert "whether sae-a and sae-c are served here or the intent must roam" in intent["reason"]
+                assert {c["type"]: (c["status"], c["reason"]) for c in intent["conditions"]} == {
+                    kind: ("false", "SaesUnknown") for kind in ("federated", "path-found", "ready")}
+        finally:
+            await stack.stop()
+    asyncio.run(asyncio.wait_for(scenario(), 120))

@@ -6,7 +6,8 @@ intents in place, and the orchestrator's memory);
 `keys` times ETSI 014 enc_keys and dec_keys while undelivered keys pile up; `chaos` soaks the
 closed loop in random faults and checks its invariants; `push` times YANG-Push on-change
 notifications from edit-config to subscriber; `fabric` times the fidelity-aware entanglement
-planner; `console` times the operator's console in a browser (first render, update latency)."""
+planner; `federation` times re-routes across a federation (trigger to keys on the new route);
+`console` times the operator's console in a browser (first render, update latency)."""
 from __future__ import annotations
 
 import argparse
@@ -70,6 +71,11 @@ def register(subparsers) -> None:
     from tools import bench_fabric  # light: it imports the planner only when it runs
 
     bench_fabric.add_arguments(fabric)
+    federation = targets.add_parser("federation", help="re-routes across a federation (a border link cut, a "
+                                                       "move-sae): trigger to keys flowing on the new route")
+    from tools import bench_federation  # light: it imports the federated stack only when it runs
+
+    bench_federation.add_arguments(federation)
     console = targets.add_parser("console", help="the operator's console in headless chromium: first full render "
                                                  "and notification-to-page latency, 100 and 1,000 nodes")
     from tools import bench_console  # light: it imports the stack and the browser only when it runs

@@ -1,6 +1,7 @@
 """`qstrata run LEVEL --config FILE`: run one level alone (twin, devices, connectivity,
-forwarding, service, fabric, entanglement, orchestrator, federation or federation-agent) from its deployment file
-(docs/deployment.md) until SIGTERM or Ctrl-C. `twin` is a network's twin service (docs/twin-service.md), which the
+forwarding, service, fabric, entanglement, orchestrator, federation, federation-agent or federation-peer) from
+its deployment file (docs/deployment.md) until SIGTERM or Ctrl-C. `twin` is a network's twin service
+(docs/twin-service.md), which the
 devices of that network, in one process or several, share.
 
 The level needs nothing but the file and the network: it listens where the file says, lets in
@@ -111,6 +112,10 @@ def build(d: Deployment):
     """The level's object (start/stop), as the deployment describes it."""
     if d.level == "twin":
         return _twin_service(d)
+    if d.level == "federation-peer":
+        from tools.peering_deploy import peer_level
+
+        return peer_level(d)
     if d.level in FEDERATION_LEVELS:
         from tools.federation_deploy import agent_level, platform_level
 

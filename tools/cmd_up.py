@@ -635,7 +635,8 @@ def plan_federation(topology: Topology, topology_file: pathlib.Path | None, stat
             Peer("platform", *platform_address, "enrol", password=passwords["enrol"], host_key=public[(PLATFORM, "")]),
             peer("forwarding", ports[domain]["forwarding"], public[(domain, "forwarding")]),
             peer("orchestrator", ports[domain]["orchestrator"], public[(domain, "orchestrator")]),
-            *(peer(row.name, row.port, row.host_key) for row in device_rows if row.name in kms)), None,
+            *(peer(row.name, row.port, row.host_key) for row in device_rows if row.name in kms)),
+            state_dir / domain / "agent",
             FederationAgentPart(
                 domain, _member_key_file(state_dir, domain), "platform", "forwarding", "orchestrator",
                 border_links=tuple(BorderLinkEntry(b.link_id, b.local_node, b.local_interface, b.peer_member,

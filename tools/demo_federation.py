@@ -13,7 +13,8 @@ them; the payer's settlement for the period and the members' ratings. Then roami
 does not serve; the intent (allow-federation) is escalated to the platform and served across
 the domains. And mobility: sae-c moves to D's key manager km-d2 (D attaches it and calls
 move-sae; C detaches it once its segments are released); both services follow it and their
-keys match again. It ends with a summary; the exit code is 0 only if every step succeeded.
+keys match again. It ends with a summary: what roaming, mobility, charging, the settlement and
+the ratings came to, then every step; the exit code is 0 only if every step succeeded.
 """
 from __future__ import annotations
 
@@ -47,8 +48,20 @@ def service_state(data: etree._Element | None, service_id: str = SERVICE_ID) -> 
             "segments": [(s.domain, s.ingress, s.egress, s.intent, s.status) for s in service.segments]}
 
 
+SUMMARY_LINES = ("roaming", "mobility", "charging", "settlement", "ratings")
+
+
 class FederationDemo(Steps):
+    figures: dict[str, str]  # what the summary shows of each part of the story, as it happened
+
+    def summary(self) -> int:
+        print("\nFEDERATION", flush=True)
+        for part in SUMMARY_LINES:
+            print(f"  {part}: {self.figures.get(part, 'not reached')}", flush=True)
+        return super().summary()
+
     async def run(self) -> int:
+        self.figures = {}
         from devices.topology import embedded_topology
         from tools.federated_stack import FederatedStack
 
@@ -152,6 +165,9 @@ class FederationDemo(Steps):
             if totals != wanted or read_disputes(data):
                 raise StepFailed(f"charged keys {totals}, but {wanted} were delivered; disputes "
                                  f"{list(read_disputes(data).values())}")
+            self.figures["charging"] = (f"{before + after} keys, each billed on the agreement that carried it "
+                                        f"(B-C {before}, C-D {after}), confirmed by both ends of every hop; "
+                                        "no disputes")
             return (f"{before + after} keys delivered end to end, each charged on the segment and agreement that "
                     f"carried it and confirmed by both ends of its hop: C {before} under B-C then {after} under "
                     f"C-D, B {before}, D {after}; no disputes")
@@ -172,6 +188,12 @@ class FederationDemo(Steps):
                          f"{r.disputes}, score {r.score}" + (" (below the threshold)" if r.below_threshold else ""))
             if bill.payable <= 0 or set(ratings) != set(fed.members):
                 raise StepFailed(f"settlement {bill} / ratings {ratings} incomplete")
+            self.figures["settlement"] = f"{PAYER} owes {bill.payable} credits: " + "; ".join(
+                f"{line.counterparty} {line.amount} under {line.agreement}" for line in bill.lines if
+                line.direction == "payable")
+            self.figures["ratings"] = ", ".join(
+                f"{m} {r.score} (delivery {r.delivery_ratio}, availability {r.availability}, {r.disputes} disputes)"
+                + (" below the threshold" if r.below_threshold else "") for m, r in sorted(ratings.items()))
             return (f"{PAYER} owes {bill.payable} credits for the period over {len(bill.lines)} lines; ratings of "
                     f"{', '.join(f'{m} {r.score}' for m, r in sorted(ratings.items()))}")
 
@@ -189,6 +211,8 @@ class FederationDemo(Steps):
                         await asyncio.sleep(POLL_S)
             route = intent["federation"]["domains"]
             segments = ", ".join(f"{s['domain']} {s['status']}" for s in intent["federation"]["segments"])
+            self.figures["roaming"] = (f"intent {ROAMING_INTENT} of {HOME} ({DESTINATION[0]} -> {SOURCE[0]}) served by "
+                                       f"service {intent['federation']['service']} through {', '.join(route)}")
             return (f"intent {ROAMING_INTENT} of {HOME}'s orchestrator, {DESTINATION[0]} -> {SOURCE[0]} (not served "
                     f"by {HOME}): escalated as service {intent['federation']['service']}, active through "
                     f"{', '.join(route)} (segments: {segments})")
@@ -219,6 +243,9 @@ class FederationDemo(Steps):
                     await asyncio.sleep(POLL_S)
             took = asyncio.get_running_loop().time() - moved
             km[DESTINATION[0]] = VISITED_KM
+            self.figures["mobility"] = (f"{DESTINATION[0]} moved from {DESTINATION[1]} to {VISITED}; both services "
+                                        f"re-routed in {took:.1f} s (" + "; ".join(
+                                            f"{s} through {', '.join(states[s].route)}" for s in wanted) + ")")
             async with asyncio.timeout(self.timeout):  # C's segments go: its operator lets the SAE go
                 while True:
                     try:
@@ -236,7 +263,9 @@ class FederationDemo(Steps):
             async with asyncio.timeout(self.timeout):
                 while True:
                     try:
-                        return "; ".join([await keys(), await keys(DESTINATION[0], SOURCE[0])])
+                        matched = "; ".join([await keys(), await keys(DESTINATION[0], SOURCE[0])])
+                        self.figures["mobility"] += "; keys match for both after the move"
+                        return matched
                     except StepFailed as err:
                         self.say(f"not yet: {err}")
                         await asyncio.sleep(POLL_S)

@@ -32,6 +32,8 @@ import yaml
 LEVELS = ("devices", "connectivity", "forwarding", "service", "orchestrator", "twin")
 FEDERATION_LEVELS = ("federation", "federation-agent")   # the platform; one member domain's agent
 LEVELS += FEDERATION_LEVELS
+PEER_LEVEL = "federation-peer"
+LEVELS += (PEER_LEVEL,)   # one provider's peering agent, with no platform (tools/peering_deploy.py)
 ENTANGLEMENT_LEVELS = ("fabric", "entanglement")   # the fabric controller; the entanglement service controller
 LEVELS += ENTANGLEMENT_LEVELS
 CONTROLLERS = ("connectivity", "forwarding", "service")
@@ -235,8 +237,29 @@ class FederationAgentPart:
     border_key_managers: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PeeringPart:
+    """Who the provider is, who its peer is (the `peer` entry of peers is the peer's agent, which
+    this provider logs in to as `member_id` with that entry's private_key_file; the peer logs in
+    here as `peer_member_id` with `peer_public_key`), its forwarding controller and orchestrator
+    peers (the other peers are its key managers), and what it shares (from `topology`)."""
+
+    member_id: str
+    peer: str
+    peer_member_id: str
+    peer_public_key: str
+    forwarding: str
+    orchestrator: str
+    topology: pathlib.Path
+    member_name: str | None = None
+    peer_member_name: str | None = None
+    capacity_share: float = 1.0
+    # border key manager (a peer) -> {the key manager across the link: its KM-to-KM URL}
+    border_key_managers: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
 Part = DevicesPart | ForwardingPart | ServicePart | OrchestratorPart | TwinPart | FederationPart | FederationAgentPart
-Part |= FabricPart | EntanglementPart
+Part |= FabricPart | EntanglementPart | PeeringPart
 
 
 @dataclass(frozen=True)
@@ -256,7 +279,7 @@ class Deployment:
         """The peers the level section names (the other peers are the level's devices)."""
         return {value for key, value in dataclasses.asdict(self.part).items()
                 if key in ("connectivity", "forwarding", "service", "platform", "orchestrator", "fabric",
-                           "entanglement") and value} \
+                           "entanglement", "peer") and value} \
             if self.part else set()
 
     def device_peers(self) -> list[Peer]:
@@ -394,6 +417,8 @@ def _deployment(r: _Reader, data: Any) -> Deployment | None:
         return None
     if level == "twin":
         return _twin_deployment(r, data)
+    if level == PEER_LEVEL:
+        return _peer_deployment(r, data)
     if level in FEDERATION_LEVELS:
         return (_platform_deployment if level == "federation" else _agent_deployment)(r, data)
     # The orchestrator keeps its datastores with its intent store (orchestrator.intent_store).
@@ -446,6 +471,7 @@ def _users(r: _Reader, value: Any, level: str) -> tuple[Login, ...]:
         r.fail("users", f"must be a non-empty list of users, got {_kind(value)}")
         return ()
     allowed = (PLATFORM_ADMIN, ENROLMENT, SERVICE_USER) if level == "federation" else \
+        (PLATFORM_ADMIN, SERVICE_USER) if level == PEER_LEVEL else \
         (READ_WRITE, READ_ONLY) + ((INTENT_WRITER,) if level == "orchestrator" else ())
     users = []
     for index, item in enumerate(value):
@@ -618,7 +644,7 @@ def _agent_deployment(r: _Reader, data: dict) -> Deployment | None:
     peers (the platform, the domain's forwarding controller and orchestrator, its key
     managers) and the federation-agent section."""
     level = "federation-agent"
-    r.mapping(data, "(top)", ("level", "peers", level), ("name",))
+    r.mapping(data, "(top)", ("level", "peers", level), ("name", "state_dir"))
     name = r.string(data, "name", "") or level
     peers = _peers(r, data.get("peers", []))
     names = {p.name for p in peers}
@@ -695,9 +721,113 @@ def _agent_deployment(r: _Reader, data: dict) -> Deployment | None:
                                                         (platform, forwarding, orchestrator)])
     if r.problems or None in (member_id, key_file, platform, forwarding, orchestrator):
         return None
-    return Deployment(level, name, None, (), peers, None, FederationAgentPart(
+    return Deployment(level, name, None, (), peers, r.path(data, "state_dir", ""), FederationAgentPart(
         member_id, key_file, platform, forwarding, orchestrator, member_name, fm_address, fm_port, topology,
         tuple(links), tuple(saes), float(share), share_with, tuple(service_users), border_kms))
+
+
+def _peer_deployment(r: _Reader, data: dict) -> Deployment | None:
+    """A federation-peer file: one provider's peering agent, with no platform."""
+    level = PEER_LEVEL
+    r.mapping(data, "(top)", ("level", "listen", "users", "peers", level), ("name", "state_dir"))
+    name = r.string(data, "name", "") or level
+    listen = _listen(r, data.get("listen"), level) if "listen" in data else None
+    users = _users(r, data.get("users"), level) if "users" in data else ()
+    peers = _peers(r, data.get("peers", []))
+    names = {p.name: p for p in peers}
+    state_dir = r.path(data, "state_dir", "")
+    m = r.mapping(data.get(level), level, ("member_id", "peer", "peer_member_id", "peer_public_key", "forwarding",
+                                           "orchestrator", "topology"),
+                  ("member_name", "peer_member_name", "capacity_share", "border_key_managers")) \
+        if level in data else None
+    if users and not any(u.access == PLATFORM_ADMIN for u in users):
+        r.fail("users", f"the peering agent needs a user with access {PLATFORM_ADMIN} (its operator)")
+    if m is None:
+        return None
+
+    def role(key: str) -> str | None:
+        peer = r.string(m, key, level)
+        if peer is not None and peer not in names:
+            r.fail(f"{level}.{key}", f"no peer named {peer!r} in peers (peers: {', '.join(sorted(names)) or 'none'})")
+        return peer
+
+    member_id, peer_member = r.string(m, "member_id", level), r.string(m, "peer_member_id", level)
+    peer, forwarding, orchestrator = role("peer"), role("forwarding"), role("orchestrator")
+    if member_id is not None and member_id == peer_member:
+        r.fail(f"{level}.peer_member_id", f"a provider does not peer with itself ({member_id})")
+    for index, login in enumerate(users):
+        if login.name in (member_id, peer_member):
+            r.fail(f"users[{index}].name", f"{login.name!r} is a member's name: the peer logs in as its member_id")
+    peer_key = r.public_key(m["peer_public_key"], f"{level}.peer_public_key") if "peer_public_key" in m else None
+    if peer in names:
+        index, entry = list(names).index(peer), names[peer]
+        if member_id is not None and entry.user != member_id:
+            r.fail(f"peers[{index}].user", f"the peer's agent knows this provider as its member_id {member_id!r}, "
+                                           f"not {entry.user!r}")
+        if entry.private_key_file is None:
+            r.fail(f"peers[{index}]", "the peer's agent lets this provider in by its key: give private_key_file "
+                                      "(the provider's key, whose public line the peer's deployment holds)")
+    share = m.get("capacity_share", 1.0)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        r.fail(f"{level}.capacity_share", f"must be a number within 0..1, got {share!r}")
+        share = 1.0
+    topology = r.file(m, "topology", level)
+    if topology is not None and member_id and peer_member:
+        _check_peer_topology(r, topology, member_id, peer_member,
+                        [p for p in peers if p.name not in (peer, forwarding, orchestrator)])
+    border_kms = _peer_border_key_managers(r, m.get("border_key_managers", {}), set(names) - {peer, forwarding,
+                                                                                        orchestrator})
+    if r.problems or listen is None or None in (member_id, peer_member, peer_key, peer, forwarding, orchestrator,
+                                                topology):
+        return None
+    return Deployment(level, name, listen, users, peers, state_dir, PeeringPart(
+        member_id, peer, peer_member, peer_key, forwarding, orchestrator, topology,
+        r.string(m, "member_name", level), r.string(m, "peer_member_name", level), float(share), border_kms))
+
+
+def _peer_border_key_managers(r: _Reader, raw: Any, key_managers: set[str]) -> dict[str, dict[str, str]]:
+    level = PEER_LEVEL
+    if not isinstance(raw, dict):
+        r.fail(f"{level}.border_key_managers", "must map each border key manager to its peers' KM-to-KM URLs")
+        return {}
+    out = {}
+    for km, far in raw.items():
+        path = f"{level}.border_key_managers.{km}"
+        if km not in key_managers:
+            r.fail(path, "not one of the key managers in peers")
+        elif not isinstance(far, dict) or not all(isinstance(k, str) and isinstance(v, str) and
+                                                  v.startswith(("https://", "http://")) for k, v in far.items()):
+            r.fail(path, "must map each key manager across the link to its KM-to-KM URL (https://HOST:PORT)")
+        else:
+            out[str(km)] = dict(far)
+    return out
+
+
+def _check_peer_topology(r: _Reader, topology_file: pathlib.Path, member_id: str, peer_member: str, key_managers: list) -> None:
+    """Both members are domains of the topology, joined by an inter-domain link; the other
+    peers are the provider's key managers."""
+    from devices.topology import TopologyError, load_topology
+
+    level = PEER_LEVEL
+    try:
+        topology = load_topology(topology_file)
+    except TopologyError as error:
+        r.fail(f"{level}.topology", f"not a valid topology: {error.problems[0]}")
+        return
+    for key, member in (("member_id", member_id), ("peer_member_id", peer_member)):
+        if member not in topology.domains:
+            r.fail(f"{level}.{key}", f"no domain {member!r} in topology {topology.name} "
+                                     f"(domains: {', '.join(topology.domains) or 'none'})")
+            return
+    if not any({topology.domain_of(s.a.node), topology.domain_of(s.b.node)} == {member_id, peer_member}
+               for s in topology.inter_domain_spans()):
+        r.fail(f"{level}.topology", f"no inter-domain link joins {member_id} and {peer_member} in topology "
+                                    f"{topology.name}")
+    own = {km.id for km in topology.domain_part(member_id).key_managers}
+    for peer in key_managers:
+        if peer.name not in own:
+            r.fail("peers", f"{peer.name!r} is none of {level}.peer, .forwarding, .orchestrator, nor a key manager "
+                            f"of domain {member_id} ({', '.join(sorted(own))})")
 
 
 def _list(r: _Reader, m: dict, key: str, path: str) -> list:

@@ -5,7 +5,8 @@ One device host runs the whole plant: one twin and one key network (the key mana
 classical channel spans the domains, as real key managers reach each other over the
 Internet). Each domain runs its own stratum controllers and orchestrator over its own devices
 (a domain `Stack`), and beside its orchestrator a `FederatedDomain` with its FederationAgent,
-whose Fm endpoint is the orchestrator itself: the platform reaches it with its own SSH key,
+whose Fm endpoint is the orchestrator itself (it peers the domain's border key managers with
+their neighbours' from the advertisements): the platform reaches it with its own SSH key,
 authorised there as the account `federation`, and asks for segments as intents. The platform
 starts first: each orchestrator reaches it as its domain's service-layer account
 (`users-<domain>`, host key pinned) to escalate roaming intents.
@@ -32,8 +33,8 @@ from models.federation import ServiceRequest, service_config
 from orchestrator.federation import ENROL_USER, FederationPlatform
 from orchestrator.federation_agent import FederationAgent, PlatformEndpoint, Sae, SharingPolicy
 from orchestrator.federation_domain import FederatedDomain
-from orchestrator.federation_service import MemberOrchestrators, OrchestratorPin, peer_key_managers
-from tools.federation_deploy import (ADMIN, PLATFORM_USER, PRICE_PER_KBIT, border_km_peers, border_links,  # noqa: F401
+from orchestrator.federation_service import MemberOrchestrators, OrchestratorPin
+from tools.federation_deploy import (ADMIN, PLATFORM_USER, PRICE_PER_KBIT, border_links,  # noqa: F401
                                      federate, service_user)
 from tools.stack import PKI_DIR, READY_TIMEOUT_S, KeyDeliveryPki, Stack, stack_passwords
 
@@ -58,7 +59,7 @@ class FederatedStack:
                              "or more (give each site a domain)")
         self.topology = topology
         self.service_types = dict(service_types or {})
-        state = pathlib.Path(state_dir) if state_dir is not None else None
+        state = self.state = pathlib.Path(state_dir) if state_dir is not None else None
         self.pki = None if insecure_sae_header else KeyDeliveryPki(state / PKI_DIR if state else None)
         users = network_users(passwords if passwords is not None else stack_passwords(state))
         self.host = DeviceHost(topology, state_dir=state / "devices" if state else None, speed=speed, users=users,
@@ -94,39 +95,33 @@ class FederatedStack:
             for domain, stack in self.stacks.items():
                 stack.orchestrator_federation = self.fa_endpoint(service_user(domain))
             await asyncio.gather(*(stack.start(timeout) for stack in self.stacks.values()))
-            await self._peer_border_key_managers()
-            platform = PlatformEndpoint(self.host.network.host, self.platform.port, self.passwords[ENROL_USER],
-                                        host_key=self.platform.server.public_host_key)
-            for domain, stack in self.stacks.items():
-                assert stack.orchestrator and stack.forwarding
-                borders = border_links(self.topology, domain)
-                saes = tuple(Sae(s.id, s.km) for s in stack.topology.saes)
-                # Every SAE its key managers serve, a visiting one too (mobility).
-                policy = SharingPolicy(frozenset(b.local_node for b in borders), saes=None,
-                                       service_types=self.service_types)
-                agent = FederationAgent(domain, f"Operator {domain}", asyncssh.generate_private_key("ssh-ed25519"),
-                                        platform, policy, agent_address=self.host.network.host,
-                                        agent_port=stack.orchestrator.port)
-                kms = {km.id for km in stack.topology.key_managers}
-                member = FederatedDomain(agent, borders, saes, stack.endpoint("forwarding", stack.forwarding.port),
-                                         stack.endpoint("orchestrator", stack.orchestrator.port),
-                                         {row.id: stack.endpoint(row.id, row.port, row.host_key)
-                                          for row in self.host.table() if row.id in kms})
-                self.members[domain] = member
-                await member.start(timeout)
+            for domain in self.stacks:
+                self.members[domain] = self.member(domain, asyncssh.generate_private_key("ssh-ed25519"))
+                await self.members[domain].start(timeout)
         except BaseException:
             await self.stop()
             raise
 
-    async def _peer_border_key_managers(self) -> None:
-        """The operators of two neighbouring domains tell each other where their border key
-        managers serve the KM-to-KM protocol (what a standing agent does from its deployment)."""
-        rows = {row.id: row for row in self.host.table()}
-        urls = {km: row.etsi014_url for km, row in rows.items() if row.etsi014_url}
-        for domain, stack in self.stacks.items():
-            wanted = border_km_peers(self.topology, domain, urls)
-            await peer_key_managers({km: stack.endpoint(km, rows[km].port, rows[km].host_key) for km in wanted},
-                                    wanted)
+    def member(self, domain: str, key: asyncssh.SSHKey, state_dir: pathlib.Path | None = None) -> FederatedDomain:
+        """Domain `domain`'s federation glue, its agent logging in with `key` (a restarted
+        agent is given the member's key again), its charging baselines kept in `state_dir`
+        (default: the domain's `agent` directory of the stack's state, if it has one)."""
+        stack = self.stacks[domain]
+        assert stack.orchestrator and stack.forwarding
+        platform = PlatformEndpoint(self.host.network.host, self.platform.port, self.passwords[ENROL_USER],
+                                    host_key=self.platform.server.public_host_key)
+        borders = border_links(self.topology, domain)
+        saes = tuple(Sae(s.id, s.km) for s in stack.topology.saes)
+        # Every SAE its key managers serve, a visiting one too (mobility).
+        policy = SharingPolicy(frozenset(b.local_node for b in borders), saes=None, service_types=self.service_types)
+        agent = FederationAgent(domain, f"Operator {domain}", key, platform, policy,
+                                agent_address=self.host.network.host, agent_port=stack.orchestrator.port)
+        kms = {km.id for km in stack.topology.key_managers}
+        return FederatedDomain(agent, borders, saes, stack.endpoint("forwarding", stack.forwarding.port),
+                               stack.endpoint("orchestrator", stack.orchestrator.port),
+                               {row.id: stack.endpoint(row.id, row.port, row.host_key)
+                                for row in self.host.table() if row.id in kms},
+                               state_dir=state_dir or (self.state / domain / "agent" if self.state else None))
 
     async def stop(self) -> None:
         """Stop everything, top-down (safe to call twice, or after a failed start)."""

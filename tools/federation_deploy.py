@@ -1,10 +1,11 @@
 """A federation of QKD networks as operators run it, and what the in-process federation
 (tools/federated_stack.py) shares with it.
 
-- The operators' side, used by both: `border_links` and `border_km_peers` (what a domain's
-  operator knows of its inter-domain links, from a multi-domain topology), and `federate`,
-  what the federation's administrator does (admit each applicant, agree transit between
-  neighbours, wait until every inter-domain link is usable).
+- The operators' side, used by both: `border_links` (what a domain's operator knows of its
+  inter-domain links, from a multi-domain topology), and `federate`, what the federation's
+  administrator does (admit each applicant, agree transit between neighbours, wait until
+  every inter-domain link is usable). `border_km_peers` fills the agent deployment's optional
+  `border_key_managers` (agents peer their border key managers from the advertisements).
 - `platform_level` and `agent_level`: the objects `qstrata run federation` and `qstrata run
   federation-agent` run, from their deployment files (docs/deployment.md).
 
@@ -191,7 +192,7 @@ def agent_level(d):
                             agent_port=part.fm_port or orchestrator.port)
     key_managers = {p.name: endpoint(p) for p in d.device_peers()}
     domain = FederatedDomain(agent, links, saes, endpoint(d.peer(part.forwarding)), endpoint(orchestrator),
-                             key_managers)
+                             key_managers, state_dir=d.state_dir)
     return StandingMember(domain, key_managers, part.border_key_managers, part.service_users)
 
 
