@@ -355,14 +355,18 @@ class KeyManagerDevice(Device):
         planned now. A read costs no KM-to-KM round trips then, and a controller reading many
         key managers sees the status their notifications gave."""
         known = self._session_views.get(session_id)
-        if known is not None and known[0] == session and \
+        if known is not None and known[0] == session and not self._expired(session) and \
                 time.monotonic() - known[1] <= FRESH_WATCHES * self.watch_period:
-            return known[2]
+            return known[2]  # (the time to live runs on the network's clock, which may jump)
         return self._remember(session_id, session, await self._session_status(session))
 
     def _remember(self, session_id: str, session: KmSession, status: tuple[str, str]) -> tuple[str, str]:
         self._session_views[session_id] = (session, time.monotonic(), status)
         return status
+
+    def _expired(self, session: KmSession) -> bool:
+        expires = self.km.expiry.get(session.pair) if self.km is not None else None
+        return expires is not None and self.network.keys.clock.now() >= expires
 
     async def _session_status(self, session: KmSession) -> tuple[str, str]:
         """(status, reason) of a session seen from this end, by planning over the KM-to-KM
@@ -371,8 +375,7 @@ class KeyManagerDevice(Device):
         to the key manager of the other SAE ("failed" for an unreachable key manager, a loop or
         another key manager), hold one key on every hop and keep up with the session's rate."""
         assert self.km is not None
-        expires = self.km.expiry.get(session.pair)
-        if expires is not None and self.network.keys.clock.now() >= expires:
+        if self._expired(session):
             return "expired", f"the time to live of {session.ttl} s has passed"
         master_end = self.config.is_master_end(session)
         pair = session.pair if master_end else (session.slave_sae, session.master_sae)
