@@ -239,6 +239,7 @@ class QkdNodeDevice(Device):
             if task is not None:
                 task.cancel()
         if self.twin.address is not None and self._joined:
+            self.twin.node_links.untrack(self.qkdn_id)
             try:  # the service drops its links' readings and rates and wakes the peers
                 await self.twin.request("DELETE", f"/nodes/{self.qkdn_id}", self.id)
             except TwinError as error:
@@ -270,10 +271,12 @@ class QkdNodeDevice(Device):
         a refusal refuses the configuration, so that nothing is half-applied."""
         try:
             if config is None:
+                self.twin.node_links.untrack(self.qkdn_id)
                 await self.twin.request("DELETE", f"/nodes/{self.qkdn_id}", self.id)
             else:
                 await self.twin.request("PUT", f"/nodes/{self.qkdn_id}", self.id,
                                         self.registration(config).to_json())
+                self.twin.node_links.track(self.qkdn_id, self.id)
         except TwinError as error:
             raise RPCError("operation-failed", f"{self.id} cannot reach its network's twin service: {error}",
                            path=ROOT_PATH, path_nsmap={MODULE: ETSI_NODE}) from None
@@ -311,11 +314,12 @@ class QkdNodeDevice(Device):
     # -- links as this node sees them ----------------------------------------------------
 
     async def readings(self) -> dict[str, dict]:
-        """Every link of this node as the twin service reads it now (none when unreachable)."""
+        """Every link of this node as the twin service read it this period (none when unreachable),
+        fetched with those of the process's other nodes (TwinClient.node_links)."""
         if self.config is None:
             return {}
         try:
-            return (await self.twin.request("GET", f"/nodes/{self.qkdn_id}/links", self.id))["links"]
+            return await self.twin.node_links.links(self.qkdn_id, self.period)
         except TwinError as error:
             log.warning("%s: no readings from the twin service: %s", self.id, error)
             return {}

@@ -22,6 +22,7 @@ only, each pair half once, to the end node it belongs to.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hmac
 import json
@@ -174,13 +175,18 @@ class LinkRegistry:
         return self.peers(node)
 
     def peers(self, node: NodeRegistration | None) -> set[str]:
-        """The nodes at the other end of this node's links, or naming it as theirs."""
+        """The nodes whose links may read otherwise with this node changed: those at the other
+        end of its links or naming it as theirs, and every node carrying a VIRT link of it or of
+        those (a VIRT link reads its whole relay path)."""
         if node is None:
             return set()
         peers = {link.remote_node for link in node.links.values()}
         peers |= {hop for link in node.virt().values() for hop in (link.prev_hop, *link.next_hops)}
         peers |= {other.qkdn_id for other in self.nodes.values()
                   if any(link.remote_node == node.qkdn_id for link in other.links.values())}
+        virt = set(node.virt()).union(*(self.nodes[p].virt() for p in peers if p in self.nodes))
+        if virt:
+            peers |= {other.qkdn_id for other in self.nodes.values() if virt & other.virt().keys()}
         return {p for p in peers if p and p != node.qkdn_id}
 
     def phys_reading(self, node: NodeRegistration, link: LinkConfig) -> PhysReading:
@@ -345,6 +351,7 @@ class TwinService:
         self._runner: web.AppRunner | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._boot_id = boot_id()
+        self.requests: collections.Counter[str] = collections.Counter()  # "METHOD /route" -> requests served
 
     @property
     def clock(self) -> Clock:
@@ -362,6 +369,7 @@ class TwinService:
         r.add_get(f"{API}/plant", self._get_plant)
         r.add_post(f"{API}/spans/{{span}}", self._span_action)
         r.add_put(f"{API}/switches/{{switch}}/cross-connects", self._put_cross_connects)
+        r.add_post(f"{API}/nodes/links", self._post_links)
         r.add_put(f"{API}/nodes/{{qkdn_id}}", self._put_node)
         r.add_delete(f"{API}/nodes/{{qkdn_id}}", self._delete_node)
         r.add_get(f"{API}/nodes/{{qkdn_id}}/links", self._get_links)
@@ -410,6 +418,8 @@ class TwinService:
                           headers={"WWW-Authenticate": 'Bearer realm="qstrata-twin"'})
         if not request.headers.get(DEVICE_HEADER):
             return _error(400, f"name the calling device in the {DEVICE_HEADER} header")
+        if request.match_info.route.resource is not None:
+            self.requests[f"{request.method} {request.match_info.route.resource.canonical}"] += 1
         try:
             return await handler(request)
         except ValueError as exc:   # the twin refuses a bad element or value
@@ -563,29 +573,55 @@ class TwinService:
             return _error(403, f"device {request.headers[DEVICE_HEADER]!r} may register only itself")
         if (subscriber := self._subscriber(request)) is not None:
             subscriber.nodes.add(node.qkdn_id)
-        self._wake(self.registry.register(node))
-        return web.json_response({"registered": node.qkdn_id})
+        peers = self.registry.register(node)
+        self._wake(peers)
+        return web.json_response({"registered": node.qkdn_id, "woke": sorted(peers)})
 
     async def _delete_node(self, request: web.Request) -> web.Response:
         qkdn_id = request.match_info["qkdn_id"]
         node = self.registry.nodes.get(qkdn_id)
         if node is not None and node.device != request.headers[DEVICE_HEADER]:
             return _error(403, f"only {node.device} may unregister itself")
-        self._wake(self.registry.unregister(qkdn_id))
-        return web.json_response({})
+        peers = self.registry.unregister(qkdn_id)
+        self._wake(peers)
+        return web.json_response({"woke": sorted(peers)})
 
     def _wake(self, peers: set[str]) -> None:
         if peers:
             self._publish({"type": "nodes", "wake": sorted(peers)})
 
     async def _get_links(self, request: web.Request) -> web.Response:
-        """Every link of the node as it is now: PHYS and VIRT readings, and the bits each PHYS
-        link's stream has produced (never the stream's secret)."""
+        """Every link of the node as it is now (`links_json`)."""
         node = self.registry.nodes.get(request.match_info["qkdn_id"])
         if node is None:
             return _error(404, f"no QKD node {request.match_info['qkdn_id']} is registered")
         if node.device != request.headers[DEVICE_HEADER]:
             return _error(403, f"only {node.device} reads its links")
+        return web.json_response({"links": self.links_json(node)})
+
+    async def _post_links(self, request: web.Request) -> web.Response:
+        """The links of several nodes in one request (a process's QKD nodes, once a period):
+        body `{"nodes": {qkdn_id: device}}`, each node's registered device named as the per-node
+        resource's caller; answer `{"nodes": {qkdn_id: {"links": ...} or {"status": 404, "error": ...}}}`.
+        One node of another device refuses the whole request."""
+        wanted = (await _body(request)).get("nodes")
+        if not isinstance(wanted, dict) or not all(isinstance(d, str) and d for d in wanted.values()):
+            return _error(400, 'the body must be {"nodes": {qkdn_id: the device of that node}}')
+        answer = {}
+        for qkdn_id, device in wanted.items():
+            node = self.registry.nodes.get(qkdn_id)
+            if node is None:
+                answer[qkdn_id] = {"status": 404, "error": f"no QKD node {qkdn_id} is registered"}
+            elif node.device != device:
+                return _error(403, f"QKD node {qkdn_id} is {node.device}'s, not {device}'s: only {node.device} "
+                                   f"reads its links")
+            else:
+                answer[qkdn_id] = {"links": self.links_json(node)}
+        return web.json_response({"nodes": answer})
+
+    def links_json(self, node: NodeRegistration) -> dict:
+        """Every link of the node as it is now: PHYS and VIRT readings, and the bits each PHYS
+        link's stream has produced (never the stream's secret)."""
         load = self.registry.virt_load()
         links = {}
         for link in node.links.values():
@@ -599,7 +635,7 @@ class TwinService:
                                        "idle": "PASSIVE" if link.link_id in self._generated else "PENDING"}
             elif link.kind == "VIRT":
                 links[link.link_id] = self._virt(node, link)
-        return web.json_response({"links": links})
+        return links
 
     def _virt(self, node: NodeRegistration, link: LinkConfig) -> dict:
         hops, incomplete = self.registry.virt_hops(node, link.link_id)
@@ -819,6 +855,108 @@ class TwinAddress:
     token: str = field(repr=False)
 
 
+@dataclass(frozen=True)
+class _LinksFetch:
+    """One POST /nodes/links in flight: for whom, after which change, whether a new round."""
+
+    nodes: dict[str, str]
+    version: int
+    full: bool
+    task: asyncio.Task
+
+
+class NodeLinks:
+    """The link readings of the QKD nodes this process registered, asked for all of them in one
+    request (POST /nodes/links) and kept for the asking node's period: a round. A node changed
+    since (its own registration, a `nodes` wake naming it) is asked for again, alone or with the
+    others changed meanwhile; a plant change, a clock change or a resync starts a new round.
+    One request is in flight at a time: whoever needs it awaits it, the others the next one."""
+
+    def __init__(self, client: TwinClient) -> None:
+        self._client = client
+        self._devices: dict[str, str] = {}   # qkdn_id -> its device, for the nodes registered here
+        self._entries: dict[str, dict] = {}  # qkdn_id -> its answer in this round
+        self._round_at = -float("inf")       # when this round's request was sent
+        self._version = 0                    # counts the changes heard
+        self._changed: dict[str, int] = {}   # qkdn_id -> the change that last dropped its entry
+        self._all_changed = 0
+        self._fetch: _LinksFetch | None = None
+
+    def track(self, qkdn_id: str, device: str) -> None:
+        self._devices[qkdn_id] = device
+        self.drop([qkdn_id])
+
+    def untrack(self, qkdn_id: str) -> None:
+        self._devices.pop(qkdn_id, None)
+        self._changed.pop(qkdn_id, None)
+        self._entries.pop(qkdn_id, None)
+
+    def drop(self, qkdn_ids: list[str] | None = None) -> None:
+        """Forget the readings of these nodes (all: None): they may have changed."""
+        self._version += 1
+        if qkdn_ids is None:
+            self._entries.clear()
+            self._all_changed = self._version
+            return
+        for qkdn_id in qkdn_ids:
+            if qkdn_id in self._devices:
+                self._entries.pop(qkdn_id, None)
+                self._changed[qkdn_id] = self._version
+
+    def heard(self, method: str, path: str, answer: dict) -> None:
+        """A change this process made drops at once what it changed, before the event says so:
+        the plant or clock (all), a node's registration (the peers the service woke)."""
+        if method != "GET" and path.startswith(("/spans/", "/switches/", "/clock")):
+            self.drop()
+        elif method in ("PUT", "DELETE") and path.startswith("/nodes/") and isinstance(answer, dict):
+            self.drop(answer.get("woke", []))
+
+    async def links(self, qkdn_id: str, period: float) -> dict:
+        """The node's links as GET /nodes/{qkdn_id}/links answers them; TwinError as it would."""
+        if qkdn_id not in self._devices:
+            raise TwinError(404, f"QKD node {qkdn_id} has not registered from this process")
+        while True:
+            fresh = time.monotonic() - self._round_at < period
+            if fresh and (entry := self._entries.get(qkdn_id)) is not None:
+                return _node_links(qkdn_id, entry)
+            fetch = self._fetch
+            if fetch is None:
+                fetch = self._start(full=not fresh)
+            elif not (qkdn_id in fetch.nodes and (fetch.full or fresh)
+                      and fetch.version >= max(self._changed.get(qkdn_id, 0), self._all_changed)):
+                await asyncio.wait([fetch.task])   # not sent for us: the next one will be
+                continue
+            answers = await asyncio.shield(fetch.task)
+            return _node_links(qkdn_id, answers.get(qkdn_id))
+
+    def _start(self, full: bool) -> _LinksFetch:
+        nodes = dict(self._devices) if full else {q: d for q, d in self._devices.items() if q not in self._entries}
+        task = asyncio.get_running_loop().create_task(self._ask(nodes, self._version, full, time.monotonic()))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())   # errors go to the awaiting nodes
+        self._fetch = _LinksFetch(nodes, self._version, full, task)
+        return self._fetch
+
+    async def _ask(self, nodes: dict[str, str], version: int, full: bool, sent_at: float) -> dict:
+        try:
+            answers = (await self._client.request("POST", "/nodes/links", body={"nodes": nodes})).get("nodes", {})
+        finally:
+            self._fetch = None
+        if full and self._all_changed <= version:
+            self._entries, self._round_at = {}, sent_at
+        for qkdn_id, answer in answers.items():
+            if qkdn_id in self._devices and max(self._changed.get(qkdn_id, 0), self._all_changed) <= version:
+                self._entries[qkdn_id] = answer
+        return answers
+
+
+def _node_links(qkdn_id: str, answer: dict | None) -> dict:
+    if answer is None:
+        raise TwinError(502, f"the twin service did not answer for QKD node {qkdn_id}")
+    if "links" not in answer:
+        raise TwinError(answer.get("status", 502), answer.get("error", f"no links for QKD node {qkdn_id}"))
+    return answer["links"]
+
+
 class TwinClient:
     """The devices of one process speaking to their network's twin service. `watch` delivers
     its events; `stream` gives the key stream of a link (bound once the service hands it)."""
@@ -836,6 +974,7 @@ class TwinClient:
         self._stream_owner: dict[str, str] = {}  # link -> the key manager it is fetched as
         self._tasks: set[asyncio.Task] = set()
         self.connected = asyncio.Event()
+        self.node_links = NodeLinks(self)   # the readings of this process's QKD nodes, one request a period
         # Names this client's event stream in every request: the service sends it the events
         # of the links, nodes and quantum nodes this client's requests named, no others.
         self.subscriber = secrets.token_urlsafe(16)
@@ -889,10 +1028,11 @@ class TwinClient:
                 data = await response.json(content_type=None)
                 if response.status >= 300:
                     raise TwinError(response.status, (data or {}).get("error", response.reason))
-                return data
         except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as exc:
             raise TwinError(503, f"twin service {self.address.host}:{self.address.port} unreachable: "
                                  f"{exc or type(exc).__name__}") from None
+        self.node_links.heard(method, path, data)
+        return data
 
     async def sync_clock(self) -> None:
         sent = time.monotonic()
@@ -925,6 +1065,7 @@ class TwinClient:
                         await self.refresh_plant()
                         for link_id in list(self._streams):
                             self._spawn(self._bind(link_id))
+                        self.node_links.drop()
                         self._dispatch({"type": "resync"})
                     first, delay = False, 0.2
                     async for line in response.content:
@@ -940,6 +1081,10 @@ class TwinClient:
 
     async def _event(self, event: dict) -> None:
         kind = event["type"]
+        if kind == "nodes":
+            self.node_links.drop(event["wake"])
+        elif kind in ("plant", "clock"):
+            self.node_links.drop()
         if kind == "clock" or time.monotonic() - self.clock.synced_at > CLOCK_RESYNC_S:
             await self.sync_clock()
         if kind == "plant":

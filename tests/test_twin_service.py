@@ -402,3 +402,86 @@ def test_a_twin_deployment_names_each_mistake(tmp_path):
                                     "twin": {"seed": 3, "token_file": "token"}}))
     deployment = load_deployment(path)
     assert (deployment.listen.port, deployment.part.seed, deployment.part.token_file) == (0, 3, tmp_path / "token")
+
+
+# -- the QKD nodes of one process read their links in one request a period ------------------------
+
+async def all_nodes_in_one_process(stack: AsyncExitStack, hand: list[float]):
+    """Every QKD node of the default topology in one process, on a clock driven by hand, with a
+    period long enough that only the test and the service's events make them read their links."""
+    topology = default_topology()
+    service = TwinService(build_twin(topology, Clock(source=lambda: hand[0]), random.Random(2)), "s3cret-token",
+                          key_manager_sites=key_manager_sites(topology))
+    await service.start()
+    stack.push_async_callback(service.stop)
+    context = NetworkContext(None, KeyNetwork(), twin_service=TwinAddress("127.0.0.1", service.port, "s3cret-token"))
+    nodes = {}
+    for spec in topology.qkd_nodes:
+        node = QkdNodeDevice(spec, context)
+        node.period = 3600.0
+        await node.start()
+        stack.push_async_callback(node.stop)
+        nodes[spec.id] = node
+    for name, remote in (("qkd-quintin", "qkd-almagro"), ("qkd-almagro", "qkd-quintin")):
+        async with await NetconfClient.connect("127.0.0.1", nodes[name].port, "admin", "admin") as nc:
+            await nc.edit_config(phys_link(QA, 2, remote, 2))
+
+    async def active():   # each end's cached reading is dropped when the other end registers
+        return all([(await link_state(nodes[n].port, QA))[0] == "ACTIVE" for n in ("qkd-quintin", "qkd-almagro")])
+    await until(active, "the link to be ACTIVE at both ends")
+    hand[0] += 50.0   # the stream has produced bits, and produces no more until the clock moves
+    return service, nodes
+
+
+def test_the_batch_of_a_process_gives_each_node_the_readings_of_its_own_resource():
+    async def main():
+        async with AsyncExitStack() as stack:
+            service, nodes = await all_nodes_in_one_process(stack, [0.0])
+            twin = nodes["qkd-quintin"].twin
+            one_by_one = {n.qkdn_id: (await twin.request("GET", f"/nodes/{n.qkdn_id}/links", n.id))["links"]
+                          for n in nodes.values()}
+            everyone = {n.qkdn_id: n.id for n in nodes.values()}
+            batch = await twin.request("POST", "/nodes/links", body={"nodes": everyone})
+            assert batch["nodes"] == {q: {"links": links} for q, links in one_by_one.items()}
+            quintin = batch["nodes"][node_uuid("qkd-quintin")]["links"][QA]
+            assert quintin["generating"] and quintin["produced_bits"] > 0 and "secret" not in json.dumps(batch)
+
+            mine = {node_uuid("qkd-quintin"): "qkd-quintin", node_uuid("qkd-almagro"): "qkd-quintin"}
+            with pytest.raises(TwinError) as other:   # one node of another device refuses the whole batch
+                await twin.request("POST", "/nodes/links", body={"nodes": mine})
+            assert other.value.status == 403 and "only qkd-almagro reads its links" in str(other.value)
+            for bad in ({"nodes": [node_uuid("qkd-quintin")]}, {"nodes": {node_uuid("qkd-quintin"): 7}}, {}):
+                with pytest.raises(TwinError) as refused:
+                    await twin.request("POST", "/nodes/links", body=bad)
+                assert refused.value.status == 400 and "qkdn_id" in str(refused.value)
+            unknown = await twin.request("POST", "/nodes/links", body={"nodes": {"no-such-node": "qkd-quintin"}})
+            assert unknown["nodes"]["no-such-node"]["status"] == 404
+    asyncio.run(main())
+
+
+def test_the_qkd_nodes_of_a_process_read_their_links_in_one_request_a_period():
+    async def main():
+        async with AsyncExitStack() as stack:
+            service, nodes = await all_nodes_in_one_process(stack, [0.0])
+            twin = nodes["qkd-quintin"].twin
+            expected = [(await twin.request("GET", f"/nodes/{n.qkdn_id}/links", n.id))["links"] for n in nodes.values()]
+            twin.node_links.drop()   # a new round
+            service.requests.clear()
+            assert await asyncio.gather(*(n.readings() for n in nodes.values())) == expected
+            assert service.requests == {"POST /v1/nodes/links": 1}
+            assert await asyncio.gather(*(n.readings() for n in nodes.values())) == expected
+            assert service.requests == {"POST /v1/nodes/links": 1}   # kept for the period
+
+            for node in nodes.values():
+                node.period = 0.001
+            await asyncio.sleep(0.01)   # the period is over: the next reading asks again, for all
+            await asyncio.gather(*(n.readings() for n in nodes.values()))
+            assert service.requests == {"POST /v1/nodes/links": 2}
+
+            # A node the service no longer knows reports its failure as before; the others their links.
+            await twin.request("DELETE", f"/nodes/{node_uuid('qkd-quintin')}", "qkd-quintin")
+            twin.node_links.drop()
+            quintin, almagro = await asyncio.gather(nodes["qkd-quintin"].views(), nodes["qkd-almagro"].readings())
+            assert quintin[QA].why_not == "the twin service is unreachable" and quintin[QA].status == "PENDING"
+            assert almagro[QA]["why_not"] == f"remote node {node_uuid('qkd-quintin')} is not reachable"
+    asyncio.run(main())
