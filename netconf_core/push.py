@@ -252,6 +252,17 @@ def config_change_edits(schema: "Schema", before: etree._Element, after: etree._
 
 # --- subscriptions ----------------------------------------------------------------------
 
+def _selection_filter(selection: tuple | None) -> etree._Element | None:
+    """The <get> filter that selects what a datastore subscription's selection does."""
+    if selection is None:
+        return None
+    if selection[0] == "subtree":
+        flt = etree.Element("filter", type="subtree")
+        flt.extend(etree.fromstring(etree.tostring(node)) for node in selection[1])
+        return flt
+    return etree.Element("filter", type="xpath", select=selection[1], nsmap=selection[2])
+
+
 @dataclass
 class Subscription:
     id: int
@@ -545,7 +556,8 @@ class PushManager:
 
     async def _tree(self, sub: Subscription) -> etree._Element:
         if sub.datastore == "operational":
-            return await self.server.operational_tree()
+            # As for a <get> with the same filter: only the state the selection can hold is built.
+            return await self.server.operational_tree(flt=_selection_filter(sub.selection))
         return self.server.datastores[sub.datastore]
 
     async def _snapshot(self, sub: Subscription, tree: etree._Element | None = None) -> etree._Element:
