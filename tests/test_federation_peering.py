@@ -28,6 +28,7 @@ from orchestrator.federation_charging import CLOCK_TOLERANCE_S
 from tools.demo_steps import as_sae, exchange_keys
 from tools.federation_deploy import service_user
 from tools.peering_stack import PeeredStack
+from conftest import until as poll_until
 
 WAIT_S = 45.0
 SCENARIO_S = 240.0
@@ -58,13 +59,7 @@ def run(scenario: Callable[[PeeredStack], Awaitable[None]]) -> None:
 
 
 async def until(check: Callable[[], Awaitable[object]], what: str) -> object:
-    try:
-        async with asyncio.timeout(WAIT_S):
-            while not (result := await check()):
-                await asyncio.sleep(0.1)
-            return result
-    except TimeoutError:
-        raise AssertionError(f"still not so after {WAIT_S:g} s: {what}") from None
+    return await poll_until(check, what, timeout=WAIT_S, period=0.1)
 
 
 async def federation(nc: NetconfClient) -> etree._Element:
