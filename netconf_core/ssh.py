@@ -98,6 +98,25 @@ def descriptor_budget() -> int:
     return max(16, soft - max(64, soft // 4))
 
 
+def raise_descriptor_limit(wanted: int) -> int:
+    """Raise this process's descriptor limit (RLIMIT_NOFILE) to at least `wanted` where it is
+    lower: the soft limit up to the hard one, and the hard one too when the process may (root);
+    returns the soft limit now in force. A host of thousands of servers needs a listener, a
+    session and files per device, beyond the usual default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):  # not privileged: as far as the hard limit goes
+            pass
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
 class RateLimitedLog:
     """One log line per `interval` seconds for an event that may repeat thousands of times a
     second, saying how many were folded into it."""

@@ -466,3 +466,19 @@ def test_stalled_subscriber_is_closed_at_the_hard_limit(loop_thread, engine_sche
         asyncio.run(scenario())
     finally:
         loop_thread.run(served.server.stop())
+
+
+def test_a_host_of_many_devices_raises_its_descriptor_limit_up_to_what_it_needs():
+    """raise_descriptor_limit lifts a low soft limit to the wanted count (not past the hard
+    limit for an unprivileged process, and never lowers it); in a child, so this process's
+    limits stay as they are."""
+    script = ("import resource\n"
+              "from netconf_core.ssh import raise_descriptor_limit\n"
+              "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+              "print(raise_descriptor_limit(1000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+              "print(raise_descriptor_limit(100), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1000", "1000", "1000", "1000"]

@@ -162,8 +162,9 @@ async def poll(rows: list, host_key: str, periods: list[float], seconds: float, 
     """Open a session per device, poll in each period; (connect s, a Polled per period, `memory()`
     read with every session open after the polling)."""
     from netconf_core.client import NetconfClient
-    from netconf_core.ssh import trusted_host_keys
+    from netconf_core.ssh import raise_descriptor_limit, trusted_host_keys
 
+    raise_descriptor_limit(2 * len(rows) + 1024)  # a session per device, as the NMS
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     pinned = trusted_host_keys(host_key)
 

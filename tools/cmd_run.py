@@ -31,6 +31,8 @@ from tools.running import until_stopped
 READY = "ready on"
 SYNC_TIMEOUT_S = 60.0
 PR_SET_PDEATHSIG = 1
+# a listener, a few sessions, its datastore and key store files, ETSI 014 and KM-to-KM sockets
+DESCRIPTORS_PER_DEVICE = 8
 log = logging.getLogger("qstrata.run")
 
 
@@ -197,6 +199,11 @@ def _device_host(d: Deployment, users: dict, access: dict, key):
         from devices.twin_service import TwinAddress
 
         twin = TwinAddress(part.twin.address, part.twin.port, secret(part.twin.token, part.twin.token_file))
+    from netconf_core.ssh import raise_descriptor_limit
+
+    devices = len(part.run) if part.run else len(topology.qkd_nodes) + len(topology.key_managers) + \
+        len(topology.switches) + len(topology.quantum_nodes) + 1  # the fibre plant
+    raise_descriptor_limit(DESCRIPTORS_PER_DEVICE * devices + 1024)
     return DeviceHost(topology, state_dir=d.state_dir, speed=part.speed, ports=ports, users=users,
                       twin=twin, run=set(part.run) or None, restconf=part.restconf,
                       host=d.listen.address, host_key=key, etsi014_tls=None if etsi.insecure_http else tls,
