@@ -203,7 +203,11 @@ def _device_host(d: Deployment, users: dict, access: dict, key):
 
     devices = len(part.run) if part.run else len(topology.qkd_nodes) + len(topology.key_managers) + \
         len(topology.switches) + len(topology.quantum_nodes) + 1  # the fibre plant
-    raise_descriptor_limit(DESCRIPTORS_PER_DEVICE * devices + 1024)
+    wanted = DESCRIPTORS_PER_DEVICE * devices + 1024
+    if (limit := raise_descriptor_limit(wanted)) < wanted:
+        log.warning("%d devices may need %d descriptors, and this process may open %d: sessions will be refused "
+                    "when they run out; spread the devices over more workers (devices.workers)", devices, wanted,
+                    limit)
     return DeviceHost(topology, state_dir=d.state_dir, speed=part.speed, ports=ports, users=users,
                       twin=twin, run=set(part.run) or None, restconf=part.restconf,
                       host=d.listen.address, host_key=key, etsi014_tls=None if etsi.insecure_http else tls,
