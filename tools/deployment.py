@@ -542,10 +542,7 @@ def _part(r: _Reader, level: str, value: Any, peers: tuple[Peer, ...], names: se
         return _devices_part(r, {} if value is None else value)
 
     def role(m: dict, key: str) -> str | None:
-        name = r.string(m, key, level)
-        if name is not None and name not in names:
-            r.fail(f"{level}.{key}", f"no peer named {name!r} in peers (peers: {', '.join(sorted(names)) or 'none'})")
-        return name
+        return _role(r, m, key, level, names)
 
     if level == "forwarding":
         m = r.mapping(value, level, ("connectivity",), ("km_by_site",))
@@ -655,10 +652,7 @@ def _agent_deployment(r: _Reader, data: dict) -> Deployment | None:
         return None
 
     def role(key: str) -> str | None:
-        peer = r.string(m, key, level)
-        if peer is not None and peer not in names:
-            r.fail(f"{level}.{key}", f"no peer named {peer!r} in peers (peers: {', '.join(sorted(names)) or 'none'})")
-        return peer
+        return _role(r, m, key, level, names)
 
     member_id = r.string(m, "member_id", level)
     key_file = r.private_key_file(m, "key_file", level)
@@ -670,10 +664,7 @@ def _agent_deployment(r: _Reader, data: dict) -> Deployment | None:
                                   "password or password_file")
     member_name = r.string(m, "member_name", level)
     fm_address, fm_port = r.string(m, "fm_address", level), r.port(m, "fm_port", level)
-    share = m.get("capacity_share", 1.0)
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-        r.fail(f"{level}.capacity_share", f"must be a number within 0..1, got {_kind(share)}")
-        share = 1.0
+    share = _capacity_share(r, m, level)
     share_with = _strings(r, m, "share_with", level)
     service_users = _strings(r, m, "service_users", level) or ()
     topology = r.file(m, "topology", level)
@@ -701,21 +692,7 @@ def _agent_deployment(r: _Reader, data: dict) -> Deployment | None:
         e = r.mapping(item, path, ("id", "km"), ())
         if e is not None and (sae := r.string(e, "id", path)) and (km := r.string(e, "km", path)):
             saes.append(SaeEntry(sae, km))
-    border_kms: dict[str, dict[str, str]] = {}
-    raw_kms = m.get("border_key_managers", {})
-    if not isinstance(raw_kms, dict):
-        r.fail(f"{level}.border_key_managers", f"must map each border key manager to its peers' URLs, got "
-                                               f"{_kind(raw_kms)}")
-        raw_kms = {}
-    for km, far in raw_kms.items():
-        path = f"{level}.border_key_managers.{km}"
-        if km not in names - {platform, forwarding, orchestrator}:
-            r.fail(path, "not one of the key managers in peers")
-        elif not isinstance(far, dict) or not all(isinstance(k, str) and isinstance(v, str) and
-                                                  v.startswith(("https://", "http://")) for k, v in far.items()):
-            r.fail(path, "must map each key manager across the link to its KM-to-KM URL (https://HOST:PORT)")
-        else:
-            border_kms[str(km)] = dict(far)
+    border_kms = _border_key_managers(r, m, level, names - {platform, forwarding, orchestrator})
     if topology is not None and member_id is not None:
         _check_member_topology(r, topology, member_id, [p for p in peers if p.name not in
                                                         (platform, forwarding, orchestrator)])
@@ -723,7 +700,7 @@ def _agent_deployment(r: _Reader, data: dict) -> Deployment | None:
         return None
     return Deployment(level, name, None, (), peers, r.path(data, "state_dir", ""), FederationAgentPart(
         member_id, key_file, platform, forwarding, orchestrator, member_name, fm_address, fm_port, topology,
-        tuple(links), tuple(saes), float(share), share_with, tuple(service_users), border_kms))
+        tuple(links), tuple(saes), share, share_with, tuple(service_users), border_kms))
 
 
 def _peer_deployment(r: _Reader, data: dict) -> Deployment | None:
@@ -746,10 +723,7 @@ def _peer_deployment(r: _Reader, data: dict) -> Deployment | None:
         return None
 
     def role(key: str) -> str | None:
-        peer = r.string(m, key, level)
-        if peer is not None and peer not in names:
-            r.fail(f"{level}.{key}", f"no peer named {peer!r} in peers (peers: {', '.join(sorted(names)) or 'none'})")
-        return peer
+        return _role(r, m, key, level, names)
 
     member_id, peer_member = r.string(m, "member_id", level), r.string(m, "peer_member_id", level)
     peer, forwarding, orchestrator = role("peer"), role("forwarding"), role("orchestrator")
@@ -767,28 +741,44 @@ def _peer_deployment(r: _Reader, data: dict) -> Deployment | None:
         if entry.private_key_file is None:
             r.fail(f"peers[{index}]", "the peer's agent lets this provider in by its key: give private_key_file "
                                       "(the provider's key, whose public line the peer's deployment holds)")
-    share = m.get("capacity_share", 1.0)
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-        r.fail(f"{level}.capacity_share", f"must be a number within 0..1, got {share!r}")
-        share = 1.0
+    share = _capacity_share(r, m, level)
     topology = r.file(m, "topology", level)
     if topology is not None and member_id and peer_member:
         _check_peer_topology(r, topology, member_id, peer_member,
                         [p for p in peers if p.name not in (peer, forwarding, orchestrator)])
-    border_kms = _peer_border_key_managers(r, m.get("border_key_managers", {}), set(names) - {peer, forwarding,
-                                                                                        orchestrator})
+    border_kms = _border_key_managers(r, m, level, set(names) - {peer, forwarding, orchestrator})
     if r.problems or listen is None or None in (member_id, peer_member, peer_key, peer, forwarding, orchestrator,
                                                 topology):
         return None
     return Deployment(level, name, listen, users, peers, state_dir, PeeringPart(
         member_id, peer, peer_member, peer_key, forwarding, orchestrator, topology,
-        r.string(m, "member_name", level), r.string(m, "peer_member_name", level), float(share), border_kms))
+        r.string(m, "member_name", level), r.string(m, "peer_member_name", level), share, border_kms))
 
 
-def _peer_border_key_managers(r: _Reader, raw: Any, key_managers: set[str]) -> dict[str, dict[str, str]]:
-    level = PEER_LEVEL
+def _role(r: _Reader, m: dict, key: str, level: str, names) -> str | None:
+    """The peer a level's section names for a role (`key`), which must be one of peers' `names`."""
+    name = r.string(m, key, level)
+    if name is not None and name not in names:
+        r.fail(f"{level}.{key}", f"no peer named {name!r} in peers (peers: {', '.join(sorted(names)) or 'none'})")
+    return name
+
+
+def _capacity_share(r: _Reader, m: dict, level: str) -> float:
+    """The share of a border link's capacity a member offers its federation (0..1, default 1)."""
+    share = m.get("capacity_share", 1.0)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        r.fail(f"{level}.capacity_share", f"must be a number within 0..1, got {_kind(share)}")
+        return 1.0
+    return float(share)
+
+
+def _border_key_managers(r: _Reader, m: dict, level: str, key_managers: set[str]) -> dict[str, dict[str, str]]:
+    """border_key_managers: each border key manager (one of `key_managers`) -> {the key manager
+    across its inter-domain link: that one's KM-to-KM URL}."""
+    raw = m.get("border_key_managers", {})
     if not isinstance(raw, dict):
-        r.fail(f"{level}.border_key_managers", "must map each border key manager to its peers' KM-to-KM URLs")
+        r.fail(f"{level}.border_key_managers", f"must map each border key manager to its peers' URLs, got "
+                                               f"{_kind(raw)}")
         return {}
     out = {}
     for km, far in raw.items():
