@@ -20,7 +20,7 @@ from decimal import Decimal
 from lxml import etree
 
 from models.ns import FEDERATION
-from netconf_core.ns import BASE
+from netconf_core.ns import BASE, Namespace
 
 
 def _int(text: str | None) -> int | None:
@@ -233,13 +233,19 @@ def service_config(request: ServiceRequest) -> etree._Element:
     """The <federation> edit that creates (or replaces) a cross-domain service as `request` says."""
     fed, service = _service_edit(request.service_id, "replace")
     FEDERATION.sub(service, "requesting-member", request.requesting_member)
+    add_service_ends(FEDERATION, service, request)
+    return fed
+
+
+def add_service_ends(namespace: Namespace, parent: etree._Element, request: ServiceRequest) -> None:
+    """A service's source and destination (each its SAE and domain) and rate under `parent`, as
+    a qi-federation service and the peering's request-segment carry them."""
     for end, sae, domain in (("source", request.source_sae, request.source_domain),
                              ("destination", request.destination_sae, request.destination_domain)):
-        element = FEDERATION.sub(service, end)
-        FEDERATION.sub(element, "sae-id", sae)
-        FEDERATION.sub(element, "domain", domain)
-    FEDERATION.sub(service, "rate", request.rate)
-    return fed
+        element = namespace.sub(parent, end)
+        namespace.sub(element, "sae-id", sae)
+        namespace.sub(element, "domain", domain)
+    namespace.sub(parent, "rate", request.rate)
 
 
 def service_delete(service_id: str) -> etree._Element:

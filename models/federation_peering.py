@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from lxml import etree
 
-from models.federation import Agreement, ServiceRequest
+from models.federation import Agreement, ServiceRequest, add_service_ends
 from models.ns import FEDERATION, FEDERATION_PEERING as PEERING
 
 
@@ -107,12 +107,7 @@ def segment_request(request: ServiceRequest) -> etree._Element:
     """The <request-segment> RPC for `request` (its requesting member is the caller)."""
     op = PEERING.element("request-segment")
     PEERING.sub(op, "service-id", request.service_id)
-    for end, sae, domain in (("source", request.source_sae, request.source_domain),
-                             ("destination", request.destination_sae, request.destination_domain)):
-        element = PEERING.sub(op, end)
-        PEERING.sub(element, "sae-id", sae)
-        PEERING.sub(element, "domain", domain)
-    PEERING.sub(op, "rate", request.rate)
+    add_service_ends(PEERING, op, request)
     return op
 
 
