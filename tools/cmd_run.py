@@ -239,7 +239,7 @@ def _device_workers(d: Deployment, topology):
 async def _settle(d: Deployment, level) -> None:
     """Wait (bounded) until a controller has read its devices, the orchestrator reached its
     controllers; say which are missing when they are not there in time."""
-    synced = CONTROLLERS + ENTANGLEMENT_LEVELS + ("federation-agent",)
+    synced = CONTROLLERS + ENTANGLEMENT_LEVELS + ("federation-agent", "federation-peer")
     wait = getattr(level, "wait_synced", None) if d.level in synced else (
         level.wait_connected if d.level == "orchestrator" else None)
     if wait is None:

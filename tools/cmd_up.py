@@ -70,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--console-port", type=int, default=0,
                         help="the operator's web console's port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--no-console", action="store_true", help="do not start the operator's web console")
+    parser.add_argument("--peering", metavar="A,B",
+                        help="of a topology with domains: run only domains A and B, peered directly by their "
+                             "peering agents with no federation platform (Y.QKDNf Figure 2)")
     parser.set_defaults(func=run)
 
 
@@ -84,7 +87,16 @@ def run(args: argparse.Namespace) -> int:
 
     if not workers_argument(getattr(args, "workers", None), "up"):
         return 2
-    if topology.domains:   # a federation: every domain its own stack, and the platform
+    peering = getattr(args, "peering", None)
+    if peering is not None:
+        pair = tuple(part.strip() for part in peering.split(","))
+        try:
+            _check_peering(topology, pair)
+        except ValueError as error:
+            print(f"qstrata up: --peering: {error}", file=sys.stderr)
+            return 2
+        args.peering = pair
+    if topology.domains:   # a federation: every domain its own stack, and the platform (or a peering)
         return asyncio.run(_run_federation(topology, args))
     return asyncio.run(_run(topology, args))
 
@@ -536,9 +548,10 @@ class FederationPlan:
 
     stack: object                          # the cmd_up StackPlan of the plant (devices, pki, rows of devices)
     domains: dict[str, list]               # domain -> its levels' rows (tools.stack.Level)
-    platform: dict                         # the platform's address, host key and accounts
+    platform: dict                         # the platform's address, host key and accounts (peering: {})
     borders: dict[str, tuple]              # domain -> its BorderLinks
     processes: list                        # supervisor Programs, the devices first
+    peering: dict = dataclasses.field(default_factory=dict)   # provider -> its peering agent and accounts
 
     def programs(self) -> list:
         return self.processes
@@ -554,19 +567,24 @@ class FederationPlan:
 
 
 def plan_federation(topology: Topology, topology_file: pathlib.Path | None, state_dir: pathlib.Path, speed: float,
-                    demo_credentials: bool, insecure_sae_header: bool, workers: int | None = None) -> FederationPlan:
+                    demo_credentials: bool, insecure_sae_header: bool, workers: int | None = None,
+                    peering: tuple[str, str] | None = None) -> FederationPlan:
     """Write every process's deployment into `state_dir`: the plant's devices as `qstrata up`
     plans them for one network, then per domain its levels (those planned for the whole
     plant, narrowed to the domain's devices, on ports, host keys and state of their own) and
-    its agent, and the platform. Ports, passwords and keys are kept there and reused."""
+    its agent, and the platform. Ports, passwords and keys are kept there and reused.
+
+    With `peering` (two domains joined by an inter-domain link), only those two domains run,
+    each with a peering agent (level federation-peer) in place of its federation agent, and no
+    platform: the two providers federate directly (Y.QKDNf Figure 2)."""
     from netconf_core import persistent_host_key, public_key_line
     from netconf_core.server import HOST_KEY_FILE
     from tools.cmd_run import READY
     from tools.federation_deploy import (ADMIN, AGENT, CLIENT_KEY_FILE, DOMAIN_LEVELS, PLATFORM, PLATFORM_USER,
                                          border_km_peers, border_links, service_user)
-    from tools.deployment import (ENROLMENT, INTENT_WRITER, PLATFORM_ADMIN, SERVICE_USER, BorderLinkEntry, Deployment,
-                                  FederationAgentPart, FederationPart, Listen, Login, Peer, PinnedMember, SaeEntry,
-                                  load_deployment, write_deployment)
+    from tools.deployment import (ENROLMENT, INTENT_WRITER, PEER_LEVEL, PLATFORM_ADMIN, SERVICE_USER, BorderLinkEntry,
+                                  Deployment, FederationAgentPart, FederationPart, Listen, Login, Peer, PeeringPart,
+                                  PinnedMember, SaeEntry, load_deployment, write_deployment)
     from tools.stack import Level
     from tools.supervisor import Program
 
@@ -577,15 +595,25 @@ def plan_federation(topology: Topology, topology_file: pathlib.Path | None, stat
         stack.config(level).unlink()
     device_rows = [row for row in stack.rows if row.level not in DOMAIN_LEVELS]
     stack.rows = device_rows
-    ports = _federation_ports(state_dir, topology.domains,
-                              json.loads((state_dir / PORTS_FILE).read_text()))
-    passwords = _platform_passwords(state_dir, topology.domains, demo_credentials)
+    members = peering or topology.domains
+    own_levels = DOMAIN_LEVELS + ((PEER_LEVEL,) if peering else ())
+    ports = _federation_ports(state_dir, members, json.loads((state_dir / PORTS_FILE).read_text()), own_levels,
+                              platform=not peering)
+    passwords = _platform_passwords(state_dir, members, demo_credentials, peering is not None)
     key_files = {(domain, level): state_dir / domain / level / "datastores" / HOST_KEY_FILE
-                 for domain in topology.domains for level in DOMAIN_LEVELS}
-    key_files[(PLATFORM, "")] = state_dir / "platform" / "datastores" / HOST_KEY_FILE
+                 for domain in members for level in own_levels}
+    if not peering:
+        key_files[(PLATFORM, "")] = state_dir / "platform" / "datastores" / HOST_KEY_FILE
     public = {where: public_key_line(persistent_host_key(path)) for where, path in key_files.items()}
-    client_key = persistent_host_key(state_dir / "platform" / CLIENT_KEY_FILE)
-    platform_login = Login(PLATFORM_USER, INTENT_WRITER, authorized_keys=(public_key_line(client_key),))
+    member_keys = {d: _member_key_file(state_dir, d, PEER_LEVEL if peering else "agent") for d in members}
+    member_public = {d: public_key_line(persistent_host_key(path)) for d, path in member_keys.items()}
+    if peering:   # each provider's peering agent writes its intents to its own orchestrator with its key
+        platform_logins = {d: Login(PLATFORM_USER, INTENT_WRITER, authorized_keys=(member_public[d],))
+                           for d in members}
+    else:
+        client_key = persistent_host_key(state_dir / "platform" / CLIENT_KEY_FILE)
+        platform_logins = dict.fromkeys(members, Login(PLATFORM_USER, INTENT_WRITER,
+                                                       authorized_keys=(public_key_line(client_key),)))
     km_urls = {row.name: row.etsi014_url for row in device_rows if row.etsi014_url}
     deployments_dir, logs_dir = stack.deployments_dir, stack.logs_dir
 
@@ -597,8 +625,8 @@ def plan_federation(topology: Topology, topology_file: pathlib.Path | None, stat
     programs = [p for p in stack.programs() if p.name not in DOMAIN_LEVELS]
     rows: dict[str, list] = {}
     borders: dict[str, tuple] = {}
-    platform_address = (DEFAULT_HOST, ports[PLATFORM])
-    for domain in topology.domains:
+    peering_rows: dict[str, dict] = {}
+    for domain in members:
         part = topology.domain_part(domain)
         devices = _domain_devices(topology, domain)
 
@@ -618,7 +646,7 @@ def plan_federation(topology: Topology, topology_file: pathlib.Path | None, stat
                 deployment = dataclasses.replace(deployment, part=dataclasses.replace(
                     template.part, km_by_site={km.site: km.id for km in part.key_managers}))
             if level == "orchestrator":
-                deployment = dataclasses.replace(deployment, users=template.users + (platform_login,),
+                deployment = dataclasses.replace(deployment, users=template.users + (platform_logins[domain],),
                                                  part=dataclasses.replace(template.part,
                                                                           intent_store=state_dir / domain / level))
             config = deployments_dir / domain / f"{level}.yaml"
@@ -631,14 +659,46 @@ def plan_federation(topology: Topology, topology_file: pathlib.Path | None, stat
             return Peer(name, DEFAULT_HOST, port, login.user, password=login.password, host_key=host_key)
 
         kms = {km.id for km in part.key_managers}
+        key_managers = tuple(peer(row.name, row.port, row.host_key) for row in device_rows if row.name in kms)
+        rows[domain] = [Level(level, f"{domain}/{level}", DEFAULT_HOST, ports[domain][level],
+                              device_rows[0].read_write, device_rows[0].read_only, host_key=public[(domain, level)])
+                        for level in DOMAIN_LEVELS]
+        if peering:
+            other = peering[1] if domain == peering[0] else peering[0]
+            far = {km.id for km in topology.domain_part(other).key_managers}
+            border_kms = {km: {k: url for k, url in urls.items() if k in far}
+                          for km, urls in border_km_peers(topology, domain, km_urls).items()}
+            admin, user = f"{domain}/{ADMIN}", f"{domain}/{service_user(domain)}"
+            provider = Deployment(
+                PEER_LEVEL, f"peer-{domain}", Listen(DEFAULT_HOST, key_files[(domain, PEER_LEVEL)],
+                                                     ports[domain][PEER_LEVEL]),
+                (Login(ADMIN, PLATFORM_ADMIN, password=passwords[admin]),
+                 Login(service_user(domain), SERVICE_USER, password=passwords[user])),
+                (Peer("peer", DEFAULT_HOST, ports[other][PEER_LEVEL], domain, private_key_file=member_keys[domain],
+                      host_key=public[(other, PEER_LEVEL)]),
+                 peer("forwarding", ports[domain]["forwarding"], public[(domain, "forwarding")]),
+                 Peer("orchestrator", DEFAULT_HOST, ports[domain]["orchestrator"], PLATFORM_USER,
+                      private_key_file=member_keys[domain], host_key=public[(domain, "orchestrator")]),
+                 *key_managers),
+                state_dir / domain / PEER_LEVEL,
+                PeeringPart(domain, "peer", other, member_public[other], "forwarding", "orchestrator",
+                            topology_file, border_key_managers={km: u for km, u in border_kms.items() if u}))
+            config = deployments_dir / domain / f"{PEER_LEVEL}.yaml"
+            write_deployment(config, provider)
+            programs.append(program(f"{domain}/peer", PEER_LEVEL, config))
+            peering_rows[domain] = {"host": DEFAULT_HOST, "port": ports[domain][PEER_LEVEL],
+                                    "host_key": public[(domain, PEER_LEVEL)], "admin": [ADMIN, passwords[admin]],
+                                    "service_user": [service_user(domain), passwords[user]]}
+            continue
         agent = Deployment(AGENT, f"agent-{domain}", None, (), (
-            Peer("platform", *platform_address, "enrol", password=passwords["enrol"], host_key=public[(PLATFORM, "")]),
+            Peer("platform", DEFAULT_HOST, ports[PLATFORM], "enrol", password=passwords["enrol"],
+                 host_key=public[(PLATFORM, "")]),
             peer("forwarding", ports[domain]["forwarding"], public[(domain, "forwarding")]),
             peer("orchestrator", ports[domain]["orchestrator"], public[(domain, "orchestrator")]),
-            *(peer(row.name, row.port, row.host_key) for row in device_rows if row.name in kms)),
+            *key_managers),
             state_dir / domain / "agent",
             FederationAgentPart(
-                domain, _member_key_file(state_dir, domain), "platform", "forwarding", "orchestrator",
+                domain, member_keys[domain], "platform", "forwarding", "orchestrator",
                 border_links=tuple(BorderLinkEntry(b.link_id, b.local_node, b.local_interface, b.peer_member,
                                                    b.peer_node) for b in borders[domain]),
                 saes=tuple(SaeEntry(s.id, s.km) for s in part.saes),
@@ -647,9 +707,8 @@ def plan_federation(topology: Topology, topology_file: pathlib.Path | None, stat
         config = deployments_dir / domain / "federation-agent.yaml"
         write_deployment(config, agent)
         programs.append(program(f"{domain}/agent", AGENT, config))
-        rows[domain] = [Level(level, f"{domain}/{level}", DEFAULT_HOST, ports[domain][level],
-                              device_rows[0].read_write, device_rows[0].read_only, host_key=public[(domain, level)])
-                        for level in DOMAIN_LEVELS]
+    if peering:
+        return FederationPlan(stack, rows, {}, borders, programs, peering_rows)
     accounts = (Login(ADMIN, PLATFORM_ADMIN, password=passwords[ADMIN]),
                 Login("enrol", ENROLMENT, password=passwords["enrol"]),
                 *(Login(service_user(d), SERVICE_USER, password=passwords[service_user(d)]) for d in topology.domains))
@@ -668,6 +727,19 @@ def plan_federation(topology: Topology, topology_file: pathlib.Path | None, stat
         borders, programs)
 
 
+def _check_peering(topology: Topology, pair: tuple[str, ...]) -> None:
+    """Raise ValueError unless `pair` is two domains of `topology` joined by an inter-domain link."""
+    if len(pair) != 2 or pair[0] == pair[1]:
+        raise ValueError(f"give two different domains as A,B, got {','.join(pair)!r}")
+    unknown = [d for d in pair if d not in topology.domains]
+    if unknown:
+        raise ValueError(f"no domain {unknown[0]!r} in topology {topology.name} "
+                         f"(domains: {', '.join(topology.domains) or 'none'})")
+    if not any({topology.domain_of(s.a.node), topology.domain_of(s.b.node)} == set(pair)
+               for s in topology.inter_domain_spans()):
+        raise ValueError(f"no inter-domain link joins {pair[0]} and {pair[1]} in topology {topology.name}")
+
+
 def _domain_devices(topology: Topology, domain: str) -> set[str]:
     """The devices a domain's own levels manage: its view of the plant and its own devices."""
     from devices.host import PLANT_ID, device_builders, plant_of
@@ -675,28 +747,30 @@ def _domain_devices(topology: Topology, domain: str) -> set[str]:
     return {plant_of(domain)} | {d for d, _ in device_builders(topology.domain_part(domain), None) if d != PLANT_ID}
 
 
-def _member_key_file(state_dir: pathlib.Path, domain: str) -> pathlib.Path:
+def _member_key_file(state_dir: pathlib.Path, domain: str, level_dir: str) -> pathlib.Path:
+    """The domain's member key (made the first time), kept in the directory of the level that uses it."""
     from netconf_core import persistent_host_key
     from tools.federation_deploy import MEMBER_KEY_FILE
 
-    path = state_dir / domain / "agent" / MEMBER_KEY_FILE
+    path = state_dir / domain / level_dir / MEMBER_KEY_FILE
     persistent_host_key(path)
     return path
 
 
-def _federation_ports(state_dir: pathlib.Path, domains: tuple[str, ...], plant: dict) -> dict:
-    """Each domain's levels' ports and the platform's: kept in FEDERATION_PORTS_FILE, free
+def _federation_ports(state_dir: pathlib.Path, domains: tuple[str, ...], plant: dict, levels: tuple[str, ...],
+                      platform: bool = True) -> dict:
+    """Each domain's `levels`' ports and the platform's: kept in FEDERATION_PORTS_FILE, free
     ones (none of the plant's) the first time."""
-    from tools.federation_deploy import DOMAIN_LEVELS, FEDERATION_PORTS_FILE, PLATFORM
+    from tools.federation_deploy import FEDERATION_PORTS_FILE, PLATFORM
 
     path = state_dir / FEDERATION_PORTS_FILE
     try:
         kept = json.loads(path.read_text())
     except (OSError, ValueError):
         kept = {}
-    wanted = [(d, level) for d in domains for level in DOMAIN_LEVELS
+    wanted = [(d, level) for d in domains for level in levels
               if not isinstance((kept.get(d) or {}).get(level), int)]
-    wanted += [] if isinstance(kept.get(PLATFORM), int) else [(PLATFORM, None)]
+    wanted += [] if not platform or isinstance(kept.get(PLATFORM), int) else [(PLATFORM, None)]
     taken = set(plant.get("levels", {}).values()) | {p for entry in plant.get("devices", {}).values()
                                                       for p in entry.values() if isinstance(p, int)}
     taken |= {p for d in domains for p in (kept.get(d) or {}).values() if isinstance(p, int)}
@@ -709,16 +783,18 @@ def _federation_ports(state_dir: pathlib.Path, domains: tuple[str, ...], plant: 
     return kept
 
 
-def _platform_passwords(state_dir: pathlib.Path, domains: tuple[str, ...], demo: bool) -> dict[str, str]:
-    """The platform's accounts' passwords: kept (0600) and reused; with --demo-credentials each
-    account's password is its name."""
+def _platform_passwords(state_dir: pathlib.Path, domains: tuple[str, ...], demo: bool,
+                        peering: bool = False) -> dict[str, str]:
+    """The platform's accounts' passwords (peering: each provider's agent's, as DOMAIN/ACCOUNT):
+    kept (0600) and reused; with --demo-credentials each account's password is its name."""
     import secrets
 
     from tools.federation_deploy import ADMIN, FEDERATION_CREDENTIALS_FILE, service_user
 
-    users = (ADMIN, "enrol", *map(service_user, domains))
+    users = tuple(f"{d}/{u}" for d in domains for u in (ADMIN, service_user(d))) if peering else \
+        (ADMIN, "enrol", *map(service_user, domains))
     if demo:
-        return {u: u for u in users}
+        return {u: u.rpartition("/")[2] for u in users}
     path = state_dir / FEDERATION_CREDENTIALS_FILE
     try:
         kept = json.loads(path.read_text())
@@ -733,26 +809,47 @@ def _platform_passwords(state_dir: pathlib.Path, domains: tuple[str, ...], demo:
 
 class FederatedProcessStack(ProcessStack):
     """`qstrata up` of a topology with domains: a ProcessStack whose plan is the federation's
-    (plan_federation), which federates once every process is ready."""
+    (plan_federation), which federates once every process is ready. With `peering` (two
+    domains), those two providers peer directly instead, with no platform."""
 
     def __init__(self, topology: Topology, topology_file: pathlib.Path | None = None,
-                 state_dir: pathlib.Path | None = None, speed: float = 1.0, **options):
+                 state_dir: pathlib.Path | None = None, speed: float = 1.0, *,
+                 peering: tuple[str, str] | None = None, **options):
         if len(topology.domains) < 2:
             raise ValueError(f"topology {topology.name} has {len(topology.domains)} domain(s): a federation needs two "
                              "or more")
+        if peering is not None:
+            _check_peering(topology, peering)
+            if topology_file is None:
+                raise ValueError("peering needs the topology as a file (each peering agent's deployment names it)")
+        self.peering = peering
         super().__init__(topology, topology_file, state_dir, speed, 0, **options)
 
     def _plan(self, state: pathlib.Path) -> FederationPlan:
         return plan_federation(self.topology, self.topology_file, state, self.speed, self.demo_credentials,
-                               self.insecure_sae_header, self.workers)
+                               self.insecure_sae_header, self.workers, self.peering)
+
+    @property
+    def agreement_id(self) -> str:
+        """The peering's agreement (peering only)."""
+        return "-".join(self.peering)
 
     async def start(self) -> None:
         """Start every process, then admit the domains, agree transit and wait until each
-        member allows its service user; stop everything when that fails."""
-        from tools.federation_deploy import ADMIN, POLL_S, federate, service_user, service_users_allowed
+        member allows its service user (peering: the two providers agree); stop everything
+        when that fails."""
+        from tools.federation_deploy import ADMIN, POLL_S, agree_peering, federate, service_user, service_users_allowed
 
         await super().start()
         try:
+            if self.peering:
+                sessions = [await self.connect_peer(d) for d in self.peering]
+                try:
+                    await agree_peering(*sessions, self.agreement_id, self.ready_timeout)
+                finally:
+                    for nc in sessions:
+                        nc.close()
+                return
             async with await self.connect(ADMIN) as admin:
                 await federate(admin, self.plan.borders, self.ready_timeout)
                 users = {d: service_user(d) for d in self.topology.domains}
@@ -766,6 +863,15 @@ class FederatedProcessStack(ProcessStack):
         except BaseException:
             await self.stop()
             raise
+
+    async def connect_peer(self, domain: str, account: str = "admin"):
+        """A NETCONF session to a provider's peering agent as one of its accounts (admin, users-DOMAIN)."""
+        from netconf_core import NetconfClient, trusted_host_keys
+
+        p = self.plan.peering[domain]
+        user, password = p["admin"] if account == "admin" else p["service_user"]
+        return await NetconfClient.connect(p["host"], p["port"], user, password=password,
+                                           known_hosts=trusted_host_keys(p["host_key"]), timeout=20)
 
     async def connect(self, account: str):
         """A NETCONF session to the platform as one of its accounts (admin, enrol, users-DOMAIN)."""
@@ -781,8 +887,9 @@ class FederatedProcessStack(ProcessStack):
         """What `qstrata-stack.json` holds of the federation besides the plant's devices
         (`levels`): each domain's levels, and the platform."""
         plan = self.plan
-        return {"domains": {d: [dataclasses.asdict(r) for r in rows] for d, rows in plan.domains.items()},
-                "federation": plan.platform}
+        domains = {d: [dataclasses.asdict(r) for r in rows] for d, rows in plan.domains.items()}
+        return {"domains": domains, "peering": plan.peering} if self.peering else \
+            {"domains": domains, "federation": plan.platform}
 
     def report(self) -> str:
         """Each domain's levels and the platform with its accounts, as `up` prints them."""
@@ -790,6 +897,11 @@ class FederatedProcessStack(ProcessStack):
         parts = [format_levels(plan.rows)]
         for domain, rows in plan.domains.items():
             parts.append(f"domain {domain}:\n{format_levels(rows)}")
+        for domain, p in plan.peering.items():
+            parts.append(f"peering agent of {domain}: {p['host']}:{p['port']}, accounts "
+                         f"{'/'.join(p['admin'])}, {'/'.join(p['service_user'])}; host key {p['host_key']}")
+        if self.peering:
+            return "\n\n".join(parts)
         p = plan.platform
         accounts = ", ".join("/".join(pair) for pair in (p["admin"], p["enrol"], *p["service_users"].values()))
         parts.append(f"federation platform: {p['host']}:{p['port']}, accounts {accounts}; host key {p['host_key']}")
@@ -803,21 +915,28 @@ async def _run_federation(topology: Topology, args) -> int:
     stack = FederatedProcessStack(topology, args.topology.absolute() if args.topology else None, args.state_dir,
                                   args.speed, demo_credentials=args.demo_credentials,
                                   insecure_sae_header=args.insecure_sae_header,
-                                  say=lambda line: print(line, flush=True), workers=getattr(args, "workers", None))
+                                  say=lambda line: print(line, flush=True), workers=getattr(args, "workers", None),
+                                  peering=getattr(args, "peering", None))
     stopped = asyncio.get_running_loop().create_task(until_stopped())
     state_file = pathlib.Path.cwd() / STATE_FILE
     wrote = False
     try:
-        print(f"starting federation {topology.name}: domains {', '.join(topology.domains)}, each with "
-              f"{len(DOMAIN_LEVELS)} levels and an agent, the plant's devices and the platform ...", flush=True)
+        if stack.peering:
+            print(f"starting peering {' and '.join(stack.peering)} of {topology.name}: each with "
+                  f"{len(DOMAIN_LEVELS)} levels and a peering agent, the plant's devices, no platform ...", flush=True)
+        else:
+            print(f"starting federation {topology.name}: domains {', '.join(topology.domains)}, each with "
+                  f"{len(DOMAIN_LEVELS)} levels and an agent, the plant's devices and the platform ...", flush=True)
         status = await _start(stack, stopped, "federation")
         if status is not None:
             return status
         print(stack.report(), flush=True)
         write_state(state_file, topology.name, stack.plan.rows, **stack.state())
         wrote = True
-        print(f"\n{topology.name}: {len(stack.plan.processes)} processes on 127.0.0.1; every domain "
-              f"admitted, transit agreed between neighbours. Deployments in {stack.plan.stack.deployments_dir}, "
+        done = f"{' and '.join(stack.peering)} peered under agreement {stack.agreement_id}" if stack.peering else \
+            "every domain admitted, transit agreed between neighbours"
+        print(f"\n{topology.name}: {len(stack.plan.processes)} processes on 127.0.0.1; {done}. "
+              f"Deployments in {stack.plan.stack.deployments_dir}, "
               f"logs in {stack.plan.stack.logs_dir}. Wrote {STATE_FILE} (`qstrata intent --domain D`).",
               flush=True)
         print("Ctrl-C stops.", flush=True)

@@ -10,7 +10,9 @@
   federation-agent` run, from their deployment files (docs/deployment.md).
 
 `qstrata up` of a topology with domains (tools/cmd_up.py, FederatedProcessStack) runs those
-levels, each domain's own, and the platform as processes, then calls `federate`.
+levels, each domain's own, and the platform as processes, then calls `federate`; with
+`--peering A,B` it runs two domains' levels and their peering agents (level federation-peer),
+no platform, and calls `agree_peering`.
 """
 from __future__ import annotations
 
@@ -108,6 +110,48 @@ async def federate(admin: NetconfClient, members: dict[str, tuple[BorderLink, ..
                 await asyncio.sleep(POLL_S)
     except TimeoutError:
         raise TimeoutError(f"not federated within {timeout:g} s: still waiting for {stage}") from None
+
+
+async def agree_peering(first: NetconfClient, second: NetconfClient, agreement_id: str, timeout: float) -> None:
+    """What two directly peered providers' operators do (sessions to their own peering agents
+    as administrators): the first proposes an agreement at PRICE_PER_KBIT, the second takes it
+    once its agent sees the offer; return once both agents hold it in force. Nothing is
+    written when it is already in force (a restart with the same state directory)."""
+    from decimal import Decimal
+
+    from models.federation import Agreement
+    from models.federation_peering import accept_agreement, agreement_entry, read_peering
+
+    async def peering(nc: NetconfClient):
+        return read_peering(await nc.get(("subtree", f'<federation xmlns="{FEDERATION}"/>')))
+
+    async def agreed(nc: NetconfClient) -> bool:
+        state = await peering(nc)
+        return state is not None and any(a.agreement_id == agreement_id and a.status == "agreed"
+                                         for a in state.agreements)
+
+    stage = f"agreement {agreement_id} in force at both providers"
+    try:
+        async with asyncio.timeout(timeout):
+            if await agreed(first) and await agreed(second):
+                return
+            mine, theirs = (await peering(first)), (await peering(second))
+            if mine is None or theirs is None:
+                raise ValueError("a session is not to a peering agent (it has no peering state)")
+            entry = agreement_entry(Agreement(agreement_id, frozenset((mine.member_id, theirs.member_id)), False,
+                                              Decimal(PRICE_PER_KBIT), None))
+            config = FEDERATION.element("federation")
+            FEDERATION.sub(config, "agreements").append(entry)
+            await first.edit_config(config)
+            stage = f"{theirs.member_id} to see {mine.member_id}'s offer of {agreement_id}"
+            while not any(o.agreement_id == agreement_id for o in (await peering(second)).offers):
+                await asyncio.sleep(POLL_S)
+            await second.dispatch(accept_agreement(agreement_id))
+            stage = f"agreement {agreement_id} in force at both providers"
+            while not (await agreed(first) and await agreed(second)):
+                await asyncio.sleep(POLL_S)
+    except TimeoutError:
+        raise TimeoutError(f"not peered within {timeout:g} s: still waiting for {stage}") from None
 
 
 async def member_statuses(admin: NetconfClient) -> dict[str, str]:

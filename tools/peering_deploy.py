@@ -3,27 +3,72 @@ with its FederatedDomain, as `qstrata run federation-peer` runs it from its depl
 (read by tools/deployment.py)."""
 from __future__ import annotations
 
+import asyncio
+import logging
+
+log = logging.getLogger(__name__)
+
 
 class PeeringProvider:
     """One provider's standing peering: its agent, its FederatedDomain, its border key managers
-    peered with the ones across the link (what `qstrata run federation-peer` runs)."""
+    peered with the ones across the link (what `qstrata run federation-peer` runs). The levels
+    it is a client of may start after it (`qstrata up` starts every process at once): the key
+    managers are peered by a loop that backs off until they answer, and the domain starts once
+    its forwarding controller and orchestrator answer."""
 
     def __init__(self, agent, domain, key_managers: dict, border_key_managers: dict[str, dict[str, str]]):
+        from netconf_core import ReconcileLoop
+        from orchestrator.federation_service import BACKOFF_CAP_S, ERRORS
+
         self.agent, self.domain = agent, domain
         self.key_managers, self.border_key_managers = key_managers, border_key_managers
+        self.peered = asyncio.Event()
+        self._domain_start: asyncio.Task | None = None
+        self._loop = ReconcileLoop(f"peering {agent.member_id}: border key managers", self._peer_key_managers,
+                                   backoff_cap=BACKOFF_CAP_S, expected=ERRORS, logger=log)
 
     @property
     def port(self) -> int:
         return self.agent.port
 
+    @property
+    def links(self) -> dict:
+        """The domain's levels it is a client of (named in a not-in-sync warning)."""
+        return {"forwarding": self.domain.forwarding, "orchestrator": self.domain.orchestrator}
+
     async def start(self) -> None:
+        await self.agent.start()
+        self._loop.start()
+        self._loop.wake()
+        self._domain_start = asyncio.get_running_loop().create_task(self._start_domain())
+
+    async def _peer_key_managers(self) -> None:
         from orchestrator.federation_service import peer_key_managers
 
-        await self.agent.start()
-        await peer_key_managers(self.key_managers, self.border_key_managers)
-        await self.domain.start(None)
+        if not self.peered.is_set():
+            await peer_key_managers(self.key_managers, self.border_key_managers)
+            self.peered.set()
+
+    async def _start_domain(self) -> None:
+        from orchestrator.federation_service import ERRORS
+
+        try:
+            await self.domain.start(None)
+        except ERRORS as error:
+            log.warning("peering %s: first pass failed (%s); the domain's loop tries again", self.agent.member_id,
+                        error)
+            self.domain._loop.start()   # FederatedDomain.start stops short of it when its first pass fails
+
+    async def wait_synced(self, timeout: float) -> None:
+        """Until the key managers are peered and the domain's levels reached (TimeoutError after `timeout`)."""
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(self.peered.wait(), asyncio.shield(self._domain_start))
 
     async def stop(self) -> None:
+        await self._loop.stop()
+        if self._domain_start is not None and not self._domain_start.done():
+            self._domain_start.cancel()
+        await asyncio.gather(*(t for t in (self._domain_start,) if t is not None), return_exceptions=True)
         await self.domain.stop()
         await self.agent.stop()
 
