@@ -5,13 +5,21 @@ a periodic full resync that catches what notifications missed.
 A controller that declares `watches` (class attribute, or the constructor's argument) keeps
 those on-change YANG-Push subscriptions on every device that offers ietf-yang-push and hears
 of their changes in `device_update`; `polled(link)` says whether it must still read that
-device's watched state itself (the device offers no YANG-Push, or nothing is watched)."""
+device's watched state itself (the device offers no YANG-Push, or nothing is watched).
+
+A controller's state changes only when something it hears of or does changes it: the base
+signals `server.state_changed()` after every hook it runs (a device connected, lost, told or
+pushed something; a resync; a commit's `apply`), and a controller's own links and loops are
+made with `link` and `loop`, which signal the same way. So on-change subscriptions to its
+operational state look at it only then (NetconfServer.signals_state) instead of polling;
+state read live from devices when asked (delivered-key and pair counters) is seen as it is
+at those moments."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import pathlib
-from typing import Callable, ClassVar
+from typing import Awaitable, Callable, ClassVar
 
 import asyncssh
 from lxml import etree
@@ -59,17 +67,39 @@ class Controller:
         self.server = NetconfServer(schema_for(self.modules), users, host=host, port=port, host_key=host_key,
                                     datastore_dir=state_dir / "datastores" if state_dir else None,
                                     nacm=standard_nacm(list(read_write), list(read_only), self.read_only_rpcs), name=name)
-        self.server.on_change(self.apply)
+        self.server.signals_state = True
+        self.server.on_change(self.signalling(self.apply))
         self.server.add_state_provider(self.state, list(self.state_paths) if self.state_paths else None)
         self.links = {ep.name: self.make_link(ep) for ep in devices}
         self.resync_period = resync_period
         # Periodic only; a failed resync is logged and the next period tries again.
-        self._resync = ReconcileLoop(f"{name} resync", self.resync, period=resync_period, backoff_initial=None,
-                                     logger=log)
+        self._resync = self.loop(f"{name} resync", self.resync, period=resync_period, backoff_initial=None,
+                                 logger=log)
 
     def make_link(self, endpoint: Endpoint) -> DeviceLink:
-        return DeviceLink(endpoint, self.device_modules, self.device_connected, self.device_notification,
-                          self.watches, self.device_update if self.watches else None)
+        return self.link(endpoint, self.device_modules, self.device_connected, self.device_notification,
+                         self.watches, self.device_update if self.watches else None)
+
+    def signalling(self, hook: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+        """`hook`, after which (even when it fails) on-change subscriptions to the state look again."""
+        async def signalled(*args):
+            try:
+                return await hook(*args)
+            finally:
+                self.server.state_changed()
+        return signalled
+
+    def link(self, endpoint: Endpoint, modules: tuple[str, ...], on_connect: Callable[..., Awaitable],
+             on_notification: Callable[..., Awaitable], watches: tuple[Watch, ...] = (),
+             on_update: Callable[..., Awaitable] | None = None) -> DeviceLink:
+        """A DeviceLink whose hooks, and the loss of whose session, signal a state change."""
+        return DeviceLink(endpoint, modules, self.signalling(on_connect), self.signalling(on_notification), watches,
+                          self.signalling(on_update) if on_update else None,
+                          on_disconnect=lambda link: self.server.state_changed())
+
+    def loop(self, name: str, work: Callable[[], Awaitable], **options) -> ReconcileLoop:
+        """A ReconcileLoop whose passes signal a state change."""
+        return ReconcileLoop(name, self.signalling(work), **options)
 
     def polled(self, link: DeviceLink) -> bool:
         """Whether the watched state of this device is to be read by polling: it offers no

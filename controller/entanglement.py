@@ -47,7 +47,6 @@ from models import entanglement as model, quantum_node as qn_model
 from models.entanglement import PlanHop, SessionRequest, SessionStatus
 from models.fabric import FILTER as FABRIC_FILTER, FabricView
 from models.ns import FABRIC, QUANTUM_NODE
-from netconf_core import ReconcileLoop
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import RPCError
 from netconf_core.link import DeviceLink, Endpoint, TransactionError
@@ -117,13 +116,13 @@ class EntanglementController(Controller):
     def __init__(self, name: str, devices: list[Endpoint], fabric: Endpoint, users: dict[str, User], *,
                  period: float = 2.0, **kwargs):
         super().__init__(name, devices, users, **kwargs)
-        self.fabric = DeviceLink(fabric, ("qi-fabric",), self._fabric_connected, self._fabric_notification)
+        self.fabric = self.link(fabric, ("qi-fabric",), self._fabric_connected, self._fabric_notification)
         self.placements: dict[str, Placement] = {}
         self.held: dict[str, dict[str, qn_model.SessionPlan]] = {}  # node -> its sessions, as last read
         self.apps: dict[str, str] = {}                                # application endpoint -> its end node
         self.synced = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._loop = ReconcileLoop(name, self._pass, period=period, backoff_initial=1.0, backoff_cap=8.0, logger=log)
+        self._loop = self.loop(name, self._pass, period=period, backoff_initial=1.0, backoff_cap=8.0, logger=log)
 
     async def start(self) -> None:
         await super().start()

@@ -63,8 +63,8 @@ class FabricController(Controller):
     def __init__(self, name: str, devices: list[Endpoint], users: dict[str, User], *,
                  connectivity: Endpoint | None = None, **kwargs):
         super().__init__(name, devices, users, **kwargs)
-        self.connectivity = DeviceLink(connectivity, ("qi-connectivity",), self._connectivity_connected,
-                                       self._connectivity_notification) if connectivity is not None else None
+        self.connectivity = self.link(connectivity, ("qi-connectivity",), self._connectivity_connected,
+                                      self._connectivity_notification) if connectivity is not None else None
         self.fibre_network = "fibre"
         self.paths_made: set[str] = set()  # optical paths this controller asked for
         self.nodes: dict[str, tuple[qn_model.NodeConfig, qn_model.NodeState]] = {}  # by device name

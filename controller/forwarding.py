@@ -74,7 +74,7 @@ from models.network import RESOURCE_PREFIXES, link_resource, resource_link
 from models.ns import ETSI_NODE, FORWARDING, NT, NW, QI_ALARMS
 from models.qkd_node import (LinkState, NodeLinkConfig, NodeView, link_removal, node_link_element, node_links_edit,
                              read_link_states, read_node)
-from netconf_core import ReconcileLoop, Watch
+from netconf_core import Watch
 from netconf_core.datastore import empty_tree
 from netconf_core.errors import RPCError
 from netconf_core.link import DeviceLink, Endpoint, TransactionError, transaction
@@ -167,8 +167,8 @@ class ForwardingController(Controller):
                  km_by_site: dict[str, str] | None = None, **kwargs):
         super().__init__(name, devices, users, **kwargs)
         self.km_by_site = dict(km_by_site or {})
-        self.connectivity = DeviceLink(connectivity, ("qi-connectivity",), self._connectivity_connected,
-                                       self._connectivity_notification)
+        self.connectivity = self.link(connectivity, ("qi-connectivity",), self._connectivity_connected,
+                                      self._connectivity_notification)
         self.fibre_network = DEFAULT_FIBRE_NETWORK
         self.nodes: dict[str, NodeView] = {}  # by node-id (device name)
         self.path_loss: dict[str, float] = {}  # optical path name -> total loss at the connectivity controller
@@ -182,10 +182,9 @@ class ForwardingController(Controller):
         self._lock = asyncio.Lock()
         # Bursts of (re)connections and of path notifications are one pass each; a failed
         # pass is not retried: the next connection, change or resync tries again.
-        self._settler = ReconcileLoop(f"{name} settle", self._settle_now, backoff_initial=None, logger=log)
+        self._settler = self.loop(f"{name} settle", self._settle_now, backoff_initial=None, logger=log)
         self._unsettled: str | None = None
-        self._path_refresher = ReconcileLoop(f"{name} paths", self._refresh_stale_paths, backoff_initial=None,
-                                             logger=log)
+        self._path_refresher = self.loop(f"{name} paths", self._refresh_stale_paths, backoff_initial=None, logger=log)
         self._paths_stale = False
         self.synced = asyncio.Event()  # every node read and the topology in running
 

@@ -75,7 +75,6 @@ from models.key_manager import (COUNTERS_FILTER, CONFIG_FILTER, PEER_INTERFACE_F
 from models.ns import ALARMS, FORWARDING, KEY_MANAGER, NW, SERVICE
 from models.service import (REASON_LENGTH, Hop, ServiceView, Session, SessionConfig, append_hops,
                             session_status_change, sessions_of)
-from netconf_core import ReconcileLoop
 from netconf_core.errors import RPCError
 from netconf_core.link import DeviceLink, Endpoint, TransactionError
 from netconf_core.notifications import now
@@ -113,8 +112,8 @@ class ServiceController(Controller):
         """`connectivity`, when given, is read by plan-path for the links that could be built."""
         super().__init__(name, devices, users, **kw)
         self.connectivity = connectivity
-        self.forwarding = DeviceLink(forwarding, ("qi-forwarding",), self._forwarding_connected,
-                                     self._forwarding_notification)
+        self.forwarding = self.link(forwarding, ("qi-forwarding",), self._forwarding_connected,
+                                    self._forwarding_notification)
         self.kms: dict[str, KmView] = {}            # by device (link) name
         self.km_urls: dict[str, str] = {}           # km-id -> its KM-to-KM interface (peer-interface/url)
         self.sessions: dict[str, Placement] = {}    # by session name
@@ -126,7 +125,7 @@ class ServiceController(Controller):
         self._wakes = 0                             # wake-ups asked so far
         self._seen = 0                              # ... that the last reconcile started after
         # No retry of a failed pass: the next wake-up tries again.
-        self._loop = ReconcileLoop(name, self._reconcile_pass, backoff_initial=None, logger=log)
+        self._loop = self.loop(name, self._reconcile_pass, backoff_initial=None, logger=log)
         self.server.add_rpc("/qi-service:plan-path", self._plan_path)
 
     async def start(self) -> None:

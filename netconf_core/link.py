@@ -107,8 +107,10 @@ class DeviceLink:
                  on_connect: Callable[["DeviceLink"], Awaitable[None]] | None = None,
                  on_notification: Callable[["DeviceLink", etree._Element], Awaitable[None]] | None = None,
                  watches: tuple[Watch, ...] = (),
-                 on_update: Callable[["DeviceLink", Watch, etree._Element], Awaitable[None]] | None = None):
-        """`on_update(link, watch, content)` gets each <push-update> (the first, with the
+                 on_update: Callable[["DeviceLink", Watch, etree._Element], Awaitable[None]] | None = None,
+                 on_disconnect: Callable[["DeviceLink"], None] | None = None):
+        """`on_disconnect(link)` is called when a connected link loses its session.
+        `on_update(link, watch, content)` gets each <push-update> (the first, with the
         selection whole, then after each resubscription) and <push-change-update> of a watch,
         after `replica(watch)` has followed it: the watch's selection as the device has it now
         (resolved against the schema of `required_modules` and the watch's `modules`, which
@@ -126,6 +128,7 @@ class DeviceLink:
         self.required_modules = required_modules
         self.on_connect = on_connect
         self.on_notification = on_notification
+        self.on_disconnect = on_disconnect
         self.client: NetconfClient | None = None
         self.status = "connecting"
         self.reason = ""
@@ -187,6 +190,7 @@ class DeviceLink:
                 self.reason = f"{type(err).__name__}: {err}"
             except Exception as err:  # asyncssh's own errors (auth, protocol) and anything unforeseen
                 self.reason = f"{type(err).__name__}: {err}"
+            was_connected = self.connected.is_set()
             self.connected.clear()
             self._stop_watches()
             if self.client:
@@ -194,6 +198,8 @@ class DeviceLink:
                 self.client = None
             if self.status not in ("incompatible", "untrusted-host-key"):
                 self.status = "disconnected"
+            if was_connected and self.on_disconnect:
+                self.on_disconnect(self)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 

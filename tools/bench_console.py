@@ -6,8 +6,8 @@ more process (`qstrata console` over the stack file), measured on its own; Debia
 
 - console up: from the console's start until it has a view of every level;
 - idle: the console's CPU while nothing happens (IDLE_S), and that of the controllers it
-  watches (a YANG-Push subscription to operational state is a look at it four times a second
-  on the level's side); the console's peak resident memory;
+  watches (the controllers signal their state changes, so a YANG-Push on-change subscription
+  costs them a look only when something changed); the console's peak resident memory;
 - first full render: from opening the page (logged in) until every stratum is drawn and the
   sites are laid out (the page's `firstRender`), in a fresh browser context (nothing kept);
 - update latency: a span is cut at the fibre plant over NETCONF; measured from the RPC, and
