@@ -59,6 +59,7 @@ are read where the session was last placed, also while it has no path.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 from dataclasses import dataclass, field
@@ -203,9 +204,14 @@ class ServiceController(Controller):
         if url:
             self.km_urls[view.km_id] = url
         previous = self.kms.get(link.name)
-        if previous is not None and previous.config != view.config:
+        if previous is not None and self._managed(previous.config) != self._managed(view.config):
             log.warning("%s: key manager %s differs from what was written; repairing", self.name, view.km_id)
         self.kms[link.name] = view
+
+    def _managed(self, config: KmConfig) -> KmConfig:
+        """What of a key manager's configuration this controller writes: peers of another
+        domain (written by its federation or peering agent) are left as configured."""
+        return dataclasses.replace(config, peers={km: url for km, url in config.peers.items() if km in self.km_urls})
 
     async def _forwarding_connected(self, link: DeviceLink) -> None:
         self.wake()

@@ -466,3 +466,38 @@ def test_eavesdropper_on_the_path_moves_the_session_off_the_alarmed_link(running
     assert final == "active" and replanned.startswith(f"re-planned over {ROUTE_A} on 3 key managers: link a-n ")
     assert (state["status"], state["path"]) == ("active", ROUTE_A)
     assert len(keys) == 2
+
+
+def test_a_peer_of_another_domain_on_a_key_manager_is_left_as_configured_and_is_no_drift(
+        running: Running, s1_on_route_a: None, caplog) -> None:
+    """A federation or peering agent adds the key manager across an inter-domain link as a peer
+    of a border key manager: the service controller leaves it and does not call it drift; a
+    session removed behind its back still is drift, and is repaired."""
+    import logging
+
+    km = "km-quintin"
+    foreign = (f'<key-manager xmlns="{KM}"><peers><peer><km-id>km-elsewhere</km-id>'
+               "<url>https://127.0.0.1:9</url></peer></peers></key-manager>")
+
+    async def scenario() -> None:
+        async with await running.client(km) as nc:
+            await nc.edit_config(foreign)
+        with caplog.at_level(logging.WARNING, logger="controller.service"):
+            await running.stack.service.resync()
+            await running.stack.service.resync()
+        assert not [r for r in caplog.records if "differs from what was written" in r.getMessage()], caplog.text
+        config = await running.km(km)
+        assert config.peers.get("km-elsewhere") == "https://127.0.0.1:9" and config.sessions, config
+        assert await _s1_is(running, ROUTE_A)
+        session = next(iter(config.sessions))
+        async with await running.client(km) as nc:
+            await nc.edit_config(f'<key-manager xmlns="{KM}" xmlns:nc="{BASE_NS}"><sessions><session '
+                                 f'nc:operation="delete"><session-id>{session}</session-id></session></sessions>'
+                                 "</key-manager>")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="controller.service"):
+            await running.stack.service.resync()
+        assert f"key manager {km} differs from what was written; repairing" in caplog.text, caplog.text
+        assert session in (await running.km(km)).sessions
+        assert (await running.km(km)).peers.get("km-elsewhere") == "https://127.0.0.1:9"
+    running.run(scenario())
