@@ -175,6 +175,16 @@ def test_device_and_orchestrator_sections_are_checked_against_what_they_name(tmp
     assert [p.split(": ", 1)[1] for p in found] == [
         "peers[0]: the orchestrator's peers are its three controllers; 'qkd-a' is none of orchestrator.service, "
         ".forwarding, .connectivity"]
+    # roaming: the federation platform is a peer the section names, and the member id a string
+    orchestrator["orchestrator"].update(service="qkd-a", platform="platform", member_id="")
+    found = problems(write(tmp_path, orchestrator, "orchestrator.yaml"))
+    assert sorted(p.split(": ", 1)[1] for p in found) == [
+        "orchestrator.member_id: must be a non-empty string, got the string ''",
+        "orchestrator.platform: no peer named 'platform' in peers (peers: connectivity, qkd-a, qkd-b)"]
+    orchestrator["peers"].append(dict(orchestrator["peers"][0], name="platform"))
+    orchestrator["orchestrator"].update(member_id="A")
+    read = load_deployment(write(tmp_path, orchestrator, "orchestrator.yaml"))
+    assert (read.part.platform, read.part.member_id, read.peer("platform").name) == ("platform", "A", "platform")
 
 
 def test_qstrata_run_refuses_a_bad_file_with_its_problems(tmp_path, keys, capsys):

@@ -2,7 +2,9 @@
 devices, each domain's controllers, orchestrator and federation agent, and the platform, each
 its own `qstrata run` process, and federates them. A user of domain A then asks the platform
 (over NETCONF, its host key pinned) for keys between sae-a (A) and sae-c (C); both SAEs fetch
-matching keys over ETSI GS QKD 014 with their client certificates; SIGTERM stops every process.
+matching keys over ETSI GS QKD 014 with their client certificates; a roaming intent written at
+A's orchestrator is escalated to the platform and comes up across domains; SIGTERM stops every
+process.
 """
 from __future__ import annotations
 
@@ -17,13 +19,15 @@ import time
 import aiohttp
 import yaml
 
+from conftest import until
 from devices.topology import embedded_topology
-from models.federation import read_service_statuses
-from models.ns import FEDERATION
+from models.federation import read_service_statuses, service_delete
+from models.intent import read_intents
+from models.ns import FEDERATION, INTENT
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 from netconf_core.ssh import trusted_host_keys
-from test_processes import alive, child_env, children, start_up
+from test_processes import alive, child_env, children, session, start_up
 from tools.demo_steps import exchange_keys
 from tools.federated_stack import service_request
 from tools.pki import client_context
@@ -96,17 +100,48 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
                 ids, same = await exchange_keys(http, (urls[km["sae-a"]], "sae-a"), (urls[km["sae-c"]], "sae-c"),
                                                 timeout=ACTIVE_S, tls=lambda sae: client_context(pki.sae(sae)))
             assert ids and same
-            return route
+            # The user ends that service; a roaming intent for the same SAEs at A's own
+            # orchestrator (a process) is escalated to the platform (another process), routed
+            # across domains, and active with its domains and segments; keys flow again.
+            async with await platform(info, info["service_users"]["A"]) as user:
+                await user.edit_config(service_delete(SERVICE))
+            row = next(r for r in stack["domains"]["A"] if r["level"] == "orchestrator")
+            async with await session(row) as nc:
+                await nc.edit_config(f'<intents xmlns="{INTENT}"><intent><name>roam1</name><endpoints>'
+                                     "<source-sae>sae-a</source-sae><destination-sae>sae-c</destination-sae>"
+                                     "</endpoints><min-rate>10000</min-rate><allow-federation>true"
+                                     "</allow-federation></intent></intents>")
+
+                seen = {}
+
+                async def roaming_active():
+                    seen.update(read_intents(await nc.get(("subtree", f'<intents xmlns="{INTENT}"/>'))))
+                    return seen["roam1"] if seen.get("roam1", {}).get("state") == "active" else None
+                try:
+                    intent = await until(roaming_active, "roaming intent roam1 active", timeout=ACTIVE_S, period=0.5)
+                except AssertionError as failure:
+                    raise AssertionError(f"{failure}: it is {seen.get('roam1')}") from None
+            fed = intent["federation"]
+            assert (fed["source-domain"], fed["destination-domain"], fed["status"]) == ("A", "C", "active"), fed
+            assert fed["domains"][0] == "A" and fed["domains"][-1] == "C", fed
+            assert [s["status"] for s in fed["segments"]] == ["active"] * len(fed["domains"]), fed
+            async with aiohttp.ClientSession() as http:
+                roamed, same = await exchange_keys(http, (urls[km["sae-a"]], "sae-a"), (urls[km["sae-c"]], "sae-c"),
+                                                   timeout=ACTIVE_S, tls=lambda sae: client_context(pki.sae(sae)))
+            assert roamed and same and not set(roamed) & set(ids)
+            return fed["domains"]
 
         route = asyncio.run(scenario())
         # `qstrata intent list --domain D` reads domain D's orchestrator: the transit domain holds
-        # the service's segment as an intent, the other middle domain does not
+        # the roaming service's segment as an intent, the other middle domain does not, and the
+        # ended service's segment is gone
         transit, other = route[1], ({"B", "D"} - {route[1]}).pop()
         for domain, holds in ((transit, True), (other, False)):
             listed = subprocess.run([sys.executable, "-m", "tools.cli", "intent", "list", "--domain", domain],
                                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
             assert listed.returncode == 0, listed.stderr
-            assert (f"fed-{SERVICE}" in listed.stdout) == holds, (domain, listed.stdout)
+            assert ("fed-roam-A-roam1" in listed.stdout) == holds, (domain, listed.stdout)
+            assert f"fed-{SERVICE}" not in listed.stdout, (domain, listed.stdout)
         unknown = subprocess.run([sys.executable, "-m", "tools.cli", "intent", "list", "--domain", "Z"],
                                  cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
         assert unknown.returncode != 0 and "no domain 'Z'" in unknown.stderr, unknown

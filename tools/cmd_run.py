@@ -153,7 +153,9 @@ def build(d: Deployment):
 
     strata = [endpoint(d.peer(name)) for name in (part.service, part.forwarding, part.connectivity)]
     return Orchestrator(d.name, *strata, store_dir=part.intent_store, intent_writers=d.access(INTENT_WRITER),
-                        entanglement=endpoint(d.peer(part.entanglement)) if part.entanglement else None, **common)
+                        entanglement=endpoint(d.peer(part.entanglement)) if part.entanglement else None,
+                        federation=endpoint(d.peer(part.platform)) if part.platform else None,
+                        federation_member=part.member_id, **common)
 
 
 def _twin_service(d: Deployment):

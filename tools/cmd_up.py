@@ -646,9 +646,15 @@ def plan_federation(topology: Topology, topology_file: pathlib.Path | None, stat
                 deployment = dataclasses.replace(deployment, part=dataclasses.replace(
                     template.part, km_by_site={km.site: km.id for km in part.key_managers}))
             if level == "orchestrator":
+                # it lets the platform (or its peering agent) write intents; with a platform, its
+                # roaming intents reach the platform as the domain's service user
+                roaming = () if peering else (Peer(PLATFORM, DEFAULT_HOST, ports[PLATFORM], service_user(domain),
+                                                   password=passwords[service_user(domain)],
+                                                   host_key=public[(PLATFORM, "")]),)
                 deployment = dataclasses.replace(deployment, users=template.users + (platform_logins[domain],),
-                                                 part=dataclasses.replace(template.part,
-                                                                          intent_store=state_dir / domain / level))
+                                                 peers=peers + roaming, part=dataclasses.replace(
+                                                     template.part, intent_store=state_dir / domain / level,
+                                                     platform=None if peering else PLATFORM, member_id=domain))
             config = deployments_dir / domain / f"{level}.yaml"
             write_deployment(config, deployment)
             programs.append(program(f"{domain}/{level}", level, config))

@@ -173,6 +173,8 @@ class OrchestratorPart:
     connectivity: str
     intent_store: pathlib.Path
     entanglement: str | None = None        # the entanglement service controller: entanglement intents
+    platform: str | None = None            # the federation platform, as the domain's service user: roaming
+    member_id: str | None = None           # the domain's member id there (default: found from its SAEs)
 
 
 @dataclass(frozen=True)
@@ -568,20 +570,25 @@ def _part(r: _Reader, level: str, value: Any, peers: tuple[Peer, ...], names: se
         m = r.mapping(value, level, ("fabric",), ())
         fabric = role(m, "fabric") if m is not None else None
         return EntanglementPart(fabric) if fabric else None
-    m = r.mapping(value, level, ("service", "forwarding", "connectivity", "intent_store"), ("entanglement",))
+    m = r.mapping(value, level, ("service", "forwarding", "connectivity", "intent_store"),
+                  ("entanglement", "platform", "member_id"))
     if m is None:
         return None
     strata = [role(m, key) for key in ("service", "forwarding", "connectivity")]
-    entanglement = role(m, "entanglement")
+    entanglement, platform = role(m, "entanglement"), role(m, "platform")
     for index, peer in enumerate(peers):
-        if peer.name not in strata + [entanglement]:
-            extra = (" and its entanglement service controller", ", .entanglement") if "entanglement" in m else ("", "")
-            r.fail(f"peers[{index}]", f"the orchestrator's peers are its three controllers{extra[0]}; {peer.name!r} is "
-                                      f"none of orchestrator.service, .forwarding, .connectivity{extra[1]}")
+        if peer.name not in strata + [entanglement, platform]:
+            named = {"entanglement": "its entanglement service controller", "platform": "the federation platform"}
+            named = {key: what for key, what in named.items() if key in m}
+            also = "".join(f" and {what}" for what in named.values())
+            r.fail(f"peers[{index}]", f"the orchestrator's peers are its three controllers{also}; {peer.name!r} is "
+                                      "none of orchestrator.service, .forwarding, .connectivity"
+                                      + "".join(f", .{key}" for key in named))
     store = r.path(m, "intent_store", level)
+    member_id = r.string(m, "member_id", level) if "member_id" in m else None
     if None in strata or store is None:
         return None
-    return OrchestratorPart(*strata, store, entanglement)
+    return OrchestratorPart(*strata, store, entanglement, platform, member_id)
 
 
 def _platform_deployment(r: _Reader, data: dict) -> Deployment | None:
