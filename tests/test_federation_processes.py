@@ -4,7 +4,8 @@ its own `qstrata run` process, and federates them. A user of domain A then asks 
 (over NETCONF, its host key pinned) for keys between sae-a (A) and sae-c (C); both SAEs fetch
 matching keys over ETSI GS QKD 014 with their client certificates; a roaming intent written at
 A's orchestrator is escalated to the platform and comes up across domains; SIGTERM stops every
-process.
+process. Then end-user mobility as processes: an SAE moves from C to D mid-service, and keys and
+charging follow it.
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ import yaml
 
 from conftest import until
 from devices.topology import embedded_topology
-from models.federation import read_service_statuses, service_delete
+from models.federation import read_charging, read_service_statuses, service_delete
 from models.intent import read_intents
-from models.ns import FEDERATION, INTENT
+from models.ns import FEDERATION, INTENT, KEY_MANAGER
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 from netconf_core.ssh import trusted_host_keys
@@ -152,3 +153,105 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
     assert code == 0, "\n".join(out.lines[-30:])
     assert not (tmp_path / "qstrata-stack.json").exists()
     assert processes and not [config for config, pid in processes.items() if alive(pid)]
+
+
+def _intent_xml(name: str) -> str:
+    return (f'<intents xmlns="{INTENT}"><intent><name>{name}</name><endpoints><source-sae>sae-a</source-sae>'
+            "<destination-sae>sae-c</destination-sae></endpoints><min-rate>10000</min-rate>"
+            "<allow-federation>true</allow-federation></intent></intents>")
+
+
+def test_an_sae_moves_domains_between_processes_and_its_keys_and_charging_follow(tmp_path):
+    """End-user mobility with every level a process: sae-c, served by C, is attached at D's
+    km-d2 by D's operator (a NETCONF edit on the key manager) and moved there (move-sae at the
+    platform); the roaming intent of A follows it to D, keys keep matching and none is served
+    twice, and charging bills each member on the agreement of the route of the time."""
+    env = child_env()
+    up, out = start_up(tmp_path, str(ROOT / "devices/topologies/federation.yaml"))
+    try:
+        out.wait_for(r"^Ctrl-C stops\.$", START_S)
+        stack = json.loads((tmp_path / "qstrata-stack.json").read_text())
+        info, levels = stack["federation"], {row["name"]: row for row in stack["levels"]}
+        urls = {name: row["etsi014_url"] for name, row in levels.items() if row.get("etsi014_url")}
+        pki = KeyDeliveryPki(tmp_path / "state" / PKI_DIR)
+        served: dict[str, str] = {}   # key ID -> the key manager that handed it to sae-c
+
+        async def keys_at(http, km: str) -> None:
+            ids, same = await exchange_keys(http, (urls["km-a1"], "sae-a"), (urls[km], "sae-c"), timeout=ACTIVE_S,
+                                            tls=lambda sae: client_context(pki.sae(sae)))
+            assert ids and same and not set(ids) & set(served), (km, ids)
+            served.update(dict.fromkeys(ids, km))
+
+        async def scenario() -> tuple[list[str], list[str]]:
+            orchestrator = next(r for r in stack["domains"]["A"] if r["level"] == "orchestrator")
+            async with await session(orchestrator) as nc, aiohttp.ClientSession() as http:
+                async def federation_of(destination: str):
+                    fed = read_intents(await nc.get(("subtree", f'<intents xmlns="{INTENT}"/>'))).get(
+                        "travel", {}).get("federation") or {}
+                    return fed if (fed.get("destination-domain"), fed.get("status")) == (destination, "active") \
+                        else None
+                await nc.edit_config(_intent_xml("travel"))
+                before = (await until(lambda: federation_of("C"), "travel active to C", ACTIVE_S, 0.5))["domains"]
+                for _ in range(2):
+                    await keys_at(http, "km-c3")
+                # D's operator attaches sae-c at km-d2; D's agent advertises it; the admin moves it.
+                async with await session(levels["km-d2"]) as km:
+                    await km.edit_config(f'<key-manager xmlns="{KEY_MANAGER}"><saes><sae><sae-id>sae-c</sae-id>'
+                                         "</sae></saes></key-manager>")
+                async with await platform(info, info["admin"]) as admin:
+                    async def moved():
+                        try:
+                            await admin.dispatch(FEDERATION.element("move-sae", leaves={"sae-id": "sae-c",
+                                                                                       "member-id": "D"}))
+                        except RPCError as error:   # until D's agent advertises it
+                            assert error.tag == "invalid-value" and "does not advertise" in error.message, error
+                            return False
+                        return True
+                    await until(moved, "move-sae accepted", ACTIVE_S, 0.5)
+                after = (await until(lambda: federation_of("D"), "travel active to D", ACTIVE_S, 0.5))["domains"]
+                for _ in range(2):
+                    await keys_at(http, "km-d2")
+            return before, after
+
+        before, after = asyncio.run(scenario())
+        assert before[0] == after[0] == "A" and before[-1] == "C" and after[-1] == "D", (before, after)
+
+        # Charging: each member after A is paid under the agreement with the member before it on
+        # the route that carried the keys; the agents report every second, so wait for them.
+        at = {km: sum(1 for where in served.values() if where == km) for km in ("km-c3", "km-d2")}
+        wanted: dict[tuple[str, str], int] = {}
+        for route, keys in ((before, at["km-c3"]), (after, at["km-d2"])):
+            for previous, member in zip(route, route[1:]):
+                agreement = "-".join(sorted((previous, member)))
+                wanted[(member, agreement)] = wanted.get((member, agreement), 0) + keys
+
+        async def billed():
+            async with await platform(info, info["admin"]) as admin:
+                data = await admin.get(("subtree", f'<federation xmlns="{FEDERATION}"><charging/></federation>'))
+            totals: dict[tuple[str, str], int] = {}
+            for c in read_charging(data).values():
+                if c.service_id == "roam-A-travel" and c.member_id != "A":
+                    totals[(c.member_id, c.agreement)] = totals.get((c.member_id, c.agreement), 0) + c.keys
+            return totals if totals == wanted else None
+        try:
+            asyncio.run(until(billed, "charging of both routes", ACTIVE_S, 1.0))
+        except AssertionError:
+            raise AssertionError(f"wanted {wanted}, billed {asyncio.run(_billed_now(info))}") from None
+        # `qstrata federation settle D` (a NETCONF client of the platform) shows what D is owed from A
+        settle = subprocess.run([sys.executable, "-m", "tools.cli", "federation", "settle", "D", "--port",
+                                 str(info["port"]), "--password", info["admin"][1], "--host-key", info["host_key"]],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert settle.returncode == 0, settle.stderr
+        line = next(l.split() for l in settle.stdout.splitlines() if l.startswith("receivable ") and " A-D " in l)
+        assert int(line[3]) == wanted[("D", "A-D")], settle.stdout
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+        code = up.wait(STOP_S)
+    assert code == 0, "\n".join(out.lines[-30:])
+
+
+async def _billed_now(info: dict) -> list:
+    async with await platform(info, info["admin"]) as admin:
+        data = await admin.get(("subtree", f'<federation xmlns="{FEDERATION}"><charging/></federation>'))
+    return [(c.member_id, c.agreement, c.keys, c.service_id) for c in read_charging(data).values()]

@@ -708,7 +708,7 @@ def plan_federation(topology: Topology, topology_file: pathlib.Path | None, stat
                 border_links=tuple(BorderLinkEntry(b.link_id, b.local_node, b.local_interface, b.peer_member,
                                                    b.peer_node) for b in borders[domain]),
                 saes=tuple(SaeEntry(s.id, s.km) for s in part.saes),
-                service_users=(service_user(domain),),
+                service_users=(service_user(domain),), visitors=True,
                 border_key_managers=border_km_peers(topology, domain, km_urls)))
         config = deployments_dir / domain / "federation-agent.yaml"
         write_deployment(config, agent)

@@ -235,6 +235,7 @@ class FederationAgentPart:
     capacity_share: float = 1.0
     share_with: tuple[str, ...] | None = None     # None: every member
     service_users: tuple[str, ...] = ()           # platform accounts allowed to request for the member
+    visitors: bool = False                        # also advertise SAEs of other members attached here (mobility)
     # border key manager (a peer) -> {the key manager across its inter-domain link: its KM-to-KM URL}
     border_key_managers: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -328,6 +329,14 @@ class _Reader:
         value = parent[key]
         if not isinstance(value, str) or not value.strip():
             self.fail(_join(path, key), f"must be a non-empty string, got {_kind(value)}")
+            return None
+        return value
+
+    def flag(self, parent: dict, key: str, path: str) -> bool | None:
+        """A true/false key, false when left out; None (a problem noted) when it is neither."""
+        value = parent.get(key, False)
+        if not isinstance(value, bool):
+            self.fail(_join(path, key), f"must be true or false, got {_kind(value)}")
             return None
         return value
 
@@ -654,7 +663,7 @@ def _agent_deployment(r: _Reader, data: dict) -> Deployment | None:
     names = {p.name for p in peers}
     m = r.mapping(data.get(level), level, ("member_id", "key_file", "platform", "forwarding", "orchestrator"),
                   ("member_name", "fm_address", "fm_port", "topology", "border_links", "saes", "capacity_share",
-                   "share_with", "service_users", "border_key_managers")) if level in data else None
+                   "share_with", "service_users", "visitors", "border_key_managers")) if level in data else None
     if m is None:
         return None
 
@@ -674,6 +683,7 @@ def _agent_deployment(r: _Reader, data: dict) -> Deployment | None:
     share = _capacity_share(r, m, level)
     share_with = _strings(r, m, "share_with", level)
     service_users = _strings(r, m, "service_users", level) or ()
+    visitors = r.flag(m, "visitors", level)
     topology = r.file(m, "topology", level)
     listed = [k for k in ("border_links", "saes") if k in m]
     if "topology" in m and listed:
@@ -707,7 +717,7 @@ def _agent_deployment(r: _Reader, data: dict) -> Deployment | None:
         return None
     return Deployment(level, name, None, (), peers, r.path(data, "state_dir", ""), FederationAgentPart(
         member_id, key_file, platform, forwarding, orchestrator, member_name, fm_address, fm_port, topology,
-        tuple(links), tuple(saes), share, share_with, tuple(service_users), border_kms))
+        tuple(links), tuple(saes), share, share_with, tuple(service_users), visitors is True, border_kms))
 
 
 def _peer_deployment(r: _Reader, data: dict) -> Deployment | None:
@@ -927,9 +937,7 @@ def _devices_part(r: _Reader, value: Any) -> DevicesPart | None:
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         r.fail("devices.workers", f"must be a whole number >= 1 (the processes the devices are spread over; "
                                   f"1: this process alone), got {_kind(workers)}")
-    restconf = m.get("restconf", False)
-    if not isinstance(restconf, bool):
-        r.fail("devices.restconf", f"must be true or false, got {_kind(restconf)}")
+    restconf = r.flag(m, "restconf", "devices")
     ports: dict[str, DevicePorts] = {}
     if not isinstance(m.get("ports", {}), dict):
         r.fail("devices.ports", f"must map device ids to their ports, got {_kind(m['ports'])}")
@@ -957,9 +965,8 @@ def _etsi014(r: _Reader, value: Any) -> Etsi014 | None:
     m = r.mapping(value, path, (), ("insecure_http", "ca_file", "key_managers"))
     if m is None:
         return None
-    insecure = m.get("insecure_http", False)
-    if not isinstance(insecure, bool):
-        r.fail(f"{path}.insecure_http", f"must be true or false, got {_kind(insecure)}")
+    insecure = r.flag(m, "insecure_http", path)
+    if insecure is None:
         return None
     if insecure:
         for key in ("ca_file", "key_managers"):

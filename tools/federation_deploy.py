@@ -229,7 +229,8 @@ def agent_level(d):
                                 known_hosts=str(platform_peer.known_hosts) if platform_peer.known_hosts else None)
     policy = SharingPolicy(frozenset(b.local_node for b in links),
                            frozenset(part.share_with) if part.share_with is not None else None,
-                           Fraction(part.capacity_share).limit_denominator(1000), frozenset(s.sae_id for s in saes))
+                           Fraction(part.capacity_share).limit_denominator(1000),
+                           None if part.visitors else frozenset(s.sae_id for s in saes))
     agent = FederationAgent(member, part.member_name or f"Operator {member}",
                             asyncssh.read_private_key(str(part.key_file)), platform, policy,
                             agent_address=part.fm_address or orchestrator.address,
