@@ -2,10 +2,10 @@
 devices, each domain's controllers, orchestrator and federation agent, and the platform, each
 its own `qstrata run` process, and federates them. A user of domain A then asks the platform
 (over NETCONF, its host key pinned) for keys between sae-a (A) and sae-c (C); both SAEs fetch
-matching keys over ETSI GS QKD 014 with their client certificates; a roaming intent written at
-A's orchestrator is escalated to the platform and comes up across domains; SIGTERM stops every
-process. Then end-user mobility as processes: an SAE moves from C to D mid-service, and keys and
-charging follow it.
+matching keys over ETSI GS QKD 014 with their client certificates; a delivery report the transit
+member forges is disputed, not billed; a roaming intent written at A's orchestrator is escalated
+to the platform and comes up across domains; SIGTERM stops every process. Then end-user mobility
+as processes: an SAE moves from C to D mid-service, and keys and charging follow it.
 """
 from __future__ import annotations
 
@@ -22,15 +22,18 @@ import yaml
 
 from conftest import until
 from devices.topology import embedded_topology
-from models.federation import read_charging, read_service_statuses, service_delete
+from models.federation import (DeliveryReport, EndCount, delivery_report, read_charging, read_disputes,
+                               read_service_statuses, service_delete)
 from models.intent import read_intents
 from models.ns import FEDERATION, INTENT, KEY_MANAGER
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 from netconf_core.ssh import trusted_host_keys
+from test_federation import iso_us
 from test_processes import alive, child_env, children, session, start_up
 from tools.demo_steps import exchange_keys
 from tools.federated_stack import service_request
+from tools.federation_deploy import MEMBER_KEY_FILE, border_links
 from tools.pki import client_context
 from tools.stack import PKI_DIR, KeyDeliveryPki
 
@@ -101,6 +104,31 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
                 ids, same = await exchange_keys(http, (urls[km["sae-a"]], "sae-a"), (urls[km["sae-c"]], "sae-c"),
                                                 timeout=ACTIVE_S, tls=lambda sae: client_context(pki.sae(sae)))
             assert ids and same
+            # The transit member's own key claims a million keys passed on (its key managers
+            # counted no such thing): the next member's counts contradict it, so it is disputed
+            # and not billed.
+            transit, after_it = route[1], route[2]
+            links = {b.peer_member: b.link_id for b in border_links(topology, transit)}
+            async with await NetconfClient.connect(
+                    info["host"], info["port"], transit, known_hosts=trusted_host_keys(info["host_key"]),
+                    client_keys=[str(state / transit / "agent" / MEMBER_KEY_FILE)], timeout=20) as forger:
+                now = time.time()
+                await forger.dispatch(delivery_report(DeliveryReport(SERVICE, iso_us(now), iso_us(now + 0.01), (
+                    EndCount("ingress", links[route[0]], 0, 0),
+                    EndCount("egress", links[after_it], 1_000_000, 256_000_000)))))
+            async with await platform(info, info["admin"]) as admin:
+                async def disputed():
+                    data = await admin.get(("subtree", f'<federation xmlns="{FEDERATION}"><charging/><disputes/>'
+                                                       "</federation>"))
+                    return [data] if read_disputes(data) else None
+                [data] = await until(disputed, "the forged report disputed", ACTIVE_S, 0.5)
+            [dispute] = read_disputes(data).values()
+            # (the honest counts lag a report or so behind: the claim exceeds them by about 1,000,000)
+            assert (dispute.service_id, dispute.sender, dispute.receiver) == (SERVICE, transit, after_it), dispute
+            assert dispute.sent[0] >= 1_000_000 and dispute.disputed[0] == dispute.sent[0] - dispute.received[0] \
+                and 1_000_000 - dispute.disputed[0] < 1_000, dispute
+            billed = [c.keys for c in read_charging(data).values() if c.member_id == transit]
+            assert billed and max(billed) < 1_000_000, billed
             # The user ends that service; a roaming intent for the same SAEs at A's own
             # orchestrator (a process) is escalated to the platform (another process), routed
             # across domains, and active with its domains and segments; keys flow again.
