@@ -3,9 +3,11 @@ devices, each domain's controllers, orchestrator and federation agent, and the p
 its own `qstrata run` process, and federates them. A user of domain A then asks the platform
 (over NETCONF, its host key pinned) for keys between sae-a (A) and sae-c (C); both SAEs fetch
 matching keys over ETSI GS QKD 014 with their client certificates; a delivery report the transit
-member forges is disputed, not billed; a roaming intent written at A's orchestrator is escalated
-to the platform and comes up across domains; SIGTERM stops every process. Then end-user mobility
-as processes: an SAE moves from C to D mid-service, and keys and charging follow it.
+member forges is disputed, not billed; a cut span re-routes the service, and each member is
+billed on the agreement that carried its keys at the time; a roaming intent written at A's
+orchestrator is escalated to the platform and comes up across domains; SIGTERM stops every
+process. Then end-user mobility as processes: an SAE moves from C to D mid-service, and keys and
+charging follow it.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from devices.topology import embedded_topology
 from models.federation import (DeliveryReport, EndCount, delivery_report, read_charging, read_disputes,
                                read_service_statuses, service_delete)
 from models.intent import read_intents
-from models.ns import FEDERATION, INTENT, KEY_MANAGER
+from models.ns import FEDERATION, FIBRE_PLANT, INTENT, KEY_MANAGER
 from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 from netconf_core.ssh import trusted_host_keys
@@ -48,16 +50,50 @@ async def platform(info: dict, account: tuple[str, str]) -> NetconfClient:
                                        known_hosts=trusted_host_keys(info["host_key"]), timeout=20)
 
 
-async def wait_active(nc: NetconfClient) -> list[str]:
+async def wait_active(nc: NetconfClient, avoiding: list[str] | None = None) -> list[str]:
+    """The route of SERVICE once it is active (on a route other than `avoiding`)."""
     deadline = time.monotonic() + ACTIVE_S
     last = None
     while time.monotonic() < deadline:
         last = read_service_statuses(await nc.get(("subtree", f'<federation xmlns="{FEDERATION}"><services/>'
                                                               "</federation>"))).get(SERVICE)
-        if last is not None and last.status == "active":
+        if last is not None and last.status == "active" and list(last.route) != avoiding:
             return list(last.route)
         await asyncio.sleep(0.5)
     raise AssertionError(f"service {SERVICE} not active within {ACTIVE_S:g} s: {last}")
+
+
+def owed(*carried: tuple[list[str], int]) -> dict[tuple[str, str], int]:
+    """The keys each member after the payer should be billed for, by (member, agreement): on
+    each (route, keys) carried, under its agreement with the member before it on that route."""
+    wanted: dict[tuple[str, str], int] = {}
+    for route, keys in carried:
+        for previous, member in zip(route, route[1:]):
+            agreement = "-".join(sorted((previous, member)))
+            wanted[(member, agreement)] = wanted.get((member, agreement), 0) + keys
+    return wanted
+
+
+async def billed(info: dict, service: str) -> dict[tuple[str, str], int]:
+    """The keys the platform's charging records bill for `service`, by (member, agreement),
+    the payer's own left out."""
+    async with await platform(info, info["admin"]) as admin:
+        data = await admin.get(("subtree", f'<federation xmlns="{FEDERATION}"><charging/></federation>'))
+    totals: dict[tuple[str, str], int] = {}
+    for c in read_charging(data).values():
+        if c.service_id == service and c.agreement is not None:
+            totals[(c.member_id, c.agreement)] = totals.get((c.member_id, c.agreement), 0) + c.keys
+    return totals
+
+
+async def until_billed(info: dict, service: str, wanted: dict[tuple[str, str], int]) -> None:
+    """Wait until the agents' reports (every second) bill `service` as `wanted`."""
+    async def as_wanted():
+        return await billed(info, service) == wanted
+    try:
+        await until(as_wanted, f"charging of {service}", ACTIVE_S, 1.0)
+    except AssertionError:
+        raise AssertionError(f"wanted {wanted}, billed {await billed(info, service)}") from None
 
 
 def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_path):
@@ -82,7 +118,8 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
         nodes = {p["name"] for p in forwarding["peers"] if p["name"].startswith("qkd-")}
         assert nodes == {n.id for n in topology.domain_part("A").qkd_nodes}
         info = stack["federation"]
-        urls = {row["name"]: row["etsi014_url"] for row in stack["levels"] if row.get("etsi014_url")}
+        levels = {row["name"]: row for row in stack["levels"]}
+        urls = {name: row["etsi014_url"] for name, row in levels.items() if row.get("etsi014_url")}
         km = {s.id: s.km for s in topology.saes}
         pki = KeyDeliveryPki(state / PKI_DIR)
 
@@ -127,8 +164,22 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
             assert (dispute.service_id, dispute.sender, dispute.receiver) == (SERVICE, transit, after_it), dispute
             assert dispute.sent[0] >= 1_000_000 and dispute.disputed[0] == dispute.sent[0] - dispute.received[0] \
                 and 1_000_000 - dispute.disputed[0] < 1_000, dispute
-            billed = [c.keys for c in read_charging(data).values() if c.member_id == transit]
-            assert billed and max(billed) < 1_000_000, billed
+            charged = [c.keys for c in read_charging(data).values() if c.member_id == transit]
+            assert charged and max(charged) < 1_000_000, charged
+            # The re-route case: the span from A into the transit member is cut; the service
+            # moves to the other transit member, and each member is billed on the agreement
+            # that carried its keys at the time.
+            async with await session(levels["fibre-plant"]) as plant:
+                await plant.dispatch(f'<cut-span xmlns="{FIBRE_PLANT}"><span-id>{links["A"]}</span-id></cut-span>')
+            async with await platform(info, info["service_users"]["A"]) as user:
+                detour = await wait_active(user, avoiding=route)
+            assert detour[0] == "A" and detour[-1] == "C" and transit not in detour, detour
+            async with aiohttp.ClientSession() as http:
+                later, same = await exchange_keys(http, (urls[km["sae-a"]], "sae-a"),
+                                                  (urls[km["sae-c"]], "sae-c"), timeout=ACTIVE_S,
+                                                  tls=lambda sae: client_context(pki.sae(sae)))
+            assert later and same and not set(later) & set(ids)
+            await until_billed(info, SERVICE, owed((route, len(ids)), (detour, len(later))))
             # The user ends that service; a roaming intent for the same SAEs at A's own
             # orchestrator (a process) is escalated to the platform (another process), routed
             # across domains, and active with its domains and segments; keys flow again.
@@ -245,26 +296,10 @@ def test_an_sae_moves_domains_between_processes_and_its_keys_and_charging_follow
         assert before[0] == after[0] == "A" and before[-1] == "C" and after[-1] == "D", (before, after)
 
         # Charging: each member after A is paid under the agreement with the member before it on
-        # the route that carried the keys; the agents report every second, so wait for them.
+        # the route that carried the keys.
         at = {km: sum(1 for where in served.values() if where == km) for km in ("km-c3", "km-d2")}
-        wanted: dict[tuple[str, str], int] = {}
-        for route, keys in ((before, at["km-c3"]), (after, at["km-d2"])):
-            for previous, member in zip(route, route[1:]):
-                agreement = "-".join(sorted((previous, member)))
-                wanted[(member, agreement)] = wanted.get((member, agreement), 0) + keys
-
-        async def billed():
-            async with await platform(info, info["admin"]) as admin:
-                data = await admin.get(("subtree", f'<federation xmlns="{FEDERATION}"><charging/></federation>'))
-            totals: dict[tuple[str, str], int] = {}
-            for c in read_charging(data).values():
-                if c.service_id == "roam-A-travel" and c.member_id != "A":
-                    totals[(c.member_id, c.agreement)] = totals.get((c.member_id, c.agreement), 0) + c.keys
-            return totals if totals == wanted else None
-        try:
-            asyncio.run(until(billed, "charging of both routes", ACTIVE_S, 1.0))
-        except AssertionError:
-            raise AssertionError(f"wanted {wanted}, billed {asyncio.run(_billed_now(info))}") from None
+        wanted = owed((before, at["km-c3"]), (after, at["km-d2"]))
+        asyncio.run(until_billed(info, "roam-A-travel", wanted))
         # `qstrata federation settle D` (a NETCONF client of the platform) shows what D is owed from A
         settle = subprocess.run([sys.executable, "-m", "tools.cli", "federation", "settle", "D", "--port",
                                  str(info["port"]), "--password", info["admin"][1], "--host-key", info["host_key"]],
@@ -278,8 +313,3 @@ def test_an_sae_moves_domains_between_processes_and_its_keys_and_charging_follow
         code = up.wait(STOP_S)
     assert code == 0, "\n".join(out.lines[-30:])
 
-
-async def _billed_now(info: dict) -> list:
-    async with await platform(info, info["admin"]) as admin:
-        data = await admin.get(("subtree", f'<federation xmlns="{FEDERATION}"><charging/></federation>'))
-    return [(c.member_id, c.agreement, c.keys, c.service_id) for c in read_charging(data).values()]
