@@ -3,8 +3,9 @@ devices, each domain's controllers, orchestrator and federation agent, and the p
 its own `qstrata run` process, and federates them. A user of domain A then asks the platform
 (over NETCONF, its host key pinned) for keys between sae-a (A) and sae-c (C); both SAEs fetch
 matching keys over ETSI GS QKD 014 with their client certificates; a delivery report the transit
-member forges is disputed, not billed; a cut span re-routes the service, and each member is
-billed on the agreement that carried its keys at the time; a roaming intent written at A's
+member forges is disputed, not billed; a span cut inside the transit member fails its segment
+and re-routes the service, each member is billed on the agreement that carried its keys at the
+time, and the transit member's rating falls below the threshold; a roaming intent written at A's
 orchestrator is escalated to the platform and comes up across domains; SIGTERM stops every
 process. Then end-user mobility as processes: an SAE moves from C to D mid-service, and keys and
 charging follow it.
@@ -166,11 +167,17 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
                 and 1_000_000 - dispute.disputed[0] < 1_000, dispute
             charged = [c.keys for c in read_charging(data).values() if c.member_id == transit]
             assert charged and max(charged) < 1_000_000, charged
-            # The re-route case: the span from A into the transit member is cut; the service
-            # moves to the other transit member, and each member is billed on the agreement
-            # that carried its keys at the time.
+            # The re-route case: a span inside the transit member is cut, its segment fails; the
+            # service moves to the other transit member, and each member is billed on the
+            # agreement that carried its keys at the time. The transit member, rated on the
+            # time it held its segment up (threshold 0.99 here), is flagged.
+            async with await platform(info, info["admin"]) as admin:
+                await admin.edit_config(f'<federation xmlns="{FEDERATION}"><ratings><threshold>0.99</threshold>'
+                                        "</ratings></federation>")
+            inside = next(span.id for span in topology.spans
+                          if topology.domain_of(span.a.node) == topology.domain_of(span.b.node) == transit)
             async with await session(levels["fibre-plant"]) as plant:
-                await plant.dispatch(f'<cut-span xmlns="{FIBRE_PLANT}"><span-id>{links["A"]}</span-id></cut-span>')
+                await plant.dispatch(f'<cut-span xmlns="{FIBRE_PLANT}"><span-id>{inside}</span-id></cut-span>')
             async with await platform(info, info["service_users"]["A"]) as user:
                 detour = await wait_active(user, avoiding=route)
             assert detour[0] == "A" and detour[-1] == "C" and transit not in detour, detour
@@ -180,6 +187,13 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
                                                   tls=lambda sae: client_context(pki.sae(sae)))
             assert later and same and not set(later) & set(ids)
             await until_billed(info, SERVICE, owed((route, len(ids)), (detour, len(later))))
+            ratings = subprocess.run([sys.executable, "-m", "tools.cli", "federation", "ratings", "--port",
+                                      str(info["port"]), "--password", info["admin"][1], "--host-key",
+                                      info["host_key"]], env=env, capture_output=True, text=True, timeout=60)
+            assert ratings.returncode == 0, ratings.stderr
+            rows = {line.split()[0]: line for line in ratings.stdout.splitlines()[1:]}
+            assert rows[transit].endswith("below the threshold"), ratings.stdout
+            assert float(rows[transit].split()[4]) < 1 and "below" not in rows[after_it], ratings.stdout
             # The user ends that service; a roaming intent for the same SAEs at A's own
             # orchestrator (a process) is escalated to the platform (another process), routed
             # across domains, and active with its domains and segments; keys flow again.
