@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 
@@ -24,7 +23,7 @@ from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 from netconf_core.ssh import trusted_host_keys
 from test_federation_peering import TOPOLOGY
-from test_processes import ROOT, alive, child_env, children, start_up
+from test_processes import ROOT, assert_ended, child_env, children, start_up, terminate
 from tools.demo_steps import as_sae, exchange_keys
 from tools.pki import client_context
 from tools.stack import PKI_DIR, KeyDeliveryPki
@@ -110,12 +109,8 @@ def test_up_peering_runs_two_providers_as_processes_that_deliver_keys_without_a_
 
         asyncio.run(scenario())
     finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-        code = up.wait(STOP_S)
-    assert code == 0, "\n".join(out.lines[-30:])
-    assert not (tmp_path / "qstrata-stack.json").exists()
-    assert processes and not [config for config, pid in processes.items() if alive(pid)]
+        code = terminate(up, STOP_S)
+    assert_ended(code, out, tmp_path, processes)
 
 
 def test_up_peering_refuses_domains_that_cannot_peer(tmp_path):

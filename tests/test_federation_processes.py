@@ -13,12 +13,13 @@ charging follow it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import pathlib
-import signal
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import aiohttp
 import yaml
@@ -33,7 +34,7 @@ from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 from netconf_core.ssh import trusted_host_keys
 from test_federation import iso_us
-from test_processes import alive, child_env, children, session, start_up
+from test_processes import Output, assert_ended, child_env, children, session, start_up, terminate
 from tools.demo_steps import exchange_keys
 from tools.federated_stack import service_request
 from tools.federation_deploy import MEMBER_KEY_FILE, border_links
@@ -97,14 +98,24 @@ async def until_billed(info: dict, service: str, wanted: dict[tuple[str, str], i
         raise AssertionError(f"wanted {wanted}, billed {await billed(info, service)}") from None
 
 
-def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_path):
-    env, state = child_env(), tmp_path / "state"
+@contextlib.contextmanager
+def federation_up(tmp_path: pathlib.Path) -> Iterator[tuple[dict, Output, dict[str, int]]]:
+    """`qstrata up federation.yaml` until the block ends: its stack file, its output and its
+    processes; then SIGTERM, and it must exit 0 leaving none of them."""
     up, out = start_up(tmp_path, str(ROOT / "devices/topologies/federation.yaml"))
     processes: dict[str, int] = {}
     try:
         out.wait_for(r"^Ctrl-C stops\.$", START_S)
         processes = children(up.pid, by=b"--config")
-        stack = json.loads((tmp_path / "qstrata-stack.json").read_text())
+        yield json.loads((tmp_path / "qstrata-stack.json").read_text()), out, processes
+    finally:
+        code = terminate(up, STOP_S)
+    assert_ended(code, out, tmp_path, processes)
+
+
+def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_path):
+    env, state = child_env(), tmp_path / "state"
+    with federation_up(tmp_path) as (stack, out, processes):
         topology = embedded_topology("federation.yaml")
         # every domain's four levels and agent, the plant's devices, the platform: one process each
         assert len(processes) == 1 + 5 * len(topology.domains) + 1, sorted(processes)
@@ -188,7 +199,7 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
             assert later and same and not set(later) & set(ids)
             await until_billed(info, SERVICE, owed((route, len(ids)), (detour, len(later))))
             ratings = subprocess.run([sys.executable, "-m", "tools.cli", "federation", "ratings", "--port",
-                                      str(info["port"]), "--password", info["admin"][1], "--host-key",
+                                      str(info["port"]), f"--password={info['admin'][1]}", "--host-key",
                                       info["host_key"]], env=env, capture_output=True, text=True, timeout=60)
             assert ratings.returncode == 0, ratings.stderr
             rows = {line.split()[0]: line for line in ratings.stdout.splitlines()[1:]}
@@ -239,13 +250,6 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
         unknown = subprocess.run([sys.executable, "-m", "tools.cli", "intent", "list", "--domain", "Z"],
                                  cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
         assert unknown.returncode != 0 and "no domain 'Z'" in unknown.stderr, unknown
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-        code = up.wait(STOP_S)
-    assert code == 0, "\n".join(out.lines[-30:])
-    assert not (tmp_path / "qstrata-stack.json").exists()
-    assert processes and not [config for config, pid in processes.items() if alive(pid)]
 
 
 def _intent_xml(name: str) -> str:
@@ -260,10 +264,7 @@ def test_an_sae_moves_domains_between_processes_and_its_keys_and_charging_follow
     platform); the roaming intent of A follows it to D, keys keep matching and none is served
     twice, and charging bills each member on the agreement of the route of the time."""
     env = child_env()
-    up, out = start_up(tmp_path, str(ROOT / "devices/topologies/federation.yaml"))
-    try:
-        out.wait_for(r"^Ctrl-C stops\.$", START_S)
-        stack = json.loads((tmp_path / "qstrata-stack.json").read_text())
+    with federation_up(tmp_path) as (stack, out, processes):
         info, levels = stack["federation"], {row["name"]: row for row in stack["levels"]}
         urls = {name: row["etsi014_url"] for name, row in levels.items() if row.get("etsi014_url")}
         pki = KeyDeliveryPki(tmp_path / "state" / PKI_DIR)
@@ -316,14 +317,9 @@ def test_an_sae_moves_domains_between_processes_and_its_keys_and_charging_follow
         asyncio.run(until_billed(info, "roam-A-travel", wanted))
         # `qstrata federation settle D` (a NETCONF client of the platform) shows what D is owed from A
         settle = subprocess.run([sys.executable, "-m", "tools.cli", "federation", "settle", "D", "--port",
-                                 str(info["port"]), "--password", info["admin"][1], "--host-key", info["host_key"]],
+                                 str(info["port"]), f"--password={info['admin'][1]}", "--host-key", info["host_key"]],
                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
         assert settle.returncode == 0, settle.stderr
         line = next(l.split() for l in settle.stdout.splitlines() if l.startswith("receivable ") and " A-D " in l)
         assert int(line[3]) == wanted[("D", "A-D")], settle.stdout
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-        code = up.wait(STOP_S)
-    assert code == 0, "\n".join(out.lines[-30:])
 

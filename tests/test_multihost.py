@@ -178,7 +178,7 @@ class Operator:
         self.known_hosts = tmp / "known_hosts"
         self.known_hosts.write_text(f"[{address('orchestrator')}]:{orchestrator.port} {orchestrator.host_key}\n")
         self.login = ["--host", address("orchestrator"), "--port", str(orchestrator.port),
-                      "--user", orchestrator.read_write[0], "--password", orchestrator.read_write[1],
+                      "--user", orchestrator.read_write[0], f"--password={orchestrator.read_write[1]}",
                       "--known-hosts", str(self.known_hosts), "--stack-file", str(tmp / "none.json")]
 
     def intent(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:

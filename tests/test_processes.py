@@ -153,6 +153,20 @@ def stop_up(up: subprocess.Popen, out: Output, levels: dict[str, int]) -> None:
     assert not [level for level, pid in levels.items() if alive(pid)]
 
 
+def terminate(up: subprocess.Popen, timeout: float = STOP_S) -> int:
+    """SIGTERM to `up` unless it has ended (for a test's finally): its exit code."""
+    if up.poll() is None:
+        up.send_signal(signal.SIGTERM)
+    return up.wait(timeout)
+
+
+def assert_ended(code: int, out: Output, tmp_path: pathlib.Path, processes: dict[str, int]) -> None:
+    """`up` exited 0, removed its stack file, and left none of its `processes` running."""
+    assert code == 0, "\n".join(out.lines[-30:])
+    assert not (tmp_path / "qstrata-stack.json").exists()
+    assert processes and not [config for config, pid in processes.items() if alive(pid)]
+
+
 def stack_file(tmp_path: pathlib.Path) -> dict[str, dict]:
     return {row["name"]: row for row in json.loads((tmp_path / "qstrata-stack.json").read_text())["levels"]}
 
