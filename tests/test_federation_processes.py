@@ -34,6 +34,7 @@ from netconf_core.client import NetconfClient
 from netconf_core.errors import RPCError
 from netconf_core.ssh import trusted_host_keys
 from test_federation import iso_us
+from test_federation_roaming import intent_xml
 from test_processes import Output, assert_ended, child_env, children, session, start_up, terminate
 from tools.demo_steps import exchange_keys
 from tools.federated_stack import service_request
@@ -135,6 +136,14 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
         km = {s.id: s.km for s in topology.saes}
         pki = KeyDeliveryPki(state / PKI_DIR)
 
+        async def keys_a_to_c() -> list[str]:
+            """Key IDs sae-a and sae-c both got, the same keys, over ETSI 014 with their certificates."""
+            async with aiohttp.ClientSession() as http:
+                got, same = await exchange_keys(http, (urls[km["sae-a"]], "sae-a"), (urls[km["sae-c"]], "sae-c"),
+                                                timeout=ACTIVE_S, tls=lambda sae: client_context(pki.sae(sae)))
+            assert got and same
+            return got
+
         async def scenario() -> list[str]:
             other = await platform(info, info["service_users"]["B"])
             try:   # B's service user may not ask for a service A pays for
@@ -149,10 +158,7 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
                 await user.edit_config(service_request(SERVICE, "A", ("sae-a", "A"), ("sae-c", "C"), 10000))
                 route = await wait_active(user)
             assert route[0] == "A" and route[-1] == "C" and len(route) == 3, route
-            async with aiohttp.ClientSession() as http:
-                ids, same = await exchange_keys(http, (urls[km["sae-a"]], "sae-a"), (urls[km["sae-c"]], "sae-c"),
-                                                timeout=ACTIVE_S, tls=lambda sae: client_context(pki.sae(sae)))
-            assert ids and same
+            ids = await keys_a_to_c()
             # The transit member's own key claims a million keys passed on (its key managers
             # counted no such thing): the next member's counts contradict it, so it is disputed
             # and not billed.
@@ -192,11 +198,8 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
             async with await platform(info, info["service_users"]["A"]) as user:
                 detour = await wait_active(user, avoiding=route)
             assert detour[0] == "A" and detour[-1] == "C" and transit not in detour, detour
-            async with aiohttp.ClientSession() as http:
-                later, same = await exchange_keys(http, (urls[km["sae-a"]], "sae-a"),
-                                                  (urls[km["sae-c"]], "sae-c"), timeout=ACTIVE_S,
-                                                  tls=lambda sae: client_context(pki.sae(sae)))
-            assert later and same and not set(later) & set(ids)
+            later = await keys_a_to_c()
+            assert not set(later) & set(ids)
             await until_billed(info, SERVICE, owed((route, len(ids)), (detour, len(later))))
             ratings = subprocess.run([sys.executable, "-m", "tools.cli", "federation", "ratings", "--port",
                                       str(info["port"]), f"--password={info['admin'][1]}", "--host-key",
@@ -212,10 +215,7 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
                 await user.edit_config(service_delete(SERVICE))
             row = next(r for r in stack["domains"]["A"] if r["level"] == "orchestrator")
             async with await session(row) as nc:
-                await nc.edit_config(f'<intents xmlns="{INTENT}"><intent><name>roam1</name><endpoints>'
-                                     "<source-sae>sae-a</source-sae><destination-sae>sae-c</destination-sae>"
-                                     "</endpoints><min-rate>10000</min-rate><allow-federation>true"
-                                     "</allow-federation></intent></intents>")
+                await nc.edit_config(intent_xml("roam1", "sae-a", "sae-c"))
 
                 seen = {}
 
@@ -230,10 +230,8 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
             assert (fed["source-domain"], fed["destination-domain"], fed["status"]) == ("A", "C", "active"), fed
             assert fed["domains"][0] == "A" and fed["domains"][-1] == "C", fed
             assert [s["status"] for s in fed["segments"]] == ["active"] * len(fed["domains"]), fed
-            async with aiohttp.ClientSession() as http:
-                roamed, same = await exchange_keys(http, (urls[km["sae-a"]], "sae-a"), (urls[km["sae-c"]], "sae-c"),
-                                                   timeout=ACTIVE_S, tls=lambda sae: client_context(pki.sae(sae)))
-            assert roamed and same and not set(roamed) & set(ids)
+            roamed = await keys_a_to_c()
+            assert not set(roamed) & set(ids)
             return fed["domains"]
 
         route = asyncio.run(scenario())
@@ -250,12 +248,6 @@ def test_up_runs_a_federation_of_processes_that_delivers_cross_domain_keys(tmp_p
         unknown = subprocess.run([sys.executable, "-m", "tools.cli", "intent", "list", "--domain", "Z"],
                                  cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
         assert unknown.returncode != 0 and "no domain 'Z'" in unknown.stderr, unknown
-
-
-def _intent_xml(name: str) -> str:
-    return (f'<intents xmlns="{INTENT}"><intent><name>{name}</name><endpoints><source-sae>sae-a</source-sae>'
-            "<destination-sae>sae-c</destination-sae></endpoints><min-rate>10000</min-rate>"
-            "<allow-federation>true</allow-federation></intent></intents>")
 
 
 def test_an_sae_moves_domains_between_processes_and_its_keys_and_charging_follow(tmp_path):
@@ -284,7 +276,7 @@ def test_an_sae_moves_domains_between_processes_and_its_keys_and_charging_follow
                         "travel", {}).get("federation") or {}
                     return fed if (fed.get("destination-domain"), fed.get("status")) == (destination, "active") \
                         else None
-                await nc.edit_config(_intent_xml("travel"))
+                await nc.edit_config(intent_xml("travel", "sae-a", "sae-c"))
                 before = (await until(lambda: federation_of("C"), "travel active to C", ACTIVE_S, 0.5))["domains"]
                 for _ in range(2):
                     await keys_at(http, "km-c3")

@@ -585,16 +585,16 @@ def _part(r: _Reader, level: str, value: Any, peers: tuple[Peer, ...], names: se
         return None
     strata = [role(m, key) for key in ("service", "forwarding", "connectivity")]
     entanglement, platform = role(m, "entanglement"), role(m, "platform")
+    named = {key: what for key, what in (("entanglement", "its entanglement service controller"),
+                                         ("platform", "the federation platform")) if key in m}
     for index, peer in enumerate(peers):
         if peer.name not in strata + [entanglement, platform]:
-            named = {"entanglement": "its entanglement service controller", "platform": "the federation platform"}
-            named = {key: what for key, what in named.items() if key in m}
             also = "".join(f" and {what}" for what in named.values())
             r.fail(f"peers[{index}]", f"the orchestrator's peers are its three controllers{also}; {peer.name!r} is "
                                       "none of orchestrator.service, .forwarding, .connectivity"
                                       + "".join(f", .{key}" for key in named))
     store = r.path(m, "intent_store", level)
-    member_id = r.string(m, "member_id", level) if "member_id" in m else None
+    member_id = r.string(m, "member_id", level)
     if None in strata or store is None:
         return None
     return OrchestratorPart(*strata, store, entanglement, platform, member_id)
@@ -717,7 +717,7 @@ def _agent_deployment(r: _Reader, data: dict) -> Deployment | None:
         return None
     return Deployment(level, name, None, (), peers, r.path(data, "state_dir", ""), FederationAgentPart(
         member_id, key_file, platform, forwarding, orchestrator, member_name, fm_address, fm_port, topology,
-        tuple(links), tuple(saes), share, share_with, tuple(service_users), visitors is True, border_kms))
+        tuple(links), tuple(saes), share, share_with, tuple(service_users), bool(visitors), border_kms))
 
 
 def _peer_deployment(r: _Reader, data: dict) -> Deployment | None:
