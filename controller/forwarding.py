@@ -98,9 +98,22 @@ def _qkd_network(tree: etree._Element) -> etree._Element | None:
     return nw.find_network(tree, network_id=NETWORK_ID)
 
 
+_LINK_REQUESTS_KEPT = 4
+_link_requests_read: dict[int, tuple[etree._Element, dict[str, LinkRequest]]] = {}
+
+
 def link_requests(tree: etree._Element) -> dict[str, LinkRequest]:
-    """The links of the qkd network asked for in a datastore tree, by link-id."""
-    return fwd_model.link_requests(tree, NETWORK_ID)
+    """The links of the qkd network asked for in a datastore tree, by link-id. Datastore trees
+    are replaced whole, never changed in place, so the last few trees read are remembered (each
+    held, so that its id is not reused): every node's link-state update reads running's links,
+    and parsing them each time made a second of updates cost nodes x links."""
+    kept = _link_requests_read.get(id(tree))
+    if kept is None or kept[0] is not tree:
+        kept = (tree, fwd_model.link_requests(tree, NETWORK_ID))
+        _link_requests_read[id(tree)] = kept
+        while len(_link_requests_read) > _LINK_REQUESTS_KEPT:
+            del _link_requests_read[next(iter(_link_requests_read))]
+    return dict(kept[1])
 
 
 def topology(tree: etree._Element) -> etree._Element | None:

@@ -16,6 +16,10 @@ from __future__ import annotations
 from lxml import etree
 
 
+_CLARK_PATHS_KEPT = 4096
+_CLARK_PATHS: dict[tuple[str, str], str] = {}
+
+
 class Namespace(str):
     """A namespace URI (it is the URI string) with element helpers bound to it."""
 
@@ -24,8 +28,16 @@ class Namespace(str):
         return f"{{{self}}}{tag}"
 
     def path(self, path: str) -> str:
-        """'a/b' with every step in this namespace, for ElementPath (find, findall, iter)."""
-        return "/".join(step if step in (".", "..", "*") else self(step) for step in path.split("/"))
+        """'a/b' with every step in this namespace, for ElementPath (find, findall, iter). The
+        paths are few and read on every lookup: each is built once."""
+        key = (self, path)
+        clark = _CLARK_PATHS.get(key)
+        if clark is None:
+            if len(_CLARK_PATHS) >= _CLARK_PATHS_KEPT:
+                _CLARK_PATHS.clear()
+            clark = _CLARK_PATHS[key] = "/".join(step if step in (".", "..", "*") else self(step)
+                                                 for step in path.split("/"))
+        return clark
 
     def find(self, element: etree._Element | None, path: str) -> etree._Element | None:
         return element.find(self.path(path)) if element is not None else None
