@@ -67,7 +67,11 @@ from orchestrator.store import IntentRecord, IntentStore
 
 log = logging.getLogger(__name__)
 
-RETRY_SOON = 0.1      # seconds before the next pass while something is in progress
+# Seconds before the next pass while something is in progress. What it waits for (a link up,
+# a session placed) is notified by the strata, which wakes a pass at once: this is the safety
+# net. Every pass reads the strata whole, so at 0.1 s a hundred intents being set up kept the
+# service controller reading every key manager's counters ten times a second.
+RETRY_SOON = 1.0
 RETRY_ERROR = 1.0     # ... after a stratum failed to answer
 DEBOUNCE = 0.01       # notifications come in bursts: one pass for a burst
 LINK_UP_GRACE = 15.0  # seconds a new QKD link may take to come up before it counts as broken
