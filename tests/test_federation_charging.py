@@ -40,7 +40,7 @@ def period(before: float = 60, after: float = 60) -> tuple[str, str]:
     return iso(time.time() - before), iso(time.time() + after)
 
 
-def test_a_reroute_bills_each_domain_on_the_agreement_that_carried_it_and_settles():
+def test_a_reroute_bills_each_domain_on_the_agreement_that_carried_it_and_settles(tmp_path):
     async def scenario(fed: Federation) -> None:
         alice = await fed.ready()
         await fed.request(alice, "s1", "A", "A", "C")
@@ -113,9 +113,11 @@ def test_a_reroute_bills_each_domain_on_the_agreement_that_carried_it_and_settle
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, errors = await asyncio.wait_for(cli.communicate(), 60)
         assert cli.returncode == 1 and "the platform refused: access-denied" in errors.decode()
+        secret = tmp_path / "admin-password"  # the password off the command line
+        secret.write_text(ADMIN_PW + "\n")
         cli = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tools.cli", "federation", "ratings", "--port", str(fed.platform.port),
-            "--password", ADMIN_PW, "--host-key", fed.platform.server.public_host_key,
+            "--password-file", str(secret), "--host-key", fed.platform.server.public_host_key,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, errors = await asyncio.wait_for(cli.communicate(), 60)
         assert cli.returncode == 0, errors.decode()

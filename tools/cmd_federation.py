@@ -5,9 +5,10 @@
 
 T is a date (2026-12-01, midnight UTC) or a date-and-time (2026-12-01T12:00:00Z); the period
 is from --from (default: 30 days before --to) to --to (default: now). The platform is reached
-at --host/--port as --user with --password (a member's own account or a service user may
-settle its own member only; the administrator any), its host key checked against --host-key
-(an OpenSSH public key line) or --known-hosts.
+at --host/--port as --user with --password or, kept out of the process list, the first line of
+--password-file (a member's own account or a service user may settle its own member only; the
+administrator any), its host key checked against --host-key (an OpenSSH public key line) or
+--known-hosts.
 """
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--host", default="127.0.0.1", help="platform address (default 127.0.0.1)")
         sub.add_argument("--port", type=int, required=True, help="platform NETCONF port")
         sub.add_argument("--user", default="admin", help="NETCONF user (default admin)")
-        sub.add_argument("--password", required=True, help="its password")
+        secret = sub.add_mutually_exclusive_group(required=True)
+        secret.add_argument("--password", help="its password (one that starts with '-' as --password=VALUE)")
+        secret.add_argument("--password-file", dest="password", type=_password_file, metavar="FILE",
+                            help="a file whose first line is its password")
         trust = sub.add_mutually_exclusive_group(required=True)
         trust.add_argument("--host-key", help="the platform's SSH host key (OpenSSH public key line)")
         trust.add_argument("--known-hosts", type=pathlib.Path, help="an OpenSSH known_hosts file")
@@ -47,6 +51,17 @@ def _time(text: str) -> dt.datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date or date-and-time") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _password_file(name: str) -> str:
+    """The first line of the file `name`."""
+    try:
+        lines = pathlib.Path(name).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise argparse.ArgumentTypeError(f"cannot read the password file: {error}") from None
+    if not lines or not lines[0]:
+        raise argparse.ArgumentTypeError(f"the password file {name} is empty")
+    return lines[0]
 
 
 def _stamp(value: dt.datetime) -> str:
