@@ -98,22 +98,9 @@ def _qkd_network(tree: etree._Element) -> etree._Element | None:
     return nw.find_network(tree, network_id=NETWORK_ID)
 
 
-_LINK_REQUESTS_KEPT = 4
-_link_requests_read: dict[int, tuple[etree._Element, dict[str, LinkRequest]]] = {}
-
-
 def link_requests(tree: etree._Element) -> dict[str, LinkRequest]:
-    """The links of the qkd network asked for in a datastore tree, by link-id. Datastore trees
-    are replaced whole, never changed in place, so the last few trees read are remembered (each
-    held, so that its id is not reused): every node's link-state update reads running's links,
-    and parsing them each time made a second of updates cost nodes x links."""
-    kept = _link_requests_read.get(id(tree))
-    if kept is None or kept[0] is not tree:
-        kept = (tree, fwd_model.link_requests(tree, NETWORK_ID))
-        _link_requests_read[id(tree)] = kept
-        while len(_link_requests_read) > _LINK_REQUESTS_KEPT:
-            del _link_requests_read[next(iter(_link_requests_read))]
-    return dict(kept[1])
+    """The links of the qkd network asked for in a datastore tree, by link-id."""
+    return fwd_model.link_requests(tree, NETWORK_ID)
 
 
 def topology(tree: etree._Element) -> etree._Element | None:
@@ -188,6 +175,7 @@ class ForwardingController(Controller):
         self.observed: dict[str, LinkState] = {}  # by link-id, as last reported north
         # link-id whose QBER is above the threshold -> (qkdl-id, qber, threshold), as last reported
         self.alarmed: dict[str, tuple[str, float, float]] = {}
+        self._parsed_running: tuple[etree._Element, dict[str, LinkRequest]] | None = None
         self.was_active: set[str] = set()  # link-ids seen ACTIVE since they were configured
         self.alarm_list = AlarmList(list(ALARM_TYPES.values()), RESOURCE_PREFIXES, self.server.notify)
         self._released: set[str] = set()  # qkdl-ids deleted by clients: removed from nodes wherever found
@@ -534,7 +522,7 @@ class ForwardingController(Controller):
         """Repair nodes whose links differ from running (drift), remove links clients deleted,
         and re-create the optical paths it made that the connectivity controller lost."""
         async with self._lock:
-            requests = link_requests(self.server.running())
+            requests = self._running_requests()
             edits: dict[str, list[etree._Element]] = {}
             wanted: dict[str, dict[str, NodeLinkConfig]] = {}
             for request in requests.values():
@@ -581,6 +569,15 @@ class ForwardingController(Controller):
 
     # --- northbound state and notifications ------------------------------------------------------
 
+    def _running_requests(self) -> dict[str, LinkRequest]:
+        """running's links, parsed once per running tree (running is replaced whole, never
+        changed in place): every node's link-state update reads them, and parsing them each
+        time made a second of updates cost nodes x links."""
+        running = self.server.running()
+        if self._parsed_running is None or self._parsed_running[0] is not running:
+            self._parsed_running = (running, link_requests(running))
+        return dict(self._parsed_running[1])
+
     def _link_state(self, request: LinkRequest) -> LinkState | None:
         for node_id in (request.source[0], request.destination[0]):
             node = self.nodes.get(node_id)
@@ -596,7 +593,7 @@ class ForwardingController(Controller):
         """Compare the links' state with what was last reported north; notify the changes and
         bring the alarm list up to date (the alarms of deleted links are cleared)."""
         if requests is None:
-            requests = link_requests(self.server.running())
+            requests = self._running_requests()
         self.observed = {k: v for k, v in self.observed.items() if k in requests}
         self.was_active &= set(requests)
         for link_id in sorted(set(self.alarmed) - set(requests)):
