@@ -41,7 +41,7 @@ from lxml import etree
 from devices.base import Device, NetworkContext
 from devices.etsi014 import LOOPBACK, Etsi014Server
 from devices.keystore import (Change, DiscardMessage, Key, KeyLimits, KeyManager, KeyNetwork, KeyServiceError,
-                              KeyStatus, NoRoute, PeerChannel, RelayMessage, Route, TokenBucket,
+                              KeyStatus, NoRoute, PeerChannel, RelayMessage, Route, TokenBucket, not_enough_key,
                               UnknownSAE)
 from devices.km_peer import KmPeerApi, KmPeerClient
 from devices.topology import KeyManagerSpec, SaeSpec
@@ -379,16 +379,15 @@ class KeyManagerDevice(Device):
             return "expired", f"the time to live of {session.ttl} s has passed"
         master_end = self.config.is_master_end(session)
         pair = session.pair if master_end else (session.slave_sae, session.master_sae)
-        try:
-            await self.km.plan(session.peer_km, 0, pair=pair)
+        try:  # one plan of no bits: every hop says how much key it holds
+            hops = (await self.km.plan(session.peer_km, 0, pair=pair)).hops
         except NoRoute as error:
             return "pending", error.message[:REASON_MAX]
         except KeyServiceError as error:
             return "failed", error.message[:REASON_MAX]
-        try:
-            hops = (await self.km.plan(session.peer_km, session.key_size, pair=pair)).hops
-        except KeyServiceError as error:
-            return "starved", error.message[:REASON_MAX]
+        short = next((hop for hop in hops if hop.available_bits < session.key_size), None)
+        if short is not None:
+            return "starved", not_enough_key(short, session.key_size).message[:REASON_MAX]
         if not hops:
             return "active", f"both SAEs are attached to key manager {self.id}: it delivers the keys itself"
         rate, link = min((h.rate_bps, h.link_id) for h in hops)

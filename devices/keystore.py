@@ -435,6 +435,13 @@ class Hop:
     rate_bps: float = 0.0  # the link's key rate now
 
 
+def not_enough_key(hop: Hop, bits: int) -> KeyUnavailable:
+    """The error of a hop that holds fewer than `bits` bits of key."""
+    return KeyUnavailable(f"not enough key on link {hop.link_id} ({hop.from_km} -> {hop.to_km}): "
+                          f"{hop.available_bits} bits, {bits} needed",
+                          [{"link": hop.link_id, "available_bits": hop.available_bits, "needed_bits": bits}])
+
+
 @dataclass(frozen=True)
 class Plan:
     """A relay checked hop by hop: the hops, and what the destination key manager still takes
@@ -1201,16 +1208,13 @@ class KeyManager:
         answer = await self.peers.send(self.id, route.next_hop_km, PlanRequest(
             route.link_id, destination_km, bits, visited + (self.id,), master_sae, slave_sae, number))
         assert isinstance(answer, PlanAnswer)
-        available = pool.available_bits(not_before=answer.tail)
-        if available < bits:
-            raise KeyUnavailable(
-                f"not enough key on link {route.link_id} ({self.id} -> {route.next_hop_km}): "
-                f"{available} bits, {bits} needed",
-                [{"link": route.link_id, "available_bits": available, "needed_bits": bits}])
+        hop = Hop(self.id, route.next_hop_km, route.link_id, pool.available_bits(not_before=answer.tail),
+                  pool.max_bits, pool.stream.rate_bps)
+        if hop.available_bits < bits:
+            raise not_enough_key(hop, bits)
         if answer.error is not None:
             raise answer.error
         assert answer.plan is not None
-        hop = Hop(self.id, route.next_hop_km, route.link_id, available, pool.max_bits, pool.stream.rate_bps)
         return Plan((hop,) + answer.plan.hops, answer.plan.room, answer.plan.max_stored_keys)
 
     def _route_pool(self, route: Route) -> KeyPool:
