@@ -59,7 +59,11 @@ ROOT_PATH = f"/{MODULE}:key-manager"
 FLUSH_PATH = f"{ROOT_PATH}/key-pools/key-pool/flush"
 RESTART_PATH = f"{ROOT_PATH}/restart"
 WATCH_PERIOD_S = 1.0
-FRESH_WATCHES = 2  # a status planned within this many watch periods is served as it is
+# A session's status planned within this many watch periods is served as it is, by reads and by
+# the watch (which so re-plans each session every FRESH_WATCHES periods, and at once after a
+# configuration change). Planning is hop by hop over the KM-to-KM protocol: re-planning every
+# session each period made 300 sessions on one host cost a core in plans alone.
+FRESH_WATCHES = 5
 REASON_MAX = 1024  # qit:reason length
 
 
@@ -246,6 +250,7 @@ class KeyManagerDevice(Device):
         self._check(config)
         self._reconcile(config)
         self.config = config
+        self._session_views.clear()  # routes or pools may have changed: the next watch plans afresh
 
     def _check(self, config: KmView) -> None:
         """Refuse what the key manager cannot do, before anything changes."""
@@ -350,8 +355,8 @@ class KeyManagerDevice(Device):
         return data
 
     async def _current_status(self, session_id: str, session: KmSession) -> tuple[str, str]:
-        """A session's (status, reason) for a read of the state: what the watcher found at its
-        last pass when that was recent and the session is configured as it was then, else
+        """A session's (status, reason), for a read of the state and for the watch: what was
+        last planned when that was recent and the session is configured as it was then, else
         planned now. A read costs no KM-to-KM round trips then, and a controller reading many
         key managers sees the status their notifications gave."""
         known = self._session_views.get(session_id)
@@ -413,7 +418,7 @@ class KeyManagerDevice(Device):
         for link in self.config.config.pools:
             await self._pool_level(link, self.km.pools[link].available_bits())
         for session_id, session in self.config.config.sessions.items():
-            status, reason = self._remember(session_id, session, await self._session_status(session))
+            status, reason = await self._current_status(session_id, session)
             previous = self._session_states.get(session_id, "pending")
             self._session_states[session_id] = status
             if status != previous:
