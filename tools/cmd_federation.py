@@ -54,14 +54,16 @@ def _time(text: str) -> dt.datetime:
 
 
 def _password_file(name: str) -> str:
-    """The first line of the file `name`."""
+    """The password in the file `name`, read as deployments read theirs (tools.deployment.secret)."""
+    from tools.deployment import secret
+
     try:
-        lines = pathlib.Path(name).read_text().splitlines()
+        password = secret(None, pathlib.Path(name))
     except (OSError, UnicodeDecodeError) as error:
         raise argparse.ArgumentTypeError(f"cannot read the password file: {error}") from None
-    if not lines or not lines[0]:
+    if not password:
         raise argparse.ArgumentTypeError(f"the password file {name} is empty")
-    return lines[0]
+    return password
 
 
 def _stamp(value: dt.datetime) -> str:
