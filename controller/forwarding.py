@@ -639,7 +639,7 @@ class ForwardingController(Controller):
         nodes = [NodeStatus(node.name, node.status if self._reachable(node.name) else "FAILURE",
                             {i.qkdi_id: i.status for i in node.interfaces.values()})
                  for node in sorted(self.nodes.values(), key=lambda n: n.name)]
-        requests = sorted(link_requests(running).values(), key=lambda r: r.link_id)
+        requests = sorted(self._running_requests().values(), key=lambda r: r.link_id)
         data.append(fwd_model.forwarding_state(NETWORK_ID, nodes, [self._link_status(r) for r in requests]))
         return data
 
