@@ -9,7 +9,10 @@ previous report (`report-delivery`), with the interval in which it read them. Ho
 managers count a key at both ends as it crosses, so the newer of two readings is never below
 the older: when it is (the readings more than CLOCK_TOLERANCE_S apart), the difference is a
 dispute, and the larger total is brought down to the smaller so that the dispute is recorded
-once. What both ends confirm (the smaller of the two totals) is what is billed.
+once. Each end keeps its recent readings, and a new reading is compared with the other end's
+nearest reading far enough from it in time, not only with the other end's latest (two ends
+that report about as often as each other may never be that far apart at their latest). What
+both ends confirm (the smaller of the two totals) is what is billed.
 
 Records. One per service, segment and agreement: a re-route closes the records of segments
 the service left and opens records for the new ones at their agreement's price. A record is
@@ -42,6 +45,7 @@ from netconf_core.errors import RPCError
 from netconf_core.notifications import parse_time
 
 CLOCK_TOLERANCE_S = 0.5  # readings closer than this (clock skew, keys in flight) are not compared
+READINGS_KEPT = 32       # an end's recent readings kept for comparison with the other end's
 CHECKPOINT_S = 60.0       # a record's confirmed totals are kept at most once per this, for settlements
 FLOW_BUCKET_S = 10        # the ratings' figures are summed per member over buckets of this many seconds
 MICRO = Decimal("0.000001")
@@ -60,12 +64,25 @@ def epoch(text: str) -> float:
 
 @dataclass
 class EndTally:
-    """One end's total on a hop, and when it was last read."""
+    """One end's total on a hop, when it was last read, and its recent readings."""
 
     keys: int = 0
     bits: int = 0
     read_start: float | None = None
     read_end: float | None = None
+    readings: list[list[float]] = field(default_factory=list)  # [read_start, read_end, keys, bits], oldest first
+
+    def take(self, keys: int, bits: int, read_start: float, read_end: float) -> None:
+        self.keys, self.bits = self.keys + keys, self.bits + bits
+        self.read_start, self.read_end = read_start, read_end
+        self.readings = self.readings[-(READINGS_KEPT - 1):] + [[read_start, read_end, self.keys, self.bits]]
+
+    def bring_down(self, since: int, keys: int, bits: int) -> None:
+        """Take a disputed excess off the total and off the readings from index `since` on
+        (each later reading is a total that holds it too)."""
+        self.keys, self.bits = self.keys - keys, self.bits - bits
+        for reading in self.readings[since:]:
+            reading[2], reading[3] = reading[2] - keys, reading[3] - bits
 
 
 @dataclass
@@ -256,32 +273,41 @@ class Charging:
         if hop is None:
             return None
         mine, other = (hop.sent, hop.received) if count.end == "egress" else (hop.received, hop.sent)
-        mine.keys += count.keys
-        mine.bits += count.bits
-        mine.read_start, mine.read_end = read_start, read_end
-        dispute = None
-        if other.read_end is not None:
-            if mine.read_start >= other.read_end + CLOCK_TOLERANCE_S:
-                newer, older = mine, other
-            elif other.read_start >= mine.read_end + CLOCK_TOLERANCE_S:
-                newer, older = other, mine
-            else:
-                newer = older = None
-            if newer is not None and (newer.keys < older.keys or newer.bits < older.bits):
-                dispute = self._dispute(hop, newer, older, now)
+        mine.take(count.keys, count.bits, read_start, read_end)
+        dispute = self._compare(hop, mine, other, now)
         self._credit(hop, now)
         return dispute
 
-    def _dispute(self, hop: Hop, newer: EndTally, older: EndTally, now: float) -> DisputeRecord:
-        excess = (max(0, older.keys - newer.keys), max(0, older.bits - newer.bits))
+    def _compare(self, hop: Hop, mine: EndTally, other: EndTally, now: float) -> DisputeRecord | None:
+        """Compare the latest reading of one end with the other end's latest reading well
+        before it, and with its earliest reading well after it (a report that arrives late)."""
+        before = [i for i, r in enumerate(other.readings) if r[1] + CLOCK_TOLERANCE_S <= mine.read_start]
+        after = [i for i, r in enumerate(other.readings) if r[0] >= mine.read_end + CLOCK_TOLERANCE_S]
+        latest = len(mine.readings) - 1
+        if before and self._exceeds(other.readings[before[-1]], mine.readings[latest]):
+            return self._dispute(hop, other, before[-1], mine.readings[latest], now)
+        if after and self._exceeds(mine.readings[latest], other.readings[after[0]]):
+            return self._dispute(hop, mine, latest, other.readings[after[0]], now)
+        return None
+
+    @staticmethod
+    def _exceeds(older: list[float], newer: list[float]) -> bool:
+        return newer[2] < older[2] or newer[3] < older[3]
+
+    def _dispute(self, hop: Hop, end: EndTally, index: int, newer: list[float], now: float) -> DisputeRecord:
+        """Record that `end`'s reading at `index` exceeds the other end's `newer` one, and bring
+        `end` down by the excess."""
+        older = end.readings[index]
+        excess = (int(max(0, older[2] - newer[2])), int(max(0, older[3] - newer[3])))
+        sent, received = (older, newer) if end is hop.sent else (newer, older)
         dispute = DisputeRecord(max(self.disputes, default=0) + 1, hop.service_id, hop.sender_link, hop.sender,
-                                hop.receiver, (hop.sent.keys, hop.sent.bits), (hop.received.keys, hop.received.bits),
+                                hop.receiver, (int(sent[2]), int(sent[3])), (int(received[2]), int(received[3])),
                                 excess, tuple(hop.records), now)
         self.disputes[dispute.dispute_id] = dispute
-        older.keys, older.bits = older.keys - excess[0], older.bits - excess[1]
+        end.bring_down(index, *excess)
         # The end brought down loses the excess from its rating's figure.
-        member, end = (hop.sender, "egress") if older is hop.sent else (hop.receiver, "ingress")
-        self._flow(member, -excess[0] if end == "ingress" else 0, -excess[0] if end == "egress" else 0, now)
+        member, role = (hop.sender, "egress") if end is hop.sent else (hop.receiver, "ingress")
+        self._flow(member, -excess[0] if role == "ingress" else 0, -excess[0] if role == "egress" else 0, now)
         for record_id in hop.records:
             record = self.records[record_id]
             record.disputed_keys += excess[0]
@@ -435,7 +461,7 @@ class Charging:
             record = ChargingRecord(**raw)
             charging.records[record.record_id] = record
         for raw in state.get("hops", []):
-            hop = Hop(**{**raw, "sent": EndTally(**raw["sent"]), "received": EndTally(**raw["received"])})
+            hop = Hop(**{**raw, "sent": _end_tally(raw["sent"]), "received": _end_tally(raw["received"])})
             hop.credited = tuple(raw["credited"]) if "credited" in raw else hop.confirmed  # older state: all credited
             charging.hops[hop.key] = hop
         for raw in state.get("disputes", []):
@@ -445,3 +471,10 @@ class Charging:
         charging.flows, charging.uptime = state.get("flows", {}), state.get("uptime", [])
         charging.holding = state.get("holding", {})
         return charging
+
+
+def _end_tally(raw: dict[str, Any]) -> EndTally:
+    tally = EndTally(**raw)
+    if not tally.readings and tally.read_end is not None:  # older state: its latest reading only
+        tally.readings = [[tally.read_start, tally.read_end, tally.keys, tally.bits]]
+    return tally

@@ -173,6 +173,24 @@ def test_a_forged_delivery_report_is_disputed_not_billed():
     run(scenario)
 
 
+def test_a_forged_report_is_disputed_when_both_ends_report_closer_than_the_clock_tolerance():
+    async def scenario(fed: Federation) -> None:
+        alice = await fed.ready()
+        await fed.request(alice, "s1", "A", "A", "C")
+        await fed.carry("s1", 4, "ABC")
+        # B and C now report every 0.3 s, so their latest readings are never the clock
+        # tolerance apart; C's readings are still compared with B's earlier ones.
+        await fed.report("B", "s1", 0, 1_000_000)
+        for member in "CBC":
+            fed.clock -= 0.7
+            await fed.report(member, "s1", 0, 0)
+        [dispute] = read_disputes(await state(fed.admin)).values()
+        assert (dispute.sender, dispute.receiver, dispute.sent[0], dispute.received[0], dispute.disputed[0]) == (
+            "B", "C", 1_000_004, 4, 1_000_000), dispute
+        assert int(records(await state(fed.admin))[("B", "s1", "a-b")]["keys"]) == 4
+    run(scenario)
+
+
 def test_a_member_that_drops_deliveries_loses_its_rating_and_the_traffic():
     async def scenario(fed: Federation) -> None:
         alice = await fed.ready()
