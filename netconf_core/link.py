@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -28,6 +29,20 @@ log = logging.getLogger(__name__)
 
 YANGLIB_NS = ns.YANG_LIBRARY
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
+OPENING_AT_ONCE = 32  # sessions one process opens at once (SSH handshake to the first subscriptions)
+
+_opening_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _opening_gate() -> asyncio.Semaphore:
+    """The bound, per event loop, on the sessions being opened. A controller of thousands of
+    devices that opened every session at once would share the CPU among all the handshakes
+    until each took longer than its timeout, and then retry them all: nothing would connect."""
+    loop = asyncio.get_running_loop()
+    gate = _opening_gates.get(loop)
+    if gate is None:
+        gate = _opening_gates[loop] = asyncio.Semaphore(OPENING_AT_ONCE)
+    return gate
 
 
 class UnpinnedEndpoint(ValueError):
@@ -204,8 +219,16 @@ class DeviceLink:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _connect_once(self) -> None:
-        ep = self.endpoint
         self.status = "connecting"
+        async with _opening_gate():
+            await self._open_session()
+        self.status, self.reason = "connected", ""
+        self.connected.set()
+        if self.on_connect:
+            await self.on_connect(self)
+
+    async def _open_session(self) -> None:
+        ep = self.endpoint
         client = await NetconfClient.connect(ep.host, ep.port, ep.username, password=ep.password,
                                              client_keys=list(ep.client_keys) if ep.client_keys else None,
                                              known_hosts=self._known_hosts)
@@ -223,10 +246,6 @@ class DeviceLink:
                     dampening=watch.dampening)
                 self._watch_tasks.append(asyncio.get_running_loop().create_task(
                     self._pump_updates(watch, subscription), name=f"link {self.name} watch"))
-        self.status, self.reason = "connected", ""
-        self.connected.set()
-        if self.on_connect:
-            await self.on_connect(self)
 
     async def _pump_notifications(self) -> None:
         assert self.client is not None
