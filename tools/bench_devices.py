@@ -62,6 +62,18 @@ def tree(root: int) -> list[int]:
     return found
 
 
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user and system) that `root` and every live process below it have used."""
+    ticks = 0
+    for pid in tree(root):
+        try:
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue   # ended meanwhile
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss(root: int) -> int:
     total = 0
     for pid in tree(root):
