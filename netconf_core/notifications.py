@@ -52,15 +52,20 @@ def control_event(name: str) -> Event:
 
 
 class ReplayBuffer:
+    """The last `size` events, each kept as its text: an lxml tree of a notification's few
+    elements takes about six times the memory of its text, and a host of many servers holds a
+    buffer for each. Replays, which are rare, parse them back."""
+
     def __init__(self, size: int):
-        self.events: collections.deque[Event] = collections.deque(maxlen=size)
+        self.events: collections.deque[tuple[dt.datetime, str, str, bytes]] = collections.deque(maxlen=size)
         self.created = now()
 
     def add(self, event: Event) -> None:
-        self.events.append(event)
+        self.events.append((event.time, event.module, event.name, etree.tostring(event.content, with_tail=False)))
 
     def between(self, start: dt.datetime, stop: dt.datetime | None) -> list[Event]:
-        return [e for e in self.events if e.time >= start and (stop is None or e.time <= stop)]
+        return [Event(time, module, name, etree.fromstring(content)) for time, module, name, content in self.events
+                if time >= start and (stop is None or time <= stop)]
 
 
 @dataclass
