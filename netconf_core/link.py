@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 YANGLIB_NS = ns.YANG_LIBRARY
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
-OPENING_AT_ONCE = 32  # sessions one process opens at once (SSH handshake to the first subscriptions)
+OPENING_AT_ONCE = 128  # sessions one process opens at once (SSH handshake to the first subscriptions)
 
 _opening_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
