@@ -92,6 +92,7 @@ log = logging.getLogger(__name__)
 
 SEGMENT_TIMEOUT = 10.0  # seconds a domain may take to answer for one segment
 RETRY_FAILED_S, RETRY_FAILED_MAX_S = 1.0, 16.0  # a failed service is tried again, doubling, up to this
+RECHECK_PENDING_S = 2.0  # a segment still setting up is asked for its state again after this
 
 
 def _error_path(*steps: str) -> dict[str, Any]:
@@ -312,6 +313,11 @@ class FederationPlatform:
             self._loop.wake_after(min(RETRY_FAILED_MAX_S, RETRY_FAILED_S * 2 ** min(s.failures for s in failed)))
             for state in failed:
                 state.failures += 1
+        # A segment's changes come as reports from its domain, which may cross the platform's own
+        # request for it and be overtaken by its older answer: a pending segment is asked again.
+        if any(s.reply.status == "pending" for state in self.services.values() if state.route is not None
+               for s in state.segments.values()):
+            self._loop.wake_after(RECHECK_PENDING_S)
 
     async def _place(self, request: ServiceRequest, view: DomainView, ledger: Ledger) -> None:
         state = self.services.setdefault(request.service_id, ServiceState(request))
@@ -335,6 +341,11 @@ class FederationPlatform:
                 ledger.take(state.route, request.rate, view)
                 if any(s.reply.status == "failed" for s in state.segments.values()):
                     await self._establish(state, view)  # ask again for what failed
+                    await self._settle(state)
+                elif pending := [s for s in state.segments.values() if s.reply.status == "pending"]:
+                    replies = await asyncio.gather(*(self._request(request.service_id, s.segment) for s in pending))
+                    for segment, reply in zip(pending, replies):
+                        segment.reply = reply
                     await self._settle(state)
                 return
         if problem and not state.left_because:  # the first cause, not a failure on the way since

@@ -70,11 +70,17 @@ class FakeDomain:
         self.held: dict[str, Segment] = {}
         self.released: list[tuple[str, Segment]] = []
         self.refuse = False
+        self.setting_up = False  # answers pending, as an orchestrator that has not decided yet
+        self.asked = 0
 
     async def request_segment(self, service_id: str, segment: Segment) -> SegmentReply:
         assert segment.domain == self.member_id
+        self.asked += 1
         if self.refuse:
             return SegmentReply("failed", reason="no QKD path between the border nodes")
+        if self.setting_up:
+            self.held[service_id] = segment
+            return SegmentReply("pending", intent=f"{service_id}-{self.member_id}", reason="QKD links coming up")
         self.held[service_id] = segment
         return SegmentReply("active", intent=f"{service_id}-{self.member_id}")
 
@@ -527,6 +533,26 @@ def test_transit_needs_agreements_and_a_failing_transit_domain_is_routed_around(
         s2 = service(await state(a), "s2")
         assert s2["status"] == "degraded"
         assert s2["reason"] == "domain D delivers less than the rate on its segment: QBER above 8 %"
+    run(scenario)
+
+
+def test_a_pending_segment_is_asked_again_when_its_domain_s_report_is_lost():
+    async def scenario(fed: Federation) -> None:
+        a = await fed.ready()
+        fed.domains["C"].setting_up = True
+        await fed.request(a, "s1", "A", "A", "C")
+        s1 = service(await state(a), "s1")
+        assert (s1["status"], s1["route"]) == ("establishing", ["A", "B", "C"])
+        assert s1["reason"] == "domain C is still setting up its segment: QKD links coming up"
+        # C's segment comes up, but its report never reaches the platform (it crossed the
+        # platform's request and was overtaken by the request's older answer, or was given up).
+        asked = fed.domains["C"].asked
+        fed.domains["C"].setting_up = False
+        async with asyncio.timeout(10):  # level-triggered: the platform asks again and sees it active
+            while (s1 := service(await state(a), "s1"))["status"] != "active":
+                await asyncio.sleep(0.1)
+        assert s1["reason"] == "routed through A, B, C" and fed.domains["C"].asked > asked
+        assert fed.domains["C"].held["s1"] == fed.segment("C", "s1")
     run(scenario)
 
 
