@@ -71,23 +71,26 @@ def run(scenario: Callable[[FederatedStack, NetconfClient], Awaitable[None]]) ->
     asyncio.run(asyncio.wait_for(main(), SCENARIO_S))
 
 
-async def until(check: Callable[[], Awaitable[object]], what: str) -> object:
-    """Poll `check` until it returns something true; fail after WAIT_S."""
+async def until(check: Callable[[], Awaitable[object]], what: str, seen: Callable[[], object] = lambda: None) -> object:
+    """Poll `check` until it returns something true; fail after WAIT_S, with what `seen` says
+    was last observed."""
     try:
         async with asyncio.timeout(WAIT_S):
             while not (result := await check()):
                 await asyncio.sleep(0.1)
             return result
     except TimeoutError:
-        raise AssertionError(f"still not so after {WAIT_S:g} s: {what}") from None
+        raise AssertionError(f"still not so after {WAIT_S:g} s: {what}; last seen: {seen()}") from None
 
 
 async def routed(user: NetconfClient, route: list[str]) -> dict:
+    last: list[dict] = [{}]
+
     async def active() -> dict | None:
-        s1 = service_state(await user.get(("subtree", f'<federation xmlns="{FED_NS}"><services/></federation>')),
-                           "s1")
+        last[0] = s1 = service_state(await user.get(("subtree", f'<federation xmlns="{FED_NS}"><services/>'
+                                                     '</federation>')), "s1")
         return s1 if s1.get("status") == "active" and s1["route"] == route else None
-    return await until(active, f"service s1 active through {route}")
+    return await until(active, f"service s1 active through {route}", lambda: last[0])
 
 
 async def keys_match(fed: FederatedStack, number: int) -> int:
