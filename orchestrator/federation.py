@@ -274,6 +274,9 @@ class FederationPlatform:
         if reply.status == "failed" and domain not in (state.request.source_domain,
                                                        state.request.destination_domain):
             state.avoid.add(domain)
+        elif reply.status != "failed" and state.route is not None:
+            self._open_record(state, segment.segment, self._view)  # a segment that had failed came up
+            self._save()
         self._wake()  # a failed segment is asked for again, or routed around
         await self._settle(state)
 

@@ -71,6 +71,7 @@ class FakeDomain:
         self.released: list[tuple[str, Segment]] = []
         self.refuse = False
         self.setting_up = False  # answers pending, as an orchestrator that has not decided yet
+        self.stale_failures = 0  # requests answered failed (the verdict on a segment it held before)
         self.asked = 0
 
     async def request_segment(self, service_id: str, segment: Segment) -> SegmentReply:
@@ -78,6 +79,10 @@ class FakeDomain:
         self.asked += 1
         if self.refuse:
             return SegmentReply("failed", reason="no QKD path between the border nodes")
+        if self.stale_failures:
+            self.stale_failures -= 1
+            self.held[service_id] = segment
+            return SegmentReply("failed", intent=f"{service_id}-{self.member_id}", reason="no path over the old link")
         if self.setting_up:
             self.held[service_id] = segment
             return SegmentReply("pending", intent=f"{service_id}-{self.member_id}", reason="QKD links coming up")
@@ -553,6 +558,22 @@ def test_a_pending_segment_is_asked_again_when_its_domain_s_report_is_lost():
                 await asyncio.sleep(0.1)
         assert s1["reason"] == "routed through A, B, C" and fed.domains["C"].asked > asked
         assert fed.domains["C"].held["s1"] == fed.segment("C", "s1")
+    run(scenario)
+
+
+def test_a_source_segment_that_reports_it_came_up_after_failing_is_charged():
+    async def scenario(fed: Federation) -> None:
+        a = await fed.ready()
+        fed.domains["A"].stale_failures = 1
+        await fed.request(a, "s1", "A", "A", "C")
+        assert service(await state(a), "s1")["status"] == "failed"
+        # A's orchestrator then realises the segment and A's agent says so, before the platform
+        # asks again: the service is active and A's segment has its record.
+        await fed.platform.segment_changed("s1", "A", SegmentReply("active", "s1-A"))
+        assert service(await state(a), "s1")["status"] == "active"
+        await fed.carry("s1", 7, "ABC")
+        assert {(m, agreement): int(r["keys"]) for (m, sid, agreement), r in records(await state(fed.admin)).items()
+                if sid == "s1"} == {("A", None): 7, ("B", "a-b"): 7, ("C", "b-c"): 7}
     run(scenario)
 
 
