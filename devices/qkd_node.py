@@ -200,6 +200,7 @@ class QkdNodeDevice(Device):
         self.period = PERIOD_S
         self.down_reason: str | None = None  # 'restarting' or the injected failure's reason
         self.failed = False
+        self.leaving = False  # stopping: no more readings asked for (the service forgets the node)
         self.reported: dict[str, Reported] = {}
         self._last_seen: tuple | None = None  # what the last refresh saw (signals_state)
         self.baseline: dict[str, int | None] = {}  # PHYS link -> bits its stream had produced when configured here
@@ -229,12 +230,14 @@ class QkdNodeDevice(Device):
         return [node]
 
     async def start(self) -> None:
+        self.leaving = False
         await super().start()
         if self.restconf is not None:
             await self.restconf.start()
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name=f"{self.id} refresh")
 
     async def stop(self) -> None:
+        self.leaving = True
         for task in (self._ticker, self._restart):
             if task is not None:
                 task.cancel()
@@ -316,7 +319,7 @@ class QkdNodeDevice(Device):
     async def readings(self) -> dict[str, dict]:
         """Every link of this node as the twin service read it this period (none when unreachable),
         fetched with those of the process's other nodes (TwinClient.node_links)."""
-        if self.config is None:
+        if self.config is None or self.leaving:
             return {}
         try:
             return await self.twin.node_links.links(self.qkdn_id, self.period)
@@ -371,6 +374,8 @@ class QkdNodeDevice(Device):
 
     async def refresh(self) -> None:
         """Notify what changed in the node's links since the last report."""
+        if self.leaving:  # what it would see now is its own departure, not its links'
+            return
         views = await self.views()
         seen = (self.up, self.failed, views)
         if seen != self._last_seen:  # what `state` serves has changed (the key counters aside)
