@@ -93,6 +93,7 @@ log = logging.getLogger(__name__)
 SEGMENT_TIMEOUT = 10.0  # seconds a domain may take to answer for one segment
 RETRY_FAILED_S, RETRY_FAILED_MAX_S = 1.0, 16.0  # a failed service is tried again, doubling, up to this
 RECHECK_PENDING_S = 2.0  # a segment still setting up is asked for its state again after this
+UNSETTLED = ("failed", "pending")  # the segment statuses a pass asks its domain about again
 
 
 def _error_path(*steps: str) -> dict[str, Any]:
@@ -342,13 +343,8 @@ class FederationPlatform:
                                         f"{view.config.rating.threshold})" for m in flagged)
             if problem is None:
                 ledger.take(state.route, request.rate, view)
-                if any(s.reply.status == "failed" for s in state.segments.values()):
-                    await self._establish(state, view)  # ask again for what failed
-                    await self._settle(state)
-                elif pending := [s for s in state.segments.values() if s.reply.status == "pending"]:
-                    replies = await asyncio.gather(*(self._request(request.service_id, s.segment) for s in pending))
-                    for segment, reply in zip(pending, replies):
-                        segment.reply = reply
+                if any(s.reply.status in UNSETTLED for s in state.segments.values()):
+                    await self._establish(state, view)  # ask again for what failed or is still pending
                     await self._settle(state)
                 return
         if problem and not state.left_because:  # the first cause, not a failure on the way since
@@ -378,12 +374,13 @@ class FederationPlatform:
         await self._set_status(state, status, why)
 
     async def _establish(self, state: ServiceState, view: DomainView) -> None:
-        """Ask each domain of the route for the segments it does not hold yet (new ones first,
-        then release the old ones: make before break), and open the charging records."""
+        """Ask each domain of the route for the segments it does not hold yet, or whose last
+        answer was failed or pending (new ones first, then release the old ones: make before
+        break), and open the charging records."""
         assert state.route is not None
         wanted = state.route.segments(state.request, view.config.sae_kms)
         kept = {s.index: state.segments[s.index] for s in wanted if s.index in state.segments
-                and state.segments[s.index].segment == s and state.segments[s.index].reply.status != "failed"}
+                and state.segments[s.index].segment == s and state.segments[s.index].reply.status not in UNSETTLED}
         new = [s for s in wanted if s.index not in kept]
         old = [s.segment for i, s in state.segments.items() if i not in kept and s.segment not in new]
         state.status = "establishing"
