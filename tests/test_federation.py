@@ -79,15 +79,14 @@ class FakeDomain:
         self.asked += 1
         if self.refuse:
             return SegmentReply("failed", reason="no QKD path between the border nodes")
+        self.held[service_id] = segment
+        intent = f"{service_id}-{self.member_id}"
         if self.stale_failures:
             self.stale_failures -= 1
-            self.held[service_id] = segment
-            return SegmentReply("failed", intent=f"{service_id}-{self.member_id}", reason="no path over the old link")
+            return SegmentReply("failed", intent=intent, reason="no path over the old link")
         if self.setting_up:
-            self.held[service_id] = segment
-            return SegmentReply("pending", intent=f"{service_id}-{self.member_id}", reason="QKD links coming up")
-        self.held[service_id] = segment
-        return SegmentReply("active", intent=f"{service_id}-{self.member_id}")
+            return SegmentReply("pending", intent=intent, reason="QKD links coming up")
+        return SegmentReply("active", intent=intent)
 
     async def release_segment(self, service_id: str, segment: Segment) -> None:
         if self.held.get(service_id) == segment:
