@@ -59,11 +59,18 @@ ROOT_PATH = f"/{MODULE}:key-manager"
 FLUSH_PATH = f"{ROOT_PATH}/key-pools/key-pool/flush"
 RESTART_PATH = f"{ROOT_PATH}/restart"
 WATCH_PERIOD_S = 1.0
-# A session's status planned within this many watch periods is served as it is, by reads and by
-# the watch (which so re-plans each session every FRESH_WATCHES periods, and at once after a
-# configuration change). Planning is hop by hop over the KM-to-KM protocol: re-planning every
-# session each period made 300 sessions on one host cost a core in plans alone.
+# How a session's status stays true without planning every session each period. Planning is
+# hop by hop over the KM-to-KM protocol: re-planning every session each period made 300 sessions
+# on one host cost a core in plans alone, and re-planning all of a key manager's sessions on each
+# configuration change (every route of every new session it relays) made 1,000 cost more still.
+# A session is planned at once when its configuration, the route to its peer key manager or a
+# pool changes, and when a local link it crosses goes low, empty or back; reads and the watch
+# serve what was last planned. Beyond that the watch re-plans a session that is not active
+# every FRESH_WATCHES periods, and re-verifies at most REVERIFIED_PER_WATCH active sessions a
+# period, the longest unplanned first: each at least every max(FRESH_WATCHES, sessions /
+# REVERIFIED_PER_WATCH) periods, which catches what changed on hops further away.
 FRESH_WATCHES = 5
+REVERIFIED_PER_WATCH = 1
 REASON_MAX = 1024  # qit:reason length
 
 
@@ -151,6 +158,18 @@ def _count(table: dict[tuple[str, str], Delivered], master_sae: str, slave_sae: 
 
 # -- the device -----------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class SessionView:
+    """What planning a session last found, and when (monotonic time): its status and reason,
+    and the links the plan crossed."""
+
+    session: KmSession
+    planned_at: float
+    status: str
+    reason: str
+    links: frozenset[str]
+
+
 class KeyManagerDevice(Device):
     """One key manager of the topology, with the SAEs the topology attaches to it."""
 
@@ -174,8 +193,7 @@ class KeyManagerDevice(Device):
         self._default_outage = next(self.schema.ctx.find_path(f"{ROOT_PATH}/restart/outage")).default()
         self._pool_flags: dict[str, tuple[bool, bool]] = {}  # link -> (below low watermark, empty)
         self._session_states: dict[str, str] = {}  # last status notified
-        # session id -> (its configuration, monotonic time, (status, reason)) last planned
-        self._session_views: dict[str, tuple[KmSession, float, tuple[str, str]]] = {}
+        self._session_views: dict[str, SessionView] = {}  # session id -> what was last planned
         # Set by the device host: crash this device now, start it again from disk after the
         # outage (seconds of emulated time). The restart action needs it.
         self.on_restart: Callable[[float], None] | None = None
@@ -249,8 +267,20 @@ class KeyManagerDevice(Device):
         config = KmView.from_xml(root)
         self._check(config)
         self._reconcile(config)
+        self._forget_views_changed_by(config.config)
         self.config = config
-        self._session_views.clear()  # routes or pools may have changed: the next watch plans afresh
+
+    def _forget_views_changed_by(self, new: KmConfig) -> None:
+        """Drop the plans `new` may have made wrong, so they are made again: those of sessions
+        whose route to the peer changed, every plan when a pool came or went, and every plan
+        that found the session not active (whatever it lacked may be here now). A session whose
+        own configuration changed no longer matches its view (`_current_status`)."""
+        old = self.config.config
+        rerouted = {d for d in old.routes.keys() | new.routes.keys() if old.routes.get(d) != new.routes.get(d)}
+        pools_changed = old.pools != new.pools
+        for session_id, view in list(self._session_views.items()):
+            if pools_changed or view.session.peer_km in rerouted or view.status != "active":
+                del self._session_views[session_id]
 
     def _check(self, config: KmView) -> None:
         """Refuse what the key manager cannot do, before anything changes."""
@@ -356,50 +386,51 @@ class KeyManagerDevice(Device):
 
     async def _current_status(self, session_id: str, session: KmSession) -> tuple[str, str]:
         """A session's (status, reason), for a read of the state and for the watch: what was
-        last planned when that was recent and the session is configured as it was then, else
-        planned now. A read costs no KM-to-KM round trips then, and a controller reading many
-        key managers sees the status their notifications gave."""
+        last planned while the session is configured as it was then and has not expired, else
+        planned now (the watch decides when a plan is old: see FRESH_WATCHES). A read costs no
+        KM-to-KM round trips then, and a controller reading many key managers sees the status
+        their notifications gave."""
         known = self._session_views.get(session_id)
-        if known is not None and known[0] == session and not self._expired(session) and \
-                time.monotonic() - known[1] <= FRESH_WATCHES * self.watch_period:
-            return known[2]  # (the time to live runs on the network's clock, which may jump)
-        return self._remember(session_id, session, await self._session_status(session))
-
-    def _remember(self, session_id: str, session: KmSession, status: tuple[str, str]) -> tuple[str, str]:
-        self._session_views[session_id] = (session, time.monotonic(), status)
-        return status
+        if known is not None and known.session == session and not self._expired(session):
+            return known.status, known.reason  # (the time to live runs on the network's clock, which may jump)
+        view = SessionView(session, time.monotonic(), *await self._session_status(session))
+        self._session_views[session_id] = view
+        return view.status, view.reason
 
     def _expired(self, session: KmSession) -> bool:
         expires = self.km.expiry.get(session.pair) if self.km is not None else None
         return expires is not None and self.network.keys.clock.now() >= expires
 
-    async def _session_status(self, session: KmSession) -> tuple[str, str]:
+    async def _session_status(self, session: KmSession) -> tuple[str, str, frozenset[str]]:
         """(status, reason) of a session seen from this end, by planning over the KM-to-KM
         channel towards the peer key manager (the slave end plans the way back, over the same
         links): the path must be complete ("pending" while a route or a pool is missing), lead
         to the key manager of the other SAE ("failed" for an unreachable key manager, a loop or
         another key manager), hold one key on every hop and keep up with the session's rate."""
         assert self.km is not None
+        route = self.km.routes.get(session.peer_km)
+        links = frozenset([route.link_id] if route is not None else [])  # (when no plan names them)
         if self._expired(session):
-            return "expired", f"the time to live of {session.ttl} s has passed"
+            return "expired", f"the time to live of {session.ttl} s has passed", links
         master_end = self.config.is_master_end(session)
         pair = session.pair if master_end else (session.slave_sae, session.master_sae)
         try:  # one plan of no bits: every hop says how much key it holds
             hops = (await self.km.plan(session.peer_km, 0, pair=pair)).hops
         except NoRoute as error:
-            return "pending", error.message[:REASON_MAX]
+            return "pending", error.message[:REASON_MAX], links
         except KeyServiceError as error:
-            return "failed", error.message[:REASON_MAX]
+            return "failed", error.message[:REASON_MAX], links
+        links = frozenset(hop.link_id for hop in hops)
         short = next((hop for hop in hops if hop.available_bits < session.key_size), None)
         if short is not None:
-            return "starved", not_enough_key(short, session.key_size).message[:REASON_MAX]
+            return "starved", not_enough_key(short, session.key_size).message[:REASON_MAX], links
         if not hops:
-            return "active", f"both SAEs are attached to key manager {self.id}: it delivers the keys itself"
+            return "active", f"both SAEs are attached to key manager {self.id}: it delivers the keys itself", links
         rate, link = min((h.rate_bps, h.link_id) for h in hops)
         if rate < session.rate:
-            return "starved", f"link {link} distils {rate:.0f} b/s of key; the session needs {session.rate} b/s"
+            return "starved", f"link {link} distils {rate:.0f} b/s of key; the session needs {session.rate} b/s", links
         source, destination = (self.id, session.peer_km) if master_end else (session.peer_km, self.id)
-        return "active", f"{len(hops)} hop(s) from key manager {source} to key manager {destination}"
+        return "active", f"{len(hops)} hop(s) from key manager {source} to key manager {destination}", links
 
     # -- notifications ---------------------------------------------------------------------
 
@@ -417,6 +448,7 @@ class KeyManagerDevice(Device):
             return
         for link in self.config.config.pools:
             await self._pool_level(link, self.km.pools[link].available_bits())
+        self._forget_old_views()
         for session_id, session in self.config.config.sessions.items():
             status, reason = await self._current_status(session_id, session)
             previous = self._session_states.get(session_id, "pending")
@@ -428,13 +460,27 @@ class KeyManagerDevice(Device):
         for gone in set(self._session_views) - set(self.config.config.sessions):
             del self._session_views[gone]
 
+    def _forget_old_views(self) -> None:
+        """Drop the plans the watch makes again this period (see FRESH_WATCHES)."""
+        now, old_after = time.monotonic(), FRESH_WATCHES * self.watch_period
+        old = sorted((view.planned_at, session_id) for session_id, view in self._session_views.items()
+                     if now - view.planned_at > old_after)
+        active = [session_id for _, session_id in old if self._session_views[session_id].status == "active"]
+        for session_id in set(session_id for _, session_id in old) - set(active[REVERIFIED_PER_WATCH:]):
+            del self._session_views[session_id]
+
     async def _pool_level(self, link: str, stored: int) -> None:
-        """Notify pool-low and pool-empty on the way down; a new pool counts as empty."""
+        """Notify pool-low and pool-empty on the way down; a new pool counts as empty. Sessions
+        planned across the link are planned again when it goes low, empty or back."""
         assert self.km is not None
         peer_km, low_watermark = self.config.config.pools[link], self.config.low_watermarks[link]
         low, empty = stored < low_watermark, stored < self.km.limits.min_key_size
         was_low, was_empty = self._pool_flags.get(link, (True, True))
         self._pool_flags[link] = (low, empty)
+        if (low, empty) != (was_low, was_empty):
+            for session_id, view in list(self._session_views.items()):
+                if link in view.links:
+                    del self._session_views[session_id]
         if low and not was_low:
             await self.notify(pool_low(link, peer_km, stored, low_watermark))
         if empty and not was_empty:
