@@ -117,12 +117,15 @@ def _hops(parent: etree._Element, hops: list[dict]) -> None:
                 INTENT.sub(element, key, hop[key])
 
 
-def intent_state(record, transitions: Iterable) -> etree._Element:
-    """The state of one intent: `record` has name, state, state_since, reason and the status
-    dict the orchestrator keeps (observed-rate, available-rate, conditions, session, paths);
-    each transition has sequence, from_state, to_state, time, reason and count."""
+def intent_state(record, transitions: Iterable, observed_generation: int | None = None) -> etree._Element:
+    """The state of one intent: `record` has name, generation, state, state_since, reason and
+    the status dict the orchestrator keeps (observed-rate, available-rate, conditions, session,
+    paths); each transition has sequence, from_state, to_state, time, reason and count."""
     intent = etree.Element(INTENT("intent"))
     INTENT.sub(intent, "name", record.name)
+    INTENT.sub(intent, "generation", record.generation)
+    if observed_generation is not None:
+        INTENT.sub(intent, "observed-generation", observed_generation)
     INTENT.sub(intent, "state", record.state)
     INTENT.sub(intent, "state-since", record.state_since)
     INTENT.sub(intent, "reason", clip(record.reason))
@@ -192,11 +195,17 @@ def read_federation(intent: etree._Element) -> dict:
     return out
 
 
-def intent_state_change(name: str, transition) -> etree._Element:
-    """The intent-state-change notification of a transition (from_state, to_state, time, reason)."""
+def generations(intent: etree._Element) -> tuple[int, int]:
+    """An intent's generation and observed-generation in a <get> reply (0 when absent)."""
+    return tuple(int(INTENT.text(intent, leaf, "0") or 0) for leaf in ("generation", "observed-generation"))
+
+
+def intent_state_change(name: str, transition, generation: int) -> etree._Element:
+    """The intent-state-change notification of a transition (from_state, to_state, time, reason)
+    made on the intent's configuration of `generation`."""
     change = INTENT.element("intent-state-change")
     for tag, value in (("name", name), ("from", transition.from_state), ("to", transition.to_state),
-                       ("time", transition.time), ("reason", transition.reason)):
+                       ("generation", generation), ("time", transition.time), ("reason", transition.reason)):
         if value is not None:
             INTENT.sub(change, tag, value)
     return change

@@ -64,11 +64,11 @@ from models.forwarding import ExternalLinkRequest, ForwardingView, QkdLink, exte
 from models.key_manager import (CONFIG_FILTER, COUNTERS_FILTER, PEER_INTERFACE_FILTER, KmConfig, KmCounters, KmView,
                                 km_edit, peer_interface_url)
 from models.ns import KEY_MANAGER
-from models.intent import INTENTS_FILTER, IntentSpec, intent_elements, segment_intent as intent_edit
+from models.intent import INTENTS_FILTER, IntentSpec, generations, intent_elements, segment_intent as intent_edit
 from models.ns import INTENT, NW
 from models.service import SegmentEnds
 from netconf_core import ReconcileLoop, write_atomically
-from netconf_core.client import SessionClosedError
+from netconf_core.client import NetconfClient, SessionClosedError
 from netconf_core.errors import RPCError
 from netconf_core.link import DeviceLink, Endpoint
 from netconf_core.ns import BASE
@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 
 INTENT_PREFIX = "fed-"
 DECISION_S = 0.8 * SEGMENT_TIMEOUT  # how long a request waits for the orchestrator's verdict
+RECHECK_S = 2.0  # while it waits, how often it reads the intent's state
 TELL_GAP_S = 0.2   # between two attempts to tell the platform of a change it cannot place yet
 TELL_ATTEMPTS = 50
 LINK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:qstrata:federation:inter-domain-link")
@@ -128,6 +129,7 @@ class IntentSegments:
         self.link = DeviceLink(orchestrator, ("qi-intent",), on_notification=self._notified)
         self.services: dict[str, str] = {}             # intent -> service, for the intents made here
         self._waiting: dict[str, asyncio.Queue] = {}   # intent -> its state changes, while a request waits
+        self._generations: dict[str, int] = {}         # intent -> its generation when last asked for it
         self._latest: dict[str, SegmentReply] = {}     # service -> the change to tell the platform
         self._telling: dict[str, asyncio.Task] = {}
 
@@ -149,20 +151,48 @@ class IntentSegments:
         nc = await self.link.session()
         current = await nc.get(("subtree", _intent_filter(name)))
         self.services[name] = service_id
+        pending = SegmentReply("pending", name, f"intent {name} of {self.member_id} is still being set up")
         if _spec(current, name) == IntentSpec.from_xml(wanted[0]):
-            intent = intent_elements(current)[name]
-            return _reply(name, INTENT.text(intent, "state", ""), INTENT.text(intent, "reason", ""))
+            return self._verdict(name, intent_elements(current)[name]) or pending
         changes = self._waiting[name] = asyncio.Queue()
         try:
             await nc.edit_config(wanted)
-            async with asyncio.timeout(DECISION_S):
-                while (change := await changes.get())[0] not in ("active", "failed"):
-                    pass
-            return _reply(name, *change)
-        except TimeoutError:
-            return SegmentReply("pending", name, f"intent {name} of {self.member_id} is still being set up")
+            return await self._decision(nc, name, changes) or pending
         finally:
             del self._waiting[name]
+
+    async def _decision(self, nc: NetconfClient, name: str, changes: asyncio.Queue) -> SegmentReply | None:
+        """The orchestrator's verdict (active or failed) on the configuration just written, if
+        it comes within DECISION_S. A pass that began before the edit may end after it: its
+        state, read or notified, is about the old configuration and is passed over. A pass on
+        the new one that leaves the state as it was notifies nothing, so the state is read
+        again every RECHECK_S."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DECISION_S
+        while loop.time() < deadline:
+            intent = intent_elements(await nc.get(("subtree", _intent_filter(name)))).get(name)
+            if intent is None:
+                return None  # removed again since (by the operator): the next request says
+            verdict = self._verdict(name, intent)
+            if verdict is not None and verdict.status in ("active", "failed"):
+                return verdict
+            try:
+                async with asyncio.timeout(min(RECHECK_S, max(deadline - loop.time(), 0))):
+                    while (change := await changes.get())[0] not in ("active", "failed") or \
+                            change[2] < self._generations[name]:
+                        pass
+                return _reply(name, change[0], change[1])
+            except TimeoutError:
+                continue
+        return None
+
+    def _verdict(self, name: str, intent: etree._Element) -> SegmentReply | None:
+        """The reply that the intent's state gives, once it is about its configuration now."""
+        generation, observed = generations(intent)
+        self._generations[name] = generation
+        if observed < generation:
+            return None
+        return _reply(name, INTENT.text(intent, "state", ""), INTENT.text(intent, "reason", ""))
 
     async def release_segment(self, service_id: str, segment: Segment) -> None:
         """Remove the intent if it still carries this segment (a newer request may have
@@ -176,6 +206,7 @@ class IntentSegments:
         await nc.edit_config(f'<intents xmlns="{INTENT}" xmlns:nc="{BASE}"><intent nc:operation="remove">'
                              f"<name>{name}</name></intent></intents>")
         self.services.pop(name, None)
+        self._generations.pop(name, None)
 
     async def _notified(self, link: DeviceLink, notification: etree._Element) -> None:
         change = INTENT.find(notification, "intent-state-change")
@@ -183,9 +214,12 @@ class IntentSegments:
         if name not in self.services:
             return
         state, reason = INTENT.text(change, "to", ""), INTENT.text(change, "reason", "")
+        generation = int(INTENT.text(change, "generation", "0") or 0)
         if name in self._waiting:
-            self._waiting[name].put_nowait((state, reason))
+            self._waiting[name].put_nowait((state, reason, generation))
             return
+        if generation < self._generations.get(name, 0):
+            return  # the verdict of a pass on a configuration since replaced
         service_id = self.services[name]
         self._latest[service_id] = _reply(name, state, reason)
         if service_id not in self._telling:

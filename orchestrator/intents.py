@@ -130,6 +130,7 @@ class Orchestrator:
         self.failures: dict[str, tuple[int, float]] = {}  # intent -> (failures since last active, retry after)
         self.delivery = DeliveryMeter()              # the rate each intent's SAEs draw keys at
         self._parsed: dict[str, tuple[str, IntentSpec]] = {}  # intent -> (its configuration, parsed)
+        self.observed: dict[str, int] = {}  # intent -> the generation the last pass over it evaluated
         self.passes = 0
         # Woken by commits and the strata (a burst is one pass), and every `period`; a pass
         # with work in progress is followed by another RETRY_SOON later, a failed one RETRY_ERROR later.
@@ -226,7 +227,7 @@ class Orchestrator:
                 continue
             record = self.store.get(name)
             if self.store.put_config(name, config.decode(), "planned", "created by the operator"):
-                await self._announce(name, self.store.history(name)[-1])
+                await self._announce(name, self.store.history(name)[-1], 1)
             elif record is not None and not record.deleted:
                 self.forced.setdefault(name, ("configuration changed", True))
                 if "ended" in record.status:
@@ -249,7 +250,7 @@ class Orchestrator:
         tree = empty_tree()
         container = etree.SubElement(tree, INTENT("intents"), nsmap={None: INTENT})
         for record in self.store.intents(include_deleted=False):
-            container.append(intent_state(record, self.store.history(record.name)))
+            container.append(intent_state(record, self.store.history(record.name), self.observed.get(record.name)))
             if self.entanglement_intents is not None and is_entanglement(record):
                 augment_state(container[-1], record.status)
         return tree
@@ -259,10 +260,10 @@ class Orchestrator:
         transition = self.store.transition(record.name, to_state, clip(reason))
         record.state, record.reason, record.state_since = to_state, transition.reason, transition.time
         log.info("%s: intent %s %s -> %s: %s", self.name, record.name, transition.from_state, to_state, reason)
-        await self._announce(record.name, transition)
+        await self._announce(record.name, transition, record.generation)
 
-    async def _announce(self, name: str, transition) -> None:
-        await self.server.notify(intent_state_change(name, transition))
+    async def _announce(self, name: str, transition, generation: int) -> None:
+        await self.server.notify(intent_state_change(name, transition, generation))
 
     # --- the reconcile loop -------------------------------------------------------------
 
@@ -325,6 +326,7 @@ class Orchestrator:
         world = await self.observe()
         network = self._network(world)
         specs = self._specs()
+        evaluated = {record.name: record.generation for record, _ in specs if not record.deleted}
         busy = False
         if self.entanglement_intents is not None:  # intents for Bell pairs, not keys
             entangled = [record for record, _ in specs if is_entanglement(record)]
@@ -371,6 +373,7 @@ class Orchestrator:
             if decision.forced and self.forced.get(decision.spec.name, ("",))[0] == decision.forced:
                 del self.forced[decision.spec.name]
         await self._collect_links(world, decisions)
+        self.observed = evaluated
         return busy
 
     async def _roam(self, roaming: list[tuple[IntentRecord, IntentSpec]], world: Observation) -> bool:

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS intent (
     state       TEXT NOT NULL,
     state_since TEXT NOT NULL,
     reason      TEXT NOT NULL,
-    status      TEXT NOT NULL DEFAULT '{}' -- JSON: session, paths, conditions, observed rate
+    status      TEXT NOT NULL DEFAULT '{}', -- JSON: session, paths, conditions, observed rate
+    generation  INTEGER NOT NULL DEFAULT 1 -- 1 when created, one more for each change of config
 );
 CREATE TABLE IF NOT EXISTS transition (
     intent     TEXT NOT NULL REFERENCES intent(name) ON DELETE CASCADE,
@@ -82,6 +83,7 @@ class IntentRecord:
     state_since: str
     reason: str
     status: dict[str, Any] = field(default_factory=dict)
+    generation: int = 1  # of its configuration (qi-intent generation)
 
 
 class IntentStore:
@@ -97,6 +99,8 @@ class IntentStore:
         self.db.executescript(SCHEMA)
         if "count" not in {row["name"] for row in self.db.execute("PRAGMA table_info(transition)")}:
             self.db.execute("ALTER TABLE transition ADD COLUMN count INTEGER NOT NULL DEFAULT 1")  # an older store
+        if "generation" not in {row["name"] for row in self.db.execute("PRAGMA table_info(intent)")}:
+            self.db.execute("ALTER TABLE intent ADD COLUMN generation INTEGER NOT NULL DEFAULT 1")  # an older store
         # The link tables as an index in memory, kept by every write below (this process is the
         # store's only writer): a pass asks for each intent's claims without reading the tables.
         self._created: set[str] = {r[0] for r in self.db.execute("SELECT link_id FROM created_link")}
@@ -128,7 +132,8 @@ class IntentStore:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT config, deleted FROM intent WHERE name = ?", (name,)).fetchone()
             if row is not None:
-                self.db.execute("UPDATE intent SET config = ?, deleted = 0 WHERE name = ?", (config, name))
+                self.db.execute("UPDATE intent SET config = ?, deleted = 0, generation = generation + (config != ? OR deleted)"
+                                " WHERE name = ?", (config, config, name))
                 return False
             created = self.db.execute("SELECT COALESCE(MAX(created), 0) + 1 FROM intent").fetchone()[0]
             now = timestamp()
@@ -243,4 +248,4 @@ class IntentStore:
 
 def _record(row: sqlite3.Row) -> IntentRecord:
     return IntentRecord(row["name"], row["config"], row["created"], bool(row["deleted"]), row["state"],
-                        row["state_since"], row["reason"], json.loads(row["status"]))
+                        row["state_since"], row["reason"], json.loads(row["status"]), row["generation"])

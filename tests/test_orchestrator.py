@@ -455,15 +455,24 @@ def test_disable_enable_and_delete_an_intent(tmp_path):
             await nc.edit_config(f"<intents xmlns='{INT_NS}'><intent><name>qd</name><enabled>{value}</enabled>"
                                  f"</intent></intents>", target="candidate")
             await nc.commit()
+        await reconcile_pass(stack.orchestrator)
+        intent = await op.intent("qd")
+        assert (intent["generation"], intent["observed-generation"]) == ("1", "1")
         await enabled("false")
+        assert (await op.intent("qd"))["generation"] == "2"  # counted at the commit, before any pass
         removed = (await op.wait_state("qd", {"removed"}))["reached"]
         assert removed["state"] == "removed"
         await reconcile_pass(stack.orchestrator)
         assert await strata(op) == empty  # the session, its links and their optical paths are gone
         intent = await op.intent("qd")  # the intent and its history stay
         assert [t["to"] for t in intent["history"]][-3:] == ["active", "removing", "removed"]
+        assert (intent["generation"], intent["observed-generation"]) == ("2", "2")
         await enabled("true")
-        assert (await op.wait_state("qd", {"active", "failed"}))["reached"]["state"] == "active"
+        reached = (await op.wait_state("qd", {"active", "failed"}))["reached"]
+        assert (reached["state"], reached["generation"]) == ("active", "3")  # the verdict says what it is about
+        await reconcile_pass(stack.orchestrator)
+        intent = await op.intent("qd")
+        assert (intent["generation"], intent["observed-generation"]) == ("3", "3")
         await nc.edit_config(f"<intents xmlns='{INT_NS}' xmlns:nc='urn:ietf:params:xml:ns:netconf:base:1.0'>"
                              f"<intent nc:operation='delete'><name>qd</name></intent></intents>", target="candidate")
         await nc.commit()
@@ -478,7 +487,7 @@ def test_an_intent_ends_with_its_time_to_live(tmp_path):
         await active(op, *QD, ttl=1)
         removed = (await op.wait_state("qd", {"removed", "failed"}))["reached"]
         assert removed == {"state": "removed", "reason": "its time to live of 1 s has passed: session qd removed, "
-                                                          "and the links no other intent uses"}
+                                                          "and the links no other intent uses", "generation": "1"}
         await reconcile_pass(stack.orchestrator)
         assert (await op.intent("qd"))["state"] == "removed"  # not re-created: the intent has lived its time
         assert (await strata(op))["sessions"] == set()

@@ -20,10 +20,11 @@ from models.federation import (Advertisement, Charge, ExternalLink, FederationCo
 from models.forwarding import (ExternalLinkRequest, ExternalPeer, ForwardingView, LinkRequest, LinkStatus, NodeStatus,
                                add_phys_link, external_links_config, forwarding_state, link_requests,
                                link_status_change, links_config, links_delete, qber_alarm, topology_config)
-from models.intent import IntentSpec, intent_elements, intent_state, intent_state_change, read_intents, segment_intent
+from models.intent import (IntentSpec, generations, intent_elements, intent_state, intent_state_change, read_intents,
+                           segment_intent)
 from models.key_manager import (DEFAULT_LOW_WATERMARK, KmConfig, KmCounters, KmSession, KmView, PoolState, RelayTotals,
                                 SessionState, km_edit, km_state, pool_empty, pool_low, session_state_change)
-from models.ns import FEDERATION, FORWARDING, KEY_MANAGER, SERVICE
+from models.ns import FEDERATION, FORWARDING, INTENT, KEY_MANAGER, SERVICE
 from models.qkd_node import Interface, NodeView
 from models.service import (DEFAULT_KEY_SIZE, MIN_BURST_BITS, Hop, SegmentEnds, ServiceView, Session, SessionConfig,
                             session_status_change, sessions_of)
@@ -312,7 +313,8 @@ def test_intent_state_is_valid_and_read_back():
     schema = schema_for(("qi-intent",))
     config = _instance("qi-intent", "valid-config.xml")
     name = next(iter(intent_elements(config)))
-    record = SimpleNamespace(name=name, state="active", state_since="2026-01-01T00:00:00.000Z", reason="keys flow",
+    record = SimpleNamespace(name=name, generation=3, state="active", state_since="2026-01-01T00:00:00.000Z",
+                             reason="keys flow",
                              status={"observed-rate": 1200, "session": name,
                                      "conditions": {"ready": {"status": "true", "reason": "Ready",
                                                               "message": "keys flow as asked",
@@ -324,12 +326,14 @@ def test_intent_state_is_valid_and_read_back():
                                    reason="created", count=1),
                    SimpleNamespace(sequence=2, from_state="planned", to_state="compiling",
                                    time="2026-01-01T00:00:00.000Z", reason="decomposing", count=3)]
-    state = intent_state(record, transitions)
+    state = intent_state(record, transitions, observed_generation=2)
     intent = intent_elements(config)[name]
     intent.extend(state[1:])  # the state leaves of the configured intent (its name is there already)
-    read = read_intents(_valid_data(schema, config))[name]
+    data = _valid_data(schema, config)
+    read = read_intents(data)[name]
     assert (read["state"], read["reason"], read["observed-rate"], read["session"]) == (
         "active", "keys flow", "1200", name)
+    assert generations(intent_elements(data)[name]) == (3, 2)
     assert read["paths"] == [{"in-use": True, "nodes": ["qkd-a", "qkd-b"], "links": ["ab"]}]
     assert read["conditions"] == [{"type": "ready", "status": "true", "reason": "Ready", "message":
                                    "keys flow as asked", "last-transition-time": "2026-01-01T00:00:00.000Z"}]
@@ -341,8 +345,9 @@ def test_intent_state_change_is_valid():
     schema = schema_for(("qi-intent",))
     transition = SimpleNamespace(from_state=None, to_state="planned", time="2026-01-01T00:00:00.000Z",
                                  reason="created by the operator")
-    event = _valid_notification(schema, intent_state_change("i1", transition))
-    assert [etree.QName(c).localname for c in event] == ["name", "to", "time", "reason"]
+    event = _valid_notification(schema, intent_state_change("i1", transition, 4))
+    assert [etree.QName(c).localname for c in event] == ["name", "to", "generation", "time", "reason"]
+    assert INTENT.text(event, "generation") == "4"
 
 
 # --- qi-federation: an agent's advertisement, as the platform and the other agents read it --------

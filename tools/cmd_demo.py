@@ -158,8 +158,8 @@ class Operator:
         from tools.cmd_intent import intent_states
 
         intent = (await intent_states(self.sessions["orchestrator"])).get(name, {"name": name})  # gone once deleted
-        intent["reached"] = {"state": INTENT_NS.text(event, "to", ""),
-                             "reason": INTENT_NS.text(event, "reason", "")}
+        intent["reached"] = {"state": INTENT_NS.text(event, "to", ""), "reason": INTENT_NS.text(event, "reason", ""),
+                             "generation": INTENT_NS.text(event, "generation", "")}
         return intent
 
     # -- the network --
