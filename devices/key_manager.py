@@ -63,14 +63,16 @@ WATCH_PERIOD_S = 1.0
 # hop by hop over the KM-to-KM protocol: re-planning every session each period made 300 sessions
 # on one host cost a core in plans alone, and re-planning all of a key manager's sessions on each
 # configuration change (every route of every new session it relays) made 1,000 cost more still.
-# A session is planned at once when its configuration, the route to its peer key manager or a
-# pool changes, and when a local link it crosses goes low, empty or back; reads and the watch
-# serve what was last planned. Beyond that the watch re-plans a session that is not active
-# every FRESH_WATCHES periods, and re-verifies at most REVERIFIED_PER_WATCH active sessions a
-# period, the longest unplanned first: each at least every max(FRESH_WATCHES, sessions /
-# REVERIFIED_PER_WATCH) periods, which catches what changed on hops further away.
+# A session is planned at once when its configuration or the route to its peer key manager
+# changes, when a pool it crosses goes, and when a local link it crosses goes low, empty or back
+# or its key rate moves by more than RATE_MOVED (a fraction); reads and the watch serve what was
+# last planned. Beyond that the watch re-plans a session that is not active every FRESH_WATCHES
+# periods, and re-verifies at most REVERIFIED_PER_WATCH active sessions a period, the longest
+# unplanned first: each at least every max(FRESH_WATCHES, sessions / REVERIFIED_PER_WATCH)
+# periods, which catches what changed on hops further away.
 FRESH_WATCHES = 5
 REVERIFIED_PER_WATCH = 1
+RATE_MOVED = 0.1
 REASON_MAX = 1024  # qit:reason length
 
 
@@ -191,7 +193,8 @@ class KeyManagerDevice(Device):
         self.peers: KmPeerClient | None = None
         self.config = EMPTY_CONFIG
         self._default_outage = next(self.schema.ctx.find_path(f"{ROOT_PATH}/restart/outage")).default()
-        self._pool_flags: dict[str, tuple[bool, bool]] = {}  # link -> (below low watermark, empty)
+        # link -> (below low watermark, empty, its key rate when sessions across it were last planned for it)
+        self._pool_flags: dict[str, tuple[bool, bool, float]] = {}
         self._session_states: dict[str, str] = {}  # last status notified
         self._session_views: dict[str, SessionView] = {}  # session id -> what was last planned
         # Set by the device host: crash this device now, start it again from disk after the
@@ -272,14 +275,14 @@ class KeyManagerDevice(Device):
 
     def _forget_views_changed_by(self, new: KmConfig) -> None:
         """Drop the plans `new` may have made wrong, so they are made again: those of sessions
-        whose route to the peer changed, every plan when a pool came or went, and every plan
+        whose route to the peer changed or whose plan crossed a pool that is gone, and every plan
         that found the session not active (whatever it lacked may be here now). A session whose
         own configuration changed no longer matches its view (`_current_status`)."""
         old = self.config.config
         rerouted = {d for d in old.routes.keys() | new.routes.keys() if old.routes.get(d) != new.routes.get(d)}
-        pools_changed = old.pools != new.pools
+        gone = {link for link, peer_km in old.pools.items() if new.pools.get(link) != peer_km}
         for session_id, view in list(self._session_views.items()):
-            if pools_changed or view.session.peer_km in rerouted or view.status != "active":
+            if view.session.peer_km in rerouted or view.links & gone or view.status != "active":
                 del self._session_views[session_id]
 
     def _check(self, config: KmView) -> None:
@@ -447,7 +450,7 @@ class KeyManagerDevice(Device):
         if self.km is None:
             return
         for link in self.config.config.pools:
-            await self._pool_level(link, self.km.pools[link].available_bits())
+            await self._pool_level(link)
         self._forget_old_views()
         for session_id, session in self.config.config.sessions.items():
             status, reason = await self._current_status(session_id, session)
@@ -469,15 +472,20 @@ class KeyManagerDevice(Device):
         for session_id in set(session_id for _, session_id in old) - set(active[REVERIFIED_PER_WATCH:]):
             del self._session_views[session_id]
 
-    async def _pool_level(self, link: str, stored: int) -> None:
+    async def _pool_level(self, link: str, stored: int | None = None) -> None:
         """Notify pool-low and pool-empty on the way down; a new pool counts as empty. Sessions
-        planned across the link are planned again when it goes low, empty or back."""
+        planned across the link are planned again when it goes low, empty or back, or its key
+        rate moves by more than RATE_MOVED of what it was when they were. `stored`: the bits
+        the pool holds, when not what it says (a flush has emptied it)."""
         assert self.km is not None
+        pool = self.km.pools[link]
+        stored, rate = pool.available_bits() if stored is None else stored, pool.stream.rate_bps
         peer_km, low_watermark = self.config.config.pools[link], self.config.low_watermarks[link]
         low, empty = stored < low_watermark, stored < self.km.limits.min_key_size
-        was_low, was_empty = self._pool_flags.get(link, (True, True))
-        self._pool_flags[link] = (low, empty)
-        if (low, empty) != (was_low, was_empty):
+        was_low, was_empty, planned_rate = self._pool_flags.get(link, (True, True, 0.0))
+        rate_moved = abs(rate - planned_rate) > RATE_MOVED * max(rate, planned_rate)
+        self._pool_flags[link] = (low, empty, rate if rate_moved else planned_rate)
+        if (low, empty) != (was_low, was_empty) or rate_moved:
             for session_id, view in list(self._session_views.items()):
                 if link in view.links:
                     del self._session_views[session_id]
@@ -494,7 +502,7 @@ class KeyManagerDevice(Device):
             raise RPCError("data-missing", f"key manager {self.id} has no pool for link {link}")
         pool = self.km.pools[link]
         consumed = pool.consumed_bits
-        await self._pool_level(link, pool.available_bits())  # the level the flush falls from
+        await self._pool_level(link)  # the level the flush falls from
         try:
             await self.km.flush(link)
         except (KeyServiceError, ValueError) as error:

@@ -20,7 +20,7 @@ from devices.base import NetworkContext
 from devices.etsi014 import SAE_HEADER
 from devices.key_manager import KeyManagerDevice
 from models.ns import KEY_MANAGER as NS
-from devices.keystore import KeyNetwork, KeyStateError
+from devices.keystore import KeyNetwork, KeyStateError, PlanRequest
 from devices.topology import KeyManagerSpec, SaeSpec
 from devices.twin import Clock, Twin
 from netconf_core.client import NetconfClient
@@ -320,6 +320,40 @@ def test_session_status_follows_the_path_and_changes_are_notified(tmp_path):
             change = await network.notification(nc, "session-state-change")
             assert (leaf(change, "previous-status"), leaf(change, "status"), leaf(change, "reason")) == \
                 ("starved", "failed", "key manager km-c is unreachable")
+    run(tmp_path, test)
+
+
+def test_a_session_is_planned_again_for_a_change_on_its_way_and_not_for_others(tmp_path):
+    """Planning is hop by hop over the KM-to-KM protocol, so a key manager that relays for many
+    sessions must not plan all of its own again for every route it is given: only a change that
+    can alter a session's plan (here, the route to its peer) makes it plan that session anew."""
+    async def test(network: Network):
+        plans_from_a = []
+        km_b = network.devices["b"].km
+        handle = km_b.handle
+
+        async def counting(caller, message):
+            if isinstance(message, PlanRequest) and caller == "km-a":
+                plans_from_a.append(message.destination_km)
+            return await handle(caller, message)
+        km_b.handle = counting
+        async with await network.connect("a") as nc:
+            await nc.create_subscription()
+            await configure_chain(network)
+            change = await network.notification(nc, "session-state-change")
+            assert leaf(change, "status") == "active", leaf(change, "reason")
+            # A session's plan is now re-verified after 5 s, unless a change asks sooner.
+            network.devices["a"].watch_period = 1.0
+            await asyncio.sleep(1.2)  # the watch sleeps at the new period
+            plans_from_a.clear()
+            await nc.edit_config(km(route("km-x", "km-b", AB)))  # a route s1 does not take
+            await asyncio.sleep(2.5)  # two watch rounds
+            assert plans_from_a == [], "a change that cannot alter s1's plan made km-a plan it again"
+            await nc.edit_config(km(route("km-c", "km-b", AB).replace("<route>", '<route nc:operation="delete" '
+                                                                            'xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">')))
+            change = await network.notification(nc, "session-state-change")
+            assert (leaf(change, "previous-status"), leaf(change, "status")) == ("active", "pending")
+            assert "no route to key manager km-c" in leaf(change, "reason")
     run(tmp_path, test)
 
 
