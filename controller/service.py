@@ -321,9 +321,11 @@ class ServiceController(Controller):
                 placement.since = old.since
             elif old is not placement:
                 await self._notify(name, placement.status, old.status if old else None, placement.reason)
+        loads = _link_loads(placements)
+        for name, placement in placements.items():
             if view is None or placement.path is None or placement.status not in ("active", "degraded"):
                 continue
-            short = self._rate_problem(placement.path, placements, view)
+            short = self._rate_problem(placement.path, loads, view)
             if short:
                 await self._set_status(name, placement, "degraded", short)
             elif placement.status == "degraded":
@@ -346,11 +348,11 @@ class ServiceController(Controller):
         return f"key manager {down[0]} is unreachable" if down else ""
 
     @staticmethod
-    def _rate_problem(path: Path, placements: dict[str, Placement], view: ForwardingView) -> str:
-        """A link of the path whose eskr no longer covers the sessions placed on it, or ''."""
+    def _rate_problem(path: Path, loads: dict[str, int], view: ForwardingView) -> str:
+        """A link of the path whose eskr no longer covers the sessions placed on it (`loads`:
+        link -> the rates of the sessions placed on it), or ''."""
         for link_id in path.link_ids:
-            load = sum(p.request.rate for p in placements.values()
-                       if p.path is not None and p.status != "expired" and link_id in p.path.link_ids)
+            load = loads.get(link_id, 0)
             eskr = view.links[link_id].eskr if link_id in view.links else 0
             if eskr < load:
                 return f"link {link_id}: eskr {eskr} b/s, below the {load} b/s of its sessions"
@@ -526,6 +528,17 @@ class ServiceController(Controller):
             if link.link_id not in view.links and all(n in view.nodes for n in link.ends):
                 view.links[link.link_id] = QkdLink(link.link_id, (link.ends[0], ""), (link.ends[1], ""), "", "PHYS",
                                                    "BUILDABLE", None, link.eskr, link.qber, None, buildable=True)
+
+
+def _link_loads(placements: dict[str, Placement]) -> dict[str, int]:
+    """link -> the rates of the sessions placed on it (expired ones aside), summed once for all
+    the sessions a reconcile checks (summing them for each session made it quadratic)."""
+    loads: dict[str, int] = {}
+    for placement in placements.values():
+        if placement.path is not None and placement.status != "expired":
+            for link_id in set(placement.path.link_ids):
+                loads[link_id] = loads.get(link_id, 0) + placement.request.rate
+    return loads
 
 
 def _counted_at(path: Path, request: SessionConfig) -> tuple[str, str]:
