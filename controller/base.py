@@ -53,6 +53,8 @@ class Controller:
     # The top-level nodes `state` serves ("/module:node"): it runs only for a <get> that can
     # select one of them. None: for every <get>.
     state_paths: ClassVar[tuple[str, ...] | None] = None
+    # Whether `state` takes the <get>'s filter (NetconfServer.add_state_provider's with_filter).
+    state_takes_filter: ClassVar[bool] = False
     # On-change subscriptions kept on every southbound device that offers YANG-Push.
     watches: tuple[Watch, ...] = ()
 
@@ -69,7 +71,8 @@ class Controller:
                                     nacm=standard_nacm(list(read_write), list(read_only), self.read_only_rpcs), name=name)
         self.server.signals_state = True
         self.server.on_change(self.signalling(self.apply))
-        self.server.add_state_provider(self.state, list(self.state_paths) if self.state_paths else None)
+        self.server.add_state_provider(self.state, list(self.state_paths) if self.state_paths else None,
+                                       with_filter=self.state_takes_filter)
         self.links = {ep.name: self.make_link(ep) for ep in devices}
         self.resync_period = resync_period
         # Periodic only; a failed resync is logged and the next period tries again.

@@ -19,6 +19,29 @@ SESSIONS_FILTER = f'<sessions xmlns="{SERVICE}"/>'
 SERVICE_FILTER = SESSIONS_FILTER + f'<sae-directory xmlns="{SERVICE}"/>'
 
 
+def sessions_selected(flt: etree._Element | None) -> set[str] | None:
+    """The names of the sessions a <get>'s <filter> can select (RFC 6241 6.2.5: a <session>
+    with a content match on its name selects that one), or None when it may select any (no
+    filter, an xpath filter, a <session> without a name to match)."""
+    if flt is None or flt.get("type", "subtree") != "subtree":
+        return None
+    names: set[str] = set()
+    for sessions in flt:
+        if not isinstance(sessions.tag, str) or sessions.tag != SERVICE("sessions"):
+            if isinstance(sessions.tag, str) and etree.QName(sessions).namespace is None:
+                return None  # a node of no namespace matches in every one
+            continue
+        entries = [e for e in sessions if isinstance(e.tag, str)]
+        if not entries:
+            return None
+        for entry in entries:
+            name = entry.find(SERVICE("name"))
+            if entry.tag != SERVICE("session") or name is None or len(name) or not (name.text or "").strip():
+                return None
+            names.add(name.text.strip())
+    return names
+
+
 def session_filter(name: str) -> str:
     """A subtree filter of one session (configuration and state), as a client reads one back."""
     sessions = etree.Element(SERVICE("sessions"), nsmap={None: str(SERVICE)})

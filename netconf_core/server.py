@@ -79,7 +79,7 @@ HELLO_HIDDEN_MODULES = frozenset({"ietf-subscribed-notifications", "ietf-yang-pu
                                   "ietf-network-instance"})
 
 ChangeHandler = Callable[[etree._Element, etree._Element], Awaitable[None]]
-StateProvider = Callable[[], Awaitable[etree._Element | None]]
+StateProvider = Callable[..., Awaitable[etree._Element | None]]  # () or, added with_filter, (filter)
 RpcHandler = Callable[[Session, etree._Element, etree._Element | None], Awaitable[list | None]]
 
 
@@ -225,7 +225,7 @@ class NetconfServer:
         # changes: on-change subscriptions to operational then look only at those moments.
         self.signals_state = False
         self._change_handlers: list[ChangeHandler] = []
-        self._state_providers: list[tuple[StateProvider, frozenset[TopNode] | None]] = []
+        self._state_providers: list[tuple[StateProvider, frozenset[TopNode] | None, bool]] = []
         self._rpcs: dict[str, RpcHandler] = {}
         self._event_listeners: list[Callable[[Event], None]] = []
         self._commit_lock = asyncio.Lock()
@@ -255,12 +255,15 @@ class NetconfServer:
     def on_change(self, handler: ChangeHandler) -> None:
         self._change_handlers.append(handler)
 
-    def add_state_provider(self, provider: StateProvider, path: str | list[str] | None = None) -> None:
+    def add_state_provider(self, provider: StateProvider, path: str | list[str] | None = None, *,
+                           with_filter: bool = False) -> None:
         """`provider` serves the top-level nodes `path` names ("/module:node" or "/module:*",
         one or a list): it is called only for a <get> whose filter can select one of them
         (an xpath filter that does not start with /prefix:name can select any). Without
-        `path`, it is called for every <get>."""
-        self._state_providers.append((provider, provider_paths(self.schema, path)))
+        `path`, it is called for every <get>. `with_filter`: it is called with the request's
+        <filter> element (None for a read without one), so that it need not build, or fetch
+        from elsewhere, what the filter cannot select; what it returns is filtered all the same."""
+        self._state_providers.append((provider, provider_paths(self.schema, path), with_filter))
 
     def set_access_policy(self, policy: AccessPolicy) -> None:
         """Replace the per-session access checks (`prune`, `check_write`, `may_notify`; see
@@ -709,14 +712,15 @@ class NetconfServer:
             None if namespaces is None else frozenset((ns, None) for ns in namespaces))
         protocol = selected is None or any(ns in (YANG_LIBRARY, MONITORING, NACM, NETMOD_NOTIFICATION, SUBSCRIBED_NOTIFICATIONS)
                                            for ns, _ in selected)
-        providers = [p for p, served in self._state_providers if may_select(selected, served)]
+        providers = [(p, with_filter) for p, served, with_filter in self._state_providers
+                     if may_select(selected, served)]
         if not protocol and not providers:
             return self.datastores["running"]  # nothing to merge: callers copy before changing it
         tree = self.datastores.copy("running")
         if protocol:
             merge_state(self.schema, tree, self._protocol_state())
-        for provider in providers:
-            state = await provider()
+        for provider, with_filter in providers:
+            state = await (provider(flt) if with_filter else provider())
             if state is not None:
                 merge_state(self.schema, tree, state)
         return tree

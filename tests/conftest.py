@@ -219,9 +219,10 @@ async def until(check, what: str, timeout: float = 30.0, period: float = 0.2):
     return value
 
 
-async def read_sessions(nc) -> dict[str, dict[str, str]]:
-    """Status, reason, path (as 'node - node') and delivered keys of every session on a service controller."""
-    data = await nc.get(filter=("subtree", SESSIONS_FILTER))
+async def read_sessions(nc, flt: str = SESSIONS_FILTER) -> dict[str, dict[str, str]]:
+    """Status, reason, path (as 'node - node') and delivered keys of every session on a service
+    controller (that `flt` selects)."""
+    data = await nc.get(filter=("subtree", flt))
     return {name: {"status": s.status or "", "reason": s.reason, "path": " - ".join(h.node_id for h in s.path),
                    "delivered-keys": str(s.delivered_keys)}
             for name, s in ServiceView.parse(data).sessions.items()}

@@ -22,7 +22,7 @@ from conftest import LoopThread, read_sessions
 from controller.key_paths import NoPath, Planner
 from models.forwarding import ForwardingView, QkdLink, QkdNode
 from models.key_manager import KmConfig, KmSession, KmView, km_edit
-from models.service import SessionConfig as Request
+from models.service import SessionConfig as Request, session_filter
 from devices.topology import default_topology
 from netconf_core.client import NetconfClient
 from netconf_core.datastore import empty_tree
@@ -240,9 +240,15 @@ class Running:
             data = await nc.get_config(filter=("subtree", f'<key-manager xmlns="{KM}"/>'))
         return KmView.from_xml(data.find(f"{{{KM}}}key-manager")).config
 
-    async def sessions(self) -> dict[str, dict[str, str]]:
+    async def sessions(self, *names: str) -> dict[str, dict[str, str]]:
+        """Every session, or those named (read with a filter of each)."""
         async with await self.client("service") as nc:
-            return await read_sessions(nc)
+            if not names:
+                return await read_sessions(nc)
+            read = {}
+            for name in names:
+                read.update(await read_sessions(nc, session_filter(name)))
+            return read
 
     async def plant(self, rpc: str, span: str, extra: str = "") -> None:
         async with await self.client("fibre-plant") as nc:
@@ -359,9 +365,9 @@ def test_session_is_installed_on_every_key_manager_of_its_path_and_keys_match(ru
             state = (await read_sessions(nc))["s1"]
         kms = {km: await running.km(f"km-{km}") for km in ("quintin", "concepcion", "distrito", "almagro")}
         keys = await running.matching_keys("quintin", "distrito")
-        return state, kms, keys, await running.sessions()
+        return state, kms, keys, await running.sessions(), await running.sessions("s1")
 
-    state, kms, keys, after = running.run(scenario())
+    state, kms, keys, after, alone = running.run(scenario())
     assert (state["status"], state["path"]) == ("active", ROUTE_A)
     assert state["reason"] == f"installed over {ROUTE_A} on 3 key managers"
     qc, cd = QKDL["q-c"], QKDL["c-d"]
@@ -375,6 +381,7 @@ def test_session_is_installed_on_every_key_manager_of_its_path_and_keys_match(ru
                                                       262_144, 256, None)
     assert kms["distrito"].sessions["s1"].peer_km == "km-quintin"
     assert len(keys) == 2 and after["s1"]["delivered-keys"] == "2"
+    assert alone == {"s1": after["s1"]}  # read alone, its counters come from its key manager all the same
 
 
 @pytest.mark.usefixtures("s1_on_route_a")

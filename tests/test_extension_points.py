@@ -87,6 +87,30 @@ def test_a_provider_runs_only_for_filters_that_can_select_its_subtree():
     asyncio.run(scenario())
 
 
+def test_a_provider_with_filter_gets_the_request_s_filter_and_its_answer_is_filtered_still():
+    async def scenario():
+        server = engine_server()
+        filters = []
+
+        async def provider(flt):
+            filters.append(None if flt is None else (flt.get("type", "subtree"), [etree.QName(c).localname
+                                                                                  for c in flt]))
+            data = uptime()  # more than asked for: the engine filters it
+            etree.SubElement(data[0], E("hostname")).text = "emulated"
+            return data
+        server.add_state_provider(provider, path="/qs-engine-test:system", with_filter=True)
+        async with server:
+            async with await client(server) as nc:
+                data = await nc.get(("subtree", f'<system xmlns="{ENGINE_NS}"><uptime/></system>'))
+                assert filters.pop() == ("subtree", ["system"])
+                assert [etree.QName(c).localname for c in data.find(E("system"))] == ["uptime"]
+                await nc.get(("xpath", "/e:system/e:uptime", {"e": ENGINE_NS}))
+                assert filters.pop() == ("xpath", [])
+                data = await nc.get()
+                assert filters.pop() is None and data.findtext(f"{E('system')}/{E('hostname')}") == "emulated"
+    asyncio.run(scenario())
+
+
 def test_a_provider_path_must_name_a_loaded_module():
     server = engine_server()
     with pytest.raises(ValueError):

@@ -26,8 +26,8 @@ from models.key_manager import (DEFAULT_LOW_WATERMARK, KmConfig, KmCounters, KmS
                                 SessionState, km_edit, km_state, pool_empty, pool_low, session_state_change)
 from models.ns import FEDERATION, FORWARDING, INTENT, KEY_MANAGER, SERVICE
 from models.qkd_node import Interface, NodeView
-from models.service import (DEFAULT_KEY_SIZE, MIN_BURST_BITS, Hop, SegmentEnds, ServiceView, Session, SessionConfig,
-                            session_status_change, sessions_of)
+from models.service import (DEFAULT_KEY_SIZE, MIN_BURST_BITS, SESSIONS_FILTER, Hop, SegmentEnds, ServiceView, Session,
+                            SessionConfig, session_filter, session_status_change, sessions_of, sessions_selected)
 from netconf_core.datastore import empty_tree, merge_state
 from netconf_core.edit import apply_edit
 from netconf_core.ns import BASE
@@ -300,6 +300,22 @@ def test_key_manager_notifications_are_valid():
 
 
 # --- qi-intent: a segment's intent, and an intent's state as the command line reads it -----------
+
+def test_the_sessions_a_filter_selects_are_read_from_it():
+    def selected(*children: str, kind: str = "subtree"):
+        flt = etree.Element("filter", type=kind)
+        flt.extend(etree.fromstring(c) for c in children)
+        return sessions_selected(flt)
+    one = lambda name: f'<sessions xmlns="{SERVICE}"><session><name>{name}</name></session></sessions>'
+    assert selected(session_filter("s1")) == {"s1"}
+    assert selected(one("s1"), one("s2")) == {"s1", "s2"}
+    assert selected(f'<sae-directory xmlns="{SERVICE}"/>') == set()
+    assert selected(SESSIONS_FILTER) is None
+    assert selected(f'<sessions xmlns="{SERVICE}"><session><status/></session></sessions>') is None
+    assert selected(f'<sessions xmlns="{SERVICE}"><session><name/></session></sessions>') is None
+    assert selected("<sessions/>") is None  # no namespace: it matches in every module
+    assert sessions_selected(None) is None and selected(kind="xpath") is None
+
 
 def test_segment_intent_is_valid_and_read_back():
     schema = schema_for(("qi-intent",))
