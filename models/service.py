@@ -42,10 +42,21 @@ def sessions_selected(flt: etree._Element | None) -> set[str] | None:
     return names
 
 
-def session_filter(name: str) -> str:
-    """A subtree filter of one session (configuration and state), as a client reads one back."""
+def sessions_config(requests: dict[str, "SessionConfig"]) -> etree._Element:
+    """<sessions> with each request as its entry (name -> request), each replacing what the
+    service stratum held: one edit for many sessions, which the controller places at once."""
+    sessions = etree.Element(SERVICE("sessions"), nsmap={None: SERVICE, "nc": BASE})
+    for name, request in requests.items():
+        request.append_to(sessions, name)
+    return sessions
+
+
+def session_filter(*names: str) -> str:
+    """A subtree filter of the sessions `names` (configuration and state), as a client reads
+    them back."""
     sessions = etree.Element(SERVICE("sessions"), nsmap={None: str(SERVICE)})
-    SERVICE.sub(SERVICE.sub(sessions, "session"), "name", name)
+    for name in names:
+        SERVICE.sub(SERVICE.sub(sessions, "session"), "name", name)
     return etree.tostring(sessions).decode()
 
 
@@ -104,10 +115,13 @@ class SessionConfig:
                    SERVICE.number(element, "qber-ceiling"), SegmentEnds.parse(SERVICE.find(element, "segment")))
 
     def config(self, name: str) -> etree._Element:
-        """<sessions> with this session as entry `name`, replacing what the service stratum held
+        """<sessions> with this session as entry `name` (see `sessions_config`)."""
+        return sessions_config({name: self})
+
+    def append_to(self, sessions: etree._Element, name: str) -> None:
+        """This session as entry `name` of `sessions`, replacing what the service stratum held
         (a merge would keep avoid-links and avoid-nodes entries no longer asked for). The QBER
         ceiling is written with 3 decimals, as qit:qber holds it."""
-        sessions = etree.Element(SERVICE("sessions"), nsmap={None: SERVICE, "nc": BASE})
         session = SERVICE.sub(sessions, "session")
         session.set(OPERATION, "replace")
         leaves = [("name", name), ("source-sae", self.source_sae), ("destination-sae", self.destination_sae),
@@ -120,7 +134,6 @@ class SessionConfig:
                 SERVICE.sub(session, tag, value)
         if self.segment is not None:
             self.segment.append_to(SERVICE.sub(session, "segment"))
-        return sessions
 
     @staticmethod
     def delete(name: str) -> etree._Element:

@@ -47,7 +47,7 @@ from models.connectivity import read_fibre_network
 from models.forwarding import ForwardingView, links_config, links_delete
 from models.intent import IntentSpec, clip, dry_run_entry, intent_elements, intent_state, intent_state_change
 from models.ns import ALARMS, INTENT, NW
-from models.service import SERVICE_FILTER, ServiceView, SessionConfig, session_filter
+from models.service import SERVICE_FILTER, ServiceView, SessionConfig, session_filter, sessions_config
 from netconf_core import ReconcileLoop
 from netconf_core.client import SessionClosedError
 from netconf_core.datastore import empty_tree
@@ -131,6 +131,8 @@ class Orchestrator:
         self.delivery = DeliveryMeter()              # the rate each intent's SAEs draw keys at
         self._parsed: dict[str, tuple[str, IntentSpec]] = {}  # intent -> (its configuration, parsed)
         self.observed: dict[str, int] = {}  # intent -> the generation the last pass over it evaluated
+        # While a pass gathers them: intent -> (its decision, the session to write); else None.
+        self._sessions_to_write: dict[str, tuple[Decision, SessionConfig]] | None = None
         self.passes = 0
         # Woken by commits and the strata (a burst is one pass), and every `period`; a pass
         # with work in progress is followed by another RETRY_SOON later, a failed one RETRY_ERROR later.
@@ -366,9 +368,20 @@ class Orchestrator:
         for decision in decisions:  # release first: what lower priorities lose, higher ones take
             if decision.plan is None:
                 await self._fail(decision, world)
-        for decision in decisions:
-            if decision.plan is not None:
-                busy |= await self._advance(decision, world)
+        # Sessions to write are gathered and written in one edit per priority (the service
+        # controller then places them at once and configures each key manager once, instead
+        # of once per intent); the intents that waited for it are advanced again with what it
+        # placed.
+        self._sessions_to_write, in_progress = {}, {}
+        try:
+            for decision in decisions:
+                if decision.plan is not None:
+                    in_progress[decision.spec.name] = await self._advance(decision, world)
+        finally:
+            gathered, self._sessions_to_write = self._sessions_to_write, None
+        for decision in await self._write_sessions(gathered, world):
+            in_progress[decision.spec.name] = await self._advance(decision, world)
+        busy |= any(in_progress.values())
         for decision in decisions:  # re-plans asked during this pass wait for the next one
             if decision.forced and self.forced.get(decision.spec.name, ("",))[0] == decision.forced:
                 del self.forced[decision.spec.name]
@@ -540,6 +553,9 @@ class Orchestrator:
             return Outcome(False, waiting="waiting for QKD links " + ", ".join(pending) + " to come up", steer=steer)
         session = world.svc.sessions.get(spec.name)
         request = spec.session(steer)
+        if (session is None or session.config != request) and self._sessions_to_write is not None:
+            self._sessions_to_write[spec.name] = (decision, request)  # see reconcile_once
+            return Outcome(False, waiting=f"waiting for session {spec.name}", steer=steer)
         if session is None or session.config != request:  # what the stratum holds, read back
             try:
                 await self._edit("service", request.config(spec.name))
@@ -560,6 +576,30 @@ class Orchestrator:
                            + (f", {session.reason}" if session.reason else ""), steer=steer)
         decision.session = session
         return Outcome(True, steer=steer)
+
+    async def _write_sessions(self, gathered: dict[str, tuple[Decision, SessionConfig]],
+                              world: Observation) -> list[Decision]:
+        """Write the sessions `_realise` gathered (in priority order), one edit per priority, and
+        read them back; the decisions that wait for them. When the service stratum refuses an
+        edit, those sessions are not read back: advanced again, each of those intents writes its
+        own session, and a refused one says why."""
+        by_priority: dict[int, dict[str, SessionConfig]] = {}
+        for name, (decision, request) in gathered.items():
+            by_priority.setdefault(decision.spec.priority, {})[name] = request
+        for requests in by_priority.values():
+            try:
+                await self._edit("service", sessions_config(requests))
+            except RPCError:
+                continue
+            # Read back alone: the service stratum places new sessions without moving the others
+            # (it skips paths that would change their routes), and the next pass reads them all.
+            placed = ServiceView.parse(await self._get("service", session_filter(*requests))).sessions
+            for name in requests:
+                if name in placed:
+                    world.svc.sessions[name] = placed[name]
+                else:
+                    world.svc.sessions.pop(name, None)
+        return [decision for decision, _ in gathered.values()]
 
     def _steer(self, decision: Decision, world: Observation) -> tuple[str, ...]:
         """Links the service controller must avoid so that the session leaves its current

@@ -35,6 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONN_NS = "urn:qstrata:yang:qi-connectivity"
 FWD_NS = "urn:qstrata:yang:qi-forwarding"
 INT_NS = "urn:qstrata:yang:qi-intent"
+NC_NOTIFICATIONS_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -321,6 +322,39 @@ def test_intent_goes_active_over_ncclient_and_keys_match(tmp_path):
         assert held["paths"] == set(links) and held["sessions"] == {"qd"}
         ids, same = await op.fetch_keys("sae-quintin", "sae-distrito")
         assert same and len(set(ids)) == 4
+    scenario(tmp_path, body)
+
+
+def test_the_sessions_one_pass_writes_go_to_the_service_stratum_in_one_edit(tmp_path):
+    """Two intents committed together wait for the same new links; the pass that finds them up
+    writes both sessions in one edit, which the service controller takes as one commit (one
+    netconf-config-change naming both) and places at once."""
+    async def body(stack, op):
+        service = next(row for row in op.stack.table() if row.level == "service")
+        async with await NetconfClient.connect(service.host, service.port, *service.read_write) as nc:
+            await nc.create_subscription()
+            orchestrator = op.sessions["orchestrator"]
+            for name, (source, destination) in (("qd", QD[1:]), ("dq", QD[:0:-1])):
+                await orchestrator.edit_config(
+                    f"<intents xmlns='{INT_NS}'><intent><name>{name}</name><endpoints><source-sae>{source}"
+                    f"</source-sae><destination-sae>{destination}</destination-sae></endpoints>"
+                    f"<min-rate>20000</min-rate></intent></intents>", target="candidate")
+            await orchestrator.commit()
+            for name in ("qd", "dq"):
+                reached = (await op.wait_state(name, {"active", "failed"}))["reached"]
+                assert reached["state"] == "active", reached["reason"]
+            commits = []  # the targets of each commit of the service controller that wrote sessions
+            try:
+                async with asyncio.timeout(1.0):
+                    async for message in nc.notifications():
+                        change = message.find(f"{{{NC_NOTIFICATIONS_NS}}}netconf-config-change")
+                        targets = [t.text for t in change.iter(f"{{{NC_NOTIFICATIONS_NS}}}target")] \
+                            if change is not None else []
+                        if any(t.startswith("/qi-service:sessions") for t in targets):
+                            commits.append(targets)
+            except TimeoutError:
+                pass
+            assert len(commits) == 1, commits  # one edit wrote both (the first creates the container)
     scenario(tmp_path, body)
 
 
