@@ -3,6 +3,7 @@ orchestrator) against a real NETCONF server of qi-intent whose verdicts the test
 orchestrator pass that began before a commit can end after it, and its verdict, about the
 configuration the commit replaced, must not be taken for the verdict on the new one."""
 import asyncio
+import contextlib
 
 from lxml import etree
 
@@ -67,18 +68,30 @@ def segment(rate: int) -> Segment:
                    source_km="km-a", destination_km="km-b")
 
 
+@contextlib.asynccontextmanager
+async def segments_of_a(reports: list[SegmentReply]):
+    """A's scripted orchestrator and an IntentSegments over it, whose reports go to `reports`."""
+    orchestrator = ScriptedOrchestrator()
+    await orchestrator.server.start()
+
+    async def on_change(service_id: str, member_id: str, reply: SegmentReply) -> None:
+        reports.append(reply)
+    segments = IntentSegments("A", Endpoint("orchestrator-a", "127.0.0.1", orchestrator.server.port, "admin", "pw",
+                                            host_key=orchestrator.server.public_host_key), on_change)
+    segments.start()
+    try:
+        yield orchestrator, segments
+    finally:
+        await segments.stop()
+        for task in orchestrator.tasks:
+            task.cancel()
+        await orchestrator.server.stop()
+
+
 def test_a_verdict_on_the_configuration_a_commit_replaced_is_passed_over():
     async def scenario():
-        orchestrator = ScriptedOrchestrator()
-        await orchestrator.server.start()
         reports: list[SegmentReply] = []
-
-        async def on_change(service_id: str, member_id: str, reply: SegmentReply) -> None:
-            reports.append(reply)
-        segments = IntentSegments("A", Endpoint("orchestrator-a", "127.0.0.1", orchestrator.server.port, "admin",
-                                                "pw", host_key=orchestrator.server.public_host_key), on_change)
-        segments.start()
-        try:
+        async with segments_of_a(reports) as (orchestrator, segments):
             orchestrator.after_commit = [("active", 1, 0.05)]
             assert (await segments.request_segment(SERVICE, segment(1000))).status == "active"
 
@@ -97,11 +110,6 @@ def test_a_verdict_on_the_configuration_a_commit_replaced_is_passed_over():
                 while not reports:
                     await asyncio.sleep(0.05)
             assert [r.status for r in reports] == ["degraded"], reports
-        finally:
-            await segments.stop()
-            for task in orchestrator.tasks:
-                task.cancel()
-            await orchestrator.server.stop()
     asyncio.run(scenario())
 
 
@@ -109,24 +117,11 @@ def test_a_state_not_yet_about_the_configuration_is_not_an_answer():
     """While the orchestrator has not been through a pass on the intent's configuration now,
     the state it shows is no verdict: the request says pending rather than the old state."""
     async def scenario():
-        orchestrator = ScriptedOrchestrator()
-        await orchestrator.server.start()
-
-        async def on_change(service_id: str, member_id: str, reply: SegmentReply) -> None:
-            pass
-        segments = IntentSegments("A", Endpoint("orchestrator-a", "127.0.0.1", orchestrator.server.port, "admin",
-                                                "pw", host_key=orchestrator.server.public_host_key), on_change)
-        segments.start()
-        try:
+        async with segments_of_a([]) as (orchestrator, segments):
             orchestrator.after_commit = [("failed", 0, 0.0)]  # about no configuration of this intent
             reply = await segments.request_segment(SERVICE, segment(1000))
             assert reply.status == "pending", reply
             assert (await segments.request_segment(SERVICE, segment(1000))).status == "pending"
             orchestrator.observed = ("active", 1)  # a pass on generation 1 that notified nothing
             assert (await segments.request_segment(SERVICE, segment(1000))).status == "active"
-        finally:
-            await segments.stop()
-            for task in orchestrator.tasks:
-                task.cancel()
-            await orchestrator.server.stop()
     asyncio.run(scenario())
