@@ -72,7 +72,7 @@ WATCH_PERIOD_S = 1.0
 # periods, which catches what changed on hops further away.
 FRESH_WATCHES = 5
 REVERIFIED_PER_WATCH = 1
-RATE_MOVED = 0.1
+RATE_MOVED = 0.25  # well above the twin's default rate jitter (+-5 %): a cut or a real drop, not noise
 REASON_MAX = 1024  # qit:reason length
 
 

@@ -132,8 +132,9 @@ class IntentStore:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT config, deleted FROM intent WHERE name = ?", (name,)).fetchone()
             if row is not None:
-                self.db.execute("UPDATE intent SET config = ?, deleted = 0, generation = generation + (config != ? OR deleted)"
-                                " WHERE name = ?", (config, config, name))
+                self.db.execute("UPDATE intent SET config = ?, deleted = 0,"
+                                " generation = generation + (config != ? OR deleted) WHERE name = ?",
+                                (config, config, name))
                 return False
             created = self.db.execute("SELECT COALESCE(MAX(created), 0) + 1 FROM intent").fetchone()[0]
             now = timestamp()

@@ -349,8 +349,8 @@ def test_a_session_is_planned_again_for_a_change_on_its_way_and_not_for_others(t
             await nc.edit_config(km(route("km-x", "km-b", AB)))  # a route s1 does not take
             await asyncio.sleep(2.5)  # two watch rounds
             assert plans_from_a == [], "a change that cannot alter s1's plan made km-a plan it again"
-            await nc.edit_config(km(route("km-c", "km-b", AB).replace("<route>", '<route nc:operation="delete" '
-                                                                            'xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">')))
+            delete = '<route nc:operation="delete" xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">'
+            await nc.edit_config(km(route("km-c", "km-b", AB).replace("<route>", delete)))  # s1's own route
             change = await network.notification(nc, "session-state-change")
             assert (leaf(change, "previous-status"), leaf(change, "status")) == ("active", "pending")
             assert "no route to key manager km-c" in leaf(change, "reason")
