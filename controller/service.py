@@ -120,6 +120,7 @@ class ServiceController(Controller):
         self.km_urls: dict[str, str] = {}           # km-id -> its KM-to-KM interface (peer-interface/url)
         self.sessions: dict[str, Placement] = {}    # by session name
         self.counted_at: dict[str, tuple[str, str]] = {}  # session -> (km, counter) of its last path
+        self._built: dict[Session, etree._Element] = {}   # the entries the last full state read built
         self.alarms: dict[str, str] = {}            # forwarding link id -> its raised QBER alarm, as last read
         self.link_reasons: dict[str, str] = {}      # forwarding link id -> why its status last changed
         self.synced = asyncio.Event()               # every key manager's configuration has been read
@@ -444,18 +445,22 @@ class ServiceController(Controller):
     # --- northbound: state and plan-path ---------------------------------------------------------
 
     async def state(self, flt: etree._Element | None = None) -> etree._Element | None:
-        """The sessions and the SAE directory; the delivered counters are read from the key
-        managers of the sessions `flt` can select only (the orchestrator reads back one
-        session after each edit: reading every key manager for it made 1,000 intents cost
-        100,000 reads)."""
-        counters = await self._delivered(sessions_selected(flt))
+        """The sessions and the SAE directory; the sessions `flt` cannot select are left out,
+        and the delivered counters are read from their key managers only (the orchestrator
+        reads back one session after each edit: reading every key manager for it made 1,000
+        intents cost 100,000 reads, and building every session for it took longer than the edit)."""
+        selected = sessions_selected(flt)
+        counters = await self._delivered(selected)
+        placements = self.sessions if selected is None else \
+            {name: self.sessions[name] for name in selected if name in self.sessions}
         sessions = {name: Session(name, p.request.source_sae, p.request.destination_sae, p.request.rate, p.status,
                                   p.reason, _hops(p.path) if p.path is not None else (), *counters.get(name, (0, 0)),
                                   since=p.since.isoformat())
-                    for name, p in self.sessions.items()}
+                    for name, p in placements.items()}
         # The directory is listed once every key manager has been read: a partial directory
         # would tell the levels above that the SAEs of the others are attached nowhere.
-        return ServiceView(sessions, self.sae_directory() if self.synced.is_set() else {}).state()
+        view = ServiceView(sessions, self.sae_directory() if self.synced.is_set() else {})
+        return view.state(self._built if selected is None else None)
 
     async def _delivered(self, names: set[str] | None = None) -> dict[str, tuple[int, int]]:
         """Keys and bits delivered per session (of `names`; None: every session), as the source

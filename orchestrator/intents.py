@@ -47,7 +47,7 @@ from models.connectivity import read_fibre_network
 from models.forwarding import ForwardingView, links_config, links_delete
 from models.intent import IntentSpec, clip, dry_run_entry, intent_elements, intent_state, intent_state_change
 from models.ns import ALARMS, INTENT, NW
-from models.service import SERVICE_FILTER, ServiceView, SessionConfig, session_filter, sessions_config
+from models.service import SERVICE_FILTER, ServiceView, Session, SessionConfig, session_filter, sessions_config
 from netconf_core import ReconcileLoop
 from netconf_core.client import SessionClosedError
 from netconf_core.datastore import empty_tree
@@ -130,6 +130,7 @@ class Orchestrator:
         self.failures: dict[str, tuple[int, float]] = {}  # intent -> (failures since last active, retry after)
         self.delivery = DeliveryMeter()              # the rate each intent's SAEs draw keys at
         self._parsed: dict[str, tuple[str, IntentSpec]] = {}  # intent -> (its configuration, parsed)
+        self._read: dict[bytes, Session] = {}  # the sessions the last observation read, by their entry's text
         self.observed: dict[str, int] = {}  # intent -> the generation the last pass over it evaluated
         # While a pass gathers them: intent -> (its decision, the session to write); else None.
         self._sessions_to_write: dict[str, tuple[Decision, SessionConfig]] | None = None
@@ -209,7 +210,7 @@ class Orchestrator:
             self._get(stratum, filter_) for stratum, filter_ in
             (("forwarding", FORWARDING_FILTER), ("connectivity", NETWORKS_FILTER), ("service", SERVICE_FILTER))))
         self.alarms = raised_link_alarms(read_alarms(fwd))
-        return Observation(ForwardingView.parse(fwd), read_fibre_network(fibre), ServiceView.parse(svc))
+        return Observation(ForwardingView.parse(fwd), read_fibre_network(fibre), ServiceView.parse(svc, self._read))
 
     async def _get(self, stratum: str, subtree: str) -> etree._Element | None:
         session = await self.strata[stratum].session()

@@ -196,6 +196,32 @@ def test_session_state_is_valid_and_read_back():
     assert read == built
 
 
+def test_session_entries_unchanged_since_the_last_read_are_neither_built_nor_read_again():
+    hops = (Hop("km-a", "qkd-a", "ab"), Hop("km-b", "qkd-b", None))
+    sessions = {"s1": Session("s1", "sae-a", "sae-b", 1000, "active", "installed", hops, 12, 3072),
+                "s2": Session("s2", "sae-a", "sae-c", 500, "failed", "no path", ())}
+    view = ServiceView(dict(sessions), {"sae-a": "km-a"})
+    text = lambda tree: etree.tostring(tree, encoding="unicode")
+    built: dict = {}
+    first = view.state(built)
+    assert text(first) == text(view.state())
+    first[0].remove(first[0][0])            # the caller changes its tree (a filter prunes it) ...
+    assert text(view.state(built)) == text(view.state())  # ... not the entries kept
+    view.sessions["s1"] = Session("s1", "sae-a", "sae-b", 1000, "degraded", "eskr low", hops, 13, 3328)
+    assert text(view.state(built)) == text(view.state()) and "degraded" in text(view.state(built))
+    assert set(built) == set(view.sessions.values())  # what is gone is not kept
+
+    known: dict = {}
+    read = ServiceView.parse(view.state(), known)
+    again = ServiceView.parse(view.state(), known)
+    assert again == ServiceView.parse(view.state()) and again.sessions["s1"] is read.sessions["s1"]
+    del view.sessions["s2"]
+    view.sessions["s1"] = sessions["s1"]
+    changed = ServiceView.parse(view.state(), known)
+    assert changed == ServiceView.parse(view.state()) and changed.sessions["s1"].status == "active"
+    assert list(changed.sessions) == ["s1"] and len(known) == 1
+
+
 def test_session_status_change_is_valid():
     schema = schema_for(("qi-service",))
     event = _valid_notification(schema, session_status_change("s1", "degraded", "active", "x" * 2000,
